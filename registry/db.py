@@ -1,0 +1,125 @@
+"""Database engine, sessions and migrations.
+
+SQLite (WAL, foreign keys on) by default; PostgreSQL when the URL says so
+(``postgresql://`` uses psycopg 3). The schema is owned by Alembic: ``upgrade``
+brings any database to head; ``open_database`` refuses to run against a
+database that is behind, and migrates an empty one on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.errors import InvalidInput, RegistryNotReady
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise InvalidInput(f"not a database URL: {url!r}") from exc
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = sa.create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run Alembic migrations up to ``revision`` on ``engine``."""
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision(engine: Engine) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def open_database(url: str, *, auto_upgrade_empty: bool = True) -> Engine:
+    """Engine for ``url`` whose schema is at head.
+
+    An empty database is migrated on first use (the embedded default needs no
+    set-up step); one behind head is refused with a message to run
+    ``loramint db upgrade``, so that a deployment upgrades on purpose.
+    """
+    engine = make_engine(url)
+    try:
+        current = current_revision(engine)
+        head = head_revision(engine)
+        if current == head:
+            return engine
+        if current is None and auto_upgrade_empty:
+            tables = sa.inspect(engine).get_table_names()
+            if not tables:
+                upgrade(engine)
+                return engine
+        raise RegistryNotReady(
+            f"database schema is at {current or 'nothing'} but this loramint needs {head}: "
+            "run `loramint db upgrade`"
+        )
+    except sa.exc.OperationalError as exc:
+        raise RegistryNotReady(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any exception."""
+    with factory() as session:
+        with session.begin():
+            yield session

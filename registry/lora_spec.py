@@ -1,0 +1,218 @@
+"""What a PEFT LoRA config implies for a base model: which tensors, of which shapes.
+
+Validation needs only the base model's linear-layer shapes (stored in the
+registry), never its weights. Target matching is PEFT's own
+(``check_target_module_exists``), so an adapter accepted here is one PEFT
+would build for that base model. Features loramint cannot validate or
+generate (DoRA, modules_to_save, non-linear targets, biases) are refused
+with a message that names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from registry.errors import InvalidAdapter
+
+KEY_PREFIX = "base_model.model."
+FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The parts of a PEFT LoraConfig that decide tensor names and shapes."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...] | str
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    layers_to_transform: tuple[int, ...] | int | None
+    layers_pattern: tuple[str, ...] | str | None
+    exclude_modules: tuple[str, ...] | str | None
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise InvalidAdapter(f"r must be a positive integer, got {self.rank}")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise InvalidAdapter(f"lora_alpha must be a positive number, got {self.alpha}")
+        if not self.target_modules:
+            raise InvalidAdapter("target_modules is empty")
+
+    def _peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            target_modules=(
+                self.target_modules
+                if isinstance(self.target_modules, str)
+                else list(self.target_modules)
+            ),
+            layers_to_transform=(
+                list(self.layers_to_transform)
+                if isinstance(self.layers_to_transform, tuple)
+                else self.layers_to_transform
+            ),
+            layers_pattern=(
+                list(self.layers_pattern)
+                if isinstance(self.layers_pattern, tuple)
+                else self.layers_pattern
+            ),
+            exclude_modules=(
+                list(self.exclude_modules)
+                if isinstance(self.exclude_modules, tuple)
+                else self.exclude_modules
+            ),
+        )
+
+    def targeted_modules(self, linear_shapes: dict[str, list[int]]) -> list[str]:
+        """Module paths of the base model this config puts a LoRA on, in model order."""
+        from peft.tuners.tuners_utils import check_target_module_exists
+
+        if self.target_modules == "all-linear":
+            # PEFT's "all-linear" means every linear layer except the output head.
+            return [m for m in linear_shapes if m.split(".")[-1] != "lm_head"]
+        config = self._peft_config()
+        out = []
+        for module in linear_shapes:
+            hit = check_target_module_exists(config, module)
+            if hit and type(hit).__name__ != "_ExcludedModule":
+                out.append(module)
+        return out
+
+    def rank_for(self, module: str) -> int:
+        key = _pattern_key(self.rank_pattern, module)
+        return int(self.rank_pattern[key]) if key is not None else self.rank
+
+    def expected_shapes(self, linear_shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+        """PEFT state-dict key -> shape, for every tensor this adapter must hold."""
+        modules = self.targeted_modules(linear_shapes)
+        if not modules:
+            raise InvalidAdapter(
+                f"target_modules {self.target_modules!r} matches no linear layer of the base model"
+            )
+        expected: dict[str, tuple[int, int]] = {}
+        for module in modules:
+            fan_in, fan_out = linear_shapes[module]
+            r = self.rank_for(module)
+            expected[f"{KEY_PREFIX}{module}.lora_A.weight"] = (r, fan_in)
+            expected[f"{KEY_PREFIX}{module}.lora_B.weight"] = (fan_out, r)
+        return expected
+
+
+def _pattern_key(pattern: dict[str, Any], module: str) -> str | None:
+    if not pattern:
+        return None
+    from peft.utils.other import get_pattern_key
+
+    key = get_pattern_key(list(pattern.keys()), module)
+    return key if key in pattern else None
+
+
+def _as_tuple(value: Any, what: str) -> tuple[Any, ...] | Any:
+    if value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise InvalidAdapter(f"{what} must be a string or a list, got {type(value).__name__}")
+
+
+def spec_from_config(config: dict[str, Any]) -> LoraSpec:
+    """Parse and check an adapter_config.json dict."""
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        raise InvalidAdapter(f"peft_type must be LORA, got {config.get('peft_type')!r}")
+    unsupported = {
+        "use_dora": bool(config.get("use_dora")),
+        "modules_to_save": bool(config.get("modules_to_save")),
+        "bias": config.get("bias", "none") not in (None, "none"),
+        "target_parameters": bool(config.get("target_parameters")),
+        "trainable_token_indices": bool(config.get("trainable_token_indices")),
+        "lora_bias": bool(config.get("lora_bias")),
+        "layer_replication": bool(config.get("layer_replication")),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise InvalidAdapter(f"unsupported LoRA options: {', '.join(bad)} (plain LoRA only)")
+    try:
+        rank = config["r"]
+        alpha = config.get("lora_alpha", rank)
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise InvalidAdapter(f"r must be an integer, got {rank!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise InvalidAdapter(f"lora_alpha must be a number, got {alpha!r}")
+        targets = config.get("target_modules")
+        if targets is None:
+            raise InvalidAdapter("target_modules is missing (loramint needs explicit targets)")
+        return LoraSpec(
+            rank=rank,
+            alpha=float(alpha),
+            target_modules=_as_tuple(targets, "target_modules"),
+            rank_pattern=dict(config.get("rank_pattern") or {}),
+            alpha_pattern=dict(config.get("alpha_pattern") or {}),
+            layers_to_transform=_as_tuple(config.get("layers_to_transform"), "layers_to_transform"),
+            layers_pattern=_as_tuple(config.get("layers_pattern"), "layers_pattern"),
+            exclude_modules=_as_tuple(config.get("exclude_modules"), "exclude_modules"),
+        )
+    except KeyError as exc:
+        raise InvalidAdapter(f"adapter_config.json is missing {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidAdapter(f"adapter_config.json is invalid: {exc}") from exc
+
+
+def parse_weights(raw: bytes) -> dict[str, torch.Tensor]:
+    """Load safetensors bytes (no pickle involved), translating parser errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        return load(raw)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise InvalidAdapter(f"adapter_model.safetensors is not a valid safetensors file: {exc}") from exc
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, int]]) -> None:
+    """Names, shapes, dtypes and finiteness, with the first problem named."""
+    names = set(tensors)
+    # PEFT strips the adapter name on save; some tools leave ".default" in.
+    missing = sorted(set(expected) - names)
+    extra = sorted(names - set(expected))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise InvalidAdapter(f"unexpected tensor {extra[0]!r}{more} for this config and base model")
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InvalidAdapter(f"missing tensor {missing[0]!r}{more}")
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise InvalidAdapter(
+                f"tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} for this base model"
+            )
+        if t.dtype not in FLOAT_DTYPES:
+            raise InvalidAdapter(f"tensor {name!r} has dtype {t.dtype}, expected a float dtype")
+        if not bool(torch.isfinite(t).all()):
+            raise InvalidAdapter(f"tensor {name!r} contains NaN or Inf values")
+
+
+def layout_signature(expected: dict[str, tuple[int, int]]) -> str:
+    """sha256 of the sorted (name, shape) list: same signature, same generator family."""
+    items = sorted((name, list(shape)) for name, shape in expected.items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+__all__ = [
+    "LoraSpec",
+    "spec_from_config",
+    "parse_weights",
+    "check_tensors",
+    "layout_signature",
+]

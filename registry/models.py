@@ -1,0 +1,135 @@
+"""SQLAlchemy 2 ORM models: the registry's source of truth.
+
+Tables: ``base_models``, ``adapters``, ``adapter_parents`` (lineage),
+``description_embeddings`` and ``registry_state`` (a generation counter the
+derived FAISS index compares against to know when it is stale). Schema changes
+go through Alembic (``migrations/``), never ``create_all``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Provenance(StrEnum):
+    TRAINED = "trained"
+    IMPORTED = "imported"
+    GENERATED = "generated"
+    TRANSFERRED = "transferred"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class BaseModelRow(Base):
+    """A base language model adapters are trained for."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    # offline package, local path or Hugging Face id the name resolved from
+    source: Mapped[str] = mapped_column(Text)
+    architecture: Mapped[str] = mapped_column(String(200))
+    num_layers: Mapped[int] = mapped_column(Integer)
+    hidden_size: Mapped[int] = mapped_column(Integer)
+    # {"model.layers.0.self_attn.q_proj": [in_features, out_features], ...}
+    linear_shapes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    adapters: Mapped[list[AdapterRow]] = relationship(back_populates="base_model")
+
+
+class AdapterRow(Base):
+    """One registered LoRA adapter. Its weights live in the blob store under ``blob_key``."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("base_model_id", "name", name="uq_adapter_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), index=True)
+    peft_type: Mapped[str] = mapped_column(String(40))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float]
+    target_modules: Mapped[list[Any]] = mapped_column(JSON)
+    # sha256 over the sorted (tensor name, shape) list: adapters with the same
+    # signature can be stacked, averaged and generated as one family.
+    layout_signature: Mapped[str] = mapped_column(String(64), index=True)
+    provenance: Mapped[str] = mapped_column(String(20), default=Provenance.IMPORTED.value)
+    # the adapter_config.json as imported (PEFT keys), exported back verbatim
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # free-form provenance details: init scheme, seed, generator id, neighbours...
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    base_model: Mapped[BaseModelRow] = relationship(back_populates="adapters")
+    embedding: Mapped[DescriptionEmbeddingRow | None] = relationship(
+        back_populates="adapter", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class AdapterParentRow(Base):
+    """Lineage: ``child`` was generated or transferred from ``parent``."""
+
+    __tablename__ = "adapter_parents"
+
+    child_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    parent_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    # e.g. "neighbour", "source"
+    role: Mapped[str] = mapped_column(String(40), default="parent")
+    weight: Mapped[float | None] = mapped_column(default=None)
+
+
+class DescriptionEmbeddingRow(Base):
+    """The embedding of an adapter's description (float32, L2-normalised)."""
+
+    __tablename__ = "description_embeddings"
+
+    adapter_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(100))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+    adapter: Mapped[AdapterRow] = relationship(back_populates="embedding")
+
+
+class RegistryStateRow(Base):
+    """A single row whose ``generation`` is bumped by every change to the set of
+    embedded adapters; a derived index built at another generation is stale."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)

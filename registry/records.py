@@ -1,0 +1,90 @@
+"""Plain records the registry returns: no ORM objects escape the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from registry.models import AdapterRow, BaseModelRow
+
+
+@dataclass(frozen=True)
+class BaseModelRecord:
+    id: int
+    name: str
+    source: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_linear_layers: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: BaseModelRow) -> BaseModelRecord:
+        return cls(
+            id=row.id,
+            name=row.name,
+            source=row.source,
+            architecture=row.architecture,
+            num_layers=row.num_layers,
+            hidden_size=row.hidden_size,
+            num_linear_layers=len(row.linear_shapes),
+            created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    adapter_id: int
+    role: str
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    id: int
+    name: str
+    description: str
+    base_model: str
+    peft_type: str
+    rank: int
+    alpha: float
+    target_modules: list[Any]
+    layout_signature: str
+    provenance: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    parents: list[ParentLink] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, row: AdapterRow, parents: list[ParentLink] | None = None) -> AdapterRecord:
+        return cls(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            base_model=row.base_model.name,
+            peft_type=row.peft_type,
+            rank=row.rank,
+            alpha=row.alpha,
+            target_modules=list(row.target_modules),
+            layout_signature=row.layout_signature,
+            provenance=row.provenance,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
+            config=dict(row.config),
+            metrics=dict(row.metrics or {}),
+            meta=dict(row.meta or {}),
+            parents=parents or [],
+        )
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    adapter: AdapterRecord
+    score: float  # cosine similarity of the descriptions, in [-1, 1]

@@ -1,0 +1,469 @@
+"""The registry's Python API. The CLI and the REST layer are thin shells over it.
+
+Every write validates everything first, then stores the blob (content
+addressed, atomic), then commits the rows in one transaction; a failure at
+any step leaves no row, no index entry and no orphaned blob behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from registry import base_models, lora_spec, peft_format
+from registry.blobs import BlobStore, LocalBlobStore, write_atomic
+from registry.db import open_database, session_factory, transaction
+from registry.embeddings import Embedder, clean_description, get_embedder
+from registry.errors import AdapterNotFound, Conflict, InvalidInput, UnknownBaseModel
+from registry.models import (
+    AdapterParentRow,
+    AdapterRow,
+    BaseModelRow,
+    DescriptionEmbeddingRow,
+    Provenance,
+    RegistryStateRow,
+)
+from registry.peft_format import PeftFiles
+from registry.records import AdapterRecord, BaseModelRecord, ParentLink, SearchHit
+from registry.settings import Settings, get_settings
+from registry.vector_index import VectorIndex
+
+NAME_RE = re.compile(r"^[\w][\w.\-]{0,199}$")
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A lineage link given when registering a generated or transferred adapter."""
+
+    adapter_id: int
+    role: str = "parent"
+    weight: float | None = None
+
+
+class Registry:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: sa.Engine | None = None,
+        blobs: BlobStore | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.engine = engine or open_database(self.settings.database_url)
+        self._sessions = session_factory(self.engine)
+        self.blobs: BlobStore = blobs or LocalBlobStore(self.settings.blob_dir)
+        self._embedder = embedder
+        self._index_lock = threading.Lock()
+        # base_model_id -> (generation it was built at, index)
+        self._indexes: dict[int, tuple[int, VectorIndex]] = {}
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = get_embedder()
+        return self._embedder
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- base models ---------------------------------------------------------
+
+    def prepare_base_model(
+        self, name: str, *, on_progress: Callable[[str], None] | None = None
+    ) -> BaseModelRecord:
+        """Resolve (converting once if needed) and register base model ``name``."""
+        resolved = base_models.resolve(name, self.settings, on_progress=on_progress)
+        with transaction(self._sessions) as s:
+            row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == resolved.name))
+            if row is not None:
+                return BaseModelRecord.of(row)
+        shapes = base_models.describe(resolved.path)
+        with transaction(self._sessions) as s:
+            row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == resolved.name))
+            if row is None:
+                row = BaseModelRow(
+                    name=resolved.name,
+                    source=resolved.source,
+                    architecture=shapes.architecture,
+                    num_layers=shapes.num_layers,
+                    hidden_size=shapes.hidden_size,
+                    linear_shapes=shapes.linear_shapes,
+                )
+                s.add(row)
+                s.flush()
+            return BaseModelRecord.of(row)
+
+    def base_model_path(self, name: str) -> Path:
+        """Local HF folder of a base model (converted on first use)."""
+        return base_models.resolve(name, self.settings).path
+
+    def list_base_models(self) -> list[BaseModelRecord]:
+        with self._sessions() as s:
+            rows = s.scalars(sa.select(BaseModelRow).order_by(BaseModelRow.name)).all()
+            return [BaseModelRecord.of(r) for r in rows]
+
+    def _base_model_row(self, s: Session, name: str) -> BaseModelRow:
+        row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == name))
+        if row is None:
+            raise UnknownBaseModel(f"base model {name!r} is not registered")
+        return row
+
+    def linear_shapes(self, base_model: str) -> dict[str, list[int]]:
+        with self._sessions() as s:
+            return dict(self._base_model_row(s, base_model).linear_shapes)
+
+    # -- adapters: write -----------------------------------------------------
+
+    def add_adapter(
+        self,
+        source: Path | PeftFiles,
+        *,
+        base_model: str,
+        description: str,
+        name: str | None = None,
+        provenance: Provenance | str = Provenance.IMPORTED,
+        parents: Sequence[Parent] = (),
+        metrics: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> AdapterRecord:
+        """Validate and register a PEFT LoRA adapter (a folder, a zip, or files in memory)."""
+        description = clean_description(description, self.settings.max_description_chars)
+        provenance = Provenance(provenance)
+        if name is not None and not NAME_RE.match(name):
+            raise InvalidInput(
+                f"adapter name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
+            )
+        files = (
+            source
+            if isinstance(source, PeftFiles)
+            else peft_format.read_adapter(Path(source), max_bytes=self.settings.max_adapter_bytes)
+        )
+        spec = lora_spec.spec_from_config(files.config)
+        bm = self.prepare_base_model(base_model, on_progress=on_progress)
+        expected = spec.expected_shapes(self.linear_shapes(bm.name))
+        tensors = lora_spec.parse_weights(files.weights)
+        lora_spec.check_tensors(tensors, expected)
+        del tensors
+        vector = self.embedder.encode([description])[0]
+        _check_json("metrics", metrics)
+        _check_json("meta", meta)
+
+        key = self.blobs.put(files.weights)
+        try:
+            with transaction(self._sessions) as s:
+                bm_row = self._base_model_row(s, bm.name)
+                for p in parents:
+                    if s.get(AdapterRow, p.adapter_id) is None:
+                        raise AdapterNotFound(f"parent adapter {p.adapter_id} does not exist")
+                final_name = name or _default_name(description, key)
+                if s.scalar(
+                    sa.select(AdapterRow.id).where(
+                        AdapterRow.base_model_id == bm_row.id, AdapterRow.name == final_name
+                    )
+                ):
+                    raise Conflict(
+                        f"an adapter named {final_name!r} already exists for {bm.name}"
+                    )
+                row = AdapterRow(
+                    name=final_name,
+                    description=description,
+                    base_model=bm_row,
+                    peft_type="LORA",
+                    rank=spec.rank,
+                    alpha=spec.alpha,
+                    target_modules=(
+                        [spec.target_modules]
+                        if isinstance(spec.target_modules, str)
+                        else list(spec.target_modules)
+                    ),
+                    layout_signature=lora_spec.layout_signature(expected),
+                    provenance=provenance.value,
+                    config=files.config,
+                    metrics=metrics or {},
+                    meta=meta or {},
+                    sha256=key,
+                    blob_key=key,
+                    size_bytes=len(files.weights),
+                )
+                s.add(row)
+                s.flush()
+                s.add(
+                    DescriptionEmbeddingRow(
+                        adapter_id=row.id,
+                        model=self.embedder.name,
+                        dim=int(vector.shape[0]),
+                        vector=vector.astype(np.float32).tobytes(),
+                    )
+                )
+                for p in parents:
+                    s.add(
+                        AdapterParentRow(
+                            child_id=row.id, parent_id=p.adapter_id, role=p.role, weight=p.weight
+                        )
+                    )
+                _bump_generation(s)
+                s.flush()
+                record = AdapterRecord.of(row, [ParentLink(p.adapter_id, p.role, p.weight) for p in parents])
+        except sa.exc.IntegrityError as exc:
+            self._drop_blob_if_unused(key)
+            raise Conflict(f"adapter could not be registered: {exc.orig}") from exc
+        except BaseException:
+            self._drop_blob_if_unused(key)
+            raise
+        return record
+
+    def update_metrics(self, adapter_id: int, metrics: dict[str, Any]) -> AdapterRecord:
+        """Merge ``metrics`` into an adapter's metrics (e.g. evaluation results)."""
+        _check_json("metrics", metrics)
+        with transaction(self._sessions) as s:
+            row = self._adapter_row(s, adapter_id)
+            row.metrics = {**(row.metrics or {}), **metrics}
+            s.flush()
+            return AdapterRecord.of(row, self._parents(s, adapter_id))
+
+    def delete_adapter(self, adapter_id: int) -> None:
+        with transaction(self._sessions) as s:
+            row = self._adapter_row(s, adapter_id)
+            key = row.blob_key
+            s.execute(
+                sa.delete(AdapterParentRow).where(
+                    sa.or_(
+                        AdapterParentRow.child_id == adapter_id,
+                        AdapterParentRow.parent_id == adapter_id,
+                    )
+                )
+            )
+            s.execute(
+                sa.delete(DescriptionEmbeddingRow).where(
+                    DescriptionEmbeddingRow.adapter_id == adapter_id
+                )
+            )
+            s.delete(row)
+            _bump_generation(s)
+        self._drop_blob_if_unused(key)
+
+    def _drop_blob_if_unused(self, key: str) -> None:
+        with self._sessions() as s:
+            in_use = s.scalar(sa.select(sa.func.count()).where(AdapterRow.blob_key == key))
+        if not in_use:
+            self.blobs.delete(key)
+
+    # -- adapters: read ------------------------------------------------------
+
+    def _adapter_row(self, s: Session, adapter_id: int) -> AdapterRow:
+        row = s.get(AdapterRow, adapter_id)
+        if row is None:
+            raise AdapterNotFound(f"no adapter with id {adapter_id}")
+        return row
+
+    def _parents(self, s: Session, adapter_id: int) -> list[ParentLink]:
+        rows = s.scalars(
+            sa.select(AdapterParentRow).where(AdapterParentRow.child_id == adapter_id)
+        ).all()
+        return [ParentLink(r.parent_id, r.role, r.weight) for r in rows]
+
+    def get_adapter(self, adapter_id: int) -> AdapterRecord:
+        with self._sessions() as s:
+            row = self._adapter_row(s, adapter_id)
+            return AdapterRecord.of(row, self._parents(s, adapter_id))
+
+    def find_adapter(self, base_model: str, name: str) -> AdapterRecord | None:
+        with self._sessions() as s:
+            row = s.scalar(
+                sa.select(AdapterRow)
+                .join(BaseModelRow)
+                .where(BaseModelRow.name == base_model, AdapterRow.name == name)
+            )
+            return None if row is None else AdapterRecord.of(row, self._parents(s, row.id))
+
+    def list_adapters(
+        self,
+        *,
+        base_model: str | None = None,
+        provenance: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[AdapterRecord]:
+        if limit < 1 or limit > 10_000:
+            raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
+        if offset < 0:
+            raise InvalidInput(f"offset must be >= 0, got {offset}")
+        query = sa.select(AdapterRow).join(BaseModelRow).order_by(AdapterRow.id)
+        if base_model:
+            query = query.where(BaseModelRow.name == base_model)
+        if provenance:
+            query = query.where(AdapterRow.provenance == Provenance(provenance).value)
+        with self._sessions() as s:
+            rows = s.scalars(query.limit(limit).offset(offset)).all()
+            return [AdapterRecord.of(r) for r in rows]
+
+    def count_adapters(self, *, base_model: str | None = None) -> int:
+        query = sa.select(sa.func.count(AdapterRow.id)).join(BaseModelRow)
+        if base_model:
+            query = query.where(BaseModelRow.name == base_model)
+        with self._sessions() as s:
+            return int(s.scalar(query) or 0)
+
+    def adapter_files(self, adapter_id: int) -> PeftFiles:
+        """Config and weight bytes of an adapter, the weights verified against their sha256."""
+        with self._sessions() as s:
+            row = self._adapter_row(s, adapter_id)
+            config, key = dict(row.config), row.blob_key
+        return PeftFiles(config=config, weights=self.blobs.get(key))
+
+    def export_adapter(self, adapter_id: int, out: Path, *, overwrite: bool = False) -> Path:
+        """Write the adapter as a PEFT folder (or a .zip) that PeftModel.from_pretrained loads."""
+        files = self.adapter_files(adapter_id)
+        return peft_format.write_adapter(Path(out), files.config, files.weights, overwrite=overwrite)
+
+    # -- semantic search -----------------------------------------------------
+
+    def search(
+        self, text: str, *, k: int = 5, base_model: str | None = None
+    ) -> list[SearchHit]:
+        """Adapters whose descriptions are nearest in meaning to ``text``."""
+        text = clean_description(text, self.settings.max_description_chars)
+        query = self.embedder.encode([text])
+        return self.search_vector(query[0], k=k, base_model=base_model)
+
+    def search_vector(
+        self, vector: np.ndarray, *, k: int = 5, base_model: str | None = None
+    ) -> list[SearchHit]:
+        if k < 1 or k > MAX_K:
+            raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
+        with self._sessions() as s:
+            if base_model:
+                bm_ids = [self._base_model_row(s, base_model).id]
+            else:
+                bm_ids = list(s.scalars(sa.select(BaseModelRow.id)).all())
+        scored: list[tuple[float, int]] = []
+        for bm_id in bm_ids:
+            index = self.index_for(bm_id)
+            scores, ids = index.search(vector[None, :], k)
+            scored += [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
+        scored.sort(key=lambda t: -t[0])
+        scored = scored[:k]
+        with self._sessions() as s:
+            rows = {
+                r.id: r
+                for r in s.scalars(
+                    sa.select(AdapterRow).where(AdapterRow.id.in_([i for _, i in scored]))
+                ).all()
+            }
+            # an id missing here was deleted after the index was read: skip it
+            return [SearchHit(AdapterRecord.of(rows[i]), sc) for sc, i in scored if i in rows]
+
+    def generation(self) -> int:
+        with self._sessions() as s:
+            return int(s.scalar(sa.select(RegistryStateRow.generation).where(RegistryStateRow.id == 1)) or 0)
+
+    def index_for(self, base_model_id: int) -> VectorIndex:
+        """The FAISS index of one base model's descriptions, rebuilt when stale."""
+        generation = self.generation()
+        with self._index_lock:
+            cached = self._indexes.get(base_model_id)
+            if cached and cached[0] == generation:
+                return cached[1]
+            index = self._load_index(base_model_id, generation) or self._build_index(
+                base_model_id, generation
+            )
+            self._indexes[base_model_id] = (generation, index)
+            return index
+
+    def _index_paths(self, base_model_id: int) -> tuple[Path, Path]:
+        root = self.settings.index_dir
+        return root / f"base-{base_model_id}.faiss", root / f"base-{base_model_id}.json"
+
+    def _load_index(self, base_model_id: int, generation: int) -> VectorIndex | None:
+        data_path, meta_path = self._index_paths(base_model_id)
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("generation") != generation or meta.get("embedder") != self.embedder.name:
+                return None
+            if meta.get("database") != self._db_identity():
+                return None
+            return VectorIndex.load(data_path)
+        except (OSError, ValueError, RuntimeError):
+            return None  # missing or unreadable: rebuild from the database
+
+    def _db_identity(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _build_index(self, base_model_id: int, generation: int) -> VectorIndex:
+        with self._sessions() as s:
+            rows = s.execute(
+                sa.select(DescriptionEmbeddingRow.adapter_id, DescriptionEmbeddingRow.vector)
+                .join(AdapterRow)
+                .where(
+                    AdapterRow.base_model_id == base_model_id,
+                    DescriptionEmbeddingRow.model == self.embedder.name,
+                )
+                .order_by(DescriptionEmbeddingRow.adapter_id)
+            ).all()
+        dim = self.embedder.dim
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = (
+            np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            if rows
+            else np.zeros((0, dim), np.float32)
+        )
+        index = VectorIndex.build(ids, vectors, exact_max=self.settings.exact_index_max, dim=dim)
+        data_path, meta_path = self._index_paths(base_model_id)
+        try:
+            index.save(data_path)
+            write_atomic(
+                meta_path,
+                json.dumps(
+                    {
+                        "generation": generation,
+                        "embedder": self.embedder.name,
+                        "database": self._db_identity(),
+                        "kind": index.kind,
+                        "size": index.size,
+                    }
+                ).encode(),
+            )
+        except OSError:
+            pass  # a read-only home still serves searches from memory
+        return index
+
+
+def _bump_generation(s: Session) -> None:
+    s.execute(
+        sa.update(RegistryStateRow)
+        .where(RegistryStateRow.id == 1)
+        .values(generation=RegistryStateRow.generation + 1)
+    )
+
+
+def _default_name(description: str, key: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", description.lower()).strip("-")[:48].strip("-")
+    return f"{slug or 'adapter'}-{key[:8]}"
+
+
+def _check_json(what: str, value: dict[str, Any] | None) -> None:
+    if value is None:
+        return
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be JSON-serialisable with finite numbers: {exc}") from exc
+
+
+def open_registry(settings: Settings | None = None) -> Registry:
+    return Registry(settings)
+
+
+__all__ = ["Registry", "Parent", "open_registry"]
