@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from registry.models import AdapterRow, BaseModelRow
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class BaseModelRecord:
             num_layers=row.num_layers,
             hidden_size=row.hidden_size,
             num_linear_layers=len(row.linear_shapes),
-            created_at=row.created_at,
+            created_at=_utc(row.created_at),
         )
 
 
@@ -76,7 +81,7 @@ class AdapterRecord:
             provenance=row.provenance,
             sha256=row.sha256,
             size_bytes=row.size_bytes,
-            created_at=row.created_at,
+            created_at=_utc(row.created_at),
             config=dict(row.config),
             metrics=dict(row.metrics or {}),
             meta=dict(row.meta or {}),

@@ -186,7 +186,7 @@ class Registry:
                     target_modules=(
                         [spec.target_modules]
                         if isinstance(spec.target_modules, str)
-                        else list(spec.target_modules)
+                        else sorted(spec.target_modules)
                     ),
                     layout_signature=lora_spec.layout_signature(expected),
                     provenance=provenance.value,

@@ -1,0 +1,112 @@
+"""Table-driven checks that the shapes loramint expects are the shapes PEFT writes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save
+
+from registry import base_models, lora_spec
+from registry.errors import InvalidAdapter
+from tests.conftest import make_lora
+
+
+@pytest.fixture(scope="module")
+def shapes(tiny_base: Path) -> dict[str, list[int]]:
+    return base_models.describe(tiny_base).linear_shapes
+
+
+@pytest.mark.parametrize(
+    "targets, extra",
+    [
+        (["q_proj", "v_proj"], {}),
+        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], {}),
+        (r".*\.(q_proj|v_proj)", {}),
+        (["q_proj"], {"layers_to_transform": [1]}),
+        (["q_proj", "v_proj"], {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"v_proj": 3}}),
+        ("all-linear", {}),
+    ],
+)
+def test_expected_shapes_match_what_peft_saves(
+    tiny_base: Path, shapes: dict[str, list[int]], tmp_path: Path, targets: object, extra: dict
+) -> None:
+    out = make_lora(tiny_base, tmp_path / "a", targets=targets, **extra)  # type: ignore[arg-type]
+    import json
+
+    spec = lora_spec.spec_from_config(json.loads((out / "adapter_config.json").read_text()))
+    saved = load_file(out / "adapter_model.safetensors")
+    expected = spec.expected_shapes(shapes)
+    assert {k: tuple(v.shape) for k, v in saved.items()} == expected
+    lora_spec.check_tensors(saved, expected)
+
+
+BASE = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"peft_type": "IA3"}, "peft_type must be LORA"),
+        ({"r": 0}, "r must be a positive integer"),
+        ({"r": "8"}, "r must be an integer"),
+        ({"lora_alpha": -1}, "lora_alpha must be a positive"),
+        ({"target_modules": None}, "target_modules is missing"),
+        ({"target_modules": []}, "target_modules is empty"),
+        ({"use_dora": True}, "use_dora"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"bias": "all"}, "bias"),
+    ],
+)
+def test_bad_configs(change: dict, message: str) -> None:
+    with pytest.raises(InvalidAdapter, match=message):
+        lora_spec.spec_from_config({**BASE, **change})
+
+
+def test_missing_r() -> None:
+    config = dict(BASE)
+    del config["r"]
+    with pytest.raises(InvalidAdapter, match="missing 'r'"):
+        lora_spec.spec_from_config(config)
+
+
+def test_targets_matching_nothing(shapes: dict[str, list[int]]) -> None:
+    spec = lora_spec.spec_from_config({**BASE, "target_modules": ["c_attn"]})
+    with pytest.raises(InvalidAdapter, match="matches no linear layer"):
+        spec.expected_shapes(shapes)
+
+
+def _good(shapes: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict]:
+    expected = lora_spec.spec_from_config(BASE).expected_shapes(shapes)
+    return {k: torch.randn(v) for k, v in expected.items()}, expected
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda t, k: t.__setitem__(k, torch.randn(3, 3)), "has shape"),
+        (lambda t, k: t[k].view(-1).__setitem__(0, float("nan")), "NaN or Inf"),
+        (lambda t, k: t[k].view(-1).__setitem__(0, float("inf")), "NaN or Inf"),
+        (lambda t, k: t.__setitem__(k, torch.ones(t[k].shape, dtype=torch.int32)), "dtype"),
+        (lambda t, k: t.pop(k), "missing tensor"),
+        (lambda t, k: t.__setitem__("base_model.model.lm_head.lora_A.weight", torch.ones(1)), "unexpected"),
+    ],
+)
+def test_check_tensors_names_the_problem(shapes: dict[str, list[int]], corrupt, message: str) -> None:
+    tensors, expected = _good(shapes)
+    corrupt(tensors, sorted(tensors)[0])
+    with pytest.raises(InvalidAdapter, match=message):
+        lora_spec.check_tensors(tensors, expected)
+
+
+def test_parse_weights_rejects_garbage() -> None:
+    assert lora_spec.parse_weights(save({"a": torch.ones(2)}))["a"].tolist() == [1.0, 1.0]
+    with pytest.raises(InvalidAdapter, match="not a valid safetensors"):
+        lora_spec.parse_weights(b"\x80\x04garbage")
+
+
+def test_layout_signature_depends_on_shapes_only(shapes: dict[str, list[int]]) -> None:
+    a = lora_spec.spec_from_config(BASE).expected_shapes(shapes)
+    b = lora_spec.spec_from_config({**BASE, "lora_alpha": 32}).expected_shapes(shapes)
+    c = lora_spec.spec_from_config({**BASE, "r": 8}).expected_shapes(shapes)
+    assert lora_spec.layout_signature(a) == lora_spec.layout_signature(b)
+    assert lora_spec.layout_signature(a) != lora_spec.layout_signature(c)

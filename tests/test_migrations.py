@@ -1,0 +1,44 @@
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from registry import db
+from registry.errors import RegistryNotReady
+from registry.models import Base
+
+
+def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], diff
+        assert conn.execute(sa.text("select generation from registry_state")).scalar() == 0
+    db.upgrade(engine)  # idempotent
+    from alembic import command
+
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+
+
+def test_open_database_migrates_empty_and_refuses_behind(db_url: str) -> None:
+    engine = db.open_database(db_url)
+    assert db.current_revision(engine) == db.head_revision(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("update alembic_version set version_num = 'old'"))
+    with pytest.raises(RegistryNotReady, match="loramint db upgrade"):
+        db.open_database(db_url)
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    engine = db.open_database(f"sqlite:///{tmp_path / 'r.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("pragma journal_mode")).scalar() == "wal"
+        assert conn.execute(sa.text("pragma foreign_keys")).scalar() == 1
