@@ -255,11 +255,15 @@ def main() -> None:
     try:
         app()
     except NotFound as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(3) from None
+        _fail(exc, 3)
     except LoramintError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(2) from None
+        _fail(exc, 2)
+
+
+def _fail(exc: Exception, code: int) -> None:
+    # One plain line (no wrapping or markup) so scripts can read it.
+    sys.stderr.write(f"error: {exc}\n")
+    raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

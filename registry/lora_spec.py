@@ -14,14 +14,15 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import InvalidAdapter
 
+if TYPE_CHECKING:  # torch is imported only where tensors are touched: listing stays fast
+    import torch
+
 KEY_PREFIX = "base_model.model."
-FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+FLOAT_DTYPE_NAMES = {"float16", "bfloat16", "float32", "float64"}
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ def parse_weights(raw: bytes) -> dict[str, torch.Tensor]:
 
 def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, int]]) -> None:
     """Names, shapes, dtypes and finiteness, with the first problem named."""
+    import torch
+
     names = set(tensors)
     # PEFT strips the adapter name on save; some tools leave ".default" in.
     missing = sorted(set(expected) - names)
@@ -197,7 +200,7 @@ def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[in
             raise InvalidAdapter(
                 f"tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} for this base model"
             )
-        if t.dtype not in FLOAT_DTYPES:
+        if str(t.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
             raise InvalidAdapter(f"tensor {name!r} has dtype {t.dtype}, expected a float dtype")
         if not bool(torch.isfinite(t).all()):
             raise InvalidAdapter(f"tensor {name!r} contains NaN or Inf values")
