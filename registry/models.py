@@ -64,7 +64,11 @@ class AdapterRow(Base):
     """One registered LoRA adapter. Its weights live in the blob store under ``blob_key``."""
 
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("base_model_id", "name", name="uq_adapter_name"),)
+    __table_args__ = (
+        UniqueConstraint("base_model_id", "name", name="uq_adapter_name"),
+        # never reuse a deleted id: clients and the derived index key on it
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))

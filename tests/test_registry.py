@@ -230,3 +230,20 @@ def test_failed_commit_leaves_no_blob(registry: Registry, tiny_base: Path, adapt
     with pytest.raises(Conflict):
         registry.add_adapter(adapters["french"], base_model=str(tiny_base), description="second", name="dup")
     assert snapshot(registry) == before
+
+
+def test_search_on_an_approximate_index_with_deletes(db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]) -> None:
+    """exact_index_max=2 forces HNSW: deletes become tombstones, results stay right."""
+    reg = Registry(settings_for(db_url, exact_index_max=2), embedder=embedder)
+    ids = {k: reg.add_adapter(p, base_model=str(tiny_base), description=DESCRIPTIONS[k], name=k).id for k, p in adapters.items()}
+    bm = reg.list_base_models()[0].id
+    assert reg.index_for(bm).kind == "hnsw"
+    assert reg.search("film review polarity", k=1)[0].adapter.id == ids["sentiment"]
+    reg.delete_adapter(ids["sentiment"])
+    hits = reg.search("film review polarity", k=5)
+    assert ids["sentiment"] not in [h.adapter.id for h in hits] and len(hits) == 4
+    # a fresh process loads the saved index (with its tombstones) and agrees
+    other = Registry(settings_for(db_url, exact_index_max=2), embedder=embedder)
+    assert [h.adapter.id for h in other.search("film review polarity", k=5)] == [h.adapter.id for h in hits]
+    reg.close()
+    other.close()

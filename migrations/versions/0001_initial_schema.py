@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["base_model_id"], ["base_models.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("base_model_id", "name", name="uq_adapter_name"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_adapters_base_model_id", "adapters", ["base_model_id"])
     op.create_index("ix_adapters_layout_signature", "adapters", ["layout_signature"])
