@@ -19,7 +19,9 @@ from rich.table import Table
 
 from registry.errors import LoramintError, NotFound
 
-app = typer.Typer(help="loramint: a registry of LoRA adapters and generators of new ones.", no_args_is_help=True)
+app = typer.Typer(
+    help="loramint: a registry of LoRA adapters and generators of new ones.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Registered LoRA adapters.", no_args_is_help=True)
@@ -73,7 +75,10 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
     settings = get_settings()
     engine = make_engine(settings.database_url)
     upgrade(engine, revision)
-    out.print(f"database {engine.url.render_as_string(hide_password=True)} at revision {current_revision(engine)}")
+    out.print(
+        f"database {engine.url.render_as_string(hide_password=True)} "
+        f"at revision {current_revision(engine)}"
+    )
 
 
 @db_app.command("current")
@@ -97,18 +102,32 @@ def models_list(as_json: JsonOpt = False) -> None:
     registered = {m.name: m for m in _registry().list_base_models()}
     rows = []
     for name, model in OFFLINE_MODELS.items():
-        rows.append({"name": name, "kind": "offline package", "about": model.description,
-                     "registered": name in registered})
+        rows.append(
+            {
+                "name": name,
+                "kind": "offline package",
+                "about": model.description,
+                "registered": name in registered,
+            }
+        )
     for name, rec in registered.items():
         if name not in OFFLINE_MODELS:
-            rows.append({"name": name, "kind": rec.source.split(":", 1)[0],
-                         "about": rec.architecture, "registered": True})
+            rows.append(
+                {
+                    "name": name,
+                    "kind": rec.source.split(":", 1)[0],
+                    "about": rec.architecture,
+                    "registered": True,
+                }
+            )
     if as_json:
         _print_json(rows)
         return
     table = Table("name", "kind", "about", "registered")
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["about"], "yes" if r["registered"] else "no")
+        table.add_row(
+            str(r["name"]), str(r["kind"]), str(r["about"]), "yes" if r["registered"] else "no"
+        )
     out.print(table)
 
 
@@ -120,8 +139,10 @@ def models_prepare(name: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(rec)
         return
-    out.print(f"{rec.name}: {rec.architecture}, {rec.num_layers} layers, hidden {rec.hidden_size}, "
-              f"{rec.num_linear_layers} linear layers ({rec.source})")
+    out.print(
+        f"{rec.name}: {rec.architecture}, {rec.num_layers} layers, hidden {rec.hidden_size}, "
+        f"{rec.num_linear_layers} linear layers ({rec.source})"
+    )
 
 
 # -- adapters ----------------------------------------------------------------
@@ -130,38 +151,54 @@ def models_prepare(name: str, as_json: JsonOpt = False) -> None:
 @adapters_app.command("add")
 def adapters_add(
     path: Annotated[Path, typer.Argument(help="PEFT adapter folder or .zip.")],
-    base_model: Annotated[str, typer.Option("--base-model", "-m", help="Base model name, folder or HF id.")],
-    description: Annotated[str, typer.Option("--description", "-d", help="What the adapter does, as an instruction.")],
-    name: Annotated[str | None, typer.Option("--name", help="Unique name per base model (default: from the description).")] = None,
+    base_model: Annotated[
+        str, typer.Option("--base-model", "-m", help="Base model name, folder or HF id.")
+    ],
+    description: Annotated[
+        str, typer.Option("--description", "-d", help="What the adapter does, as an instruction.")
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Unique name per base model (default: from the description)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a PEFT LoRA adapter against its base model and register it."""
     with err.status("validating and registering..."):
-        rec = _registry().add_adapter(path, base_model=base_model, description=description,
-                                      name=name, on_progress=_progress)
+        rec = _registry().add_adapter(
+            path, base_model=base_model, description=description, name=name, on_progress=_progress
+        )
     if as_json:
         _print_json(rec)
         return
-    out.print(f"added adapter {rec.id} [bold]{rec.name}[/bold] for {rec.base_model} "
-              f"(r={rec.rank}, {rec.size_bytes:,} bytes, sha256 {rec.sha256[:12]})")
+    out.print(
+        f"added adapter {rec.id} [bold]{rec.name}[/bold] for {rec.base_model} "
+        f"(r={rec.rank}, {rec.size_bytes:,} bytes, sha256 {rec.sha256[:12]})"
+    )
 
 
 @adapters_app.command("list")
 def adapters_list(
     base_model: Annotated[str | None, typer.Option("--base-model", "-m")] = None,
-    provenance: Annotated[str | None, typer.Option(help="trained | imported | generated | transferred")] = None,
+    provenance: Annotated[
+        str | None, typer.Option(help="trained | imported | generated | transferred")
+    ] = None,
     limit: int = 50,
     offset: int = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """List registered adapters."""
-    recs = _registry().list_adapters(base_model=base_model, provenance=provenance, limit=limit, offset=offset)
+    recs = _registry().list_adapters(
+        base_model=base_model, provenance=provenance, limit=limit, offset=offset
+    )
     if as_json:
         _print_json([_summary(r) for r in recs])
         return
     table = Table("id", "name", "base model", "r", "provenance", "description")
     for r in recs:
-        table.add_row(str(r.id), r.name, r.base_model, str(r.rank), r.provenance, _short(r.description))
+        table.add_row(
+            str(r.id), r.name, r.base_model, str(r.rank), r.provenance, _short(r.description)
+        )
     out.print(table)
 
 
@@ -172,9 +209,24 @@ def adapters_show(adapter_id: int, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(rec)
         return
-    for key in ("id", "name", "description", "base_model", "peft_type", "rank", "alpha",
-                "target_modules", "provenance", "sha256", "size_bytes", "layout_signature",
-                "created_at", "metrics", "meta", "parents"):
+    for key in (
+        "id",
+        "name",
+        "description",
+        "base_model",
+        "peft_type",
+        "rank",
+        "alpha",
+        "target_modules",
+        "provenance",
+        "sha256",
+        "size_bytes",
+        "layout_signature",
+        "created_at",
+        "metrics",
+        "meta",
+        "parents",
+    ):
         out.print(f"[bold]{key}[/bold]: {getattr(rec, key)}")
 
 
@@ -192,8 +244,13 @@ def adapters_search(
         return
     table = Table("score", "id", "name", "base model", "description")
     for h in hits:
-        table.add_row(f"{h.score:.3f}", str(h.adapter.id), h.adapter.name, h.adapter.base_model,
-                      _short(h.adapter.description))
+        table.add_row(
+            f"{h.score:.3f}",
+            str(h.adapter.id),
+            h.adapter.name,
+            h.adapter.base_model,
+            _short(h.adapter.description),
+        )
     out.print(table)
 
 
@@ -201,7 +258,9 @@ def adapters_search(
 def adapters_export(
     adapter_id: int,
     dest: Annotated[Path, typer.Argument(help="Folder (or .zip) to write the PEFT adapter to.")],
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing adapter files.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing adapter files.")
+    ] = False,
 ) -> None:
     """Write an adapter as a PEFT folder or zip (PeftModel.from_pretrained loads it)."""
     path = _registry().export_adapter(adapter_id, dest, overwrite=overwrite)
@@ -237,7 +296,9 @@ def demo() -> None:
             rec = reg.prepare_base_model(name, on_progress=_progress)
         out.print(f"  base model {rec.name}: {rec.architecture}, {rec.num_layers} layers")
     out.print(f"  adapters registered: {reg.count_adapters()}")
-    out.print("next: loramint adapters add PATH --base-model smollm2-135m-instruct --description TEXT")
+    out.print(
+        "next: loramint adapters add PATH --base-model smollm2-135m-instruct --description TEXT"
+    )
 
 
 def _short(text: str, n: int = 70) -> str:
@@ -246,8 +307,13 @@ def _short(text: str, n: int = 70) -> str:
 
 def _summary(rec: Any) -> dict[str, Any]:
     return {
-        "id": rec.id, "name": rec.name, "description": rec.description, "base_model": rec.base_model,
-        "rank": rec.rank, "provenance": rec.provenance, "sha256": rec.sha256,
+        "id": rec.id,
+        "name": rec.name,
+        "description": rec.description,
+        "base_model": rec.base_model,
+        "rank": rec.rank,
+        "provenance": rec.provenance,
+        "sha256": rec.sha256,
     }
 
 

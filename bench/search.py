@@ -57,7 +57,7 @@ def timed_queries(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, 
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
 
 
 def bench_size(n: int, n_queries: int, rng: np.random.Generator) -> list[dict]:
@@ -111,59 +111,111 @@ def bench_ingest(n: int) -> dict:
     from registry.service import Registry
     from registry.settings import Settings
 
-    words = ["sentiment", "topic", "toxicity", "intent", "language", "spam", "emotion",
-             "sarcasm", "question type", "formality", "urgency", "stance"]
-    domains = ["product reviews", "tweets", "news articles", "emails", "support tickets",
-               "movie subtitles", "forum posts", "recipes", "legal clauses", "medical notes"]
+    words = [
+        "sentiment",
+        "topic",
+        "toxicity",
+        "intent",
+        "language",
+        "spam",
+        "emotion",
+        "sarcasm",
+        "question type",
+        "formality",
+        "urgency",
+        "stance",
+    ]
+    domains = [
+        "product reviews",
+        "tweets",
+        "news articles",
+        "emails",
+        "support tickets",
+        "movie subtitles",
+        "forum posts",
+        "recipes",
+        "legal clauses",
+        "medical notes",
+    ]
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2)
+        cfg = LlamaConfig(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
         LlamaForCausalLM(cfg).save_pretrained(tmp / "base")
-        get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                       init_lora_weights=False)).save_pretrained(tmp / "adapter")
-        reg = Registry(Settings(home=tmp / "home", database_url=f"sqlite:///{tmp}/home/r.db",
-                                model_cache=tmp / "models"))
+        get_peft_model(
+            LlamaForCausalLM(cfg),
+            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        ).save_pretrained(tmp / "adapter")
+        reg = Registry(
+            Settings(
+                home=tmp / "home",
+                database_url=f"sqlite:///{tmp}/home/r.db",
+                model_cache=tmp / "models",
+            )
+        )
         reg.add_adapter(tmp / "adapter", base_model=str(tmp / "base"), description="warm-up")
         t = time.perf_counter()
         for i in range(n):
-            desc = f"Detect the {words[i % len(words)]} of {domains[(i // len(words)) % len(domains)]} (variant {i})"
+            task, domain = words[i % len(words)], domains[(i // len(words)) % len(domains)]
+            desc = f"Detect the {task} of {domain} (variant {i})"
             reg.add_adapter(tmp / "adapter", base_model=str(tmp / "base"), description=desc)
         elapsed = time.perf_counter() - t
         t = time.perf_counter()
         reg.search("what is the mood of a customer email", k=10)
         first_search = time.perf_counter() - t
-        row = {"adapters": n, "seconds": round(elapsed, 2), "adapters_per_s": round(n / elapsed, 1),
-               "first_search_after_ingest_ms": round(first_search * 1000, 1)}
+        row = {
+            "adapters": n,
+            "seconds": round(elapsed, 2),
+            "adapters_per_s": round(n / elapsed, 1),
+            "first_search_after_ingest_ms": round(first_search * 1000, 1),
+        }
         print(json.dumps(row), flush=True)
         reg.close()
         return row
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--ingest", type=int, default=200, help="adapters for the ingest figure (0 = skip)")
+    ap.add_argument(
+        "--ingest", type=int, default=200, help="adapters for the ingest figure (0 = skip)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args()
     if any(s <= 0 for s in args.sizes) or args.queries <= 0 or args.ingest < 0:
         ap.error("sizes and --queries must be positive, --ingest >= 0")
     rng = np.random.default_rng(0)
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
-          f"HNSW M={vector_index.HNSW_M} efC={vector_index.HNSW_EF_CONSTRUCTION} "
-          f"efSearch={vector_index.HNSW_EF_SEARCH}; IVF nlist=4*sqrt(n) nprobe=16", flush=True)
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
+        f"HNSW M={vector_index.HNSW_M} efC={vector_index.HNSW_EF_CONSTRUCTION} "
+        f"efSearch={vector_index.HNSW_EF_SEARCH}; IVF nlist=4*sqrt(n) nprobe=16",
+        flush=True,
+    )
     rows = [r for n in args.sizes for r in bench_size(n, args.queries, rng)]
     ingest = bench_ingest(args.ingest) if args.ingest else None
 
     print("\n| vectors | index | build s | p50 ms | p99 ms | recall@10 vs exact |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['index']} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['recall@10']} |")
+        print(
+            f"| {r['n']:,} | {r['index']} | {r['build_s']} | {r['p50_ms']} "
+            f"| {r['p99_ms']} | {r['recall@10']} |"
+        )
     if ingest:
-        print(f"\ningest through the registry: {ingest['adapters_per_s']} adapters/s "
-              f"({ingest['adapters']} adapters, embedding included)")
+        print(
+            f"\ningest through the registry: {ingest['adapters_per_s']} adapters/s "
+            f"({ingest['adapters']} adapters, embedding included)"
+        )
     if args.out:
         args.out.write_text(json.dumps({"search": rows, "ingest": ingest}, indent=2))
 

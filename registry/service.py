@@ -174,9 +174,7 @@ class Registry:
                         AdapterRow.base_model_id == bm_row.id, AdapterRow.name == final_name
                     )
                 ):
-                    raise Conflict(
-                        f"an adapter named {final_name!r} already exists for {bm.name}"
-                    )
+                    raise Conflict(f"an adapter named {final_name!r} already exists for {bm.name}")
                 row = AdapterRow(
                     name=final_name,
                     description=description,
@@ -216,7 +214,9 @@ class Registry:
                     )
                 _bump_generation(s)
                 s.flush()
-                record = AdapterRecord.of(row, [ParentLink(p.adapter_id, p.role, p.weight) for p in parents])
+                record = AdapterRecord.of(
+                    row, [ParentLink(p.adapter_id, p.role, p.weight) for p in parents]
+                )
         except sa.exc.IntegrityError as exc:
             self._drop_blob_if_unused(key)
             raise Conflict(f"adapter could not be registered: {exc.orig}") from exc
@@ -327,13 +327,13 @@ class Registry:
     def export_adapter(self, adapter_id: int, out: Path, *, overwrite: bool = False) -> Path:
         """Write the adapter as a PEFT folder (or a .zip) that PeftModel.from_pretrained loads."""
         files = self.adapter_files(adapter_id)
-        return peft_format.write_adapter(Path(out), files.config, files.weights, overwrite=overwrite)
+        return peft_format.write_adapter(
+            Path(out), files.config, files.weights, overwrite=overwrite
+        )
 
     # -- semantic search -----------------------------------------------------
 
-    def search(
-        self, text: str, *, k: int = 5, base_model: str | None = None
-    ) -> list[SearchHit]:
+    def search(self, text: str, *, k: int = 5, base_model: str | None = None) -> list[SearchHit]:
         """Adapters whose descriptions are nearest in meaning to ``text``."""
         text = clean_description(text, self.settings.max_description_chars)
         query = self.embedder.encode([text])
@@ -353,7 +353,9 @@ class Registry:
         for bm_id in bm_ids:
             index = self.index_for(bm_id)
             scores, ids = index.search(vector[None, :], k)
-            scored += [(float(sc), int(i)) for sc, i in zip(scores[0], ids[0]) if i >= 0]
+            scored += [
+                (float(sc), int(i)) for sc, i in zip(scores[0], ids[0], strict=True) if i >= 0
+            ]
         scored.sort(key=lambda t: -t[0])
         scored = scored[:k]
         with self._sessions() as s:
@@ -368,7 +370,10 @@ class Registry:
 
     def generation(self) -> int:
         with self._sessions() as s:
-            return int(s.scalar(sa.select(RegistryStateRow.generation).where(RegistryStateRow.id == 1)) or 0)
+            return int(
+                s.scalar(sa.select(RegistryStateRow.generation).where(RegistryStateRow.id == 1))
+                or 0
+            )
 
     def index_for(self, base_model_id: int) -> VectorIndex:
         """The FAISS index of one base model's descriptions, brought up to date.

@@ -32,7 +32,7 @@ class Settings:
     embedder: str = "all-minilm-l6-v2"
     # Below this many vectors per base model the index is exact (flat inner
     # product); above it, HNSW. bench/search.py measures the crossover.
-    exact_index_max: int = 100_000
+    exact_index_max: int = 20_000
 
     def __post_init__(self) -> None:
         if self.max_adapter_bytes <= 0:
@@ -59,7 +59,7 @@ class Settings:
             max_bytes = int(float(max_mb) * 1024 * 1024)
         except ValueError as exc:
             raise InvalidInput(f"LORAMINT_MAX_ADAPTER_MB must be a number, got {max_mb!r}") from exc
-        exact_max = env.get("LORAMINT_EXACT_INDEX_MAX", "100000")
+        exact_max = env.get("LORAMINT_EXACT_INDEX_MAX", "20000")
         try:
             exact = int(exact_max)
         except ValueError as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss  # type: ignore[import-untyped]
+import faiss
 import numpy as np
 
 from registry.blobs import write_atomic
@@ -52,11 +52,12 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = vectors.shape[0]
         d = dim if dim is not None else vectors.shape[1]
+        inner: faiss.Index
         if n > exact_max:
-            inner = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            inner.hnsw.efSearch = HNSW_EF_SEARCH
-            kind = "hnsw"
+            hnsw = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+            inner, kind = hnsw, "hnsw"
         else:
             inner = faiss.IndexFlatIP(d)
             kind = "flat"
@@ -89,7 +90,8 @@ class VectorIndex:
         if len(ids) == 0:
             return
         if self.kind == "flat":
-            self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+            # faiss's Python layer wraps an id array in an IDSelector itself
+            self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))  # type: ignore[arg-type]
         else:
             self.tombstones.update(int(i) for i in ids)
 
@@ -109,12 +111,12 @@ class VectorIndex:
         scores, ids = self.index.search(queries, fetch)
         if self.tombstones:
             keep = ~np.isin(ids, np.fromiter(self.tombstones, np.int64))
-            scores = np.stack([row[m][:k] for row, m in zip(scores, keep)])
-            ids = np.stack([row[m][:k] for row, m in zip(ids, keep)])
+            scores = np.stack([row[m][:k] for row, m in zip(scores, keep, strict=True)])
+            ids = np.stack([row[m][:k] for row, m in zip(ids, keep, strict=True)])
         return scores[:, :k], ids[:, :k]
 
     def to_bytes(self) -> bytes:
-        index = self.index
+        index: faiss.Index = self.index
         if _gpu_count() > 0 and self.kind == "flat":
             index = faiss.index_gpu_to_cpu(index)
         return bytes(faiss.serialize_index(index).tobytes())
@@ -129,7 +131,8 @@ class VectorIndex:
         if not isinstance(index, faiss.IndexIDMap2):
             raise ValueError(f"{path} does not hold an id-mapped index")
         inner = faiss.downcast_index(index.index)
-        kind = "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
-        if kind == "hnsw":
+        kind = "flat"
+        if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = HNSW_EF_SEARCH
+            kind = "hnsw"
         return cls(index=index, kind=kind, dim=int(index.d), tombstones=set(tombstones or ()))

@@ -41,7 +41,9 @@ def test_folder_without_config(tmp_path: Path, settings: Settings) -> None:
         base_models.resolve(str(tmp_path / "empty"), settings)
 
 
-def test_hugging_face_id_from_the_local_cache(tiny_base: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hugging_face_id_from_the_local_cache(
+    tiny_base: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Lay out a hub cache the way huggingface_hub writes it, offline.
     cache = tmp_path / "hub"
     repo = cache / "models--acme--tiny-llama"

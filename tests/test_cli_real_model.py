@@ -41,7 +41,9 @@ class Cli:
         )
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [*CLI, *args], env=self.env, capture_output=True, text=True, timeout=600
+        )
         if ok:
             assert proc.returncode == 0, proc.stderr
         return proc
@@ -91,7 +93,9 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
     torch.manual_seed(0)
     original = get_peft_model(
         _load_base(base_path),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
     ).eval()
     target_dir = tmp_path / "target"
     original.save_pretrained(target_dir)
@@ -102,10 +106,25 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
         d.mkdir()
         (d / "adapter_config.json").write_bytes((target_dir / "adapter_config.json").read_bytes())
         g = torch.Generator().manual_seed(i + 1)
-        weights = {k: torch.randn(v.shape, generator=g) * 0.01 for k, v in load_file(target_dir / "adapter_model.safetensors").items()}
+        weights = {
+            k: torch.randn(v.shape, generator=g) * 0.01
+            for k, v in load_file(target_dir / "adapter_model.safetensors").items()
+        }
         save_file(weights, d / "adapter_model.safetensors")
-        ids[name] = cli.json("adapters", "add", str(d), "--base-model", BASE, "--description", description, "--name", name)["id"]  # type: ignore[index]
-    rec = cli.json("adapters", "add", str(target_dir), "-m", BASE, "-d", TARGET, "--name", "review-sentiment")
+        ids[name] = cli.json(
+            "adapters",
+            "add",
+            str(d),
+            "--base-model",
+            BASE,
+            "--description",
+            description,
+            "--name",
+            name,
+        )["id"]  # type: ignore[index]
+    rec = cli.json(
+        "adapters", "add", str(target_dir), "-m", BASE, "-d", TARGET, "--name", "review-sentiment"
+    )
     assert rec["rank"] == 8 and rec["provenance"] == "imported"  # type: ignore[index]
 
     hits = cli.json("adapters", "search", PARAPHRASE, "-k", "3")
@@ -118,14 +137,20 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
 
     out = tmp_path / "exported"
     cli.run("adapters", "export", str(rec["id"]), str(out))  # type: ignore[index]
-    assert (out / "adapter_model.safetensors").read_bytes() == (target_dir / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        target_dir / "adapter_model.safetensors"
+    ).read_bytes()
     cli.run("adapters", "export", str(rec["id"]), str(tmp_path / "exported.zip"))  # type: ignore[index]
     with zipfile.ZipFile(tmp_path / "exported.zip") as zf:
         assert set(zf.namelist()) == {"adapter_config.json", "adapter_model.safetensors"}
 
     loaded = PeftModel.from_pretrained(_load_base(base_path), out).eval()
     tok = AutoTokenizer.from_pretrained(base_path)
-    batch = tok(["This blender is wonderful, I use it every day.", "Broke after a week."], return_tensors="pt", padding=True)
+    batch = tok(
+        ["This blender is wonderful, I use it every day.", "Broke after a week."],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         expected = original(**batch).logits
         got = loaded(**batch).logits
@@ -140,9 +165,19 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
 def _registry_state(cli: Cli) -> tuple:
     """Rows of every table plus the blob files: what a failed command must not change."""
     home = Path(cli.env["LORAMINT_HOME"])
-    blobs = sorted(str(p) for p in (home / "blobs").rglob("*") if p.is_file()) if (home / "blobs").exists() else []
+    blobs = (
+        sorted(str(p) for p in (home / "blobs").rglob("*") if p.is_file())
+        if (home / "blobs").exists()
+        else []
+    )
     with sqlite3.connect(home / "registry.db") as conn:
-        tables = ("adapters", "description_embeddings", "adapter_parents", "base_models", "registry_state")
+        tables = (
+            "adapters",
+            "description_embeddings",
+            "adapter_parents",
+            "base_models",
+            "registry_state",
+        )
         rows = tuple(conn.execute(f"select * from {t} order by 1").fetchall() for t in tables)
     return rows, blobs
 
@@ -153,7 +188,12 @@ def _make(kind: str, base_path: Path, d: Path) -> tuple[Path, list[str]]:
     src = d / "src"
     if not src.exists():
         torch.manual_seed(1)
-        get_peft_model(_load_base(base_path), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(src)
+        get_peft_model(
+            _load_base(base_path),
+            LoraConfig(
+                r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+            ),
+        ).save_pretrained(src)
     bad = d / kind
     bad.mkdir()
     config = (src / "adapter_config.json").read_bytes()
@@ -200,7 +240,9 @@ def _make(kind: str, base_path: Path, d: Path) -> tuple[Path, list[str]]:
         ("empty-description", "description is empty"),
     ],
 )
-def test_bad_inputs_give_one_clear_line_and_change_nothing(cli: Cli, base_path: Path, tmp_path_factory: pytest.TempPathFactory, kind: str, message: str) -> None:
+def test_bad_inputs_give_one_clear_line_and_change_nothing(
+    cli: Cli, base_path: Path, tmp_path_factory: pytest.TempPathFactory, kind: str, message: str
+) -> None:
     d = tmp_path_factory.getbasetemp() / "bad-inputs"
     d.mkdir(exist_ok=True)
     path, extra = _make(kind, base_path, d)

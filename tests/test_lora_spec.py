@@ -88,10 +88,15 @@ def _good(shapes: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict]:
         (lambda t, k: t[k].view(-1).__setitem__(0, float("inf")), "NaN or Inf"),
         (lambda t, k: t.__setitem__(k, torch.ones(t[k].shape, dtype=torch.int32)), "dtype"),
         (lambda t, k: t.pop(k), "missing tensor"),
-        (lambda t, k: t.__setitem__("base_model.model.lm_head.lora_A.weight", torch.ones(1)), "unexpected"),
+        (
+            lambda t, k: t.__setitem__("base_model.model.lm_head.lora_A.weight", torch.ones(1)),
+            "unexpected",
+        ),
     ],
 )
-def test_check_tensors_names_the_problem(shapes: dict[str, list[int]], corrupt, message: str) -> None:
+def test_check_tensors_names_the_problem(
+    shapes: dict[str, list[int]], corrupt, message: str
+) -> None:
     tensors, expected = _good(shapes)
     corrupt(tensors, sorted(tensors)[0])
     with pytest.raises(InvalidAdapter, match=message):

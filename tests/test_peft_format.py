@@ -45,9 +45,18 @@ def test_reads_zip_at_root_or_one_folder_deep(tmp_path: Path, prefix: str) -> No
 @pytest.mark.parametrize(
     "files, message",
     [
-        ({peft_format.CONFIG_NAME: json.dumps(CONFIG).encode(), "adapter_model.bin": b"\x80\x04"}, "pickle"),
+        (
+            {
+                peft_format.CONFIG_NAME: json.dumps(CONFIG).encode(),
+                "adapter_model.bin": b"\x80\x04",
+            },
+            "pickle",
+        ),
         ({peft_format.WEIGHTS_NAME: WEIGHTS}, "missing adapter_config.json"),
-        ({peft_format.CONFIG_NAME: b"{not json", peft_format.WEIGHTS_NAME: WEIGHTS}, "not valid JSON"),
+        (
+            {peft_format.CONFIG_NAME: b"{not json", peft_format.WEIGHTS_NAME: WEIGHTS},
+            "not valid JSON",
+        ),
         ({peft_format.CONFIG_NAME: b"[1, 2]", peft_format.WEIGHTS_NAME: WEIGHTS}, "JSON object"),
     ],
 )
@@ -77,7 +86,10 @@ def test_unsafe_member_path(tmp_path: Path) -> None:
 
 
 def test_size_limit_folder_and_zip(tmp_path: Path) -> None:
-    big = {peft_format.CONFIG_NAME: json.dumps(CONFIG).encode(), peft_format.WEIGHTS_NAME: b"0" * 5000}
+    big = {
+        peft_format.CONFIG_NAME: json.dumps(CONFIG).encode(),
+        peft_format.WEIGHTS_NAME: b"0" * 5000,
+    }
     with pytest.raises(TooLarge):
         peft_format.read_adapter(_folder(tmp_path, **big), max_bytes=1000)
     with pytest.raises(TooLarge):

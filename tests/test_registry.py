@@ -45,12 +45,23 @@ def snapshot(reg: Registry) -> tuple:
             conn.execute(sa.text(f"select count(*) from {t}")).scalar()
             for t in ("adapters", "description_embeddings", "adapter_parents", "base_models")
         )
-    blobs = sorted(p.name for p in reg.settings.blob_dir.rglob("*") if p.is_file()) if reg.settings.blob_dir.exists() else []
+    blobs = (
+        sorted(p.name for p in reg.settings.blob_dir.rglob("*") if p.is_file())
+        if reg.settings.blob_dir.exists()
+        else []
+    )
     return counts, reg.generation(), blobs
 
 
-def test_add_get_list_export_delete(registry: Registry, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path) -> None:
-    rec = registry.add_adapter(adapters["sentiment"], base_model=str(tiny_base), description=DESCRIPTIONS["sentiment"], name="sentiment")
+def test_add_get_list_export_delete(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    rec = registry.add_adapter(
+        adapters["sentiment"],
+        base_model=str(tiny_base),
+        description=DESCRIPTIONS["sentiment"],
+        name="sentiment",
+    )
     assert rec.id and rec.name == "sentiment" and rec.rank == 4 and rec.alpha == 8
     assert rec.provenance == "imported" and rec.target_modules == ["q_proj", "v_proj"]
     assert registry.get_adapter(rec.id) == rec
@@ -59,20 +70,30 @@ def test_add_get_list_export_delete(registry: Registry, tiny_base: Path, adapter
 
     # export round trip is bit-exact
     out = registry.export_adapter(rec.id, tmp_path / "exported")
-    assert (out / "adapter_model.safetensors").read_bytes() == (adapters["sentiment"] / "adapter_model.safetensors").read_bytes()
-    assert json.loads((out / "adapter_config.json").read_text()) == json.loads((adapters["sentiment"] / "adapter_config.json").read_text())
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        adapters["sentiment"] / "adapter_model.safetensors"
+    ).read_bytes()
+    assert json.loads((out / "adapter_config.json").read_text()) == json.loads(
+        (adapters["sentiment"] / "adapter_config.json").read_text()
+    )
     z = registry.export_adapter(rec.id, tmp_path / "exported.zip")
     with zipfile.ZipFile(z) as zf:
-        assert zf.read("adapter_model.safetensors") == (out / "adapter_model.safetensors").read_bytes()
+        assert (
+            zf.read("adapter_model.safetensors") == (out / "adapter_model.safetensors").read_bytes()
+        )
 
     registry.delete_adapter(rec.id)
     with pytest.raises(AdapterNotFound):
         registry.get_adapter(rec.id)
     assert registry.count_adapters() == 0
-    assert not [p for p in registry.settings.blob_dir.rglob("*") if p.is_file()]  # unused blob removed
+    assert not [
+        p for p in registry.settings.blob_dir.rglob("*") if p.is_file()
+    ]  # unused blob removed
 
 
-def test_zip_upload(registry: Registry, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path) -> None:
+def test_zip_upload(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
     z = tmp_path / "a.zip"
     with zipfile.ZipFile(z, "w") as zf:
         for f in adapters["french"].iterdir():
@@ -81,9 +102,13 @@ def test_zip_upload(registry: Registry, tiny_base: Path, adapters: dict[str, Pat
     assert rec.name.startswith("translate-english-sentences-into-french-")
 
 
-def test_search_finds_paraphrases(registry: Registry, tiny_base: Path, adapters: dict[str, Path]) -> None:
+def test_search_finds_paraphrases(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
     ids = {
-        key: registry.add_adapter(path, base_model=str(tiny_base), description=DESCRIPTIONS[key], name=key).id
+        key: registry.add_adapter(
+            path, base_model=str(tiny_base), description=DESCRIPTIONS[key], name=key
+        ).id
         for key, path in adapters.items()
     }
     paraphrases = {
@@ -101,12 +126,23 @@ def test_search_finds_paraphrases(registry: Registry, tiny_base: Path, adapters:
     assert registry.search("anything", k=2, base_model=str(tiny_base))
 
 
-def test_index_is_derived_state(registry: Registry, tiny_base: Path, adapters: dict[str, Path], settings_for, db_url: str, embedder) -> None:
-    a = registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description=DESCRIPTIONS["sql"])
+def test_index_is_derived_state(
+    registry: Registry,
+    tiny_base: Path,
+    adapters: dict[str, Path],
+    settings_for,
+    db_url: str,
+    embedder,
+) -> None:
+    a = registry.add_adapter(
+        adapters["sql"], base_model=str(tiny_base), description=DESCRIPTIONS["sql"]
+    )
     assert registry.search("database query", k=1)[0].adapter.id == a.id
     # a second process-like instance adds an adapter: the first one's index is stale and rebuilt
     other = Registry(settings_for(db_url), embedder=embedder)
-    b = other.add_adapter(adapters["french"], base_model=str(tiny_base), description=DESCRIPTIONS["french"])
+    b = other.add_adapter(
+        adapters["french"], base_model=str(tiny_base), description=DESCRIPTIONS["french"]
+    )
     assert registry.search("translate to French", k=1)[0].adapter.id == b.id
     # losing the index files entirely is harmless
     for f in registry.settings.index_dir.iterdir():
@@ -119,9 +155,26 @@ def test_index_is_derived_state(registry: Registry, tiny_base: Path, adapters: d
     fresh.close()
 
 
-def test_lineage_metrics_and_conflicts(registry: Registry, tiny_base: Path, adapters: dict[str, Path]) -> None:
-    p = registry.add_adapter(adapters["animals"], base_model=str(tiny_base), description=DESCRIPTIONS["animals"], name="animals", provenance="trained", metrics={"accuracy": 0.8})
-    c = registry.add_adapter(adapters["sports"], base_model=str(tiny_base), description=DESCRIPTIONS["sports"], name="gen", provenance="generated", parents=[Parent(p.id, "neighbour", 0.7)], meta={"seed": 3})
+def test_lineage_metrics_and_conflicts(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
+    p = registry.add_adapter(
+        adapters["animals"],
+        base_model=str(tiny_base),
+        description=DESCRIPTIONS["animals"],
+        name="animals",
+        provenance="trained",
+        metrics={"accuracy": 0.8},
+    )
+    c = registry.add_adapter(
+        adapters["sports"],
+        base_model=str(tiny_base),
+        description=DESCRIPTIONS["sports"],
+        name="gen",
+        provenance="generated",
+        parents=[Parent(p.id, "neighbour", 0.7)],
+        meta={"seed": 3},
+    )
     got = registry.get_adapter(c.id)
     assert got.provenance == "generated" and got.meta == {"seed": 3}
     assert [(x.adapter_id, x.role, x.weight) for x in got.parents] == [(p.id, "neighbour", 0.7)]
@@ -129,9 +182,13 @@ def test_lineage_metrics_and_conflicts(registry: Registry, tiny_base: Path, adap
     assert [r.id for r in registry.list_adapters(provenance="generated")] == [c.id]
     before = snapshot(registry)
     with pytest.raises(Conflict, match="already exists"):
-        registry.add_adapter(adapters["sports"], base_model=str(tiny_base), description="another", name="animals")
+        registry.add_adapter(
+            adapters["sports"], base_model=str(tiny_base), description="another", name="animals"
+        )
     with pytest.raises(AdapterNotFound):
-        registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description="x", parents=[Parent(999)])
+        registry.add_adapter(
+            adapters["sql"], base_model=str(tiny_base), description="x", parents=[Parent(999)]
+        )
     assert snapshot(registry) == before
     registry.delete_adapter(p.id)  # deleting a parent drops the lineage link, not the child
     assert registry.get_adapter(c.id).parents == []
@@ -178,28 +235,84 @@ def _pickle(src: Path, dst: Path) -> Path:
 
 def _no_config(src: Path, dst: Path) -> Path:
     dst.mkdir()
-    (dst / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    (dst / "adapter_model.safetensors").write_bytes(
+        (src / "adapter_model.safetensors").read_bytes()
+    )
     return dst
 
 
 BAD = [
     ("pickle .bin", lambda s, d: _pickle(s, d), {}, InvalidAdapter, "pickle"),
-    ("shape mismatch", lambda s, d: _variant(s, d, tensors=_reshape), {}, InvalidAdapter, "has shape"),
-    ("rank mismatch", lambda s, d: _variant(s, d, config={"r": 8}), {}, InvalidAdapter, "has shape"),
+    (
+        "shape mismatch",
+        lambda s, d: _variant(s, d, tensors=_reshape),
+        {},
+        InvalidAdapter,
+        "has shape",
+    ),
+    (
+        "rank mismatch",
+        lambda s, d: _variant(s, d, config={"r": 8}),
+        {},
+        InvalidAdapter,
+        "has shape",
+    ),
     ("NaN weights", lambda s, d: _variant(s, d, tensors=_nan), {}, InvalidAdapter, "NaN"),
-    ("missing config", lambda s, d: _no_config(s, d), {}, InvalidAdapter, "missing adapter_config.json"),
-    ("truncated zip", lambda s, d: _truncated_zip(s, d), {}, InvalidAdapter, "truncated or corrupt"),
-    ("unknown base model", lambda s, d: s, {"base_model": "no-such-model"}, UnknownBaseModel, "unknown base model"),
-    ("uncached hub id", lambda s, d: s, {"base_model": "nobody/nothing-here"}, UnknownBaseModel, "not in the local Hugging Face cache"),
-    ("empty description", lambda s, d: s, {"description": "   "}, InvalidDescription, "description is empty"),
+    (
+        "missing config",
+        lambda s, d: _no_config(s, d),
+        {},
+        InvalidAdapter,
+        "missing adapter_config.json",
+    ),
+    (
+        "truncated zip",
+        lambda s, d: _truncated_zip(s, d),
+        {},
+        InvalidAdapter,
+        "truncated or corrupt",
+    ),
+    (
+        "unknown base model",
+        lambda s, d: s,
+        {"base_model": "no-such-model"},
+        UnknownBaseModel,
+        "unknown base model",
+    ),
+    (
+        "uncached hub id",
+        lambda s, d: s,
+        {"base_model": "nobody/nothing-here"},
+        UnknownBaseModel,
+        "not in the local Hugging Face cache",
+    ),
+    (
+        "empty description",
+        lambda s, d: s,
+        {"description": "   "},
+        InvalidDescription,
+        "description is empty",
+    ),
     ("huge description", lambda s, d: s, {"description": "x" * 5000}, InvalidDescription, "limit"),
     ("bad name", lambda s, d: s, {"name": "../etc"}, InvalidInput, "adapter name"),
 ]
 
 
 @pytest.mark.parametrize("case, make, kwargs, error, message", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_changes_nothing(registry: Registry, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path, case, make, kwargs, error, message) -> None:
-    registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description=DESCRIPTIONS["sql"])
+def test_bad_input_changes_nothing(
+    registry: Registry,
+    tiny_base: Path,
+    adapters: dict[str, Path],
+    tmp_path: Path,
+    case,
+    make,
+    kwargs,
+    error,
+    message,
+) -> None:
+    registry.add_adapter(
+        adapters["sql"], base_model=str(tiny_base), description=DESCRIPTIONS["sql"]
+    )
     registry.search("warm the index", k=1)
     before = snapshot(registry)
     path = make(adapters["sentiment"], tmp_path / "bad")
@@ -210,7 +323,9 @@ def test_bad_input_changes_nothing(registry: Registry, tiny_base: Path, adapters
     assert [h.adapter.description for h in registry.search("a task", k=10)] == [DESCRIPTIONS["sql"]]
 
 
-def test_size_limit(db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]) -> None:
+def test_size_limit(
+    db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
     reg = Registry(settings_for(db_url, max_adapter_bytes=1000), embedder=embedder)
     with pytest.raises(TooLarge):
         reg.add_adapter(adapters["sql"], base_model=str(tiny_base), description="x")
@@ -224,18 +339,29 @@ def test_bad_k(registry: Registry, k: int) -> None:
         registry.search("x", k=k)
 
 
-def test_failed_commit_leaves_no_blob(registry: Registry, tiny_base: Path, adapters: dict[str, Path]) -> None:
-    registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description="first", name="dup")
+def test_failed_commit_leaves_no_blob(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
+    registry.add_adapter(
+        adapters["sql"], base_model=str(tiny_base), description="first", name="dup"
+    )
     before = snapshot(registry)
     with pytest.raises(Conflict):
-        registry.add_adapter(adapters["french"], base_model=str(tiny_base), description="second", name="dup")
+        registry.add_adapter(
+            adapters["french"], base_model=str(tiny_base), description="second", name="dup"
+        )
     assert snapshot(registry) == before
 
 
-def test_search_on_an_approximate_index_with_deletes(db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]) -> None:
+def test_search_on_an_approximate_index_with_deletes(
+    db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
     """exact_index_max=2 forces HNSW: deletes become tombstones, results stay right."""
     reg = Registry(settings_for(db_url, exact_index_max=2), embedder=embedder)
-    ids = {k: reg.add_adapter(p, base_model=str(tiny_base), description=DESCRIPTIONS[k], name=k).id for k, p in adapters.items()}
+    ids = {
+        k: reg.add_adapter(p, base_model=str(tiny_base), description=DESCRIPTIONS[k], name=k).id
+        for k, p in adapters.items()
+    }
     bm = reg.list_base_models()[0].id
     assert reg.index_for(bm).kind == "hnsw"
     assert reg.search("film review polarity", k=1)[0].adapter.id == ids["sentiment"]
@@ -244,6 +370,8 @@ def test_search_on_an_approximate_index_with_deletes(db_url: str, settings_for, 
     assert ids["sentiment"] not in [h.adapter.id for h in hits] and len(hits) == 4
     # a fresh process loads the saved index (with its tombstones) and agrees
     other = Registry(settings_for(db_url, exact_index_max=2), embedder=embedder)
-    assert [h.adapter.id for h in other.search("film review polarity", k=5)] == [h.adapter.id for h in hits]
+    assert [h.adapter.id for h in other.search("film review polarity", k=5)] == [
+        h.adapter.id for h in hits
+    ]
     reg.close()
     other.close()

@@ -53,6 +53,8 @@ def test_kind_follows_size() -> None:
 
 
 def test_empty_index() -> None:
-    index = VectorIndex.build(np.zeros(0, np.int64), np.zeros((0, 8), np.float32), exact_max=10, dim=8)
+    index = VectorIndex.build(
+        np.zeros(0, np.int64), np.zeros((0, 8), np.float32), exact_max=10, dim=8
+    )
     scores, ids = index.search(unit(2, 5, dim=8), 3)
     assert scores.shape == (2, 0) and ids.shape == (2, 0)
