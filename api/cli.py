@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from api.cli_zoo import eval_app, tasks_app, zoo_app
 from registry.errors import LoramintError, NotFound
 
 app = typer.Typer(
@@ -28,6 +29,9 @@ adapters_app = typer.Typer(help="Registered LoRA adapters.", no_args_is_help=Tru
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(eval_app, name="eval")
 
 out = Console()
 err = Console(stderr=True)

@@ -114,6 +114,20 @@ class AdapterParentRow(Base):
     weight: Mapped[float | None] = mapped_column(default=None)
 
 
+class AdapterArtifactRow(Base):
+    """A named extra file kept with an adapter (e.g. its training trajectory
+    statistics, its seed examples), stored as a blob."""
+
+    __tablename__ = "adapter_artifacts"
+
+    adapter_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
 class DescriptionEmbeddingRow(Base):
     """The embedding of an adapter's description (float32, L2-normalised)."""
 

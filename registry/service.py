@@ -23,8 +23,9 @@ from registry import base_models, lora_spec, peft_format
 from registry.blobs import BlobStore, LocalBlobStore, write_atomic
 from registry.db import open_database, session_factory, transaction
 from registry.embeddings import Embedder, clean_description, get_embedder
-from registry.errors import AdapterNotFound, Conflict, InvalidInput, UnknownBaseModel
+from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound, UnknownBaseModel
 from registry.models import (
+    AdapterArtifactRow,
     AdapterParentRow,
     AdapterRow,
     BaseModelRow,
@@ -137,9 +138,14 @@ class Registry:
         parents: Sequence[Parent] = (),
         metrics: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        artifacts: dict[str, bytes] | None = None,
         on_progress: Callable[[str], None] | None = None,
     ) -> AdapterRecord:
-        """Validate and register a PEFT LoRA adapter (a folder, a zip, or files in memory)."""
+        """Validate and register a PEFT LoRA adapter (a folder, a zip, or files in memory).
+
+        ``artifacts`` are named extra files kept with the adapter (trajectory
+        statistics, seed examples); they are stored and removed with it.
+        """
         description = clean_description(description, self.settings.max_description_chars)
         provenance = Provenance(provenance)
         if name is not None and not NAME_RE.match(name):
@@ -161,7 +167,12 @@ class Registry:
         _check_json("metrics", metrics)
         _check_json("meta", meta)
 
+        artifacts = artifacts or {}
+        for art_name in artifacts:
+            if not NAME_RE.match(art_name):
+                raise InvalidInput(f"artifact name {art_name!r} is not a simple name")
         key = self.blobs.put(files.weights)
+        art_keys = {art_name: self.blobs.put(data) for art_name, data in artifacts.items()}
         try:
             with transaction(self._sessions) as s:
                 bm_row = self._base_model_row(s, bm.name)
@@ -212,16 +223,25 @@ class Registry:
                             child_id=row.id, parent_id=p.adapter_id, role=p.role, weight=p.weight
                         )
                     )
+                for art_name, art_key in art_keys.items():
+                    s.add(
+                        AdapterArtifactRow(
+                            adapter_id=row.id,
+                            name=art_name,
+                            blob_key=art_key,
+                            size_bytes=len(artifacts[art_name]),
+                        )
+                    )
                 _bump_generation(s)
                 s.flush()
                 record = AdapterRecord.of(
                     row, [ParentLink(p.adapter_id, p.role, p.weight) for p in parents]
                 )
         except sa.exc.IntegrityError as exc:
-            self._drop_blob_if_unused(key)
+            self._drop_blobs_if_unused([key, *art_keys.values()])
             raise Conflict(f"adapter could not be registered: {exc.orig}") from exc
         except BaseException:
-            self._drop_blob_if_unused(key)
+            self._drop_blobs_if_unused([key, *art_keys.values()])
             raise
         return record
 
@@ -237,7 +257,16 @@ class Registry:
     def delete_adapter(self, adapter_id: int) -> None:
         with transaction(self._sessions) as s:
             row = self._adapter_row(s, adapter_id)
-            key = row.blob_key
+            keys = [row.blob_key] + list(
+                s.scalars(
+                    sa.select(AdapterArtifactRow.blob_key).where(
+                        AdapterArtifactRow.adapter_id == adapter_id
+                    )
+                )
+            )
+            s.execute(
+                sa.delete(AdapterArtifactRow).where(AdapterArtifactRow.adapter_id == adapter_id)
+            )
             s.execute(
                 sa.delete(AdapterParentRow).where(
                     sa.or_(
@@ -253,13 +282,40 @@ class Registry:
             )
             s.delete(row)
             _bump_generation(s)
-        self._drop_blob_if_unused(key)
+        self._drop_blobs_if_unused(keys)
 
-    def _drop_blob_if_unused(self, key: str) -> None:
+    def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None:
         with self._sessions() as s:
-            in_use = s.scalar(sa.select(sa.func.count()).where(AdapterRow.blob_key == key))
-        if not in_use:
-            self.blobs.delete(key)
+            for key in set(keys):
+                used = s.scalar(sa.select(sa.func.count()).where(AdapterRow.blob_key == key))
+                used = used or s.scalar(
+                    sa.select(sa.func.count()).where(AdapterArtifactRow.blob_key == key)
+                )
+                if not used:
+                    self.blobs.delete(key)
+
+    def artifact_names(self, adapter_id: int) -> list[str]:
+        with self._sessions() as s:
+            self._adapter_row(s, adapter_id)
+            return sorted(
+                s.scalars(
+                    sa.select(AdapterArtifactRow.name).where(
+                        AdapterArtifactRow.adapter_id == adapter_id
+                    )
+                )
+            )
+
+    def artifact(self, adapter_id: int, name: str) -> bytes:
+        """The bytes of a named artifact of an adapter, verified against their sha256."""
+        with self._sessions() as s:
+            key = s.scalar(
+                sa.select(AdapterArtifactRow.blob_key).where(
+                    AdapterArtifactRow.adapter_id == adapter_id, AdapterArtifactRow.name == name
+                )
+            )
+        if key is None:
+            raise NotFound(f"adapter {adapter_id} has no artifact {name!r}")
+        return self.blobs.get(key)
 
     # -- adapters: read ------------------------------------------------------
 

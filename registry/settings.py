@@ -48,6 +48,14 @@ class Settings:
     def index_dir(self) -> Path:
         return self.home / "index"
 
+    @property
+    def tasks_dir(self) -> Path:
+        return self.home / "tasks"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.home / "results"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)

@@ -71,25 +71,56 @@ def embedder():  # type: ignore[no-untyped-def]
 
 
 TINY_CONFIG = dict(
-    vocab_size=96,
+    vocab_size=104,  # the character tokenizer below
     hidden_size=32,
     intermediate_size=48,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    max_position_embeddings=64,
+    max_position_embeddings=512,
+    # a wider init than Llama's 0.02, so that the tiny model's logits can move
+    # far enough for a LoRA to change its answers in a few steps
+    initializer_range=0.2,
 )
+
+
+def char_tokenizer():  # type: ignore[no-untyped-def]
+    """A character-level tokenizer with a ChatML-style chat template (no download)."""
+    import string
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + list(string.printable))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tok
+
+
+def save_tiny_llama(path: Path, seed: int = 0) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(**TINY_CONFIG)).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny randomly initialised Llama saved as a local HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(LlamaConfig(**TINY_CONFIG)).save_pretrained(path)
-    return path
+    """A tiny randomly initialised Llama (with a character tokenizer) saved as a local HF folder."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def make_lora(

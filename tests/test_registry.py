@@ -17,6 +17,7 @@ from registry.errors import (
     InvalidAdapter,
     InvalidDescription,
     InvalidInput,
+    NotFound,
     TooLarge,
     UnknownBaseModel,
 )
@@ -43,7 +44,13 @@ def snapshot(reg: Registry) -> tuple:
     with reg.engine.connect() as conn:
         counts = tuple(
             conn.execute(sa.text(f"select count(*) from {t}")).scalar()
-            for t in ("adapters", "description_embeddings", "adapter_parents", "base_models")
+            for t in (
+                "adapters",
+                "description_embeddings",
+                "adapter_parents",
+                "base_models",
+                "adapter_artifacts",
+            )
         )
     blobs = (
         sorted(p.name for p in reg.settings.blob_dir.rglob("*") if p.is_file())
@@ -375,3 +382,24 @@ def test_search_on_an_approximate_index_with_deletes(
     ]
     reg.close()
     other.close()
+
+
+def test_artifacts_live_and_die_with_their_adapter(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
+    rec = registry.add_adapter(
+        adapters["sql"],
+        base_model=str(tiny_base),
+        description="x",
+        artifacts={"trajectory": b"stats", "seeds.jsonl": b"{}"},
+    )
+    assert registry.artifact_names(rec.id) == ["seeds.jsonl", "trajectory"]
+    assert registry.artifact(rec.id, "trajectory") == b"stats"
+    with pytest.raises(NotFound):
+        registry.artifact(rec.id, "nope")
+    registry.delete_adapter(rec.id)
+    assert not [p for p in registry.settings.blob_dir.rglob("*") if p.is_file()]
+    with pytest.raises(InvalidInput, match="artifact name"):
+        registry.add_adapter(
+            adapters["sql"], base_model=str(tiny_base), description="x", artifacts={"../x": b""}
+        )

@@ -1,0 +1,213 @@
+"""``loramint tasks``, ``loramint zoo`` and ``loramint eval``: the task suite,
+the zoo of trained adapters, and the evaluation harness."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+tasks_app = typer.Typer(help="Task suites (JSONL + manifest).", no_args_is_help=True)
+zoo_app = typer.Typer(help="The zoo: one trained LoRA per task.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate adapters on tasks (rank-classification accuracy).")
+
+out = Console()
+err = Console(stderr=True)
+
+SuiteOpt = Annotated[
+    Path | None,
+    typer.Option("--suite", help="Task suite folder (default: $LORAMINT_HOME/tasks/default)."),
+]
+BaseOpt = Annotated[
+    str, typer.Option("--base-model", "-m", help="Base model name, folder or HF id.")
+]
+
+
+def _suite(path: Path | None, *, build: bool = True) -> Any:
+    from generator.tasks import TaskSuite
+    from registry.errors import NotFound
+    from registry.settings import get_settings
+
+    if path is not None:
+        suite = TaskSuite(path)
+        if not suite.exists():
+            raise NotFound(f"no task suite at {path} (it needs a manifest.json)")
+        return suite
+    suite = TaskSuite(get_settings().tasks_dir / "default")
+    if not suite.exists():
+        if not build:
+            raise NotFound("the default task suite is not built yet: run `loramint tasks build`")
+        from generator.suite import build_default_suite
+
+        with err.status("building the default task suite from the installed corpora..."):
+            build_default_suite(suite.root)
+    return suite
+
+
+@tasks_app.command("build")
+def tasks_build(
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    dest: Annotated[
+        Path | None, typer.Option("--dest", help="Folder to write the suite to.")
+    ] = None,
+) -> None:
+    """(Re)build the default task suite from the corpora that ship in packages."""
+    from generator.suite import build_default_suite
+    from registry.settings import get_settings
+
+    root = dest or get_settings().tasks_dir / "default"
+    with err.status("building the default task suite..."):
+        tasks = build_default_suite(root, seed=seed)
+    held = sum(t.held_out for t in tasks)
+    out.print(f"wrote {len(tasks)} tasks ({held} held out) to {root}")
+
+
+@tasks_app.command("list")
+def tasks_list(
+    suite: SuiteOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List the tasks of a suite."""
+    s = _suite(suite)
+    tasks = list(s)
+    if as_json:
+        sys.stdout.write(json.dumps([t.header() for t in tasks], indent=2) + "\n")
+        return
+    table = Table("name", "family", "labels", "train", "test", "held out", "description")
+    for t in tasks:
+        table.add_row(
+            t.name,
+            t.family,
+            "/".join(t.labels),
+            str(len(t.train)),
+            str(len(t.test)),
+            "yes" if t.held_out else "",
+            t.description[:60],
+        )
+    out.print(table)
+
+
+@zoo_app.command("build")
+def zoo_build(
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Comma-separated task names (default: all).")
+    ] = None,
+    base_model: BaseOpt = "smollm2-135m-instruct",
+    suite: SuiteOpt = None,
+    steps: Annotated[int, typer.Option(help="Training steps per task.")] = 48,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    no_eval: Annotated[
+        bool, typer.Option("--no-eval", help="Skip the base/oracle evaluation.")
+    ] = False,
+) -> None:
+    """Train and register one LoRA per task; resumable, skips adapters already registered."""
+    from tqdm import tqdm
+
+    from generator.lora_trainer import TrainConfig
+    from generator.zoo import build_zoo, write_report
+    from registry.service import Registry
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, alpha=2.0 * rank)
+    s = _suite(suite)
+    names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
+    selected = s.select(names)
+    reg = Registry()
+    bars: dict[str, tqdm[Any]] = {}
+
+    def on_task(task: Any, i: int, n: int) -> None:
+        if "task" not in bars:
+            bars["task"] = tqdm(total=n, desc="tasks", unit="task", position=0)
+        else:
+            bars["task"].update(1)
+        if "step" in bars:
+            bars["step"].close()
+        bars["step"] = tqdm(total=steps, desc=task.name[:28], unit="step", position=1, leave=False)
+
+    def on_step(step: int, loss: float) -> None:
+        bars["step"].update(1)
+        bars["step"].set_postfix(loss=f"{loss:.3f}")
+
+    entries = build_zoo(
+        reg,
+        selected,
+        base_model=base_model,
+        config=config,
+        evaluate=not no_eval,
+        on_task=on_task,
+        on_step=on_step,
+        on_progress=lambda m: err.print(m),
+    )
+    for bar in bars.values():
+        bar.close()
+    trained = sum(e.trained_now for e in entries)
+    out.print(
+        f"zoo for {base_model}: {len(entries)} adapters ({trained} trained now, "
+        f"{len(entries) - trained} already registered)"
+    )
+    path = write_report(reg, base_model)
+    out.print(f"report: {path}")
+
+
+@zoo_app.command("report")
+def zoo_report(
+    base_model: BaseOpt = "smollm2-135m-instruct",
+    dest: Annotated[
+        Path | None, typer.Option("--out", help="Also write the markdown here.")
+    ] = None,
+) -> None:
+    """Per-task base vs oracle accuracy and training time of the registered zoo."""
+    from generator.zoo import write_report
+    from registry.service import Registry
+
+    path = write_report(Registry(), base_model, extra=dest)
+    sys.stdout.write(path.with_suffix(".md").read_text())
+
+
+@eval_app.callback(invoke_without_command=True)
+def eval_adapter(
+    ctx: typer.Context,
+    adapter: Annotated[int | None, typer.Option("--adapter", help="Adapter id.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Task name.")] = None,
+    suite: SuiteOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Accuracy of adapter ID on task NAME's test split, and of the bare base model."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if adapter is None or task is None:
+        raise typer.BadParameter("give both --adapter ID and --task NAME")
+    from generator.evaluation import Evaluator
+    from registry.service import Registry
+
+    t = _suite(suite).load(task)
+    reg = Registry()
+    rec = reg.get_adapter(adapter)
+    files = reg.adapter_files(adapter)
+    from registry.lora_spec import parse_weights
+
+    with err.status(f"loading {rec.base_model}..."):
+        evaluator = Evaluator.from_path(reg.base_model_path(rec.base_model))
+    with err.status(f"scoring {len(t.test)} test examples..."):
+        bare = evaluator.accuracy(t)
+        tuned = evaluator.accuracy(t, (files.config, parse_weights(files.weights)))
+    result = {
+        "adapter": adapter,
+        "task": task,
+        "n": tuned.n,
+        "accuracy": tuned.accuracy,
+        "base_accuracy": bare.accuracy,
+        "seconds": round(bare.seconds + tuned.seconds, 2),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    out.print(
+        f"task {task} ({tuned.n} test examples): adapter {adapter} {tuned.accuracy:.3f}, "
+        f"bare {rec.base_model} {bare.accuracy:.3f}"
+    )

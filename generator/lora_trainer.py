@@ -1,0 +1,281 @@
+"""LoRA trainer for any causal LM: the zoo's workhorse.
+
+Speed on CPU comes from three things: left-padded batches (every answer ends
+in the last columns, so the LM head runs only on ``logits_to_keep`` positions
+instead of the whole sequence), length bucketing (batches of similar length,
+little padding), and loading the base model once per zoo build (adapters are
+attached and removed around it).
+
+Every adapter of one base model and layout starts from the SAME A matrices
+(``init_seed``), so adapters are comparable element-wise (DESIGN.md, weight
+geometry). During the late part of training the trainer keeps the running
+mean and variance of the LoRA weights (Welford) and a few snapshots: the
+trajectory statistics SG-LoRA and ICM-LoRA learn from.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from generator.prompting import PromptFormat
+from generator.tasks import Example
+from registry.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    steps: int = 48
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 4
+    seed: int = 0  # data order
+    init_seed: int = 0  # A matrices: the same for every adapter of one layout
+    trajectory_start: float = 0.5  # running mean/variance over the last half of the steps
+    snapshots: int = 5
+    max_prompt_tokens: int = 320  # longer prompts keep their end (the input's tail is cut)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rank": self.rank > 0,
+            "alpha": self.alpha > 0,
+            "steps": self.steps > 0,
+            "batch_size": self.batch_size > 0,
+            "lr": self.lr > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "snapshots": self.snapshots >= 1,
+            "max_prompt_tokens": self.max_prompt_tokens > 8,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise InvalidInput(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.trajectory_start < 1.0:
+            raise InvalidInput(f"trajectory_start must be in [0, 1), got {self.trajectory_start}")
+        if not self.target_modules:
+            raise InvalidInput("target_modules is empty")
+
+    def lora_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]
+            target_modules=list(self.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainResult:
+    peft_config: dict[str, Any]
+    weights: Tensors  # final LoRA weights, PEFT state-dict names
+    mean: Tensors  # over the late trajectory
+    var: Tensors
+    snapshots: list[Tensors]
+    losses: list[float]
+    seconds: float
+    tokens: int  # non-padding tokens processed
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def attach_lora(model: torch.nn.Module, config: TrainConfig) -> Any:
+    """Wrap ``model`` in a PEFT LoRA whose A matrices depend only on ``init_seed``."""
+    from peft import get_peft_model
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(config.init_seed)
+    peft_model = get_peft_model(model, config.lora_config())  # type: ignore[arg-type]
+    torch.random.set_rng_state(state)
+    return peft_model
+
+
+def lora_state(peft_model: Any) -> Tensors:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone().float() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt: list[int]
+    answer: list[int]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.answer)
+
+
+def encode(
+    fmt: PromptFormat, description: str, examples: Sequence[Example], max_prompt: int
+) -> list[Encoded]:
+    out = []
+    for e in examples:
+        prompt = fmt.prompt_ids(description, e.input)
+        if len(prompt) > max_prompt:
+            # keep the template's head and the generation prompt at the end
+            prompt = prompt[: max_prompt // 2] + prompt[-(max_prompt - max_prompt // 2) :]
+        out.append(Encoded(prompt, fmt.answer_ids(e.output)))
+    return out
+
+
+def batches(items: list[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
+    """One epoch: shuffle, sort within windows of 8 batches by length, shuffle batches."""
+    order = items[:]
+    rng.shuffle(order)
+    window = batch_size * 8
+    out: list[list[Encoded]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=len)
+        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def collate(batch: list[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Left-padded ids, mask, positions, targets (B, K-1) and target mask for the last K columns."""
+    T = max(len(x) for x in batch)
+    K = max(len(x.answer) for x in batch) + 1
+    B = len(batch)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    tgt_mask = torch.zeros((B, K - 1), dtype=torch.bool)
+    for b, x in enumerate(batch):
+        seq = x.prompt + x.answer
+        ids[b, T - len(seq) :] = torch.tensor(seq)
+        mask[b, T - len(seq) :] = 1
+        tgt_mask[b, K - 1 - len(x.answer) :] = True
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    targets = ids[:, T - K + 1 :]  # (B, K-1): the tokens the last K-1 logits predict
+    return ids, mask, pos, targets, tgt_mask
+
+
+def train_lora(
+    model: torch.nn.Module,
+    fmt: PromptFormat,
+    description: str,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train one LoRA on ``examples`` (loss on the answer tokens only) and return its weights
+    with the late-trajectory statistics. ``model`` is left as it was (the LoRA is removed)."""
+    if not examples:
+        raise InvalidInput("no training examples")
+    pad_id = fmt.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = fmt.tokenizer.eos_token_id or 0
+    data = encode(fmt, description, examples, config.max_prompt_tokens)
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    peft_model = attach_lora(model, config)
+    try:
+        return _train(peft_model, data, config, pad_id, rng, on_step)
+    finally:
+        peft_model.unload()  # back to the bare base model for the next task
+
+
+def _train(
+    peft_model: Any,
+    data: list[Encoded],
+    config: TrainConfig,
+    pad_id: int,
+    rng: random.Random,
+    on_step: Callable[[int, float], None] | None,
+) -> TrainResult:
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    start = int(config.steps * config.trajectory_start)
+    late = config.steps - start
+    snap_at = {
+        start + round(i * (late - 1) / max(1, config.snapshots - 1))
+        for i in range(config.snapshots)
+    }
+    mean: Tensors = {}
+    m2: Tensors = {}
+    count = 0
+    snapshots: list[Tensors] = []
+    losses: list[float] = []
+    tokens = 0
+    queue: list[list[Encoded]] = []
+    peft_model.train()
+    t0 = time.perf_counter()
+    for step in range(config.steps):
+        if not queue:
+            queue = batches(data, config.batch_size, rng)
+        ids, mask, pos, targets, tgt_mask = collate(queue.pop(), pad_id)
+        K = targets.shape[1] + 1
+        out = peft_model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=K)
+        logits = out.logits[:, :-1]  # (B, K-1, V): each predicts the next column's token
+        loss = F.cross_entropy(logits[tgt_mask].float(), targets[tgt_mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        tokens += int(mask.sum())
+        losses.append(loss.item())
+        if step >= start:
+            count += 1
+            for k, v in lora_state(peft_model).items():
+                if k not in mean:
+                    mean[k], m2[k] = v.clone(), torch.zeros_like(v)
+                else:  # Welford's running mean and sum of squared deviations
+                    delta = v - mean[k]
+                    mean[k] += delta / count
+                    m2[k] += delta * (v - mean[k])
+            if step in snap_at:
+                snapshots.append(lora_state(peft_model))
+        if on_step:
+            on_step(step, losses[-1])
+    seconds = time.perf_counter() - t0
+    peft_model.eval()
+    var = {k: m2[k] / max(1, count - 1) for k in m2}
+    config_dict = peft_model.peft_config["default"].to_dict()
+    config_dict["target_modules"] = sorted(config_dict["target_modules"])
+    return TrainResult(
+        peft_config=_jsonable(config_dict),
+        weights=lora_state(peft_model),
+        mean=mean,
+        var=var,
+        snapshots=snapshots,
+        losses=losses,
+        seconds=seconds,
+        tokens=tokens,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in (sorted(value) if isinstance(value, set) else value)]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,81 @@
+"""Rank classification: the log-likelihood of each label after each prompt.
+
+Each prompt is run once (left-padded, its key/value cache kept); the label
+tokens are then run for every (prompt, label) pair on top of the cache, with
+logits taken only at label positions. For binary single-token labels that is
+one forward pass over the prompts and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def label_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """(N, L) total log-probability of each of the L label token sequences after each prompt."""
+    if not labels or any(len(lab) == 0 for lab in labels):
+        raise ValueError("every label needs at least one token")
+    n_labels = len(labels)
+    m = max(len(lab) for lab in labels)
+    lab = torch.full((n_labels, m), pad_id, dtype=torch.long)
+    lab_mask = torch.zeros((n_labels, m), dtype=torch.long)
+    for j, tokens in enumerate(labels):
+        lab[j, : len(tokens)] = torch.tensor(tokens)
+        lab_mask[j, : len(tokens)] = 1
+    out = torch.empty((len(prompts), n_labels))
+    # longest first: similar lengths share a batch, so little padding
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = _score_batch(model, [prompts[i] for i in idx], lab, lab_mask, pad_id)
+    return out
+
+
+def _score_batch(
+    model: torch.nn.Module,
+    prompts: list[Sequence[int]],
+    lab: torch.Tensor,
+    lab_mask: torch.Tensor,
+    pad_id: int,
+) -> torch.Tensor:
+    B, L, M = len(prompts), lab.shape[0], lab.shape[1]
+    P = max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for b, p in enumerate(prompts):  # left padding: every prompt ends at column P-1
+        ids[b, P - len(p) :] = torch.tensor(p)
+        mask[b, P - len(p) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    res = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=M > 1, logits_to_keep=1
+    )
+    first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # (B, V)
+    total = first[:, lab[:, 0]]  # (B, L)
+    if M == 1:
+        return total
+    cache = res.past_key_values
+    cache.batch_repeat_interleave(L)  # (B*L, ...) one copy of each prompt per label
+    cont = lab[:, :-1].repeat(B, 1)  # (B*L, M-1) label tokens fed after the prompt
+    cont_mask = torch.cat(
+        [mask.repeat_interleave(L, dim=0), torch.ones((B * L, M - 1), dtype=torch.long)], dim=1
+    )  # (B*L, P+M-1)
+    start = mask.sum(-1).repeat_interleave(L)[:, None]  # (B*L, 1) next position per prompt
+    cont_pos = start + torch.arange(M - 1)[None, :]  # (B*L, M-1)
+    res2 = model(
+        input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache
+    )
+    logp = F.log_softmax(res2.logits.float(), dim=-1)  # (B*L, M-1, V)
+    target = lab[:, 1:].repeat(B, 1)  # (B*L, M-1)
+    picked = logp.gather(-1, target[..., None])[..., 0] * lab_mask[:, 1:].repeat(B, 1)
+    return total + picked.sum(-1).view(B, L)
