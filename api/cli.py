@@ -33,7 +33,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")
 
-out = Console()
+out = Console(soft_wrap=True)  # never wrap: output is read by scripts
 err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -16,7 +16,7 @@ tasks_app = typer.Typer(help="Task suites (JSONL + manifest).", no_args_is_help=
 zoo_app = typer.Typer(help="The zoo: one trained LoRA per task.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate adapters on tasks (rank-classification accuracy).")
 
-out = Console()
+out = Console(soft_wrap=True)  # never wrap: output is read by scripts
 err = Console(stderr=True)
 
 SuiteOpt = Annotated[

@@ -15,6 +15,7 @@ trajectory statistics SG-LoRA and ICM-LoRA learn from.
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 import time
@@ -272,6 +273,8 @@ def _train(
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from generator.evaluation import load_base
-from generator.lora_trainer import TrainConfig, attach_lora, batches, collate, encode, lora_state, train_lora
+from generator.lora_trainer import (
+    TrainConfig,
+    attach_lora,
+    batches,
+    collate,
+    encode,
+    lora_state,
+    train_lora,
+)
 from generator.prompting import PromptFormat
 from generator.tasks import Example
 from registry.errors import InvalidInput
@@ -37,7 +45,10 @@ def base(tiny_base: Path):  # type: ignore[no-untyped-def]
 def test_prompt_format_follows_the_chat_template(base) -> None:  # type: ignore[no-untyped-def]
     _, fmt = base
     assert fmt.chat
-    assert fmt.prompt_text("Do X.", "input") == "<|im_start|>user\nDo X.\n\ninput<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        fmt.prompt_text("Do X.", "input")
+        == "<|im_start|>user\nDo X.\n\ninput<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert fmt.answer_ids("no")[-1] == fmt.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
@@ -67,7 +78,9 @@ def test_answer_only_logits_give_the_full_sequence_loss(base) -> None:  # type: 
     ids, mask, pos, targets, tgt_mask = collate(data, fmt.tokenizer.pad_token_id)
     K = targets.shape[1] + 1
     with torch.no_grad():
-        fast = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=K).logits[:, :-1]
+        fast = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=K).logits[
+            :, :-1
+        ]
         fast_loss = F.cross_entropy(fast[tgt_mask], targets[tgt_mask], reduction="sum")
         slow_loss = torch.tensor(0.0)
         for x in data:  # one unpadded sequence at a time, full logits
@@ -93,7 +106,9 @@ def test_training_learns_is_deterministic_and_keeps_the_trajectory(base) -> None
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(rank=4, alpha=8, steps=30, batch_size=8, lr=3e-2, snapshots=3)
     steps: list[int] = []
-    a = train_lora(model, fmt, DESCRIPTION, examples(64), cfg, on_step=lambda s, _loss: steps.append(s))
+    a = train_lora(
+        model, fmt, DESCRIPTION, examples(64), cfg, on_step=lambda s, _loss: steps.append(s)
+    )
     assert steps == list(range(30))
     assert sum(a.losses[-5:]) / 5 < 0.6 * sum(a.losses[:5]) / 5
     b = train_lora(model, fmt, DESCRIPTION, examples(64), cfg)
@@ -102,7 +117,9 @@ def test_training_learns_is_deterministic_and_keeps_the_trajectory(base) -> None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any("lora" in n for n, _ in model.named_modules())
     # late-trajectory statistics: 3 snapshots, the last is the final weights
-    assert len(a.snapshots) == 3 and all(torch.equal(a.snapshots[-1][k], a.weights[k]) for k in a.weights)
+    assert len(a.snapshots) == 3 and all(
+        torch.equal(a.snapshots[-1][k], a.weights[k]) for k in a.weights
+    )
     assert a.mean.keys() == a.weights.keys() == a.var.keys()
     assert all((v >= 0).all() for v in a.var.values())
     assert a.tokens > 0 and a.tokens_per_second > 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from generator.suite.sampling import CLIP_CHARS, clip, make_task
+from generator.suite.sampling import CLIP_CHARS, Provenance, clip, make_task
 from generator.suite.sources import package_file
 from generator.tasks import Task
 
@@ -66,7 +66,7 @@ def load_articles() -> dict[str, list[str]]:
 
 def bbc_tasks(seed: int) -> list[Task]:
     articles = load_articles()
-    common = {"seed": seed, "source": SOURCE, "licence": LICENCE}
+    common: Provenance = {"seed": seed, "source": SOURCE, "licence": LICENCE}
     tasks = [
         make_task(
             name,

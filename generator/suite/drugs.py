@@ -16,7 +16,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 
-from generator.suite.sampling import clip, make_task
+from generator.suite.sampling import Provenance, clip, make_task
 from generator.suite.sources import package_file
 from generator.tasks import Task
 from registry.errors import InvalidInput
@@ -79,10 +79,13 @@ def drug_tasks(seed: int) -> list[Task]:
     reviews = load_reviews()
     known = [r for r in reviews if _known(r.condition)]
     grouped = {g: [r.text for r in known if group_of(r.condition) == g] for g in GROUPS}
-    common = {"seed": seed, "source": SOURCE, "licence": LICENCE}
+    common: Provenance = {"seed": seed, "source": SOURCE, "licence": LICENCE}
 
     def yes_no(group: str) -> dict[str, list[str]]:
-        return {"yes": grouped[group], "no": [r.text for r in known if group_of(r.condition) != group]}
+        return {
+            "yes": grouped[group],
+            "no": [r.text for r in known if group_of(r.condition) != group],
+        }
 
     return [
         make_task(
@@ -90,7 +93,10 @@ def drug_tasks(seed: int) -> list[Task]:
             "Is this patient's review of a medication positive or negative? "
             "Answer positive or negative.",
             FAMILY,
-            {label: [r.text for r in reviews if r.rating == label] for label in ("positive", "negative")},
+            {
+                label: [r.text for r in reviews if r.rating == label]
+                for label in ("positive", "negative")
+            },
             meta={"corpus": "drugreview", "labels_from": "rating 7-10 positive, 1-4 negative"},
             **common,
         ),
@@ -122,8 +128,7 @@ def drug_tasks(seed: int) -> list[Task]:
         ),
         make_task(
             "drug_condition",
-            "What was the medication in this review taken for? "
-            "Answer birth control, mood or pain.",
+            "What was the medication in this review taken for? Answer birth control, mood or pain.",
             FAMILY,
             grouped,
             meta={"corpus": "drugreview"},

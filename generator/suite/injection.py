@@ -6,7 +6,8 @@ instructions, in five languages). Negatives are its benign rows, which are
 deliberate look-alikes ("please ignore my previous email...", "act as a
 friendly tutor..."), plus a fixed sample of ordinary English chatbot messages
 from chatterbot-corpus, so that about a third of the negatives are traps.
-A row's ``{canary}`` slot is filled with a token derived from its id, as the
+Rows written in invisible Unicode format characters are left out (each costs
+hundreds of tokens). A row's ``{canary}`` slot is filled with a token derived from its id, as the
 corpus' own probe runner fills it with a fresh token.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 
 from generator.suite.languages import chatterbot_sentences
 from generator.suite.sampling import clip, make_task, task_rng
@@ -35,6 +37,11 @@ def _fill_canary(row: dict[str, object]) -> str:
     return str(row.get("text", "")).replace("{canary}", token)
 
 
+def _invisible(text: str) -> bool:
+    """Text smuggled in invisible format characters (hundreds of tokens for a short line)."""
+    return any(unicodedata.category(c) == "Cf" for c in text)
+
+
 def load_rows() -> dict[str, list[str]]:
     """label (malicious | benign) -> texts, in file order."""
     path = package_file("bastioncorpus", "corpus/injections.jsonl")
@@ -47,7 +54,7 @@ def load_rows() -> dict[str, list[str]]:
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"{path}:{number}: not JSON: {exc}") from exc
         label = row.get("label", "malicious")
-        if label in rows:
+        if label in rows and not _invisible(str(row.get("text", ""))):
             rows[label].append(clip(_fill_canary(row)))
     return rows
 

@@ -1,9 +1,9 @@
-"""Which language is this sentence in? (``chatterbot-corpus`` dialogues, plus ``pyjokes``' German jokes.)
+"""Which language is this sentence in? (chatterbot-corpus dialogues, plus pyjokes' German jokes.)
 
-The ``language_id`` family: pairs of languages, some close (Spanish, Italian and
-Portuguese; Dutch and German), some written in other scripts (Japanese and
-Korean). Inputs are the chatbot's and the user's utterances of at least 20
-characters; German, which has few of them, also gets pyjokes' German jokes.
+The ``language_id`` family: pairs of languages written in the Latin alphabet,
+some close (Spanish, Italian and Portuguese; Dutch and German), some not.
+Inputs are the chatbot's and the user's utterances of at least 20 characters;
+German, which has few of them, also gets pyjokes' German jokes.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ FOLDERS: dict[str, str] = {
     "Italian": "italian",
     "Dutch": "dutch",
     "German": "german",
-    "Japanese": "japanese",
-    "Korean": "korean",
+    "English": "english",
     "Indonesian": "indonesian",
     "Turkish": "turkish",
 }
@@ -41,7 +40,7 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("lang_italian_spanish", "Italian", "Spanish"),
     ("lang_italian_portuguese", "Italian", "Portuguese"),
     ("lang_dutch_german", "Dutch", "German"),
-    ("lang_japanese_korean", "Japanese", "Korean"),
+    ("lang_dutch_english", "Dutch", "English"),
     ("lang_indonesian_turkish", "Indonesian", "Turkish"),
 )
 

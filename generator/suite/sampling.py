@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from generator.tasks import Example, Task
 from registry.errors import InvalidInput
@@ -22,6 +22,15 @@ MIN_TEST = 60
 # Inputs are cut to about this many characters (at a word boundary) so that a
 # prompt stays near 80 tokens without the chat template's system prompt.
 CLIP_CHARS = 240
+
+
+class Provenance(TypedDict):
+    """The keyword arguments of ``make_task`` that a module's tasks share."""
+
+    seed: int
+    source: str
+    licence: str
+
 
 def task_rng(name: str, seed: int) -> random.Random:
     """The task's own random stream: suite seed + a stable hash of its name."""
@@ -46,6 +55,29 @@ def clip(text: str, limit: int = CLIP_CHARS) -> str:
     return head[:cut].rstrip(" ,;:-") + " ..."
 
 
+def match_lengths(
+    pools: Mapping[str, Iterable[str]], rng: random.Random, *, width: int = 20
+) -> dict[str, list[str]]:
+    """Subsample the pools so that every label has the same histogram of input lengths.
+
+    Use it where the labels' texts differ in length for an incidental reason (two
+    corpora transcribed differently) so that length alone cannot give the answer.
+    """
+    buckets: dict[str, dict[int, list[str]]] = {}
+    for label, pool in pools.items():
+        by_length: dict[int, list[str]] = {}
+        for text in dict.fromkeys(pool):
+            by_length.setdefault(len(text) // width, []).append(text)
+        buckets[label] = by_length
+    matched: dict[str, list[str]] = {label: [] for label in buckets}
+    shared = set.intersection(*(set(b) for b in buckets.values()))
+    for bucket in sorted(shared):
+        n = min(len(b[bucket]) for b in buckets.values())
+        for label, by_length in buckets.items():
+            matched[label] += rng.sample(by_length[bucket], n)
+    return matched
+
+
 def balanced_split(
     name: str,
     pools: Mapping[str, Iterable[str]],
@@ -65,7 +97,9 @@ def balanced_split(
         raise InvalidInput(f"task {name}: needs at least two labels, got {list(pools)}")
     # Order-preserving dedupe: the pools' order (file order) is part of the
     # determinism, so builders must produce them in a stable order.
-    distinct = {label: list(dict.fromkeys(x for x in pool if x.strip())) for label, pool in pools.items()}
+    distinct = {
+        label: list(dict.fromkeys(x for x in pool if x.strip())) for label, pool in pools.items()
+    }
     sets = [set(pool) for pool in distinct.values()]
     shared: set[str] = set()
     for i, a in enumerate(sets):

@@ -9,6 +9,8 @@ fan transcripts); stage directions in brackets are removed, rows that hold
 several speakers are skipped. Seinfeld lines come from 96 episodes' subtitle
 files merged with the laugh track: consecutive subtitles of one character form
 one line, and a line is funny when a ``**LOL**`` mark follows it.
+In ``sitcom_show`` the two shows' lines are subsampled to the same length
+histogram (fan transcripts run longer than subtitles), so length gives nothing away.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from functools import lru_cache
 
-from generator.suite.sampling import clip, make_task
+from generator.suite.sampling import Provenance, clip, make_task, match_lengths, task_rng
 from generator.suite.sources import package_file
 from generator.tasks import Task
 from registry.errors import InvalidInput
@@ -32,15 +34,21 @@ SEINFELD_SOURCE = (
 SEINFELD_LICENCE = "MIT (seinfeld-laugh-corpus package); dialogue (c) Castle Rock Entertainment"
 MIN_CHARS = 20
 
-CHILDREN = frozenset(
-    "Bart Lisa Milhouse Nelson Ralph Martin Jimbo Todd Rod Kearney Dolph Sherri Terri "
-    "Janey Uter Wendell Kid Kids".split()
-)
-ADULTS = frozenset(
-    "Homer Marge Burns Skinner Moe Ned Flanders Wiggum Smithers Abe Grampa Krusty Apu Lenny "
-    "Barney Carl Hibbert Selma Patty Kent Brockman Lovejoy Quimby Edna Krabappel Troy Otto "
-    "Chalmers Agnes Maude Frink Snake Willie Willy Hutz Lou Jasper".split()
-) | {"Mr. Burns", "Chief Wiggum", "Fat Tony"}
+CHILDREN: frozenset[str] = frozenset(
+    {
+        "Bart", "Lisa", "Milhouse", "Nelson", "Ralph", "Martin", "Jimbo", "Todd", "Rod",
+        "Kearney", "Dolph", "Sherri", "Terri", "Janey", "Uter", "Wendell", "Kid", "Kids",
+    }
+)  # fmt: skip
+ADULTS: frozenset[str] = frozenset(
+    {
+        "Homer", "Marge", "Burns", "Mr. Burns", "Skinner", "Moe", "Ned", "Flanders", "Wiggum",
+        "Chief Wiggum", "Smithers", "Abe", "Grampa", "Krusty", "Apu", "Lenny", "Barney", "Carl",
+        "Hibbert", "Selma", "Patty", "Kent", "Brockman", "Lovejoy", "Quimby", "Edna",
+        "Krabappel", "Troy", "Otto", "Chalmers", "Agnes", "Maude", "Frink", "Snake", "Willie",
+        "Willy", "Hutz", "Lou", "Jasper", "Fat Tony",
+    }
+)  # fmt: skip
 
 _SPEAKER = re.compile(r"^([A-Z][\w.' -]{0,30}?):\s+(.+)$", re.DOTALL)
 _OTHER_SPEAKER = re.compile(r"(?:^|[\s.!?])[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?: ")
@@ -129,8 +137,16 @@ def _who(show: str, a: str, b: str) -> str:
 def sitcom_tasks(seed: int) -> list[Task]:
     simpsons = simpsons_lines()
     seinfeld, laughs = seinfeld_lines()
-    simpsons_common = {"seed": seed, "source": SIMPSONS_SOURCE, "licence": SIMPSONS_LICENCE}
-    seinfeld_common = {"seed": seed, "source": SEINFELD_SOURCE, "licence": SEINFELD_LICENCE}
+    simpsons_common: Provenance = {
+        "seed": seed,
+        "source": SIMPSONS_SOURCE,
+        "licence": SIMPSONS_LICENCE,
+    }
+    seinfeld_common: Provenance = {
+        "seed": seed,
+        "source": SEINFELD_SOURCE,
+        "licence": SEINFELD_LICENCE,
+    }
 
     def pair(show: str, lines: dict[str, list[str]], a: str, b: str) -> dict[str, list[str]]:
         missing = [s for s in (a, b) if not lines.get(s)]
@@ -185,8 +201,7 @@ def sitcom_tasks(seed: int) -> list[Task]:
         ),
         make_task(
             "seinfeld_laugh",
-            "Did the studio audience laugh right after this line from Seinfeld? "
-            "Answer yes or no.",
+            "Did the studio audience laugh right after this line from Seinfeld? Answer yes or no.",
             FAMILY,
             {"yes": laughs[True], "no": laughs[False]},
             meta={"corpus": "seinfeld", "labels_from": "a laugh-track mark after the line"},
@@ -197,13 +212,16 @@ def sitcom_tasks(seed: int) -> list[Task]:
             "Is this line of dialogue from The Simpsons or from Seinfeld? "
             "Answer Simpsons or Seinfeld.",
             FAMILY,
-            {
-                "Simpsons": [t for texts in simpsons.values() for t in texts],
-                "Seinfeld": [t for texts in seinfeld.values() for t in texts],
-            },
+            match_lengths(
+                {
+                    "Simpsons": [t for texts in simpsons.values() for t in texts],
+                    "Seinfeld": [t for texts in seinfeld.values() for t in texts],
+                },
+                task_rng("sitcom_show:lengths", seed),
+            ),
             seed=seed,
             source=f"{SIMPSONS_SOURCE}; {SEINFELD_SOURCE}",
             licence=f"{SIMPSONS_LICENCE}; {SEINFELD_LICENCE}",
-            meta={"corpus": "simpsons+seinfeld"},
+            meta={"corpus": "simpsons+seinfeld", "lengths": "matched across labels"},
         ),
     ]

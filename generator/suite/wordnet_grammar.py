@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from generator.suite.sampling import clip, make_task
+from generator.suite.sampling import Provenance, clip, make_task
 from generator.suite.wordnet import LICENCE, SOURCE, WORDNET_DIR, definitions_by_class, load_synsets
 from generator.tasks import Task
 
@@ -55,7 +55,7 @@ def usage_examples(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
 
 
 def grammar_tasks(seed: int, root: Path = WORDNET_DIR) -> list[Task]:
-    common = {"seed": seed, "source": SOURCE, "licence": LICENCE}
+    common: Provenance = {"seed": seed, "source": SOURCE, "licence": LICENCE}
     noun, verb = _pos_definitions(root, "noun"), _pos_definitions(root, "verb")
     adjective, adverb = _pos_definitions(root, "adjective"), _pos_definitions(root, "adverb")
     return [
@@ -87,8 +87,7 @@ def grammar_tasks(seed: int, root: Path = WORDNET_DIR) -> list[Task]:
         ),
         make_task(
             "wordnet_usage_noun_verb",
-            "Is the given word used as a noun or as a verb in this sentence? "
-            "Answer noun or verb.",
+            "Is the given word used as a noun or as a verb in this sentence? Answer noun or verb.",
             FAMILY,
             usage_examples(root),
             meta={"corpus": "wordnet", "input": "word and example sentence"},
