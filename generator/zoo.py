@@ -240,7 +240,7 @@ def write_report(registry: Registry, base_model: str, *, extra: Any = None) -> A
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
-    summary = {
+    summary: dict[str, Any] = {
         "base_model": base_model,
         "adapters": len(rows),
         "held_out": len(held),
