@@ -185,7 +185,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[10_000, 100_000, 1_000_000],
+        help="index sizes to measure (none: only the ingest figure)",
+    )
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument(
         "--ingest", type=int, default=200, help="adapters for the ingest figure (0 = skip)"

@@ -7,6 +7,7 @@ any step leaves no row, no index entry and no orphaned blob behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -560,8 +561,11 @@ def _bump_generation(s: Session) -> None:
 
 
 def _default_name(description: str, key: str) -> str:
+    """A readable slug of the description plus a digest of description and weights,
+    so two adapters differing in either get different names."""
     slug = re.sub(r"[^a-z0-9]+", "-", description.lower()).strip("-")[:48].strip("-")
-    return f"{slug or 'adapter'}-{key[:8]}"
+    digest = hashlib.sha256(f"{description}\0{key}".encode()).hexdigest()[:8]
+    return f"{slug or 'adapter'}-{digest}"
 
 
 def _check_json(what: str, value: dict[str, Any] | None) -> None:

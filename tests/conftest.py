@@ -172,3 +172,26 @@ def registry(db_url: str, settings_for, embedder):  # type: ignore[no-untyped-de
     reg = Registry(settings_for(db_url), embedder=embedder)
     yield reg
     reg.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SmolLM2-135M converted from its PyPI GGUF into a fresh cache, by two
+    ``loramint models prepare`` processes started at once (the lock test)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("smollm2")
+    env = {
+        **os.environ,
+        "LORAMINT_HOME": str(root / "home"),
+        "LORAMINT_MODEL_CACHE": str(root / "models"),
+    }
+    env.pop("LORAMINT_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "api.cli", "models", "prepare", "smollm2-135m-instruct"]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=900), *p.communicate()) for p in procs]
+    return {"cache": root / "models", "results": results}

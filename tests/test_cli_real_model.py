@@ -53,16 +53,16 @@ class Cli:
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    root = tmp_path_factory.mktemp("cli")
-    c = Cli(root / "home", root / "models")
-    procs = [c.start("models", "prepare", BASE) for _ in range(2)]
-    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
-    for code, _out, errs in results:
+def cli(smollm2_cache: dict, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(tmp_path_factory.mktemp("cli") / "home", smollm2_cache["cache"])
+
+
+def test_concurrent_prepare_converts_once(smollm2_cache: dict) -> None:
+    for code, _out, errs in smollm2_cache["results"]:
         assert code == 0, errs
-    conversions = sum(errs.count("converting") for _, _, errs in results)
+    conversions = sum(errs.count("converting") for _, _, errs in smollm2_cache["results"])
     assert conversions == 1, "the lock must let exactly one process convert the GGUF"
-    return c
+    assert (smollm2_cache["cache"] / BASE / "config.json").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -403,3 +403,12 @@ def test_artifacts_live_and_die_with_their_adapter(
         registry.add_adapter(
             adapters["sql"], base_model=str(tiny_base), description="x", artifacts={"../x": b""}
         )
+
+
+def test_default_names_differ_when_descriptions_do(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
+    common = "Detect the sentiment of product reviews written by customers of the shop, variant "
+    a = registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description=common + "one")
+    b = registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description=common + "two")
+    assert a.name != b.name and a.sha256 == b.sha256
