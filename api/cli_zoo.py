@@ -98,9 +98,9 @@ def zoo_build(
     ] = None,
     base_model: BaseOpt = "smollm2-135m-instruct",
     suite: SuiteOpt = None,
-    steps: Annotated[int, typer.Option(help="Training steps per task.")] = 48,
+    steps: Annotated[int, typer.Option(help="Training steps per task.")] = 40,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     no_eval: Annotated[
         bool, typer.Option("--no-eval", help="Skip the base/oracle evaluation.")

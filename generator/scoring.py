@@ -1,9 +1,9 @@
 """Rank classification: the log-likelihood of each label after each prompt.
 
-Each prompt is run once (left-padded, its key/value cache kept); the label
-tokens are then run for every (prompt, label) pair on top of the cache, with
-logits taken only at label positions. For binary single-token labels that is
-one forward pass over the prompts and nothing more.
+The prefix all prompts share (chat template + task description) runs once
+per batch; each prompt's own tokens run once on top of it (left-padded, the
+key/value cache kept); the label tokens then run for every (prompt, label)
+pair on top of that cache, with logits taken only at label positions.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from generator.lora_trainer import shared_prefix
 
 
 @torch.no_grad()
@@ -34,16 +36,20 @@ def label_logprobs(
         lab[j, : len(tokens)] = torch.tensor(tokens)
         lab_mask[j, : len(tokens)] = 1
     out = torch.empty((len(prompts), n_labels))
+    n_prefix = shared_prefix(prompts)
+    prefix = list(prompts[0][:n_prefix]) if prompts else []
     # longest first: similar lengths share a batch, so little padding
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        out[idx] = _score_batch(model, [prompts[i] for i in idx], lab, lab_mask, pad_id)
+        own = [prompts[i][n_prefix:] for i in idx]
+        out[idx] = _score_batch(model, prefix, own, lab, lab_mask, pad_id)
     return out
 
 
 def _score_batch(
     model: torch.nn.Module,
+    prefix: list[int],
     prompts: list[Sequence[int]],
     lab: torch.Tensor,
     lab_mask: torch.Tensor,
@@ -56,9 +62,21 @@ def _score_batch(
     for b, p in enumerate(prompts):  # left padding: every prompt ends at column P-1
         ids[b, P - len(p) :] = torch.tensor(p)
         mask[b, P - len(p) :] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) + len(prefix)  # (B, P)
+    cache = None
+    if prefix:
+        cache = model(
+            input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1
+        ).past_key_values
+        cache.batch_repeat_interleave(B)
+        mask = torch.cat([torch.ones((B, len(prefix)), dtype=torch.long), mask], dim=1)
     res = model(
-        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=M > 1, logits_to_keep=1
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=M > 1,
+        logits_to_keep=1,
     )
     first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # (B, V)
     total = first[:, lab[:, 0]]  # (B, L)

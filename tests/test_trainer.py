@@ -16,7 +16,9 @@ from generator.lora_trainer import (
     batches,
     collate,
     encode,
+    forward_with_prefix,
     lora_state,
+    split_prefix,
     train_lora,
 )
 from generator.prompting import PromptFormat
@@ -89,6 +91,35 @@ def test_answer_only_logits_give_the_full_sequence_loss(base) -> None:  # type: 
             n = len(x.answer)
             slow_loss += F.cross_entropy(logits[-n - 1 : -1], seq[0, -n:], reduction="sum")
     assert torch.allclose(fast_loss, slow_loss, rtol=1e-4)
+
+
+def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(base) -> None:  # type: ignore[no-untyped-def]
+    model, fmt = base
+    data = encode(fmt, DESCRIPTION, examples(8), 320)
+    prefix, rest = split_prefix(data)
+    assert len(prefix) > 20 and all(
+        d.prompt == prefix + r.prompt for d, r in zip(data, rest, strict=True)
+    )
+    peft_model = attach_lora(model, TrainConfig(rank=4, alpha=8, steps=1, init_seed=3))
+    torch.manual_seed(0)
+    for p in peft_model.parameters():  # non-zero B, so gradients reach A too
+        if p.requires_grad:
+            p.data.normal_(0, 0.1)
+    grads, losses = [], []
+    for pre, batch in (([], data), (prefix, rest)):
+        ids, mask, pos, targets, tgt_mask = collate(batch, fmt.tokenizer.pad_token_id)
+        logits = forward_with_prefix(peft_model, pre, ids, mask, pos, targets.shape[1] + 1)[:, :-1]
+        loss = F.cross_entropy(logits[tgt_mask], targets[tgt_mask])
+        peft_model.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(
+            {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+        )
+    peft_model.unload()
+    assert abs(losses[0] - losses[1]) < 1e-5
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
 
 
 def test_bucketing_covers_every_example_once() -> None:
