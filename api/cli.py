@@ -290,7 +290,7 @@ def adapters_delete(
 
 @app.command("demo")
 def demo() -> None:
-    """The main job on the embedded default: prepare the offline models and show the registry."""
+    """The main job on the embedded default: prepare the offline models and the task suite."""
     from registry.base_models import OFFLINE_MODELS
 
     reg = _registry()
@@ -299,6 +299,10 @@ def demo() -> None:
         with err.status(f"preparing {name}..."):
             rec = reg.prepare_base_model(name, on_progress=_progress)
         out.print(f"  base model {rec.name}: {rec.architecture}, {rec.num_layers} layers")
+    from api.cli_zoo import _suite
+
+    suite = _suite(None)
+    out.print(f"  task suite: {len(suite.names())} tasks in {suite.root}")
     out.print(f"  adapters registered: {reg.count_adapters()}")
     out.print(
         "next: loramint adapters add PATH --base-model smollm2-135m-instruct --description TEXT"
