@@ -299,9 +299,9 @@ def demo() -> None:
         with err.status(f"preparing {name}..."):
             rec = reg.prepare_base_model(name, on_progress=_progress)
         out.print(f"  base model {rec.name}: {rec.architecture}, {rec.num_layers} layers")
-    from api.cli_zoo import _suite
+    from api.cli_zoo import open_suite
 
-    suite = _suite(None)
+    suite = open_suite(None)
     out.print(f"  task suite: {len(suite.names())} tasks in {suite.root}")
     out.print(f"  adapters registered: {reg.count_adapters()}")
     out.print(

@@ -28,7 +28,7 @@ BaseOpt = Annotated[
 ]
 
 
-def _suite(path: Path | None, *, build: bool = True) -> Any:
+def open_suite(path: Path | None, *, build: bool = True) -> Any:
     from generator.tasks import TaskSuite
     from registry.errors import NotFound
     from registry.settings import get_settings
@@ -72,7 +72,7 @@ def tasks_list(
     suite: SuiteOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """List the tasks of a suite."""
-    s = _suite(suite)
+    s = open_suite(suite)
     tasks = list(s)
     if as_json:
         sys.stdout.write(json.dumps([t.header() for t in tasks], indent=2) + "\n")
@@ -114,7 +114,7 @@ def zoo_build(
     from registry.service import Registry
 
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, alpha=2.0 * rank)
-    s = _suite(suite)
+    s = open_suite(suite)
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
     selected = s.select(names)
     reg = Registry()
@@ -185,7 +185,7 @@ def eval_adapter(
     from generator.evaluation import Evaluator
     from registry.service import Registry
 
-    t = _suite(suite).load(task)
+    t = open_suite(suite).load(task)
     reg = Registry()
     rec = reg.get_adapter(adapter)
     files = reg.adapter_files(adapter)

@@ -105,13 +105,13 @@ def main() -> None:
         ap.error("--steps and --batch-size must be positive")
     from transformers import AutoTokenizer
 
-    from api.cli_zoo import _suite
+    from api.cli_zoo import open_suite
     from generator.prompting import PromptFormat
     from registry.service import Registry
 
     reg = Registry()
     path = reg.base_model_path("smollm2-135m-instruct")
-    suite = _suite(None)
+    suite = open_suite(None)
     task = suite.load(args.task or suite.names()[0])
     fmt = PromptFormat.for_tokenizer(AutoTokenizer.from_pretrained(str(path)))
     rows = []

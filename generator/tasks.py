@@ -134,12 +134,7 @@ class TaskSuite:
         names = [t["name"] for t in manifest["tasks"]]
         if task.name in names and not replace:
             raise InvalidInput(f"task {task.name!r} already exists in {self.root}")
-        lines = [
-            json.dumps({"input": e.input, "output": e.output, "split": split}, ensure_ascii=False)
-            for split, examples in (("train", task.train), ("test", task.test))
-            for e in examples
-        ]
-        write_atomic(self.root / f"{task.name}.jsonl", ("\n".join(lines) + "\n").encode())
+        write_atomic(self.root / f"{task.name}.jsonl", _jsonl(task))
         entries = [t for t in manifest["tasks"] if t["name"] != task.name] + [task.header()]
         manifest["tasks"] = entries
         write_atomic(self.root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -147,14 +142,18 @@ class TaskSuite:
     def write_all(self, tasks: Sequence[Task], **meta: Any) -> None:
         """Replace the suite with ``tasks`` (used by the default suite builder)."""
         for task in tasks:
-            lines = [
-                json.dumps({"input": e.input, "output": e.output, "split": s}, ensure_ascii=False)
-                for s, examples in (("train", task.train), ("test", task.test))
-                for e in examples
-            ]
-            write_atomic(self.root / f"{task.name}.jsonl", ("\n".join(lines) + "\n").encode())
+            write_atomic(self.root / f"{task.name}.jsonl", _jsonl(task))
         manifest = {**meta, "tasks": [t.header() for t in tasks]}
         write_atomic(self.root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _jsonl(task: Task) -> bytes:
+    lines = [
+        json.dumps({"input": e.input, "output": e.output, "split": split}, ensure_ascii=False)
+        for split, examples in (("train", task.train), ("test", task.test))
+        for e in examples
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def _task_from(entry: dict[str, Any], path: Path) -> Task:
