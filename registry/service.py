@@ -148,7 +148,7 @@ class Registry:
         statistics, seed examples); they are stored and removed with it.
         """
         description = clean_description(description, self.settings.max_description_chars)
-        provenance = Provenance(provenance)
+        provenance = _provenance(provenance)
         if name is not None and not NAME_RE.match(name):
             raise InvalidInput(
                 f"adapter name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
@@ -362,7 +362,7 @@ class Registry:
         if base_model:
             query = query.where(BaseModelRow.name == base_model)
         if provenance:
-            query = query.where(AdapterRow.provenance == Provenance(provenance).value)
+            query = query.where(AdapterRow.provenance == _provenance(provenance).value)
         with self._sessions() as s:
             rows = s.scalars(query.limit(limit).offset(offset)).all()
             return [AdapterRecord.of(r) for r in rows]
@@ -393,14 +393,14 @@ class Registry:
     def search(self, text: str, *, k: int = 5, base_model: str | None = None) -> list[SearchHit]:
         """Adapters whose descriptions are nearest in meaning to ``text``."""
         text = clean_description(text, self.settings.max_description_chars)
+        _check_k(k)  # before loading the embedder
         query = self.embedder.encode([text])
         return self.search_vector(query[0], k=k, base_model=base_model)
 
     def search_vector(
         self, vector: np.ndarray, *, k: int = 5, base_model: str | None = None
     ) -> list[SearchHit]:
-        if k < 1 or k > MAX_K:
-            raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
+        _check_k(k)
         with self._sessions() as s:
             if base_model:
                 bm_ids = [self._base_model_row(s, base_model).id]
@@ -550,6 +550,19 @@ class Registry:
             write_atomic(meta_path, json.dumps(meta).encode())
         except OSError:
             pass  # a read-only home still serves searches from memory
+
+
+def _check_k(k: int) -> None:
+    if k < 1 or k > MAX_K:
+        raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
+
+
+def _provenance(value: Provenance | str) -> Provenance:
+    try:
+        return Provenance(value)
+    except ValueError as exc:
+        allowed = ", ".join(p.value for p in Provenance)
+        raise InvalidInput(f"provenance must be one of {allowed}, got {value!r}") from exc
 
 
 def _bump_generation(s: Session) -> None:

@@ -340,6 +340,15 @@ def test_size_limit(
     reg.close()
 
 
+def test_bad_list_arguments(registry: Registry) -> None:
+    with pytest.raises(InvalidInput, match="provenance must be one of"):
+        registry.list_adapters(provenance="stolen")
+    with pytest.raises(InvalidInput, match="limit"):
+        registry.list_adapters(limit=0)
+    with pytest.raises(InvalidInput, match="offset"):
+        registry.list_adapters(offset=-1)
+
+
 @pytest.mark.parametrize("k", [0, -1, 1001])
 def test_bad_k(registry: Registry, k: int) -> None:
     with pytest.raises(InvalidInput, match="k must be"):
