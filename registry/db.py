@@ -18,6 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,12 +73,45 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+# Any constant: the PostgreSQL advisory lock that serialises migrations.
+_PG_MIGRATION_LOCK = 0x10A3A717
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run Alembic migrations up to ``revision`` on ``engine``."""
+    """Run Alembic migrations up to ``revision`` on ``engine``.
+
+    Two processes starting on a fresh database at once must not both create
+    the tables: a file lock (SQLite) or an advisory lock (PostgreSQL) makes the
+    second wait, and it then finds the schema already at ``revision``.
+    """
+    with migration_lock(engine):
+        _upgrade(engine, revision)
+
+
+def _upgrade(engine: Engine, revision: str) -> None:
     cfg = alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held by whoever checks or changes the schema."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sa.text("select pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with FileLock(f"{database}.migrate.lock"):
+        yield
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -98,14 +132,15 @@ def open_database(url: str, *, auto_upgrade_empty: bool = True) -> Engine:
     """
     engine = make_engine(url)
     try:
-        current = current_revision(engine)
         head = head_revision(engine)
-        if current == head:
+        if current_revision(engine) == head:
             return engine
-        if current is None and auto_upgrade_empty:
-            tables = sa.inspect(engine).get_table_names()
-            if not tables:
-                upgrade(engine)
+        with migration_lock(engine):  # another process may be creating the schema right now
+            current = current_revision(engine)
+            if current == head:
+                return engine
+            if current is None and auto_upgrade_empty and not sa.inspect(engine).get_table_names():
+                _upgrade(engine, "head")
                 return engine
         raise RegistryNotReady(
             f"database schema is at {current or 'nothing'} but this loramint needs {head}: "

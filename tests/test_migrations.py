@@ -42,3 +42,21 @@ def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("pragma journal_mode")).scalar() == "wal"
         assert conn.execute(sa.text("pragma foreign_keys")).scalar() == 1
+
+
+def test_two_processes_opening_a_fresh_database_at_once(db_url: str) -> None:
+    """Both processes see an empty database; the migration lock lets one create it."""
+    import subprocess
+    import sys
+
+    code = "import sys; from registry.db import open_database; open_database(sys.argv[1]).dispose()"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for p in procs:
+        _, errs = p.communicate(timeout=120)
+        assert p.returncode == 0, errs
+    engine = db.make_engine(db_url)
+    assert db.current_revision(engine) == db.head_revision(engine)
+    engine.dispose()
