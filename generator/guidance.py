@@ -1,0 +1,63 @@
+"""Semantic guidance (SG-LoRA): a mixture of the expert adapters nearest to a
+description, weighted by how close their descriptions are.
+
+For similarities s_k of the top-K experts (cosine of description embeddings)
+and temperature tau:
+
+    alpha = softmax(s / tau)
+    mu*      = sum_k alpha_k mu_k
+    sigma*^2 = sum_k alpha_k sigma_k^2 + sum_k alpha_k (mu_k - mu*)^2
+
+(the law of total variance of the mixture). ``mu_k`` and ``sigma_k^2`` are an
+expert's late-trajectory mean and variance. With all variances zero this is
+also the "softmax-weighted mean of the top-K adapters" baseline, and with
+K = 1 the "nearest adapter" baseline. Pure torch: no registry, no FAISS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+Rows = dict[str, torch.Tensor]  # module -> (L, d), a flattened adapter
+
+
+@dataclass(frozen=True)
+class Mixture:
+    weights: torch.Tensor  # (K,) softmax weights, summing to 1
+    mean: Rows  # mu*
+    var: Rows  # sigma*^2
+
+
+def softmax_weights(similarities: torch.Tensor, tau: float) -> torch.Tensor:
+    """(K,) similarities -> (K,) weights; a smaller tau trusts the nearest expert more."""
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    if similarities.ndim != 1 or similarities.numel() == 0:
+        raise ValueError("similarities must be a non-empty 1-D tensor")
+    return torch.softmax(similarities.double() / tau, dim=0).float()
+
+
+def mix(
+    weights: torch.Tensor, means: Sequence[Rows], variances: Sequence[Rows] | None = None
+) -> Mixture:
+    """Mixture prototype and variance of K experts under ``weights`` (K,)."""
+    K = weights.shape[0]
+    if len(means) != K or (variances is not None and len(variances) != K):
+        raise ValueError(f"need {K} experts' means (and variances), got {len(means)}")
+    modules = list(means[0])
+    w = weights.view(K, 1, 1)
+    mean, var = {}, {}
+    for m in modules:
+        mus = torch.stack([e[m] for e in means])  # (K, L, d)
+        mu = (w * mus).sum(0)  # (L, d)
+        spread = (w * (mus - mu).pow(2)).sum(0)  # between-expert variance
+        within = (
+            (w * torch.stack([v[m] for v in variances])).sum(0)
+            if variances is not None
+            else torch.zeros_like(mu)
+        )
+        mean[m], var[m] = mu, within + spread
+    return Mixture(weights=weights, mean=mean, var=var)

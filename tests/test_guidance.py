@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from generator.guidance import mix, softmax_weights
+
+
+def rows(value: float, var: float = 0.0) -> tuple[dict, dict]:
+    return {"q": torch.full((2, 3), value)}, {"q": torch.full((2, 3), var)}
+
+
+def test_weights_follow_similarity_and_temperature() -> None:
+    s = torch.tensor([0.9, 0.5, 0.1])
+    sharp, flat = softmax_weights(s, 0.01), softmax_weights(s, 1000.0)
+    assert torch.allclose(sharp.sum(), torch.tensor(1.0)) and sharp[0] > 0.999
+    assert torch.allclose(flat, torch.full((3,), 1 / 3), atol=1e-3)
+    with pytest.raises(ValueError, match="tau"):
+        softmax_weights(s, 0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        softmax_weights(torch.tensor([]), 1.0)
+
+
+def test_mixture_mean_and_total_variance() -> None:
+    (m1, v1), (m2, v2) = rows(1.0, 0.5), rows(3.0, 1.5)
+    out = mix(torch.tensor([0.25, 0.75]), [m1, m2], [v1, v2])
+    assert torch.allclose(out.mean["q"], torch.full((2, 3), 0.25 * 1 + 0.75 * 3))
+    within = 0.25 * 0.5 + 0.75 * 1.5
+    between = 0.25 * (1 - 2.5) ** 2 + 0.75 * (3 - 2.5) ** 2
+    assert torch.allclose(out.var["q"], torch.full((2, 3), within + between))
+
+
+def test_baselines_are_special_cases() -> None:
+    (m1, _), (m2, _) = rows(1.0), rows(5.0)
+    nearest = mix(torch.tensor([1.0]), [m1])
+    assert torch.equal(nearest.mean["q"], m1["q"]) and not nearest.var["q"].any()
+    with pytest.raises(ValueError, match="need 2"):
+        mix(torch.tensor([0.5, 0.5]), [m1])
+    assert torch.allclose(
+        mix(torch.tensor([0.5, 0.5]), [m1, m2]).mean["q"], torch.full((2, 3), 3.0)
+    )
