@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from registry import base_models, lora_spec, peft_format
-from registry.blobs import BlobStore, LocalBlobStore, write_atomic
+from registry.blobs import BlobStore, LocalBlobStore
 from registry.db import open_database, session_factory, transaction
 from registry.embeddings import Embedder, clean_description, get_embedder
 from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound, UnknownBaseModel
@@ -36,6 +35,7 @@ from registry.models import (
 )
 from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord, BaseModelRecord, ParentLink, SearchHit
+from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
 from registry.vector_index import VectorIndex
 
@@ -66,10 +66,12 @@ class Registry:
         self._sessions = session_factory(self.engine)
         self.blobs: BlobStore = blobs or LocalBlobStore(self.settings.blob_dir)
         self._embedder = embedder
-        self._index_lock = threading.Lock()
-        # base_model_id -> (generation it was built at, index)
-        self._indexes: dict[int, tuple[int, VectorIndex]] = {}
-        self._unsaved: dict[int, int] = {}  # changes applied since the index was last saved
+        self._indexes = DescriptionIndexes(
+            self._sessions,
+            self.settings,
+            lambda: self.embedder,
+            self.engine.url.render_as_string(hide_password=True),
+        )
 
     @property
     def embedder(self) -> Embedder:
@@ -426,130 +428,11 @@ class Registry:
             return [SearchHit(AdapterRecord.of(rows[i]), sc) for sc, i in scored if i in rows]
 
     def generation(self) -> int:
-        with self._sessions() as s:
-            return int(
-                s.scalar(sa.select(RegistryStateRow.generation).where(RegistryStateRow.id == 1))
-                or 0
-            )
+        return self._indexes.generation()
 
     def index_for(self, base_model_id: int) -> VectorIndex:
-        """The FAISS index of one base model's descriptions, brought up to date.
-
-        Order of preference: the in-memory index at the current generation; an
-        index (in memory or on disk, any generation) with the difference to the
-        database applied; a full rebuild from the database.
-        """
-        generation = self.generation()
-        with self._index_lock:
-            cached = self._indexes.get(base_model_id)
-            if cached and cached[0] == generation:
-                return cached[1]
-            index = cached[1] if cached else self._load_index(base_model_id)
-            changed = 0
-            if index is not None:
-                try:
-                    changed = self._sync_index(base_model_id, index)
-                except ValueError:
-                    index = None
-                if index is not None and index.needs_rebuild(self.settings.exact_index_max):
-                    index = None
-            if index is None:
-                index = self._build_index(base_model_id)
-                self._save_index(base_model_id, index)
-                self._unsaved[base_model_id] = 0
-            elif changed:
-                unsaved = self._unsaved.get(base_model_id, 0) + changed
-                # small indexes are cheap to write; big HNSW graphs are saved
-                # once the changes since the last save pass 1 %
-                if index.kind == "flat" or unsaved > 0.01 * max(index.size, 1):
-                    self._save_index(base_model_id, index)
-                    unsaved = 0
-                self._unsaved[base_model_id] = unsaved
-            self._indexes[base_model_id] = (generation, index)
-            return index
-
-    def _embedding_query(self, base_model_id: int) -> sa.Select[Any]:
-        return (
-            sa.select(DescriptionEmbeddingRow.adapter_id)
-            .join(AdapterRow)
-            .where(
-                AdapterRow.base_model_id == base_model_id,
-                DescriptionEmbeddingRow.model == self.embedder.name,
-            )
-        )
-
-    def _vectors(self, s: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # (N,) ids -> ids in the order read, (N, D) vectors
-        out_ids: list[int] = []
-        chunks: list[bytes] = []
-        for start in range(0, len(ids), 5000):
-            part = [int(i) for i in ids[start : start + 5000]]
-            for adapter_id, vector in s.execute(
-                sa.select(DescriptionEmbeddingRow.adapter_id, DescriptionEmbeddingRow.vector).where(
-                    DescriptionEmbeddingRow.adapter_id.in_(part)
-                )
-            ):
-                out_ids.append(adapter_id)
-                chunks.append(vector)
-        dim = self.embedder.dim
-        vectors = np.frombuffer(b"".join(chunks), dtype=np.float32).reshape(len(out_ids), dim)
-        return np.array(out_ids, dtype=np.int64), vectors
-
-    def _sync_index(self, base_model_id: int, index: VectorIndex) -> int:
-        """Apply the database's adds and deletes to ``index``; return how many."""
-        with self._sessions() as s:
-            db_ids = np.array(s.scalars(self._embedding_query(base_model_id)).all(), dtype=np.int64)
-            have = index.ids()
-            added = np.setdiff1d(db_ids, have)
-            removed = np.setdiff1d(have, db_ids)
-            if len(added) > max(len(db_ids) // 2, 1000):
-                raise ValueError("too far behind: rebuild")
-            new_ids, new_vectors = self._vectors(s, added)
-        index.remove(removed)
-        index.add(new_ids, new_vectors)
-        return int(len(added) + len(removed))
-
-    def _build_index(self, base_model_id: int) -> VectorIndex:
-        with self._sessions() as s:
-            ids = np.array(s.scalars(self._embedding_query(base_model_id)).all(), dtype=np.int64)
-            ids, vectors = self._vectors(s, ids)
-        return VectorIndex.build(
-            ids, vectors, exact_max=self.settings.exact_index_max, dim=self.embedder.dim
-        )
-
-    def _index_paths(self, base_model_id: int) -> tuple[Path, Path]:
-        root = self.settings.index_dir
-        return root / f"base-{base_model_id}.faiss", root / f"base-{base_model_id}.json"
-
-    def _index_identity(self) -> dict[str, str]:
-        return {
-            "embedder": self.embedder.name,
-            "database": self.engine.url.render_as_string(hide_password=True),
-        }
-
-    def _load_index(self, base_model_id: int) -> VectorIndex | None:
-        data_path, meta_path = self._index_paths(base_model_id)
-        try:
-            meta = json.loads(meta_path.read_text())
-            if any(meta.get(k) != v for k, v in self._index_identity().items()):
-                return None
-            return VectorIndex.load(data_path, set(meta.get("tombstones", [])))
-        except (OSError, ValueError, RuntimeError):
-            return None  # missing or unreadable: rebuild from the database
-
-    def _save_index(self, base_model_id: int, index: VectorIndex) -> None:
-        data_path, meta_path = self._index_paths(base_model_id)
-        meta = {
-            **self._index_identity(),
-            "kind": index.kind,
-            "size": index.size,
-            "tombstones": sorted(index.tombstones),
-        }
-        try:
-            index.save(data_path)
-            write_atomic(meta_path, json.dumps(meta).encode())
-        except OSError:
-            pass  # a read-only home still serves searches from memory
+        """The FAISS index of one base model's descriptions, up to date with the database."""
+        return self._indexes.get(base_model_id)
 
 
 def _check_k(k: int) -> None:
