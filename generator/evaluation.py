@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
+from generator.lora_trainer import Tensors
 from generator.prompting import PromptFormat
 from generator.scoring import label_logprobs
 from generator.tasks import Task
 from registry.errors import InvalidInput
-
-Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-KEY_PREFIX = "base_model.model."
-Tensors = dict[str, torch.Tensor]
+from generator.lora_trainer import Tensors
+from registry.lora_spec import KEY_PREFIX
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from generator.evaluation import Evaluator, load_base
-from generator.lora_trainer import TrainConfig, TrainResult, train_lora
+from generator.lora_trainer import Tensors, TrainConfig, TrainResult, train_lora
 from generator.tasks import Task
 from registry.models import Provenance
 from registry.peft_format import PeftFiles
@@ -29,8 +28,6 @@ from registry.service import Registry
 ZOO_PREFIX = "zoo-"
 TRAJECTORY = "trajectory.safetensors"
 SEEDS = "seeds.jsonl"
-
-Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -108,12 +105,13 @@ def build_zoo(
 ) -> list[ZooEntry]:
     """Train, evaluate and register one adapter per task; skip tasks already in the registry."""
     bm = registry.prepare_base_model(base_model, on_progress=on_progress)
-    todo = [t for t in tasks if registry.find_adapter(bm.name, adapter_name(t)) is None]
+    todo = []
     entries: dict[str, ZooEntry] = {}
     for task in tasks:
-        if task not in todo:
-            rec = registry.find_adapter(bm.name, adapter_name(task))
-            assert rec is not None
+        rec = registry.find_adapter(bm.name, adapter_name(task))
+        if rec is None:
+            todo.append(task)
+        else:
             entries[task.name] = _entry(task, rec.id, rec.metrics, trained_now=False)
     if todo:
         model, tokenizer = load_base(registry.base_model_path(bm.name))
