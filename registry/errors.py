@@ -11,7 +11,8 @@ where they occur with ``raise ... from exc``.
     │   └── TooLarge            an upload over the configured size limit (HTTP 413)
     ├── NotFound                                                          (HTTP 404)
     │   ├── UnknownBaseModel    a base-model name that resolves to nothing
-    │   └── AdapterNotFound
+    │   ├── AdapterNotFound
+    │   └── GeneratorNotFound
     ├── Conflict                the thing already exists                  (HTTP 409)
     ├── CorruptBlob             stored bytes no longer match their sha256 (HTTP 500: our fault)
     └── RegistryNotReady        database missing or behind its migrations (HTTP 503)
@@ -51,6 +52,10 @@ class UnknownBaseModel(NotFound):
 
 class AdapterNotFound(NotFound):
     """No adapter with that id."""
+
+
+class GeneratorNotFound(NotFound):
+    """No generator checkpoint with that id."""
 
 
 class Conflict(LoramintError):

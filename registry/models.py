@@ -1,9 +1,10 @@
 """SQLAlchemy 2 ORM models: the registry's source of truth.
 
 Tables: ``base_models``, ``adapters``, ``adapter_parents`` (lineage),
-``description_embeddings`` and ``registry_state`` (a generation counter the
-derived FAISS index compares against to know when it is stale). Schema changes
-go through Alembic (``migrations/``), never ``create_all``.
+``description_embeddings``, ``generators`` (trained generator checkpoints) and
+``registry_state`` (a generation counter the derived FAISS index compares
+against to know when it is stale). Schema changes go through Alembic
+(``migrations/``), never ``create_all``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,34 @@ class AdapterArtifactRow(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     blob_key: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class GeneratorRow(Base):
+    """A trained generator checkpoint, kept opaquely: its bytes live in the blob
+    store under ``blob_key``; ``method`` says which code can load them."""
+
+    __tablename__ = "generators"
+    __table_args__ = (
+        UniqueConstraint("base_model_id", "name", name="uq_generator_name"),
+        # never reuse a deleted id: adapters record the generator they came from
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), index=True)
+    # e.g. "sg-lora", "icm-lora": not interpreted by the registry
+    method: Mapped[str] = mapped_column(String(50))
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # a JSON list, not a link table: the history outlives the adapters it names
+    training_adapter_ids: Mapped[list[Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    base_model: Mapped[BaseModelRow] = relationship()
 
 
 class DescriptionEmbeddingRow(Base):

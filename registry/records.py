@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.models import AdapterRow, BaseModelRow
+from registry.models import AdapterRow, BaseModelRow, GeneratorRow
 
 
 def _utc(value: datetime) -> datetime:
@@ -86,6 +86,35 @@ class AdapterRecord:
             metrics=dict(row.metrics or {}),
             meta=dict(row.meta or {}),
             parents=parents or [],
+        )
+
+
+@dataclass(frozen=True)
+class GeneratorRecord:
+    id: int
+    name: str
+    base_model: str
+    method: str
+    sha256: str
+    size_bytes: int
+    training_adapter_ids: list[int]
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: GeneratorRow) -> GeneratorRecord:
+        return cls(
+            id=row.id,
+            name=row.name,
+            base_model=row.base_model.name,
+            method=row.method,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            training_adapter_ids=[int(i) for i in row.training_adapter_ids],
+            hyperparameters=dict(row.hyperparameters or {}),
+            metrics=dict(row.metrics or {}),
+            created_at=_utc(row.created_at),
         )
 
 

@@ -2,13 +2,13 @@
 
 Every write validates everything first, then stores the blob (content
 addressed, atomic), then commits the rows in one transaction; a failure at
-any step leaves no row, no index entry and no orphaned blob behind.
+any step leaves no row, no index entry and no orphaned blob behind. Generator
+checkpoints follow the same rules (``registry.generators_store``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,12 +24,14 @@ from registry.blobs import BlobStore, LocalBlobStore
 from registry.db import open_database, session_factory, transaction
 from registry.embeddings import Embedder, clean_description, get_embedder
 from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound, UnknownBaseModel
+from registry.generators_store import GeneratorStore
 from registry.models import (
     AdapterArtifactRow,
     AdapterParentRow,
     AdapterRow,
     BaseModelRow,
     DescriptionEmbeddingRow,
+    GeneratorRow,
     Provenance,
     RegistryStateRow,
 )
@@ -37,9 +39,9 @@ from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord, BaseModelRecord, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
+from registry.validation import NAME_RE, check_json
 from registry.vector_index import VectorIndex
 
-NAME_RE = re.compile(r"^[\w][\w.\-]{0,199}$")
 MAX_K = 1000
 
 
@@ -52,7 +54,7 @@ class Parent:
     weight: float | None = None
 
 
-class Registry:
+class Registry(GeneratorStore):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -167,8 +169,8 @@ class Registry:
         lora_spec.check_tensors(tensors, expected)
         del tensors
         vector = self.embedder.encode([description])[0]
-        _check_json("metrics", metrics)
-        _check_json("meta", meta)
+        check_json("metrics", metrics)
+        check_json("meta", meta)
 
         artifacts = artifacts or {}
         for art_name in artifacts:
@@ -250,7 +252,7 @@ class Registry:
 
     def update_metrics(self, adapter_id: int, metrics: dict[str, Any]) -> AdapterRecord:
         """Merge ``metrics`` into an adapter's metrics (e.g. evaluation results)."""
-        _check_json("metrics", metrics)
+        check_json("metrics", metrics)
         with transaction(self._sessions) as s:
             row = self._adapter_row(s, adapter_id)
             row.metrics = {**(row.metrics or {}), **metrics}
@@ -288,13 +290,18 @@ class Registry:
         self._drop_blobs_if_unused(keys)
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None:
+        """Delete the blobs no adapter, artifact or generator refers to (blobs are shared
+        by content: a generator checkpoint may be byte-identical to an adapter's weights)."""
         with self._sessions() as s:
             for key in set(keys):
-                used = s.scalar(sa.select(sa.func.count()).where(AdapterRow.blob_key == key))
-                used = used or s.scalar(
-                    sa.select(sa.func.count()).where(AdapterArtifactRow.blob_key == key)
-                )
-                if not used:
+                if not any(
+                    s.scalar(sa.select(sa.func.count()).where(column == key))
+                    for column in (
+                        AdapterRow.blob_key,
+                        AdapterArtifactRow.blob_key,
+                        GeneratorRow.blob_key,
+                    )
+                ):
                     self.blobs.delete(key)
 
     def artifact_names(self, adapter_id: int) -> list[str]:
@@ -462,15 +469,6 @@ def _default_name(description: str, key: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", description.lower()).strip("-")[:48].strip("-")
     digest = hashlib.sha256(f"{description}\0{key}".encode()).hexdigest()[:8]
     return f"{slug or 'adapter'}-{digest}"
-
-
-def _check_json(what: str, value: dict[str, Any] | None) -> None:
-    if value is None:
-        return
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} must be JSON-serialisable with finite numbers: {exc}") from exc
 
 
 def open_registry(settings: Settings | None = None) -> Registry:

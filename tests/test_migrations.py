@@ -27,6 +27,43 @@ def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
     engine.dispose()
 
 
+def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
+    """A database at 0002 (before generators) upgrades and downgrades with its data."""
+    from alembic import command
+
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0002")
+    assert "generators" not in sa.inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into base_models (id, name, source, architecture, num_layers,"
+                " hidden_size, linear_shapes, created_at)"
+                " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
+            )
+        )
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine) == "0003"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into generators (name, base_model_id, method, sha256, blob_key,"
+                " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
+                " values ('g', 1, 'sg-lora', :k, :k, 3, '[1, 2]', '{}', '{}',"
+                " '2026-11-23 00:00:00')"
+            ),
+            {"k": "0" * 64},
+        )
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    assert "generators" not in sa.inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select name from base_models")).scalar() == "bm"
+    engine.dispose()
+
+
 def test_open_database_migrates_empty_and_refuses_behind(db_url: str) -> None:
     engine = db.open_database(db_url)
     assert db.current_revision(engine) == db.head_revision(engine)

@@ -1,0 +1,193 @@
+"""Trained generator checkpoints as registry objects.
+
+The registry keeps a checkpoint opaquely (a blob plus a ``generators`` row naming
+its base model, method, the adapters it was trained on, its hyperparameters and
+metrics); loading it is the business of whatever code ``method`` names. Writes
+follow the adapters' order: validate, store the blob, commit the row; a failure
+leaves no row and no orphaned blob.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.blobs import BlobStore
+from registry.db import transaction
+from registry.errors import Conflict, GeneratorNotFound, InvalidInput
+from registry.models import BaseModelRow, GeneratorRow
+from registry.records import GeneratorRecord
+from registry.validation import NAME_RE, check_json
+
+# short enough for the default name ``{method}-{sha256[:12]}`` to be a valid name
+METHOD_RE = re.compile(r"^[\w][\w.\-]{0,49}$")
+
+
+class _Host(Protocol):
+    """What ``GeneratorStore`` needs from the registry it is mixed into."""
+
+    _sessions: sessionmaker[Session]
+    blobs: BlobStore
+
+    def _base_model_row(self, s: Session, name: str) -> BaseModelRow: ...
+
+    def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None: ...
+
+
+class GeneratorStore:
+    """The generator half of ``Registry`` (kept apart so service.py stays readable)."""
+
+    def add_generator(
+        self: _Host,
+        checkpoint: bytes,
+        *,
+        base_model: str,
+        method: str,
+        name: str | None = None,
+        training_adapter_ids: Sequence[int] = (),
+        hyperparameters: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> GeneratorRecord:
+        """Register a trained generator checkpoint for a registered base model.
+
+        ``training_adapter_ids`` is history, not a reference: deleting one of
+        those adapters later leaves the generator and its list untouched.
+        """
+        if not isinstance(checkpoint, bytes | bytearray | memoryview) or not len(checkpoint):
+            raise InvalidInput("a generator checkpoint must be non-empty bytes")
+        if not isinstance(method, str) or not METHOD_RE.match(method):
+            raise InvalidInput(
+                f"generator method {method!r} must be 1-50 letters, digits, '_', '-' or '.'"
+            )
+        if name is not None and not NAME_RE.match(name):
+            raise InvalidInput(
+                f"generator name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
+            )
+        adapter_ids = _adapter_ids(training_adapter_ids)
+        check_json("hyperparameters", hyperparameters)
+        check_json("metrics", metrics)
+
+        data = bytes(checkpoint)
+        key = self.blobs.put(data)
+        try:
+            with transaction(self._sessions) as s:
+                bm_row = self._base_model_row(s, base_model)
+                final_name = name or f"{method}-{key[:12]}"
+                if s.scalar(
+                    sa.select(GeneratorRow.id).where(
+                        GeneratorRow.base_model_id == bm_row.id, GeneratorRow.name == final_name
+                    )
+                ):
+                    raise Conflict(
+                        f"a generator named {final_name!r} already exists for {bm_row.name}"
+                    )
+                row = GeneratorRow(
+                    name=final_name,
+                    base_model=bm_row,
+                    method=method,
+                    sha256=key,
+                    blob_key=key,
+                    size_bytes=len(data),
+                    training_adapter_ids=adapter_ids,
+                    hyperparameters=hyperparameters or {},
+                    metrics=metrics or {},
+                )
+                s.add(row)
+                s.flush()
+                record = GeneratorRecord.of(row)
+        except sa.exc.IntegrityError as exc:
+            self._drop_blobs_if_unused([key])
+            raise Conflict(f"generator could not be registered: {exc.orig}") from exc
+        except BaseException:
+            self._drop_blobs_if_unused([key])
+            raise
+        return record
+
+    def get_generator(self: _Host, generator_id: int) -> GeneratorRecord:
+        with self._sessions() as s:
+            return GeneratorRecord.of(_generator_row(s, generator_id))
+
+    def latest_generator(self: _Host, base_model: str, method: str) -> GeneratorRecord | None:
+        """The most recently registered generator of ``method`` for ``base_model``, if any."""
+        with self._sessions() as s:
+            row = s.scalar(
+                sa.select(GeneratorRow)
+                .join(BaseModelRow)
+                .where(BaseModelRow.name == base_model, GeneratorRow.method == method)
+                .order_by(GeneratorRow.id.desc())
+                .limit(1)
+            )
+            return None if row is None else GeneratorRecord.of(row)
+
+    def list_generators(
+        self: _Host,
+        *,
+        base_model: str | None = None,
+        method: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[GeneratorRecord]:
+        """Generators, newest first."""
+        if limit < 1 or limit > 10_000:
+            raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
+        if offset < 0:
+            raise InvalidInput(f"offset must be >= 0, got {offset}")
+        query = sa.select(GeneratorRow).join(BaseModelRow).order_by(GeneratorRow.id.desc())
+        if base_model:
+            query = query.where(BaseModelRow.name == base_model)
+        if method:
+            query = query.where(GeneratorRow.method == method)
+        with self._sessions() as s:
+            rows = s.scalars(query.limit(limit).offset(offset)).all()
+            return [GeneratorRecord.of(r) for r in rows]
+
+    def generator_checkpoint(self: _Host, generator_id: int) -> bytes:
+        """The checkpoint bytes, verified against their sha256 (``CorruptBlob`` if not)."""
+        with self._sessions() as s:
+            key = _generator_row(s, generator_id).blob_key
+        return self.blobs.get(key)
+
+    def update_generator_metrics(
+        self: _Host, generator_id: int, metrics: dict[str, Any]
+    ) -> GeneratorRecord:
+        """Merge ``metrics`` into a generator's metrics (e.g. held-out evaluation results)."""
+        check_json("metrics", metrics)
+        with transaction(self._sessions) as s:
+            row = _generator_row(s, generator_id)
+            row.metrics = {**(row.metrics or {}), **metrics}
+            s.flush()
+            return GeneratorRecord.of(row)
+
+    def delete_generator(self: _Host, generator_id: int) -> None:
+        with transaction(self._sessions) as s:
+            row = _generator_row(s, generator_id)
+            key = row.blob_key
+            s.delete(row)
+        self._drop_blobs_if_unused([key])
+
+
+def _generator_row(s: Session, generator_id: int) -> GeneratorRow:
+    row = s.get(GeneratorRow, generator_id)
+    if row is None:
+        raise GeneratorNotFound(f"no generator with id {generator_id}")
+    return row
+
+
+def _adapter_ids(values: Sequence[int]) -> list[int]:
+    """Plain ints (numpy integers too) for the JSON list; anything else is refused."""
+    if isinstance(values, str | bytes):
+        raise InvalidInput("training_adapter_ids must be a sequence of adapter ids")
+    ids: list[int] = []
+    for value in values:
+        if isinstance(value, bool):
+            raise InvalidInput(f"training adapter id {value!r} is not an integer")
+        try:
+            ids.append(operator.index(value))
+        except TypeError as exc:
+            raise InvalidInput(f"training adapter id {value!r} is not an integer") from exc
+    return ids
