@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from api.cli_generators import generate_command, generator_app
 from api.cli_zoo import eval_app, tasks_app, zoo_app
 from registry.errors import LoramintError, NotFound
 
@@ -32,6 +33,8 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")
+app.add_typer(generator_app, name="generator")
+app.command("generate")(generate_command)
 
 out = Console(soft_wrap=True)  # never wrap: output is read by scripts
 err = Console(stderr=True)

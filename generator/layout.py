@@ -71,7 +71,7 @@ class LoraLayout:
             seen[module] = layer + 1
             fan_in, fan_out = linear_shapes[path]
             blocks.append(Block(layer, module, path, rank, fan_in, fan_out))
-        sizes = {}
+        sizes: dict[str, int] = {}
         for b in blocks:
             if sizes.setdefault(b.module, b.size) != b.size:
                 raise ValueError(f"module {b.module} has blocks of different sizes across layers")
@@ -147,7 +147,7 @@ class BlockNormaliser:
             mean[module] = mu
         return cls(mean, std)
 
-    def _scale(self, layout: LoraLayout, module: str) -> torch.Tensor:
+    def scale(self, layout: LoraLayout, module: str) -> torch.Tensor:
         b = layout.of(module)[0]
         sd = self.std[module]  # (L, 2)
         return torch.cat(
@@ -157,12 +157,12 @@ class BlockNormaliser:
     def normalise(
         self, layout: LoraLayout, rows: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        return {m: (rows[m] - self.mean[m]) / self._scale(layout, m) for m in layout.modules}
+        return {m: (rows[m] - self.mean[m]) / self.scale(layout, m) for m in layout.modules}
 
     def denormalise(
         self, layout: LoraLayout, rows: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        return {m: rows[m] * self._scale(layout, m) + self.mean[m] for m in layout.modules}
+        return {m: rows[m] * self.scale(layout, m) + self.mean[m] for m in layout.modules}
 
     def state_dict(self) -> Tensors:
         out = {f"mean.{m}": v for m, v in self.mean.items()}

@@ -1,0 +1,246 @@
+"""``loramint generator``, ``loramint generate`` and ``loramint eval generators``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api.cli_zoo import BaseOpt, SuiteOpt, eval_app, open_suite
+
+generator_app = typer.Typer(help="Generators (SG-LoRA, ICM-LoRA).", no_args_is_help=True)
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+MethodOpt = Annotated[str, typer.Option("--method", help="sg-lora or icm-lora.")]
+
+
+def _record(rec: Any) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "base_model": rec.base_model,
+        "method": rec.method,
+        "training_adapters": len(rec.training_adapter_ids),
+        "sha256": rec.sha256,
+        "size_bytes": rec.size_bytes,
+        "created_at": rec.created_at.isoformat(),
+        "metrics": rec.metrics,
+    }
+
+
+@generator_app.command("train")
+def generator_train(
+    method: MethodOpt = "sg-lora",
+    base_model: BaseOpt = "smollm2-135m-instruct",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1500,
+    k: Annotated[
+        int | None, typer.Option(help="SG-LoRA experts per mixture (default: leave-one-out).")
+    ] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="SG-LoRA softmax temperature (default: leave-one-out).")
+    ] = None,
+    hidden: Annotated[int, typer.Option(help="Network width.")] = 256,
+    latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    name: Annotated[str | None, typer.Option(help="Generator name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Train a generator on the base model's registered (not held-out) adapters."""
+    from tqdm import tqdm
+
+    from generator.generators import train_generator
+    from generator.training import GeneratorConfig
+    from registry.service import Registry
+
+    config = GeneratorConfig(
+        method=method, steps=steps, k=k, tau=tau, hidden=hidden, latent=latent, seed=seed
+    )
+    reg = Registry()
+    bar: dict[str, Any] = {}
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=f"training {method}", unit="step")
+        bar["bar"].update(1)
+        if step % 10 == 0:
+            bar["bar"].set_postfix(loss=f"{loss:.4f}")
+
+    rec, metrics = train_generator(
+        reg, base_model, config, name=name, on_progress=lambda m: err.print(m), on_step=on_step
+    )
+    if "bar" in bar:
+        bar["bar"].close()
+    if as_json:
+        sys.stdout.write(json.dumps(_record(rec)) + "\n")
+        return
+    m = rec.metrics
+    extra = f", k={m['k']}, tau={m['tau']}" if "k" in m else ""
+    val = m.get("val_rel_error")
+    val_text = f"validation dW error {val:.4f}" if val is not None else "no validation split"
+    out.print(
+        f"generator {rec.id} ({rec.method}) for {rec.base_model}: {m['experts']} experts"
+        f"{extra}, {m['parameters']:,} parameters, {val_text}, {m['train_seconds']} s"
+    )
+
+
+@generator_app.command("list")
+def generator_list(
+    base_model: Annotated[str | None, typer.Option("--base-model", "-m")] = None,
+    method: Annotated[str | None, typer.Option("--method")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Registered generators, newest first."""
+    from registry.service import Registry
+
+    recs = Registry().list_generators(base_model=base_model, method=method)
+    if as_json:
+        sys.stdout.write(json.dumps([_record(r) for r in recs], indent=2) + "\n")
+        return
+    table = Table("id", "name", "base model", "method", "experts", "val dW err", "created")
+    for r in recs:
+        val = r.metrics.get("val_rel_error")
+        table.add_row(
+            str(r.id),
+            r.name,
+            r.base_model,
+            r.method,
+            str(len(r.training_adapter_ids)),
+            f"{val:.4f}" if isinstance(val, float) else "-",
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    out.print(table)
+
+
+def read_examples(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from registry.errors import InvalidInput
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"cannot read examples from {path}: {exc}") from exc
+
+
+def generate_command(
+    description: Annotated[str, typer.Argument(help="What the adapter should do.")],
+    base_model: BaseOpt = "smollm2-135m-instruct",
+    method: MethodOpt = "sg-lora",
+    seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same adapter).")] = 0,
+    examples: Annotated[
+        Path | None,
+        typer.Option("--examples", help="JSONL of {input, output} examples (ICM-LoRA)."),
+    ] = None,
+    generator_id: Annotated[
+        int | None, typer.Option("--generator", help="Generator id (default: the latest).")
+    ] = None,
+    dest: Annotated[
+        Path | None, typer.Option("--out", help="Also export the PEFT adapter here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Generate a LoRA for DESCRIPTION, register it, and optionally export it."""
+    from generator.generate import Request, check_examples
+    from generator.generators import generate_adapters
+    from registry.service import Registry
+
+    pairs = check_examples(read_examples(examples))
+    reg = Registry()
+    with err.status("generating..."):
+        [(rec, made)] = generate_adapters(
+            reg,
+            [Request(description, seed=seed, examples=pairs)],
+            base_model=base_model,
+            method=method,
+            generator_id=generator_id,
+        )
+    path = reg.export_adapter(rec.id, dest) if dest is not None else None
+    if as_json:
+        payload = {
+            "adapter": {"id": rec.id, "name": rec.name, "base_model": rec.base_model},
+            "method": made.method,
+            "generator_id": made.generator_id,
+            "seed": made.seed,
+            "neighbours": [n.__dict__ for n in made.neighbours],
+            "path": str(path) if path else None,
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    out.print(f"adapter {rec.id} ({rec.name}) generated by {made.method}")
+    for n in made.neighbours:
+        out.print(
+            f"  expert {n.adapter_id} {n.name}: similarity {n.similarity:.3f}, "
+            f"weight {n.weight:.3f}"
+        )
+    if path:
+        out.print(f"exported to {path}")
+
+
+@eval_app.command("generators")
+def eval_generators(
+    base_model: BaseOpt = "smollm2-135m-instruct",
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="Comma-separated task names (default: the held-out ones)."),
+    ] = None,
+    suite: SuiteOpt = None,
+    seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    dest: Annotated[
+        Path | None, typer.Option("--out", help="Also write the markdown table here.")
+    ] = None,
+) -> None:
+    """Held-out accuracy of every generator and baseline, relative to the oracle."""
+    from generator.evaluation import Evaluator
+    from generator.experts import ExpertBank
+    from generator.generate import Generator
+    from generator.quality import evaluate, sg_settings, write
+    from registry.errors import InvalidInput
+    from registry.service import Registry
+
+    reg = Registry()
+    s = open_suite(suite)
+    names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
+    selected = s.select(names) if names else [t for t in s if t.held_out]
+    if not selected:
+        raise InvalidInput("no tasks to evaluate")
+    gens = {}
+    for method in ("sg-lora", "icm-lora"):
+        rec = reg.latest_generator(base_model, method)
+        if rec is not None:
+            gens[method] = Generator.from_registry(reg, rec)
+    if not gens:
+        raise InvalidInput(f"no generators for {base_model}: run `loramint generator train`")
+    settings = sg_settings(gens)
+    ids = next(iter(gens.values())).ckpt.expert_ids
+    with err.status("loading experts and the base model..."):
+        bank = ExpertBank.from_registry(reg, base_model, ids=ids)
+        evaluator = Evaluator.from_path(reg.base_model_path(base_model))
+    k, tau = settings if settings else (4, 0.05)
+    report = evaluate(
+        reg,
+        evaluator,
+        selected,
+        base_model=base_model,
+        generators=gens,
+        bank=bank,
+        k=k,
+        tau=tau,
+        seed=seed,
+        on_task=lambda name: err.print(f"scoring {name}"),
+    )
+    path = write(report, reg.settings.results_dir)
+    md = report.markdown()
+    if dest is not None:
+        from registry.blobs import write_atomic
+
+        write_atomic(dest, md.encode())
+    sys.stdout.write(md)
+    out.print(f"results: {path} (plot {path.with_suffix('.png')})")

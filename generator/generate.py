@@ -1,0 +1,300 @@
+"""Generating adapters from descriptions with a trained generator.
+
+``Generator`` owns one checkpoint's network; ``generate`` decodes a batch of
+descriptions in one forward pass (the REST API's micro-batches land here).
+SG-LoRA finds its top-K experts in a FAISS inner-product index over the
+experts' description embeddings, mixes their late-trajectory statistics,
+and samples z from the learned prior; ICM-LoRA samples z ~ N(0, I) given the
+description (and the task vector of examples, when the caller gives some).
+A seed fixes z, so the same (generator, description, seed) gives the same
+adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
+from generator.experts import Expert, load_expert
+from generator.guidance import mix, softmax_weights
+from generator.hypernet import ICMLoraNet, SGLoraNet
+from generator.lora_trainer import Tensors
+from generator.task_vector import TaskVectorizer
+from generator.training import from_tokens, icm_condition, to_tokens, var_tokens
+from generator.zoo import weights_bytes
+from registry.errors import AdapterNotFound, Conflict, GeneratorNotFound, InvalidInput
+from registry.models import Provenance
+from registry.peft_format import PeftFiles
+from registry.records import AdapterRecord, GeneratorRecord
+from registry.service import Parent, Registry
+
+MAX_EXAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    adapter_id: int
+    name: str
+    similarity: float
+    weight: float
+
+
+@dataclass(frozen=True)
+class Generated:
+    description: str
+    method: str
+    generator_id: int | None
+    seed: int
+    config: dict[str, Any]
+    weights: Tensors
+    neighbours: list[Neighbour] = field(default_factory=list)
+    examples: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    description: str
+    seed: int = 0
+    examples: tuple[tuple[str, str], ...] = ()
+
+
+def check_examples(examples: Any) -> tuple[tuple[str, str], ...]:
+    """Caller-supplied examples: a list of {"input", "output"} or (input, output) pairs."""
+    if examples is None:
+        return ()
+    if not isinstance(examples, (list, tuple)):
+        raise InvalidInput("examples must be a list of {input, output} pairs")
+    if len(examples) > MAX_EXAMPLES:
+        raise InvalidInput(f"at most {MAX_EXAMPLES} examples, got {len(examples)}")
+    out = []
+    for i, e in enumerate(examples):
+        if isinstance(e, dict):
+            pair = (e.get("input"), e.get("output"))
+        elif isinstance(e, (list, tuple)) and len(e) == 2:
+            pair = (e[0], e[1])
+        else:
+            raise InvalidInput(f"example {i} must be an {{input, output}} pair")
+        if not all(isinstance(p, str) and p.strip() for p in pair):
+            raise InvalidInput(f"example {i} needs a non-empty input and output")
+        out.append((str(pair[0]), str(pair[1])))
+    return tuple(out)
+
+
+class Generator:
+    """A loaded generator. ``experts`` loads an expert adapter by id (SG-LoRA)."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        embed: Callable[[Sequence[str]], np.ndarray],
+        experts: Callable[[int], Expert | None] | None = None,
+        vectorizer: Callable[[], TaskVectorizer] | None = None,
+        record: GeneratorRecord | None = None,
+    ) -> None:
+        self.ckpt, self.embed, self.record = checkpoint, embed, record
+        self._experts = experts
+        self._vectorizer_factory = vectorizer
+        self._vectorizer: TaskVectorizer | None = None
+        self._cache: dict[int, Expert | None] = {}
+        self.index: Any = None
+        if checkpoint.method == SG_LORA:
+            import faiss
+
+            emb = checkpoint.expert_embeddings
+            if emb is None or self._experts is None:
+                raise InvalidInput("an SG-LoRA generator needs its experts")
+            self.index = faiss.IndexFlatIP(emb.shape[1])
+            self.index.add(np.ascontiguousarray(emb.numpy(), dtype=np.float32))
+
+    @property
+    def method(self) -> str:
+        return self.ckpt.method
+
+    @property
+    def id(self) -> int | None:
+        return self.record.id if self.record else None
+
+    @classmethod
+    def from_registry(cls, registry: Registry, record: GeneratorRecord) -> Generator:
+        ckpt = Checkpoint.from_bytes(registry.generator_checkpoint(record.id))
+
+        def expert(adapter_id: int) -> Expert | None:
+            try:
+                rec = registry.get_adapter(adapter_id)
+            except AdapterNotFound:
+                return None  # deleted since training: mixed no more
+            return load_expert(registry, rec, ckpt.layout)
+
+        def vectorizer() -> TaskVectorizer:
+            from generator.evaluation import load_base
+
+            model, tokenizer = load_base(registry.base_model_path(record.base_model))
+            return TaskVectorizer(model, tokenizer)
+
+        return cls(
+            ckpt,
+            embed=registry.embedder.encode,
+            experts=expert,
+            vectorizer=vectorizer,
+            record=record,
+        )
+
+    def expert(self, index: int) -> Expert | None:
+        adapter_id = self.ckpt.expert_ids[index]
+        if adapter_id not in self._cache:
+            assert self._experts is not None
+            self._cache[adapter_id] = self._experts(adapter_id)
+        return self._cache[adapter_id]
+
+    def neighbours(self, query: np.ndarray) -> tuple[list[Expert], torch.Tensor]:
+        """The top-K experts (still registered) for a (D,) unit query, and their sims."""
+        k = int(self.ckpt.hyper["k"])
+        n = self.index.ntotal
+        fetch = min(n, k)
+        while True:
+            sims, idx = self.index.search(query[None, :].astype(np.float32), fetch)
+            found = [(int(i), float(s)) for i, s in zip(idx[0], sims[0], strict=True) if i >= 0]
+            live: list[tuple[Expert, float]] = []
+            for i, s in found:
+                e = self.expert(i)
+                if e is not None:
+                    live.append((e, s))
+            if len(live) >= k or fetch >= n:
+                break
+            fetch = min(n, fetch * 2 + k)
+        if not live:
+            raise InvalidInput("every expert of this generator has been deleted: retrain it")
+        live = live[:k]
+        return [e for e, _ in live], torch.tensor([s for _, s in live])
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[Request]) -> list[Generated]:
+        """Decode a batch of requests in one forward pass."""
+        if not requests:
+            return []
+        vectors = self.embed([r.description for r in requests])  # (N, D)
+        eps = torch.stack(
+            [
+                torch.randn(
+                    self.ckpt.net.config.latent, generator=torch.Generator().manual_seed(r.seed)
+                )
+                for r in requests
+            ]
+        )  # (N, Z)
+        layout, norm = self.ckpt.layout, self.ckpt.normaliser
+        neighbours: list[list[Neighbour]] = [[] for _ in requests]
+        if self.method == SG_LORA:
+            assert isinstance(self.ckpt.net, SGLoraNet)
+            tau = float(self.ckpt.hyper["tau"])
+            means, variances = [], []
+            for i, vec in enumerate(vectors):
+                experts, sims = self.neighbours(np.asarray(vec))
+                w = softmax_weights(sims, tau)
+                mixture = mix(w, [e.mean for e in experts], [e.var for e in experts])
+                means.append(mixture.mean)
+                variances.append(mixture.var)
+                neighbours[i] = [
+                    Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
+                    for e, s, a in zip(experts, sims, w, strict=True)
+                ]
+            mean_t = to_tokens(layout, norm, means)
+            logvar_t = var_tokens(
+                layout,
+                norm,
+                variances,
+                float(self.ckpt.hyper["logvar_shift"]),
+                float(self.ckpt.hyper["logvar_scale"]),
+            )
+            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps)
+        else:
+            assert isinstance(self.ckpt.net, ICMLoraNet)
+            hidden = int(self.ckpt.hyper["hidden_size"])
+            conds = []
+            for r, vec in zip(requests, vectors, strict=True):
+                tv = self.task_vector(r) if r.examples else None
+                conds.append(icm_condition(torch.as_tensor(np.asarray(vec)), tv, hidden))
+            tokens = self.ckpt.net.sample(torch.stack(conds), eps)
+        rows = from_tokens(layout, norm, tokens)
+        return [
+            Generated(
+                description=r.description,
+                method=self.method,
+                generator_id=self.id,
+                seed=r.seed,
+                config=dict(self.ckpt.template),
+                weights=layout.unflatten(row),
+                neighbours=neighbours[i],
+                examples=len(r.examples),
+            )
+            for i, (r, row) in enumerate(zip(requests, rows, strict=True))
+        ]
+
+    def task_vector(self, request: Request) -> torch.Tensor:
+        if self._vectorizer is None:
+            if self._vectorizer_factory is None:
+                raise InvalidInput("this generator cannot read examples (no base model)")
+            self._vectorizer = self._vectorizer_factory()
+        return self._vectorizer(request.description, request.examples)
+
+
+def adapter_name(gen: Generated) -> str:
+    """Readable and deterministic: the same request to the same generator, the same name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gen.description.lower()).strip("-")[:40].strip("-")
+    key = json.dumps([gen.generator_id, gen.method, gen.description, gen.seed, gen.examples])
+    return f"{slug or 'adapter'}-{gen.method}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def register(
+    registry: Registry, gen: Generated, *, base_model: str, name: str | None = None
+) -> AdapterRecord:
+    """Register a generated adapter with its provenance; the same request twice
+    returns the adapter registered the first time."""
+    final = name or adapter_name(gen)
+    existing = registry.find_adapter(base_model, final)
+    if existing is not None and name is None:
+        return existing
+    meta = {
+        "method": gen.method,
+        "generator_id": gen.generator_id,
+        "seed": gen.seed,
+        "examples": gen.examples,
+        "neighbours": [n.__dict__ for n in gen.neighbours],
+    }
+    parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
+    try:
+        return registry.add_adapter(
+            PeftFiles(config=gen.config, weights=weights_bytes(gen.weights)),
+            base_model=base_model,
+            description=gen.description,
+            name=final,
+            provenance=Provenance.GENERATED,
+            parents=parents,
+            meta=meta,
+        )
+    except Conflict:
+        again = registry.find_adapter(base_model, final)
+        if again is not None and name is None:  # a concurrent identical request won
+            return again
+        raise
+
+
+def generator_for(registry: Registry, base_model: str, method: str) -> GeneratorRecord:
+    rec = registry.latest_generator(base_model, method)
+    if rec is None:
+        raise GeneratorNotFound(
+            f"no {method} generator for {base_model}: train one with "
+            f"`loramint generator train --method {method} --base-model {base_model}`"
+        )
+    return rec
+
+
+__all__ = ["ICM_LORA", "SG_LORA", "Generated", "Generator", "Request", "register"]

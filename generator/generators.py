@@ -1,0 +1,100 @@
+"""Use cases: train a generator from the registry's experts, and generate
+adapters into the registry. The only generator code that touches the registry
+besides ``experts`` and ``generate.Generator.from_registry``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from generator.checkpoint import ICM_LORA, check_method
+from generator.experts import ExpertBank
+from generator.generate import Generated, Generator, Request, generator_for, register
+from generator.task_vector import TaskVectorizer
+from generator.training import FitResult, GeneratorConfig, StepCallback, fit_icm, fit_sg
+from registry.records import AdapterRecord, GeneratorRecord
+from registry.service import Registry
+
+
+def expert_task_vectors(
+    registry: Registry, bank: ExpertBank, on_progress: Callable[[str], None] | None = None
+) -> tuple[list[torch.Tensor | None], int]:
+    """Each expert's task vector from its stored seed examples (None without seeds)."""
+    from generator.evaluation import load_base
+
+    if on_progress:
+        on_progress("computing in-context task vectors from the experts' seed examples")
+    model, tokenizer = load_base(registry.base_model_path(bank.base_model))
+    vectorize = TaskVectorizer(model, tokenizer)
+    out: list[torch.Tensor | None] = []
+    for e in bank.experts:
+        pairs = [(s["input"], s["output"]) for s in e.seeds if s.get("input") and s.get("output")]
+        out.append(vectorize(e.record.description, pairs) if pairs else None)
+    return out, vectorize.hidden_size
+
+
+def fit(
+    registry: Registry,
+    bank: ExpertBank,
+    config: GeneratorConfig,
+    *,
+    on_progress: Callable[[str], None] | None = None,
+    on_step: StepCallback | None = None,
+) -> FitResult:
+    if config.method == ICM_LORA:
+        vectors, hidden = expert_task_vectors(registry, bank, on_progress)
+        return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
+    return fit_sg(bank, config, on_step=on_step)
+
+
+def train_generator(
+    registry: Registry,
+    base_model: str,
+    config: GeneratorConfig,
+    *,
+    name: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[GeneratorRecord, dict[str, Any]]:
+    """Train a generator on every eligible expert of ``base_model`` and register it."""
+    check_method(config.method)
+    bm = registry.prepare_base_model(base_model, on_progress=on_progress)
+    if on_progress:
+        on_progress(f"loading the expert adapters of {bm.name}")
+    bank = ExpertBank.from_registry(registry, bm.name)
+    result = fit(registry, bank, config, on_progress=on_progress, on_step=on_step)
+    metrics = {k: v for k, v in result.metrics.items() if k != "history"}
+    record = registry.add_generator(
+        result.checkpoint.to_bytes(),
+        base_model=bm.name,
+        method=config.method,
+        name=name,
+        training_adapter_ids=bank.ids,
+        hyperparameters=result.checkpoint.hyper,
+        metrics=metrics,
+    )
+    return record, result.metrics
+
+
+def generate_adapters(
+    registry: Registry,
+    requests: list[Request],
+    *,
+    base_model: str,
+    method: str,
+    generator_id: int | None = None,
+    loaded: Generator | None = None,
+) -> list[tuple[AdapterRecord, Generated]]:
+    """Generate and register one adapter per request (one batched decode)."""
+    check_method(method)
+    if loaded is None:
+        rec = (
+            registry.get_generator(generator_id)
+            if generator_id is not None
+            else generator_for(registry, base_model, method)
+        )
+        loaded = Generator.from_registry(registry, rec)
+    made = loaded.generate(requests)
+    return [(register(registry, g, base_model=base_model), g) for g in made]

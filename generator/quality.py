@@ -1,0 +1,192 @@
+"""Generator quality on held-out tasks, every method and baseline in one run.
+
+For each task: the bare base model; the nearest expert (top-1 by description,
+its registered weights); the softmax-weighted mean of the top-K experts'
+weights (the same K, tau and experts SG-LoRA uses); SG-LoRA's mixture mean
+mu* alone; each generator's adapter; and the oracle (the zoo adapter trained
+on the task itself). Relative accuracy = accuracy / oracle accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from generator.checkpoint import SG_LORA
+from generator.evaluation import Evaluator
+from generator.experts import ExpertBank
+from generator.generate import Generator, Request
+from generator.lora_trainer import Tensors
+from generator.tasks import Task
+from generator.zoo import ZOO_PREFIX
+from registry.blobs import write_atomic
+from registry.errors import InvalidInput
+from registry.lora_spec import parse_weights
+from registry.service import Registry
+
+BASELINES = ("base", "nearest", "weighted-mean", "sg-mixture-mean")
+
+
+@dataclass
+class TaskRow:
+    task: str
+    oracle: float
+    scores: dict[str, float] = field(default_factory=dict)
+    neighbours: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QualityReport:
+    base_model: str
+    methods: list[str]  # column order
+    rows: list[TaskRow]
+    generators: dict[str, int]  # column -> generator id
+    settings: dict[str, Any]
+
+    def mean(self, column: str) -> float:
+        return float(np.mean([r.scores[column] for r in self.rows]))
+
+    def relative(self, column: str) -> float:
+        """Mean over tasks of accuracy / oracle accuracy."""
+        return float(np.mean([r.scores[column] / r.oracle for r in self.rows if r.oracle > 0]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base_model": self.base_model,
+            "generators": self.generators,
+            "settings": self.settings,
+            "columns": [*self.methods, "oracle"],
+            "tasks": [
+                {"task": r.task, **r.scores, "oracle": r.oracle, "neighbours": r.neighbours}
+                for r in self.rows
+            ],
+            "mean": {c: self.mean(c) for c in self.methods}
+            | {"oracle": float(np.mean([r.oracle for r in self.rows]))},
+            "relative_to_oracle": {c: self.relative(c) for c in self.methods},
+        }
+
+    def markdown(self) -> str:
+        cols = [*self.methods, "oracle"]
+        lines = [
+            "| task | " + " | ".join(cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
+        for r in self.rows:
+            cells = [f"{r.scores[c]:.3f}" for c in self.methods] + [f"{r.oracle:.3f}"]
+            lines.append(f"| {r.task} | " + " | ".join(cells) + " |")
+        means = [f"**{self.mean(c):.3f}**" for c in self.methods]
+        oracle = float(np.mean([r.oracle for r in self.rows]))
+        lines.append("| mean | " + " | ".join(means) + f" | **{oracle:.3f}** |")
+        rel = [f"{self.relative(c):.1%}" for c in self.methods]
+        lines.append("| mean / oracle | " + " | ".join(rel) + " | 100% |")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cols = [*self.methods, "oracle"]
+        tasks = [r.task for r in self.rows] + ["mean"]
+        data = np.array(
+            [[r.scores[c] for c in self.methods] + [r.oracle] for r in self.rows]
+        )  # (T, C)
+        data = np.vstack([data, data.mean(0)])
+        fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(tasks)), 4.5))
+        width = 0.8 / len(cols)
+        x = np.arange(len(tasks))
+        for j, c in enumerate(cols):
+            ax.bar(x + (j - len(cols) / 2 + 0.5) * width, data[:, j], width, label=c)
+        ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (rank classification)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Held-out tasks, {self.base_model}")
+        ax.legend(fontsize=7, ncol=4, loc="upper left")
+        fig.tight_layout()
+        tmp = path.with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        tmp.replace(path)
+
+
+def oracle_weights(
+    registry: Registry, base_model: str, task: Task
+) -> tuple[dict[str, Any], Tensors]:
+    rec = registry.find_adapter(base_model, f"{ZOO_PREFIX}{task.name}")
+    if rec is None:
+        raise InvalidInput(
+            f"no zoo adapter for task {task.name}: run `loramint zoo build --tasks {task.name}`"
+        )
+    files = registry.adapter_files(rec.id)
+    return files.config, parse_weights(files.weights)
+
+
+def evaluate(
+    registry: Registry,
+    evaluator: Evaluator,
+    tasks: Sequence[Task],
+    *,
+    base_model: str,
+    generators: dict[str, Generator],  # column name -> loaded generator
+    bank: ExpertBank,
+    k: int,
+    tau: float,
+    seed: int = 0,
+    on_task: Callable[[str], None] | None = None,
+) -> QualityReport:
+    """Score every column on every task's test split with one evaluator (one model load)."""
+    rows = []
+    template = bank.template
+    for task in tasks:
+        if on_task:
+            on_task(task.name)
+        oracle = evaluator.accuracy(task, oracle_weights(registry, base_model, task))
+        row = TaskRow(task.name, oracle=oracle.accuracy)
+        row.scores["base"] = evaluator.accuracy(task).accuracy
+        q = torch.as_tensor(registry.embedder.encode([task.description])[0])
+        idx, sims = bank.nearest(q, k)
+        row.neighbours = [bank.experts[i].record.name for i in idx]
+        nearest = bank.layout.unflatten(bank.experts[idx[0]].weights)
+        row.scores["nearest"] = evaluator.accuracy(task, (template, nearest)).accuracy
+        row.scores["weighted-mean"] = evaluator.accuracy(
+            task, (template, bank.weighted_weights(idx, sims, tau))
+        ).accuracy
+        mixture = bank.mixture(idx, sims, tau)
+        row.scores["sg-mixture-mean"] = evaluator.accuracy(
+            task, (template, bank.layout.unflatten(mixture.mean))
+        ).accuracy
+        for column, gen in generators.items():
+            made = gen.generate([Request(task.description, seed=seed)])[0]
+            row.scores[column] = evaluator.accuracy(task, (made.config, made.weights)).accuracy
+        rows.append(row)
+    return QualityReport(
+        base_model=base_model,
+        methods=[*BASELINES, *generators],
+        rows=rows,
+        generators={c: g.id for c, g in generators.items() if g.id is not None},
+        settings={"k": k, "tau": tau, "seed": seed, "experts": len(bank)},
+    )
+
+
+def write(report: QualityReport, root: Path) -> Path:
+    """results/quality-<base>.json, .md and .png under ``root``; returns the json path."""
+    slug = report.base_model.replace("/", "_")
+    path = root / f"quality-{slug}.json"
+    write_atomic(path, json.dumps(report.to_json(), indent=2).encode())
+    write_atomic(path.with_suffix(".md"), report.markdown().encode())
+    report.plot(path.with_suffix(".png"))
+    return path
+
+
+def sg_settings(generators: dict[str, Generator]) -> tuple[int, float] | None:
+    for g in generators.values():
+        if g.method == SG_LORA:
+            return int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
+    return None

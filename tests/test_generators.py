@@ -1,0 +1,164 @@
+"""Generators end to end on a tiny random Llama zoo: train from the registry,
+register the checkpoint, generate into the registry, export, load with PEFT,
+score in the quality harness, and the CLI on top."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from generator.checkpoint import Checkpoint
+from generator.evaluation import Evaluator
+from generator.experts import ExpertBank
+from generator.generate import Generator, Request
+from generator.generators import generate_adapters, train_generator
+from generator.lora_trainer import TrainConfig
+from generator.quality import evaluate, write
+from generator.tasks import TaskSuite
+from generator.training import GeneratorConfig
+from generator.zoo import build_zoo
+from registry.errors import GeneratorNotFound, InvalidInput
+from registry.service import Registry
+from registry.settings import Settings
+from tests.test_zoo import tiny_task
+
+TASKS = [("cat", "cat"), ("dog", "dog"), ("bird", "bird"), ("tree", "tree"), ("car", "car")]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("gen")
+    settings = Settings(
+        home=root / "home", database_url=f"sqlite:///{root}/r.db", model_cache=root / "models"
+    )
+    reg = Registry(settings, embedder=embedder)
+    suite = TaskSuite(root / "suite")
+    suite.write_all(
+        [tiny_task(n, w) for n, w in TASKS] + [tiny_task("moon", "moon", held_out=True)]
+    )
+    config = TrainConfig(rank=4, alpha=8, steps=6, batch_size=8, lr=1e-2, snapshots=3)
+    build_zoo(reg, suite.select(), base_model=str(tiny_base), config=config)
+    yield {"registry": reg, "suite": suite, "base": str(tiny_base), "settings": settings}
+    reg.close()
+
+
+def test_train_generate_register_export_and_load(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    base = world["base"]
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=20, eval_every=10, val_fraction=0.2)
+    rec, metrics = train_generator(reg, base, cfg)
+    held = reg.find_adapter(base, "zoo-moon")
+    assert held is not None and held.id not in rec.training_adapter_ids
+    assert len(rec.training_adapter_ids) == len(TASKS) and rec.method == "sg-lora"
+    assert metrics["k"] >= 1 and metrics["val_experts"] == 1 and rec.metrics["parameters"] > 0
+    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
+    assert ckpt.expert_ids == rec.training_adapter_ids
+
+    desc = "Does the text mention the moon? Answer yes or no."
+    [(made, gen)] = generate_adapters(
+        reg, [Request(desc, seed=7)], base_model=base, method="sg-lora"
+    )
+    assert made.provenance == "generated" and made.meta["generator_id"] == rec.id
+    assert made.meta["seed"] == 7 and made.meta["neighbours"]
+    assert {p.adapter_id for p in made.parents} <= set(rec.training_adapter_ids)
+    assert all(p.role == "expert" for p in made.parents)
+    # the same request again is the same registered adapter
+    [(again, _)] = generate_adapters(reg, [Request(desc, seed=7)], base_model=base, method="sg-lora")
+    assert again.id == made.id and reg.count_adapters() == len(TASKS) + 2
+
+    out = reg.export_adapter(made.id, tmp_path / "gen")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(out))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    key = next(k for k in gen.weights if "lora_B" in k)
+    peft_key = key.replace("lora_B.weight", "lora_B.default.weight")
+    assert torch.allclose(loaded[peft_key], gen.weights[key])
+
+
+def test_icm_with_and_without_examples(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    base = world["base"]
+    cfg = GeneratorConfig(
+        method="icm-lora", hidden=32, latent=4, steps=20, eval_every=10, val_fraction=0.0
+    )
+    rec, metrics = train_generator(reg, base, cfg)
+    assert metrics["task_vectors"] is True  # the zoo stored seed examples
+    gen = Generator.from_registry(reg, rec)
+    plain, shown = gen.generate(
+        [
+            Request("Does the text mention a fish?", seed=1),
+            Request("Does the text mention a fish?", seed=1, examples=(("fish sun", "yes"),)),
+        ]
+    )
+    assert plain.examples == 0 and shown.examples == 1
+    assert any(not torch.equal(plain.weights[k], shown.weights[k]) for k in plain.weights)
+
+
+def test_missing_generator_and_bad_method_are_clear_errors(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    with pytest.raises(InvalidInput, match="unknown method"):
+        generate_adapters(reg, [Request("x")], base_model=world["base"], method="dreambooth")
+    with pytest.raises(GeneratorNotFound, match="loramint generator train"):
+        generate_adapters(reg, [Request("x")], base_model="smollm2-135m-instruct", method="sg-lora")
+
+
+def test_quality_harness_scores_every_column(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    base = world["base"]
+    rec = reg.latest_generator(base, "sg-lora") or train_generator(
+        reg, base, GeneratorConfig(hidden=32, latent=4, steps=10, eval_every=5)
+    )[0]
+    gens = {"sg-lora": Generator.from_registry(reg, rec)}
+    bank = ExpertBank.from_registry(reg, base, ids=rec.training_adapter_ids)
+    evaluator = Evaluator.from_path(Path(base))
+    held = [t for t in world["suite"] if t.held_out]
+    report = evaluate(
+        reg, evaluator, held, base_model=base, generators=gens, bank=bank, k=2, tau=0.1
+    )
+    row = report.rows[0]
+    assert row.task == "moon" and "zoo-moon" not in row.neighbours
+    assert set(row.scores) == {"base", "nearest", "weighted-mean", "sg-mixture-mean", "sg-lora"}
+    assert all(0.0 <= v <= 1.0 for v in row.scores.values())
+    path = write(report, tmp_path)
+    data = json.loads(path.read_text())
+    assert data["columns"][-1] == "oracle" and "sg-lora" in data["relative_to_oracle"]
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| moon |" in path.with_suffix(".md").read_text()
+
+
+def test_cli_generate_and_list(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings = world["settings"]
+    reg: Registry = world["registry"]
+    if reg.latest_generator(world["base"], "sg-lora") is None:
+        train_generator(reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
+    env = os.environ | {
+        "LORAMINT_HOME": str(settings.home),
+        "LORAMINT_DATABASE_URL": settings.database_url,
+        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
+    }
+    cli = [sys.executable, "-m", "api.cli"]
+    run = subprocess.run(
+        [*cli, "generate", "Does the text mention a sun?", "--base-model", world["base"],
+         "--seed", "3", "--out", str(tmp_path / "a"), "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(run.stdout)
+    assert payload["seed"] == 3 and (tmp_path / "a" / "adapter_model.safetensors").exists()
+    bad = subprocess.run(
+        [*cli, "generate", "x", "--base-model", world["base"], "--method", "nope"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown method")
+    listed = subprocess.run(
+        [*cli, "generator", "list", "--json"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["method"] in ("sg-lora", "icm-lora")
