@@ -90,6 +90,41 @@ def generator_train(
     )
 
 
+@generator_app.command("finetune")
+def generator_finetune(
+    generator_id: Annotated[int, typer.Argument(help="Generator id to start from.")],
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps (one task per step).")] = 60,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    suite: SuiteOpt = None,
+    name: Annotated[str | None, typer.Option(help="Name of the new generator.")] = None,
+) -> None:
+    """Fine-tune a generator end to end through the base model's task loss (new generator)."""
+    from tqdm import tqdm
+
+    from generator.generators import finetune_generator
+    from registry.service import Registry
+
+    reg = Registry()
+    tasks = list(open_suite(suite))
+    bar = tqdm(total=steps, desc="end-to-end", unit="step")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    rec = finetune_generator(
+        reg, generator_id, tasks, steps=steps, lr=lr, batch_size=batch_size, name=name,
+        on_progress=lambda m: err.print(m), on_step=on_step,
+    )  # fmt: skip
+    bar.close()
+    m = rec.hyperparameters
+    out.print(
+        f"generator {rec.id} ({rec.name}): task loss {m['e2e_loss_first10']} -> "
+        f"{m['e2e_loss_last10']} over {steps} steps, {m['e2e_seconds']} s"
+    )
+
+
 @generator_app.command("list")
 def generator_list(
     base_model: Annotated[str | None, typer.Option("--base-model", "-m")] = None,
@@ -116,6 +151,16 @@ def generator_list(
             r.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     out.print(table)
+
+
+def evaluated_generators(reg: Any, base_model: str) -> dict[str, Any]:
+    """Column -> the newest generator of each method, plain and end-to-end fine-tuned."""
+    cols: dict[str, Any] = {}
+    for rec in reversed(reg.list_generators(base_model=base_model, limit=1000)):
+        e2e = "finetuned_from" in rec.hyperparameters
+        cols[f"{rec.method}{'+e2e' if e2e else ''}"] = rec  # oldest first: newest wins
+    order = ["sg-lora", "sg-lora+e2e", "icm-lora", "icm-lora+e2e"]
+    return {c: cols[c] for c in order if c in cols}
 
 
 def read_examples(path: Path | None) -> Any:
@@ -212,10 +257,8 @@ def eval_generators(
     if not selected:
         raise InvalidInput("no tasks to evaluate")
     gens = {}
-    for method in ("sg-lora", "icm-lora"):
-        rec = reg.latest_generator(base_model, method)
-        if rec is not None:
-            gens[method] = Generator.from_registry(reg, rec)
+    for column, rec in evaluated_generators(reg, base_model).items():
+        gens[column] = Generator.from_registry(reg, rec)
     if not gens:
         raise InvalidInput(f"no generators for {base_model}: run `loramint generator train`")
     settings = sg_settings(gens)

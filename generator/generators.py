@@ -98,3 +98,46 @@ def generate_adapters(
         loaded = Generator.from_registry(registry, rec)
     made = loaded.generate(requests)
     return [(register(registry, g, base_model=base_model), g) for g in made]
+
+
+def finetune_generator(
+    registry: Registry,
+    generator_id: int,
+    suite_tasks: list[Any],
+    *,
+    steps: int = 60,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    name: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    on_step: StepCallback | None = None,
+) -> GeneratorRecord:
+    """Fine-tune generator ``generator_id`` end to end on its experts' tasks and register
+    the result as a new generator (the original stays as it was)."""
+    from generator.checkpoint import Checkpoint
+    from generator.evaluation import load_base
+    from generator.finetune import finetune, tasks_for
+
+    rec = registry.get_generator(generator_id)
+    ckpt = Checkpoint.from_bytes(registry.generator_checkpoint(rec.id))
+    if on_progress:
+        on_progress(f"loading the {len(ckpt.expert_ids)} experts of generator {rec.id}")
+    bank = ExpertBank.from_registry(registry, rec.base_model, ids=ckpt.expert_ids)
+    tasks = tasks_for(bank, suite_tasks)
+    if on_progress:
+        on_progress(f"fine-tuning through {rec.base_model} on {len(tasks)} training tasks")
+    model, tokenizer = load_base(registry.base_model_path(rec.base_model))
+    stats = finetune(
+        ckpt, bank, tasks, model, tokenizer, steps=steps, lr=lr, batch_size=batch_size,
+        on_step=on_step,
+    )  # fmt: skip
+    ckpt.hyper = {**ckpt.hyper, "finetuned_from": rec.id, **stats}
+    return registry.add_generator(
+        ckpt.to_bytes(),
+        base_model=rec.base_model,
+        method=rec.method,
+        name=name or f"{rec.name}-e2e-{steps}",
+        training_adapter_ids=rec.training_adapter_ids,
+        hyperparameters=ckpt.hyper,
+        metrics={**rec.metrics, **stats},
+    )

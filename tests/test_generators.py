@@ -162,3 +162,23 @@ def test_cli_generate_and_list(world, tmp_path: Path) -> None:  # type: ignore[n
         [*cli, "generator", "list", "--json"], env=env, capture_output=True, text=True, timeout=300
     )
     assert listed.returncode == 0 and json.loads(listed.stdout)[0]["method"] in ("sg-lora", "icm-lora")
+
+
+def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(world) -> None:  # type: ignore[no-untyped-def]
+    from api.cli_generators import evaluated_generators
+    from generator.generators import finetune_generator
+
+    reg: Registry = world["registry"]
+    base = world["base"]
+    rec, _ = train_generator(
+        reg, base, GeneratorConfig(hidden=32, latent=4, steps=10, val_fraction=0.0), name="plain"
+    )
+    tuned = finetune_generator(reg, rec.id, list(world["suite"]), steps=4, lr=1e-2, batch_size=4)
+    assert tuned.hyperparameters["finetuned_from"] == rec.id and tuned.id != rec.id
+    assert tuned.training_adapter_ids == rec.training_adapter_ids
+    assert tuned.hyperparameters["e2e_tasks"] == len(TASKS)  # never the held-out "moon"
+    before = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id)).net.state_dict()
+    after = Checkpoint.from_bytes(reg.generator_checkpoint(tuned.id)).net.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    cols = evaluated_generators(reg, base)
+    assert cols["sg-lora+e2e"].id == tuned.id and cols["sg-lora"].id == rec.id
