@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -159,3 +159,10 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits on success and rolls back on any exception."""
     with factory() as session, session.begin():
         yield session
+
+
+def changed_rows(session: Session, statement: sa.Update | sa.Delete) -> int:
+    """How many rows a conditional UPDATE or DELETE changed: how a compare-and-set
+    tells whether it won. The session's loaded objects are not synchronised."""
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return cast("sa.CursorResult[Any]", result).rowcount

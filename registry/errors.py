@@ -12,8 +12,10 @@ where they occur with ``raise ... from exc``.
     ├── NotFound                                                          (HTTP 404)
     │   ├── UnknownBaseModel    a base-model name that resolves to nothing
     │   ├── AdapterNotFound
-    │   └── GeneratorNotFound
-    ├── Conflict                the thing already exists                  (HTTP 409)
+    │   ├── GeneratorNotFound
+    │   ├── JobNotFound
+    │   └── KeyNotFound
+    ├── Conflict                exists already, or changed under the caller (HTTP 409)
     ├── CorruptBlob             stored bytes no longer match their sha256 (HTTP 500: our fault)
     └── RegistryNotReady        database missing or behind its migrations (HTTP 503)
 """
@@ -58,8 +60,17 @@ class GeneratorNotFound(NotFound):
     """No generator checkpoint with that id."""
 
 
+class JobNotFound(NotFound):
+    """No job with that id."""
+
+
+class KeyNotFound(NotFound):
+    """No API key with that id."""
+
+
 class Conflict(LoramintError):
-    """The thing being created already exists."""
+    """The thing being created already exists, or the state changed under the caller
+    (a job cancelled or re-claimed while a worker still thought it held it)."""
 
 
 class CorruptBlob(LoramintError):

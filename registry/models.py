@@ -1,8 +1,9 @@
 """SQLAlchemy 2 ORM models: the registry's source of truth.
 
 Tables: ``base_models``, ``adapters``, ``adapter_parents`` (lineage),
-``description_embeddings``, ``generators`` (trained generator checkpoints) and
-``registry_state`` (a generation counter the derived FAISS index compares
+``description_embeddings``, ``generators`` (trained generator checkpoints),
+``jobs`` and ``job_artifacts`` (offline work that workers claim), ``api_keys``
+and ``registry_state`` (a generation counter the derived FAISS index compares
 against to know when it is stale). Schema changes go through Alembic
 (``migrations/``), never ``create_all``.
 """
@@ -17,7 +18,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -36,6 +39,19 @@ class Provenance(StrEnum):
     IMPORTED = "imported"
     GENERATED = "generated"
     TRANSFERRED = "transferred"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ApiKeyRole(StrEnum):
+    ADMIN = "admin"
+    READER = "reader"
 
 
 class Base(DeclarativeBase):
@@ -155,6 +171,73 @@ class GeneratorRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     base_model: Mapped[BaseModelRow] = relationship()
+
+
+class JobRow(Base):
+    """A unit of offline work (generator training, a zoo build, a transfer). The
+    registry stores it and hands it to one worker at a time; it never runs it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # the claim query: the oldest job in a state
+        Index("ix_jobs_state_id", "state", "id"),
+        # never reuse a deleted id: workers and logs name jobs by it
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # e.g. "train-generator", "transfer": not interpreted by the registry
+    kind: Mapped[str] = mapped_column(String(50))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20), default=JobState.QUEUED.value)
+    stage: Mapped[str | None] = mapped_column(String(100), default=None)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # append-only lines, trimmed to the newest ~64 KiB
+    log: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # claims so far, the re-claim of a lost worker's job included
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # a running job whose lease has passed belongs to a lost worker: claimable again
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobArtifactRow(Base):
+    """A named stage checkpoint of a job, stored as a blob, so that a job resumed
+    by another worker skips the stages already done."""
+
+    __tablename__ = "job_artifacts"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key. Only the sha256 of the secret is kept: a leaked database
+    grants nothing, and a lost secret is replaced, never recovered."""
+
+    __tablename__ = "api_keys"
+    # never reuse a revoked key's id: audit trails name keys by it
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    # the secret's first characters, to tell keys apart in listings
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 class DescriptionEmbeddingRow(Base):

@@ -6,12 +6,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.models import AdapterRow, BaseModelRow, GeneratorRow
+from registry.models import AdapterRow, ApiKeyRow, BaseModelRow, GeneratorRow, JobRow
 
 
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; every stored time is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,76 @@ class GeneratorRecord:
             hyperparameters=dict(row.hyperparameters or {}),
             metrics=dict(row.metrics or {}),
             created_at=_utc(row.created_at),
+        )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    kind: str
+    params: dict[str, Any]
+    state: str
+    stage: str | None
+    progress: float
+    log: str
+    error: str | None
+    result: dict[str, Any] | None
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    artifacts: list[str] = field(default_factory=list)  # names, sorted
+
+    @classmethod
+    def of(cls, row: JobRow, artifacts: list[str] | None = None) -> JobRecord:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            params=dict(row.params or {}),
+            state=row.state,
+            stage=row.stage,
+            progress=float(row.progress),
+            log=row.log,
+            error=row.error,
+            result=None if row.result is None else dict(row.result),
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            worker=row.worker,
+            lease_expires_at=_utc_or_none(row.lease_expires_at),
+            created_at=_utc(row.created_at),
+            started_at=_utc_or_none(row.started_at),
+            finished_at=_utc_or_none(row.finished_at),
+            updated_at=_utc(row.updated_at),
+            artifacts=sorted(artifacts or []),
+        )
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as listings show it: never the secret, nor its hash."""
+
+    id: int
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKeyRow) -> ApiKeyRecord:
+        return cls(
+            id=row.id,
+            name=row.name,
+            role=row.role,
+            prefix=row.prefix,
+            created_at=_utc(row.created_at),
+            last_used_at=_utc_or_none(row.last_used_at),
+            revoked_at=_utc_or_none(row.revoked_at),
         )
 
 

@@ -3,7 +3,8 @@
 Every write validates everything first, then stores the blob (content
 addressed, atomic), then commits the rows in one transaction; a failure at
 any step leaves no row, no index entry and no orphaned blob behind. Generator
-checkpoints follow the same rules (``registry.generators_store``).
+checkpoints follow the same rules (``registry.generators_store``); the job
+queue and API keys live in ``registry.jobs_store`` and ``registry.keys_store``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from registry.db import open_database, session_factory, transaction
 from registry.embeddings import Embedder, clean_description, get_embedder
 from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound, UnknownBaseModel
 from registry.generators_store import GeneratorStore
+from registry.jobs_store import JobStore
+from registry.keys_store import KeyStore
 from registry.models import (
     AdapterArtifactRow,
     AdapterParentRow,
@@ -32,6 +35,7 @@ from registry.models import (
     BaseModelRow,
     DescriptionEmbeddingRow,
     GeneratorRow,
+    JobArtifactRow,
     Provenance,
     RegistryStateRow,
 )
@@ -54,7 +58,7 @@ class Parent:
     weight: float | None = None
 
 
-class Registry(GeneratorStore):
+class Registry(GeneratorStore, JobStore, KeyStore):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -290,8 +294,8 @@ class Registry(GeneratorStore):
         self._drop_blobs_if_unused(keys)
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None:
-        """Delete the blobs no adapter, artifact or generator refers to (blobs are shared
-        by content: a generator checkpoint may be byte-identical to an adapter's weights)."""
+        """Delete the blobs no adapter, artifact, generator or job artifact refers to (blobs
+        are shared by content: a checkpoint may be byte-identical to an adapter's weights)."""
         with self._sessions() as s:
             for key in set(keys):
                 if not any(
@@ -300,6 +304,7 @@ class Registry(GeneratorStore):
                         AdapterRow.blob_key,
                         AdapterArtifactRow.blob_key,
                         GeneratorRow.blob_key,
+                        JobArtifactRow.blob_key,
                     )
                 ):
                     self.blobs.delete(key)

@@ -42,8 +42,8 @@ def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
                 " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
             )
         )
-    db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision(engine) == "0003"
+    db.upgrade(engine, "0003")
+    assert db.current_revision(engine) == "0003"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -61,6 +61,85 @@ def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
     assert "generators" not in sa.inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(sa.text("select name from base_models")).scalar() == "bm"
+    engine.dispose()
+
+
+def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
+    """A database at 0003 upgrades to 0004 (jobs, job artifacts, API keys) and back
+    with its data, and holds one API key per hash."""
+    from alembic import command
+
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0003")
+    tables = set(sa.inspect(engine).get_table_names())
+    assert not tables & {"jobs", "job_artifacts", "api_keys"}
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into base_models (id, name, source, architecture, num_layers,"
+                " hidden_size, linear_shapes, created_at)"
+                " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "insert into generators (name, base_model_id, method, sha256, blob_key,"
+                " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
+                " values ('g', 1, 'sg-lora', :k, :k, 3, '[1, 2]', '{}', '{}',"
+                " '2026-11-23 00:00:00')"
+            ),
+            {"k": "0" * 64},
+        )
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine) == "0004"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into jobs (id, kind, params, state, progress, log, attempts,"
+                " max_attempts, worker, lease_expires_at, created_at, started_at, updated_at)"
+                " values (7, 'transfer', '{\"adapter_id\": 5}', 'running', 0.5, 'line', 1, 3,"
+                " 'w1', '2026-11-23 00:01:00', '2026-11-23 00:00:00', '2026-11-23 00:00:30',"
+                " '2026-11-23 00:00:30')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "insert into job_artifacts (job_id, name, blob_key, size_bytes, created_at)"
+                " values (7, 'stage-1', :k, 3, '2026-11-23 00:00:40')"
+            ),
+            {"k": "1" * 64},
+        )
+        conn.execute(
+            sa.text(
+                "insert into api_keys (name, role, prefix, key_hash, created_at)"
+                " values ('ops', 'admin', 'lm_abcdefgh', :h, '2026-11-23 00:00:00')"
+            ),
+            {"h": "2" * 64},
+        )
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # one key per hash
+        conn.execute(
+            sa.text(
+                "insert into api_keys (name, role, prefix, key_hash, created_at)"
+                " values ('again', 'reader', 'lm_abcdefgh', :h, '2026-11-23 00:00:00')"
+            ),
+            {"h": "2" * 64},
+        )
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select state, worker from jobs")).one() == ("running", "w1")
+        assert conn.execute(sa.text("select name from job_artifacts")).scalar() == "stage-1"
+        assert conn.execute(sa.text("select count(*) from api_keys")).scalar() == 1
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    tables = set(sa.inspect(engine).get_table_names())
+    assert not tables & {"jobs", "job_artifacts", "api_keys"}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select name from generators")).scalar() == "g"
+        assert conn.execute(sa.text("select name from base_models")).scalar() == "bm"
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from jobs")).scalar() == 0
     engine.dispose()
 
 
