@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.cli_generators import generate_command, generator_app
+from api.cli_service import jobs_app, keys_app, serve_command, worker_command
 from api.cli_zoo import eval_app, tasks_app, zoo_app
 from registry.errors import LoramintError, NotFound
 
@@ -35,6 +36,10 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")
 app.add_typer(generator_app, name="generator")
 app.command("generate")(generate_command)
+app.command("serve")(serve_command)
+app.command("worker")(worker_command)
+app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 
 out = Console(soft_wrap=True)  # never wrap: output is read by scripts
 err = Console(stderr=True)

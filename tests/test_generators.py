@@ -31,9 +31,8 @@ from tests.test_zoo import tiny_task
 TASKS = [("cat", "cat"), ("dog", "dog"), ("bird", "bird"), ("tree", "tree"), ("car", "car")]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("gen")
+def tiny_world(root: Path, tiny_base: Path, embedder) -> dict:  # type: ignore[no-untyped-def]
+    """A registry (SQLite file) holding a tiny zoo of five tasks plus one held-out task."""
     settings = Settings(
         home=root / "home", database_url=f"sqlite:///{root}/r.db", model_cache=root / "models"
     )
@@ -44,8 +43,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder): 
     )
     config = TrainConfig(rank=4, alpha=8, steps=6, batch_size=8, lr=1e-2, snapshots=3)
     build_zoo(reg, suite.select(), base_model=str(tiny_base), config=config)
-    yield {"registry": reg, "suite": suite, "base": str(tiny_base), "settings": settings}
-    reg.close()
+    return {"registry": reg, "suite": suite, "base": str(tiny_base), "settings": settings}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder):  # type: ignore[no-untyped-def]
+    w = tiny_world(tmp_path_factory.mktemp("gen"), tiny_base, embedder)
+    yield w
+    w["registry"].close()
 
 
 def test_train_generate_register_export_and_load(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +74,9 @@ def test_train_generate_register_export_and_load(world, tmp_path: Path) -> None:
     assert {p.adapter_id for p in made.parents} <= set(rec.training_adapter_ids)
     assert all(p.role == "expert" for p in made.parents)
     # the same request again is the same registered adapter
-    [(again, _)] = generate_adapters(reg, [Request(desc, seed=7)], base_model=base, method="sg-lora")
+    [(again, _)] = generate_adapters(
+        reg, [Request(desc, seed=7)], base_model=base, method="sg-lora"
+    )
     assert again.id == made.id and reg.count_adapters() == len(TASKS) + 2
 
     out = reg.export_adapter(made.id, tmp_path / "gen")
@@ -113,9 +120,12 @@ def test_missing_generator_and_bad_method_are_clear_errors(world) -> None:  # ty
 def test_quality_harness_scores_every_column(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     reg: Registry = world["registry"]
     base = world["base"]
-    rec = reg.latest_generator(base, "sg-lora") or train_generator(
-        reg, base, GeneratorConfig(hidden=32, latent=4, steps=10, eval_every=5)
-    )[0]
+    rec = (
+        reg.latest_generator(base, "sg-lora")
+        or train_generator(reg, base, GeneratorConfig(hidden=32, latent=4, steps=10, eval_every=5))[
+            0
+        ]
+    )
     gens = {"sg-lora": Generator.from_registry(reg, rec)}
     bank = ExpertBank.from_registry(reg, base, ids=rec.training_adapter_ids)
     evaluator = Evaluator.from_path(Path(base))
@@ -161,7 +171,10 @@ def test_cli_generate_and_list(world, tmp_path: Path) -> None:  # type: ignore[n
     listed = subprocess.run(
         [*cli, "generator", "list", "--json"], env=env, capture_output=True, text=True, timeout=300
     )
-    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["method"] in ("sg-lora", "icm-lora")
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["method"] in (
+        "sg-lora",
+        "icm-lora",
+    )
 
 
 def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(world) -> None:  # type: ignore[no-untyped-def]

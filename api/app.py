@@ -1,0 +1,307 @@
+"""The Litestar application: REST routes, errors, auth, metrics and logs.
+
+``create_app()`` starts on the embedded default (SQLite under
+``LORAMINT_HOME``) with no configuration. Every project error maps to one 4xx
+JSON body ``{"status_code", "detail"}``; anything else is a 500 whose detail
+names the request id to find in the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.datastructures import State
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from api.auth import KeyCache, TokenBuckets, guard
+from api.batcher import GenerationBatcher
+from api.dto import Health, Ready
+from api.routes import ROUTES
+from api.settings import ApiSettings
+from registry.errors import (
+    Conflict,
+    CorruptBlob,
+    InvalidInput,
+    LoramintError,
+    NotFound,
+    RegistryNotReady,
+    TooLarge,
+)
+from registry.service import Registry
+
+log = logging.getLogger("loramint.api")
+
+
+def _version() -> str:
+    try:
+        return version("loramint")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "loramint_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.generation = Histogram(
+            "loramint_generation_seconds",
+            "Decode + register time of one generation batch",
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "loramint_generation_batch_size",
+            "Requests decoded together",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "loramint_generation_queue_depth", "Generation requests waiting", registry=self.registry
+        )
+        self.errors = Counter(
+            "loramint_http_errors_total", "Error responses", ["status"], registry=self.registry
+        )
+
+
+def _status_for(exc: LoramintError) -> int:
+    if isinstance(exc, TooLarge):
+        return 413
+    if isinstance(exc, InvalidInput):
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, RegistryNotReady):
+        return 503
+    if isinstance(exc, CorruptBlob):
+        return 500
+    return 400
+
+
+def _project_error(request: Request[Any, Any, Any], exc: LoramintError) -> Response[Any]:
+    status = _status_for(exc)
+    return Response({"status_code": status, "detail": str(exc)}, status_code=status)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
+    extra = getattr(exc, "extra", None)
+    if extra:
+        body["extra"] = extra
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    rid = request.scope.get("state", {}).get("request_id", "?")
+    log.exception("unhandled error", extra={"request_id": rid})
+    return Response(
+        {"status_code": 500, "detail": f"internal error (request id {rid})"}, status_code=500
+    )
+
+
+class RequestLog:
+    """ASGI middleware: request id header, one structured log line, latency metrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        method = str(scope.get("method", ""))
+        rid = dict(scope["headers"]).get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = {"code": 500}
+        t0 = time.perf_counter()
+
+        async def send_wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapped)
+        finally:
+            seconds = time.perf_counter() - t0
+            route = scope.get("path_template") or scope.get("path", "")
+            metrics: Metrics = scope["app"].state.metrics
+            metrics.requests.labels(method, route, str(status["code"])).observe(seconds)
+            if status["code"] >= 400:
+                metrics.errors.labels(str(status["code"])).inc()
+            log.info(
+                "request",
+                extra={
+                    "request_id": rid,
+                    "method": method,
+                    "path": scope.get("path"),
+                    "status": status["code"],
+                    "ms": round(seconds * 1000, 2),
+                },
+            )
+
+
+class JsonFormatter(logging.Formatter):
+    FIELDS = ("request_id", "method", "path", "status", "ms", "job_id")
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        payload.update({f: getattr(record, f) for f in self.FIELDS if hasattr(record, f)})
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("loramint")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@get("/health", tags=["ops"], sync_to_thread=False)
+def health() -> Health:
+    """Liveness: the process answers."""
+    return Health("ok", _version())
+
+
+@get(
+    "/ready",
+    tags=["ops"],
+    sync_to_thread=True,
+    responses={503: ResponseSpec(Ready, description="The database does not answer")},
+)
+def ready(state: State) -> Response[Ready]:
+    """Readiness: the database answers; says which auth mode and generators are live."""
+    reg: Registry = state.registry
+    try:
+        adapters = reg.count_adapters()
+        gens: dict[str, list[str]] = {}
+        for g in reg.list_generators(limit=500):
+            gens.setdefault(g.base_model, [])
+            if g.method not in gens[g.base_model]:
+                gens[g.base_model].append(g.method)
+    except Exception as exc:  # not ready: say why, with 503
+        log.warning("not ready: %s", exc)
+        return Response(
+            Ready("unavailable", f"error: {type(exc).__name__}", "", 0, {}), status_code=503
+        )
+    db = reg.engine.url.render_as_string(hide_password=True)
+    return Response(Ready("ready", db, state.api_settings.auth_mode, adapters, gens))
+
+
+@get("/metrics", tags=["ops"], sync_to_thread=False, media_type=MediaType.TEXT)
+def metrics(state: State) -> Response[bytes]:
+    """Prometheus metrics."""
+    m: Metrics = state.metrics
+    m.queue_depth.set(state.batcher.queue_depth)
+    return Response(generate_latest(m.registry), media_type="text/plain; version=0.0.4")
+
+
+def create_app(
+    registry: Registry | None = None,
+    api_settings: ApiSettings | None = None,
+    *,
+    batching: bool | None = None,
+    worker: bool = False,
+) -> Litestar:
+    """The app; with ``worker`` it also runs jobs in a background thread."""
+    reg = registry or Registry()
+    settings = api_settings or ApiSettings.from_env()
+    metrics_ = Metrics()
+    use_batching = settings.batch_window > 0 if batching is None else batching
+
+    def on_batch(size: int, seconds: float) -> None:
+        metrics_.batch_size.observe(size)
+        metrics_.generation.observe(seconds)
+
+    batcher = GenerationBatcher(
+        reg,
+        window=settings.batch_window,
+        max_batch=settings.batch_max,
+        batching=use_batching,
+        on_batch=on_batch,
+    )
+
+    background: dict[str, Any] = {}
+
+    def startup() -> None:
+        log.info("auth mode: %s", settings.auth_mode)
+        if worker:
+            from api.worker import start_background_worker
+
+            background["thread"], background["stop"] = start_background_worker(reg)
+
+    async def shutdown() -> None:
+        if "stop" in background:
+            background["stop"].set()
+        await batcher.close()
+
+    return Litestar(
+        route_handlers=[*ROUTES, health, ready, metrics],
+        guards=[guard],
+        middleware=[RequestLog],
+        exception_handlers={
+            LoramintError: _project_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        request_max_body_size=reg.settings.max_adapter_bytes + 2**20,
+        state=State(
+            {
+                "registry": reg,
+                "api_settings": settings,
+                "batcher": batcher,
+                "metrics": metrics_,
+                "key_cache": KeyCache(),
+                "buckets": TokenBuckets(settings.rate, settings.burst),
+            }
+        ),
+        openapi_config=OpenAPIConfig(
+            title="loramint",
+            version=_version(),
+            description=(
+                "Generate LoRA adapters from task descriptions; manage the adapter registry. "
+                "Send `Authorization: Bearer <key>`."
+            ),
+            components=Components(
+                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"BearerToken": []}],
+        ),
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+    )
+
+
+def app_from_env() -> Litestar:
+    """uvicorn factory (``loramint serve`` passes its options through the environment)."""
+    configure_logging(os.environ.get("LORAMINT_LOG_LEVEL", "INFO"))
+    return create_app(worker=os.environ.get("LORAMINT_SERVE_WORKER", "0") == "1")

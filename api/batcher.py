@@ -1,0 +1,132 @@
+"""Micro-batching of generation requests.
+
+One worker thread owns the generators (loaded once per process, reloaded when
+a newer generator of the same method is registered) and is the only thread
+that runs their networks. Requests for the same (base model, method) that
+arrive within ``window`` seconds of the first are decoded in one forward pass;
+the event loop only awaits futures, so it never blocks on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from generator.generate import Generated, Generator, Request, generator_for, register
+from registry.records import AdapterRecord
+from registry.service import Registry
+
+Key = tuple[str, str]  # (base model, method)
+Result = tuple[AdapterRecord, Generated]
+
+
+@dataclass
+class _Pending:
+    request: Request
+    future: asyncio.Future[Result]
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+
+class GenerationBatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        window: float = 0.01,
+        max_batch: int = 32,
+        batching: bool = True,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.window, self.max_batch, self.batching = window, max_batch, batching
+        self.on_batch = on_batch
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
+        self._queues: dict[Key, asyncio.Queue[_Pending]] = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._loaded: dict[Key, Generator] = {}
+        self.stats = BatchStats()
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(q.qsize() for q in self._queues.values())
+
+    async def generate(self, request: Request, *, base_model: str, method: str) -> Result:
+        loop = asyncio.get_running_loop()
+        key = (base_model, method)
+        if not self.batching:
+            [result] = await loop.run_in_executor(self.executor, self._run, key, [request])
+            return result
+        future: asyncio.Future[Result] = loop.create_future()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = asyncio.Queue()
+            self._tasks[key] = asyncio.create_task(self._collect(key, queue))
+        await queue.put(_Pending(request, future))
+        return await future
+
+    async def _collect(self, key: Key, queue: asyncio.Queue[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.window
+            while len(batch) < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = [p for p in batch if not p.future.done()]  # a cancelled client left
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self._run, key, [p.request for p in live]
+                )
+            except Exception as exc:  # the whole batch fails alike (e.g. no generator)
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, r in zip(live, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(r)
+
+    def _generator(self, key: Key) -> Generator:
+        base_model, method = key
+        record = generator_for(self.registry, base_model, method)
+        loaded = self._loaded.get(key)
+        if loaded is None or loaded.id != record.id:
+            loaded = self._loaded[key] = Generator.from_registry(self.registry, record)
+        return loaded
+
+    def _run(self, key: Key, requests: list[Request]) -> list[Result]:
+        """On the generator thread: one batched decode, then registration."""
+        t0 = time.perf_counter()
+        made = self._generator(key).generate(requests)
+        results = [(register(self.registry, g, base_model=key[0]), g) for g in made]
+        self.stats.batches += 1
+        self.stats.requests += len(requests)
+        self.stats.sizes.append(len(requests))
+        if self.on_batch:
+            self.on_batch(len(requests), time.perf_counter() - t0)
+        return results
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"window_s": self.window, "max_batch": self.max_batch, "batching": self.batching}

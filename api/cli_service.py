@@ -1,0 +1,187 @@
+"""``loramint serve``, ``loramint worker``, ``loramint keys`` and ``loramint jobs``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+keys_app = typer.Typer(help="API keys for the REST API.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Offline jobs (generator training, transfers).", no_args_is_help=True)
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(help="HTTP worker processes.")] = 1,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Also run jobs in this process.")
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Serve the REST API (and, by default, run jobs in a background thread)."""
+    import uvicorn
+
+    from api.settings import ApiSettings
+    from registry.errors import InvalidInput
+    from registry.service import Registry
+
+    if not 0 < port < 65536:
+        raise InvalidInput(f"port must be 1-65535, got {port}")
+    if workers < 1:
+        raise InvalidInput(f"workers must be at least 1, got {workers}")
+    settings = ApiSettings.from_env()  # fail on bad settings before binding
+    reg = Registry()
+    err.print(f"loramint on http://{host}:{port}  (database {reg.settings.database_url})")
+    err.print(f"auth: {settings.auth_mode}")
+    err.print(f"OpenAPI: http://{host}:{port}/schema  metrics: http://{host}:{port}/metrics")
+    reg.close()
+    os.environ["LORAMINT_SERVE_WORKER"] = "1" if worker else "0"
+    os.environ["LORAMINT_LOG_LEVEL"] = log_level.upper()
+    uvicorn.run(
+        "api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,  # the app logs each request (JSON, with its request id)
+    )
+
+
+def worker_command(
+    once: Annotated[bool, typer.Option("--once", help="Exit when the queue is empty.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between polls of an empty queue.")] = 1.0,
+) -> None:
+    """Run jobs from the registry's queue until stopped (Ctrl-C)."""
+    from api.app import configure_logging
+    from api.worker import run_worker, worker_name
+    from registry.service import Registry
+
+    configure_logging()
+    name = worker_name()
+    err.print(f"worker {name} polling for jobs")
+    try:
+        done = run_worker(Registry(), name=name, poll=poll, once=once)
+    except KeyboardInterrupt:
+        err.print("stopped; a job in flight resumes when a worker claims it again")
+        raise SystemExit(130) from None
+    err.print(f"{done} jobs run")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin or reader.")] = "reader",
+    name: Annotated[str, typer.Option(help="Who the key is for.")] = "default",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key; the secret is printed once and stored only as a hash."""
+    from registry.service import Registry
+
+    rec, secret = Registry().create_api_key(name, role)
+    if as_json:
+        sys.stdout.write(json.dumps({"id": rec.id, "role": rec.role, "key": secret}) + "\n")
+        return
+    out.print(f"key {rec.id} ({rec.role}, {rec.name}): {secret}")
+    err.print("store it now: it cannot be shown again")
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """API keys (never their secrets)."""
+    from registry.service import Registry
+
+    recs = Registry().list_api_keys()
+    rows = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "role": r.role,
+            "prefix": r.prefix,
+            "created_at": r.created_at.isoformat(),
+            "revoked": r.revoked_at is not None,
+        }
+        for r in recs
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table("id", "name", "role", "prefix", "created", "revoked")
+    for r in recs:
+        table.add_row(
+            str(r.id), r.name, r.role, r.prefix, r.created_at.isoformat()[:16],
+            "yes" if r.revoked_at is not None else "",
+        )  # fmt: skip
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id.")]) -> None:
+    """Revoke an API key (requests with it are refused from now on)."""
+    from registry.service import Registry
+
+    Registry().revoke_api_key(key_id)
+    out.print(f"key {key_id} revoked")
+
+
+def _job_row(j: Any) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "kind": j.kind,
+        "state": j.state,
+        "stage": j.stage,
+        "progress": round(j.progress, 3),
+        "attempts": j.attempts,
+        "error": j.error,
+        "result": j.result,
+        "created_at": j.created_at.isoformat(),
+    }
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Jobs, newest first."""
+    from registry.service import Registry
+
+    rows = [_job_row(j) for j in Registry().list_jobs(state=state)]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table("id", "kind", "state", "stage", "progress", "attempts", "result / error")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["kind"], r["state"], r["stage"] or "", f"{r['progress']:.0%}",
+            str(r["attempts"]), json.dumps(r["result"]) if r["result"] else (r["error"] or "")[:60],
+        )  # fmt: skip
+    out.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """One job with its log."""
+    from registry.service import Registry
+
+    job = Registry().get_job(job_id)
+    sys.stdout.write(json.dumps(_job_row(job) | {"params": job.params}, indent=2) + "\n")
+    if job.log:
+        sys.stdout.write(job.log if job.log.endswith("\n") else job.log + "\n")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a queued or running job (a running one stops at its next progress report)."""
+    from registry.service import Registry
+
+    job = Registry().cancel_job(job_id)
+    out.print(f"job {job.id}: {job.state}")

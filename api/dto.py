@@ -1,0 +1,210 @@
+"""Wire types of the REST API: msgspec structs built from registry records,
+never ORM objects. Field names are the public contract (DESIGN.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from registry.records import AdapterRecord, BaseModelRecord, GeneratorRecord, JobRecord
+
+
+class ParentOut(msgspec.Struct):
+    adapter_id: int
+    role: str
+    weight: float | None
+
+
+class AdapterOut(msgspec.Struct):
+    id: int
+    name: str
+    description: str
+    base_model: str
+    peft_type: str
+    rank: int
+    alpha: float
+    target_modules: list[Any]
+    provenance: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+    parents: list[ParentOut]
+    download_url: str
+
+    @classmethod
+    def of(cls, rec: AdapterRecord) -> AdapterOut:
+        return cls(
+            id=rec.id,
+            name=rec.name,
+            description=rec.description,
+            base_model=rec.base_model,
+            peft_type=rec.peft_type,
+            rank=rec.rank,
+            alpha=rec.alpha,
+            target_modules=rec.target_modules,
+            provenance=rec.provenance,
+            sha256=rec.sha256,
+            size_bytes=rec.size_bytes,
+            created_at=rec.created_at,
+            metrics=rec.metrics,
+            meta=rec.meta,
+            parents=[ParentOut(p.adapter_id, p.role, p.weight) for p in rec.parents],
+            download_url=f"/v1/adapters/{rec.id}/download",
+        )
+
+
+class AdapterDetail(AdapterOut):
+    config: dict[str, Any] = {}
+    artifacts: list[str] = []
+
+
+class AdapterPage(msgspec.Struct):
+    items: list[AdapterOut]
+    total: int | None
+    limit: int
+    offset: int
+
+
+class SearchHitOut(msgspec.Struct):
+    adapter: AdapterOut
+    score: float
+
+
+class SearchPage(msgspec.Struct):
+    q: str
+    items: list[SearchHitOut]
+
+
+class Example(msgspec.Struct, forbid_unknown_fields=True):
+    input: str
+    output: str
+
+
+class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
+    description: str
+    base_model: str = "smollm2-135m-instruct"
+    method: str = "sg-lora"
+    seed: int = 0
+    examples: list[Example] | None = None
+
+
+class NeighbourOut(msgspec.Struct):
+    adapter_id: int
+    name: str
+    similarity: float
+    weight: float
+
+
+class GenerateOut(msgspec.Struct):
+    adapter: AdapterOut
+    download_url: str
+    method: str
+    generator_id: int | None
+    seed: int
+    neighbours: list[NeighbourOut]
+
+
+class BaseModelOut(msgspec.Struct):
+    name: str
+    source: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    adapters: int
+
+    @classmethod
+    def of(cls, rec: BaseModelRecord, adapters: int) -> BaseModelOut:
+        return cls(
+            rec.name, rec.source, rec.architecture, rec.num_layers, rec.hidden_size, adapters
+        )
+
+
+class GeneratorOut(msgspec.Struct):
+    id: int
+    name: str
+    base_model: str
+    method: str
+    training_adapters: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, rec: GeneratorRecord) -> GeneratorOut:
+        return cls(
+            id=rec.id,
+            name=rec.name,
+            base_model=rec.base_model,
+            method=rec.method,
+            training_adapters=len(rec.training_adapter_ids),
+            sha256=rec.sha256,
+            size_bytes=rec.size_bytes,
+            created_at=rec.created_at,
+            hyperparameters=rec.hyperparameters,
+            metrics=rec.metrics,
+        )
+
+
+class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
+    base_model: str = "smollm2-135m-instruct"
+    method: str = "sg-lora"
+    steps: int = 1500
+    k: int | None = None
+    tau: float | None = None
+    seed: int = 0
+    name: str | None = None
+
+
+class JobOut(msgspec.Struct):
+    id: int
+    kind: str
+    state: str
+    stage: str | None
+    progress: float
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    log_tail: str
+    url: str
+
+    @classmethod
+    def of(cls, rec: JobRecord) -> JobOut:
+        return cls(
+            id=rec.id,
+            kind=rec.kind,
+            state=rec.state,
+            stage=rec.stage,
+            progress=rec.progress,
+            params=rec.params,
+            result=rec.result,
+            error=rec.error,
+            attempts=rec.attempts,
+            created_at=rec.created_at,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            log_tail=(rec.log or "")[-4000:],
+            url=f"/v1/jobs/{rec.id}",
+        )
+
+
+class Health(msgspec.Struct):
+    status: str
+    version: str
+
+
+class Ready(msgspec.Struct):
+    status: str
+    database: str
+    auth: str
+    adapters: int
+    generators: dict[str, list[str]]

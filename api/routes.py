@@ -1,0 +1,412 @@
+"""REST handlers (``/v1``): validate, call one use case, return a DTO.
+
+Handlers that touch the database or the blob store are synchronous and run in
+Litestar's thread pool (``sync_to_thread=True``), so the event loop never
+waits on I/O; generation goes through the micro-batcher.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, delete, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import TooManyRequestsException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example as OAExample
+from litestar.params import Body, FromQuery, JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from api.dto import (
+    AdapterDetail,
+    AdapterOut,
+    AdapterPage,
+    BaseModelOut,
+    GenerateIn,
+    GenerateOut,
+    GeneratorOut,
+    JobOut,
+    NeighbourOut,
+    SearchHitOut,
+    SearchPage,
+    TrainGeneratorIn,
+)
+from generator.checkpoint import check_method
+from generator.generate import Request as GenRequest
+from generator.generate import check_examples
+from registry.errors import InvalidInput
+from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
+from registry.service import Registry
+
+READER = {"role": "reader"}
+ADMIN = {"role": "admin"}
+MAX_ID = 2**63 - 1  # the databases' integer range: larger ids are a 400, not an overflow
+MAX_OFFSET = 2**31
+AnyId = Annotated[int, PathParameter(ge=0, le=MAX_ID)]
+
+
+class ErrorOut(msgspec.Struct):
+    status_code: int
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    text = {
+        400: "Bad input (the detail names the problem); nothing was changed",
+        401: "No key, or an invalid or revoked one",
+        403: "The key's role may not do this",
+        404: "Unknown adapter, base model, generator or job",
+        409: "Conflicts with what is registered",
+        413: "Request body or adapter over the size limit",
+        429: "Rate limit or job queue full (see Retry-After)",
+    }
+    return {
+        c: ResponseSpec(data_container=ErrorOut, description=text[c], generate_examples=False)
+        for c in codes
+    }
+
+
+READ_ERRORS = _errors(400, 401, 403, 404, 413, 429)
+WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 413, 429)
+
+GENERATE_EXAMPLE = OAExample(
+    summary="A sentiment adapter from its description",
+    value={
+        "description": "Is this product review positive or negative? Answer positive or negative.",
+        "base_model": "smollm2-135m-instruct",
+        "method": "sg-lora",
+        "seed": 0,
+    },
+)
+
+
+def _registry(state: State) -> Registry:
+    reg: Registry = state.registry
+    return reg
+
+
+@post(
+    "/v1/generate",
+    opt=READER,
+    responses=READ_ERRORS,
+    status_code=HTTP_201_CREATED,
+    summary="Generate an adapter from a task description",
+    description=(
+        "Decodes a LoRA for `description` with the newest generator of `method` for "
+        "`base_model`, registers it (provenance `generated`, with its expert neighbours) and "
+        "returns the record and its download URL. The same request with the same seed returns "
+        "the same adapter."
+    ),
+    tags=["generate"],
+)
+async def generate(
+    state: State,
+    data: Annotated[GenerateIn, Body(examples=[GENERATE_EXAMPLE])],
+) -> GenerateOut:
+    check_method(data.method)
+    examples = check_examples([(e.input, e.output) for e in data.examples or []])
+    if not data.description.strip():
+        raise InvalidInput("description is empty")
+    if len(data.description) > state.registry.settings.max_description_chars:
+        raise InvalidInput(
+            f"description is longer than {state.registry.settings.max_description_chars} characters"
+        )
+    if not 0 <= data.seed < 2**63:
+        raise InvalidInput("seed must be between 0 and 2**63 - 1")
+    rec, made = await state.batcher.generate(
+        GenRequest(data.description, seed=data.seed, examples=examples),
+        base_model=data.base_model,
+        method=data.method,
+    )
+    out = AdapterOut.of(rec)
+    return GenerateOut(
+        adapter=out,
+        download_url=out.download_url,
+        method=made.method,
+        generator_id=made.generator_id,
+        seed=made.seed,
+        neighbours=[NeighbourOut(**n.__dict__) for n in made.neighbours],
+    )
+
+
+@get(
+    "/v1/adapters",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["adapters"],
+)
+def list_adapters(
+    state: State,
+    base_model: FromQuery[str | None] = None,
+    provenance: FromQuery[str | None] = None,
+    q: Annotated[
+        str | None, QueryParameter(description="Semantic search: adapters nearest in meaning.")
+    ] = None,
+    k: Annotated[int, QueryParameter(ge=1, le=1000)] = 10,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+) -> AdapterPage | SearchPage:
+    """List adapters (filters, pagination) or, with `q`, search them by meaning."""
+    reg = _registry(state)
+    if q is not None:
+        if k > state.api_settings.max_k:
+            raise InvalidInput(f"k must be at most {state.api_settings.max_k}")
+        hits = reg.search(q, k=k, base_model=base_model)
+        if provenance:
+            hits = [h for h in hits if h.adapter.provenance == provenance]
+        return SearchPage(q, [SearchHitOut(AdapterOut.of(h.adapter), h.score) for h in hits])
+    items = reg.list_adapters(
+        base_model=base_model, provenance=provenance, limit=limit, offset=offset
+    )
+    total = reg.count_adapters(base_model=base_model) if provenance is None else None
+    return AdapterPage([AdapterOut.of(r) for r in items], total, limit, offset)
+
+
+@get(
+    "/v1/adapters/{adapter_id:int}",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["adapters"],
+)
+def get_adapter(state: State, adapter_id: AnyId) -> AdapterDetail:
+    reg = _registry(state)
+    rec = reg.get_adapter(adapter_id)
+    base = AdapterOut.of(rec)
+    return AdapterDetail(
+        **{f: getattr(base, f) for f in base.__struct_fields__},
+        config=rec.config,
+        artifacts=reg.artifact_names(adapter_id),
+    )
+
+
+@get(
+    "/v1/adapters/{adapter_id:int}/download",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["adapters"],
+    description=(
+        "`application/zip` with `adapter_config.json` and `adapter_model.safetensors` at its "
+        "root (`PeftModel.from_pretrained(base, unzipped_dir)`); `file=safetensors` or "
+        "`file=config` returns one file."
+    ),
+)
+def download_adapter(
+    state: State,
+    adapter_id: AnyId,
+    file: Annotated[str, QueryParameter(pattern="^(zip|safetensors|config)$")] = "zip",
+) -> Response[bytes]:
+    reg = _registry(state)
+    rec = reg.get_adapter(adapter_id)
+    files = reg.adapter_files(adapter_id)
+    if file == "safetensors":
+        body, media, name = files.weights, "application/octet-stream", "adapter_model.safetensors"
+    elif file == "config":
+        body, media, name = config_bytes(files.config), "application/json", "adapter_config.json"
+    else:
+        body, media, name = zip_bytes(files.config, files.weights), "application/zip", None
+        name = f"{rec.name}.zip"
+    return Response(
+        body,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "ETag": rec.sha256},
+    )
+
+
+@dataclass
+class UploadForm:
+    description: str
+    base_model: str
+    name: str | None = None
+    # Any: a client may send a plain field where a file belongs; ``_part`` reads both
+    file: Any = None  # a PEFT zip
+    config: Any = None  # or the two files
+    weights: Any = None
+
+
+@post(
+    "/v1/adapters",
+    opt=ADMIN,
+    responses=WRITE_ERRORS,
+    status_code=HTTP_201_CREATED,
+    tags=["adapters"],
+    summary="Upload a PEFT LoRA adapter",
+    description=(
+        "Multipart form: `description`, `base_model`, optional `name`, and either `file` (a "
+        "zip holding adapter_config.json and adapter_model.safetensors) or `config` and "
+        "`weights`. Validated against the base model before anything is stored."
+    ),
+)
+async def upload_adapter(
+    state: State,
+    data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+) -> AdapterOut:
+    max_bytes = state.registry.settings.max_adapter_bytes
+    if data.file is not None:
+        raw = await _part(data.file, "file")
+        files = await _in_thread(state, _read_zip, raw, max_bytes)
+    elif data.config is not None and data.weights is not None:
+        config = parse_config(await _part(data.config, "config"))
+        files = PeftFiles(config=config, weights=await _part(data.weights, "weights"))
+    else:
+        raise InvalidInput("send either `file` (a PEFT zip) or both `config` and `weights`")
+    rec = await _in_thread(
+        state,
+        lambda: _registry(state).add_adapter(
+            files, base_model=data.base_model, description=data.description, name=data.name
+        ),
+    )
+    return AdapterOut.of(rec)
+
+
+async def _part(value: Any, name: str) -> bytes:
+    """A form part's bytes, whether it came as a file or as a plain field."""
+    if isinstance(value, UploadFile):
+        return await value.read()
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes):
+        return value
+    raise InvalidInput(f"form part {name!r} must be a file")
+
+
+def _read_zip(raw: bytes, max_bytes: int) -> PeftFiles:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.zip"
+        path.write_bytes(raw)
+        return read_adapter(path, max_bytes=max_bytes)
+
+
+async def _in_thread(state: State, fn: Any, *args: Any) -> Any:
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(lambda: fn(*args))
+
+
+@delete(
+    "/v1/adapters/{adapter_id:int}",
+    opt=ADMIN,
+    responses=WRITE_ERRORS,
+    sync_to_thread=True,
+    status_code=HTTP_204_NO_CONTENT,
+    tags=["adapters"],
+)
+def delete_adapter(state: State, adapter_id: AnyId) -> None:
+    _registry(state).delete_adapter(adapter_id)
+
+
+@get(
+    "/v1/base-models",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["base models"],
+)
+def base_models(state: State) -> list[BaseModelOut]:
+    reg = _registry(state)
+    return [
+        BaseModelOut.of(b, reg.count_adapters(base_model=b.name)) for b in reg.list_base_models()
+    ]
+
+
+@get(
+    "/v1/generators",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["generators"],
+)
+def list_generators(
+    state: State,
+    base_model: FromQuery[str | None] = None,
+    method: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+) -> list[GeneratorOut]:
+    recs = _registry(state).list_generators(
+        base_model=base_model, method=method, limit=limit, offset=offset
+    )
+    return [GeneratorOut.of(r) for r in recs]
+
+
+@post(
+    "/v1/generators",
+    opt=ADMIN,
+    responses=WRITE_ERRORS,
+    sync_to_thread=True,
+    status_code=HTTP_202_ACCEPTED,
+    tags=["generators"],
+    summary="Train a generator (as a job)",
+)
+def train_generator(state: State, data: JSONBody[TrainGeneratorIn]) -> JobOut:
+    from generator.training import GeneratorConfig
+
+    reg = _registry(state)
+    check_method(data.method)
+    GeneratorConfig(method=data.method, steps=data.steps, k=data.k, tau=data.tau, seed=data.seed)
+    reg.linear_shapes(data.base_model)  # an unregistered base model: 404 now, not in the job
+    _check_job_capacity(state)
+    params = {f: getattr(data, f) for f in data.__struct_fields__}
+    return JobOut.of(reg.submit_job("train-generator", params))
+
+
+def _check_job_capacity(state: State) -> None:
+    reg = _registry(state)
+    busy = reg.count_jobs(state="queued") + reg.count_jobs(state="running")
+    if busy >= state.api_settings.max_jobs:
+        raise TooManyRequestsException(
+            f"{busy} jobs are queued or running (limit {state.api_settings.max_jobs}); "
+            "retry when one finishes",
+            headers={"Retry-After": "30"},
+        )
+
+
+@get(
+    "/v1/jobs/{job_id:int}",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["jobs"],
+)
+def get_job(state: State, job_id: AnyId) -> JobOut:
+    return JobOut.of(_registry(state).get_job(job_id))
+
+
+@get(
+    "/v1/jobs",
+    opt=READER,
+    responses=READ_ERRORS,
+    sync_to_thread=True,
+    tags=["jobs"],
+)
+def list_jobs(
+    state: State,
+    job_state: Annotated[str | None, QueryParameter(name="state")] = None,
+    kind: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+) -> list[JobOut]:
+    recs = _registry(state).list_jobs(state=job_state, kind=kind, limit=limit, offset=offset)
+    return [JobOut.of(r) for r in recs]
+
+
+ROUTES = [
+    generate,
+    list_adapters,
+    get_adapter,
+    download_adapter,
+    upload_adapter,
+    delete_adapter,
+    base_models,
+    list_generators,
+    train_generator,
+    get_job,
+    list_jobs,
+]

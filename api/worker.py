@@ -1,0 +1,164 @@
+"""The job worker: claims jobs from the registry and runs them.
+
+``loramint worker`` runs this loop in its own process; ``loramint serve``
+also runs one in a background thread unless told not to. A job's code reports
+progress through ``JobContext.progress``, which also renews the job's lease:
+when the lease is lost (the job was cancelled, or another worker took it
+over after this one stalled) the next report raises ``Conflict`` and the job
+stops. A job that raises is retried until its attempts run out, then failed
+with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.errors import Conflict, LoramintError
+from registry.records import JobRecord
+from registry.service import Registry
+
+log = logging.getLogger("loramint.worker")
+
+LEASE_SECONDS = 120.0
+HEARTBEAT_EVERY = 2.0
+
+
+@dataclass
+class JobContext:
+    registry: Registry
+    job: JobRecord
+    worker: str
+    _last: float = field(default=0.0)
+
+    def progress(
+        self,
+        fraction: float | None = None,
+        *,
+        stage: str | None = None,
+        log_line: str | None = None,
+        force: bool = False,
+    ) -> None:
+        """Report progress (at most every few seconds unless ``force``); renews the lease."""
+        now = time.monotonic()
+        if not force and stage is None and log_line is None and now - self._last < HEARTBEAT_EVERY:
+            return
+        self._last = now
+        self.job = self.registry.heartbeat(
+            self.job.id,
+            self.worker,
+            progress=None if fraction is None else max(0.0, min(1.0, fraction)),
+            stage=stage,
+            log=log_line,
+            lease_seconds=LEASE_SECONDS,
+        )
+
+    def artifact(self, name: str) -> bytes | None:
+        """A stage output saved by an earlier attempt of this job, if any."""
+        return self.registry.job_artifact(self.job.id, name)
+
+    def save(self, name: str, data: bytes) -> None:
+        self.registry.put_job_artifact(self.job.id, name, data)
+
+
+Handler = Callable[[JobContext], dict[str, Any]]
+
+
+def train_generator_job(ctx: JobContext) -> dict[str, Any]:
+    from generator.generators import train_generator
+    from generator.training import GeneratorConfig
+
+    p = ctx.job.params
+    config = GeneratorConfig(
+        method=p.get("method", "sg-lora"),
+        steps=int(p.get("steps", 1500)),
+        k=p.get("k"),
+        tau=p.get("tau"),
+        seed=int(p.get("seed", 0)),
+    )
+    ctx.progress(0.0, stage="loading experts")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step == 1:
+            ctx.progress(0.0, stage="training", force=True)
+        ctx.progress(step / total)
+
+    rec, metrics = train_generator(
+        ctx.registry,
+        p.get("base_model", "smollm2-135m-instruct"),
+        config,
+        name=p.get("name"),
+        on_progress=lambda m: ctx.progress(log_line=m),
+        on_step=on_step,
+    )
+    ctx.progress(1.0, stage="registered", log_line=f"generator {rec.id}")
+    return {"generator_id": rec.id, "val_rel_error": metrics.get("val_rel_error")}
+
+
+HANDLERS: dict[str, Handler] = {"train-generator": train_generator_job}
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def run_one(registry: Registry, name: str, handlers: dict[str, Handler]) -> JobRecord | None:
+    """Claim and run one job; returns it (None when the queue is empty)."""
+    job = registry.claim_job(name, kinds=list(handlers), lease_seconds=LEASE_SECONDS)
+    if job is None:
+        return None
+    log.info("job started", extra={"job_id": job.id})
+    ctx = JobContext(registry, job, name)
+    try:
+        result = handlers[job.kind](ctx)
+    except Conflict as exc:  # lease lost or cancelled: someone else owns the job now
+        log.warning("job %s stopped: %s", job.id, exc, extra={"job_id": job.id})
+        return registry.get_job(job.id)
+    except LoramintError as exc:  # bad parameters do not get better by retrying
+        return registry.fail_job(job.id, name, str(exc), retry=False)
+    except Exception as exc:
+        log.exception("job failed", extra={"job_id": job.id})
+        detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        return registry.fail_job(job.id, name, detail, retry=True)
+    return registry.finish_job(job.id, name, result=result)
+
+
+def run_worker(
+    registry: Registry,
+    *,
+    name: str | None = None,
+    handlers: dict[str, Handler] | None = None,
+    poll: float = 1.0,
+    stop: threading.Event | None = None,
+    once: bool = False,
+) -> int:
+    """Run jobs until ``stop`` is set (or, with ``once``, until the queue is empty)."""
+    name = name or worker_name()
+    handlers = handlers or HANDLERS
+    stop = stop or threading.Event()
+    done = 0
+    while not stop.is_set():
+        job = run_one(registry, name, handlers)
+        if job is None:
+            if once:
+                break
+            stop.wait(poll)
+        else:
+            done += 1
+    return done
+
+
+def start_background_worker(registry: Registry) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_worker, args=(registry,), kwargs={"stop": stop}, daemon=True, name="worker"
+    )
+    thread.start()
+    return thread, stop

@@ -1,0 +1,205 @@
+"""Load test of POST /v1/generate: N concurrent clients on loopback for D seconds,
+with and without micro-batching, in one run.
+
+For each mode it starts a real server (``loramint serve``) on a scratch copy of
+the registry (the database copied, the content-addressed blobs hard-linked, so
+the adapters the run registers never reach the real registry), waits for it,
+runs the clients, and reports requests/s, p50/p99 latency and errors.
+
+    .venv/bin/python bench/load.py [--clients 200] [--seconds 60] [--base-model M]
+
+Needs a trained SG-LoRA generator for the base model in $LORAMINT_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+DESCRIPTIONS = [
+    "Does this dictionary definition describe a kind of {}? Answer yes or no.",
+    "Is this sentence about {}? Answer yes or no.",
+    "Decide whether the text talks about {}. Answer yes or no.",
+]
+TOPICS = ["a fish", "a tool", "weather", "music", "a bird", "sports", "food", "a vehicle"]
+
+
+def scratch_home(home: Path, dest: Path) -> None:
+    """Copy the SQLite registry, hard-link its immutable blobs, share the model cache."""
+    dest.mkdir(parents=True)
+    src = sqlite3.connect(home / "registry.db")
+    out = sqlite3.connect(dest / "registry.db")
+    src.backup(out)  # a consistent copy even while another process writes
+    src.close()
+    out.close()
+    shutil.copytree(home / "blobs", dest / "blobs", copy_function=os.link)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    home: Path, models: Path, window_ms: float, key: str
+) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = os.environ | {
+        "LORAMINT_HOME": str(home),
+        "LORAMINT_MODEL_CACHE": str(models),
+        "LORAMINT_BATCH_WINDOW_MS": str(window_ms),
+        "LORAMINT_API_RATE": "100000",
+        "LORAMINT_API_BURST": "100000",
+        "LORAMINT_LOG_LEVEL": "WARNING",
+    }
+    env.pop("LORAMINT_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-worker",
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+async def run_clients(url: str, key: str, base_model: str, clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    stop = time.monotonic() + seconds
+    rng = random.Random(0)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=limits, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+
+        async def one_client(i: int) -> None:
+            n = 0
+            while time.monotonic() < stop:
+                desc = rng.choice(DESCRIPTIONS).format(rng.choice(TOPICS))
+                body = {"description": desc, "base_model": base_model, "seed": i * 100_000 + n}
+                n += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/generate", json=body)
+                    code = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                if code == "201":
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[code] = errors.get(code, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / wall, 2),
+        "p50_ms": round(q[49] * 1000, 1),
+        "p99_ms": round(q[98] * 1000, 1),
+        "wall_s": round(wall, 1),
+    }
+
+
+def mean_batch(metrics: str) -> float | None:
+    """Mean generation batch size from the server's Prometheus text."""
+    values = {}
+    for line in metrics.splitlines():
+        for part in ("_sum", "_count"):
+            if line.startswith(f"loramint_generation_batch_size{part} "):
+                values[part] = float(line.split()[-1])
+    if not values.get("_count"):
+        return None
+    return round(values["_sum"] / values["_count"], 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--base-model", default="smollm2-135m-instruct")
+    ap.add_argument("--window-ms", type=float, default=10)
+    ap.add_argument(
+        "--home",
+        type=Path,
+        default=Path(os.environ.get("LORAMINT_HOME", Path.home() / ".loramint")),
+    )
+    args = ap.parse_args()
+    if args.clients < 1 or args.seconds <= 0:
+        raise SystemExit("--clients and --seconds must be positive")
+    models = Path(os.environ.get("LORAMINT_MODEL_CACHE", args.home / "models"))
+    results = {}
+    for mode, window in (("micro-batching", args.window_ms), ("no batching", 0.0)):
+        with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
+            home = Path(tmp) / "home"
+            scratch_home(args.home, home)
+            keygen = subprocess.run(
+                [sys.executable, "-m", "api.cli", "keys", "create", "--role", "reader", "--json"],
+                env=os.environ | {"LORAMINT_HOME": str(home)}, capture_output=True, text=True,
+                check=True,
+            )  # fmt: skip
+            key = json.loads(keygen.stdout)["key"]
+            proc, url = start_server(home, models, window)
+            try:
+                warm = httpx.post(
+                    f"{url}/v1/generate",
+                    json={"description": "warm up", "base_model": args.base_model},
+                    headers={"Authorization": f"Bearer {key}"}, timeout=300,
+                )  # fmt: skip
+                if warm.status_code != 201:
+                    raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}")
+                results[mode] = asyncio.run(
+                    run_clients(url, key, args.base_model, args.clients, args.seconds)
+                )
+                metrics = httpx.get(f"{url}/metrics").text
+                sizes = [
+                    ln
+                    for ln in metrics.splitlines()
+                    if ln.startswith("loramint_generation_batch_size_")
+                ]
+                results[mode]["batch_size_sum_count"] = [
+                    ln.split()[-1] for ln in sizes if "_sum" in ln or "_count" in ln
+                ]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+        print(mode, json.dumps(results[mode]), flush=True)
+    b, n = results["micro-batching"], results["no batching"]
+    print("\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for mode, r in results.items():
+        print(
+            f"| {mode} | {args.clients} | {args.seconds:.0f} | {r['rps']} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {sum(r['errors'].values())} |"
+        )
+    print(f"\nthroughput ratio (micro-batching / none): {b['rps'] / max(n['rps'], 1e-9):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

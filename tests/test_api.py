@@ -1,0 +1,253 @@
+"""The REST API in process (Litestar's TestClient over the real app, registry,
+tiny zoo and generators): contract, auth, errors, limits, jobs, metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.settings import ApiSettings
+from api.worker import HANDLERS, run_one
+from generator.generators import train_generator
+from generator.training import GeneratorConfig
+from registry.service import Registry
+from tests.conftest import make_lora
+from tests.test_generators import tiny_world
+
+DESC = "Does the text mention the moon? Answer yes or no."
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder):  # type: ignore[no-untyped-def]
+    w = tiny_world(tmp_path_factory.mktemp("api"), tiny_base, embedder)
+    reg: Registry = w["registry"]
+    train_generator(reg, w["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
+    w["admin"] = reg.create_api_key("ops", "admin")[1]
+    w["reader"] = reg.create_api_key("app", "reader")[1]
+    yield w
+    reg.close()
+
+
+def client_for(world, **settings) -> TestClient:  # type: ignore[no-untyped-def]
+    app = create_app(world["registry"], ApiSettings(**settings))
+    return TestClient(app)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def client(world):  # type: ignore[no-untyped-def]
+    with client_for(world) as c:
+        yield c
+
+
+def test_health_ready_and_request_ids(client: TestClient) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    ready = client.get("/ready", headers={"X-Request-ID": "abc123"})
+    assert ready.status_code == 200 and ready.headers["x-request-id"] == "abc123"
+    body = ready.json()
+    assert body["auth"].startswith("keys:") and body["generators"]
+    assert client.get("/health").headers["x-request-id"]
+
+
+def test_generate_contract_and_download(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    body = {"description": DESC, "base_model": world["base"], "method": "sg-lora", "seed": 4}
+    r = client.post("/v1/generate", json=body, headers=auth(world["reader"]))
+    assert r.status_code == 201, r.text
+    out = r.json()
+    adapter = out["adapter"]
+    assert adapter["id"] and adapter["provenance"] == "generated"
+    assert out["download_url"] == f"/v1/adapters/{adapter['id']}/download"
+    assert out["neighbours"] and out["seed"] == 4
+    again = client.post("/v1/generate", json=body, headers=auth(world["reader"])).json()
+    assert again["adapter"]["id"] == adapter["id"]
+    z = client.get(out["download_url"], headers=auth(world["reader"]))
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
+    assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors"]
+    cfg = client.get(f"{out['download_url']}?file=config", headers=auth(world["reader"]))
+    assert cfg.json()["r"] == 4
+    bad = client.get(f"{out['download_url']}?file=pickle", headers=auth(world["reader"]))
+    assert bad.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"description": DESC, "base_model": "no/such-model"}, 404, "no/such-model"),
+        ({"description": DESC, "method": "magic"}, 400, "unknown method"),
+        ({"description": "   "}, 400, "description is empty"),
+        ({"description": "x" * 5000}, 400, "longer than"),
+        ({"description": DESC, "examples": [{"input": "a"}]}, 400, ""),
+        ({"description": DESC, "surprise": 1}, 400, ""),
+        ({"base_model": "x"}, 400, ""),
+    ],
+)
+def test_generate_rejects_bad_input_with_4xx(
+    client: TestClient, world, body, status, detail
+) -> None:  # type: ignore[no-untyped-def]
+    if "base_model" not in body:
+        body = body | {"base_model": world["base"]}
+    before = world["registry"].count_adapters()
+    r = client.post("/v1/generate", json=body, headers=auth(world["reader"]))
+    assert r.status_code == status, r.text
+    assert r.json()["status_code"] == status and detail in r.json()["detail"]
+    assert world["registry"].count_adapters() == before
+
+
+def test_auth_roles(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/v1/adapters").status_code == 401
+    assert client.get("/v1/adapters", headers=auth("lm_wrong")).status_code == 401
+    assert client.get("/v1/adapters", headers=auth(world["reader"])).status_code == 200
+    r = client.delete("/v1/adapters/1", headers=auth(world["reader"]))
+    assert r.status_code == 403 and "needs admin" in r.json()["detail"]
+    with client_for(world, open_access=True) as open_client:
+        assert open_client.get("/v1/adapters").status_code == 200
+        assert open_client.delete("/v1/adapters/1").status_code == 401
+        assert "open" in open_client.get("/ready").json()["auth"]
+
+
+def test_upload_search_get_delete(client: TestClient, world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = make_lora(Path(world["base"]), tmp_path / "lora", r=4, seed=3)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    form = {"description": "Translate pirate speak into plain English", "base_model": world["base"]}
+    r = client.post(
+        "/v1/adapters",
+        data=form,
+        files={"file": ("a.zip", buf.getvalue(), "application/zip")},
+        headers=auth(world["admin"]),
+    )
+    assert r.status_code == 201, r.text
+    new_id = r.json()["id"]
+    hits = client.get(
+        "/v1/adapters", params={"q": "decode what a pirate says", "k": 3},
+        headers=auth(world["reader"]),
+    ).json()  # fmt: skip
+    assert hits["items"][0]["adapter"]["id"] == new_id
+    detail = client.get(f"/v1/adapters/{new_id}", headers=auth(world["reader"])).json()
+    assert detail["config"]["r"] == 4 and detail["provenance"] == "imported"
+    two = client.post(
+        "/v1/adapters",
+        data=form | {"name": "two-files"},
+        files={
+            "config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
+            "weights": ("w", (folder / "adapter_model.safetensors").read_bytes()),
+        },
+        headers=auth(world["admin"]),
+    )
+    assert two.status_code == 201, two.text
+    assert client.delete(f"/v1/adapters/{new_id}", headers=auth(world["admin"])).status_code == 204
+    gone = client.get(f"/v1/adapters/{new_id}", headers=auth(world["reader"]))
+    assert gone.status_code == 404 and gone.json()["status_code"] == 404
+    page = client.get(
+        "/v1/adapters", params={"limit": 2, "offset": 1}, headers=auth(world["reader"])
+    )
+    assert len(page.json()["items"]) == 2 and page.json()["total"] >= 3
+
+
+def test_bad_uploads_change_nothing(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    before = reg.count_adapters()
+    form = {"description": "d", "base_model": world["base"]}
+    cases = [
+        {"file": ("a.zip", b"not a zip", "application/zip")},
+        {"config": ("c.json", b"{broken"), "weights": ("w", b"x")},
+        {"config": ("c.json", json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                          "target_modules": ["q_proj"]}).encode()),
+         "weights": ("w", b"garbage")},
+    ]  # fmt: skip
+    for files in cases:
+        r = client.post("/v1/adapters", data=form, files=files, headers=auth(world["admin"]))
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"]
+    r = client.post(
+        "/v1/adapters", data=form, files={"other": ("x", b"1")}, headers=auth(world["admin"])
+    )
+    assert r.status_code == 400 and "either" in r.json()["detail"]
+    r = client.post("/v1/adapters", data=form, headers=auth(world["admin"]))  # not multipart
+    assert r.status_code == 400 and "multipart" in r.json()["detail"]
+    assert reg.count_adapters() == before
+
+
+def test_too_large_upload_is_413(world) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    reg: Registry = world["registry"]
+    small = Registry(
+        dataclasses.replace(reg.settings, max_adapter_bytes=1000), embedder=reg.embedder
+    )
+    with TestClient(create_app(small, ApiSettings())) as c:
+        r = c.post(
+            "/v1/adapters",
+            data={"description": "d", "base_model": world["base"]},
+            files={"file": ("a.zip", b"0" * 3_000_000, "application/zip")},
+            headers=auth(world["admin"]),
+        )
+        assert r.status_code == 413
+    small.close()
+
+
+def test_generator_training_job_runs_on_the_worker(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    body = {"base_model": world["base"], "method": "sg-lora", "steps": 5, "name": "from-api"}
+    r = client.post("/v1/generators", json=body, headers=auth(world["admin"]))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "queued" and job["kind"] == "train-generator"
+    done = run_one(reg, "test-worker", HANDLERS)
+    assert done is not None and done.state == "succeeded", done
+    shown = client.get(job["url"], headers=auth(world["reader"])).json()
+    assert shown["state"] == "succeeded" and shown["progress"] == 1.0
+    gens = client.get("/v1/generators", headers=auth(world["reader"])).json()
+    assert any(g["name"] == "from-api" for g in gens)
+    bad = client.post("/v1/generators", json=body | {"method": "x"}, headers=auth(world["admin"]))
+    assert bad.status_code == 400
+    missing = client.post(
+        "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world["admin"])
+    )
+    assert missing.status_code == 404
+
+
+def test_limits_jobs_and_rate(world) -> None:  # type: ignore[no-untyped-def]
+    body = {"base_model": world["base"], "steps": 5}
+    with client_for(world, max_jobs=1) as c:
+        first = c.post("/v1/generators", json=body, headers=auth(world["admin"]))
+        second = c.post("/v1/generators", json=body, headers=auth(world["admin"]))
+        assert first.status_code == 202 and second.status_code == 429
+        world["registry"].cancel_job(first.json()["id"])
+    with client_for(world, rate=0.01, burst=2) as c:
+        codes = [
+            c.get("/v1/base-models", headers=auth(world["reader"])).status_code for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+    with client_for(world, max_k=5) as c:
+        r = c.get("/v1/adapters", params={"q": "x", "k": 50}, headers=auth(world["reader"]))
+        assert r.status_code == 400
+
+
+def test_metrics_and_openapi(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    client.get("/v1/base-models", headers=auth(world["reader"]))
+    text = client.get("/metrics").text
+    assert "loramint_http_request_seconds_bucket" in text
+    assert "loramint_generation_batch_size" in text
+    spec = client.get("/schema/openapi.json").json()
+    paths = spec["paths"]
+    for p in (
+        "/v1/generate",
+        "/v1/adapters",
+        "/v1/adapters/{adapter_id}/download",
+        "/v1/jobs/{job_id}",
+    ):
+        assert p in paths
+    assert paths["/v1/generate"]["post"]["requestBody"]
