@@ -107,7 +107,7 @@ def test_schemathesis_finds_no_server_errors(server: dict) -> None:
             "--header", f"Authorization: Bearer {server['admin']}",
             "--request-timeout", "60",
         ],
-        capture_output=True, text=True, timeout=900, env=server["env"],
+        capture_output=True, text=True, timeout=900, env=server["env"], cwd=server["root"],
     )  # fmt: skip
     report = Path(os.environ.get("LORAMINT_TEST_OUTPUT", server["root"])) / "schemathesis.txt"
     report.parent.mkdir(parents=True, exist_ok=True)
