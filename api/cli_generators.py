@@ -39,14 +39,14 @@ def _record(rec: Any) -> dict[str, Any]:
 def generator_train(
     method: MethodOpt = "sg-lora",
     base_model: BaseOpt = "smollm2-135m-instruct",
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1500,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 800,
     k: Annotated[
         int | None, typer.Option(help="SG-LoRA experts per mixture (default: leave-one-out).")
     ] = None,
     tau: Annotated[
         float | None, typer.Option(help="SG-LoRA softmax temperature (default: leave-one-out).")
     ] = None,
-    hidden: Annotated[int, typer.Option(help="Network width.")] = 256,
+    hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     name: Annotated[str | None, typer.Option(help="Generator name.")] = None,

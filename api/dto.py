@@ -154,7 +154,7 @@ class GeneratorOut(msgspec.Struct):
 class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     base_model: str = "smollm2-135m-instruct"
     method: str = "sg-lora"
-    steps: int = 1500
+    steps: int = 800
     k: int | None = None
     tau: float | None = None
     seed: int = 0

@@ -78,7 +78,7 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
     p = ctx.job.params
     config = GeneratorConfig(
         method=p.get("method", "sg-lora"),
-        steps=int(p.get("steps", 1500)),
+        steps=int(p.get("steps", 800)),
         k=p.get("k"),
         tau=p.get("tau"),
         seed=int(p.get("seed", 0)),

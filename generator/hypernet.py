@@ -140,7 +140,7 @@ def _pool(per_module: list[torch.Tensor]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class NetConfig:
-    hidden: int = 256
+    hidden: int = 128
     latent: int = 32
 
 

@@ -53,9 +53,9 @@ VAR_FLOOR = 1e-4  # in normalised units: below it a coordinate counts as certain
 @dataclass(frozen=True)
 class GeneratorConfig:
     method: str = SG_LORA
-    hidden: int = 256
+    hidden: int = 128
     latent: int = 32
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
