@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo serve test clean
 
 # Debian packages holding task-suite corpora (WordNet, fortunes); installed
 # only when missing, with sudo when not root.
@@ -33,6 +33,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/loramint demo
+
+serve: $(STAMP)
+	$(BIN)/loramint serve
 
 test: $(STAMP)
 	$(BIN)/ruff check registry generator api tests bench migrations
