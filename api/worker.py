@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.errors import Conflict, LoramintError
+from registry.errors import Conflict, InvalidInput, LoramintError
 from registry.records import JobRecord
 from registry.service import Registry
 
@@ -31,11 +31,25 @@ LEASE_SECONDS = 120.0
 HEARTBEAT_EVERY = 2.0
 
 
+def lease_seconds() -> float:
+    """How long a claim lasts without a heartbeat (``LORAMINT_JOB_LEASE_S``): a killed
+    worker's job is taken over by another worker after at most this long."""
+    raw = os.environ.get("LORAMINT_JOB_LEASE_S", "")
+    try:
+        value = float(raw) if raw else LEASE_SECONDS
+    except ValueError:
+        raise InvalidInput(f"LORAMINT_JOB_LEASE_S must be a number, got {raw!r}") from None
+    if value <= HEARTBEAT_EVERY:
+        raise InvalidInput(f"LORAMINT_JOB_LEASE_S must be above {HEARTBEAT_EVERY} s")
+    return value
+
+
 @dataclass
 class JobContext:
     registry: Registry
     job: JobRecord
     worker: str
+    lease: float = LEASE_SECONDS
     _last: float = field(default=0.0)
 
     def progress(
@@ -57,7 +71,7 @@ class JobContext:
             progress=None if fraction is None else max(0.0, min(1.0, fraction)),
             stage=stage,
             log=log_line,
-            lease_seconds=LEASE_SECONDS,
+            lease_seconds=self.lease,
         )
 
     def artifact(self, name: str) -> bytes | None:
@@ -83,6 +97,13 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
         tau=p.get("tau"),
         seed=int(p.get("seed", 0)),
     )
+    base_model = p.get("base_model", "smollm2-135m-instruct")
+    name = p.get("name") or f"{config.method}-job{ctx.job.id}"
+    # exactly one result: an earlier attempt that registered before it was killed wins
+    for rec in ctx.registry.list_generators(base_model=base_model, method=config.method):
+        if rec.name == name:
+            ctx.progress(1.0, stage="registered", log_line=f"generator {rec.id} (earlier attempt)")
+            return {"generator_id": rec.id}
     ctx.progress(0.0, stage="loading experts")
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -92,9 +113,9 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
 
     rec, metrics = train_generator(
         ctx.registry,
-        p.get("base_model", "smollm2-135m-instruct"),
+        base_model,
         config,
-        name=p.get("name"),
+        name=name,
         on_progress=lambda m: ctx.progress(log_line=m),
         on_step=on_step,
     )
@@ -111,11 +132,12 @@ def worker_name() -> str:
 
 def run_one(registry: Registry, name: str, handlers: dict[str, Handler]) -> JobRecord | None:
     """Claim and run one job; returns it (None when the queue is empty)."""
-    job = registry.claim_job(name, kinds=list(handlers), lease_seconds=LEASE_SECONDS)
+    lease = lease_seconds()
+    job = registry.claim_job(name, kinds=list(handlers), lease_seconds=lease)
     if job is None:
         return None
     log.info("job started", extra={"job_id": job.id})
-    ctx = JobContext(registry, job, name)
+    ctx = JobContext(registry, job, name, lease)
     try:
         result = handlers[job.kind](ctx)
     except Conflict as exc:  # lease lost or cancelled: someone else owns the job now

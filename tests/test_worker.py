@@ -1,0 +1,106 @@
+"""The job worker as a real process: a SIGKILL in the middle of a generator
+training job, a restarted worker takes the job over when its lease runs out,
+and the job ends with exactly one registered generator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from api.worker import HANDLERS, run_one
+from registry.service import Registry
+from registry.settings import Settings
+from tests.test_generators import tiny_world
+
+
+def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_worker_job_resumes_with_one_result(
+    tmp_path: Path, tiny_base: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    world = tiny_world(tmp_path, tiny_base, embedder)
+    reg: Registry = world["registry"]
+    settings: Settings = world["settings"]
+    env = os.environ | {
+        "LORAMINT_HOME": str(settings.home),
+        "LORAMINT_DATABASE_URL": settings.database_url,
+        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
+        "LORAMINT_JOB_LEASE_S": "4",
+    }
+    params = {"base_model": world["base"], "method": "sg-lora", "steps": 600, "seed": 0}
+    job = reg.submit_job("train-generator", params)
+    cmd = [sys.executable, "-m", "api.cli", "worker", "--poll", "0.2"]
+    first = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: reg.get_job(job.id).stage == "training" and reg.get_job(job.id).progress > 0,
+            240,
+            "the job to be training",
+        )
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    killed = reg.get_job(job.id)
+    assert killed.state == "running" and killed.attempts == 1
+    assert reg.list_generators(base_model=world["base"]) == []
+    # a new worker takes the job over once the dead worker's lease (4 s) runs out
+    second = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: reg.get_job(job.id).state in ("succeeded", "failed"), 600, "the job to end"
+        )
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    final = reg.get_job(job.id)
+    assert final.state == "succeeded", final.error
+    assert final.attempts == 2 and "lost its lease" not in (final.error or "")
+    gens = reg.list_generators(base_model=world["base"])
+    assert [g.id for g in gens] == [final.result["generator_id"]]
+    reg.close()
+
+
+def test_a_job_that_keeps_failing_ends_failed_with_the_reason(registry: Registry) -> None:
+    calls = []
+
+    def broken(ctx):  # type: ignore[no-untyped-def]
+        calls.append(ctx.job.attempts)
+        raise RuntimeError("disk on fire")
+
+    job = registry.submit_job("train-generator", {"x": 1}, max_attempts=2)
+    for _ in range(3):
+        run_one(registry, "w1", {"train-generator": broken})
+    final = registry.get_job(job.id)
+    assert final.state == "failed" and "disk on fire" in (final.error or "")
+    assert calls == [1, 2]
+
+
+def test_bad_parameters_fail_at_once(registry: Registry) -> None:
+    job = registry.submit_job("train-generator", {"method": "nonsense"})
+    run_one(registry, "w1", HANDLERS)
+    final = registry.get_job(job.id)
+    assert final.state == "failed" and final.attempts == 1 and "unknown method" in final.error
+
+
+@pytest.mark.parametrize("value", ["abc", "1"])
+def test_bad_lease_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from api.worker import lease_seconds
+    from registry.errors import InvalidInput
+
+    monkeypatch.setenv("LORAMINT_JOB_LEASE_S", value)
+    with pytest.raises(InvalidInput, match="LORAMINT_JOB_LEASE_S"):
+        lease_seconds()
