@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 import msgspec
 from litestar import Response, delete, get, post
 from litestar.datastructures import State, UploadFile
@@ -251,14 +252,13 @@ async def upload_adapter(
     max_bytes = state.registry.settings.max_adapter_bytes
     if data.file is not None:
         raw = await _part(data.file, "file")
-        files = await _in_thread(state, _read_zip, raw, max_bytes)
+        files = await anyio.to_thread.run_sync(_read_zip, raw, max_bytes)
     elif data.config is not None and data.weights is not None:
         config = parse_config(await _part(data.config, "config"))
         files = PeftFiles(config=config, weights=await _part(data.weights, "weights"))
     else:
         raise InvalidInput("send either `file` (a PEFT zip) or both `config` and `weights`")
-    rec = await _in_thread(
-        state,
+    rec = await anyio.to_thread.run_sync(
         lambda: _registry(state).add_adapter(
             files, base_model=data.base_model, description=data.description, name=data.name
         ),
@@ -282,12 +282,6 @@ def _read_zip(raw: bytes, max_bytes: int) -> PeftFiles:
         path = Path(tmp) / "upload.zip"
         path.write_bytes(raw)
         return read_adapter(path, max_bytes=max_bytes)
-
-
-async def _in_thread(state: State, fn: Any, *args: Any) -> Any:
-    import anyio.to_thread
-
-    return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
 @delete(

@@ -13,7 +13,6 @@ Only training experts' tasks are used; held-out tasks never reach this code.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -169,8 +168,3 @@ def tasks_for(bank: ExpertBank, suite_tasks: Sequence[Task]) -> dict[int, Task]:
         if task is not None and task.train:
             out[i] = task
     return out
-
-
-def finetuned_copy(ckpt: Checkpoint) -> Checkpoint:
-    """A deep copy to fine-tune, leaving the reconstruction-trained one as it was."""
-    return copy.deepcopy(ckpt)

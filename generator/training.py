@@ -31,11 +31,11 @@ from generator.experts import ExpertBank
 from generator.geometry import delta_relative_error
 from generator.hypernet import (
     ICMLoraNet,
-    ModuleShape,
     NetConfig,
     SGLoraNet,
     Tokens,
     module_shapes,
+    parameter_count,
     rows_to_tokens,
     tokens_to_rows,
 )
@@ -244,7 +244,7 @@ def fit_sg(
         "val_rel_error": _finite(best_val),
         "val_rel_error_mixture": _finite(mixture_val),
         "history": history,
-        "parameters": sum(p.numel() for p in net.parameters()),
+        "parameters": parameter_count(net),
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
     hyper = {**asdict(config), "k": k, "tau": tau, "logvar_shift": shift, "logvar_scale": scale}
@@ -328,7 +328,7 @@ def fit_icm(
         "task_vectors": has_tv,
         "val_rel_error": _finite(best_val),
         "history": history,
-        "parameters": sum(p.numel() for p in net.parameters()),
+        "parameters": parameter_count(net),
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
     hyper = {**asdict(config), "hidden_size": hidden_size}
@@ -418,7 +418,3 @@ def _train_loop(
 def _finite(x: float) -> float | None:
     """JSON (and every database) has no NaN: an absent validation score is None."""
     return None if math.isnan(x) else round(x, 6)
-
-
-def module_shape(layout: LoraLayout, module: str) -> ModuleShape:
-    return next(s for s in module_shapes(layout) if s.module == module)
