@@ -57,6 +57,7 @@ class Generated:
     weights: Tensors
     neighbours: list[Neighbour] = field(default_factory=list)
     examples: int = 0
+    embedding: np.ndarray | None = None  # (D,) the description's, reused on registration
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,17 @@ class Generator:
         return [e for e, _ in live], torch.tensor([s for _, s in live])
 
     @torch.no_grad()
-    def generate(self, requests: Sequence[Request]) -> list[Generated]:
-        """Decode a batch of requests in one forward pass."""
+    def generate(
+        self, requests: Sequence[Request], *, vectors: np.ndarray | None = None
+    ) -> list[Generated]:
+        """Decode a batch of requests in one forward pass; ``vectors`` are the
+        descriptions' embeddings when the caller already has them."""
         if not requests:
             return []
-        vectors = self.embed([r.description for r in requests])  # (N, D)
+        if vectors is None:
+            vectors = self.embed([r.description for r in requests])  # (N, D)
+        elif len(vectors) != len(requests):
+            raise InvalidInput(f"{len(vectors)} embeddings for {len(requests)} requests")
         eps = torch.stack(
             [
                 torch.randn(
@@ -234,6 +241,7 @@ class Generator:
                 weights=layout.unflatten(row),
                 neighbours=neighbours[i],
                 examples=len(r.examples),
+                embedding=np.asarray(vectors[i]),
             )
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
@@ -279,6 +287,7 @@ def register(
             provenance=Provenance.GENERATED,
             parents=parents,
             meta=meta,
+            embedding=gen.embedding,
         )
     except Conflict:
         again = registry.find_adapter(base_model, final)

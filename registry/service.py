@@ -149,18 +149,31 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         meta: dict[str, Any] | None = None,
         artifacts: dict[str, bytes] | None = None,
         on_progress: Callable[[str], None] | None = None,
+        embedding: np.ndarray | None = None,
     ) -> AdapterRecord:
         """Validate and register a PEFT LoRA adapter (a folder, a zip, or files in memory).
 
         ``artifacts`` are named extra files kept with the adapter (trajectory
         statistics, seed examples); they are stored and removed with it.
+        ``embedding`` is the description's embedding when the caller already
+        computed it with this registry's embedder (a generator does); it is
+        used only when the description needed no cleaning.
         """
+        raw = description
         description = clean_description(description, self.settings.max_description_chars)
         provenance = _provenance(provenance)
         if name is not None and not NAME_RE.match(name):
             raise InvalidInput(
                 f"adapter name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
             )
+        given = None
+        if embedding is not None:
+            given = np.asarray(embedding, dtype=np.float32).reshape(-1)
+            if given.shape[0] != self.embedder.dim:
+                dim = self.embedder.dim
+                raise InvalidInput(f"embedding has {given.shape[0]} numbers, the embedder {dim}")
+            if raw != description:
+                given = None  # the cleaned text is what gets embedded
         files = (
             source
             if isinstance(source, PeftFiles)
@@ -172,7 +185,7 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         tensors = lora_spec.parse_weights(files.weights)
         lora_spec.check_tensors(tensors, expected)
         del tensors
-        vector = self.embedder.encode([description])[0]
+        vector = given if given is not None else self.embedder.encode([description])[0]
         check_json("metrics", metrics)
         check_json("meta", meta)
 

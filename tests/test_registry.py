@@ -421,3 +421,29 @@ def test_default_names_differ_when_descriptions_do(
     a = registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description=common + "one")
     b = registry.add_adapter(adapters["sql"], base_model=str(tiny_base), description=common + "two")
     assert a.name != b.name and a.sha256 == b.sha256
+
+
+def test_a_precomputed_embedding_is_used_and_checked(
+    registry: Registry, tiny_base: Path, adapters: dict[str, Path]
+) -> None:
+    text = DESCRIPTIONS["animals"]
+    vector = registry.embedder.encode([DESCRIPTIONS["sql"]])[0]  # deliberately another text's
+    before = snapshot(registry)
+    with pytest.raises(InvalidInput, match="embedding has 3 numbers"):
+        registry.add_adapter(
+            adapters["animals"], base_model=str(tiny_base), description=text,
+            embedding=vector[:3],
+        )  # fmt: skip
+    assert snapshot(registry) == before
+    rec = registry.add_adapter(
+        adapters["animals"], base_model=str(tiny_base), description=text, embedding=vector
+    )
+    # Stored as given: the SQL description finds it with similarity 1.
+    hit = registry.search(DESCRIPTIONS["sql"], k=1)[0]
+    assert hit.adapter.id == rec.id and hit.score == pytest.approx(1.0, abs=1e-4)
+    # A description that needs cleaning is embedded afresh, not with the caller's vector.
+    other = registry.add_adapter(
+        adapters["sports"], base_model=str(tiny_base), description=f"  {text}  ",
+        embedding=vector, name="cleaned",
+    )  # fmt: skip
+    assert registry.search(text, k=1)[0].adapter.id == other.id

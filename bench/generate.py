@@ -1,0 +1,153 @@
+"""Generation latency and throughput, with the oracle's training time beside it.
+
+    .venv/bin/python bench/generate.py [--base-model M] [--method sg-lora|icm-lora]
+                                       [--requests 50] [--batches 1,8,32]
+
+On the registry in $LORAMINT_HOME, with its latest generator for the base
+model: one warm request at a time, timed through each stage a request goes
+through (description embedding, expert search + mixture, decode, serialisation
+to a PEFT zip), then batches of requests decoded together (one embedding call,
+one forward pass), reported as adapters per second. Nothing is registered.
+The same table prints the zoo's mean training time per adapter (the oracle a
+generated adapter stands in for), so the speed-up factor is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def percentile(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+DESCRIPTIONS = [
+    "Is this dictionary definition about a kind of {}? Answer yes or no.",
+    "Does this news article report on {}? Answer yes or no.",
+    "Decide whether the text talks about {}. Answer yes or no.",
+    "Is the following quote about {}? Answer yes or no.",
+]
+TOPICS = ["fish", "tools", "weather", "music", "birds", "sports", "cooking", "vehicles", "money"]
+
+
+def descriptions(n: int) -> list[str]:
+    """n distinct descriptions (distinct so no cache can help)."""
+    out = []
+    for i in range(n):
+        template = DESCRIPTIONS[i % len(DESCRIPTIONS)]
+        topic = TOPICS[(i // len(DESCRIPTIONS)) % len(TOPICS)]
+        out.append(template.format(topic) + f" (request {i})")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-model", default="smollm2-135m-instruct")
+    parser.add_argument("--method", default="sg-lora", choices=["sg-lora", "icm-lora"])
+    parser.add_argument("--requests", type=int, default=50, help="timed single requests")
+    parser.add_argument("--batches", default="1,8,32", help="batch sizes for throughput")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    if not batches or min(batches) < 1:
+        parser.error("--batches must be positive integers")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from generator.generate import Generator, Request, generator_for
+    from generator.zoo import weights_bytes, zoo_records
+    from registry.errors import LoramintError
+    from registry.peft_format import zip_bytes
+    from registry.service import open_registry
+
+    try:
+        registry = open_registry()
+        base = args.base_model
+        record = generator_for(registry, base, args.method)
+    except LoramintError as exc:
+        sys.exit(f"error: {exc}")
+    t0 = time.perf_counter()
+    gen = Generator.from_registry(registry, record)
+    gen.generate([Request("warm-up: is this about anything? Answer yes or no.")])
+    load_s = time.perf_counter() - t0
+    print(f"generator {record.id} ({args.method}, {base}) loaded and warm in {load_s:.1f} s")
+
+    # One request at a time, stage by stage: embedding, then generate() minus the
+    # embedding (search + mixture + decode + de-normalise + unflatten), then the zip.
+    stages: dict[str, list[float]] = {n: [] for n in ("embed", "search+decode", "serialise")}
+    stages["total"] = []
+    for text in descriptions(args.requests):
+        t0 = time.perf_counter()
+        vec = gen.embed([text])
+        t1 = time.perf_counter()
+        out = gen.generate([Request(text)], vectors=vec)[0]
+        t2 = time.perf_counter()
+        zip_bytes(out.config, weights_bytes(out.weights))
+        t3 = time.perf_counter()
+        stages["embed"].append(t1 - t0)
+        stages["search+decode"].append(t2 - t1)
+        stages["serialise"].append(t3 - t2)
+        stages["total"].append(t3 - t0)
+
+    print(f"\nOne warm request at a time ({args.requests} requests), milliseconds:")
+    print("| stage | p50 | p90 | p99 | mean |")
+    print("|---|---:|---:|---:|---:|")
+    for name, xs in stages.items():
+        ms = [x * 1000 for x in xs]
+        print(
+            f"| {name} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.9):.1f} | "
+            f"{percentile(ms, 0.99):.1f} | {statistics.fmean(ms):.1f} |"
+        )
+
+    print("\nBatched (one embedding call and one decode per batch, plus each zip):")
+    print("| batch | seconds per batch | adapters/s | vs batch 1 |")
+    print("|---:|---:|---:|---:|")
+    rate1 = None
+    for size in batches:
+        texts = descriptions(size * 3)
+        times = []
+        for rep in range(3):
+            chunk = texts[rep * size : (rep + 1) * size]
+            t0 = time.perf_counter()
+            for out in gen.generate([Request(t) for t in chunk]):
+                zip_bytes(out.config, weights_bytes(out.weights))
+            times.append(time.perf_counter() - t0)
+        per_batch = statistics.median(times)
+        rate = size / per_batch
+        rate1 = rate1 or (rate if size == 1 else None)
+        ratio = f"{rate / rate1:.2f}x" if rate1 else "-"
+        print(f"| {size} | {per_batch:.3f} | {rate:.1f} | {ratio} |")
+
+    zoo = [r for r in zoo_records(registry, base) if r.metrics.get("train_seconds")]
+    p50 = percentile(stages["total"], 0.5)
+    if zoo:
+        train = [float(r.metrics["train_seconds"]) for r in zoo]
+        mean_train = statistics.fmean(train)
+        print(
+            f"\nOracle: the zoo's {len(zoo)} adapters took {mean_train:.0f} s each to train "
+            f"on average (median {statistics.median(train):.0f} s; training only, no evaluation)."
+        )
+        print(
+            f"Generation p50 {p50 * 1000:.1f} ms: {mean_train / p50:,.0f}x faster than training "
+            "the oracle."
+        )
+    else:
+        print("\nNo zoo adapters with a recorded training time: oracle comparison skipped.")
+
+
+if __name__ == "__main__":
+    main()
