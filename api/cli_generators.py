@@ -96,6 +96,10 @@ def generator_finetune(
     steps: Annotated[int, typer.Option(help="Fine-tuning steps (one task per step).")] = 60,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    val_fraction: Annotated[
+        float,
+        typer.Option(help="Share of the training tasks kept for validation (best state kept)."),
+    ] = 0.15,
     suite: SuiteOpt = None,
     name: Annotated[str | None, typer.Option(help="Name of the new generator.")] = None,
 ) -> None:
@@ -114,8 +118,8 @@ def generator_finetune(
         bar.set_postfix(loss=f"{loss:.3f}")
 
     rec = finetune_generator(
-        reg, generator_id, tasks, steps=steps, lr=lr, batch_size=batch_size, name=name,
-        on_progress=lambda m: err.print(m), on_step=on_step,
+        reg, generator_id, tasks, steps=steps, lr=lr, batch_size=batch_size,
+        val_fraction=val_fraction, name=name, on_progress=lambda m: err.print(m), on_step=on_step,
     )  # fmt: skip
     bar.close()
     m = rec.hyperparameters
@@ -123,6 +127,12 @@ def generator_finetune(
         f"generator {rec.id} ({rec.name}): task loss {m['e2e_loss_first10']} -> "
         f"{m['e2e_loss_last10']} over {steps} steps, {m['e2e_seconds']} s"
     )
+    if "e2e_val_loss_best" in m:
+        out.print(
+            f"validation tasks ({m['e2e_val_tasks']}, never trained on): loss "
+            f"{m['e2e_val_loss_initial']} untuned -> {m['e2e_val_loss_best']} kept "
+            f"(step {m['e2e_best_step']})"
+        )
 
 
 @generator_app.command("list")

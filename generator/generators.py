@@ -108,12 +108,14 @@ def finetune_generator(
     steps: int = 60,
     lr: float = 1e-4,
     batch_size: int = 8,
+    val_fraction: float = 0.15,
     name: str | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> GeneratorRecord:
     """Fine-tune generator ``generator_id`` end to end on its experts' tasks and register
-    the result as a new generator (the original stays as it was)."""
+    the result as a new generator (the original stays as it was). ``val_fraction``
+    of the tasks are only validated on; the best validation state is kept."""
     from generator.checkpoint import Checkpoint
     from generator.evaluation import load_base
     from generator.finetune import finetune, tasks_for
@@ -129,7 +131,7 @@ def finetune_generator(
     model, tokenizer = load_base(registry.base_model_path(rec.base_model))
     stats = finetune(
         ckpt, bank, tasks, model, tokenizer, steps=steps, lr=lr, batch_size=batch_size,
-        on_step=on_step,
+        val_fraction=val_fraction, on_step=on_step,
     )  # fmt: skip
     ckpt.hyper = {**ckpt.hyper, "finetuned_from": rec.id, **stats}
     return registry.add_generator(

@@ -186,7 +186,9 @@ def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(world) 
     rec, _ = train_generator(
         reg, base, GeneratorConfig(hidden=32, latent=4, steps=10, val_fraction=0.0), name="plain"
     )
-    tuned = finetune_generator(reg, rec.id, list(world["suite"]), steps=4, lr=1e-2, batch_size=4)
+    tuned = finetune_generator(
+        reg, rec.id, list(world["suite"]), steps=4, lr=1e-2, batch_size=4, val_fraction=0.0
+    )
     assert tuned.hyperparameters["finetuned_from"] == rec.id and tuned.id != rec.id
     assert tuned.training_adapter_ids == rec.training_adapter_ids
     assert tuned.hyperparameters["e2e_tasks"] == len(TASKS)  # never the held-out "moon"
@@ -195,3 +197,29 @@ def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(world) 
     assert any(not torch.equal(before[k], after[k]) for k in before)
     cols = evaluated_generators(reg, base)
     assert cols["sg-lora+e2e"].id == tuned.id and cols["sg-lora"].id == rec.id
+
+
+def test_end_to_end_finetune_keeps_its_best_validation_state(world) -> None:  # type: ignore[no-untyped-def]
+    from generator.generators import finetune_generator
+
+    reg: Registry = world["registry"]
+    rec, _ = train_generator(
+        reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10, val_fraction=0.0),
+        name="plain-val",
+    )  # fmt: skip
+    tuned = finetune_generator(
+        reg, rec.id, list(world["suite"]), steps=6, lr=1e-2, batch_size=4, val_fraction=0.4
+    )
+    h = tuned.hyperparameters
+    # Validation tasks are never trained on; together they are the training tasks.
+    assert h["e2e_val_tasks"] == 2 and h["e2e_tasks"] + h["e2e_val_tasks"] == len(TASKS)
+    curve = h["e2e_val_curve"]
+    assert [s for s, _ in curve] == [0, 1, 2, 3, 4, 5, 6]  # untuned, then every step
+    assert h["e2e_val_loss_best"] == pytest.approx(min(v for _, v in curve), abs=1e-4)
+    assert h["e2e_val_loss_initial"] == curve[0][1]
+    before = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id)).net.state_dict()
+    after = Checkpoint.from_bytes(reg.generator_checkpoint(tuned.id)).net.state_dict()
+    changed = any(not torch.equal(before[k], after[k]) for k in before)
+    assert changed == (h["e2e_best_step"] != 0)  # the kept state is the best one's
+    with pytest.raises(InvalidInput, match="val_fraction"):
+        finetune_generator(reg, rec.id, list(world["suite"]), steps=2, val_fraction=1.0)
