@@ -55,9 +55,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(
-    home: Path, models: Path, window_ms: float, key: str
-) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, models: Path, window_ms: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
@@ -177,26 +175,18 @@ def main() -> None:
                 results[mode] = asyncio.run(
                     run_clients(url, key, args.base_model, args.clients, args.seconds)
                 )
-                metrics = httpx.get(f"{url}/metrics").text
-                sizes = [
-                    ln
-                    for ln in metrics.splitlines()
-                    if ln.startswith("loramint_generation_batch_size_")
-                ]
-                results[mode]["batch_size_sum_count"] = [
-                    ln.split()[-1] for ln in sizes if "_sum" in ln or "_count" in ln
-                ]
+                results[mode]["mean_batch"] = mean_batch(httpx.get(f"{url}/metrics").text)
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
         print(mode, json.dumps(results[mode]), flush=True)
     b, n = results["micro-batching"], results["no batching"]
-    print("\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors | mean batch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode, r in results.items():
         print(
             f"| {mode} | {args.clients} | {args.seconds:.0f} | {r['rps']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {sum(r['errors'].values())} |"
+            f"{r['p99_ms']} | {sum(r['errors'].values())} | {r['mean_batch']} |"
         )
     print(f"\nthroughput ratio (micro-batching / none): {b['rps'] / max(n['rps'], 1e-9):.2f}x")
 
