@@ -45,9 +45,13 @@ class TokenBuckets:
         self._state: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    MAX_CALLERS = 10_000
+
     def take(self, who: str) -> float:
         now = time.monotonic()
         with self._lock:
+            if who not in self._state and len(self._state) >= self.MAX_CALLERS:
+                self._forget_refilled(now)
             tokens, last = self._state.get(who, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             if tokens >= 1:
@@ -55,6 +59,20 @@ class TokenBuckets:
                 return 0.0
             self._state[who] = (tokens, now)
             return (1 - tokens) / self.rate
+
+    def _forget_refilled(self, now: float) -> None:
+        """Drop callers whose bucket has refilled (a fresh one is the same), so an
+        open server seeing many addresses keeps a bounded table."""
+        full = [
+            who
+            for who, (tokens, last) in self._state.items()
+            if tokens + (now - last) * self.rate >= self.burst
+        ]
+        for who in full:
+            del self._state[who]
+
+    def __len__(self) -> int:
+        return len(self._state)
 
 
 class KeyCache:

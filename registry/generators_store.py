@@ -124,6 +124,16 @@ class GeneratorStore:
             )
             return None if row is None else GeneratorRecord.of(row)
 
+    def find_generator(self: _Host, base_model: str, name: str) -> GeneratorRecord | None:
+        """The generator called ``name`` for ``base_model`` (names are unique per base model)."""
+        with self._sessions() as s:
+            row = s.scalar(
+                sa.select(GeneratorRow)
+                .join(BaseModelRow)
+                .where(BaseModelRow.name == base_model, GeneratorRow.name == name)
+            )
+            return None if row is None else GeneratorRecord.of(row)
+
     def list_generators(
         self: _Host,
         *,

@@ -251,3 +251,24 @@ def test_metrics_and_openapi(client: TestClient, world) -> None:  # type: ignore
     ):
         assert p in paths
     assert paths["/v1/generate"]["post"]["requestBody"]
+
+
+def test_token_buckets_limit_each_caller_and_stay_bounded() -> None:
+    from api.auth import TokenBuckets
+
+    buckets = TokenBuckets(rate=1.0, burst=2.0)
+    assert buckets.take("a") == 0 and buckets.take("a") == 0
+    assert buckets.take("a") > 0  # the third call within a second waits
+    assert buckets.take("b") == 0  # another caller has its own bucket
+    buckets.MAX_CALLERS = 3
+    buckets.take("c")
+    # "a" is empty, "b" and "c" have each used a token; a fourth caller finds no
+    # refilled bucket to forget, so the table grows by one...
+    assert buckets.take("d") == 0 and len(buckets) == 4
+    # ...but refilled buckets are forgotten once the table is full.
+    fresh = TokenBuckets(rate=1e6, burst=1.0)
+    fresh.MAX_CALLERS = 3
+    for who in "abc":
+        fresh.take(who)
+    fresh.take("d")  # a, b, c refilled at once (rate 1e6/s): dropped
+    assert len(fresh) == 1

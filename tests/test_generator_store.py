@@ -91,6 +91,9 @@ def test_names_are_unique_per_base_model(registry: Registry, base: str, tmp_path
     rec = registry.add_generator(b"two", base_model=other, method="sg-lora", name="gen")
     assert rec.base_model == other
     assert [g.base_model for g in registry.list_generators(method="sg-lora")] == [other, base, base]
+    assert registry.find_generator(other, "gen") == rec
+    assert registry.find_generator(base, "gen") != rec
+    assert registry.find_generator(base, "nope") is None
 
 
 BAD = [
