@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from api.cli_demo import demo_command
 from api.cli_generators import generate_command, generator_app
 from api.cli_service import jobs_app, keys_app, serve_command, worker_command
 from api.cli_zoo import eval_app, tasks_app, zoo_app
@@ -37,6 +38,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(generator_app, name="generator")
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
+app.command("demo")(demo_command)
 app.command("worker")(worker_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
@@ -291,30 +293,6 @@ def adapters_delete(
         typer.confirm(f"delete adapter {rec.id} ({rec.name})?", abort=True)
     reg.delete_adapter(adapter_id)
     out.print(f"deleted adapter {adapter_id} ({rec.name})")
-
-
-# -- demo --------------------------------------------------------------------
-
-
-@app.command("demo")
-def demo() -> None:
-    """The main job on the embedded default: prepare the offline models and the task suite."""
-    from registry.base_models import OFFLINE_MODELS
-
-    reg = _registry()
-    out.print(f"registry: {reg.engine.url.render_as_string(hide_password=True)}")
-    for name in OFFLINE_MODELS:
-        with err.status(f"preparing {name}..."):
-            rec = reg.prepare_base_model(name, on_progress=_progress)
-        out.print(f"  base model {rec.name}: {rec.architecture}, {rec.num_layers} layers")
-    from api.cli_zoo import open_suite
-
-    suite = open_suite(None)
-    out.print(f"  task suite: {len(suite.names())} tasks in {suite.root}")
-    out.print(f"  adapters registered: {reg.count_adapters()}")
-    out.print(
-        "next: loramint adapters add PATH --base-model smollm2-135m-instruct --description TEXT"
-    )
 
 
 def _short(text: str, n: int = 70) -> str:
