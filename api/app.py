@@ -31,7 +31,9 @@ from api.auth import KeyCache, TokenBuckets, guard
 from api.batcher import GenerationBatcher
 from api.dto import Health, Ready
 from api.routes import ROUTES
+from api.routes_transfers import TRANSFER_ROUTES
 from api.settings import ApiSettings
+from api.ui import AdminUi, UiSettings
 from registry.errors import (
     Conflict,
     CorruptBlob,
@@ -265,7 +267,7 @@ def create_app(
         await batcher.close()
 
     return Litestar(
-        route_handlers=[*ROUTES, health, ready, metrics],
+        route_handlers=[*ROUTES, *TRANSFER_ROUTES, health, ready, metrics],
         guards=[guard],
         middleware=[RequestLog],
         exception_handlers={
@@ -298,6 +300,8 @@ def create_app(
         ),
         on_startup=[startup],
         on_shutdown=[shutdown],
+        # the admin UI (/ui): its own sessions, CSRF and HTML errors; /v1 is untouched
+        plugins=[AdminUi(UiSettings.from_env(reg.settings.home), _status_for)],
     )
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from api.cli_demo import demo_command
 from api.cli_generators import generate_command, generator_app
 from api.cli_service import jobs_app, keys_app, serve_command, worker_command
+from api.cli_transfer import transfer_command
 from api.cli_zoo import eval_app, tasks_app, zoo_app
 from registry.errors import LoramintError, NotFound
 
@@ -40,6 +41,7 @@ app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo_command)
 app.command("worker")(worker_command)
+app.command("transfer")(transfer_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
 
@@ -175,12 +177,37 @@ def adapters_add(
         str | None,
         typer.Option("--name", help="Unique name per base model (default: from the description)."),
     ] = None,
+    seeds: Annotated[
+        Path | None,
+        typer.Option(
+            "--seeds",
+            help="JSONL of a few {input, output} examples (kept for Trans-LoRA).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", help="Comma-separated label set, for classification tasks."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a PEFT LoRA adapter against its base model and register it."""
+    from generator.transfer_source import seed_artifacts
+
+    artifacts, meta = seed_artifacts(
+        seeds.read_bytes() if seeds is not None else None,
+        [x.strip() for x in labels.split(",")] if labels is not None else None,
+    )
     with err.status("validating and registering..."):
         rec = _registry().add_adapter(
-            path, base_model=base_model, description=description, name=name, on_progress=_progress
+            path,
+            base_model=base_model,
+            description=description,
+            name=name,
+            meta=meta,
+            artifacts=artifacts,
+            on_progress=_progress,
         )
     if as_json:
         _print_json(rec)

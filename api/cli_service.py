@@ -60,17 +60,30 @@ def serve_command(
 def worker_command(
     once: Annotated[bool, typer.Option("--once", help="Exit when the queue is empty.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between polls of an empty queue.")] = 1.0,
+    engine: Annotated[
+        str, typer.Option(help="local: run jobs here; ray: one Ray task per job.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster to join (default: start a local one)."),
+    ] = None,
 ) -> None:
     """Run jobs from the registry's queue until stopped (Ctrl-C)."""
     from api.app import configure_logging
-    from api.worker import run_worker, worker_name
+    from api.engines import ENGINES, run_engine
+    from api.worker import worker_name
+    from registry.errors import InvalidInput
     from registry.service import Registry
 
+    if engine not in ENGINES:
+        raise InvalidInput(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     configure_logging()
     name = worker_name()
-    err.print(f"worker {name} polling for jobs")
+    err.print(f"worker {name} ({engine} engine) polling for jobs")
     try:
-        done = run_worker(Registry(), name=name, poll=poll, once=once)
+        done = run_engine(
+            engine, Registry(), name=name, poll=poll, once=once, ray_address=ray_address
+        )
     except KeyboardInterrupt:
         err.print("stopped; a job in flight resumes when a worker claims it again")
         raise SystemExit(130) from None

@@ -105,6 +105,9 @@ def zoo_build(
     no_eval: Annotated[
         bool, typer.Option("--no-eval", help="Skip the base/oracle evaluation.")
     ] = False,
+    as_job: Annotated[
+        bool, typer.Option("--as-job", help="Queue it as a job for a worker instead.")
+    ] = False,
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
     from tqdm import tqdm
@@ -118,6 +121,15 @@ def zoo_build(
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
     selected = s.select(names)
     reg = Registry()
+    if as_job:
+        params = {
+            "tasks": [t.name for t in selected], "base_model": base_model,
+            "suite": str(s.root.resolve()), "steps": steps, "batch_size": batch_size,
+            "lr": lr, "rank": rank, "evaluate": not no_eval,
+        }  # fmt: skip
+        job = reg.submit_job("build-zoo", params)
+        out.print(f"zoo build job {job.id} queued ({len(selected)} tasks): run `loramint worker`")
+        return
     bars: dict[str, tqdm[Any]] = {}
 
     def on_task(task: Any, i: int, n: int) -> None:

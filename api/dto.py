@@ -4,7 +4,7 @@ never ORM objects. Field names are the public contract (DESIGN.md)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -159,6 +159,19 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     tau: float | None = None
     seed: int = 0
     name: str | None = None
+
+
+class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A Trans-LoRA transfer of a registered adapter to another base model."""
+
+    adapter_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    target_base_model: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    samples: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    # other TransferConfig settings, e.g. {"distill_steps": 30}
+    config: dict[str, Any] | None = None
+    # what a Ray engine reserves for the job: {"num_cpus": 1, "num_gpus": 0}
+    resources: dict[str, float] | None = None
 
 
 class JobOut(msgspec.Struct):

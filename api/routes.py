@@ -42,6 +42,7 @@ from generator.generate import Request as GenRequest
 from generator.generate import check_examples
 from registry.errors import InvalidInput
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
+from registry.records import JobRecord
 from registry.service import Registry
 
 READER = {"role": "reader"}
@@ -91,6 +92,21 @@ def _registry(state: State) -> Registry:
     return reg
 
 
+def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
+    """A checked generation request (the REST API and the admin UI share these checks)."""
+    check_method(data.method)
+    examples = check_examples([(e.input, e.output) for e in data.examples or []])
+    if not data.description.strip():
+        raise InvalidInput("description is empty")
+    if len(data.description) > reg.settings.max_description_chars:
+        raise InvalidInput(
+            f"description is longer than {reg.settings.max_description_chars} characters"
+        )
+    if not 0 <= data.seed < 2**63:
+        raise InvalidInput("seed must be between 0 and 2**63 - 1")
+    return GenRequest(data.description, seed=data.seed, examples=examples)
+
+
 @post(
     "/v1/generate",
     opt=READER,
@@ -109,20 +125,9 @@ async def generate(
     state: State,
     data: Annotated[GenerateIn, Body(examples=[GENERATE_EXAMPLE])],
 ) -> GenerateOut:
-    check_method(data.method)
-    examples = check_examples([(e.input, e.output) for e in data.examples or []])
-    if not data.description.strip():
-        raise InvalidInput("description is empty")
-    if len(data.description) > state.registry.settings.max_description_chars:
-        raise InvalidInput(
-            f"description is longer than {state.registry.settings.max_description_chars} characters"
-        )
-    if not 0 <= data.seed < 2**63:
-        raise InvalidInput("seed must be between 0 and 2**63 - 1")
+    request = generation_request(_registry(state), data)
     rec, made = await state.batcher.generate(
-        GenRequest(data.description, seed=data.seed, examples=examples),
-        base_model=data.base_model,
-        method=data.method,
+        request, base_model=data.base_model, method=data.method
     )
     out = AdapterOut.of(rec)
     return GenerateOut(
@@ -250,20 +255,25 @@ async def upload_adapter(
     data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
 ) -> AdapterOut:
     max_bytes = state.registry.settings.max_adapter_bytes
-    if data.file is not None:
-        raw = await _part(data.file, "file")
-        files = await anyio.to_thread.run_sync(_read_zip, raw, max_bytes)
-    elif data.config is not None and data.weights is not None:
-        config = parse_config(await _part(data.config, "config"))
-        files = PeftFiles(config=config, weights=await _part(data.weights, "weights"))
-    else:
-        raise InvalidInput("send either `file` (a PEFT zip) or both `config` and `weights`")
+    files = await uploaded_files(data.file, data.config, data.weights, max_bytes)
     rec = await anyio.to_thread.run_sync(
         lambda: _registry(state).add_adapter(
             files, base_model=data.base_model, description=data.description, name=data.name
         ),
     )
     return AdapterOut.of(rec)
+
+
+async def uploaded_files(file: Any, config: Any, weights: Any, max_bytes: int) -> PeftFiles:
+    """The adapter of an upload form: ``file`` (a PEFT zip) or ``config`` and ``weights``
+    (the REST API and the admin UI share this)."""
+    if file is not None:
+        raw = await _part(file, "file")
+        return await anyio.to_thread.run_sync(_read_zip, raw, max_bytes)
+    if config is not None and weights is not None:
+        parsed = parse_config(await _part(config, "config"))
+        return PeftFiles(config=parsed, weights=await _part(weights, "weights"))
+    raise InvalidInput("send either `file` (a PEFT zip) or both `config` and `weights`")
 
 
 async def _part(value: Any, name: str) -> bytes:
@@ -340,6 +350,11 @@ def list_generators(
     summary="Train a generator (as a job)",
 )
 def train_generator(state: State, data: JSONBody[TrainGeneratorIn]) -> JobOut:
+    return JobOut.of(submit_generator_training(state, data))
+
+
+def submit_generator_training(state: State, data: TrainGeneratorIn) -> JobRecord:
+    """Check a generator training request and queue it (shared with the admin UI)."""
     from generator.training import GeneratorConfig
 
     reg = _registry(state)
@@ -348,7 +363,7 @@ def train_generator(state: State, data: JSONBody[TrainGeneratorIn]) -> JobOut:
     reg.linear_shapes(data.base_model)  # an unregistered base model: 404 now, not in the job
     _check_job_capacity(state)
     params = {f: getattr(data, f) for f in data.__struct_fields__}
-    return JobOut.of(reg.submit_job("train-generator", params))
+    return reg.submit_job("train-generator", params)
 
 
 def _check_job_capacity(state: State) -> None:

@@ -100,10 +100,10 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
     base_model = p.get("base_model", "smollm2-135m-instruct")
     name = p.get("name") or f"{config.method}-job{ctx.job.id}"
     # exactly one result: an earlier attempt that registered before it was killed wins
-    for rec in ctx.registry.list_generators(base_model=base_model, method=config.method):
-        if rec.name == name:
-            ctx.progress(1.0, stage="registered", log_line=f"generator {rec.id} (earlier attempt)")
-            return {"generator_id": rec.id}
+    earlier = ctx.registry.find_generator(base_model, name)
+    if earlier is not None:
+        ctx.progress(1.0, stage="registered", log_line=f"generator {earlier.id} (earlier attempt)")
+        return {"generator_id": earlier.id}
     ctx.progress(0.0, stage="loading experts")
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -123,17 +123,83 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
     return {"generator_id": rec.id, "val_rel_error": metrics.get("val_rel_error")}
 
 
-HANDLERS: dict[str, Handler] = {"train-generator": train_generator_job}
+def transfer_job(ctx: JobContext) -> dict[str, Any]:
+    """Trans-LoRA: stages checkpoint as job artifacts; a retry resumes after the last one."""
+    from generator.transfer_job import run_transfer
+
+    return run_transfer(ctx.registry, ctx.job.id, ctx.job.params, ctx)
+
+
+def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
+    """A zoo build; resumable by construction (a task whose adapter is registered is skipped)."""
+    from pathlib import Path
+
+    from generator.lora_trainer import TrainConfig
+    from generator.tasks import TaskSuite
+    from generator.zoo import build_zoo
+
+    p = ctx.job.params
+    try:
+        steps, rank = int(p.get("steps", 40)), int(p.get("rank", 8))
+        config = TrainConfig(
+            steps=steps,
+            batch_size=int(p.get("batch_size", 16)),
+            lr=float(p.get("lr", 2e-3)),
+            rank=rank,
+            alpha=2.0 * rank,
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"bad zoo build parameters: {exc}") from None
+    root = Path(p["suite"]) if p.get("suite") else ctx.registry.settings.tasks_dir / "default"
+    suite = TaskSuite(root)
+    if not suite.exists():
+        raise InvalidInput(f"no task suite at {root}: run `loramint tasks build`")
+    tasks = suite.select(p.get("tasks") or None)
+    at = {"task": 0, "of": max(1, len(tasks))}
+
+    def on_task(task: Any, i: int, n: int) -> None:
+        at.update(task=i, of=n)
+        stage = f"training {task.name}"[:100]
+        ctx.progress(i / n, stage=stage, log_line=f"task {i + 1}/{n}: {task.name}")
+
+    def on_step(step: int, loss: float) -> None:
+        ctx.progress((at["task"] + (step + 1) / steps) / at["of"])
+
+    entries = build_zoo(
+        ctx.registry,
+        tasks,
+        base_model=str(p.get("base_model", "smollm2-135m-instruct")),
+        config=config,
+        evaluate=bool(p.get("evaluate", True)),
+        on_task=on_task,
+        on_step=on_step,
+        on_progress=lambda m: ctx.progress(log_line=m),
+    )
+    ctx.progress(1.0, stage="registered", log_line=f"{len(entries)} zoo adapters")
+    return {
+        "adapters": {e.task: e.adapter_id for e in entries},
+        "trained_now": sum(e.trained_now for e in entries),
+    }
+
+
+HANDLERS: dict[str, Handler] = {
+    "train-generator": train_generator_job,
+    "transfer": transfer_job,
+    "build-zoo": build_zoo_job,
+}
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def run_one(registry: Registry, name: str, handlers: dict[str, Handler]) -> JobRecord | None:
-    """Claim and run one job; returns it (None when the queue is empty)."""
+def run_one(
+    registry: Registry, name: str, handlers: dict[str, Handler], *, job_id: int | None = None
+) -> JobRecord | None:
+    """Claim and run one job (``job_id`` only, if given); returns it (None when there
+    is nothing to claim)."""
     lease = lease_seconds()
-    job = registry.claim_job(name, kinds=list(handlers), lease_seconds=lease)
+    job = registry.claim_job(name, kinds=list(handlers), job_id=job_id, lease_seconds=lease)
     if job is None:
         return None
     log.info("job started", extra={"job_id": job.id})

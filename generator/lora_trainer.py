@@ -47,6 +47,9 @@ class TrainConfig:
     trajectory_start: float = 0.5  # running mean/variance over the last half of the steps
     snapshots: int = 5
     max_prompt_tokens: int = 320  # longer prompts keep their end (the input's tail is cut)
+    # sort batches by length (little padding); off where every batch must mix examples of
+    # all kinds (a discriminator whose classes differ in length would see one-class batches)
+    length_buckets: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -189,10 +192,15 @@ def forward_with_prefix(
     return out.logits
 
 
-def batches(items: list[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
-    """One epoch: shuffle, sort within windows of 8 batches by length, shuffle batches."""
+def batches(
+    items: list[Encoded], batch_size: int, rng: random.Random, *, buckets: bool = True
+) -> list[list[Encoded]]:
+    """One epoch: shuffle, sort within windows of 8 batches by length, shuffle batches
+    (without ``buckets``: shuffle and cut)."""
     order = items[:]
     rng.shuffle(order)
+    if not buckets:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     window = batch_size * 8
     out: list[list[Encoded]] = []
     for start in range(0, len(order), window):
@@ -246,6 +254,18 @@ def train_lora(
         peft_model.unload()  # back to the bare base model for the next task
 
 
+def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """The learning-rate factor at each step: linear warm-up, cosine decay to 10 %."""
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return lr_at
+
+
 def _train(
     peft_model: Any,
     prefix: list[int],
@@ -257,14 +277,7 @@ def _train(
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config))
     start = int(config.steps * config.trajectory_start)
     late = config.steps - start
     snap_at = {
@@ -282,7 +295,7 @@ def _train(
     t0 = time.perf_counter()
     for step in range(config.steps):
         if not queue:
-            queue = batches(data, config.batch_size, rng)
+            queue = batches(data, config.batch_size, rng, buckets=config.length_buckets)
         ids, mask, pos, targets, tgt_mask = collate(queue.pop(), pad_id)
         K = targets.shape[1] + 1
         # (B, K-1, V): each logit predicts the next column's token
@@ -311,10 +324,8 @@ def _train(
     seconds = time.perf_counter() - t0
     peft_model.eval()
     var = {k: m2[k] / max(1, count - 1) for k in m2}
-    config_dict = peft_model.peft_config["default"].to_dict()
-    config_dict["target_modules"] = sorted(config_dict["target_modules"])
     return TrainResult(
-        peft_config=_jsonable(config_dict),
+        peft_config=peft_config_dict(peft_model),
         weights=lora_state(peft_model),
         mean=mean,
         var=var,
@@ -323,6 +334,14 @@ def _train(
         seconds=seconds,
         tokens=tokens,
     )
+
+
+def peft_config_dict(peft_model: Any) -> dict[str, Any]:
+    """The attached LoRA's adapter_config.json as a JSON-ready dict."""
+    config = peft_model.peft_config["default"].to_dict()
+    config["target_modules"] = sorted(config["target_modules"])
+    result: dict[str, Any] = _jsonable(config)
+    return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -88,10 +88,9 @@ class QualityReport:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a bare Figure, not pyplot: no global backend switch (a notebook that writes a
+        # report keeps its inline plots) and nothing left open
+        from matplotlib.figure import Figure
 
         cols = [*self.methods, "oracle"]
         tasks = [r.task for r in self.rows] + ["mean"]
@@ -99,7 +98,8 @@ class QualityReport:
             [[r.scores[c] for c in self.methods] + [r.oracle] for r in self.rows]
         )  # (T, C)
         data = np.vstack([data, data.mean(0)])
-        fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(tasks)), 4.5))
+        fig = Figure(figsize=(max(8, 1.2 * len(tasks)), 4.5))
+        ax = fig.subplots()
         width = 0.8 / len(cols)
         x = np.arange(len(tasks))
         for j, c in enumerate(cols):
@@ -112,7 +112,6 @@ class QualityReport:
         fig.tight_layout()
         tmp = path.with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=120)
-        plt.close(fig)
         tmp.replace(path)
 
 
@@ -175,10 +174,14 @@ def evaluate(
     )
 
 
+def report_path(root: Path, base_model: str) -> Path:
+    """Where ``write`` puts the JSON report of ``base_model`` under ``root``."""
+    return root / f"quality-{base_model.replace('/', '_')}.json"
+
+
 def write(report: QualityReport, root: Path) -> Path:
     """results/quality-<base>.json, .md and .png under ``root``; returns the json path."""
-    slug = report.base_model.replace("/", "_")
-    path = root / f"quality-{slug}.json"
+    path = report_path(root, report.base_model)
     write_atomic(path, json.dumps(report.to_json(), indent=2).encode())
     write_atomic(path.with_suffix(".md"), report.markdown().encode())
     report.plot(path.with_suffix(".png"))

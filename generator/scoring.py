@@ -26,16 +26,8 @@ def label_logprobs(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """(N, L) total log-probability of each of the L label token sequences after each prompt."""
-    if not labels or any(len(lab) == 0 for lab in labels):
-        raise ValueError("every label needs at least one token")
-    n_labels = len(labels)
-    m = max(len(lab) for lab in labels)
-    lab = torch.full((n_labels, m), pad_id, dtype=torch.long)
-    lab_mask = torch.zeros((n_labels, m), dtype=torch.long)
-    for j, tokens in enumerate(labels):
-        lab[j, : len(tokens)] = torch.tensor(tokens)
-        lab_mask[j, : len(tokens)] = 1
-    out = torch.empty((len(prompts), n_labels))
+    lab, lab_mask = label_tensor(labels, pad_id)
+    out = torch.empty((len(prompts), lab.shape[0]))
     n_prefix = shared_prefix(prompts)
     prefix = list(prompts[0][:n_prefix]) if prompts else []
     # longest first: similar lengths share a batch, so little padding
@@ -43,11 +35,24 @@ def label_logprobs(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         own = [prompts[i][n_prefix:] for i in idx]
-        out[idx] = _score_batch(model, prefix, own, lab, lab_mask, pad_id)
+        out[idx] = score_batch(model, prefix, own, lab, lab_mask, pad_id)
     return out
 
 
-def _score_batch(
+def label_tensor(labels: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label token ids (L, M), right padded, and their mask (L, M)."""
+    if not labels or any(len(lab) == 0 for lab in labels):
+        raise ValueError("every label needs at least one token")
+    m = max(len(lab) for lab in labels)
+    lab = torch.full((len(labels), m), pad_id, dtype=torch.long)
+    lab_mask = torch.zeros((len(labels), m), dtype=torch.long)
+    for j, tokens in enumerate(labels):
+        lab[j, : len(tokens)] = torch.tensor(tokens)
+        lab_mask[j, : len(tokens)] = 1
+    return lab, lab_mask
+
+
+def score_batch(
     model: torch.nn.Module,
     prefix: list[int],
     prompts: list[Sequence[int]],
@@ -55,6 +60,11 @@ def _score_batch(
     lab_mask: torch.Tensor,
     pad_id: int,
 ) -> torch.Tensor:
+    """(B, L) log-probability of each label after ``prefix + prompts[b]``.
+
+    Differentiable (``label_logprobs`` wraps it in ``no_grad``): distillation
+    trains through it. ``prompts`` hold each prompt's own tokens after ``prefix``.
+    """
     B, L, M = len(prompts), lab.shape[0], lab.shape[1]
     P = max(len(p) for p in prompts)
     ids = torch.full((B, P), pad_id, dtype=torch.long)

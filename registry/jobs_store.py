@@ -85,9 +85,11 @@ class JobStore:
         worker: str,
         *,
         kinds: Sequence[str] | None = None,
+        job_id: int | None = None,
         lease_seconds: float = 60,
     ) -> JobRecord | None:
-        """The oldest claimable job, now held by ``worker``; None when there is none.
+        """The oldest claimable job (or job ``job_id``, if claimable), now held by
+        ``worker``; None when there is none.
 
         Claimable: queued, or running under a lease that has run out. Taking over
         a lost worker's job is a new attempt; a job out of attempts is failed
@@ -122,6 +124,8 @@ class JobStore:
                 )
                 if wanted is not None:
                     query = query.where(JobRow.kind.in_(wanted))
+                if job_id is not None:
+                    query = query.where(JobRow.id == job_id)
                 seen = s.execute(query).one_or_none()
                 if seen is None:
                     return None

@@ -107,6 +107,14 @@ class KeyStore:
             rows = s.scalars(sa.select(ApiKeyRow).order_by(ApiKeyRow.id)).all()
             return [ApiKeyRecord.of(r) for r in rows]
 
+    def get_api_key(self: _Host, key_id: int) -> ApiKeyRecord:
+        """One key by id, revoked or not (``revoked_at`` says so)."""
+        with self._sessions() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise KeyNotFound(f"no API key with id {key_id}")
+            return ApiKeyRecord.of(row)
+
     def revoke_api_key(self: _Host, key_id: int) -> ApiKeyRecord:
         """Revoke a key for good; revoking it again changes nothing."""
         with transaction(self._sessions) as s:

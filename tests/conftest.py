@@ -19,6 +19,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
+# The tiny Llama and its character tokenizer live in generator.sandbox (the notebooks
+# use them too); re-exported for the tests that import them from here.
+from generator.sandbox import TINY_CONFIG, char_tokenizer, save_tiny_llama  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -70,51 +74,61 @@ def embedder():  # type: ignore[no-untyped-def]
     return MiniLMEmbedder()
 
 
-TINY_CONFIG = dict(
-    vocab_size=104,  # the character tokenizer below
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
+TINY_GEMMA_CONFIG = dict(
+    vocab_size=120,  # the plain character tokenizer below: other ids than the Llama's
+    hidden_size=48,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    sliding_window=256,
     num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    # a wider init than Llama's 0.02, so that the tiny model's logits can move
-    # far enough for a LoRA to change its answers in a few steps
+    num_key_value_heads=1,
+    head_dim=16,
+    max_position_embeddings=1024,
     initializer_range=0.2,
 )
 
 
-def char_tokenizer():  # type: ignore[no-untyped-def]
-    """A character-level tokenizer with a ChatML-style chat template (no download)."""
+def plain_char_tokenizer():  # type: ignore[no-untyped-def]
+    """A character tokenizer like a base model's: no chat template, a <bos> first, and a
+    vocabulary laid out differently from ``char_tokenizer``'s."""
     import string
 
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<eos>", "<|im_start|>", "<|im_end|>"]
-    vocab = {t: i for i, t in enumerate(specials + list(string.printable))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    extra = [f"<unused{i}>" for i in range(120 - len(specials) - len(string.printable))]
+    vocab = {t: i for i, t in enumerate(specials + extra + list(reversed(string.printable)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tok = PreTrainedTokenizerFast(
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    backend.decoder = decoders.Fuse()  # characters join without spaces
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
         eos_token="<eos>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        bos_token="<bos>",
+        unk_token="<unk>",
     )
-    tok.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    return tok
 
 
-def save_tiny_llama(path: Path, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def save_tiny_gemma(path: Path, seed: int = 0) -> Path:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    LlamaForCausalLM(LlamaConfig(**TINY_CONFIG)).save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
+    Gemma3ForCausalLM(Gemma3TextConfig(**TINY_GEMMA_CONFIG)).save_pretrained(path)
+    plain_char_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised Gemma3 (text) with a plain character tokenizer: another
+    architecture, vocabulary, width and depth than ``tiny_base``."""
+    return save_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma"))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ schemathesis run against the live OpenAPI (no 5xx, no schema violation)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -30,6 +31,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment of a test server on ``settings``' registry (rate limits lifted)."""
+    return os.environ | {
+        "LORAMINT_HOME": str(settings.home),
+        "LORAMINT_DATABASE_URL": settings.database_url,
+        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
+        "LORAMINT_API_RATE": "1000",
+        "LORAMINT_API_BURST": "100000",
+    }
+
+
+@contextlib.contextmanager
+def live_server(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str]:
+    """``loramint serve ARGS`` on a free loopback port; yields its URL once /health
+    answers, and stops it on exit. Its output goes to ``log_path``."""
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve", "--port", str(port), *args],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(log_path.read_text())
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("server")
@@ -38,42 +82,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) 
     train_generator(reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
     admin = reg.create_api_key("ops", "admin")[1]
     reg.close()
-    settings: Settings = world["settings"]
-    env = os.environ | {
-        "LORAMINT_HOME": str(settings.home),
-        "LORAMINT_DATABASE_URL": settings.database_url,
-        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
-        "LORAMINT_API_RATE": "1000",
-        "LORAMINT_API_BURST": "100000",
-    }
-    port = free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((root / "server.log").read_text())
-        time.sleep(0.5)
-    yield {"url": url, "admin": admin, "base": world["base"], "root": root, "env": env}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    env = server_env(world["settings"])
+    with live_server(env, root / "server.log", "--no-worker") as url:
+        yield {"url": url, "admin": admin, "base": world["base"], "root": root, "env": env}
 
 
 def test_generate_download_and_load_with_peft(server: dict, tmp_path: Path) -> None:

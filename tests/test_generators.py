@@ -18,32 +18,19 @@ from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
 from generator.generate import Generator, Request
 from generator.generators import generate_adapters, train_generator
-from generator.lora_trainer import TrainConfig
 from generator.quality import evaluate, write
-from generator.tasks import TaskSuite
+from generator.sandbox import TASKS, build_world
 from generator.training import GeneratorConfig
-from generator.zoo import build_zoo
 from registry.errors import GeneratorNotFound, InvalidInput
 from registry.service import Registry
 from registry.settings import Settings
-from tests.test_zoo import tiny_task
-
-TASKS = [("cat", "cat"), ("dog", "dog"), ("bird", "bird"), ("tree", "tree"), ("car", "car")]
 
 
 def tiny_world(root: Path, tiny_base: Path, embedder) -> dict:  # type: ignore[no-untyped-def]
-    """A registry (SQLite file) holding a tiny zoo of five tasks plus one held-out task."""
-    settings = Settings(
-        home=root / "home", database_url=f"sqlite:///{root}/r.db", model_cache=root / "models"
-    )
-    reg = Registry(settings, embedder=embedder)
-    suite = TaskSuite(root / "suite")
-    suite.write_all(
-        [tiny_task(n, w) for n, w in TASKS] + [tiny_task("moon", "moon", held_out=True)]
-    )
-    config = TrainConfig(rank=4, alpha=8, steps=6, batch_size=8, lr=1e-2, snapshots=3)
-    build_zoo(reg, suite.select(), base_model=str(tiny_base), config=config)
-    return {"registry": reg, "suite": suite, "base": str(tiny_base), "settings": settings}
+    """A registry (SQLite file) holding a tiny zoo of five tasks plus one held-out task
+    (``generator.sandbox.build_world``, as a dict for the tests that index it)."""
+    w = build_world(root, embedder=embedder, base=tiny_base)
+    return {"registry": w.registry, "suite": w.suite, "base": w.base, "settings": w.settings}
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,8 @@ def test_create_authenticate_revoke(registry: Registry) -> None:
     listed = registry.list_api_keys()
     assert [k.id for k in listed] == [admin.id, reader.id]
     assert listed[0].revoked_at == revoked.revoked_at and listed[1].revoked_at is None
+    assert registry.get_api_key(admin.id) == listed[0]
+    assert registry.get_api_key(reader.id).revoked_at is None
 
 
 def test_wrong_secrets_are_refused(registry: Registry) -> None:
@@ -107,3 +109,5 @@ def test_bad_input(registry: Registry) -> None:
     assert registry.list_api_keys() == []
     with pytest.raises(KeyNotFound, match="no API key with id 42"):
         registry.revoke_api_key(42)
+    with pytest.raises(KeyNotFound, match="no API key with id 42"):
+        registry.get_api_key(42)

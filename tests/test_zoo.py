@@ -14,32 +14,10 @@ from pathlib import Path
 import pytest
 
 from generator.lora_trainer import TrainConfig
-from generator.tasks import Example, Task, TaskSuite
+from generator.sandbox import tiny_task
+from generator.tasks import TaskSuite
 from generator.zoo import SEEDS, TRAJECTORY, build_zoo, load_trajectory, write_report
 from registry.service import Registry
-
-WORDS = ["dog", "bird", "tree", "car", "sun", "cat", "moon", "fish"]
-
-
-def tiny_task(name: str, word: str, held_out: bool = False) -> Task:
-    def make(n: int, offset: int) -> tuple[Example, ...]:
-        out = []
-        for i in range(n):
-            ws = [WORDS[(i * 3 + j + offset) % len(WORDS)] for j in range(3)]
-            out.append(Example(" ".join(ws), "yes" if word in ws else "no"))
-        return tuple(out)
-
-    return Task(
-        name,
-        f"Does the text mention a {word}? Answer yes or no.",
-        "mentions",
-        ("yes", "no"),
-        make(32, 0),
-        make(12, 1),
-        "synthetic",
-        "CC0-1.0",
-        held_out,
-    )
 
 
 @pytest.fixture

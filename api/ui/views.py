@@ -1,0 +1,182 @@
+"""What each admin UI page shows, read from the registry: plain records, no ORM objects.
+
+One function per page; handlers call one of these (or one write use case) and
+render the result. The checks are the REST API's (the same registry calls and
+limits), so a bad filter reads the same in both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from api.ui.weight_chart import NormChart, norm_chart, weight_norms
+from registry.errors import InvalidInput, NotFound
+from registry.models import JobState, Provenance
+from registry.records import AdapterRecord, BaseModelRecord, GeneratorRecord, JobRecord
+from registry.service import Registry
+
+PAGE_SIZE = 25
+RECENT = 8
+NEIGHBOURS = 5
+ACTIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
+PROVENANCES = tuple(p.value for p in Provenance)
+
+
+@dataclass(frozen=True)
+class BaseModelRow:
+    model: BaseModelRecord
+    adapters: int
+    generators: list[str]  # methods with a trained generator
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    base_models: list[BaseModelRow]
+    adapters: int
+    generators: int
+    active_jobs: int
+    recent_adapters: list[AdapterRecord]
+    recent_jobs: list[JobRecord]
+
+
+def dashboard(reg: Registry) -> Dashboard:
+    methods: dict[str, list[str]] = {}
+    gens = reg.list_generators(limit=10_000)
+    for g in gens:
+        if g.method not in methods.setdefault(g.base_model, []):
+            methods[g.base_model].append(g.method)
+    rows = [
+        BaseModelRow(b, reg.count_adapters(base_model=b.name), methods.get(b.name, []))
+        for b in reg.list_base_models()
+    ]
+    total = reg.count_adapters()
+    recent = reg.list_adapters(limit=RECENT, offset=max(0, total - RECENT))[::-1]
+    active = sum(reg.count_jobs(state=s) for s in ACTIVE_STATES)
+    return Dashboard(rows, total, len(gens), active, recent, reg.list_jobs(limit=RECENT))
+
+
+@dataclass(frozen=True)
+class AdapterQuery:
+    """The adapters page's filters, as typed into its form (strings until checked)."""
+
+    q: str = ""
+    base_model: str = ""
+    provenance: str = ""
+    k: str = "10"
+    offset: str = "0"
+
+
+@dataclass(frozen=True)
+class AdapterList:
+    items: list[tuple[AdapterRecord, float | None]]  # score: only for a semantic search
+    total: int | None
+    offset: int
+    next_offset: int | None
+    prev_offset: int | None
+    base_models: list[str]
+    provenances: tuple[str, ...] = PROVENANCES
+
+
+def adapter_list(reg: Registry, query: AdapterQuery, *, max_k: int) -> AdapterList:
+    """Adapters by filter (paged) or, with ``q``, by meaning; the API's checks."""
+    names = [b.name for b in reg.list_base_models()]
+    base_model = query.base_model or None
+    provenance = query.provenance or None
+    if provenance is not None and provenance not in PROVENANCES:
+        raise InvalidInput(f"provenance must be one of {', '.join(PROVENANCES)}")
+    if query.q.strip():
+        k = parse_int("number of results", query.k, 1, max_k)
+        hits = reg.search(query.q, k=k, base_model=base_model)
+        items: list[tuple[AdapterRecord, float | None]] = [
+            (h.adapter, h.score)
+            for h in hits
+            if provenance is None or h.adapter.provenance == provenance
+        ]
+        return AdapterList(items, None, 0, None, None, names)
+    offset = parse_int("offset", query.offset, 0, 2**31)
+    records = reg.list_adapters(
+        base_model=base_model, provenance=provenance, limit=PAGE_SIZE + 1, offset=offset
+    )
+    total = reg.count_adapters(base_model=base_model) if provenance is None else None
+    more = len(records) > PAGE_SIZE
+    return AdapterList(
+        [(r, None) for r in records[:PAGE_SIZE]],
+        total,
+        offset,
+        offset + PAGE_SIZE if more else None,
+        max(0, offset - PAGE_SIZE) if offset > 0 else None,
+        names,
+    )
+
+
+@dataclass(frozen=True)
+class Lineage:
+    adapter_id: int
+    name: str | None  # None: the parent was deleted
+    role: str
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class AdapterPage:
+    adapter: AdapterRecord
+    chart: NormChart
+    neighbours: list[tuple[AdapterRecord, float]]
+    parents: list[Lineage]
+    generator: GeneratorRecord | None
+    artifacts: list[str]
+    config_json: str
+
+
+def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
+    rec = reg.get_adapter(adapter_id)
+    hits = reg.search(rec.description, k=NEIGHBOURS + 1, base_model=rec.base_model)
+    neighbours = [(h.adapter, h.score) for h in hits if h.adapter.id != rec.id][:NEIGHBOURS]
+    parents = []
+    for p in rec.parents:
+        try:
+            name: str | None = reg.get_adapter(p.adapter_id).name
+        except NotFound:
+            name = None
+        parents.append(Lineage(p.adapter_id, name, p.role, p.weight))
+    generator = None
+    gen_id = rec.meta.get("generator_id")
+    if isinstance(gen_id, int):
+        try:
+            generator = reg.get_generator(gen_id)
+        except NotFound:
+            generator = None
+    return AdapterPage(
+        adapter=rec,
+        chart=norm_chart(weight_norms(reg, adapter_id)),
+        neighbours=neighbours,
+        parents=parents,
+        generator=generator,
+        artifacts=reg.artifact_names(adapter_id),
+        config_json=json.dumps(rec.config, indent=2, sort_keys=True),
+    )
+
+
+@dataclass(frozen=True)
+class JobList:
+    jobs: list[JobRecord]
+    state: str
+    kind: str
+    states: tuple[str, ...] = tuple(s.value for s in JobState)
+
+
+def job_list(reg: Registry, state: str, kind: str) -> JobList:
+    jobs = reg.list_jobs(state=state or None, kind=kind or None, limit=100)
+    return JobList(jobs, state, kind)
+
+
+def parse_int(what: str, raw: str, low: int, high: int) -> int:
+    """A form field as an integer in [low, high], or InvalidInput naming the field."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"{what} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{what} must be between {low} and {high}, got {value}")
+    return value

@@ -1,0 +1,216 @@
+"""Trans-LoRA: zoo adapters moved from one base model to another, with ablations.
+
+    .venv/bin/python bench/transfer.py [--tasks 5] [--names a,b] [--samples 64]
+        [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100]
+        [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh]
+
+For each held-out task of the default suite (``$LORAMINT_HOME/tasks/default``)
+whose zoo adapter ``zoo-<task>`` is registered on the source model, one run
+on this machine scores, by rank-classification accuracy on the task's test
+split (its first ``--eval-n`` examples):
+
+- source:       the zoo adapter on the source model (what the transfer must match);
+- target bare:  the target model without an adapter (the baseline to beat);
+- transferred:  the full method, run as a real transfer job (the code a worker
+                runs: synthesize, discriminator, filter, distill, register) and
+                registered on the target;
+- no filter:    the same distillation on the job's raw synthetic inputs (its
+                synthesize stage, unfiltered), plus the seeds;
+- seeds only:   the same distillation on the seed inputs alone.
+
+The ablations are distilled in this process with the job's settings and are
+not registered. A finished transfer job with the same parameters is reused
+unless ``--fresh``. Prints one table of accuracies and one of wall time per
+stage; writes ``results/transfer-<source>-to-<target>.json`` and ``.md``
+under ``$LORAMINT_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+STAGES = ("synthesize", "discriminator", "filter", "distill")
+COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
+HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
+
+
+def pick_tasks(reg: Any, suite: Any, source: str, names: list[str] | None, n: int) -> list[Any]:
+    from generator.zoo import adapter_name
+
+    if names:
+        tasks = suite.select(names)
+    else:
+        tasks = [t for t in suite if t.held_out and t.is_classification]
+    tasks = [t for t in tasks if reg.find_adapter(source, adapter_name(t)) is not None]
+    if not tasks:
+        raise SystemExit(
+            f"no held-out zoo adapter on {source}: run `loramint zoo build` first "
+            "(the zoo trains held-out tasks too, as their oracles)"
+        )
+    return tasks if names else tasks[:n]
+
+
+def transfer_job(
+    reg: Any, adapter_id: int, target: str, config: dict[str, Any], fresh: bool
+) -> Any:
+    """A succeeded transfer job for these parameters: an earlier one, or one run here now."""
+    from api.cli_transfer import follow
+    from generator.transfer_source import submit_request, transfer_request
+
+    request = transfer_request(reg, adapter_id, target, config=config)
+    if not fresh:
+        for job in reg.list_jobs(kind="transfer", state="succeeded", limit=1000):
+            if job.params == request.params():
+                print(f"  reusing transfer job {job.id}", file=sys.stderr)
+                return job
+    job = submit_request(reg, request)
+    print(f"  transfer job {job.id}", file=sys.stderr)
+    return follow(reg, job.id)
+
+
+def score_task(
+    reg: Any, task: Any, teacher: Any, student: Any, target: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    from generator.transfer import TransferConfig
+    from generator.transfer_job import StageOutput, artifact_name, target_modules
+    from generator.transfer_source import distill_target, registered_adapter, source_task
+    from generator.zoo import adapter_name
+
+    record = reg.find_adapter(args.source, adapter_name(task))
+    source = source_task(reg, record.id)
+    test = task.test[: args.eval_n]
+    row: dict[str, Any] = {"task": task.name, "adapter_id": record.id, "eval_n": len(test)}
+    row["source"] = teacher.accuracy(task, source.adapter, examples=test).accuracy
+    row["target_bare"] = student.accuracy(task, examples=test).accuracy
+    settings = {
+        "samples": args.samples,
+        "distill_steps": args.steps,
+        "disc_steps": args.disc_steps,
+        "max_rounds": args.max_rounds,
+        "min_kept": min(args.min_kept, args.samples),
+    }
+    job = transfer_job(reg, record.id, target, settings, args.fresh)
+    row["job_id"] = job.id
+    if job.state != "succeeded":
+        row["error"] = (job.error or job.state).strip().splitlines()[-1]
+        return row
+    result = job.result
+    row["transferred_adapter_id"] = result["adapter_id"]
+    row["transferred"] = student.accuracy(
+        task, registered_adapter(reg, result["adapter_id"]), examples=test
+    ).accuracy
+    row["stages"] = result["stages"]
+    row["wall_seconds"] = result["wall_seconds"]
+    if job.started_at and job.finished_at:
+        row["job_seconds"] = round((job.finished_at - job.started_at).total_seconds(), 1)
+    config = TransferConfig.from_dict({**job.params["config"], "samples": job.params["samples"]})
+    modules = target_modules(reg, record, target)
+    raw = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("synthesize")))
+    for column, inputs in (("no_filter", raw.data["inputs"][: config.samples]), ("seeds_only", [])):
+        t0 = time.perf_counter()
+        distilled, _ = distill_target(source, teacher, student, inputs, config, modules)
+        adapter = (distilled.peft_config, distilled.weights)
+        row[column] = student.accuracy(task, adapter, examples=test).accuracy
+        row[f"{column}_seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "-"
+
+
+def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argparse.Namespace) -> str:
+    lines = [
+        f"Trans-LoRA `{source}` -> `{target}`: {len(rows)} held-out tasks, {args.samples} "
+        f"synthetic samples, {args.steps} distillation steps, accuracy on <= {args.eval_n} "
+        "test examples.",
+        "",
+        "| task | " + " | ".join(HEADERS) + " | kept / generated |",
+        "|---|" + "---:|" * len(HEADERS) + "---:|",
+    ]
+    for r in rows:
+        stages = r.get("stages") or {}
+        generated = stages.get("synthesize", {}).get("generated", 0) + stages.get("filter", {}).get(
+            "extra_generated", 0
+        )
+        kept = stages.get("filter", {}).get("kept")
+        counts = f"{kept} / {generated}" if kept is not None else r.get("error", "-")
+        lines.append(
+            f"| {r['task']} | " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + f" | {counts} |"
+        )
+    means = {c: [r[c] for r in rows if isinstance(r.get(c), float)] for c in COLUMNS}
+    lines.append(
+        "| **mean** | "
+        + " | ".join(fmt(sum(v) / len(v)) if v else "-" for v in means.values())
+        + " | |"
+    )
+    lines += ["", "Wall time per stage (s, this machine):", ""]
+    lines += ["| task | " + " | ".join(STAGES) + " | job total | no filter | seeds only |"]
+    lines += ["|---|" + "---:|" * (len(STAGES) + 3)]
+    for r in rows:
+        wall = r.get("wall_seconds") or {}
+        cells = [str(wall.get(s, "-")) for s in STAGES]
+        extra = [
+            str(r.get(k, "-")) for k in ("job_seconds", "no_filter_seconds", "seeds_only_seconds")
+        ]
+        lines.append(f"| {r['task']} | " + " | ".join(cells + extra) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--tasks", type=int, default=5, help="held-out tasks (default 5)")
+    ap.add_argument("--names", default=None, help="comma-separated task names instead")
+    ap.add_argument("--samples", type=int, default=64, help="filtered synthetic inputs")
+    ap.add_argument("--steps", type=int, default=60, help="distillation steps")
+    ap.add_argument("--disc-steps", type=int, default=30, help="discriminator steps")
+    ap.add_argument("--max-rounds", type=int, default=20, help="rejection-sampling batches")
+    ap.add_argument("--min-kept", type=int, default=1, help="fewer kept fails the job")
+    ap.add_argument("--eval-n", type=int, default=100, help="test examples per task")
+    ap.add_argument("--source", default="smollm2-135m-instruct")
+    ap.add_argument("--target", default="gemma3-270m")
+    ap.add_argument("--suite", type=Path, default=None, help="task suite folder")
+    ap.add_argument("--fresh", action="store_true", help="never reuse a finished job")
+    args = ap.parse_args()
+    if min(args.tasks, args.samples, args.steps, args.disc_steps, args.eval_n) < 1:
+        ap.error("--tasks, --samples, --steps, --disc-steps and --eval-n must be positive")
+    if args.max_rounds < 0 or args.min_kept < 0:
+        ap.error("--max-rounds and --min-kept must be >= 0")
+
+    from api.cli_zoo import open_suite
+    from generator.evaluation import Evaluator
+    from registry.blobs import write_atomic
+    from registry.service import Registry
+
+    reg = Registry()
+    target = reg.prepare_base_model(args.target).name
+    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
+    tasks = pick_tasks(reg, open_suite(args.suite, build=False), args.source, names, args.tasks)
+    print(f"loading {args.source} and {target}", file=sys.stderr)
+    teacher = Evaluator.from_path(reg.base_model_path(args.source))
+    student = Evaluator.from_path(reg.base_model_path(target))
+    rows = []
+    for i, task in enumerate(tasks, 1):
+        print(f"[{i}/{len(tasks)}] {task.name}", file=sys.stderr)
+        rows.append(score_task(reg, task, teacher, student, target, args))
+    md = markdown(rows, args.source, target, args)
+    slug = f"transfer-{args.source}-to-{target}".replace("/", "_")
+    path = reg.settings.results_dir / f"{slug}.json"
+    payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": rows}
+    write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
+    write_atomic(path.with_suffix(".md"), md.encode())
+    sys.stdout.write(md)
+    print(f"results: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

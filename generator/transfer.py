@@ -1,0 +1,457 @@
+"""Trans-LoRA (arXiv 2405.17258): move a LoRA to another base model with only
+its few seed examples. The pipeline's data stages, as pure functions of models
+and texts (no database; ``generator.transfer_job`` runs them as a job):
+
+1. ``synthesize``: the target model continues a few-shot list of the seed
+   inputs ("1. ... 5. 6."), sampled in batches; empty outputs, copies of a
+   seed and duplicates are dropped.
+2. ``train_discriminator``: a LoRA on the source model answers "yes" for a
+   real input (the seeds) and "no" for the source model's own synthetic
+   inputs. It is trained once per adapter (the job reuses it across targets).
+3. ``rejection_sample``: a synthetic input is kept only when the discriminator
+   gives p(yes) > p(no) (rank classification of the two answers); the target
+   model samples more until ``samples`` are kept or the round budget is spent.
+4. Distillation of the target LoRA against the source model + source LoRA
+   lives in ``generator.distill``.
+
+Seeds and synthetic inputs are flattened to one line and cut to
+``max_input_chars``, so the discriminator cannot tell them apart by length or
+line breaks alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from generator.evaluation import Evaluator
+from generator.lora_trainer import Tensors, TrainConfig, train_lora
+from generator.prompting import PromptFormat
+from generator.scoring import label_logprobs
+from generator.tasks import Example
+from registry.errors import InvalidInput
+
+YES, NO = "yes", "no"
+_ENUMERATION = re.compile(r"^\s*\d+\s*[.)]\s*")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    samples: int = 64  # filtered synthetic inputs the target LoRA is distilled on
+    few_shot: int = 5  # seed inputs shown in each generation prompt (at most the seeds there are)
+    gen_batch: int = 16  # prompts sampled per generate() call
+    max_new_tokens: int = 64  # one synthetic input, cut at its first line break
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_input_chars: int = 400  # seeds and synthetic inputs alike (no length cue)
+    max_rounds: int = 20  # extra generation batches the filter may spend reaching ``samples``
+    # fewer kept than this after the budget fails the job (0: distil on the seeds alone)
+    min_kept: int = 1
+    disc_negatives: int = 32  # source-model synthetic inputs the discriminator learns as "no"
+    disc_rank: int = 8
+    disc_steps: int = 30
+    disc_lr: float = 2e-3
+    distill_steps: int = 60
+    distill_batch: int = 8
+    distill_lr: float = 2e-3
+    # softmax temperature of teacher and student label distributions (Hinton et al.);
+    # the loss is scaled by its square so the gradient size does not depend on it
+    kd_temperature: float = 1.0
+    max_answer_tokens: int = 48  # free-form tasks: the teacher's greedy answer length
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # name -> (lowest, highest) allowed; the upper bounds only stop absurd requests
+        integers = {
+            "samples": (1, 100_000), "few_shot": (1, 100), "gen_batch": (1, 1024),
+            "max_new_tokens": (1, 4096), "max_input_chars": (1, 100_000),
+            "max_rounds": (0, 100_000), "min_kept": (0, 100_000),
+            "disc_negatives": (1, 100_000), "disc_rank": (1, 256), "disc_steps": (1, 1_000_000),
+            "distill_steps": (1, 1_000_000), "distill_batch": (1, 1024),
+            "max_answer_tokens": (1, 4096), "seed": (0, 2**62),
+        }  # fmt: skip
+        for name, (low, high) in integers.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InvalidInput(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.min_kept > self.samples:
+            raise InvalidInput(
+                f"min_kept must be at most samples ({self.samples}), got {self.min_kept}"
+            )
+        numbers = {
+            "temperature": 100.0, "top_p": 1.0, "disc_lr": 10.0, "distill_lr": 10.0,
+            "kd_temperature": 100.0,
+        }  # fmt: skip
+        for key, top in numbers.items():
+            number = getattr(self, key)
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not math.isfinite(number)
+                or not 0 < number <= top
+            ):
+                raise InvalidInput(f"{key} must be a number in (0, {top:g}], got {number!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TransferConfig:
+        """A config from JSON job parameters; unknown keys are an error, not ignored."""
+        if not isinstance(values, dict):
+            raise InvalidInput(f"transfer config must be a JSON object, got {values!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown transfer settings {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def one_line(text: str, max_chars: int) -> str:
+    """``text`` on one line with single spaces, cut to ``max_chars``."""
+    return " ".join(text.split())[:max_chars].strip()
+
+
+def dedupe_key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+# -- 1. synthetic inputs --------------------------------------------------------
+
+
+def fewshot_prompt(description: str, shown: Sequence[str]) -> str:
+    """The paper's generation prompt: a numbered list of real inputs, open at the next number."""
+    lines = [f"Task: {description}", f"Here are {len(shown) + 1} example inputs for this task:"]
+    lines += [f"{i}. {text}" for i, text in enumerate(shown, 1)]
+    return "\n".join(lines) + f"\n{len(shown) + 1}."
+
+
+@functools.lru_cache(maxsize=8)
+def line_end_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokens that contain a line break, and the end-of-sequence token.
+
+    (transformers' ``stop_strings`` needs tokenizers it can take apart; decoding
+    each vocabulary entry once works for all.)"""
+    vocab = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(vocab)])
+    ids = [i for i, text in enumerate(texts) if "\n" in text]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+@torch.no_grad()
+def sample_completions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    config: TransferConfig,
+    seed: int,
+) -> list[str]:
+    """One sampled continuation per prompt, up to its first line break (batched, left padded)."""
+    pad = tokenizer.pad_token_id
+    pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    B, T = len(encoded), max(len(e) for e in encoded)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, e in enumerate(encoded):  # left padding: every prompt ends at column T-1
+        ids[b, T - len(e) :] = torch.tensor(e)
+        mask[b, T - len(e) :] = 1
+    torch.manual_seed(seed)
+    out = model.generate(  # type: ignore[operator]
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        temperature=float(config.temperature),
+        top_p=float(config.top_p),
+        top_k=0,  # nucleus sampling alone (some models default top_k)
+        max_new_tokens=config.max_new_tokens,
+        eos_token_id=line_end_ids(tokenizer),  # a row stops at its first line break
+        pad_token_id=pad,
+    )  # (B, T + new)
+    texts = tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)
+    return [str(t).split("\n", 1)[0] for t in texts]
+
+
+@dataclass
+class Synthesis:
+    """Unique synthetic inputs, with what was dropped on the way to them."""
+
+    inputs: list[str] = field(default_factory=list)
+    generated: int = 0  # completions sampled
+    empty: int = 0
+    seed_copies: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "generated": self.generated,
+            "unique": len(self.inputs),
+            "empty": self.empty,
+            "seed_copies": self.seed_copies,
+            "duplicates": self.duplicates,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class Synthesizer:
+    """Samples synthetic inputs from one model, remembering everything it has
+    seen (the seeds included), so every batch it returns is new and unique."""
+
+    def __init__(
+        self,
+        sample: Callable[[list[str], int], list[str]],
+        description: str,
+        seeds: Sequence[str],
+        config: TransferConfig,
+        *,
+        seed: int,
+    ) -> None:
+        self.sample = sample  # (prompts, seed) -> one completion per prompt
+        self.description = description
+        self.config = config
+        self.seeds = [one_line(s, config.max_input_chars) for s in seeds]
+        self.seeds = [s for s in self.seeds if s]
+        if not self.seeds:
+            raise InvalidInput("synthetic inputs need at least one non-empty seed input")
+        self.seed_keys = {dedupe_key(s) for s in self.seeds}
+        self.seen: set[str] = set()
+        self.rng = random.Random(seed)
+        self.base_seed = seed
+        self.batches = 0
+
+    def exclude(self, texts: Sequence[str]) -> None:
+        """Never return these (inputs a resumed stage already has)."""
+        self.seen.update(dedupe_key(t) for t in texts)
+
+    def batch(self, stats: Synthesis) -> list[str]:
+        """One generation batch: ``gen_batch`` prompts, each with the seeds in a new order."""
+        k = min(self.config.few_shot, len(self.seeds))
+        prompts = [
+            fewshot_prompt(self.description, self.rng.sample(self.seeds, k))
+            for _ in range(self.config.gen_batch)
+        ]
+        t0 = time.perf_counter()
+        raw = self.sample(prompts, self.base_seed * 100_003 + self.batches)
+        self.batches += 1
+        stats.batches += 1
+        stats.generated += len(raw)
+        new: list[str] = []
+        for text in raw:
+            text = one_line(_ENUMERATION.sub("", text, count=1), self.config.max_input_chars)
+            key = dedupe_key(text)
+            if not text:
+                stats.empty += 1
+            elif key in self.seed_keys:
+                stats.seed_copies += 1
+            elif key in self.seen:
+                stats.duplicates += 1
+            else:
+                self.seen.add(key)
+                new.append(text)
+        stats.inputs += new
+        stats.seconds += time.perf_counter() - t0
+        return new
+
+
+def synthesize(
+    synth: Synthesizer,
+    count: int,
+    *,
+    max_batches: int,
+    on_batch: Callable[[Synthesis], None] | None = None,
+) -> Synthesis:
+    """Sample batches until ``count`` unique inputs (or ``max_batches`` batches)."""
+    stats = Synthesis()
+    while len(stats.inputs) < count and stats.batches < max_batches:
+        synth.batch(stats)
+        if on_batch:
+            on_batch(stats)
+    stats.inputs = stats.inputs[:count]
+    return stats
+
+
+def model_sampler(
+    model: torch.nn.Module, tokenizer: Any, config: TransferConfig
+) -> Callable[[list[str], int], list[str]]:
+    return lambda prompts, seed: sample_completions(model, tokenizer, prompts, config, seed)
+
+
+# -- 2. the discriminator -------------------------------------------------------
+
+
+def discriminator_description(description: str) -> str:
+    return (
+        f"Task: {description}\n"
+        "Is the text below a real input for this task (not a made-up one)? Answer yes or no."
+    )
+
+
+@dataclass(frozen=True)
+class Discriminator:
+    peft_config: dict[str, Any]
+    weights: Tensors
+    losses: list[float]
+    real: int  # seed inputs it learned as "yes"
+    synthetic: int  # source-model synthetic inputs it learned as "no"
+    seconds: float
+
+    def figures(self) -> dict[str, Any]:
+        k = max(1, min(5, len(self.losses) // 4))  # mean of the first / last k steps
+        head, tail = self.losses[:k], self.losses[-k:]
+        return {
+            "real": self.real,
+            "synthetic": self.synthetic,
+            "steps": len(self.losses),
+            "loss_first": round(sum(head) / len(head), 4),
+            "loss_last": round(sum(tail) / len(tail), 4),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def real_variants(real: Sequence[str], count: int) -> list[str]:
+    """``count`` real inputs: each seed whole, then (cycling) cut after 3/4, 1/2, 1/4 of
+    its words (at least three), as a synthetic input is often shorter than a real one."""
+    out: list[str] = []
+    fractions = (1.0, 0.75, 0.5, 0.25)
+    for i in range(count):
+        words = real[i % len(real)].split()
+        keep = max(3, math.ceil(len(words) * fractions[(i // len(real)) % len(fractions)]))
+        out.append(" ".join(words[:keep]))
+    return out
+
+
+def train_discriminator(
+    model: torch.nn.Module,
+    fmt: PromptFormat,
+    description: str,
+    real: Sequence[str],
+    synthetic: Sequence[str],
+    config: TransferConfig,
+    target_modules: Sequence[str],
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Discriminator:
+    """A LoRA on the source model: real inputs -> "yes", synthetic ones -> "no".
+
+    The few real inputs are repeated to balance the classes, every batch mixes
+    both, and the repeats are cut at varied lengths (``real_variants``) so that
+    length alone does not tell the classes apart."""
+    if not real or not synthetic:
+        raise InvalidInput(
+            f"the discriminator needs real and synthetic inputs, got {len(real)} and "
+            f"{len(synthetic)}"
+        )
+    examples = [Example(x, YES) for x in real_variants(real, max(len(real), len(synthetic)))]
+    examples += [Example(x, NO) for x in synthetic]
+    train = TrainConfig(
+        rank=config.disc_rank,
+        alpha=2.0 * config.disc_rank,
+        target_modules=tuple(target_modules),
+        steps=config.disc_steps,
+        batch_size=min(16, len(examples)),
+        lr=config.disc_lr,
+        warmup_steps=min(4, config.disc_steps // 4),
+        seed=config.seed,
+        init_seed=config.seed,
+        snapshots=1,
+        length_buckets=False,
+    )
+    result = train_lora(
+        model, fmt, discriminator_description(description), examples, train, on_step=on_step
+    )
+    return Discriminator(
+        peft_config=result.peft_config,
+        weights=result.weights,
+        losses=result.losses,
+        real=len(real),
+        synthetic=len(synthetic),
+        seconds=result.seconds,
+    )
+
+
+def judge(
+    evaluator: Evaluator, disc: Discriminator, description: str, texts: Sequence[str]
+) -> list[bool]:
+    """For each text: does the discriminator give p(yes) > p(no)?"""
+    if not texts:
+        return []
+    fmt = evaluator.format
+    prompts = [fmt.prompt_ids(discriminator_description(description), t) for t in texts]
+    labels = [fmt.answer_ids(YES), fmt.answer_ids(NO)]
+    with evaluator.attached(disc.peft_config, disc.weights) as model:
+        scores = label_logprobs(
+            model, prompts, labels, pad_id=evaluator.pad_id, batch_size=evaluator.batch_size
+        )  # (N, 2)
+    return [bool(s) for s in (scores[:, 0] > scores[:, 1]).tolist()]
+
+
+# -- 3. rejection sampling --------------------------------------------------------
+
+
+@dataclass
+class Filtered:
+    kept: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    rounds: int = 0  # generation batches added after the first pool
+    extra: Synthesis = field(default_factory=Synthesis)  # what those batches produced
+    surplus: int = 0  # accepted beyond ``wanted`` in the last batch (not used)
+    seconds: float = 0.0
+
+    def figures(self, wanted: int) -> dict[str, Any]:
+        scored = len(self.kept) + self.surplus + len(self.rejected)
+        return {
+            "scored": scored,
+            "kept": len(self.kept),
+            "surplus": self.surplus,
+            "rejected": len(self.rejected),
+            "acceptance": round((len(self.kept) + self.surplus) / scored, 4) if scored else None,
+            "rounds": self.rounds,
+            "extra_generated": self.extra.generated,
+            "shortfall": max(0, wanted - len(self.kept)),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def rejection_sample(
+    pool: Sequence[str],
+    accept: Callable[[list[str]], list[bool]],
+    more: Callable[[Synthesis], list[str]],
+    *,
+    wanted: int,
+    max_rounds: int,
+) -> Filtered:
+    """Keep the pool's accepted inputs; while fewer than ``wanted`` are kept, judge new
+    batches from ``more`` (at most ``max_rounds``). Returns at most ``wanted`` kept."""
+    t0 = time.perf_counter()
+    out = Filtered()
+    todo = list(pool)
+    while True:
+        verdicts = accept(todo) if todo else []
+        if len(verdicts) != len(todo):
+            raise ValueError(f"accept() judged {len(verdicts)} of {len(todo)} inputs")
+        for text, ok in zip(todo, verdicts, strict=True):
+            (out.kept if ok else out.rejected).append(text)
+        if len(out.kept) >= wanted or out.rounds >= max_rounds:
+            break
+        out.rounds += 1
+        todo = more(out.extra)
+    out.surplus = max(0, len(out.kept) - wanted)
+    out.kept = out.kept[:wanted]
+    out.seconds = time.perf_counter() - t0
+    return out

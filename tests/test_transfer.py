@@ -1,0 +1,655 @@
+"""Trans-LoRA transfers on tiny random models of two architectures: a Llama
+with a chat-template character tokenizer (the source, with a tiny zoo
+adapter and its seeds) and a Gemma3 with another vocabulary, width and depth
+and no chat template (the target). Each stage, the job (resume after a stage,
+exactly one result, failures), the REST endpoint, the Ray engine on a local
+Ray instance, and a real worker process killed in the middle of a job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from api.worker import HANDLERS, run_one
+from generator.evaluation import Evaluator
+from generator.lora_trainer import TrainConfig
+from generator.scoring import label_logprobs
+from generator.tasks import Example
+from generator.transfer import (
+    NO,
+    YES,
+    Synthesis,
+    Synthesizer,
+    TransferConfig,
+    discriminator_description,
+    fewshot_prompt,
+    judge,
+    model_sampler,
+    real_variants,
+    rejection_sample,
+    sample_completions,
+    synthesize,
+    train_discriminator,
+)
+from generator.transfer_job import StageOutput, artifact_name, run_transfer
+from generator.transfer_source import (
+    read_seeds,
+    seed_artifacts,
+    source_task,
+    student_config,
+    submit_transfer,
+    teacher_label_probs,
+)
+from generator.zoo import SEEDS, build_zoo
+from registry.errors import InvalidInput, UnknownBaseModel
+from registry.service import Registry
+from registry.settings import Settings
+from tests.conftest import make_lora
+from tests.test_worker import wait_for
+from tests.test_zoo import tiny_task
+
+# small enough for 2 CPU cores, large enough that every stage does real work
+FAST: dict[str, Any] = dict(
+    samples=4, few_shot=3, gen_batch=4, max_new_tokens=12, max_rounds=2, min_kept=0,
+    disc_negatives=4, disc_rank=4, disc_steps=8, disc_lr=2e-2,
+    distill_steps=6, distill_batch=4, distill_lr=1e-2, max_answer_tokens=6,
+)  # fmt: skip
+STAGE_ARTIFACTS = [artifact_name(s) for s in ("synthesize", "discriminator", "filter", "distill")]
+
+
+def transfer_world(
+    root: Path, tiny_base: Path, tiny_gemma: Path, embedder, url: str | None = None
+) -> dict:  # type: ignore[no-untyped-def]
+    """A registry holding one tiny zoo adapter (task: "mentions a cat", with its seeds)."""
+    settings = Settings(
+        home=root / "home",
+        database_url=url or f"sqlite:///{root}/r.db",
+        model_cache=root / "models",
+    )
+    reg = Registry(settings, embedder=embedder)
+    task = tiny_task("cat", "cat")
+    config = TrainConfig(rank=4, alpha=8, steps=6, batch_size=8, lr=1e-2, snapshots=2)
+    [entry] = build_zoo(reg, [task], base_model=str(tiny_base), config=config, evaluate=False)
+    return {
+        "registry": reg,
+        "source_id": entry.adapter_id,
+        "base": str(tiny_base),
+        "target": str(tiny_gemma),
+        "settings": settings,
+        "task": task,
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, tiny_gemma: Path, embedder):  # type: ignore[no-untyped-def]
+    w = transfer_world(tmp_path_factory.mktemp("transfer"), tiny_base, tiny_gemma, embedder)
+    yield w
+    w["registry"].close()
+
+
+@pytest.fixture
+def store_world(db_url: str, tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder):  # type: ignore[no-untyped-def]
+    """The same world on SQLite and on PostgreSQL (for the tests that exercise the job store)."""
+    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder, url=db_url)
+    yield w
+    w["registry"].close()
+
+
+@pytest.fixture(scope="module")
+def models(tiny_base: Path, tiny_gemma: Path) -> dict[str, Evaluator]:
+    return {"source": Evaluator.from_path(tiny_base), "target": Evaluator.from_path(tiny_gemma)}
+
+
+# -- configuration and pure stages ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"samples": 0}, "samples must be an integer"),
+        ({"samples": 2.5}, "samples must be an integer"),
+        ({"top_p": 1.5}, "top_p must be a number"),
+        ({"temperature": float("nan")}, "temperature must be a number"),
+        ({"disc_lr": True}, "disc_lr must be a number"),
+        ({"min_kept": 10, "samples": 4}, "min_kept must be at most samples"),
+        ({"max_rounds": -1}, "max_rounds must be an integer"),
+        ({"distill_stpes": 3}, "unknown transfer settings distill_stpes"),
+    ],
+)
+def test_bad_settings_name_the_value(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        TransferConfig.from_dict(settings)
+
+
+def test_fewshot_prompt_lists_the_seeds_and_opens_the_next_number() -> None:
+    prompt = fewshot_prompt("Does it rain?", ["wet streets", "blue sky"])
+    assert prompt.splitlines() == [
+        "Task: Does it rain?",
+        "Here are 3 example inputs for this task:",
+        "1. wet streets",
+        "2. blue sky",
+        "3.",
+    ]
+
+
+def test_synthesizer_drops_empties_seed_copies_and_duplicates() -> None:
+    batches = [
+        ["", " cat dog  sun", "a new line", "A NEW   line", "7. numbered one", "  "],
+        ["a new line", "another\nwith a break", "fresh"],
+    ]
+    seeds_seen: list[int] = []
+
+    def sample(prompts: list[str], seed: int) -> list[str]:
+        seeds_seen.append(seed)
+        assert len(prompts) == 6 and all(p.endswith("\n4.") for p in prompts)
+        return batches.pop(0)[: len(prompts)]
+
+    cfg = TransferConfig(gen_batch=6, few_shot=3)
+    synth = Synthesizer(
+        sample, "Mentions a cat?", ["cat dog sun", "moon fish", "tree"], cfg, seed=3
+    )
+    stats = synthesize(synth, 10, max_batches=2)
+    assert stats.inputs == ["a new line", "numbered one", "another with a break", "fresh"]
+    assert (stats.generated, stats.empty, stats.seed_copies, stats.duplicates) == (9, 2, 1, 2)
+    assert stats.batches == 2 and len(set(seeds_seen)) == 2  # each batch samples anew
+    with pytest.raises(InvalidInput, match="non-empty seed"):
+        Synthesizer(sample, "x", ["  "], cfg, seed=0)
+
+
+def test_rejection_sampling_stops_at_the_count_or_the_budget() -> None:
+    batches = iter([["ab", "xx", "ac"], ["ad", "ae", "af"], ["zz"]])
+
+    def more(stats: Synthesis) -> list[str]:
+        new = next(batches)
+        stats.generated += len(new)
+        return new
+
+    def accept(texts: list[str]) -> list[bool]:
+        return ["a" in t for t in texts]
+
+    out = rejection_sample(["a1", "b1"], accept, more, wanted=4, max_rounds=5)
+    assert out.kept == ["a1", "ab", "ac", "ad"] and out.rejected == ["b1", "xx"]
+    assert out.rounds == 2 and out.surplus == 2
+    figures = out.figures(4)
+    assert figures["scored"] == figures["kept"] + figures["surplus"] + figures["rejected"] == 8
+    short = rejection_sample(["b"], accept, lambda s: ["c"], wanted=3, max_rounds=2)
+    assert short.kept == [] and short.rounds == 2 and short.figures(3)["shortfall"] == 3
+
+
+def test_real_variants_vary_in_length() -> None:
+    seeds = ["one two three four five six seven eight", "a b c"]
+    out = real_variants(seeds, 8)
+    assert out[:2] == seeds and len(out) == 8
+    assert {len(x.split()) for x in out[::2]} == {8, 6, 4, 3}
+    assert all(len(x.split()) >= 3 for x in out)
+
+
+def test_seeds_and_labels_are_checked() -> None:
+    good = b'{"input": "cat sun", "output": "yes"}\n\n{"input": "dog", "output": "no"}\n'
+    assert read_seeds(good) == (Example("cat sun", "yes"), Example("dog", "no"))
+    for bad, message in [
+        (b"not json", "not JSON"),
+        (b'{"input": 3, "output": "x"}', "must be"),
+        (b'{"input": " ", "output": "x"}', "no seed example"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            read_seeds(bad)
+    artifacts, meta = seed_artifacts(good, ["yes", "no"])
+    assert read_seeds(artifacts[SEEDS]) == read_seeds(good) and meta == {"labels": ["yes", "no"]}
+    with pytest.raises(InvalidInput, match="not among the labels"):
+        seed_artifacts(good, ["yes", "maybe"])
+
+
+# -- stages on the tiny models ---------------------------------------------------------
+
+
+def test_target_samples_one_line_each_reproducibly(models: dict[str, Evaluator]) -> None:
+    target = models["target"]
+    cfg = TransferConfig(max_new_tokens=16)
+    prompts = [fewshot_prompt("Mentions a cat?", ["cat dog sun", "moon fish tree"])] * 3
+    first = sample_completions(target.model, target.tokenizer, prompts, cfg, seed=5)
+    again = sample_completions(target.model, target.tokenizer, prompts, cfg, seed=5)
+    assert len(first) == 3 and first == again
+    assert all("\n" not in t for t in first)
+    assert len(set(first)) > 1  # sampled, not greedy
+
+
+def test_discriminator_learns_real_from_source_synthetic(world, models) -> None:  # type: ignore[no-untyped-def]
+    source = models["source"]
+    cfg = TransferConfig(**{**FAST, "disc_steps": 40, "disc_negatives": 8})
+    task = source_task(world["registry"], world["source_id"])
+    real = task.seed_inputs(cfg)
+    synth = Synthesizer(
+        model_sampler(source.model, source.tokenizer, cfg), task.description, real, cfg, seed=1
+    )
+    negatives = synthesize(synth, cfg.disc_negatives, max_batches=6).inputs
+    assert len(negatives) == cfg.disc_negatives
+    fmt = source.format
+    texts = real + negatives
+    prompts = [fmt.prompt_ids(discriminator_description(task.description), t) for t in texts]
+    answers = [fmt.answer_ids(YES), fmt.answer_ids(NO)]
+
+    def margins(model: Any) -> list[float]:  # log p(yes) - log p(no) per text
+        scores = label_logprobs(model, prompts, answers, pad_id=source.pad_id)  # (N, 2)
+        return (scores[:, 0] - scores[:, 1]).tolist()
+
+    def gap(m: list[float]) -> float:  # mean margin of the real texts over the synthetic ones
+        return sum(m[: len(real)]) / len(real) - sum(m[len(real) :]) / len(negatives)
+
+    before = {k: v.clone() for k, v in source.model.state_dict().items()}
+    untrained = margins(source.model)
+    disc = train_discriminator(
+        source.model, source.format, task.description, real, negatives, cfg, ("q_proj", "v_proj")
+    )
+    assert all(torch.equal(v, source.model.state_dict()[k]) for k, v in before.items())
+    assert disc.losses[-1] < disc.losses[0] and disc.real == len(real)
+    with source.attached(disc.peft_config, disc.weights) as m:
+        trained = margins(m)
+    # every real input ranks above every synthetic one, by a margin it did not have before
+    assert min(trained[: len(real)]) > max(trained[len(real) :]), trained
+    assert gap(trained) > gap(untrained) + 1.0
+    # judge() keeps exactly the texts with p(yes) > p(no)
+    assert judge(source, disc, task.description, texts) == [x > 0 for x in trained]
+
+
+def test_distillation_moves_the_target_towards_the_teacher(world, models) -> None:  # type: ignore[no-untyped-def]
+    from generator.distill import distill_labels
+
+    source, target = models["source"], models["target"]
+    task = source_task(world["registry"], world["source_id"])
+    inputs = [e.input for e in world["task"].train[:12]]
+    teacher = teacher_label_probs(source, task.adapter, task.description, inputs, task.labels)
+    assert teacher.shape == (12, 2) and torch.allclose(teacher.sum(-1), torch.ones(12))
+
+    def kl_to_teacher(weights: Any = None) -> float:
+        prompts = [target.format.prompt_ids(task.description, x) for x in inputs]
+        labels = [target.format.answer_ids(label) for label in task.labels]
+        if weights is None:
+            scores = label_logprobs(target.model, prompts, labels, pad_id=target.pad_id)
+        else:
+            with target.attached(*weights) as m:
+                scores = label_logprobs(m, prompts, labels, pad_id=target.pad_id)
+        log_student = torch.log_softmax(scores, -1)
+        return float((teacher * (teacher.log() - log_student)).sum(-1).mean())
+
+    cfg = TransferConfig(**{**FAST, "distill_steps": 20})
+    train = student_config(task.record, cfg, ("q_proj", "v_proj"))
+    out = distill_labels(
+        target.model, target.format, task.description, inputs, task.labels, teacher, train
+    )
+    assert out.mode == "labels" and len(out.losses) == 20 and 0.0 <= (out.agreement or 0) <= 1
+    # another architecture: the student's LoRA has the Gemma's depth and width
+    a = out.weights["base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight"]
+    assert a.shape == (task.record.rank, 48)
+    assert kl_to_teacher((out.peft_config, out.weights)) < kl_to_teacher()
+
+
+def test_free_form_tasks_distil_the_teachers_answers(world, models) -> None:  # type: ignore[no-untyped-def]
+    from generator.distill import distill_answers, teacher_answers
+
+    source, target = models["source"], models["target"]
+    task = source_task(world["registry"], world["source_id"])
+    inputs = ["cat dog sun", "moon fish tree", "car bird dog"]
+    answers = teacher_answers(source, task.adapter, task.description, inputs, max_new_tokens=5)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    cfg = TransferConfig(**FAST)
+    train = student_config(task.record, cfg, ("q_proj", "v_proj"))
+    answers = [a or "yes" for a in answers]  # a random teacher may say nothing
+    out = distill_answers(target.model, target.format, task.description, inputs, answers, train)
+    assert out.mode == "answers" and out.examples == 3 and len(out.losses) == cfg.distill_steps
+
+
+# -- the job ------------------------------------------------------------------------------
+
+
+def test_transfer_job_registers_one_adapter_for_the_target(store_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = store_world["registry"]
+    source_id, target = store_world["source_id"], store_world["target"]
+    job = submit_transfer(reg, source_id, target, samples=4, config={**FAST, "samples": 3})
+    assert job.kind == "transfer" and job.params["samples"] == 4
+    done = run_one(reg, "w1", HANDLERS)
+    assert done is not None and done.state == "succeeded", done.error
+    stages = done.result["stages"]  # type: ignore[index]
+    assert list(stages) == ["synthesize", "discriminator", "filter", "distill"]
+    assert stages["synthesize"]["generated"] >= stages["synthesize"]["unique"] > 0
+    assert stages["discriminator"]["real"] == 5 and stages["discriminator"]["synthetic"] == 4
+    f = stages["filter"]
+    assert f["scored"] == f["kept"] + f["surplus"] + f["rejected"] and f["kept"] <= 4
+    assert stages["distill"]["steps"] == FAST["distill_steps"] and "loss_last" in stages["distill"]
+    assert all(s["wall_seconds"] >= 0 for s in stages.values())
+    assert sorted(done.artifacts) == sorted(STAGE_ARTIFACTS)
+    for stage in ("synthesize", "discriminator", "filter", "distill", "register"):
+        assert f"{stage}: " in done.log
+
+    rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
+    assert rec.base_model == target and rec.provenance == "transferred"
+    assert [(p.adapter_id, p.role) for p in rec.parents] == [(source_id, "source")]
+    assert (
+        rec.meta["method"] == "trans-lora" and rec.meta["source_base_model"] == store_world["base"]
+    )
+    assert rec.meta["labels"] == ["yes", "no"] and rec.meta["transfer"]["stages"] == stages
+    assert rec.description == reg.get_adapter(source_id).description
+    assert read_seeds(reg.artifact(rec.id, SEEDS)) == store_world["task"].seeds()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = reg.export_adapter(rec.id, tmp_path / "moved")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(target), str(out))
+    assert sum("lora_B" in n for n, _ in model.named_parameters()) == 3 * 2  # 3 layers, q and v
+
+
+def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import generator.transfer_job as tj
+
+    reg: Registry = store_world["registry"]
+    job = submit_transfer(reg, store_world["source_id"], store_world["target"], config=FAST)
+
+    def crash_at_filter(ctx):  # type: ignore[no-untyped-def]
+        real_progress = ctx.progress
+
+        def progress(*args, **kw):  # type: ignore[no-untyped-def]
+            if kw.get("stage") == "filter":
+                raise RuntimeError("power cut")
+            real_progress(*args, **kw)
+
+        ctx.progress = progress
+        return HANDLERS["transfer"](ctx)
+
+    first = run_one(reg, "w1", {"transfer": crash_at_filter})
+    assert first is not None and first.state == "queued" and "power cut" in (first.error or "")
+    assert sorted(first.artifacts) == sorted(STAGE_ARTIFACTS[:2])
+    kept = {name: reg.job_artifact(job.id, name) for name in first.artifacts}
+
+    def recomputed(*args, **kw):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(tj, "synthesize", recomputed)
+    monkeypatch.setattr(tj, "train_discriminator", recomputed)
+    second = run_one(reg, "w2", HANDLERS)
+    assert second is not None and second.state == "succeeded", second.error
+    assert second.attempts == 2
+    assert "synthesize: reused the output of an earlier attempt" in second.log
+    assert "discriminator: reused the output of an earlier attempt" in second.log
+    assert all(reg.job_artifact(job.id, n) == raw for n, raw in kept.items())
+    assert len(reg.list_adapters(provenance="transferred")) == 1
+
+
+def test_exactly_one_result_and_the_discriminator_is_trained_once(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    source_id, target = world["source_id"], world["target"]
+    first = submit_transfer(reg, source_id, target, config=FAST)
+    done = run_one(reg, "w1", HANDLERS)
+    assert done is not None and done.state == "succeeded", done.error
+    adapter_id = done.result["adapter_id"]  # type: ignore[index]
+
+    class Store:  # a worker that registered, then died before marking the job finished
+        def artifact(self, name: str) -> bytes | None:
+            return reg.job_artifact(first.id, name)
+
+        def save(self, name: str, data: bytes) -> None:
+            raise AssertionError("nothing is recomputed once registered")
+
+        def progress(self, *args: Any, **kw: Any) -> None:
+            pass
+
+    again = run_transfer(reg, first.id, first.params, Store())
+    assert again["adapter_id"] == adapter_id
+    count = len(
+        [
+            a
+            for a in reg.list_adapters(provenance="transferred")
+            if a.meta["transfer_job"] == first.id
+        ]
+    )
+    assert count == 1
+
+    # another transfer of the same adapter reuses its discriminator, registers its own adapter
+    second = submit_transfer(reg, source_id, target, config={**FAST, "samples": 3})
+    done2 = run_one(reg, "w1", HANDLERS)
+    assert done2 is not None and done2.state == "succeeded", done2.error
+    disc = done2.result["stages"]["discriminator"]  # type: ignore[index]
+    assert disc["reused_from_job"] == first.id
+    assert done2.result["adapter_id"] != adapter_id  # type: ignore[index]
+    raw = reg.job_artifact(second.id, artifact_name("discriminator"))
+    assert raw is not None and StageOutput.from_bytes(raw).figures["reused_from_job"] == first.id
+
+    # a name another adapter holds: refused when asked for, and (taken meanwhile) when run
+    taken = reg.get_adapter(adapter_id).name
+    with pytest.raises(InvalidInput, match="already exists"):
+        submit_transfer(reg, source_id, target, config=FAST, name=taken)
+    params = {"adapter_id": source_id, "target_base_model": target, "config": FAST, "name": taken}
+    third = reg.submit_job("transfer", params)
+    failed = run_one(reg, "w1", HANDLERS)
+    assert failed is not None and failed.id == third.id and failed.state == "failed"
+    assert "already exists" in (failed.error or "") and failed.attempts == 1
+
+
+def test_bad_transfers_are_refused_before_they_are_queued(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    plain = reg.add_adapter(
+        make_lora(Path(world["base"]), tmp_path / "plain"),
+        base_model=world["base"],
+        description="Seedless adapter for a test.",
+    )
+    queued = reg.count_jobs()
+    with pytest.raises(InvalidInput, match="no seed examples"):
+        submit_transfer(reg, plain.id, world["target"])
+    with pytest.raises(UnknownBaseModel):
+        submit_transfer(reg, world["source_id"], "no-such-model")
+    with pytest.raises(UnknownBaseModel):
+        submit_transfer(reg, world["source_id"], "bad\x00name")
+    with pytest.raises(InvalidInput, match="already an adapter of"):
+        submit_transfer(reg, world["source_id"], world["base"])
+    with pytest.raises(InvalidInput, match="samples must be"):
+        submit_transfer(reg, world["source_id"], world["target"], samples=-3)
+    assert reg.count_jobs() == queued
+
+
+def test_a_job_that_keeps_failing_ends_failed_with_the_reason(store_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = store_world["registry"]
+    broken = tmp_path / "broken-target"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((Path(store_world["target"]) / name).read_bytes())
+    job = reg.submit_job(
+        "transfer",
+        {"adapter_id": store_world["source_id"], "target_base_model": str(broken), "config": FAST},
+        max_attempts=2,
+    )
+    for _ in range(3):
+        run_one(reg, "w1", HANDLERS)
+    final = reg.get_job(job.id)
+    assert final.state == "failed" and final.attempts == 2
+    assert "OSError" in (final.error or "") and "model.safetensors" in (final.error or "")
+    assert reg.list_adapters(provenance="transferred") == []
+
+
+def test_follow_runs_the_job_here_and_shows_its_stages(world) -> None:  # type: ignore[no-untyped-def]
+    from api.cli_transfer import follow
+
+    reg: Registry = world["registry"]
+    job = submit_transfer(reg, world["source_id"], world["target"], config=FAST)
+    final = follow(reg, job.id, quiet=True, poll=0.1)
+    assert final.state == "succeeded" and final.stage == "register" and final.progress == 1.0
+
+
+# -- REST ----------------------------------------------------------------------------------
+
+
+def test_rest_transfer_returns_202_and_the_job(world) -> None:  # type: ignore[no-untyped-def]
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    reg: Registry = world["registry"]
+    admin = reg.create_api_key("ops", "admin")[1]
+    reader = reg.create_api_key("app", "reader")[1]
+    h = {"Authorization": f"Bearer {admin}"}
+    body = {"adapter_id": world["source_id"], "target_base_model": world["target"], "samples": 3}
+    with TestClient(create_app(reg, ApiSettings())) as client:
+        r = client.post("/v1/transfers", json=body, headers=h)
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert (
+            job["kind"] == "transfer" and job["state"] == "queued" and job["params"]["samples"] == 3
+        )
+        assert client.get(job["url"], headers=h).json()["id"] == job["id"]
+        assert (
+            client.post(
+                "/v1/transfers", json=body, headers={"Authorization": f"Bearer {reader}"}
+            ).status_code
+            == 403
+        )
+        for bad, status in [
+            ({**body, "adapter_id": 999_999}, 404),
+            ({**body, "target_base_model": "no-such-model"}, 404),
+            ({**body, "samples": 0}, 400),
+            ({**body, "colour": "red"}, 400),
+            ({**body, "config": {"distill_stpes": 3}}, 400),
+            ({**body, "resources": {"num_gpus": -1}}, 400),
+            ({"target_base_model": world["target"]}, 400),
+        ]:
+            got = client.post("/v1/transfers", json=bad, headers=h)
+            assert got.status_code == status, (bad, got.text)
+            assert set(got.json()) >= {"status_code", "detail"}
+        schema = client.get("/schema/openapi.json").json()
+        op = schema["paths"]["/v1/transfers"]["post"]
+        assert "202" in op["responses"] and "404" in op["responses"]
+        assert "gemma3-270m" in json.dumps(op["requestBody"])
+    reg.cancel_job(job["id"])
+
+
+# -- engines and real processes ----------------------------------------------------------------
+
+
+def test_ray_engine_runs_each_job_as_a_ray_task(world) -> None:  # type: ignore[no-untyped-def]
+    ray = pytest.importorskip("ray")
+    from api.engines import RayEngine
+
+    reg: Registry = world["registry"]
+    job = submit_transfer(
+        reg, world["source_id"], world["target"], config=FAST,
+        resources={"num_cpus": 1, "num_gpus": 0},
+    )  # fmt: skip
+    greedy = submit_transfer(
+        reg, world["source_id"], world["target"], config=FAST, resources={"num_gpus": 2}
+    )
+    try:
+        engine = RayEngine(
+            reg, init={"num_cpus": 2, "num_gpus": 0, "object_store_memory": 80 * 2**20}
+        )
+        engine.run(poll=0.5, once=True)
+    finally:
+        ray.shutdown()
+    done = reg.get_job(job.id)
+    assert done.state == "succeeded", done.error
+    assert (done.worker or "").startswith("ray:") and "'CPU': 1.0" in done.log
+    assert reg.get_adapter(done.result["adapter_id"]).base_model == world["target"]  # type: ignore[index]
+    refused = reg.get_job(greedy.id)
+    assert refused.state == "failed" and "the Ray cluster has 0" in (refused.error or "")
+
+
+def test_killed_worker_resumes_the_transfer_with_one_result(
+    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
+    reg: Registry = w["registry"]
+    settings: Settings = w["settings"]
+    env = os.environ | {
+        "LORAMINT_HOME": str(settings.home),
+        "LORAMINT_DATABASE_URL": settings.database_url,
+        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
+        "LORAMINT_JOB_LEASE_S": "4",
+    }
+    # the CLI queues it; slow enough stages that the kill lands mid-job
+    slow = {**FAST, "disc_steps": 24, "distill_steps": 12}
+    cli = [sys.executable, "-m", "api.cli"]
+    sets = [arg for k, v in slow.items() for arg in ("--set", f"{k}={v}")]
+    queued = subprocess.run(
+        [*cli, "transfer", str(w["source_id"]), "--to", w["target"], "--json", *sets],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert queued.returncode == 0, queued.stderr
+    job_id = json.loads(queued.stdout)["job_id"]
+    first = subprocess.Popen([*cli, "worker", "--poll", "0.2"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: (
+                reg.get_job(job_id).stage == "discriminator"
+                and artifact_name("synthesize") in reg.get_job(job_id).artifacts
+            ),
+            240,
+            "the synthesize stage to finish",
+        )
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    killed = reg.get_job(job_id)
+    assert killed.state == "running" and killed.attempts == 1
+    assert killed.stage == "discriminator"
+    assert reg.list_adapters(provenance="transferred") == []
+    synthesized = reg.job_artifact(job_id, artifact_name("synthesize"))
+    second = subprocess.Popen([*cli, "worker", "--poll", "0.2"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(
+            lambda: reg.get_job(job_id).state in ("succeeded", "failed"), 600, "the job to end"
+        )
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    final = reg.get_job(job_id)
+    assert final.state == "succeeded", final.error
+    assert final.attempts == 2 and "lost its lease" in final.log
+    assert "synthesize: reused the output of an earlier attempt" in final.log
+    assert reg.job_artifact(job_id, artifact_name("synthesize")) == synthesized
+    moved = reg.list_adapters(provenance="transferred")
+    assert [a.id for a in moved] == [final.result["adapter_id"]]  # type: ignore[index]
+    reg.close()
+
+
+def test_bench_prints_the_table_on_tiny_models(
+    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    """bench/transfer.py end to end: source, bare target, transferred and both ablations."""
+    from generator.tasks import TaskSuite
+
+    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
+    settings: Settings = w["settings"]
+    suite = TaskSuite(settings.tasks_dir / "default")
+    suite.write_all([tiny_task("cat", "cat", held_out=True)])
+    w["registry"].close()
+    env = os.environ | {
+        "LORAMINT_HOME": str(settings.home),
+        "LORAMINT_DATABASE_URL": settings.database_url,
+        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
+    }
+    bench = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
+    run = subprocess.run(
+        [
+            sys.executable, str(bench), "--source", w["base"], "--target", w["target"],
+            "--samples", "3", "--steps", "3", "--disc-steps", "3", "--max-rounds", "1",
+            "--min-kept", "0", "--eval-n", "6",
+        ],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = run.stdout.splitlines()
+    row = next(line for line in table if line.startswith("| cat |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 7 and all(0.0 <= float(c) <= 1.0 for c in cells[1:6]), row
+    assert any(line.startswith("| cat |") and "synthesize" not in line for line in table[-3:])
+    written = list(settings.results_dir.glob("transfer-*.json"))
+    assert len(written) == 1
+    [task] = json.loads(written[0].read_text())["tasks"]
+    assert set(task["wall_seconds"]) == {"synthesize", "discriminator", "filter", "distill"}
+    assert task["transferred_adapter_id"] and task["eval_n"] == 6

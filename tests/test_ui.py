@@ -1,0 +1,311 @@
+"""The admin UI in a real browser: Debian's Chromium driven by Playwright against the real
+server (``loramint serve``, with its job worker) on a free loopback port, over a tiny
+random-weight zoo with a trained generator.
+
+An admin logs in, uploads a PEFT zip, finds it by a paraphrase, generates an adapter,
+downloads it, deletes one, sees a bad upload rejected with a readable message and
+watches a training job finish live; a reader sees no write controls; every page fits a
+phone-width screen, labels every control and works from the keyboard. Screenshots of
+every page go to ``$LORAMINT_TEST_OUTPUT/ui-screenshots`` (else the test's tmp dir).
+Playwright never downloads a browser: it launches /usr/bin/chromium (``make test``
+installs the Debian package); without it these tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from generator.generators import train_generator
+from generator.training import GeneratorConfig
+from registry.settings import Settings
+from tests.conftest import make_lora
+from tests.test_api_server import live_server, server_env
+from tests.test_generators import tiny_world
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="the browser tests need Debian's Chromium at /usr/bin/chromium "
+    "(`apt-get install chromium`; `make test` installs it)",
+)
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+PIRATE = "Translate pirate speak into plain English"
+MOON = "Does the text mention the moon? Answer yes or no."
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("ui")
+    world = tiny_world(root, tiny_base, embedder)
+    reg = world["registry"]
+    train_generator(reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
+    # a job for the worker to finish at start-up, so the jobs pages have one to show
+    first_job = reg.submit_job("train-generator", {"base_model": world["base"], "steps": 3})
+    admin = reg.create_api_key("ui-admin", "admin")[1]
+    reader = reg.create_api_key("ui-reader", "reader")[1]
+    reg.close()
+    settings: Settings = world["settings"]
+    env = server_env(settings)
+    env.pop("LORAMINT_SESSION_SECRET", None)  # the server makes and keeps its own
+    with live_server(env, root / "server.log") as url:
+        lora = make_lora(tiny_base, root / "pirate", seed=11)
+        yield {
+            "url": url, "admin": admin, "reader": reader, "base": world["base"],
+            "root": root, "lora": lora, "job": first_job.id, "home": settings.home,
+        }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shots(server: dict) -> Path:
+    out = Path(os.environ.get("LORAMINT_TEST_OUTPUT") or server["root"]) / "ui-screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def new_page(browser: Any, server: dict, viewport: dict[str, int]) -> Any:
+    context = browser.new_context(
+        base_url=server["url"], viewport=viewport, accept_downloads=True
+    )
+    context.set_default_timeout(30_000)
+    return context.new_page()
+
+
+def shoot(page: Any, shots: Path, name: str) -> None:
+    width = page.viewport_size["width"]
+    page.screenshot(path=str(shots / f"{width}px-{name}.png"), full_page=True)
+
+
+def log_in(page: Any, key: str) -> None:
+    page.goto("/ui/login")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/ui$"))
+
+
+def alert_text(page: Any) -> str:
+    return str(page.get_by_role("alert").first.inner_text())
+
+
+def zip_of(folder: Path, out: Path) -> Path:
+    with zipfile.ZipFile(out, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    return out
+
+
+def adapter_total(server: dict) -> int:
+    r = httpx.get(
+        f"{server['url']}/v1/adapters",
+        params={"limit": 1},
+        headers={"Authorization": f"Bearer {server['admin']}"},
+    )
+    return int(r.json()["total"])
+
+
+def test_admin_uploads_finds_generates_downloads_deletes(
+    server: dict, browser: Any, shots: Path, tmp_path: Path
+) -> None:
+    page = new_page(browser, server, DESKTOP)
+    page.goto("/ui")
+    page.wait_for_url(re.compile(r"/ui/login\?next=%2Fui$"))
+    shoot(page, shots, "login")
+    page.get_by_label("API key").fill("lm_not-a-real-key")
+    page.get_by_role("button", name="Log in").click()
+    assert "not valid or has been revoked" in alert_text(page)
+    shoot(page, shots, "login-error")
+    log_in(page, server["admin"])
+    assert page.get_by_role("heading", level=1).inner_text() == "Dashboard"
+    shoot(page, shots, "dashboard")
+
+    # upload a PEFT zip
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Upload").click()
+    page.get_by_label("Task description").fill(PIRATE)
+    page.get_by_label("Base model").fill(server["base"])
+    page.get_by_label("Name (optional)").fill("pirate-translator")
+    page.get_by_label("PEFT zip").set_input_files(str(zip_of(server["lora"], tmp_path / "p.zip")))
+    shoot(page, shots, "upload")
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url(re.compile(r"/ui/adapters/\d+$"))
+    pirate_url = page.url
+    assert page.get_by_role("heading", level=1).inner_text() == "pirate-translator"
+    assert "Uploaded adapter pirate-translator" in page.get_by_role("status").inner_text()
+    # tiny Llama: 2 layers x (q_proj, v_proj), one bar each, of positive height
+    heights = page.locator("figure.chart rect.bar").evaluate_all(
+        "bars => bars.map(b => parseFloat(b.getAttribute('height')))"
+    )
+    assert len(heights) == 4 and all(h > 0 for h in heights)
+    shoot(page, shots, "adapter")
+
+    # a bad upload is refused with a readable message, and nothing is stored
+    before = adapter_total(server)
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"this is not a zip file at all")
+    page.goto("/ui/upload")
+    page.get_by_label("Task description").fill("A broken adapter")
+    page.get_by_label("Base model").fill(server["base"])
+    page.get_by_label("PEFT zip").set_input_files(str(junk))
+    page.get_by_role("button", name="Upload").click()
+    message = alert_text(page)
+    assert "Nothing was changed" in message and "zip" in message.lower(), message
+    assert page.get_by_label("Task description").input_value() == "A broken adapter"
+    assert adapter_total(server) == before
+    shoot(page, shots, "upload-error")
+
+    # find it by a paraphrase
+    page.goto("/ui/adapters")
+    shoot(page, shots, "adapters")
+    page.get_by_label("Search by meaning").fill("decode what a pirate says")
+    page.get_by_role("button", name="Search").click()
+    first = page.locator("table.adapters tbody tr").first
+    assert first.get_by_role("link").inner_text() == "pirate-translator"
+    shoot(page, shots, "search")
+
+    # generate an adapter; its neighbours and weights are shown; download it
+    page.get_by_role("link", name="Generate").click()
+    page.get_by_label("Task description").fill(MOON)
+    page.get_by_label("Method").select_option("sg-lora")
+    page.get_by_role("button", name="Generate").click()
+    result = page.locator("section.result")
+    assert result.get_by_role("heading", level=2).inner_text().startswith("Generated:")
+    weights = result.locator("table.neighbours meter").evaluate_all(
+        "ms => ms.map(m => m.value)"
+    )
+    assert weights and abs(sum(weights) - 1) < 1e-3, weights
+    shoot(page, shots, "generate")
+    with page.expect_download() as download:
+        result.get_by_role("link", name="Download PEFT zip").click()
+    saved = tmp_path / "generated.zip"
+    download.value.save_as(saved)
+    assert sorted(zipfile.ZipFile(saved).namelist()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    result.get_by_role("heading", level=2).get_by_role("link").click()
+    assert "Generated by generator" in page.get_by_role("region", name="Lineage").inner_text()
+    shoot(page, shots, "generated-adapter")
+
+    # delete the uploaded one
+    page.goto(pirate_url)
+    page.get_by_role("button", name="Delete adapter").click()  # the box is not ticked
+    assert page.url == pirate_url  # the browser's own check held it back
+    page.get_by_label(re.compile("Yes, delete pirate-translator")).check()
+    page.get_by_role("button", name="Delete adapter").click()
+    page.wait_for_url(re.compile(r"/ui/adapters$"))
+    assert "Deleted adapter pirate-translator" in page.get_by_role("status").inner_text()
+    assert page.goto(pirate_url).status == 404
+    assert "no adapter with id" in alert_text(page)
+    shoot(page, shots, "deleted")
+
+    # train a generator as a job and watch it finish live
+    page.goto("/ui/generators")
+    shoot(page, shots, "generators")
+    page.get_by_label("Steps").fill("abc")
+    page.get_by_role("button", name="Start training").click()
+    assert "steps must be a whole number" in alert_text(page)
+    page.get_by_label("Steps").fill("4")
+    page.get_by_label("Name (optional)").fill("from-the-ui")
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/status") else None)
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/\d+$"))
+    badge = page.locator("[data-field=state]")
+    shown_first = badge.inner_text()
+    badge.filter(has_text="succeeded").wait_for(timeout=90_000)
+    if shown_first != "succeeded":  # it was queued or running: the page polled for it
+        assert polls, "the job page did not poll its status"
+    assert page.locator("progress[data-field=progress]").evaluate("p => p.value") == 1
+    assert page.get_by_role("link", name="The generator it trained").is_visible()
+    shoot(page, shots, "job")
+    page.goto("/ui/jobs")
+    shoot(page, shots, "jobs")
+
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(re.compile(r"/ui/login$"))
+    page.goto("/ui/upload")
+    page.wait_for_url(re.compile(r"/ui/login\?next="))
+    page.context.close()
+
+
+def test_reader_sees_no_write_controls(server: dict, browser: Any, shots: Path) -> None:
+    page = new_page(browser, server, DESKTOP)
+    log_in(page, server["reader"])
+    nav = page.get_by_role("navigation", name="Main")
+    assert nav.get_by_role("link", name="Adapters").is_visible()
+    assert nav.get_by_role("link", name="Upload").count() == 0
+    assert nav.get_by_role("link", name="Generate").count() == 0
+    assert "read-only" in page.locator("main").inner_text()
+    for url in ("/ui/adapters/1", "/ui/generators", f"/ui/jobs/{server['job']}"):
+        page.goto(url)
+        assert page.locator("main form[method=post]").count() == 0, url
+    shoot(page, shots, "reader-adapter")
+    response = page.goto("/ui/upload")
+    assert response.status == 403 and "needs an admin key" in alert_text(page)
+    page.context.close()
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                 && !(e.tagName === 'BUTTON' && e.innerText.trim()))
+    .map(e => e.outerHTML)"""
+
+
+def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
+    server: dict, browser: Any, shots: Path
+) -> None:
+    page = new_page(browser, server, PHONE)
+    # keyboard only: skip link first, then the key field; Enter submits
+    page.goto("/ui/login")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "api_key"
+    page.keyboard.type(server["admin"])
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/ui$"))
+    pages = {
+        "dashboard": "/ui",
+        "adapters": "/ui/adapters?q=moon",
+        "adapter": "/ui/adapters/1",
+        "upload": "/ui/upload",
+        "generate": "/ui/generate",
+        "generators": "/ui/generators",
+        "jobs": "/ui/jobs",
+        "job": f"/ui/jobs/{server['job']}",
+        "error": "/ui/adapters/999999",
+    }
+    for name, url in pages.items():
+        page.goto(url)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{url} is {overflow}px wider than a phone screen"
+        assert page.evaluate(UNLABELLED) == [], url
+        shoot(page, shots, name)
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(re.compile(r"/ui/login$"))
+    assert page.evaluate(UNLABELLED) == []
+    page.context.close()
+
+
+def test_session_secret_is_private(server: dict) -> None:
+    secret = Path(server["home"]) / "session_secret"
+    assert secret.exists() and secret.stat().st_mode & 0o077 == 0
