@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# What tests leave to look at (UI screenshots, the schemathesis report).
+TEST_OUTPUT ?= $(CURDIR)/test-output
+
 .PHONY: install demo serve test clean
 
 # Debian packages holding task-suite corpora (WordNet, fortunes) and the
@@ -41,7 +44,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check registry generator api tests bench migrations
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	LORAMINT_TEST_OUTPUT=$(TEST_OUTPUT) $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info
