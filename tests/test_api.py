@@ -104,15 +104,34 @@ def test_generate_rejects_bad_input_with_4xx(
 
 
 def test_auth_roles(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+
+    def state() -> tuple[int, int, int]:
+        return reg.count_adapters(), len(reg.list_generators()), len(reg.list_jobs())
+
+    before = state()
     assert client.get("/v1/adapters").status_code == 401
     assert client.get("/v1/adapters", headers=auth("lm_wrong")).status_code == 401
     assert client.get("/v1/adapters", headers=auth(world["reader"])).status_code == 200
     r = client.delete("/v1/adapters/1", headers=auth(world["reader"]))
     assert r.status_code == 403 and "needs admin" in r.json()["detail"]
+    # every write, without a key, with a wrong one and with a reader's, is refused
+    writes = [
+        ("delete", "/v1/adapters/1", {}),
+        ("post", "/v1/generators", {"json": {"base_model": world["base"], "steps": 5}}),
+        ("post", "/v1/adapters", {"data": {"description": "x", "base_model": world["base"]}}),
+    ]
+    for method, path, kwargs in writes:
+        for headers, code in (({}, 401), (auth("lm_wrong"), 401), (auth(world["reader"]), 403)):
+            got = getattr(client, method)(path, headers=headers, **kwargs).status_code
+            assert got == code, (method, path, headers, got)
+    assert client.post("/v1/generate", json={"description": "x"}).status_code == 401
+    assert state() == before  # nothing was changed
     with client_for(world, open_access=True) as open_client:
         assert open_client.get("/v1/adapters").status_code == 200
         assert open_client.delete("/v1/adapters/1").status_code == 401
         assert "open" in open_client.get("/ready").json()["auth"]
+    assert state() == before
 
 
 def test_upload_search_get_delete(client: TestClient, world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
