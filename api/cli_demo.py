@@ -90,35 +90,20 @@ def demo_command(
 
 
 def _zoo(reg: Any, tasks: list[Any], *, full: bool, steps: int) -> None:
-    from tqdm import tqdm
-
+    from api.cli_zoo import ZooBars
     from generator.lora_trainer import TrainConfig
     from generator.zoo import build_zoo
 
     label = "full zoo" if full else f"demo zoo ({len(tasks)} tasks)"
     out.print(f"[bold]2/5[/] {label} on {BASE_MODEL}")
-    bars: dict[str, Any] = {}
-
-    def on_task(task: Any, i: int, n: int) -> None:
-        if "task" not in bars:
-            bars["task"] = tqdm(total=n, desc="  tasks", unit="task", position=0)
-        else:
-            bars["task"].update(1)
-        if "step" in bars:
-            bars["step"].close()
-        bars["step"] = tqdm(total=steps, desc=f"  {task.name[:26]}", unit="step", leave=False)
-
-    def on_step(step: int, loss: float) -> None:
-        bars["step"].update(1)
-        bars["step"].set_postfix(loss=f"{loss:.3f}")
+    bars = ZooBars(steps, indent="  ")
 
     entries = build_zoo(
         reg, tasks, base_model=BASE_MODEL, config=TrainConfig(steps=steps, batch_size=16),
-        evaluate=full, on_task=on_task, on_step=on_step,
+        evaluate=full, on_task=bars.on_task, on_step=bars.on_step,
         on_progress=lambda m: err.print(f"  {m}"),
     )  # fmt: skip
-    for bar in bars.values():
-        bar.close()
+    bars.close()
     trained = sum(e.trained_now for e in entries)
     out.print(f"  {len(entries)} adapters ({trained} trained now, {len(entries) - trained} reused)")
 

@@ -91,6 +91,36 @@ def tasks_list(
     out.print(table)
 
 
+class ZooBars:
+    """Progress of a zoo build: one bar over the tasks, one over the current task's steps."""
+
+    def __init__(self, steps: int, indent: str = "") -> None:
+        self.steps, self.indent = steps, indent
+        self.bars: dict[str, Any] = {}
+
+    def on_task(self, task: Any, i: int, n: int) -> None:
+        from tqdm import tqdm
+
+        if "task" not in self.bars:
+            self.bars["task"] = tqdm(total=n, desc=f"{self.indent}tasks", unit="task", position=0)
+        else:
+            self.bars["task"].update(1)
+        if "step" in self.bars:
+            self.bars["step"].close()
+        self.bars["step"] = tqdm(
+            total=self.steps, desc=f"{self.indent}{task.name[:28]}", unit="step", position=1,
+            leave=False,
+        )  # fmt: skip
+
+    def on_step(self, step: int, loss: float) -> None:
+        self.bars["step"].update(1)
+        self.bars["step"].set_postfix(loss=f"{loss:.3f}")
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 @zoo_app.command("build")
 def zoo_build(
     tasks: Annotated[
@@ -110,7 +140,6 @@ def zoo_build(
     ] = False,
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
-    from tqdm import tqdm
 
     from generator.lora_trainer import TrainConfig
     from generator.zoo import build_zoo, write_report
@@ -130,20 +159,7 @@ def zoo_build(
         job = reg.submit_job("build-zoo", params)
         out.print(f"zoo build job {job.id} queued ({len(selected)} tasks): run `loramint worker`")
         return
-    bars: dict[str, tqdm[Any]] = {}
-
-    def on_task(task: Any, i: int, n: int) -> None:
-        if "task" not in bars:
-            bars["task"] = tqdm(total=n, desc="tasks", unit="task", position=0)
-        else:
-            bars["task"].update(1)
-        if "step" in bars:
-            bars["step"].close()
-        bars["step"] = tqdm(total=steps, desc=task.name[:28], unit="step", position=1, leave=False)
-
-    def on_step(step: int, loss: float) -> None:
-        bars["step"].update(1)
-        bars["step"].set_postfix(loss=f"{loss:.3f}")
+    bars = ZooBars(steps)
 
     entries = build_zoo(
         reg,
@@ -151,12 +167,11 @@ def zoo_build(
         base_model=base_model,
         config=config,
         evaluate=not no_eval,
-        on_task=on_task,
-        on_step=on_step,
+        on_task=bars.on_task,
+        on_step=bars.on_step,
         on_progress=lambda m: err.print(m),
     )
-    for bar in bars.values():
-        bar.close()
+    bars.close()
     trained = sum(e.trained_now for e in entries)
     out.print(
         f"zoo for {base_model}: {len(entries)} adapters ({trained} trained now, "

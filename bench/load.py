@@ -49,6 +49,15 @@ def scratch_home(home: Path, dest: Path) -> None:
     shutil.copytree(home / "blobs", dest / "blobs", copy_function=os.link)
 
 
+def reader_key(home: Path) -> str:
+    """A new reader API key in the registry under ``home`` (through the CLI)."""
+    keygen = subprocess.run(
+        [sys.executable, "-m", "api.cli", "keys", "create", "--role", "reader", "--json"],
+        env=os.environ | {"LORAMINT_HOME": str(home)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return str(json.loads(keygen.stdout)["key"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,12 +166,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
             home = Path(tmp) / "home"
             scratch_home(args.home, home)
-            keygen = subprocess.run(
-                [sys.executable, "-m", "api.cli", "keys", "create", "--role", "reader", "--json"],
-                env=os.environ | {"LORAMINT_HOME": str(home)}, capture_output=True, text=True,
-                check=True,
-            )  # fmt: skip
-            key = json.loads(keygen.stdout)["key"]
+            key = reader_key(home)
             proc, url = start_server(home, models, window)
             try:
                 warm = httpx.post(

@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -28,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import scratch_home, start_server  # noqa: E402
+from bench.load import reader_key, scratch_home, start_server  # noqa: E402
 
 
 def main() -> None:
@@ -68,12 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loramint-roundtrip-") as tmp:
         home = Path(tmp) / "home"
         scratch_home(args.home, home)
-        keygen = subprocess.run(
-            [sys.executable, "-m", "api.cli", "keys", "create", "--role", "reader", "--json"],
-            env=os.environ | {"LORAMINT_HOME": str(home)}, capture_output=True, text=True,
-            check=True,
-        )  # fmt: skip
-        headers = {"Authorization": f"Bearer {json.loads(keygen.stdout)['key']}"}
+        headers = {"Authorization": f"Bearer {reader_key(home)}"}
         proc, url = start_server(home, models, 0.0)
         print("| task | generator (column) | harness | via REST zip + PeftModel | same |")
         print("|---|---|---:|---:|---|")
