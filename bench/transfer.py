@@ -1,11 +1,13 @@
 """Trans-LoRA: zoo adapters moved from one base model to another, with ablations.
 
     .venv/bin/python bench/transfer.py [--tasks 5] [--names a,b] [--samples 64]
-        [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100]
+        [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100] [--min-gain 0.1]
         [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh]
 
 For each held-out task of the default suite (``$LORAMINT_HOME/tasks/default``)
-whose zoo adapter ``zoo-<task>`` is registered on the source model, one run
+whose zoo adapter ``zoo-<task>`` is registered on the source model and beat
+the bare source model by ``--min-gain`` (default 0.1) in the zoo's own
+evaluation (an adapter that does nothing has nothing to transfer), one run
 on this machine scores, by rank-classification accuracy on the task's test
 split (its first ``--eval-n`` examples):
 
@@ -41,18 +43,40 @@ COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
 HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
 
 
-def pick_tasks(reg: Any, suite: Any, source: str, names: list[str] | None, n: int) -> list[Any]:
+def source_gain(record: Any) -> float | None:
+    """What the zoo recorded for the adapter: its accuracy minus the bare model's."""
+    m = record.metrics
+    if m.get("accuracy") is None or m.get("base_accuracy") is None:
+        return None
+    return float(m["accuracy"]) - float(m["base_accuracy"])
+
+
+def pick_tasks(
+    reg: Any, suite: Any, source: str, names: list[str] | None, n: int, min_gain: float
+) -> list[Any]:
+    """The named tasks, or the first ``n`` held-out classification tasks whose zoo
+    adapter beat the bare source model by ``min_gain`` when the zoo evaluated it
+    (an adapter that does nothing on its own model has nothing to transfer; the
+    rule reads only the zoo's figures, never a transfer's)."""
     from generator.zoo import adapter_name
 
     if names:
         tasks = suite.select(names)
     else:
         tasks = [t for t in suite if t.held_out and t.is_classification]
-    tasks = [t for t in tasks if reg.find_adapter(source, adapter_name(t)) is not None]
+    records = {t.name: reg.find_adapter(source, adapter_name(t)) for t in tasks}
+    tasks = [t for t in tasks if records[t.name] is not None]
+    if not names:
+        gains = {t.name: source_gain(records[t.name]) for t in tasks}
+        # an adapter the zoo did not evaluate passes only when no gain is asked for
+        skipped = [t.name for t in tasks if (gains[t.name] or 0.0) < min_gain]
+        if skipped:
+            print(f"skipped (source gain < {min_gain}): {', '.join(skipped)}", file=sys.stderr)
+        tasks = [t for t in tasks if t.name not in skipped]
     if not tasks:
         raise SystemExit(
-            f"no held-out zoo adapter on {source}: run `loramint zoo build` first "
-            "(the zoo trains held-out tasks too, as their oracles)"
+            f"no held-out zoo adapter on {source} with a source gain >= {min_gain}: run "
+            "`loramint zoo build` first (the zoo trains held-out tasks too, as their oracles)"
         )
     return tasks if names else tasks[:n]
 
@@ -176,6 +200,12 @@ def main() -> None:
     ap.add_argument("--max-rounds", type=int, default=20, help="rejection-sampling batches")
     ap.add_argument("--min-kept", type=int, default=1, help="fewer kept fails the job")
     ap.add_argument("--eval-n", type=int, default=100, help="test examples per task")
+    ap.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.1,
+        help="without --names: only adapters that beat the bare source model by this much",
+    )
     ap.add_argument("--source", default="smollm2-135m-instruct")
     ap.add_argument("--target", default="gemma3-270m")
     ap.add_argument("--suite", type=Path, default=None, help="task suite folder")
@@ -194,7 +224,9 @@ def main() -> None:
     reg = Registry()
     target = reg.prepare_base_model(args.target).name
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
-    tasks = pick_tasks(reg, open_suite(args.suite, build=False), args.source, names, args.tasks)
+    tasks = pick_tasks(
+        reg, open_suite(args.suite, build=False), args.source, names, args.tasks, args.min_gain
+    )
     print(f"loading {args.source} and {target}", file=sys.stderr)
     teacher = Evaluator.from_path(reg.base_model_path(args.source))
     student = Evaluator.from_path(reg.base_model_path(target))

@@ -638,7 +638,7 @@ def test_bench_prints_the_table_on_tiny_models(
         [
             sys.executable, str(bench), "--source", w["base"], "--target", w["target"],
             "--samples", "3", "--steps", "3", "--disc-steps", "3", "--max-rounds", "1",
-            "--min-kept", "0", "--eval-n", "6",
+            "--min-kept", "0", "--eval-n", "6", "--min-gain", "0",  # the tiny zoo is not scored
         ],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -653,3 +653,31 @@ def test_bench_prints_the_table_on_tiny_models(
     [task] = json.loads(written[0].read_text())["tasks"]
     assert set(task["wall_seconds"]) == {"synthesize", "discriminator", "filter", "distill"}
     assert task["transferred_adapter_id"] and task["eval_n"] == 6
+
+
+def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
+    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    """Without --names the bench transfers only adapters whose zoo gain reaches --min-gain;
+    an unscored one (the tiny zoo's) does not, and the bench says so before loading models."""
+    from generator.tasks import TaskSuite
+
+    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
+    settings: Settings = w["settings"]
+    TaskSuite(settings.tasks_dir / "default").write_all([tiny_task("cat", "cat", held_out=True)])
+    w["registry"].close()
+    env = os.environ | {
+        "LORAMINT_HOME": str(settings.home),
+        "LORAMINT_DATABASE_URL": settings.database_url,
+        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
+    }
+    bench = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
+    run = subprocess.run(
+        [sys.executable, str(bench), "--source", w["base"], "--target", w["target"]],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "skipped (source gain < 0.1): cat" in run.stderr
+    assert "source gain >= 0.1" in run.stderr
+    assert not list(settings.results_dir.glob("transfer-*"))
+    assert w["registry"].list_jobs(kind="transfer", limit=10) == []
