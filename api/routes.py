@@ -40,6 +40,7 @@ from api.dto import (
 from generator.checkpoint import check_method
 from generator.generate import Request as GenRequest
 from generator.generate import check_examples
+from generator.transfer_source import seed_artifacts
 from registry.errors import InvalidInput
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
 from registry.records import JobRecord
@@ -235,6 +236,8 @@ class UploadForm:
     file: Any = None  # a PEFT zip
     config: Any = None  # or the two files
     weights: Any = None
+    seeds: Any = None  # JSONL of a few {"input", "output"} examples, kept for Trans-LoRA
+    labels: str | None = None  # comma-separated label set of a classification task
 
 
 @post(
@@ -247,7 +250,9 @@ class UploadForm:
     description=(
         "Multipart form: `description`, `base_model`, optional `name`, and either `file` (a "
         "zip holding adapter_config.json and adapter_model.safetensors) or `config` and "
-        "`weights`. Validated against the base model before anything is stored."
+        '`weights`. Optional `seeds` (JSONL of a few `{"input", "output"}` examples) '
+        "and `labels` (comma-separated) are kept with the adapter so it can be transferred "
+        "to another base model. Validated against the base model before anything is stored."
     ),
 )
 async def upload_adapter(
@@ -255,10 +260,18 @@ async def upload_adapter(
     data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
 ) -> AdapterOut:
     max_bytes = state.registry.settings.max_adapter_bytes
+    seeds = await _part(data.seeds, "seeds") if data.seeds is not None else None
+    labels = [x.strip() for x in data.labels.split(",")] if data.labels is not None else None
+    artifacts, meta = seed_artifacts(seeds, labels)  # checked before the adapter is read
     files = await uploaded_files(data.file, data.config, data.weights, max_bytes)
     rec = await anyio.to_thread.run_sync(
         lambda: _registry(state).add_adapter(
-            files, base_model=data.base_model, description=data.description, name=data.name
+            files,
+            base_model=data.base_model,
+            description=data.description,
+            name=data.name,
+            meta=meta,
+            artifacts=artifacts,
         ),
     )
     return AdapterOut.of(rec)

@@ -230,16 +230,17 @@ def main() -> None:
     print(f"loading {args.source} and {target}", file=sys.stderr)
     teacher = Evaluator.from_path(reg.base_model_path(args.source))
     student = Evaluator.from_path(reg.base_model_path(target))
-    rows = []
+    slug = f"transfer-{args.source}-to-{target}".replace("/", "_")
+    path = reg.settings.results_dir / f"{slug}.json"
+    rows: list[dict[str, Any]] = []
     for i, task in enumerate(tasks, 1):
         print(f"[{i}/{len(tasks)}] {task.name}", file=sys.stderr)
         rows.append(score_task(reg, task, teacher, student, target, args))
-    md = markdown(rows, args.source, target, args)
-    slug = f"transfer-{args.source}-to-{target}".replace("/", "_")
-    path = reg.settings.results_dir / f"{slug}.json"
-    payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": rows}
-    write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
-    write_atomic(path.with_suffix(".md"), md.encode())
+        # the files follow every finished task, so an interrupted run keeps what it measured
+        md = markdown(rows, args.source, target, args)
+        payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": rows}
+        write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
+        write_atomic(path.with_suffix(".md"), md.encode())
     sys.stdout.write(md)
     print(f"results: {path}", file=sys.stderr)
 

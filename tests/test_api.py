@@ -199,6 +199,48 @@ def test_bad_uploads_change_nothing(client: TestClient, world) -> None:  # type:
     assert reg.count_adapters() == before
 
 
+def test_upload_keeps_seeds_and_labels_for_transfers(  # type: ignore[no-untyped-def]
+    client: TestClient, world, tmp_path: Path
+) -> None:
+    from generator.transfer_source import read_seeds
+    from generator.zoo import SEEDS
+
+    reg: Registry = world["registry"]
+    folder = make_lora(Path(world["base"]), tmp_path / "lora", r=4, seed=5)
+    files = {
+        "config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
+        "weights": ("w", (folder / "adapter_model.safetensors").read_bytes()),
+    }
+    form = {"description": "Does the text mention a ship? Answer yes or no.",
+            "base_model": world["base"]}  # fmt: skip
+    seeds = b'{"input": "a ship at sea", "output": "yes"}\n{"input": "a cat", "output": "no"}\n'
+    before = reg.count_adapters()
+    bad = [
+        ({"labels": "yes,no"}, {"seeds": ("s.jsonl", b"{not json")}, "seed line 1"),
+        ({"labels": "yes,maybe"}, {"seeds": ("s.jsonl", seeds)}, "not among the labels"),
+        ({"labels": "yes,yes"}, {}, "distinct"),
+    ]
+    for extra_form, extra_files, message in bad:
+        r = client.post(
+            "/v1/adapters", data=form | extra_form, files=files | extra_files,
+            headers=auth(world["admin"]),
+        )  # fmt: skip
+        assert r.status_code == 400 and message in r.json()["detail"], r.text
+    assert reg.count_adapters() == before
+    r = client.post(
+        "/v1/adapters", data=form | {"labels": "yes, no", "name": "ship"},
+        files=files | {"seeds": ("s.jsonl", seeds, "application/jsonl")},
+        headers=auth(world["admin"]),
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    rec = reg.get_adapter(r.json()["id"])
+    assert rec.meta["labels"] == ["yes", "no"]
+    assert [(e.input, e.output) for e in read_seeds(reg.artifact(rec.id, SEEDS))] == [
+        ("a ship at sea", "yes"), ("a cat", "no"),
+    ]  # fmt: skip
+    reg.delete_adapter(rec.id)
+
+
 def test_too_large_upload_is_413(world) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 

@@ -142,10 +142,18 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     page.get_by_label("Base model").fill(server["base"])
     page.get_by_label("Name (optional)").fill("pirate-translator")
     page.get_by_label("PEFT zip").set_input_files(str(zip_of(server["lora"], tmp_path / "p.zip")))
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"input": "Ahoy, matey!", "output": "Hello, friend!"}\n')
+    page.get_by_label("Seed examples (optional)").set_input_files(str(seeds))
     shoot(page, shots, "upload")
     page.get_by_role("button", name="Upload").click()
     page.wait_for_url(re.compile(r"/ui/adapters/\d+$"))
     pirate_url = page.url
+    kept = httpx.get(
+        f"{server['url']}/v1/adapters/{pirate_url.rsplit('/', 1)[1]}",
+        headers={"Authorization": f"Bearer {server['admin']}"},
+    ).json()
+    assert "seeds.jsonl" in kept["artifacts"], kept  # it can be transferred later
     assert page.get_by_role("heading", level=1).inner_text() == "pirate-translator"
     assert "Uploaded adapter pirate-translator" in page.get_by_role("status").inner_text()
     # tiny Llama: 2 layers x (q_proj, v_proj), one bar each, of positive height

@@ -23,6 +23,7 @@ from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
 from api.ui.sessions import authenticate_key, log_in, log_out
 from generator.checkpoint import METHODS
+from generator.transfer_source import seed_artifacts
 from registry.errors import InvalidInput, LoramintError
 from registry.service import Registry
 
@@ -81,15 +82,23 @@ async def logout(request: Request[Any, Any, Any]) -> Redirect:
 @post("/upload", opt=ADMIN)
 async def upload(request: Request[Any, Any, Any], state: State) -> Template | Redirect:
     form = await request.form()
-    values = {f: _text(form, f) for f in ("description", "base_model", "name")}
+    values = {f: _text(form, f) for f in ("description", "base_model", "name", "labels")}
     reg = _reg(state)
     file = form.get("file")
+    seeds = form.get("seeds")
     try:
         if not isinstance(file, UploadFile) or not file.filename:
             raise InvalidInput(
                 "Choose a PEFT adapter zip file (it holds adapter_config.json and "
                 "adapter_model.safetensors)."
             )
+        raw_seeds = (
+            await seeds.read() if isinstance(seeds, UploadFile) and seeds.filename else None
+        )
+        labels = values["labels"].strip()
+        artifacts, meta = seed_artifacts(
+            raw_seeds, [x.strip() for x in labels.split(",")] if labels else None
+        )
         files = await uploaded_files(file, None, None, reg.settings.max_adapter_bytes)
         rec = await anyio.to_thread.run_sync(
             lambda: reg.add_adapter(
@@ -97,6 +106,8 @@ async def upload(request: Request[Any, Any, Any], state: State) -> Template | Re
                 base_model=values["base_model"].strip(),
                 description=values["description"],
                 name=values["name"].strip() or None,
+                meta=meta,
+                artifacts=artifacts,
             )
         )
     except LoramintError as exc:
