@@ -92,9 +92,7 @@ async def upload(request: Request[Any, Any, Any], state: State) -> Template | Re
                 "Choose a PEFT adapter zip file (it holds adapter_config.json and "
                 "adapter_model.safetensors)."
             )
-        raw_seeds = (
-            await seeds.read() if isinstance(seeds, UploadFile) and seeds.filename else None
-        )
+        raw_seeds = await seeds.read() if isinstance(seeds, UploadFile) and seeds.filename else None
         labels = values["labels"].strip()
         artifacts, meta = seed_artifacts(
             raw_seeds, [x.strip() for x in labels.split(",")] if labels else None
