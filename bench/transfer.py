@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/transfer.py [--tasks 5] [--names a,b] [--samples 64]
         [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100] [--min-gain 0.1]
-        [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh]
+        [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh] [--balanced]
 
 For each held-out task of the default suite (``$LORAMINT_HOME/tasks/default``)
 whose zoo adapter ``zoo-<task>`` is registered on the source model and beat
@@ -18,18 +18,24 @@ split (its first ``--eval-n`` examples):
                 registered on the target;
 - no filter:    the same distillation on the job's raw synthetic inputs (its
                 synthesize stage, unfiltered), plus the seeds;
-- seeds only:   the same distillation on the seed inputs alone.
+- seeds only:   the same distillation on the seed inputs alone;
+- with ``--balanced``, two more: the kept and the raw inputs distilled with
+  ``balance_labels`` (each input weighted so the teacher's labels on them
+  follow the seeds' label shares instead of the synthetic inputs' skew).
 
 The ablations are distilled in this process with the job's settings and are
 not registered. A finished transfer job with the same parameters is reused
-unless ``--fresh``. Prints one table of accuracies and one of wall time per
-stage; writes ``results/transfer-<source>-to-<target>.json`` and ``.md``
-under ``$LORAMINT_HOME``.
+unless ``--fresh``, and so are the figures the last results file holds for
+the same job and test examples (a second run adds only missing columns).
+Prints one table of accuracies and one of wall time per stage; writes
+``results/transfer-<source>-to-<target>.json`` and ``.md`` under
+``$LORAMINT_HOME`` after every task.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 STAGES = ("synthesize", "discriminator", "filter", "distill")
 COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
 HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
+BALANCED = {"balanced": "balanced", "no_filter_balanced": "no filter, balanced"}
 
 
 def source_gain(record: Any) -> float | None:
@@ -81,6 +88,15 @@ def pick_tasks(
     return tasks if names else tasks[:n]
 
 
+def settled(params: dict[str, Any]) -> dict[str, Any]:
+    """Transfer job parameters with every setting spelled out (a job queued before a
+    setting existed ran with its default)."""
+    from generator.transfer import TransferConfig
+
+    config = TransferConfig.from_dict({**params["config"], "samples": params["samples"]})
+    return {**params, "config": config.to_dict() | {"samples": params["samples"]}}
+
+
 def transfer_job(
     reg: Any, adapter_id: int, target: str, config: dict[str, Any], fresh: bool
 ) -> Any:
@@ -90,8 +106,9 @@ def transfer_job(
 
     request = transfer_request(reg, adapter_id, target, config=config)
     if not fresh:
+        wanted = settled(request.params())
         for job in reg.list_jobs(kind="transfer", state="succeeded", limit=1000):
-            if job.params == request.params():
+            if settled(job.params) == wanted:
                 print(f"  reusing transfer job {job.id}", file=sys.stderr)
                 return job
     job = submit_request(reg, request)
@@ -100,8 +117,17 @@ def transfer_job(
 
 
 def score_task(
-    reg: Any, task: Any, teacher: Any, student: Any, target: str, args: argparse.Namespace
+    reg: Any,
+    task: Any,
+    teacher: Any,
+    student: Any,
+    target: str,
+    args: argparse.Namespace,
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One table row. ``earlier`` is this task's row from the last results file: its
+    figures are reused when they came from the same adapter, job and test examples
+    (every column is seeded, so recomputing would give the same numbers)."""
     from generator.transfer import TransferConfig
     from generator.transfer_job import StageOutput, artifact_name, target_modules
     from generator.transfer_source import distill_target, registered_adapter, source_task
@@ -111,8 +137,6 @@ def score_task(
     source = source_task(reg, record.id)
     test = task.test[: args.eval_n]
     row: dict[str, Any] = {"task": task.name, "adapter_id": record.id, "eval_n": len(test)}
-    row["source"] = teacher.accuracy(task, source.adapter, examples=test).accuracy
-    row["target_bare"] = student.accuracy(task, examples=test).accuracy
     settings = {
         "samples": args.samples,
         "distill_steps": args.steps,
@@ -122,14 +146,28 @@ def score_task(
     }
     job = transfer_job(reg, record.id, target, settings, args.fresh)
     row["job_id"] = job.id
+    same = earlier is not None and all(earlier.get(k) == row[k] for k in row)
+    old = earlier if same and earlier is not None and not args.fresh else {}
+
+    def measure(column: str, score: Any) -> None:
+        if isinstance(old.get(column), float):
+            row[column] = old[column]
+            if f"{column}_seconds" in old:
+                row[f"{column}_seconds"] = old[f"{column}_seconds"]
+            return
+        t0 = time.perf_counter()
+        row[column] = score()
+        row[f"{column}_seconds"] = round(time.perf_counter() - t0, 1)
+
+    measure("source", lambda: teacher.accuracy(task, source.adapter, examples=test).accuracy)
+    measure("target_bare", lambda: student.accuracy(task, examples=test).accuracy)
     if job.state != "succeeded":
         row["error"] = (job.error or job.state).strip().splitlines()[-1]
         return row
     result = job.result
     row["transferred_adapter_id"] = result["adapter_id"]
-    row["transferred"] = student.accuracy(
-        task, registered_adapter(reg, result["adapter_id"]), examples=test
-    ).accuracy
+    transferred = registered_adapter(reg, result["adapter_id"])
+    measure("transferred", lambda: student.accuracy(task, transferred, examples=test).accuracy)
     row["stages"] = result["stages"]
     row["wall_seconds"] = result["wall_seconds"]
     if job.started_at and job.finished_at:
@@ -137,12 +175,20 @@ def score_task(
     config = TransferConfig.from_dict({**job.params["config"], "samples": job.params["samples"]})
     modules = target_modules(reg, record, target)
     raw = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("synthesize")))
-    for column, inputs in (("no_filter", raw.data["inputs"][: config.samples]), ("seeds_only", [])):
-        t0 = time.perf_counter()
-        distilled, _ = distill_target(source, teacher, student, inputs, config, modules)
+    unfiltered = raw.data["inputs"][: config.samples]
+    kept = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data["kept"]
+    variants = [("no_filter", unfiltered, config), ("seeds_only", [], config)]
+    if args.balanced:  # the same inputs, weighted towards the seeds' label shares
+        balanced = dataclasses.replace(config, balance_labels=True)
+        variants += [("balanced", kept, balanced), ("no_filter_balanced", unfiltered, balanced)]
+
+    def distilled_accuracy(inputs: list[str], cfg: Any) -> float:
+        distilled, _ = distill_target(source, teacher, student, inputs, cfg, modules)
         adapter = (distilled.peft_config, distilled.weights)
-        row[column] = student.accuracy(task, adapter, examples=test).accuracy
-        row[f"{column}_seconds"] = round(time.perf_counter() - t0, 1)
+        return float(student.accuracy(task, adapter, examples=test).accuracy)
+
+    for column, inputs, cfg in variants:
+        measure(column, lambda inputs=inputs, cfg=cfg: distilled_accuracy(inputs, cfg))
     return row
 
 
@@ -151,13 +197,16 @@ def fmt(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argparse.Namespace) -> str:
+    columns = dict(zip(COLUMNS, HEADERS, strict=True))
+    if args.balanced:
+        columns |= BALANCED
     lines = [
         f"Trans-LoRA `{source}` -> `{target}`: {len(rows)} held-out tasks, {args.samples} "
         f"synthetic samples, {args.steps} distillation steps, accuracy on <= {args.eval_n} "
         "test examples.",
         "",
-        "| task | " + " | ".join(HEADERS) + " | kept / generated |",
-        "|---|" + "---:|" * len(HEADERS) + "---:|",
+        "| task | " + " | ".join(columns.values()) + " | kept / generated |",
+        "|---|" + "---:|" * len(columns) + "---:|",
     ]
     for r in rows:
         stages = r.get("stages") or {}
@@ -167,24 +216,24 @@ def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argpars
         kept = stages.get("filter", {}).get("kept")
         counts = f"{kept} / {generated}" if kept is not None else r.get("error", "-")
         lines.append(
-            f"| {r['task']} | " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + f" | {counts} |"
+            f"| {r['task']} | " + " | ".join(fmt(r.get(c)) for c in columns) + f" | {counts} |"
         )
-    means = {c: [r[c] for r in rows if isinstance(r.get(c), float)] for c in COLUMNS}
+    means = {c: [r[c] for r in rows if isinstance(r.get(c), float)] for c in columns}
     lines.append(
         "| **mean** | "
         + " | ".join(fmt(sum(v) / len(v)) if v else "-" for v in means.values())
         + " | |"
     )
+    extra = {"job_seconds": "job total"} | {
+        f"{c}_seconds": h for c, h in columns.items() if c not in COLUMNS[:3]
+    }
     lines += ["", "Wall time per stage (s, this machine):", ""]
-    lines += ["| task | " + " | ".join(STAGES) + " | job total | no filter | seeds only |"]
-    lines += ["|---|" + "---:|" * (len(STAGES) + 3)]
+    lines += ["| task | " + " | ".join([*STAGES, *extra.values()]) + " |"]
+    lines += ["|---|" + "---:|" * (len(STAGES) + len(extra))]
     for r in rows:
         wall = r.get("wall_seconds") or {}
-        cells = [str(wall.get(s, "-")) for s in STAGES]
-        extra = [
-            str(r.get(k, "-")) for k in ("job_seconds", "no_filter_seconds", "seeds_only_seconds")
-        ]
-        lines.append(f"| {r['task']} | " + " | ".join(cells + extra) + " |")
+        cells = [str(wall.get(s, "-")) for s in STAGES] + [str(r.get(k, "-")) for k in extra]
+        lines.append(f"| {r['task']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -210,6 +259,11 @@ def main() -> None:
     ap.add_argument("--target", default="gemma3-270m")
     ap.add_argument("--suite", type=Path, default=None, help="task suite folder")
     ap.add_argument("--fresh", action="store_true", help="never reuse a finished job")
+    ap.add_argument(
+        "--balanced",
+        action="store_true",
+        help="also distil the kept and the raw inputs with balance_labels (two more columns)",
+    )
     args = ap.parse_args()
     if min(args.tasks, args.samples, args.steps, args.disc_steps, args.eval_n) < 1:
         ap.error("--tasks, --samples, --steps, --disc-steps and --eval-n must be positive")
@@ -232,10 +286,13 @@ def main() -> None:
     student = Evaluator.from_path(reg.base_model_path(target))
     slug = f"transfer-{args.source}-to-{target}".replace("/", "_")
     path = reg.settings.results_dir / f"{slug}.json"
+    earlier = {}
+    if path.exists() and not args.fresh:
+        earlier = {r["task"]: r for r in json.loads(path.read_text()).get("tasks", [])}
     rows: list[dict[str, Any]] = []
     for i, task in enumerate(tasks, 1):
         print(f"[{i}/{len(tasks)}] {task.name}", file=sys.stderr)
-        rows.append(score_task(reg, task, teacher, student, target, args))
+        rows.append(score_task(reg, task, teacher, student, target, args, earlier.get(task.name)))
         # the files follow every finished task, so an interrupted run keeps what it measured
         md = markdown(rows, args.source, target, args)
         payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": rows}

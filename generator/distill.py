@@ -123,6 +123,26 @@ def teacher_answers(
     return out
 
 
+def label_prior_weights(
+    teacher: torch.Tensor, prior: torch.Tensor, *, max_weight: float = 10.0
+) -> torch.Tensor:
+    """(N,) weights that make the teacher's labels on the inputs count as often as ``prior`` (L,).
+
+    Synthetic inputs follow the target model's idea of the task, not the task: for
+    "is this about a plant?" it writes mostly plants, so the student would see
+    mostly "yes". Each input is weighted by prior[label] / share[label] of its
+    teacher label (argmax), capped at ``max_weight`` so that one input of a rare
+    label cannot dominate. Labels absent from the inputs get nothing to weigh."""
+    N, L = teacher.shape
+    if tuple(prior.shape) != (L,):
+        raise ValueError(f"prior must have shape ({L},), got {tuple(prior.shape)}")
+    picked = teacher.argmax(-1)  # (N,)
+    share = torch.bincount(picked, minlength=L).float() / N  # (L,)
+    w = prior.float()[picked] / share[picked]  # (N,)
+    w = w / w.mean()
+    return w.clamp(max=max_weight)
+
+
 def distill_labels(
     model: torch.nn.Module,
     fmt: PromptFormat,
@@ -133,14 +153,19 @@ def distill_labels(
     config: TrainConfig,
     *,
     kd_temperature: float = 1.0,
+    weights: torch.Tensor | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Distilled:
-    """Train a LoRA on ``model`` whose label distribution matches ``teacher`` (N, L)."""
+    """Train a LoRA on ``model`` whose label distribution matches ``teacher`` (N, L).
+
+    ``weights`` (N,), if given, weighs each input's KL term (see ``label_prior_weights``)."""
     N, L = len(inputs), len(labels)
     if N == 0:
         raise InvalidInput("nothing to distill on: no inputs")
     if tuple(teacher.shape) != (N, L):
         raise ValueError(f"teacher has shape {tuple(teacher.shape)}, expected ({N}, {L})")
+    if weights is not None and (tuple(weights.shape) != (N,) or bool((weights <= 0).any())):
+        raise ValueError(f"weights must be ({N},) and positive, got {tuple(weights.shape)}")
     pad_id = fmt.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else (fmt.tokenizer.eos_token_id or 0)
     examples = [Example(x, labels[0]) for x in inputs]
@@ -169,7 +194,9 @@ def distill_labels(
             scores = score_batch(peft_model, prefix, [own[i] for i in idx], lab, lab_mask, pad_id)
             log_student = F.log_softmax(scores / T, dim=-1)  # (B, L)
             # KL(teacher || student); T^2 keeps gradients comparable across temperatures
-            loss = F.kl_div(log_student, teacher[idx], reduction="batchmean") * (T * T)
+            kl = F.kl_div(log_student, teacher[idx], reduction="none").sum(-1)  # (B,)
+            w = weights[idx] if weights is not None else torch.ones_like(kl)
+            loss = (w * kl).sum() / w.sum() * (T * T)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

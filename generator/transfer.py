@@ -66,6 +66,9 @@ class TransferConfig:
     # softmax temperature of teacher and student label distributions (Hinton et al.);
     # the loss is scaled by its square so the gradient size does not depend on it
     kd_temperature: float = 1.0
+    # weigh the distillation inputs so the teacher's labels on them follow the seeds'
+    # label shares (add-one smoothed) instead of the synthetic inputs' skew
+    balance_labels: bool = False
     max_answer_tokens: int = 48  # free-form tasks: the teacher's greedy answer length
     seed: int = 0
 
@@ -87,6 +90,8 @@ class TransferConfig:
             raise InvalidInput(
                 f"min_kept must be at most samples ({self.samples}), got {self.min_kept}"
             )
+        if not isinstance(self.balance_labels, bool):
+            raise InvalidInput(f"balance_labels must be true or false, got {self.balance_labels!r}")
         numbers = {
             "temperature": 100.0, "top_p": 1.0, "disc_lr": 10.0, "distill_lr": 10.0,
             "kd_temperature": 100.0,

@@ -122,6 +122,7 @@ def models(tiny_base: Path, tiny_gemma: Path) -> dict[str, Evaluator]:
         ({"min_kept": 10, "samples": 4}, "min_kept must be at most samples"),
         ({"max_rounds": -1}, "max_rounds must be an integer"),
         ({"distill_stpes": 3}, "unknown transfer settings distill_stpes"),
+        ({"balance_labels": "yes"}, "balance_labels must be true or false"),
     ],
 )
 def test_bad_settings_name_the_value(settings: dict[str, Any], message: str) -> None:
@@ -260,6 +261,30 @@ def test_discriminator_learns_real_from_source_synthetic(world, models) -> None:
     assert judge(source, disc, task.description, texts) == [x > 0 for x in trained]
 
 
+def test_label_prior_weights_give_each_label_its_prior_share() -> None:
+    from generator.distill import label_prior_weights
+
+    # 6 inputs the teacher calls "yes", 2 it calls "no": a synthetic skew
+    teacher = torch.tensor([[0.9, 0.1]] * 6 + [[0.2, 0.8]] * 2)
+    w = label_prior_weights(teacher, torch.tensor([0.5, 0.5]))
+    assert w.shape == (8,) and torch.isclose(w.mean(), torch.tensor(1.0))
+    assert torch.isclose(w[:6].sum(), w[6:].sum())  # each label now weighs half
+    skewed = label_prior_weights(teacher, torch.tensor([0.25, 0.75]))
+    assert torch.isclose(skewed[6:].sum(), 3 * skewed[:6].sum())
+    capped = label_prior_weights(torch.tensor([[0.9, 0.1]] * 99 + [[0.1, 0.9]]),
+                                 torch.tensor([0.5, 0.5]), max_weight=5.0)  # fmt: skip
+    assert float(capped.max()) == 5.0  # one rare input cannot take over
+    with pytest.raises(ValueError, match="prior must have shape"):
+        label_prior_weights(teacher, torch.tensor([1.0]))
+
+
+def test_the_seeds_label_shares_are_the_prior(world) -> None:  # type: ignore[no-untyped-def]
+    task = source_task(world["registry"], world["source_id"], weights=False)
+    counts = [sum(e.output == label for e in task.seeds) for label in task.labels]
+    expected = torch.tensor([c + 1.0 for c in counts]) / (sum(counts) + len(counts))
+    assert torch.allclose(task.label_prior(), expected)
+
+
 def test_distillation_moves_the_target_towards_the_teacher(world, models) -> None:  # type: ignore[no-untyped-def]
     from generator.distill import distill_labels
 
@@ -290,6 +315,17 @@ def test_distillation_moves_the_target_towards_the_teacher(world, models) -> Non
     a = out.weights["base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight"]
     assert a.shape == (task.record.rank, 48)
     assert kl_to_teacher((out.peft_config, out.weights)) < kl_to_teacher()
+    weighted = distill_labels(
+        target.model, target.format, task.description, inputs, task.labels, teacher, train,
+        weights=torch.linspace(0.5, 2.0, 12),
+    )  # fmt: skip
+    assert weighted.losses != out.losses  # the weights reach the loss
+    assert kl_to_teacher((weighted.peft_config, weighted.weights)) < kl_to_teacher()
+    with pytest.raises(ValueError, match="weights must be"):
+        distill_labels(
+            target.model, target.format, task.description, inputs, task.labels, teacher, train,
+            weights=torch.ones(3),
+        )  # fmt: skip
 
 
 def test_free_form_tasks_distil_the_teachers_answers(world, models) -> None:  # type: ignore[no-untyped-def]
@@ -653,6 +689,18 @@ def test_bench_prints_the_table_on_tiny_models(
     [task] = json.loads(written[0].read_text())["tasks"]
     assert set(task["wall_seconds"]) == {"synthesize", "discriminator", "filter", "distill"}
     assert task["transferred_adapter_id"] and task["eval_n"] == 6
+
+    # a second run reuses the job and the figures, and adds the balanced columns
+    again = subprocess.run(
+        [*run.args, "--balanced"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"reusing transfer job {task['job_id']}" in again.stderr
+    [second] = json.loads(written[0].read_text())["tasks"]
+    assert {k: second[k] for k in task} == task  # nothing measured twice
+    assert 0.0 <= second["balanced"] <= 1.0 and 0.0 <= second["no_filter_balanced"] <= 1.0
+    header = next(line for line in again.stdout.splitlines() if line.startswith("| task |"))
+    assert header.split("|")[-3:-1] == [" no filter, balanced ", " kept / generated "]
 
 
 def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
