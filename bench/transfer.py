@@ -20,8 +20,8 @@ split (its first ``--eval-n`` examples):
                 synthesize stage, unfiltered), plus the seeds;
 - seeds only:   the same distillation on the seed inputs alone;
 - with ``--balanced``, two more: the kept and the raw inputs distilled with
-  ``balance_labels`` (each input weighted so the teacher's labels on them
-  follow the seeds' label shares instead of the synthetic inputs' skew).
+  ``balance_labels`` (each input weighted so that every label the teacher
+  gives the inputs counts alike, whatever the synthetic inputs' skew).
 
 The ablations are distilled in this process with the job's settings and are
 not registered. A finished transfer job with the same parameters is reused
@@ -178,7 +178,7 @@ def score_task(
     unfiltered = raw.data["inputs"][: config.samples]
     kept = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data["kept"]
     variants = [("no_filter", unfiltered, config), ("seeds_only", [], config)]
-    if args.balanced:  # the same inputs, weighted towards the seeds' label shares
+    if args.balanced:  # the same inputs, each teacher label weighted alike
         balanced = dataclasses.replace(config, balance_labels=True)
         variants += [("balanced", kept, balanced), ("no_filter_balanced", unfiltered, balanced)]
 

@@ -123,22 +123,20 @@ def teacher_answers(
     return out
 
 
-def label_prior_weights(
-    teacher: torch.Tensor, prior: torch.Tensor, *, max_weight: float = 10.0
-) -> torch.Tensor:
-    """(N,) weights that make the teacher's labels on the inputs count as often as ``prior`` (L,).
+def balanced_weights(teacher: torch.Tensor, *, max_weight: float = 10.0) -> torch.Tensor:
+    """(N,) weights under which every label the teacher picks (argmax) on the inputs
+    counts as much in the loss as every other.
 
     Synthetic inputs follow the target model's idea of the task, not the task: for
-    "is this about a plant?" it writes mostly plants, so the student would see
-    mostly "yes". Each input is weighted by prior[label] / share[label] of its
-    teacher label (argmax), capped at ``max_weight`` so that one input of a rare
-    label cannot dominate. Labels absent from the inputs get nothing to weigh."""
+    "is this about a plant?" it writes mostly plants, so the student would spend
+    its steps on "yes". The targets stay the teacher's own distributions, so the
+    weights change which inputs the student fits first, not what it should
+    predict for any one input. Capped at ``max_weight`` (relative to the mean) so
+    that one input of a rare label cannot take over."""
     N, L = teacher.shape
-    if tuple(prior.shape) != (L,):
-        raise ValueError(f"prior must have shape ({L},), got {tuple(prior.shape)}")
     picked = teacher.argmax(-1)  # (N,)
-    share = torch.bincount(picked, minlength=L).float() / N  # (L,)
-    w = prior.float()[picked] / share[picked]  # (N,)
+    counts = torch.bincount(picked, minlength=L).float()  # (L,)
+    w = 1.0 / counts[picked]  # (N,) each present label sums to 1
     w = w / w.mean()
     return w.clamp(max=max_weight)
 
@@ -158,7 +156,7 @@ def distill_labels(
 ) -> Distilled:
     """Train a LoRA on ``model`` whose label distribution matches ``teacher`` (N, L).
 
-    ``weights`` (N,), if given, weighs each input's KL term (see ``label_prior_weights``)."""
+    ``weights`` (N,), if given, weighs each input's KL term (see ``balanced_weights``)."""
     N, L = len(inputs), len(labels)
     if N == 0:
         raise InvalidInput("nothing to distill on: no inputs")

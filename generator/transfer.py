@@ -66,8 +66,8 @@ class TransferConfig:
     # softmax temperature of teacher and student label distributions (Hinton et al.);
     # the loss is scaled by its square so the gradient size does not depend on it
     kd_temperature: float = 1.0
-    # weigh the distillation inputs so the teacher's labels on them follow the seeds'
-    # label shares (add-one smoothed) instead of the synthetic inputs' skew
+    # weigh the distillation inputs so each label the teacher gives them counts
+    # alike, whatever the synthetic inputs' skew (generator.distill.balanced_weights)
     balance_labels: bool = False
     max_answer_tokens: int = 48  # free-form tasks: the teacher's greedy answer length
     seed: int = 0

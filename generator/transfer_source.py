@@ -16,14 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from generator.distill import (
     Adapter,
     Distilled,
+    balanced_weights,
     distill_answers,
     distill_labels,
-    label_prior_weights,
     teacher_answers,
     teacher_label_probs,
 )
@@ -115,14 +113,6 @@ class SourceTask:
     @property
     def description(self) -> str:
         return self.record.description
-
-    def label_prior(self) -> torch.Tensor:
-        """(L,) the seeds' label shares, add-one smoothed: all we know of the task's labels."""
-        counts = torch.ones(len(self.labels))
-        for e in self.seeds:
-            if e.output in self.labels:
-                counts[self.labels.index(e.output)] += 1
-        return counts / counts.sum()
 
     def seed_inputs(self, config: TransferConfig) -> list[str]:
         texts = [one_line(e.input, config.max_input_chars) for e in self.seeds]
@@ -334,8 +324,7 @@ def distill_target(
         )  # fmt: skip
         picked = probs.argmax(-1).tolist()
         counts = {label: picked.count(j) for j, label in enumerate(source.labels)}
-        prior = source.label_prior() if config.balance_labels else None
-        weights = label_prior_weights(probs, prior) if prior is not None else None
+        weights = balanced_weights(probs) if config.balance_labels else None
         distilled = distill_labels(
             student.model, student.format, description, inputs, source.labels, probs, train,
             kd_temperature=config.kd_temperature, weights=weights, on_step=on_step,

@@ -261,28 +261,18 @@ def test_discriminator_learns_real_from_source_synthetic(world, models) -> None:
     assert judge(source, disc, task.description, texts) == [x > 0 for x in trained]
 
 
-def test_label_prior_weights_give_each_label_its_prior_share() -> None:
-    from generator.distill import label_prior_weights
+def test_balanced_weights_make_each_teacher_label_count_alike() -> None:
+    from generator.distill import balanced_weights
 
     # 6 inputs the teacher calls "yes", 2 it calls "no": a synthetic skew
     teacher = torch.tensor([[0.9, 0.1]] * 6 + [[0.2, 0.8]] * 2)
-    w = label_prior_weights(teacher, torch.tensor([0.5, 0.5]))
+    w = balanced_weights(teacher)
     assert w.shape == (8,) and torch.isclose(w.mean(), torch.tensor(1.0))
     assert torch.isclose(w[:6].sum(), w[6:].sum())  # each label now weighs half
-    skewed = label_prior_weights(teacher, torch.tensor([0.25, 0.75]))
-    assert torch.isclose(skewed[6:].sum(), 3 * skewed[:6].sum())
-    capped = label_prior_weights(torch.tensor([[0.9, 0.1]] * 99 + [[0.1, 0.9]]),
-                                 torch.tensor([0.5, 0.5]), max_weight=5.0)  # fmt: skip
+    three = balanced_weights(torch.tensor([[0.8, 0.1, 0.1]] * 3 + [[0.1, 0.1, 0.8]]))
+    assert torch.isclose(three[:3].sum(), three[3])  # a label nobody picked takes nothing
+    capped = balanced_weights(torch.tensor([[0.9, 0.1]] * 99 + [[0.1, 0.9]]), max_weight=5.0)
     assert float(capped.max()) == 5.0  # one rare input cannot take over
-    with pytest.raises(ValueError, match="prior must have shape"):
-        label_prior_weights(teacher, torch.tensor([1.0]))
-
-
-def test_the_seeds_label_shares_are_the_prior(world) -> None:  # type: ignore[no-untyped-def]
-    task = source_task(world["registry"], world["source_id"], weights=False)
-    counts = [sum(e.output == label for e in task.seeds) for label in task.labels]
-    expected = torch.tensor([c + 1.0 for c in counts]) / (sum(counts) + len(counts))
-    assert torch.allclose(task.label_prior(), expected)
 
 
 def test_distillation_moves_the_target_towards_the_teacher(world, models) -> None:  # type: ignore[no-untyped-def]
