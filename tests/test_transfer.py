@@ -643,26 +643,37 @@ def test_killed_worker_resumes_the_transfer_with_one_result(
     reg.close()
 
 
-def test_bench_prints_the_table_on_tiny_models(
-    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
-) -> None:  # type: ignore[no-untyped-def]
-    """bench/transfer.py end to end: source, bare target, transferred and both ablations."""
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
+
+
+def bench_world(
+    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tiny transfer world with a one-task default suite (held-out "cat"), closed so
+    that bench/transfer.py can open it, and the environment that points there."""
     from generator.tasks import TaskSuite
 
     w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
     settings: Settings = w["settings"]
-    suite = TaskSuite(settings.tasks_dir / "default")
-    suite.write_all([tiny_task("cat", "cat", held_out=True)])
+    TaskSuite(settings.tasks_dir / "default").write_all([tiny_task("cat", "cat", held_out=True)])
     w["registry"].close()
     env = os.environ | {
         "LORAMINT_HOME": str(settings.home),
         "LORAMINT_DATABASE_URL": settings.database_url,
         "LORAMINT_MODEL_CACHE": str(settings.model_cache),
     }
-    bench = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
+    return w, env
+
+
+def test_bench_prints_the_table_on_tiny_models(
+    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    """bench/transfer.py end to end: source, bare target, transferred and both ablations."""
+    w, env = bench_world(tmp_path, tiny_base, tiny_gemma, embedder)
+    settings: Settings = w["settings"]
     run = subprocess.run(
         [
-            sys.executable, str(bench), "--source", w["base"], "--target", w["target"],
+            sys.executable, str(BENCH), "--source", w["base"], "--target", w["target"],
             "--samples", "3", "--steps", "3", "--disc-steps", "3", "--max-rounds", "1",
             "--min-kept", "0", "--eval-n", "6", "--min-gain", "0",  # the tiny zoo is not scored
         ],
@@ -698,20 +709,10 @@ def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
 ) -> None:  # type: ignore[no-untyped-def]
     """Without --names the bench transfers only adapters whose zoo gain reaches --min-gain;
     an unscored one (the tiny zoo's) does not, and the bench says so before loading models."""
-    from generator.tasks import TaskSuite
-
-    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
+    w, env = bench_world(tmp_path, tiny_base, tiny_gemma, embedder)
     settings: Settings = w["settings"]
-    TaskSuite(settings.tasks_dir / "default").write_all([tiny_task("cat", "cat", held_out=True)])
-    w["registry"].close()
-    env = os.environ | {
-        "LORAMINT_HOME": str(settings.home),
-        "LORAMINT_DATABASE_URL": settings.database_url,
-        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
-    }
-    bench = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
     run = subprocess.run(
-        [sys.executable, str(bench), "--source", w["base"], "--target", w["target"]],
+        [sys.executable, str(BENCH), "--source", w["base"], "--target", w["target"]],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode != 0
