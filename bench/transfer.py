@@ -88,27 +88,18 @@ def pick_tasks(
     return tasks if names else tasks[:n]
 
 
-def settled(params: dict[str, Any]) -> dict[str, Any]:
-    """Transfer job parameters with every setting spelled out (a job queued before a
-    setting existed ran with its default)."""
-    from generator.transfer import TransferConfig
-
-    config = TransferConfig.from_dict({**params["config"], "samples": params["samples"]})
-    return {**params, "config": config.to_dict() | {"samples": params["samples"]}}
-
-
 def transfer_job(
     reg: Any, adapter_id: int, target: str, config: dict[str, Any], fresh: bool
 ) -> Any:
     """A succeeded transfer job for these parameters: an earlier one, or one run here now."""
     from api.cli_transfer import follow
-    from generator.transfer_source import submit_request, transfer_request
+    from generator.transfer_source import TransferRequest, submit_request, transfer_request
 
     request = transfer_request(reg, adapter_id, target, config=config)
     if not fresh:
-        wanted = settled(request.params())
         for job in reg.list_jobs(kind="transfer", state="succeeded", limit=1000):
-            if settled(job.params) == wanted:
+            # read back as a request, a job queued before a setting existed has its default
+            if TransferRequest.from_params(job.params) == request:
                 print(f"  reusing transfer job {job.id}", file=sys.stderr)
                 return job
     job = submit_request(reg, request)
@@ -147,7 +138,7 @@ def score_task(
     job = transfer_job(reg, record.id, target, settings, args.fresh)
     row["job_id"] = job.id
     same = earlier is not None and all(earlier.get(k) == row[k] for k in row)
-    old = earlier if same and earlier is not None and not args.fresh else {}
+    old = earlier if same and earlier and not args.fresh else {}
 
     def measure(column: str, score: Any) -> None:
         if isinstance(old.get(column), float):
