@@ -3,6 +3,7 @@
     .venv/bin/python bench/transfer.py [--tasks 5] [--names a,b] [--samples 64]
         [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100] [--min-gain 0.1]
         [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh] [--balanced]
+        [--soft] [--set KEY=VALUE ...]
 
 For each held-out task of the default suite (``$LORAMINT_HOME/tasks/default``)
 whose zoo adapter ``zoo-<task>`` is registered on the source model and beat
@@ -21,9 +22,15 @@ split (its first ``--eval-n`` examples):
 - seeds only:   the same distillation on the seed inputs alone;
 - with ``--balanced``, two more: the kept and the raw inputs distilled with
   ``balance_labels`` (each input weighted so that every label the teacher
-  gives the inputs counts alike, whatever the synthetic inputs' skew).
+  gives the inputs counts alike, whatever the synthetic inputs' skew);
+- with ``--soft``, two more on every input the filter scored (kept and
+  rejected): ``soft_filter`` (batches draw each by the discriminator's
+  p(real)) and all of them drawn alike.
 
-The ablations are distilled in this process with the job's settings and are
+``--set`` passes any other transfer setting to the job (``loramint transfer
+--set``), e.g. ``--set label_prompts=true --set balance_labels=true``; the
+ablations use the job's settings, so they see the same synthetic inputs and
+weighting. The ablations are distilled in this process with the job's settings and are
 not registered. A finished transfer job with the same parameters is reused
 unless ``--fresh``, and so are the figures the last results file holds for
 the same job and test examples (a second run adds only missing columns).
@@ -48,6 +55,7 @@ STAGES = ("synthesize", "discriminator", "filter", "distill")
 COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
 HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
 BALANCED = {"balanced": "balanced", "no_filter_balanced": "no filter, balanced"}
+SOFT = {"soft_filter": "soft filter", "all_scored": "all scored"}
 
 
 def source_gain(record: Any) -> float | None:
@@ -120,7 +128,7 @@ def score_task(
     figures are reused when they came from the same adapter, job and test examples
     (every column is seeded, so recomputing would give the same numbers)."""
     from generator.transfer import TransferConfig
-    from generator.transfer_job import StageOutput, artifact_name, target_modules
+    from generator.transfer_job import StageOutput, artifact_name, filter_trust, target_modules
     from generator.transfer_source import distill_target, registered_adapter, source_task
     from generator.zoo import adapter_name
 
@@ -134,6 +142,7 @@ def score_task(
         "disc_steps": args.disc_steps,
         "max_rounds": args.max_rounds,
         "min_kept": min(args.min_kept, args.samples),
+        **args.settings,
     }
     job = transfer_job(reg, record.id, target, settings, args.fresh)
     row["job_id"] = job.id
@@ -167,19 +176,42 @@ def score_task(
     modules = target_modules(reg, record, target)
     raw = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("synthesize")))
     unfiltered = raw.data["inputs"][: config.samples]
-    kept = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data["kept"]
-    variants = [("no_filter", unfiltered, config), ("seeds_only", [], config)]
+    filtered = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data
+    kept = filtered["kept"]
+    hard = dataclasses.replace(config, soft_filter=False)  # the ablations' own inputs only
+    Variant = tuple[str, list[str], Any, dict[str, float] | None]
+    variants: list[Variant] = [
+        ("no_filter", unfiltered, hard, None),
+        ("seeds_only", [], hard, None),
+    ]
     if args.balanced:  # the same inputs, each teacher label weighted alike
-        balanced = dataclasses.replace(config, balance_labels=True)
-        variants += [("balanced", kept, balanced), ("no_filter_balanced", unfiltered, balanced)]
+        balanced = dataclasses.replace(hard, balance_labels=True)
+        variants += [
+            ("balanced", kept, balanced, None),
+            ("no_filter_balanced", unfiltered, balanced, None),
+        ]
+    if args.soft:  # every input the filter scored: drawn by p(real), or uniformly
+        disc = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("discriminator")))
+        trust = filter_trust(source, teacher, filtered, disc)
+        soft = dataclasses.replace(config, soft_filter=True)
+        variants += [
+            ("soft_filter", list(trust), soft, trust),
+            ("all_scored", list(trust), hard, None),
+        ]
+        row["scored"] = len(trust)
 
-    def distilled_accuracy(inputs: list[str], cfg: Any) -> float:
-        distilled, _ = distill_target(source, teacher, student, inputs, cfg, modules)
+    def distilled_accuracy(inputs: list[str], cfg: Any, trust: dict[str, float] | None) -> float:
+        distilled, _ = distill_target(source, teacher, student, inputs, cfg, modules, trust=trust)
         adapter = (distilled.peft_config, distilled.weights)
         return float(student.accuracy(task, adapter, examples=test).accuracy)
 
-    for column, inputs, cfg in variants:
-        measure(column, lambda inputs=inputs, cfg=cfg: distilled_accuracy(inputs, cfg))
+    for column, inputs, cfg, trusted in variants:
+        measure(
+            column,
+            lambda inputs=inputs, cfg=cfg, trusted=trusted: distilled_accuracy(
+                inputs, cfg, trusted
+            ),
+        )
     return row
 
 
@@ -191,10 +223,17 @@ def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argpars
     columns = dict(zip(COLUMNS, HEADERS, strict=True))
     if args.balanced:
         columns |= BALANCED
+    if args.soft:
+        columns |= SOFT
     lines = [
         f"Trans-LoRA `{source}` -> `{target}`: {len(rows)} held-out tasks, {args.samples} "
         f"synthetic samples, {args.steps} distillation steps, accuracy on <= {args.eval_n} "
-        "test examples.",
+        "test examples"
+        + (
+            ", settings " + ", ".join(f"{k}={v}" for k, v in args.settings.items()) + "."
+            if args.settings
+            else "."
+        ),
         "",
         "| task | " + " | ".join(columns.values()) + " | kept / generated |",
         "|---|" + "---:|" * len(columns) + "---:|",
@@ -255,17 +294,39 @@ def main() -> None:
         action="store_true",
         help="also distil the kept and the raw inputs with balance_labels (two more columns)",
     )
+    ap.add_argument(
+        "--soft",
+        action="store_true",
+        help="also distil on every input the filter scored: drawn by the discriminator's "
+        "p(real) (soft_filter), and uniformly (two more columns)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="pairs",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another transfer setting for the jobs (repeatable), as `loramint transfer --set`",
+    )
     args = ap.parse_args()
     if min(args.tasks, args.samples, args.steps, args.disc_steps, args.eval_n) < 1:
         ap.error("--tasks, --samples, --steps, --disc-steps and --eval-n must be positive")
     if args.max_rounds < 0 or args.min_kept < 0:
         ap.error("--max-rounds and --min-kept must be >= 0")
 
+    from api.cli_transfer import parse_settings
     from api.cli_zoo import open_suite
     from generator.evaluation import Evaluator
+    from generator.transfer import TransferConfig
     from registry.blobs import write_atomic
+    from registry.errors import InvalidInput
     from registry.service import Registry
 
+    try:
+        args.settings = parse_settings(args.pairs)
+        TransferConfig.from_dict(args.settings)  # unknown keys and bad values, before any work
+    except InvalidInput as e:
+        ap.error(str(e))
     reg = Registry()
     target = reg.prepare_base_model(args.target).name
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None

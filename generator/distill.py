@@ -152,11 +152,16 @@ def distill_labels(
     *,
     kd_temperature: float = 1.0,
     weights: torch.Tensor | None = None,
+    draw: torch.Tensor | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Distilled:
     """Train a LoRA on ``model`` whose label distribution matches ``teacher`` (N, L).
 
-    ``weights`` (N,), if given, weighs each input's KL term (see ``balanced_weights``)."""
+    ``weights`` (N,), if given, weighs each input's KL term (see ``balanced_weights``).
+    ``draw`` (N,), if given, makes every batch a seeded draw (with replacement) in
+    which input i comes with probability proportional to ``draw[i]`` (how much an
+    input is trusted, e.g. the discriminator's p(real)); without it each epoch takes
+    every input once, in a new order."""
     N, L = len(inputs), len(labels)
     if N == 0:
         raise InvalidInput("nothing to distill on: no inputs")
@@ -164,6 +169,10 @@ def distill_labels(
         raise ValueError(f"teacher has shape {tuple(teacher.shape)}, expected ({N}, {L})")
     if weights is not None and (tuple(weights.shape) != (N,) or bool((weights <= 0).any())):
         raise ValueError(f"weights must be ({N},) and positive, got {tuple(weights.shape)}")
+    if draw is not None and (
+        tuple(draw.shape) != (N,) or bool((draw < 0).any()) or not float(draw.sum()) > 0
+    ):
+        raise ValueError(f"draw must be ({N},), >= 0 and not all 0, got {tuple(draw.shape)}")
     pad_id = fmt.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else (fmt.tokenizer.eos_token_id or 0)
     examples = [Example(x, labels[0]) for x in inputs]
@@ -173,6 +182,7 @@ def distill_labels(
     lab, lab_mask = label_tensor([fmt.answer_ids(label) for label in labels], pad_id)  # (L, M)
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
+    drawer = torch.Generator().manual_seed(config.seed)
     peft_model = attach_lora(model, config)
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -184,11 +194,14 @@ def distill_labels(
         peft_model.train()
         t0 = time.perf_counter()
         for step in range(config.steps):
-            if len(queue) < config.batch_size:  # a new epoch, in a new order
-                order = list(range(N))
-                rng.shuffle(order)
-                queue += order
-            idx, queue = queue[: config.batch_size], queue[config.batch_size :]
+            if draw is not None:
+                idx = torch.multinomial(draw, config.batch_size, True, generator=drawer).tolist()
+            else:
+                if len(queue) < config.batch_size:  # a new epoch, in a new order
+                    order = list(range(N))
+                    rng.shuffle(order)
+                    queue += order
+                idx, queue = queue[: config.batch_size], queue[config.batch_size :]
             scores = score_batch(peft_model, prefix, [own[i] for i in idx], lab, lab_mask, pad_id)
             log_student = F.log_softmax(scores / T, dim=-1)  # (B, L)
             # KL(teacher || student); T^2 keeps gradients comparable across temperatures

@@ -69,6 +69,10 @@ class TransferConfig:
     # weigh the distillation inputs so each label the teacher gives them counts
     # alike, whatever the synthetic inputs' skew (generator.distill.balanced_weights)
     balance_labels: bool = False
+    # distil on every input the filter scored, not only the kept ones: batches draw
+    # each with probability proportional to the discriminator's p(real) (the kept
+    # ones above 1/2, the seeds at 1); labelled tasks only (free-form: the kept ones)
+    soft_filter: bool = False
     max_answer_tokens: int = 48  # free-form tasks: the teacher's greedy answer length
     seed: int = 0
 
@@ -90,8 +94,9 @@ class TransferConfig:
             raise InvalidInput(
                 f"min_kept must be at most samples ({self.samples}), got {self.min_kept}"
             )
-        if not isinstance(self.balance_labels, bool):
-            raise InvalidInput(f"balance_labels must be true or false, got {self.balance_labels!r}")
+        for flag in ("balance_labels", "soft_filter"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidInput(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         numbers = {
             "temperature": 100.0, "top_p": 1.0, "disc_lr": 10.0, "distill_lr": 10.0,
             "kd_temperature": 100.0,
@@ -390,12 +395,12 @@ def train_discriminator(
     )
 
 
-def judge(
+def margins(
     evaluator: Evaluator, disc: Discriminator, description: str, texts: Sequence[str]
-) -> list[bool]:
-    """For each text: does the discriminator give p(yes) > p(no)?"""
+) -> torch.Tensor:
+    """(N,) the discriminator's log p(yes) - log p(no) for each text."""
     if not texts:
-        return []
+        return torch.zeros(0)
     fmt = evaluator.format
     prompts = [fmt.prompt_ids(discriminator_description(description), t) for t in texts]
     labels = [fmt.answer_ids(YES), fmt.answer_ids(NO)]
@@ -403,7 +408,21 @@ def judge(
         scores = label_logprobs(
             model, prompts, labels, pad_id=evaluator.pad_id, batch_size=evaluator.batch_size
         )  # (N, 2)
-    return [bool(s) for s in (scores[:, 0] > scores[:, 1]).tolist()]
+    return scores[:, 0] - scores[:, 1]
+
+
+def realness(
+    evaluator: Evaluator, disc: Discriminator, description: str, texts: Sequence[str]
+) -> list[float]:
+    """For each text: the discriminator's p(yes) / (p(yes) + p(no)), its p(real)."""
+    return torch.sigmoid(margins(evaluator, disc, description, texts)).tolist()
+
+
+def judge(
+    evaluator: Evaluator, disc: Discriminator, description: str, texts: Sequence[str]
+) -> list[bool]:
+    """For each text: does the discriminator give p(yes) > p(no)?"""
+    return [bool(m > 0) for m in margins(evaluator, disc, description, texts).tolist()]
 
 
 # -- 3. rejection sampling --------------------------------------------------------

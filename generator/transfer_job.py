@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -36,7 +37,7 @@ from generator.transfer import (
     Synthesis,
     Synthesizer,
     TransferConfig,
-    judge,
+    margins,
     model_sampler,
     rejection_sample,
     synthesize,
@@ -211,8 +212,8 @@ def run_transfer(
     )
     pool = run.stage("synthesize", lambda: _synthesize(run)).data["inputs"]
     disc = run.stage("discriminator", lambda: _discriminator(run, modules))
-    kept = run.stage("filter", lambda: _filter(run, pool, disc)).data["kept"]
-    distilled = run.stage("distill", lambda: _distill(run, kept, modules))
+    filtered = run.stage("filter", lambda: _filter(run, pool, disc)).data
+    distilled = run.stage("distill", lambda: _distill(run, filtered, disc, modules))
     record = _register(run, name, distilled)
     store.progress(1.0, stage="register", log_line=f"register: adapter {record.id} ({record.name})")
     return _result(record, source, run.figures)
@@ -342,9 +343,9 @@ def _discriminator(run: _Run, modules: tuple[str, ...]) -> StageOutput:
     return StageOutput(figures, data, disc.weights)
 
 
-def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
-    cfg, source = run.config, run.source
-    disc = Discriminator(
+def stage_discriminator(disc_out: StageOutput) -> Discriminator:
+    """The discriminator a finished ``discriminator`` stage saved."""
+    return Discriminator(
         peft_config=disc_out.data["peft_config"],
         weights=disc_out.tensors,
         losses=disc_out.data["losses"],
@@ -352,6 +353,25 @@ def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
         synthetic=int(disc_out.figures["synthetic"]),
         seconds=float(disc_out.figures["seconds"]),
     )
+
+
+def filter_trust(
+    source: SourceTask, judge_model: Evaluator, filtered: dict[str, Any], disc_out: StageOutput
+) -> dict[str, float]:
+    """Every input the filter scored (kept, then rejected) -> the discriminator's p(real):
+    what the filter stage saved, or (a stage saved before it kept them) computed anew."""
+    texts = [*filtered["kept"], *filtered["rejected"]]
+    saved = filtered.get("realness")
+    if isinstance(saved, dict) and all(t in saved for t in texts):
+        return {t: float(saved[t]) for t in texts}
+    disc = stage_discriminator(disc_out)
+    scores = torch.sigmoid(margins(judge_model, disc, source.description, texts)).tolist()
+    return dict(zip(texts, scores, strict=True))
+
+
+def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
+    cfg, source = run.config, run.source
+    disc = stage_discriminator(disc_out)
     target = run.models.target
     more = Synthesizer(
         model_sampler(target.model, target.tokenizer, cfg),
@@ -362,9 +382,15 @@ def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
     )
     more.exclude(pool)
 
+    trust: dict[str, float] = {}  # every scored input's p(real)
+    accepted = [0]
+
     def accept(texts: list[str]) -> list[bool]:
-        verdicts = judge(run.models.source, disc, source.description, texts)
-        run.fraction("filter", sum(verdicts) / cfg.samples)
+        m = margins(run.models.source, disc, source.description, texts)  # (N,)
+        trust.update(zip(texts, torch.sigmoid(m).tolist(), strict=True))
+        verdicts = [bool(x > 0) for x in m.tolist()]
+        accepted[0] += sum(verdicts)
+        run.fraction("filter", accepted[0] / cfg.samples)
         return verdicts
 
     def next_batch(stats: Synthesis) -> list[str]:
@@ -380,17 +406,29 @@ def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
             f"inputs after {filtered.rounds} extra rounds, fewer than min_kept={cfg.min_kept}; "
             "raise max_rounds, or lower min_kept"
         )
-    return StageOutput(figures, {"kept": filtered.kept, "rejected": filtered.rejected})
+    scored = [*filtered.kept, *filtered.rejected]
+    data = {
+        "kept": filtered.kept,
+        "rejected": filtered.rejected,
+        "realness": {t: round(trust[t], 6) for t in scored},
+    }
+    return StageOutput(figures, data)
 
 
-def _distill(run: _Run, kept: list[str], modules: tuple[str, ...]) -> StageOutput:
+def _distill(
+    run: _Run, filtered: dict[str, Any], disc_out: StageOutput, modules: tuple[str, ...]
+) -> StageOutput:
+    trust = None
+    if run.config.soft_filter:  # every scored input, drawn by its p(real)
+        trust = filter_trust(run.source, run.models.source, filtered, disc_out)
     distilled, teacher = distill_target(
         run.source,
         run.models.source,
         run.models.target,
-        kept,
+        list(trust) if trust is not None else filtered["kept"],
         run.config,
         modules,
+        trust=trust,
         on_step=run.on_step("distill", run.config.distill_steps),
     )
     figures = {**distilled.figures(), **teacher}

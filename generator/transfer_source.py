@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from generator.distill import (
     Adapter,
@@ -310,11 +312,23 @@ def distill_target(
     config: TransferConfig,
     modules: tuple[str, ...],
     *,
+    trust: Mapping[str, float] | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[Distilled, dict[str, Any]]:
     """Distil the source adapter into a new LoRA on the student's model over ``inputs``
-    (plus the seed inputs); also returns the teacher's label counts (or answer count)."""
-    inputs = list(dict.fromkeys([*inputs, *source.seed_inputs(config)]))
+    (plus the seed inputs); also returns the teacher's label counts (or answer count).
+
+    ``trust`` (input -> the discriminator's p(real); the seeds count 1): batches draw
+    each input with probability proportional to it (``soft_filter``). A free-form
+    task, whose training cannot weigh inputs, keeps only the inputs trusted above 1/2."""
+    seeds = source.seed_inputs(config)
+    if trust is not None and not source.labels:
+        inputs = [x for x in inputs if trust.get(x, 1.0) > 0.5]
+    inputs = list(dict.fromkeys([*inputs, *seeds]))
+    draw = None
+    if trust is not None and source.labels:
+        real = set(seeds)
+        draw = torch.tensor([1.0 if x in real else float(trust.get(x, 1.0)) for x in inputs])
     train = student_config(source.record, config, modules)
     description = source.description
     if source.labels:
@@ -327,9 +341,12 @@ def distill_target(
         weights = balanced_weights(probs) if config.balance_labels else None
         distilled = distill_labels(
             student.model, student.format, description, inputs, source.labels, probs, train,
-            kd_temperature=config.kd_temperature, weights=weights, on_step=on_step,
+            kd_temperature=config.kd_temperature, weights=weights, draw=draw, on_step=on_step,
         )  # fmt: skip
-        return distilled, {"teacher_labels": counts}
+        figures: dict[str, Any] = {"teacher_labels": counts}
+        if draw is not None:  # the inputs' share of the draws the filter would have kept
+            figures["trusted_share"] = round(float(draw[draw > 0.5].sum() / draw.sum()), 4)
+        return distilled, figures
     answers = teacher_answers(
         teacher, source.adapter, description, inputs, max_new_tokens=config.max_answer_tokens
     )

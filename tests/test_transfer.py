@@ -8,6 +8,7 @@ Ray instance, and a real worker process killed in the middle of a job."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -317,6 +318,27 @@ def test_distillation_moves_the_target_towards_the_teacher(world, models) -> Non
             weights=torch.ones(3),
         )  # fmt: skip
 
+    # ``draw``: an input drawn with probability 0 never reaches a batch (its NaN
+    # target would make the loss NaN), and the draws are seeded
+    poisoned = teacher.clone()
+    poisoned[6:] = float("nan")
+    draw = torch.tensor([1.0, 0.2, 0.9, 0.5, 0.7, 0.3] + [0.0] * 6)
+
+    def drawn() -> Any:
+        return distill_labels(
+            target.model, target.format, task.description, inputs, task.labels, poisoned,
+            train, draw=draw,
+        )  # fmt: skip
+
+    first = drawn()
+    assert all(math.isfinite(x) for x in first.losses) and first.losses == drawn().losses
+    for bad in (torch.zeros(12), torch.ones(3), -torch.ones(12)):
+        with pytest.raises(ValueError, match="draw must be"):
+            distill_labels(
+                target.model, target.format, task.description, inputs, task.labels, teacher,
+                train, draw=bad,
+            )  # fmt: skip
+
 
 def test_free_form_tasks_distil_the_teachers_answers(world, models) -> None:  # type: ignore[no-untyped-def]
     from generator.distill import distill_answers, teacher_answers
@@ -354,6 +376,15 @@ def test_transfer_job_registers_one_adapter_for_the_target(store_world, tmp_path
     assert sorted(done.artifacts) == sorted(STAGE_ARTIFACTS)
     for stage in ("synthesize", "discriminator", "filter", "distill", "register"):
         assert f"{stage}: " in done.log
+    # the filter keeps every scored input's p(real): above 1/2 exactly for the kept ones
+    saved = StageOutput.from_bytes(reg.job_artifact(done.id, artifact_name("filter"))).data
+    real = saved["realness"]
+    assert (
+        set(real) == {*saved["kept"], *saved["rejected"]} and len(real) == f["kept"] + f["rejected"]
+    )
+    assert all(real[t] > 0.5 for t in saved["kept"]) and all(
+        real[t] <= 0.5 for t in saved["rejected"]
+    )
 
     rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
     assert rec.base_model == target and rec.provenance == "transferred"
@@ -371,6 +402,22 @@ def test_transfer_job_registers_one_adapter_for_the_target(store_world, tmp_path
     out = reg.export_adapter(rec.id, tmp_path / "moved")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(target), str(out))
     assert sum("lora_B" in n for n, _ in model.named_parameters()) == 3 * 2  # 3 layers, q and v
+
+
+def test_soft_filter_distils_on_every_scored_input(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    settings = {**FAST, "samples": 3, "max_rounds": 1, "soft_filter": True}
+    job = submit_transfer(reg, world["source_id"], world["target"], config=settings)
+    done = run_one(reg, "w-soft", HANDLERS)
+    assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+    stages = done.result["stages"]  # type: ignore[index]
+    f, d = stages["filter"], stages["distill"]
+    seeds = len(world["task"].seeds())
+    # every scored input (the synthesizer never repeats a seed) and the seeds
+    assert d["examples"] == f["kept"] + f["rejected"] + seeds
+    assert 0.0 < d["trusted_share"] <= 1.0
+    rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
+    assert rec.meta["transfer"]["config"]["soft_filter"] is True
 
 
 def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -691,17 +738,34 @@ def test_bench_prints_the_table_on_tiny_models(
     assert set(task["wall_seconds"]) == {"synthesize", "discriminator", "filter", "distill"}
     assert task["transferred_adapter_id"] and task["eval_n"] == 6
 
-    # a second run reuses the job and the figures, and adds the balanced columns
+    # a second run reuses the job and the figures, and adds the balanced and soft columns
     again = subprocess.run(
-        [*run.args, "--balanced"], env=env, capture_output=True, text=True, timeout=600
+        [*run.args, "--balanced", "--soft"], env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"reusing transfer job {task['job_id']}" in again.stderr
     [second] = json.loads(written[0].read_text())["tasks"]
     assert {k: second[k] for k in task} == task  # nothing measured twice
     assert 0.0 <= second["balanced"] <= 1.0 and 0.0 <= second["no_filter_balanced"] <= 1.0
+    assert 0.0 <= second["soft_filter"] <= 1.0 and 0.0 <= second["all_scored"] <= 1.0
+    assert second["scored"] >= 1
     header = next(line for line in again.stdout.splitlines() if line.startswith("| task |"))
-    assert header.split("|")[-3:-1] == [" no filter, balanced ", " kept / generated "]
+    assert header.split("|")[-5:-1] == [
+        " no filter, balanced ",
+        " soft filter ",
+        " all scored ",
+        " kept / generated ",
+    ]
+
+    # another setting is another job, named in the table's first line
+    third = subprocess.run(
+        [*run.args, "--set", "kd_temperature=2"], env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert third.returncode == 0, third.stderr[-3000:]
+    [row3] = json.loads(written[0].read_text())["tasks"]
+    assert row3["job_id"] != task["job_id"] and "settings kd_temperature=2" in third.stdout
+    assert w["registry"].get_job(row3["job_id"]).params["config"]["kd_temperature"] == 2
 
 
 def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
@@ -719,4 +783,11 @@ def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
     assert "skipped (source gain < 0.1): cat" in run.stderr
     assert "source gain >= 0.1" in run.stderr
     assert not list(settings.results_dir.glob("transfer-*"))
+    assert w["registry"].list_jobs(kind="transfer", limit=10) == []
+
+    bad = subprocess.run(
+        [*run.args, "--min-gain", "0", "--set", "kd_temprature=2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown transfer settings kd_temprature" in bad.stderr
     assert w["registry"].list_jobs(kind="transfer", limit=10) == []
