@@ -23,9 +23,8 @@ split (its first ``--eval-n`` examples):
 - with ``--balanced``, two more: the kept and the raw inputs distilled with
   ``balance_labels`` (each input weighted so that every label the teacher
   gives the inputs counts alike, whatever the synthetic inputs' skew);
-- with ``--soft``, two more on every input the filter scored (kept and
-  rejected): ``soft_filter`` (batches draw each by the discriminator's
-  p(real)) and all of them drawn alike.
+- with ``--soft``, one more: ``soft_filter``, every input the filter scored
+  (kept and rejected), batches drawing each by the discriminator's p(real).
 
 ``--set`` passes any other transfer setting to the job (``loramint transfer
 --set``), e.g. ``--set label_prompts=true --set balance_labels=true``; the
@@ -55,7 +54,7 @@ STAGES = ("synthesize", "discriminator", "filter", "distill")
 COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
 HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
 BALANCED = {"balanced": "balanced", "no_filter_balanced": "no filter, balanced"}
-SOFT = {"soft_filter": "soft filter", "all_scored": "all scored"}
+SOFT = {"soft_filter": "soft filter"}
 
 
 def source_gain(record: Any) -> float | None:
@@ -190,14 +189,11 @@ def score_task(
             ("balanced", kept, balanced, None),
             ("no_filter_balanced", unfiltered, balanced, None),
         ]
-    if args.soft:  # every input the filter scored: drawn by p(real), or uniformly
+    if args.soft:  # every input the filter scored, drawn by p(real)
         disc = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("discriminator")))
         trust = filter_trust(source, teacher, filtered, disc)
         soft = dataclasses.replace(config, soft_filter=True)
-        variants += [
-            ("soft_filter", list(trust), soft, trust),
-            ("all_scored", list(trust), hard, None),
-        ]
+        variants += [("soft_filter", list(trust), soft, trust)]
         row["scored"] = len(trust)
 
     def distilled_accuracy(inputs: list[str], cfg: Any, trust: dict[str, float] | None) -> float:
@@ -297,8 +293,8 @@ def main() -> None:
     ap.add_argument(
         "--soft",
         action="store_true",
-        help="also distil on every input the filter scored: drawn by the discriminator's "
-        "p(real) (soft_filter), and uniformly (two more columns)",
+        help="also distil on every input the filter scored, drawn by the discriminator's "
+        "p(real) (soft_filter; one more column)",
     )
     ap.add_argument(
         "--set",
