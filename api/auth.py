@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +41,18 @@ class Principal:
 class TokenBuckets:
     """Token buckets keyed by caller; ``take`` returns the seconds to wait (0 = allowed)."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate, self.burst = rate, burst
+        self.clock = clock  # seconds, never going back
         self._state: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     MAX_CALLERS = 10_000
 
     def take(self, who: str) -> float:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             if who not in self._state and len(self._state) >= self.MAX_CALLERS:
                 self._forget_refilled(now)

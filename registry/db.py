@@ -8,6 +8,7 @@ database that is behind, and migrates an empty one on first use.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,6 +132,21 @@ def open_database(url: str, *, auto_upgrade_empty: bool = True) -> Engine:
     ``loramint db upgrade``, so that a deployment upgrades on purpose.
     """
     engine = make_engine(url)
+    # SQLite can answer "database is locked" at once, without its busy timeout, while
+    # another process opens or closes the same file (WAL recovery, the checkpoint on
+    # close); that passes, so a few tries are made before giving up
+    delays = [0.1, 0.2, 0.5, 1.0, 2.0, 4.0] if engine.dialect.name == "sqlite" else []
+    for delay in delays:
+        try:
+            return _open_at_head(engine, auto_upgrade_empty)
+        except RegistryNotReady as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(delay)
+    return _open_at_head(engine, auto_upgrade_empty)
+
+
+def _open_at_head(engine: Engine, auto_upgrade_empty: bool) -> Engine:
     try:
         head = head_revision(engine)
         if current_revision(engine) == head:

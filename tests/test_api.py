@@ -327,9 +327,14 @@ def test_token_buckets_limit_each_caller_and_stay_bounded() -> None:
     # refilled bucket to forget, so the table grows by one...
     assert buckets.take("d") == 0 and len(buckets) == 4
     # ...but refilled buckets are forgotten once the table is full.
-    fresh = TokenBuckets(rate=1e6, burst=1.0)
+    now = [0.0]
+    fresh = TokenBuckets(rate=1.0, burst=1.0, clock=lambda: now[0])
     fresh.MAX_CALLERS = 3
     for who in "abc":
         fresh.take(who)
-    fresh.take("d")  # a, b, c refilled at once (rate 1e6/s): dropped
+    now[0] = 0.5
+    fresh.take("d")  # nobody has refilled yet: the table grows
+    assert len(fresh) == 4
+    now[0] = 2.0
+    fresh.take("e")  # a, b, c and d have refilled (1 token/s): dropped
     assert len(fresh) == 1
