@@ -32,7 +32,8 @@ ablations use the job's settings, so they see the same synthetic inputs and
 weighting. The ablations are distilled in this process with the job's settings and are
 not registered. A finished transfer job with the same parameters is reused
 unless ``--fresh``, and so are the figures the last results file holds for
-the same job and test examples (a second run adds only missing columns).
+the same job and test examples (a second run adds only missing columns); the
+rows of tasks a run does not score stay in the file.
 Prints one table of accuracies and one of wall time per stage; writes
 ``results/transfer-<source>-to-<target>.json`` and ``.md`` under
 ``$LORAMINT_HOME`` after every task.
@@ -211,15 +212,25 @@ def score_task(
     return row
 
 
+def merged(row: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """``row`` plus the columns of ``earlier`` (the file's row for the task) that this
+    run did not score, when both come from the same adapter, job and test examples."""
+    keys = ("task", "adapter_id", "eval_n", "job_id")
+    if earlier is None or any(earlier.get(k) != row.get(k) for k in keys):
+        return row
+    return {**earlier, **row}
+
+
 def fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "-"
 
 
 def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argparse.Namespace) -> str:
     columns = dict(zip(COLUMNS, HEADERS, strict=True))
-    if args.balanced:
+    # a column shows when this run scores it or a row (from an earlier run) has it
+    if args.balanced or any(c in r for r in rows for c in BALANCED):
         columns |= BALANCED
-    if args.soft:
+    if args.soft or any(c in r for r in rows for c in SOFT):
         columns |= SOFT
     lines = [
         f"Trans-LoRA `{source}` -> `{target}`: {len(rows)} held-out tasks, {args.samples} "
@@ -340,10 +351,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for i, task in enumerate(tasks, 1):
         print(f"[{i}/{len(tasks)}] {task.name}", file=sys.stderr)
-        rows.append(score_task(reg, task, teacher, student, target, args, earlier.get(task.name)))
-        # the files follow every finished task, so an interrupted run keeps what it measured
-        md = markdown(rows, args.source, target, args)
-        payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": rows}
+        row = score_task(reg, task, teacher, student, target, args, earlier.get(task.name))
+        rows.append(merged(row, earlier.get(task.name)))
+        # the files follow every finished task, so an interrupted run keeps what it
+        # measured; the rows of tasks this run does not score stay
+        scored = {r["task"] for r in rows}
+        others = [r for name, r in earlier.items() if name not in scored]
+        md = markdown([*rows, *others], args.source, target, args)
+        payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": [*rows, *others]}
         write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
         write_atomic(path.with_suffix(".md"), md.encode())
     sys.stdout.write(md)

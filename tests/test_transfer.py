@@ -50,6 +50,7 @@ from generator.transfer_source import (
     teacher_label_probs,
 )
 from generator.zoo import SEEDS, build_zoo
+from registry.blobs import write_atomic
 from registry.errors import InvalidInput, UnknownBaseModel
 from registry.service import Registry
 from registry.settings import Settings
@@ -738,17 +739,27 @@ def test_bench_prints_the_table_on_tiny_models(
     assert set(task["wall_seconds"]) == {"synthesize", "discriminator", "filter", "distill"}
     assert task["transferred_adapter_id"] and task["eval_n"] == 6
 
-    # a second run reuses the job and the figures, and adds the balanced and soft columns
+    # a second run reuses the job and the figures, and adds the balanced and soft
+    # columns; the row of a task it does not score (here: written by hand) stays
+    other = {"task": "elsewhere", "adapter_id": 99, "eval_n": 6, "job_id": 99, "source": 0.5}
+    payload = json.loads(written[0].read_text())
+    write_atomic(written[0], json.dumps({**payload, "tasks": [task, other]}).encode())
     again = subprocess.run(
         [*run.args, "--balanced", "--soft"], env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"reusing transfer job {task['job_id']}" in again.stderr
-    [second] = json.loads(written[0].read_text())["tasks"]
+    [second, kept] = json.loads(written[0].read_text())["tasks"]
+    assert kept == other and "| elsewhere | 0.500 |" in again.stdout
     assert {k: second[k] for k in task} == task  # nothing measured twice
     assert 0.0 <= second["balanced"] <= 1.0 and 0.0 <= second["no_filter_balanced"] <= 1.0
     assert 0.0 <= second["soft_filter"] <= 1.0
     assert second["scored"] >= 1
+    # a run without those flags keeps the columns the row has
+    plain = subprocess.run(run.args, env=env, capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert json.loads(written[0].read_text())["tasks"][0] == second
+    assert "| soft filter |" in plain.stdout
     header = next(line for line in again.stdout.splitlines() if line.startswith("| task |"))
     assert header.split("|")[-4:-1] == [
         " no filter, balanced ",
@@ -762,7 +773,7 @@ def test_bench_prints_the_table_on_tiny_models(
         timeout=600,
     )  # fmt: skip
     assert third.returncode == 0, third.stderr[-3000:]
-    [row3] = json.loads(written[0].read_text())["tasks"]
+    [row3, _] = json.loads(written[0].read_text())["tasks"]
     assert row3["job_id"] != task["job_id"] and "settings kd_temperature=2" in third.stdout
     assert w["registry"].get_job(row3["job_id"]).params["config"]["kd_temperature"] == 2
 
