@@ -39,6 +39,7 @@ from generator.transfer import (
     TransferConfig,
     margins,
     model_sampler,
+    realness,
     rejection_sample,
     synthesize,
     train_discriminator,
@@ -364,8 +365,7 @@ def filter_trust(
     saved = filtered.get("realness")
     if isinstance(saved, dict) and all(t in saved for t in texts):
         return {t: float(saved[t]) for t in texts}
-    disc = stage_discriminator(disc_out)
-    scores = torch.sigmoid(margins(judge_model, disc, source.description, texts)).tolist()
+    scores = realness(judge_model, stage_discriminator(disc_out), source.description, texts)
     return dict(zip(texts, scores, strict=True))
 
 
