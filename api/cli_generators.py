@@ -46,6 +46,15 @@ def generator_train(
     tau: Annotated[
         float | None, typer.Option(help="SG-LoRA softmax temperature (default: leave-one-out).")
     ] = None,
+    select: Annotated[
+        str,
+        typer.Option(
+            help="How SG-LoRA chooses K and tau when not given: 'task' (leave-one-out accuracy "
+            "of each mixture on the experts' tasks, through the base model) or 'weights' "
+            "(leave-one-out error in update space; no model needed)."
+        ),
+    ] = "task",
+    suite: SuiteOpt = None,
     hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
@@ -60,9 +69,18 @@ def generator_train(
     from registry.service import Registry
 
     config = GeneratorConfig(
-        method=method, steps=steps, k=k, tau=tau, hidden=hidden, latent=latent, seed=seed
+        method=method,
+        steps=steps,
+        k=k,
+        tau=tau,
+        select=select,
+        hidden=hidden,
+        latent=latent,
+        seed=seed,
     )
     reg = Registry()
+    # the experts' tasks, for choosing K and tau by accuracy (none: weight-space choice)
+    tasks = list(open_suite(suite, build=False)) if suite is not None else None
     bar: dict[str, Any] = {}
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -73,7 +91,13 @@ def generator_train(
             bar["bar"].set_postfix(loss=f"{loss:.4f}")
 
     rec, metrics = train_generator(
-        reg, base_model, config, name=name, on_progress=lambda m: err.print(m), on_step=on_step
+        reg,
+        base_model,
+        config,
+        name=name,
+        tasks=tasks,
+        on_progress=lambda m: err.print(m),
+        on_step=on_step,
     )
     if "bar" in bar:
         bar["bar"].close()
@@ -81,7 +105,7 @@ def generator_train(
         sys.stdout.write(json.dumps(_record(rec)) + "\n")
         return
     m = rec.metrics
-    extra = f", k={m['k']}, tau={m['tau']}" if "k" in m else ""
+    extra = f", k={m['k']}, tau={m['tau']} (by {m.get('k_tau_by', 'given')})" if "k" in m else ""
     val = m.get("val_rel_error")
     val_text = f"validation dW error {val:.4f}" if val is not None else "no validation split"
     out.print(

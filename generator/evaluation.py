@@ -73,21 +73,9 @@ class Evaluator:
         examples: Sequence[Any] | None = None,
     ) -> EvalResult:
         """Accuracy on ``task.test`` (or ``examples``), bare or with ``(config, weights)``."""
-        if not task.is_classification:
-            raise InvalidInput(f"task {task.name} has no label set: rank classification needs one")
         examples = task.test if examples is None else examples
         t0 = time.perf_counter()
-        prompts = [self.format.prompt_ids(task.description, e.input) for e in examples]
-        labels = [self.format.answer_ids(label) for label in task.labels]
-        if adapter is None:
-            scores = label_logprobs(
-                self.model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
-            )
-        else:
-            with self.attached(*adapter) as model:
-                scores = label_logprobs(
-                    model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
-                )
+        scores = self.label_scores(task, adapter, examples=examples)
         predicted = [task.labels[int(i)] for i in scores.argmax(-1)]
         correct = sum(p == e.output for p, e in zip(predicted, examples, strict=True))
         return EvalResult(
@@ -97,6 +85,28 @@ class Evaluator:
             seconds=time.perf_counter() - t0,
             predictions=tuple(predicted),
         )
+
+    def label_scores(
+        self,
+        task: Task,
+        adapter: tuple[dict[str, Any], Tensors] | None = None,
+        *,
+        examples: Sequence[Any] | None = None,
+    ) -> torch.Tensor:
+        """(N, L) log-probability of each of the task's labels after each example's prompt."""
+        if not task.is_classification:
+            raise InvalidInput(f"task {task.name} has no label set: rank classification needs one")
+        examples = task.test if examples is None else examples
+        prompts = [self.format.prompt_ids(task.description, e.input) for e in examples]
+        labels = [self.format.answer_ids(label) for label in task.labels]
+        if adapter is None:
+            return label_logprobs(
+                self.model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
+            )
+        with self.attached(*adapter) as model:
+            return label_logprobs(
+                model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
+            )
 
     def attached(self, config: dict[str, Any], weights: Tensors) -> _Attached:
         return _Attached(self.model, config, weights)

@@ -4,16 +4,24 @@ besides ``experts`` and ``generate.Generator.from_registry``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from generator.checkpoint import ICM_LORA, check_method
+from generator.checkpoint import ICM_LORA, SG_LORA, check_method
 from generator.experts import ExpertBank
 from generator.generate import Generated, Generator, Request, generator_for, register
 from generator.task_vector import TaskVectorizer
-from generator.training import FitResult, GeneratorConfig, StepCallback, fit_icm, fit_sg
+from generator.tasks import Task
+from generator.training import (
+    FitResult,
+    GeneratorConfig,
+    KTauChoice,
+    StepCallback,
+    fit_icm,
+    fit_sg,
+)
 from registry.records import AdapterRecord, GeneratorRecord
 from registry.service import Registry
 
@@ -35,18 +43,62 @@ def expert_task_vectors(
     return out, vectorize.hidden_size
 
 
+def default_suite_tasks(registry: Registry) -> list[Task]:
+    """The registry's default task suite's tasks, or none when it is not built."""
+    from generator.tasks import TaskSuite
+
+    suite = TaskSuite(registry.settings.tasks_dir / "default")
+    return list(suite) if suite.exists() else []
+
+
+def choose_by_task(
+    registry: Registry,
+    bank: ExpertBank,
+    suite_tasks: Sequence[Task],
+    on_progress: Callable[[str], None] | None = None,
+) -> KTauChoice | None:
+    """SG-LoRA's K and tau by leave-one-out task accuracy (None: no expert's task at hand)."""
+    from generator.evaluation import Evaluator
+    from generator.finetune import tasks_for
+    from generator.selection import choose_k_tau_by_task
+
+    tasks = tasks_for(bank, suite_tasks)  # training experts' tasks only, never held out
+    if not tasks:
+        if on_progress:
+            on_progress("no expert's task found: K and tau chosen by weight-space error")
+        return None
+    if on_progress:
+        on_progress(f"choosing K and tau by leave-one-out accuracy on {len(tasks)} experts' tasks")
+    evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
+
+    def on_task(done: int, total: int) -> None:
+        if on_progress and (done == total or done % 5 == 0):
+            on_progress(f"  scored the mixtures of {done}/{total} tasks")
+
+    k, tau, grid = choose_k_tau_by_task(bank, tasks, evaluator, on_task=on_task)
+    return KTauChoice(k, tau, "task", grid)
+
+
 def fit(
     registry: Registry,
     bank: ExpertBank,
     config: GeneratorConfig,
     *,
+    tasks: Sequence[Task] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> FitResult:
+    """Fit ``config.method`` on ``bank``; ``tasks`` (default: the default suite's) let
+    SG-LoRA choose K and tau by task accuracy when ``config.select`` is "task"."""
     if config.method == ICM_LORA:
         vectors, hidden = expert_task_vectors(registry, bank, on_progress)
         return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
-    return fit_sg(bank, config, on_step=on_step)
+    choice = None
+    needs_choice = config.k is None or config.tau is None
+    if config.method == SG_LORA and needs_choice and config.select == "task" and len(bank) > 1:
+        suite_tasks = default_suite_tasks(registry) if tasks is None else tasks
+        choice = choose_by_task(registry, bank, suite_tasks, on_progress)
+    return fit_sg(bank, config, on_step=on_step, choice=choice)
 
 
 def train_generator(
@@ -55,6 +107,7 @@ def train_generator(
     config: GeneratorConfig,
     *,
     name: str | None = None,
+    tasks: Sequence[Task] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> tuple[GeneratorRecord, dict[str, Any]]:
@@ -64,7 +117,7 @@ def train_generator(
     if on_progress:
         on_progress(f"loading the expert adapters of {bm.name}")
     bank = ExpertBank.from_registry(registry, bm.name)
-    result = fit(registry, bank, config, on_progress=on_progress, on_step=on_step)
+    result = fit(registry, bank, config, tasks=tasks, on_progress=on_progress, on_step=on_step)
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
     record = registry.add_generator(
         result.checkpoint.to_bytes(),

@@ -165,6 +165,6 @@ def train_generators(
         rec = world.registry.latest_generator(world.base, method)
         if rec is None:
             config = dataclasses.replace(SANDBOX_GENERATOR, method=method)
-            rec, _ = train_generator(world.registry, world.base, config)
+            rec, _ = train_generator(world.registry, world.base, config, tasks=list(world.suite))
         out[method] = rec
     return out

@@ -47,6 +47,7 @@ StepCallback = Callable[[int, int, float], None]
 
 K_GRID = (1, 2, 3, 4, 6, 8)
 TAU_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+SELECT_BY = ("task", "weights")
 VAR_FLOOR = 1e-4  # in normalised units: below it a coordinate counts as certain
 
 
@@ -62,6 +63,10 @@ class GeneratorConfig:
     kl_weight: float | None = None  # default: 0.01 (SG-LoRA), 0.005 (ICM-LoRA, the paper's)
     k: int | None = None  # SG-LoRA experts per mixture (None: chosen leave-one-out)
     tau: float | None = None  # SG-LoRA softmax temperature (None: chosen leave-one-out)
+    # how K and tau are chosen when not given: "task" scores each leave-one-out
+    # mixture on its task through the base model (generator/selection.py) when the
+    # experts' tasks are at hand, else falls back to "weights" (error in update space)
+    select: str = "task"
     val_fraction: float = 0.15
     eval_every: int = 100
     task_vector_dropout: float = 0.5
@@ -77,6 +82,8 @@ class GeneratorConfig:
             raise InvalidInput(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.k is not None and self.k < 1:
             raise InvalidInput(f"k must be at least 1, got {self.k}")
+        if self.select not in SELECT_BY:
+            raise InvalidInput(f"select must be one of {', '.join(SELECT_BY)}, got {self.select!r}")
         if self.tau is not None and self.tau <= 0:
             raise InvalidInput(f"tau must be positive, got {self.tau}")
         if not self.lr > 0:
@@ -171,18 +178,35 @@ def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+@dataclass(frozen=True)
+class KTauChoice:
+    """K and tau chosen before training, how, and the score of every candidate."""
+
+    k: int
+    tau: float
+    by: str  # "task" (mean accuracy) or "weights" (mean error in update space)
+    grid: dict[str, float]
+
+
 def fit_sg(
-    bank: ExpertBank, config: GeneratorConfig, *, on_step: StepCallback | None = None
+    bank: ExpertBank,
+    config: GeneratorConfig,
+    *,
+    on_step: StepCallback | None = None,
+    choice: KTauChoice | None = None,
 ) -> FitResult:
+    """Train SG-LoRA; K and tau: the config's, else ``choice``, else by weight-space error."""
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
     layout = bank.layout
-    if config.k is None or config.tau is None:
-        k_auto, tau_auto, grid = choose_k_tau(bank)
-    else:
-        k_auto, tau_auto, grid = config.k, config.tau, {}
-    k = config.k or k_auto
-    tau = config.tau or tau_auto
+    if config.k is not None and config.tau is not None:
+        choice = KTauChoice(config.k, config.tau, "given", {})
+    elif choice is None:
+        k_w, tau_w, grid_w = choose_k_tau(bank)
+        choice = KTauChoice(k_w, tau_w, "weights", grid_w)
+    k = config.k or choice.k
+    tau = config.tau or choice.tau
+    grid = choice.grid
     k = min(k, len(bank) - 1)
 
     norm = BlockNormaliser.fit(layout, [s for e in bank.experts for s in e.snapshots])
@@ -241,6 +265,7 @@ def fit_sg(
         "k": k,
         "tau": tau,
         "k_tau_grid": grid,
+        "k_tau_by": choice.by,
         "val_rel_error": _finite(best_val),
         "val_rel_error_mixture": _finite(mixture_val),
         "history": history,

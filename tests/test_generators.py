@@ -210,3 +210,67 @@ def test_end_to_end_finetune_keeps_its_best_validation_state(world) -> None:  # 
     assert changed == (h["e2e_best_step"] != 0)  # the kept state is the best one's
     with pytest.raises(InvalidInput, match="val_fraction"):
         finetune_generator(reg, rec.id, list(world["suite"]), steps=2, val_fraction=1.0)
+
+
+class RecordingEvaluator(Evaluator):
+    """The real evaluator, noting which tasks it scored (injected, nothing patched)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.scored: list[str] = []
+
+    def label_scores(self, task, adapter=None, *, examples=None):  # type: ignore[no-untyped-def]
+        self.scored.append(task.name)
+        return super().label_scores(task, adapter, examples=examples)
+
+
+def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> None:  # type: ignore[no-untyped-def]
+    from generator.finetune import tasks_for
+    from generator.selection import choose_k_tau_by_task
+
+    reg: Registry = world["registry"]
+    bank = ExpertBank.from_registry(reg, world["base"])
+    suite = list(world["suite"])
+    tasks = tasks_for(bank, suite)  # the held-out task has no expert, and is filtered anyway
+    assert sorted(t.name for t in tasks.values()) == sorted(n for n, _ in TASKS)
+    evaluator = RecordingEvaluator.from_path(Path(world["base"]))
+    assert isinstance(evaluator, RecordingEvaluator)
+    k, tau, grid = choose_k_tau_by_task(
+        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), examples=6
+    )
+    assert set(grid) == {
+        "k=1,tau=0.001",
+        "k=2,tau=0.001",
+        "k=2,tau=1.0",
+        "k=4,tau=0.001",
+        "k=4,tau=1.0",
+    }
+    assert all(0.0 <= v <= 1.0 for v in grid.values())
+    assert grid[f"k={k},tau={tau}"] == max(grid.values())  # the winner has the best accuracy
+    assert "moon" not in evaluator.scored and set(evaluator.scored) == {n for n, _ in TASKS}
+    # identical mixtures are scored once: K=1 and every low-tau mixture that puts all
+    # weight on the top expert share one score per task
+    assert len(evaluator.scored) < len(TASKS) * len(grid)
+    with pytest.raises(InvalidInput, match="needs the experts' tasks"):
+        choose_k_tau_by_task(bank, {}, evaluator)
+
+
+def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0)
+    _, by_task = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
+    assert by_task["k_tau_by"] == "task" and by_task["k_tau_grid"]
+    assert by_task["k_tau_grid"][f"k={by_task['k']},tau={by_task['tau']}"] == max(
+        by_task["k_tau_grid"].values()
+    )
+    # no task data at hand (this world's default suite is empty): weight-space choice
+    _, fallback = train_generator(reg, world["base"], cfg)
+    assert fallback["k_tau_by"] == "weights"
+    weights_cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, select="weights")
+    _, by_weights = train_generator(reg, world["base"], weights_cfg, tasks=list(world["suite"]))
+    assert by_weights["k_tau_by"] == "weights"
+    given = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, k=2, tau=0.1)
+    _, fixed = train_generator(reg, world["base"], given, tasks=list(world["suite"]))
+    assert fixed["k_tau_by"] == "given" and (fixed["k"], fixed["tau"]) == (2, 0.1)
+    with pytest.raises(InvalidInput, match="select must be one of"):
+        GeneratorConfig(select="vibes")
