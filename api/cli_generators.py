@@ -120,6 +120,10 @@ def generator_finetune(
     steps: Annotated[int, typer.Option(help="Fine-tuning steps (one task per step).")] = 60,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    recon_weight: Annotated[
+        float,
+        typer.Option(help="Weight of the pull towards the task's own expert weights (>= 0)."),
+    ] = 0.1,
     val_fraction: Annotated[
         float,
         typer.Option(help="Share of the training tasks kept for validation (best state kept)."),
@@ -143,7 +147,8 @@ def generator_finetune(
 
     rec = finetune_generator(
         reg, generator_id, tasks, steps=steps, lr=lr, batch_size=batch_size,
-        val_fraction=val_fraction, name=name, on_progress=lambda m: err.print(m), on_step=on_step,
+        recon_weight=recon_weight, val_fraction=val_fraction, name=name,
+        on_progress=lambda m: err.print(m), on_step=on_step,
     )  # fmt: skip
     bar.close()
     m = rec.hyperparameters

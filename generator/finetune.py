@@ -89,6 +89,8 @@ def finetune(
         raise InvalidInput("end-to-end fine-tuning needs the training experts' tasks")
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise InvalidInput("steps and batch size must be at least 1 and lr positive")
+    if not recon_weight >= 0:
+        raise InvalidInput(f"recon_weight must be 0 or more, got {recon_weight}")
     if not 0 <= val_fraction < 1:
         raise InvalidInput(f"val_fraction must be in [0, 1), got {val_fraction}")
     if eval_every < 0:

@@ -161,6 +161,7 @@ def finetune_generator(
     steps: int = 60,
     lr: float = 1e-4,
     batch_size: int = 8,
+    recon_weight: float = 0.1,
     val_fraction: float = 0.15,
     name: str | None = None,
     on_progress: Callable[[str], None] | None = None,
@@ -184,7 +185,7 @@ def finetune_generator(
     model, tokenizer = load_base(registry.base_model_path(rec.base_model))
     stats = finetune(
         ckpt, bank, tasks, model, tokenizer, steps=steps, lr=lr, batch_size=batch_size,
-        val_fraction=val_fraction, on_step=on_step,
+        recon_weight=recon_weight, val_fraction=val_fraction, on_step=on_step,
     )  # fmt: skip
     ckpt.hyper = {**ckpt.hyper, "finetuned_from": rec.id, **stats}
     return registry.add_generator(

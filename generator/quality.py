@@ -189,7 +189,27 @@ def write(report: QualityReport, root: Path) -> Path:
 
 
 def sg_settings(generators: dict[str, Generator]) -> tuple[int, float] | None:
+    """K and tau of the mixture baselines: the first SG-LoRA generator's. When its own
+    choice is a single expert (the nearest baseline already), the baselines take the
+    best K >= 2 of the grid it chose from, so "weighted mean of top-K" stays a mixture."""
     for g in generators.values():
         if g.method == SG_LORA:
-            return int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
+            k, tau = int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
+            if k == 1:
+                return best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper) or (k, tau)
+            return k, tau
     return None
+
+
+def best_mixture(grid: dict[str, float], hyper: dict[str, Any]) -> tuple[int, float] | None:
+    """The best entry with K >= 2 of a "k=K,tau=T" -> score grid (None: there is none).
+    Task grids hold accuracies (higher is better), weight grids errors (lower is)."""
+    lower_is_better = hyper.get("k_tau_by") == "weights"
+    best: tuple[float, int, float] | None = None
+    for key, score in grid.items():
+        parts = dict(p.split("=", 1) for p in key.split(","))
+        k, tau = int(parts["k"]), float(parts["tau"])
+        value = -score if lower_is_better else score
+        if k >= 2 and (best is None or value > best[0]):
+            best = (value, k, tau)
+    return (best[1], best[2]) if best else None

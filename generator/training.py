@@ -272,7 +272,15 @@ def fit_sg(
         "parameters": parameter_count(net),
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
-    hyper = {**asdict(config), "k": k, "tau": tau, "logvar_shift": shift, "logvar_scale": scale}
+    hyper = {
+        **asdict(config),
+        "k": k,
+        "tau": tau,
+        "k_tau_by": choice.by,
+        "k_tau_grid": grid,
+        "logvar_shift": shift,
+        "logvar_scale": scale,
+    }
     ckpt = Checkpoint(
         method=SG_LORA,
         layout=layout,

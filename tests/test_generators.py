@@ -210,6 +210,8 @@ def test_end_to_end_finetune_keeps_its_best_validation_state(world) -> None:  # 
     assert changed == (h["e2e_best_step"] != 0)  # the kept state is the best one's
     with pytest.raises(InvalidInput, match="val_fraction"):
         finetune_generator(reg, rec.id, list(world["suite"]), steps=2, val_fraction=1.0)
+    with pytest.raises(InvalidInput, match="recon_weight"):
+        finetune_generator(reg, rec.id, list(world["suite"]), steps=2, recon_weight=-1.0)
 
 
 class RecordingEvaluator(Evaluator):
@@ -274,3 +276,18 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
     assert fixed["k_tau_by"] == "given" and (fixed["k"], fixed["tau"]) == (2, 0.1)
     with pytest.raises(InvalidInput, match="select must be one of"):
         GeneratorConfig(select="vibes")
+
+
+@pytest.mark.parametrize(
+    ("grid", "by", "expected"),
+    [
+        ({"k=1,tau=0.02": 0.9, "k=2,tau=0.05": 0.7, "k=4,tau=0.2": 0.8}, "task", (4, 0.2)),
+        ({"k=1,tau=0.02": 0.1, "k=2,tau=0.05": 0.3, "k=4,tau=0.2": 0.4}, "weights", (2, 0.05)),
+        ({"k=1,tau=0.02": 0.9}, "task", None),
+        ({}, "task", None),
+    ],
+)
+def test_mixture_baselines_take_the_best_grid_entry_that_mixes(grid, by, expected) -> None:  # type: ignore[no-untyped-def]
+    from generator.quality import best_mixture
+
+    assert best_mixture(grid, {"k_tau_by": by}) == expected
