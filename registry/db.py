@@ -140,10 +140,20 @@ def open_database(url: str, *, auto_upgrade_empty: bool = True) -> Engine:
         try:
             return _open_at_head(engine, auto_upgrade_empty)
         except RegistryNotReady as exc:
-            if "locked" not in str(exc):
+            if not _sqlite_busy(exc.__cause__):
                 raise
             time.sleep(delay)
     return _open_at_head(engine, auto_upgrade_empty)
+
+
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6  # primary result codes (extended ones add high bits)
+
+
+def _sqlite_busy(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is SQLite saying the file is busy or locked (a passing state)."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
 
 
 def _open_at_head(engine: Engine, auto_upgrade_empty: bool) -> Engine:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -176,3 +178,27 @@ def test_two_processes_opening_a_fresh_database_at_once(db_url: str) -> None:
     engine = db.make_engine(db_url)
     assert db.current_revision(engine) == db.head_revision(engine)
     engine.dispose()
+
+
+def test_a_transient_sqlite_lock_is_told_apart_from_other_errors(tmp_path: Path) -> None:
+    """Real SQLite errors: a file another connection holds exclusively is 'busy'
+    (open_database retries it); a missing table is not."""
+    import sqlite3
+
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sa.exc.OperationalError) as busy, engine.connect() as conn:
+            conn.execute(sa.text("SELECT * FROM t"))
+        assert db._sqlite_busy(busy.value)
+        holder.execute("COMMIT")
+        with pytest.raises(sa.exc.OperationalError) as missing, engine.connect() as conn:
+            conn.execute(sa.text("SELECT * FROM nowhere"))
+        assert not db._sqlite_busy(missing.value)
+        assert not db._sqlite_busy(None) and not db._sqlite_busy(ValueError("locked"))
+    finally:
+        engine.dispose()
+        holder.close()
