@@ -418,13 +418,6 @@ def realness(
     return torch.sigmoid(margins(evaluator, disc, description, texts)).tolist()
 
 
-def judge(
-    evaluator: Evaluator, disc: Discriminator, description: str, texts: Sequence[str]
-) -> list[bool]:
-    """For each text: does the discriminator give p(yes) > p(no)?"""
-    return [bool(m > 0) for m in margins(evaluator, disc, description, texts).tolist()]
-
-
 # -- 3. rejection sampling --------------------------------------------------------
 
 

@@ -32,9 +32,9 @@ from generator.transfer import (
     TransferConfig,
     discriminator_description,
     fewshot_prompt,
-    judge,
     model_sampler,
     real_variants,
+    realness,
     rejection_sample,
     sample_completions,
     synthesize,
@@ -259,8 +259,9 @@ def test_discriminator_learns_real_from_source_synthetic(world, models) -> None:
     # every real input ranks above every synthetic one, by a margin it did not have before
     assert min(trained[: len(real)]) > max(trained[len(real) :]), trained
     assert gap(trained) > gap(untrained) + 1.0
-    # judge() keeps exactly the texts with p(yes) > p(no)
-    assert judge(source, disc, task.description, texts) == [x > 0 for x in trained]
+    # p(real) is above one half exactly for the texts with p(yes) > p(no)
+    p_real = realness(source, disc, task.description, texts)
+    assert [p > 0.5 for p in p_real] == [x > 0 for x in trained]
 
 
 def test_balanced_weights_make_each_teacher_label_count_alike() -> None:
