@@ -49,11 +49,11 @@ def generator_train(
     select: Annotated[
         str,
         typer.Option(
-            help="How SG-LoRA chooses K and tau when not given: 'task' (leave-one-out accuracy "
-            "of each mixture on the experts' tasks, through the base model) or 'weights' "
-            "(leave-one-out error in update space; no model needed)."
+            help="How SG-LoRA chooses K and tau when not given: 'weights' (leave-one-out "
+            "error in update space; seconds) or 'task' (leave-one-out accuracy of each "
+            "mixture on the experts' tasks through the base model; ~25 s an expert)."
         ),
-    ] = "task",
+    ] = "weights",
     suite: SuiteOpt = None,
     hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,

@@ -157,7 +157,7 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     steps: int = 800
     k: int | None = None
     tau: float | None = None
-    select: str = "task"  # how SG-LoRA picks K and tau when not given: "task" or "weights"
+    select: str = "weights"  # how SG-LoRA picks K and tau when not given, or "task"
     seed: int = 0
     name: str | None = None
 

@@ -95,7 +95,7 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
         steps=int(p.get("steps", 800)),
         k=p.get("k"),
         tau=p.get("tau"),
-        select=p.get("select", "task"),
+        select=p.get("select", "weights"),
         seed=int(p.get("seed", 0)),
     )
     base_model = p.get("base_model", "smollm2-135m-instruct")

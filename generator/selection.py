@@ -27,7 +27,7 @@ from generator.tasks import Example, Task
 from registry.errors import InvalidInput
 
 K_GRID = (1, 2, 3, 4, 6, 8)
-TAU_GRID = (0.02, 0.05, 0.1, 0.2, 0.5)
+TAU_GRID = (0.02, 0.1, 0.5)
 WEIGHT_FLOOR = 5e-4  # mixture weights below this do not make a mixture distinct
 
 
@@ -46,7 +46,7 @@ def choose_k_tau_by_task(
     *,
     ks: Sequence[int] = K_GRID,
     taus: Sequence[float] = TAU_GRID,
-    examples: int = 24,
+    examples: int = 16,
     on_task: Callable[[int, int], None] | None = None,
 ) -> tuple[int, float, dict[str, float]]:
     """(K, tau, {"k=..,tau=..": mean accuracy}) over the leave-one-out mixtures."""

@@ -63,10 +63,11 @@ class GeneratorConfig:
     kl_weight: float | None = None  # default: 0.01 (SG-LoRA), 0.005 (ICM-LoRA, the paper's)
     k: int | None = None  # SG-LoRA experts per mixture (None: chosen leave-one-out)
     tau: float | None = None  # SG-LoRA softmax temperature (None: chosen leave-one-out)
-    # how K and tau are chosen when not given: "task" scores each leave-one-out
-    # mixture on its task through the base model (generator/selection.py) when the
-    # experts' tasks are at hand, else falls back to "weights" (error in update space)
-    select: str = "task"
+    # how K and tau are chosen when not given: "weights" (error of the leave-one-out
+    # mixture in update space; seconds) or "task" (its accuracy on each expert's task
+    # through the base model, generator/selection.py; ~25 s an expert on 2 cores,
+    # and falls back to "weights" without the experts' tasks)
+    select: str = "weights"
     val_fraction: float = 0.15
     eval_every: int = 100
     task_vector_dropout: float = 0.5

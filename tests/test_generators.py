@@ -259,7 +259,7 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
 
 def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # type: ignore[no-untyped-def]
     reg: Registry = world["registry"]
-    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0)
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, select="task")
     _, by_task = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
     assert by_task["k_tau_by"] == "task" and by_task["k_tau_grid"]
     assert by_task["k_tau_grid"][f"k={by_task['k']},tau={by_task['tau']}"] == max(
@@ -268,8 +268,8 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
     # no task data at hand (this world's default suite is empty): weight-space choice
     _, fallback = train_generator(reg, world["base"], cfg)
     assert fallback["k_tau_by"] == "weights"
-    weights_cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, select="weights")
-    _, by_weights = train_generator(reg, world["base"], weights_cfg, tasks=list(world["suite"]))
+    plain = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0)  # the default
+    _, by_weights = train_generator(reg, world["base"], plain, tasks=list(world["suite"]))
     assert by_weights["k_tau_by"] == "weights"
     given = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, k=2, tau=0.1)
     _, fixed = train_generator(reg, world["base"], given, tasks=list(world["suite"]))
