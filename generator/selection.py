@@ -24,10 +24,10 @@ from generator.experts import ExpertBank
 from generator.guidance import softmax_weights
 from generator.lora_trainer import Tensors
 from generator.tasks import Example, Task
+from generator.training import K_GRID
 from registry.errors import InvalidInput
 
-K_GRID = (1, 2, 3, 4, 6, 8)
-TAU_GRID = (0.02, 0.1, 0.5)
+TAU_GRID = (0.02, 0.1, 0.5)  # coarser than training's: every candidate costs a model pass
 WEIGHT_FLOOR = 5e-4  # mixture weights below this do not make a mixture distinct
 
 
