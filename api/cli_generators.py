@@ -54,6 +54,14 @@ def generator_train(
             "mixture on the experts' tasks through the base model; ~25 s an expert)."
         ),
     ] = "weights",
+    gate: Annotated[
+        float | None,
+        typer.Option(
+            help="SG-LoRA: use the nearest expert alone when its description similarity "
+            "leads the runner-up's by more than this (default: none, or chosen with "
+            "K and tau by --select task)."
+        ),
+    ] = None,
     suite: SuiteOpt = None,
     hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
@@ -74,6 +82,7 @@ def generator_train(
         k=k,
         tau=tau,
         select=select,
+        gate=gate,
         hidden=hidden,
         latent=latent,
         seed=seed,
@@ -106,6 +115,13 @@ def generator_train(
         return
     m = rec.metrics
     extra = f", k={m['k']}, tau={m['tau']} (by {m.get('k_tau_by', 'given')})" if "k" in m else ""
+    if m.get("gate") is not None:
+        extra += f", gate={m['gate']}"
+    if "correction_kept" in m:
+        extra += (
+            f", correction {'kept' if m['correction_kept'] else 'dropped'} (validation tasks "
+            f"{m['val_task_acc_mixture']:.3f} mixture -> {m['val_task_acc_generated']:.3f})"
+        )
     val = m.get("val_rel_error")
     val_text = f"validation dW error {val:.4f}" if val is not None else "no validation split"
     out.print(
@@ -285,7 +301,7 @@ def eval_generators(
     from generator.evaluation import Evaluator
     from generator.experts import ExpertBank
     from generator.generate import Generator
-    from generator.quality import evaluate, sg_settings, write
+    from generator.quality import evaluate, sg_guidance, sg_settings, write
     from registry.errors import InvalidInput
     from registry.service import Registry
 
@@ -315,6 +331,7 @@ def eval_generators(
         bank=bank,
         k=k,
         tau=tau,
+        guidance=sg_guidance(gens),
         seed=seed,
         on_task=lambda name: err.print(f"scoring {name}"),
     )

@@ -158,6 +158,7 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     k: int | None = None
     tau: float | None = None
     select: str = "weights"  # how SG-LoRA picks K and tau when not given, or "task"
+    gate: float | None = None  # SG-LoRA: the nearest expert alone when it leads by more
     seed: int = 0
     name: str | None = None
 

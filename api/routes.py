@@ -372,17 +372,10 @@ def submit_generator_training(state: State, data: TrainGeneratorIn) -> JobRecord
 
     reg = _registry(state)
     check_method(data.method)
-    GeneratorConfig(
-        method=data.method,
-        steps=data.steps,
-        k=data.k,
-        tau=data.tau,
-        select=data.select,
-        seed=data.seed,
-    )
+    params = {f: getattr(data, f) for f in data.__struct_fields__}
+    GeneratorConfig.from_params(params)  # the job's own check, now: 400 rather than a failed job
     reg.linear_shapes(data.base_model)  # an unregistered base model: 404 now, not in the job
     _check_job_capacity(state)
-    params = {f: getattr(data, f) for f in data.__struct_fields__}
     return reg.submit_job("train-generator", params)
 
 

@@ -90,14 +90,7 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
     from generator.training import GeneratorConfig
 
     p = ctx.job.params
-    config = GeneratorConfig(
-        method=p.get("method", "sg-lora"),
-        steps=int(p.get("steps", 800)),
-        k=p.get("k"),
-        tau=p.get("tau"),
-        select=p.get("select", "weights"),
-        seed=int(p.get("seed", 0)),
-    )
+    config = GeneratorConfig.from_params(p)
     base_model = p.get("base_model", "smollm2-135m-instruct")
     name = p.get("name") or f"{config.method}-job{ctx.job.id}"
     # exactly one result: an earlier attempt that registered before it was killed wins

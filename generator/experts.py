@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from generator.guidance import Mixture, mix, softmax_weights
+from generator.guidance import Mixture, guide_weights, mix, softmax_weights
 from generator.layout import LoraLayout
 from generator.lora_trainer import Tensors
+from generator.tasks import Task
 from generator.zoo import SEEDS, TRAJECTORY, load_trajectory
 from registry.errors import InvalidInput
 from registry.lora_spec import parse_weights, spec_from_config
@@ -154,6 +155,17 @@ class ExpertBank:
     def __len__(self) -> int:
         return len(self.experts)
 
+    def tasks_of(self, suite_tasks: Sequence[Task]) -> dict[int, Task]:
+        """Expert index -> its classification task among ``suite_tasks``, matched by the
+        task name the zoo stored in the adapter's meta; held-out tasks never match."""
+        by_name = {t.name: t for t in suite_tasks if t.is_classification and not t.held_out}
+        out = {}
+        for i, e in enumerate(self.experts):
+            task = by_name.get(str(e.record.meta.get("task", "")))
+            if task is not None and task.train:
+                out[i] = task
+        return out
+
     def nearest(
         self, query: torch.Tensor, k: int, *, exclude: int | None = None
     ) -> tuple[list[int], torch.Tensor]:
@@ -171,6 +183,24 @@ class ExpertBank:
         return mix(
             w, [self.experts[i].mean for i in indices], [self.experts[i].var for i in indices]
         )
+
+    def guided(
+        self,
+        query: torch.Tensor,
+        k: int,
+        tau: float,
+        gate: float | None = None,
+        *,
+        exclude: int | None = None,
+    ) -> tuple[list[int], torch.Tensor, Mixture]:
+        """SG-LoRA's mixture for ``query``: its top-``k`` experts (the nearest alone when
+        it leads by more than ``gate``), their sims, and the mixture; ``exclude`` as in
+        ``nearest``."""
+        idx, sims = self.nearest(query, k, exclude=exclude)
+        w = guide_weights(sims, tau, gate)
+        idx, sims = idx[: len(w)], sims[: len(w)]
+        means = [self.experts[i].mean for i in idx]
+        return idx, sims, mix(w, means, [self.experts[i].var for i in idx])
 
     def weighted_weights(self, indices: Sequence[int], sims: torch.Tensor, tau: float) -> Tensors:
         """Baseline: the softmax-weighted mean of the experts' registered weights."""

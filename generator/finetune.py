@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,8 +40,8 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
     if ckpt.method == SG_LORA:
         net = ckpt.net
         assert isinstance(net, SGLoraNet)
-        idx, sims = bank.nearest(bank.embeddings[index], int(ckpt.hyper["k"]), exclude=index)
-        mixture = bank.mixture(idx, sims, float(ckpt.hyper["tau"]))
+        k, tau, gate = int(ckpt.hyper["k"]), float(ckpt.hyper["tau"]), ckpt.hyper.get("gate")
+        mixture = bank.guided(bank.embeddings[index], k, tau, gate, exclude=index)[2]
         mean = to_tokens(layout, norm, [mixture.mean])
         logvar = var_tokens(
             layout,
@@ -217,14 +217,3 @@ def _with_weights(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> Ca
         return torch.func.functional_call(model, params, args=(), kwargs=kwargs)
 
     return call
-
-
-def tasks_for(bank: ExpertBank, suite_tasks: Sequence[Task]) -> dict[int, Task]:
-    """Expert index -> task, matched by the task name the zoo stored in the adapter's meta."""
-    by_name = {t.name: t for t in suite_tasks if t.is_classification and not t.held_out}
-    out = {}
-    for i, e in enumerate(bank.experts):
-        task = by_name.get(str(e.record.meta.get("task", "")))
-        if task is not None and task.train:
-            out[i] = task
-    return out

@@ -24,7 +24,7 @@ import torch
 
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import Expert, load_expert
-from generator.guidance import mix, softmax_weights
+from generator.guidance import guide_weights, mix
 from generator.hypernet import ICMLoraNet, SGLoraNet
 from generator.lora_trainer import Tensors
 from generator.task_vector import TaskVectorizer
@@ -202,10 +202,12 @@ class Generator:
         if self.method == SG_LORA:
             assert isinstance(self.ckpt.net, SGLoraNet)
             tau = float(self.ckpt.hyper["tau"])
+            gate = self.ckpt.hyper.get("gate")  # absent in checkpoints from before the gate
             means, variances = [], []
             for i, vec in enumerate(vectors):
                 experts, sims = self.neighbours(np.asarray(vec))
-                w = softmax_weights(sims, tau)
+                w = guide_weights(sims, tau, gate)
+                experts, sims = experts[: len(w)], sims[: len(w)]
                 mixture = mix(w, [e.mean for e in experts], [e.var for e in experts])
                 means.append(mixture.mean)
                 variances.append(mixture.var)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from generator.checkpoint import ICM_LORA, SG_LORA, check_method
+from generator.checkpoint import ICM_LORA, check_method
 from generator.experts import ExpertBank
 from generator.generate import Generated, Generator, Request, generator_for, register
 from generator.task_vector import TaskVectorizer
@@ -17,7 +17,6 @@ from generator.tasks import Task
 from generator.training import (
     FitResult,
     GeneratorConfig,
-    KTauChoice,
     StepCallback,
     fit_icm,
     fit_sg,
@@ -51,34 +50,6 @@ def default_suite_tasks(registry: Registry) -> list[Task]:
     return list(suite) if suite.exists() else []
 
 
-def choose_by_task(
-    registry: Registry,
-    bank: ExpertBank,
-    suite_tasks: Sequence[Task],
-    on_progress: Callable[[str], None] | None = None,
-) -> KTauChoice | None:
-    """SG-LoRA's K and tau by leave-one-out task accuracy (None: no expert's task at hand)."""
-    from generator.evaluation import Evaluator
-    from generator.finetune import tasks_for
-    from generator.selection import choose_k_tau_by_task
-
-    tasks = tasks_for(bank, suite_tasks)  # training experts' tasks only, never held out
-    if not tasks:
-        if on_progress:
-            on_progress("no expert's task found: K and tau chosen by weight-space error")
-        return None
-    if on_progress:
-        on_progress(f"choosing K and tau by leave-one-out accuracy on {len(tasks)} experts' tasks")
-    evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
-
-    def on_task(done: int, total: int) -> None:
-        if on_progress and (done == total or done % 5 == 0):
-            on_progress(f"  scored the mixtures of {done}/{total} tasks")
-
-    k, tau, grid = choose_k_tau_by_task(bank, tasks, evaluator, on_task=on_task)
-    return KTauChoice(k, tau, "task", grid)
-
-
 def fit(
     registry: Registry,
     bank: ExpertBank,
@@ -88,17 +59,38 @@ def fit(
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> FitResult:
-    """Fit ``config.method`` on ``bank``; ``tasks`` (default: the default suite's) let
-    SG-LoRA choose K and tau by task accuracy when ``config.select`` is "task"."""
+    """Fit ``config.method`` on ``bank``. For SG-LoRA, the training experts' tasks
+    (``tasks``, default: the default suite's) let it choose K, tau and the gate by
+    task accuracy (``config.select`` "task") and check its learned correction on
+    the validation experts' tasks; without them both fall back to update space."""
     if config.method == ICM_LORA:
         vectors, hidden = expert_task_vectors(registry, bank, on_progress)
         return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
+    if len(bank) < 2:
+        return fit_sg(bank, config, on_step=on_step)
+    from generator.evaluation import Evaluator
+    from generator.selection import choose_k_tau_by_task, task_checker
+
+    suite_tasks = default_suite_tasks(registry) if tasks is None else tasks
+    by_expert = bank.tasks_of(suite_tasks)  # training experts' tasks only, never held out
+    if not by_expert:
+        if on_progress:
+            on_progress("no expert's task found: K and tau by weight-space error, no task check")
+        return fit_sg(bank, config, on_step=on_step)
+    evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
     choice = None
-    needs_choice = config.k is None or config.tau is None
-    if config.method == SG_LORA and needs_choice and config.select == "task" and len(bank) > 1:
-        suite_tasks = default_suite_tasks(registry) if tasks is None else tasks
-        choice = choose_by_task(registry, bank, suite_tasks, on_progress)
-    return fit_sg(bank, config, on_step=on_step, choice=choice)
+    if config.select == "task" and (config.k is None or config.tau is None):
+        if on_progress:
+            on_progress(f"choosing K, tau and gate by leave-one-out accuracy on "
+                        f"{len(by_expert)} experts' tasks")  # fmt: skip
+
+        def on_task(done: int, total: int) -> None:
+            if on_progress and (done == total or done % 5 == 0):
+                on_progress(f"  scored the mixtures of {done}/{total} tasks")
+
+        choice = choose_k_tau_by_task(bank, by_expert, evaluator, on_task=on_task)
+    check = task_checker(bank, by_expert, evaluator)
+    return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check)
 
 
 def train_generator(
@@ -172,14 +164,14 @@ def finetune_generator(
     of the tasks are only validated on; the best validation state is kept."""
     from generator.checkpoint import Checkpoint
     from generator.evaluation import load_base
-    from generator.finetune import finetune, tasks_for
+    from generator.finetune import finetune
 
     rec = registry.get_generator(generator_id)
     ckpt = Checkpoint.from_bytes(registry.generator_checkpoint(rec.id))
     if on_progress:
         on_progress(f"loading the {len(ckpt.expert_ids)} experts of generator {rec.id}")
     bank = ExpertBank.from_registry(registry, rec.base_model, ids=ckpt.expert_ids)
-    tasks = tasks_for(bank, suite_tasks)
+    tasks = bank.tasks_of(suite_tasks)
     if on_progress:
         on_progress(f"fine-tuning through {rec.base_model} on {len(tasks)} training tasks")
     model, tokenizer = load_base(registry.base_model_path(rec.base_model))

@@ -11,7 +11,14 @@ and temperature tau:
 (the law of total variance of the mixture). ``mu_k`` and ``sigma_k^2`` are an
 expert's late-trajectory mean and variance. With all variances zero this is
 also the "softmax-weighted mean of the top-K adapters" baseline, and with
-K = 1 the "nearest adapter" baseline. Pure torch: no registry, no FAISS.
+K = 1 the "nearest adapter" baseline.
+
+The similarity gate (optional): when the nearest expert's similarity leads the
+runner-up's by more than ``gate``, the mixture is that expert alone. A new task
+with one clear sibling in the registry (the same question about another
+plant, topic or language) is then served by the sibling, while a task with no
+close expert still gets the broad top-K mixture. Pure torch: no registry, no
+FAISS.
 """
 
 from __future__ import annotations
@@ -38,6 +45,19 @@ def softmax_weights(similarities: torch.Tensor, tau: float) -> torch.Tensor:
     if similarities.ndim != 1 or similarities.numel() == 0:
         raise ValueError("similarities must be a non-empty 1-D tensor")
     return torch.softmax(similarities.double() / tau, dim=0).float()
+
+
+def guide_weights(
+    similarities: torch.Tensor, tau: float, gate: float | None = None
+) -> torch.Tensor:
+    """(K,) similarities, sorted descending -> weights over their first K' <= K
+    experts: the nearest alone when it leads the runner-up by more than ``gate``."""
+    if gate is not None and similarities.numel() > 1:
+        if gate < 0:
+            raise ValueError(f"gate must be non-negative, got {gate}")
+        if float(similarities[0] - similarities[1]) > gate:
+            return torch.ones(1)
+    return softmax_weights(similarities, tau)
 
 
 def mix(

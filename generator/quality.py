@@ -2,9 +2,10 @@
 
 For each task: the bare base model; the nearest expert (top-1 by description,
 its registered weights); the softmax-weighted mean of the top-K experts'
-weights (the same K, tau and experts SG-LoRA uses); SG-LoRA's mixture mean
-mu* alone; each generator's adapter; and the oracle (the zoo adapter trained
-on the task itself). Relative accuracy = accuracy / oracle accuracy.
+weights (SG-LoRA's K and tau; its best K >= 2 when SG-LoRA's K is 1); SG-LoRA's
+mixture mean mu* alone (its own K, tau and similarity gate); each generator's
+adapter; and the oracle (the zoo adapter trained on the task itself). Relative
+accuracy = accuracy / oracle accuracy.
 """
 
 from __future__ import annotations
@@ -137,10 +138,14 @@ def evaluate(
     bank: ExpertBank,
     k: int,
     tau: float,
+    guidance: tuple[int, float, float | None] | None = None,
     seed: int = 0,
     on_task: Callable[[str], None] | None = None,
 ) -> QualityReport:
-    """Score every column on every task's test split with one evaluator (one model load)."""
+    """Score every column on every task's test split with one evaluator (one model load).
+    ``k`` and ``tau`` make the weighted-mean baseline; ``guidance`` (K, tau, gate) the
+    SG-LoRA mixture mean (default: ``k``, ``tau``, no gate)."""
+    sg_k, sg_tau, gate = guidance if guidance is not None else (k, tau, None)
     rows = []
     template = bank.template
     for task in tasks:
@@ -157,7 +162,7 @@ def evaluate(
         row.scores["weighted-mean"] = evaluator.accuracy(
             task, (template, bank.weighted_weights(idx, sims, tau))
         ).accuracy
-        mixture = bank.mixture(idx, sims, tau)
+        mixture = bank.guided(q, sg_k, sg_tau, gate)[2]
         row.scores["sg-mixture-mean"] = evaluator.accuracy(
             task, (template, bank.layout.unflatten(mixture.mean))
         ).accuracy
@@ -170,7 +175,15 @@ def evaluate(
         methods=[*BASELINES, *generators],
         rows=rows,
         generators={c: g.id for c, g in generators.items() if g.id is not None},
-        settings={"k": k, "tau": tau, "seed": seed, "experts": len(bank)},
+        settings={
+            "k": k,
+            "tau": tau,
+            "sg_k": sg_k,
+            "sg_tau": sg_tau,
+            "gate": gate,
+            "seed": seed,
+            "experts": len(bank),
+        },
     )
 
 
@@ -198,6 +211,15 @@ def sg_settings(generators: dict[str, Generator]) -> tuple[int, float] | None:
             if k == 1:
                 return best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper) or (k, tau)
             return k, tau
+    return None
+
+
+def sg_guidance(generators: dict[str, Generator]) -> tuple[int, float, float | None] | None:
+    """The first SG-LoRA generator's own K, tau and gate (its mixture-mean column)."""
+    for g in generators.values():
+        if g.method == SG_LORA:
+            h = g.ckpt.hyper
+            return int(h["k"]), float(h["tau"]), h.get("gate")
     return None
 
 

@@ -8,8 +8,14 @@ Here each training expert t plays a new task: its leave-one-out mixture
 (top-K *other* experts, softmax(s / tau)) is attached to the base model and
 scored by rank classification on a few of t's own examples. The (K, tau) with
 the best mean accuracy over the tasks wins (ties: the higher mean
-log-probability of the right label). Held-out tasks never reach this code:
-the caller passes the training experts' tasks only.
+log-probability of the right label).
+
+The similarity gate is chosen from the same scores at no extra cost: with gate
+g, a task whose nearest other expert leads the runner-up by more than g takes
+the K=1 score, any other task the (K, tau) mixture's. Gated candidates compete
+with the plain ones (equal accuracy: the higher mean log-probability, then the
+plain one). Held-out tasks never reach
+this code: the caller passes the training experts' tasks only.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from generator.experts import ExpertBank
 from generator.guidance import softmax_weights
 from generator.lora_trainer import Tensors
 from generator.tasks import Example, Task
-from generator.training import K_GRID
+from generator.training import K_GRID, KTauChoice, TaskCheck
 from registry.errors import InvalidInput
 
 TAU_GRID = (0.02, 0.1, 0.5)  # coarser than training's: every candidate costs a model pass
 WEIGHT_FLOOR = 5e-4  # mixture weights below this do not make a mixture distinct
+GATE_GRID = (0.02, 0.05, 0.1, 0.2)  # lead in cosine similarity of the nearest expert
 
 
 def spread(examples: Sequence[Example], n: int) -> list[Example]:
@@ -46,10 +53,12 @@ def choose_k_tau_by_task(
     *,
     ks: Sequence[int] = K_GRID,
     taus: Sequence[float] = TAU_GRID,
+    gates: Sequence[float] = GATE_GRID,
     examples: int = 16,
     on_task: Callable[[int, int], None] | None = None,
-) -> tuple[int, float, dict[str, float]]:
-    """(K, tau, {"k=..,tau=..": mean accuracy}) over the leave-one-out mixtures."""
+) -> KTauChoice:
+    """K, tau and gate by the mean accuracy of the leave-one-out mixtures; the choice's
+    ``grid`` scores every (K, tau), its ``gate_grid`` every gated candidate."""
     if len(bank) < 2:
         raise InvalidInput("SG-LoRA needs at least 2 experts")
     usable = {i: t for i, t in tasks.items() if t.is_classification and t.train}
@@ -62,9 +71,12 @@ def choose_k_tau_by_task(
         raise InvalidInput(f"no K in {tuple(ks)} fits {len(bank)} experts")
     acc: dict[tuple[int, float], list[float]] = {c: [] for c in grid}
     loglik: dict[tuple[int, float], list[float]] = {c: [] for c in grid}
+    leads: list[float] = []  # per task: the nearest other expert's lead over the runner-up
     for n, (t, task) in enumerate(sorted(usable.items())):
         chosen = spread(task.train, examples)
         seen: dict[tuple[tuple[int, float], ...], tuple[float, float]] = {}
+        _, top2 = bank.nearest(bank.embeddings[t], 2, exclude=t)
+        leads.append(float(top2[0] - top2[1]) if len(top2) > 1 else float("inf"))
         for k, tau in grid:
             idx, sims = bank.nearest(bank.embeddings[t], k, exclude=t)
             w = softmax_weights(sims, tau)
@@ -80,11 +92,58 @@ def choose_k_tau_by_task(
             loglik[(k, tau)].append(ll)
         if on_task:
             on_task(n + 1, len(usable))
-    mean_acc = {c: sum(v) / len(v) for c, v in acc.items()}
-    mean_ll = {c: sum(v) / len(v) for c, v in loglik.items()}
-    best = max(grid, key=lambda c: (round(mean_acc[c], 6), mean_ll[c]))
-    table = {f"k={k},tau={tau}": round(mean_acc[(k, tau)], 4) for k, tau in grid}
-    return best[0], best[1], table
+
+    def mean(v: list[float]) -> float:
+        return sum(v) / len(v)
+
+    # candidates (K, tau, gate) -> (mean accuracy, mean log-probability); plain ones first
+    scored: dict[tuple[int, float, float | None], tuple[float, float]] = {
+        (k, tau, None): (mean(acc[(k, tau)]), mean(loglik[(k, tau)])) for k, tau in grid
+    }
+    single = next((c for c in grid if c[0] == 1), None)
+    if single is not None:
+        for k, tau in grid:
+            if k < 2:
+                continue
+            for g in gates:
+                pick = [lead > g for lead in leads]
+                gated_acc = [
+                    x1 if p else x
+                    for x1, x, p in zip(acc[single], acc[(k, tau)], pick, strict=True)
+                ]
+                gated_ll = [
+                    x1 if p else x
+                    for x1, x, p in zip(loglik[single], loglik[(k, tau)], pick, strict=True)
+                ]
+                scored[(k, tau, g)] = (mean(gated_acc), mean(gated_ll))
+    best = max(scored, key=lambda c: (round(scored[c][0], 6), scored[c][1]))
+    return KTauChoice(
+        k=best[0],
+        tau=best[1],
+        by="task",
+        grid={f"k={k},tau={tau}": round(scored[(k, tau, None)][0], 4) for k, tau in grid},
+        gate=best[2],
+        gate_grid={
+            f"k={k},tau={tau},gate={g}": round(v[0], 4)
+            for (k, tau, g), v in scored.items()
+            if g is not None
+        },
+    )
+
+
+def task_checker(
+    bank: ExpertBank, tasks: dict[int, Task], evaluator: Evaluator, *, examples: int = 32
+) -> TaskCheck:
+    """Accuracy of a flattened adapter on expert t's own task (None: t has none)."""
+
+    def check(t: int, rows: dict[str, torch.Tensor]) -> float | None:
+        task = tasks.get(t)
+        if task is None or not task.is_classification or not task.train:
+            return None
+        adapter = (bank.template, bank.layout.unflatten(rows))
+        return _score(evaluator, task, spread(task.train, examples), adapter)[0]
+
+    return check
 
 
 def _score(

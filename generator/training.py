@@ -20,8 +20,8 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -68,6 +68,10 @@ class GeneratorConfig:
     # through the base model, generator/selection.py; ~25 s an expert on 2 cores,
     # and falls back to "weights" without the experts' tasks)
     select: str = "weights"
+    # SG-LoRA's similarity gate (guidance.guide_weights): the nearest expert alone when
+    # it leads the runner-up by more than this; None = always the top-K mixture. The
+    # "task" choice picks it with K and tau.
+    gate: float | None = None
     val_fraction: float = 0.15
     eval_every: int = 100
     task_vector_dropout: float = 0.5
@@ -85,10 +89,25 @@ class GeneratorConfig:
             raise InvalidInput(f"k must be at least 1, got {self.k}")
         if self.select not in SELECT_BY:
             raise InvalidInput(f"select must be one of {', '.join(SELECT_BY)}, got {self.select!r}")
+        if self.gate is not None and not self.gate >= 0:
+            raise InvalidInput(f"gate must be non-negative, got {self.gate}")
         if self.tau is not None and self.tau <= 0:
             raise InvalidInput(f"tau must be positive, got {self.tau}")
         if not self.lr > 0:
             raise InvalidInput(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_params(cls, p: Mapping[str, Any]) -> GeneratorConfig:
+        """The config of a training request (a job's or the API's parameters)."""
+        return cls(
+            method=p.get("method", SG_LORA),
+            steps=int(p.get("steps", 800)),
+            k=p.get("k"),
+            tau=p.get("tau"),
+            select=p.get("select", "weights"),
+            gate=p.get("gate"),
+            seed=int(p.get("seed", 0)),
+        )
 
     @property
     def beta(self) -> float:
@@ -187,6 +206,12 @@ class KTauChoice:
     tau: float
     by: str  # "task" (mean accuracy) or "weights" (mean error in update space)
     grid: dict[str, float]
+    gate: float | None = None
+    gate_grid: dict[str, float] = field(default_factory=dict)
+
+
+# (expert index, adapter) -> accuracy on that expert's task; None: no task to score
+TaskCheck = Callable[[int, Rows], float | None]
 
 
 def fit_sg(
@@ -195,18 +220,22 @@ def fit_sg(
     *,
     on_step: StepCallback | None = None,
     choice: KTauChoice | None = None,
+    task_check: TaskCheck | None = None,
 ) -> FitResult:
-    """Train SG-LoRA; K and tau: the config's, else ``choice``, else by weight-space error."""
+    """Train SG-LoRA; K and tau: the config's, else ``choice``, else by weight-space error.
+    With ``task_check``, the learned correction is kept only when it raises the
+    validation experts' mean task accuracy above their mixture means'."""
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
     layout = bank.layout
     if config.k is not None and config.tau is not None:
-        choice = KTauChoice(config.k, config.tau, "given", {})
+        choice = KTauChoice(config.k, config.tau, "given", {}, config.gate)
     elif choice is None:
         k_w, tau_w, grid_w = choose_k_tau(bank)
-        choice = KTauChoice(k_w, tau_w, "weights", grid_w)
+        choice = KTauChoice(k_w, tau_w, "weights", grid_w, config.gate)
     k = config.k or choice.k
     tau = config.tau or choice.tau
+    gate = config.gate if config.gate is not None else choice.gate
     grid = choice.grid
     k = min(k, len(bank) - 1)
 
@@ -214,8 +243,7 @@ def fit_sg(
     # leave-one-out conditions, one per expert
     mixtures = []
     for t in range(len(bank)):
-        idx, sims = bank.nearest(bank.embeddings[t], k, exclude=t)
-        mixtures.append(bank.mixture(idx, sims, tau))
+        mixtures.append(bank.guided(bank.embeddings[t], k, tau, gate, exclude=t)[2])
     logv = []
     for mx in mixtures:
         for m in layout.modules:
@@ -256,7 +284,16 @@ def fit_sg(
         if val_idx
         else float("nan")
     )
+    untrained = copy.deepcopy(net.state_dict())  # zero correction: the mixture means
     best_val, history = _train_loop(net, len(samples), step_loss, val_error, config, on_step)
+    correction: dict[str, Any] = {}
+    if task_check is not None and val_idx:
+        val_means = [mixtures[t].mean for t in val_idx]
+        correction = _check_correction(
+            net, layout, norm, val_idx, task_check, cond_mean, cond_logvar, val_means
+        )
+        if not correction.get("correction_kept", True):
+            net.load_state_dict(untrained)
     metrics = {
         "method": SG_LORA,
         "experts": len(bank),
@@ -267,6 +304,9 @@ def fit_sg(
         "tau": tau,
         "k_tau_grid": grid,
         "k_tau_by": choice.by,
+        "gate": gate,
+        "gate_grid": choice.gate_grid,
+        **correction,
         "val_rel_error": _finite(best_val),
         "val_rel_error_mixture": _finite(mixture_val),
         "history": history,
@@ -279,6 +319,8 @@ def fit_sg(
         "tau": tau,
         "k_tau_by": choice.by,
         "k_tau_grid": grid,
+        "gate": gate,
+        "gate_grid": choice.gate_grid,
         "logvar_shift": shift,
         "logvar_scale": scale,
     }
@@ -293,6 +335,39 @@ def fit_sg(
         expert_embeddings=bank.embeddings,
     )
     return FitResult(ckpt, metrics)
+
+
+def _check_correction(
+    net: SGLoraNet,
+    layout: LoraLayout,
+    norm: BlockNormaliser,
+    val_idx: list[int],
+    task_check: TaskCheck,
+    cond_mean: Tokens,
+    cond_logvar: Tokens,
+    mixture_means: list[Rows],
+) -> dict[str, Any]:
+    """Validation experts' mean task accuracy with and without the learned correction
+    (experts whose task ``task_check`` cannot score, None, are skipped)."""
+    with torch.no_grad():
+        decoded = from_tokens(
+            layout, norm, net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx))
+        )
+    plain, corrected = [], []
+    for t, m, r in zip(val_idx, mixture_means, decoded, strict=True):
+        a = task_check(t, m)
+        if a is not None:
+            plain.append(a)
+            corrected.append(task_check(t, r) or 0.0)
+    if not plain:
+        return {}
+    with_mixture, with_correction = sum(plain) / len(plain), sum(corrected) / len(plain)
+    return {
+        "val_task_acc_mixture": round(with_mixture, 4),
+        "val_task_acc_generated": round(with_correction, 4),
+        # a correction must earn its place: ties keep the plain mixture
+        "correction_kept": with_correction > with_mixture,
+    }
 
 
 # ---- ICM-LoRA ------------------------------------------------------------------

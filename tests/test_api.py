@@ -274,6 +274,11 @@ def test_generator_training_job_runs_on_the_worker(client: TestClient, world) ->
     assert any(g["name"] == "from-api" for g in gens)
     bad = client.post("/v1/generators", json=body | {"method": "x"}, headers=auth(world["admin"]))
     assert bad.status_code == 400
+    jobs_before = reg.count_jobs()
+    for wrong in ({"gate": -0.5}, {"select": "vibes"}, {"tau": 0}):
+        r = client.post("/v1/generators", json=body | wrong, headers=auth(world["admin"]))
+        assert r.status_code == 400 and next(iter(wrong)) in r.json()["detail"], r.text
+    assert reg.count_jobs() == jobs_before  # a refused request queues nothing
     missing = client.post(
         "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world["admin"])
     )

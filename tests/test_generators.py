@@ -227,19 +227,20 @@ class RecordingEvaluator(Evaluator):
 
 
 def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> None:  # type: ignore[no-untyped-def]
-    from generator.finetune import tasks_for
     from generator.selection import choose_k_tau_by_task
 
     reg: Registry = world["registry"]
     bank = ExpertBank.from_registry(reg, world["base"])
     suite = list(world["suite"])
-    tasks = tasks_for(bank, suite)  # the held-out task has no expert, and is filtered anyway
+    tasks = bank.tasks_of(suite)  # the held-out task has no expert, and is filtered anyway
     assert sorted(t.name for t in tasks.values()) == sorted(n for n, _ in TASKS)
     evaluator = RecordingEvaluator.from_path(Path(world["base"]))
     assert isinstance(evaluator, RecordingEvaluator)
-    k, tau, grid = choose_k_tau_by_task(
-        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), examples=6
+    choice = choose_k_tau_by_task(
+        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), gates=(-1.0, 9.0), examples=6
     )
+    k, tau, grid = choice.k, choice.tau, choice.grid
+    assert choice.by == "task"
     assert set(grid) == {
         "k=1,tau=0.001",
         "k=2,tau=0.001",
@@ -248,7 +249,22 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
         "k=4,tau=1.0",
     }
     assert all(0.0 <= v <= 1.0 for v in grid.values())
-    assert grid[f"k={k},tau={tau}"] == max(grid.values())  # the winner has the best accuracy
+    # gated candidates reuse the scores: a gate every lead passes is the nearest alone,
+    # one no lead passes the plain mixture
+    gated = choice.gate_grid
+    assert set(gated) == {
+        f"{c},gate={g}" for c in grid if not c.startswith("k=1,") for g in (-1.0, 9.0)
+    }
+    for c in grid:
+        if not c.startswith("k=1,"):
+            assert gated[f"{c},gate=-1.0"] == grid["k=1,tau=0.001"]
+            assert gated[f"{c},gate=9.0"] == grid[c]
+    winner = (
+        grid[f"k={k},tau={tau}"]
+        if choice.gate is None
+        else gated[f"k={k},tau={tau},gate={choice.gate}"]
+    )
+    assert winner == max([*grid.values(), *gated.values()])  # the winner has the best accuracy
     assert "moon" not in evaluator.scored and set(evaluator.scored) == {n for n, _ in TASKS}
     # identical mixtures are scored once: K=1 and every low-tau mixture that puts all
     # weight on the top expert share one score per task
@@ -260,10 +276,20 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
 def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # type: ignore[no-untyped-def]
     reg: Registry = world["registry"]
     cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, select="task")
-    _, by_task = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
-    assert by_task["k_tau_by"] == "task" and by_task["k_tau_grid"]
-    assert by_task["k_tau_grid"][f"k={by_task['k']},tau={by_task['tau']}"] == max(
-        by_task["k_tau_grid"].values()
+    rec_task, by_task = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
+    assert by_task["k_tau_by"] == "task" and by_task["k_tau_grid"] and by_task["gate_grid"]
+    scores = {**by_task["k_tau_grid"], **by_task["gate_grid"]}
+    key = f"k={by_task['k']},tau={by_task['tau']}"
+    key += f",gate={by_task['gate']}" if by_task["gate"] is not None else ""
+    assert scores[key] == max(scores.values())
+    gen = Checkpoint.from_bytes(reg.generator_checkpoint(rec_task.id))
+    assert gen.hyper["gate"] == by_task["gate"]
+    # the learned correction was weighed on the validation experts' own tasks
+    checked = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.4, k=2, tau=0.1)
+    _, weighed = train_generator(reg, world["base"], checked, tasks=list(world["suite"]))
+    assert 0 <= weighed["val_task_acc_mixture"] <= 1 and 0 <= weighed["val_task_acc_generated"] <= 1
+    assert weighed["correction_kept"] == (
+        weighed["val_task_acc_generated"] > weighed["val_task_acc_mixture"]
     )
     # no task data at hand (this world's default suite is empty): weight-space choice
     _, fallback = train_generator(reg, world["base"], cfg)
@@ -276,6 +302,25 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
     assert fixed["k_tau_by"] == "given" and (fixed["k"], fixed["tau"]) == (2, 0.1)
     with pytest.raises(InvalidInput, match="select must be one of"):
         GeneratorConfig(select="vibes")
+    with pytest.raises(InvalidInput, match="gate must be non-negative"):
+        GeneratorConfig(gate=-0.1)
+
+
+def test_the_similarity_gate_reaches_generation(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    desc = "Does the text mention the moon? Answer yes or no."
+    made = {}
+    for gate in (None, 0.0):
+        cfg = GeneratorConfig(
+            hidden=32, latent=4, steps=2, val_fraction=0.0, k=3, tau=0.5, gate=gate
+        )
+        rec, metrics = train_generator(reg, world["base"], cfg, name=f"gate-{gate}")
+        assert metrics["gate"] == gate
+        made[gate] = Generator.from_registry(reg, rec).generate([Request(desc)])[0]
+    plain, gated = made[None].neighbours, made[0.0].neighbours
+    assert len(plain) == 3 and sum(n.weight for n in plain) == pytest.approx(1.0, abs=1e-4)
+    # the nearest leads by more than 0: it alone makes the adapter
+    assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from generator.guidance import mix, softmax_weights
+from generator.guidance import guide_weights, mix, softmax_weights
 
 
 def rows(value: float, var: float = 0.0) -> tuple[dict, dict]:
@@ -37,3 +37,13 @@ def test_baselines_are_special_cases() -> None:
     assert torch.allclose(
         mix(torch.tensor([0.5, 0.5]), [m1, m2]).mean["q"], torch.full((2, 3), 3.0)
     )
+
+
+def test_the_gate_serves_a_clear_nearest_expert_alone() -> None:
+    s = torch.tensor([0.9, 0.7, 0.6])
+    assert torch.equal(guide_weights(s, 0.1, gate=0.1), torch.ones(1))  # leads by 0.2
+    assert torch.allclose(guide_weights(s, 0.1, gate=0.3), softmax_weights(s, 0.1))
+    assert torch.allclose(guide_weights(s, 0.1), softmax_weights(s, 0.1))  # no gate
+    assert torch.equal(guide_weights(s[:1], 0.1, gate=0.0), torch.ones(1))
+    with pytest.raises(ValueError, match="gate"):
+        guide_weights(s, 0.1, gate=-0.5)

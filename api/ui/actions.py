@@ -195,7 +195,7 @@ def _optional_float(what: str, raw: str) -> float | None:
 @post("/generators", opt=ADMIN)
 async def train_generator(request: Request[Any, Any, Any], state: State) -> Template | Redirect:
     form = await request.form()
-    fields = ("base_model", "method", "steps", "k", "tau", "seed", "name")
+    fields = ("base_model", "method", "steps", "k", "tau", "select", "gate", "seed", "name")
     values = {f: _text(form, f) for f in fields}
     reg = _reg(state)
     try:
@@ -205,6 +205,8 @@ async def train_generator(request: Request[Any, Any, Any], state: State) -> Temp
             steps=views.parse_int("steps", values["steps"] or "800", 1, 10_000_000),
             k=_optional_int("k", values["k"], 1, 10_000),
             tau=_optional_float("tau", values["tau"]),
+            select=values["select"] or "weights",
+            gate=_optional_float("gate", values["gate"]),
             seed=views.parse_int("seed", values["seed"] or "0", 0, MAX_SEED),
             name=values["name"].strip() or None,
         )
