@@ -62,6 +62,13 @@ def generator_train(
             "K and tau by --select task)."
         ),
     ] = None,
+    describe: Annotated[
+        bool,
+        typer.Option(
+            help="SG-LoRA: condition the learned correction on the description embedding "
+            "too, not only on the mixture."
+        ),
+    ] = False,
     suite: SuiteOpt = None,
     hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
@@ -83,6 +90,7 @@ def generator_train(
         tau=tau,
         select=select,
         gate=gate,
+        describe=describe,
         hidden=hidden,
         latent=latent,
         seed=seed,
@@ -218,6 +226,28 @@ def evaluated_generators(reg: Any, base_model: str) -> dict[str, Any]:
     return {c: cols[c] for c in order if c in cols}
 
 
+def chosen_generators(reg: Any, base_model: str, ids: str | None) -> dict[str, Any]:
+    """Column -> generator: ``ids`` ("3,5"; columns "sg-lora#3", ...) or the default set."""
+    from registry.errors import InvalidInput
+
+    if ids is None:
+        return evaluated_generators(reg, base_model)
+    cols: dict[str, Any] = {}
+    for part in ids.split(","):
+        try:
+            gid = int(part)
+        except ValueError:
+            raise InvalidInput(f"--generators takes comma-separated ids, got {part!r}") from None
+        rec = reg.get_generator(gid)
+        if rec.base_model != base_model:
+            raise InvalidInput(f"generator {gid} is for {rec.base_model}, not {base_model}")
+        e2e = "+e2e" if "finetuned_from" in rec.hyperparameters else ""
+        cols[f"{rec.method}{e2e}#{gid}"] = rec
+    if not cols:
+        raise InvalidInput("--generators names no generator")
+    return cols
+
+
 def read_examples(path: Path | None) -> Any:
     if path is None:
         return None
@@ -291,6 +321,14 @@ def eval_generators(
         str | None,
         typer.Option("--tasks", help="Comma-separated task names (default: the held-out ones)."),
     ] = None,
+    generator_ids: Annotated[
+        str | None,
+        typer.Option(
+            "--generators",
+            help="Comma-separated generator ids to score, one column each (default: the "
+            "newest of each method, plain and fine-tuned).",
+        ),
+    ] = None,
     suite: SuiteOpt = None,
     seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
     dest: Annotated[
@@ -312,7 +350,7 @@ def eval_generators(
     if not selected:
         raise InvalidInput("no tasks to evaluate")
     gens = {}
-    for column, rec in evaluated_generators(reg, base_model).items():
+    for column, rec in chosen_generators(reg, base_model, generator_ids).items():
         gens[column] = Generator.from_registry(reg, rec)
     if not gens:
         raise InvalidInput(f"no generators for {base_model}: run `loramint generator train`")

@@ -159,6 +159,7 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     tau: float | None = None
     select: str = "weights"  # how SG-LoRA picks K and tau when not given, or "task"
     gate: float | None = None  # SG-LoRA: the nearest expert alone when it leads by more
+    describe: bool = False  # SG-LoRA: the correction also reads the description
     seed: int = 0
     name: str | None = None
 

@@ -10,7 +10,7 @@ pickled, so loading a checkpoint never runs code.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ class Checkpoint:
                 "rank": self.layout.blocks[0].rank,
             },
             "template": self.template,
-            "net": {"hidden": self.net.config.hidden, "latent": self.net.config.latent},
+            "net": asdict(self.net.config),
             "cond_dim": getattr(self.net, "cond_dim", None),
             "hyper": self.hyper,
             "expert_ids": self.expert_ids,

@@ -50,7 +50,8 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
             float(ckpt.hyper["logvar_shift"]),
             float(ckpt.hyper["logvar_scale"]),
         )
-        return lambda: net.sample(mean, logvar)
+        desc = bank.embeddings[index][None] if net.config.describe else None  # (1, D)
+        return lambda: net.sample(mean, logvar, desc=desc)
     icm = ckpt.net
     assert isinstance(icm, ICMLoraNet)
     cond = icm_condition(bank.embeddings[index], None, int(ckpt.hyper["hidden_size"]))[None]

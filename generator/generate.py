@@ -223,7 +223,12 @@ class Generator:
                 float(self.ckpt.hyper["logvar_shift"]),
                 float(self.ckpt.hyper["logvar_scale"]),
             )
-            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps)
+            desc = (
+                torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
+                if self.ckpt.net.config.describe
+                else None
+            )  # (N, D)
+            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps, desc)
         else:
             assert isinstance(self.ckpt.net, ICMLoraNet)
             hidden = int(self.ckpt.hyper["hidden_size"])

@@ -72,6 +72,8 @@ class GeneratorConfig:
     # it leads the runner-up by more than this; None = always the top-K mixture. The
     # "task" choice picks it with K and tau.
     gate: float | None = None
+    # SG-LoRA: also condition the correction on the description embedding
+    describe: bool = False
     val_fraction: float = 0.15
     eval_every: int = 100
     task_vector_dropout: float = 0.5
@@ -106,6 +108,7 @@ class GeneratorConfig:
             tau=p.get("tau"),
             select=p.get("select", "weights"),
             gate=p.get("gate"),
+            describe=bool(p.get("describe", False)),
             seed=int(p.get("seed", 0)),
         )
 
@@ -260,7 +263,11 @@ def fit_sg(
     targets = to_tokens(layout, norm, [s for _, s in samples])  # {m: (S, L, r, w)}
     owner = torch.tensor([t for t, _ in samples])  # (S,) expert index of each sample
 
-    net = SGLoraNet(module_shapes(layout), NetConfig(config.hidden, config.latent))
+    describe = bank.embeddings.shape[1] if config.describe else 0
+    net = SGLoraNet(module_shapes(layout), NetConfig(config.hidden, config.latent, describe))
+
+    def desc(idx: torch.Tensor | list[int]) -> torch.Tensor | None:
+        return bank.embeddings[idx] if describe else None  # (N, D)
 
     def val_error() -> float:
         return _val_error(
@@ -268,13 +275,18 @@ def fit_sg(
             bank,
             norm,
             val_idx,
-            lambda: net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx)),
+            lambda: net.sample(
+                _index(cond_mean, val_idx), _index(cond_logvar, val_idx), desc=desc(val_idx)
+            ),
         )
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
         tasks = owner[batch]
         recon, kl = net(
-            _index(targets, batch), _index(cond_mean, tasks), _index(cond_logvar, tasks)
+            _index(targets, batch),
+            _index(cond_mean, tasks),
+            _index(cond_logvar, tasks),
+            desc(tasks),
         )
         return _loss(recon, _index(targets, batch), kl, config.beta)
 
@@ -290,8 +302,9 @@ def fit_sg(
     if task_check is not None and val_idx:
         val_means = [mixtures[t].mean for t in val_idx]
         correction = _check_correction(
-            net, layout, norm, val_idx, task_check, cond_mean, cond_logvar, val_means
-        )
+            net, layout, norm, val_idx, task_check, cond_mean, cond_logvar, val_means,
+            desc(val_idx),
+        )  # fmt: skip
         if not correction.get("correction_kept", True):
             net.load_state_dict(untrained)
     metrics = {
@@ -346,12 +359,15 @@ def _check_correction(
     cond_mean: Tokens,
     cond_logvar: Tokens,
     mixture_means: list[Rows],
+    desc: torch.Tensor | None,
 ) -> dict[str, Any]:
     """Validation experts' mean task accuracy with and without the learned correction
     (experts whose task ``task_check`` cannot score, None, are skipped)."""
     with torch.no_grad():
         decoded = from_tokens(
-            layout, norm, net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx))
+            layout,
+            norm,
+            net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx), desc=desc),
         )
     plain, corrected = [], []
     for t, m, r in zip(val_idx, mixture_means, decoded, strict=True):

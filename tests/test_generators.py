@@ -164,6 +164,41 @@ def test_cli_generate_and_list(world, tmp_path: Path) -> None:  # type: ignore[n
     )
 
 
+def test_a_describing_generator_trains_generates_and_finetunes(world) -> None:  # type: ignore[no-untyped-def]
+    from generator.generators import finetune_generator
+
+    reg: Registry = world["registry"]
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, k=2, tau=0.1, describe=True)
+    rec, _ = train_generator(reg, world["base"], cfg, name="describing")
+    assert rec.hyperparameters["describe"] is True
+    tuned = finetune_generator(reg, rec.id, list(world["suite"]), steps=2, batch_size=2)
+    net = Checkpoint.from_bytes(reg.generator_checkpoint(tuned.id)).net
+    assert net.config.describe > 0
+    [(made, _)] = generate_adapters(
+        reg, [Request("Does the text mention a comet?")], base_model=world["base"],
+        method="sg-lora", generator_id=tuned.id,
+    )  # fmt: skip
+    assert made.meta["generator_id"] == tuned.id
+
+
+def test_eval_scores_the_generators_asked_for(world) -> None:  # type: ignore[no-untyped-def]
+    from api.cli_generators import chosen_generators, evaluated_generators
+
+    reg: Registry = world["registry"]
+    base = world["base"]
+    a, _ = train_generator(reg, base, GeneratorConfig(hidden=32, latent=4, steps=2), name="pick-a")
+    b, _ = train_generator(reg, base, GeneratorConfig(hidden=32, latent=4, steps=2), name="pick-b")
+    cols = chosen_generators(reg, base, f"{a.id},{b.id}")
+    assert {c: r.id for c, r in cols.items()} == {f"sg-lora#{a.id}": a.id, f"sg-lora#{b.id}": b.id}
+    assert chosen_generators(reg, base, None).keys() == evaluated_generators(reg, base).keys()
+    with pytest.raises(InvalidInput, match="comma-separated ids"):
+        chosen_generators(reg, base, f"{a.id},b")
+    with pytest.raises(InvalidInput, match="not smollm2"):
+        chosen_generators(reg, "smollm2-135m-instruct", str(a.id))
+    with pytest.raises(GeneratorNotFound):
+        chosen_generators(reg, base, "999999")
+
+
 def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(world) -> None:  # type: ignore[no-untyped-def]
     from api.cli_generators import evaluated_generators
     from generator.generators import finetune_generator
