@@ -75,7 +75,8 @@ def fit(
     by_expert = bank.tasks_of(suite_tasks)  # training experts' tasks only, never held out
     if not by_expert:
         if on_progress:
-            on_progress("no expert's task found: K and tau by weight-space error, no task check")
+            fallback = ", K and tau by weight-space error" if config.select == "task" else ""
+            on_progress(f"no expert's task at hand: no task check of the correction{fallback}")
         return fit_sg(bank, config, on_step=on_step)
     evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
     choice = None
