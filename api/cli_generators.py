@@ -51,7 +51,7 @@ def generator_train(
         typer.Option(
             help="How SG-LoRA chooses K and tau when not given: 'weights' (leave-one-out "
             "error in update space; seconds) or 'task' (leave-one-out accuracy of each "
-            "mixture on the experts' tasks through the base model; ~25 s an expert)."
+            "mixture on the experts' tasks through the base model; ~15-25 s an expert)."
         ),
     ] = "weights",
     gate: Annotated[

@@ -65,7 +65,7 @@ class GeneratorConfig:
     tau: float | None = None  # SG-LoRA softmax temperature (None: chosen leave-one-out)
     # how K and tau are chosen when not given: "weights" (error of the leave-one-out
     # mixture in update space; seconds) or "task" (its accuracy on each expert's task
-    # through the base model, generator/selection.py; ~25 s an expert on 2 cores,
+    # through the base model, generator/selection.py; ~15-25 s an expert on 2 cores,
     # and falls back to "weights" without the experts' tasks)
     select: str = "weights"
     # SG-LoRA's similarity gate (guidance.guide_weights): the nearest expert alone when
