@@ -14,8 +14,8 @@ The similarity gate is chosen from the same scores at no extra cost: with gate
 g, a task whose nearest other expert leads the runner-up by more than g takes
 the K=1 score, any other task the (K, tau) mixture's. Gated candidates compete
 with the plain ones (equal accuracy: the higher mean log-probability, then the
-plain one). Held-out tasks never reach
-this code: the caller passes the training experts' tasks only.
+plain one). Held-out tasks never reach this code: the caller passes the
+training experts' tasks only.
 """
 
 from __future__ import annotations
