@@ -201,26 +201,30 @@ def write(report: QualityReport, root: Path) -> Path:
     return path
 
 
+def _first_sg(generators: dict[str, Generator]) -> Generator | None:
+    return next((g for g in generators.values() if g.method == SG_LORA), None)
+
+
 def sg_settings(generators: dict[str, Generator]) -> tuple[int, float] | None:
     """K and tau of the mixture baselines: the first SG-LoRA generator's. When its own
     choice is a single expert (the nearest baseline already), the baselines take the
     best K >= 2 of the grid it chose from, so "weighted mean of top-K" stays a mixture."""
-    for g in generators.values():
-        if g.method == SG_LORA:
-            k, tau = int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
-            if k == 1:
-                return best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper) or (k, tau)
-            return k, tau
-    return None
+    g = _first_sg(generators)
+    if g is None:
+        return None
+    k, tau = int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
+    if k == 1:
+        return best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper) or (k, tau)
+    return k, tau
 
 
 def sg_guidance(generators: dict[str, Generator]) -> tuple[int, float, float | None] | None:
     """The first SG-LoRA generator's own K, tau and gate (its mixture-mean column)."""
-    for g in generators.values():
-        if g.method == SG_LORA:
-            h = g.ckpt.hyper
-            return int(h["k"]), float(h["tau"]), h.get("gate")
-    return None
+    g = _first_sg(generators)
+    if g is None:
+        return None
+    h = g.ckpt.hyper
+    return int(h["k"]), float(h["tau"]), h.get("gate")
 
 
 def best_mixture(grid: dict[str, float], hyper: dict[str, Any]) -> tuple[int, float] | None:
