@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import sys
 import time
@@ -354,13 +355,19 @@ def main() -> None:
         row = score_task(reg, task, teacher, student, target, args, earlier.get(task.name))
         rows.append(merged(row, earlier.get(task.name)))
         # the files follow every finished task, so an interrupted run keeps what it
-        # measured; the rows of tasks this run does not score stay
+        # measured; the rows of tasks this run does not score stay, read again under a
+        # lock, so runs on other tasks at the same time keep theirs
         scored = {r["task"] for r in rows}
-        others = [r for name, r in earlier.items() if name not in scored]
-        md = markdown([*rows, *others], args.source, target, args)
-        payload = {"settings": vars(args) | {"suite": str(args.suite)}, "tasks": [*rows, *others]}
-        write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
-        write_atomic(path.with_suffix(".md"), md.encode())
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            now = json.loads(path.read_text()).get("tasks", []) if path.exists() else []
+            current = {**earlier, **{r["task"]: r for r in now}}
+            others = [r for name, r in current.items() if name not in scored]
+            md = markdown([*rows, *others], args.source, target, args)
+            settings = vars(args) | {"suite": str(args.suite)}
+            payload = {"settings": settings, "tasks": [*rows, *others]}
+            write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
+            write_atomic(path.with_suffix(".md"), md.encode())
     sys.stdout.write(md)
     print(f"results: {path}", file=sys.stderr)
 

@@ -255,6 +255,8 @@ def _synthesize(run: _Run) -> StageOutput:
         run.source.seed_inputs(cfg),
         cfg,
         seed=cfg.seed,
+        answers=run.source.seed_answers(cfg),
+        labels=run.source.labels,
     )
     budget = math.ceil(cfg.samples / cfg.gen_batch) + cfg.max_rounds
     stats = synthesize(
@@ -379,6 +381,8 @@ def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
         source.seed_inputs(cfg),
         cfg,
         seed=cfg.seed + 2,
+        answers=source.seed_answers(cfg),
+        labels=source.labels,
     )
     more.exclude(pool)
 

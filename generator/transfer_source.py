@@ -120,6 +120,18 @@ class SourceTask:
         texts = [one_line(e.input, config.max_input_chars) for e in self.seeds]
         return list(dict.fromkeys(t for t in texts if t))
 
+    def seed_answers(self, config: TransferConfig) -> dict[str, str] | None:
+        """Each seed input's label, for label-conditioned synthesis (``label_prompts``);
+        None when the setting is off, the task is free-form, or an input has two labels."""
+        if not config.label_prompts or not self.labels:
+            return None
+        answers: dict[str, str] = {}
+        for e in self.seeds:
+            text = one_line(e.input, config.max_input_chars)
+            if text and answers.setdefault(text, e.output) != e.output:
+                return None
+        return answers
+
 
 def source_task(registry: Registry, adapter_id: int, *, weights: bool = True) -> SourceTask:
     record = registry.get_adapter(adapter_id)

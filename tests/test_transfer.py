@@ -32,6 +32,7 @@ from generator.transfer import (
     TransferConfig,
     discriminator_description,
     fewshot_prompt,
+    labelled_prompt,
     model_sampler,
     real_variants,
     realness,
@@ -125,6 +126,7 @@ def models(tiny_base: Path, tiny_gemma: Path) -> dict[str, Evaluator]:
         ({"max_rounds": -1}, "max_rounds must be an integer"),
         ({"distill_stpes": 3}, "unknown transfer settings distill_stpes"),
         ({"balance_labels": "yes"}, "balance_labels must be true or false"),
+        ({"label_prompts": 1}, "label_prompts must be true or false"),
     ],
 )
 def test_bad_settings_name_the_value(settings: dict[str, Any], message: str) -> None:
@@ -165,6 +167,40 @@ def test_synthesizer_drops_empties_seed_copies_and_duplicates() -> None:
     assert stats.batches == 2 and len(set(seeds_seen)) == 2  # each batch samples anew
     with pytest.raises(InvalidInput, match="non-empty seed"):
         Synthesizer(sample, "x", ["  "], cfg, seed=0)
+
+
+def test_labelled_prompt_shows_each_answer_and_asks_for_one() -> None:
+    prompt = labelled_prompt("Does it rain?", [("wet streets", "yes"), ("blue sky", "no")], "no")
+    assert prompt.splitlines() == [
+        "Task: Does it rain?",
+        "Here are 3 example inputs for this task, each with its answer:",
+        "1. (answer: yes) wet streets",
+        "2. (answer: no) blue sky",
+        "3. (answer: no)",
+    ]
+
+
+def test_label_prompts_ask_for_every_label_in_turn() -> None:
+    asked: list[str] = []
+
+    def sample(prompts: list[str], seed: int) -> list[str]:
+        asked.extend(p.rsplit("\n", 1)[1] for p in prompts)
+        # the seeds are shown with their own answers
+        assert all("(answer: yes) cat dog sun" in p and "(answer: no) moon" in p for p in prompts)
+        return [f"(answer: x) new {len(asked)} {i}" for i in range(len(prompts))]
+
+    cfg = TransferConfig(gen_batch=3, few_shot=2, label_prompts=True)
+    answers = {"cat dog sun": "yes", " moon ": "no"}
+    synth = Synthesizer(
+        sample, "Cat?", ["cat dog sun", "moon"], cfg, seed=0, answers=answers, labels=("yes", "no")
+    )
+    stats = synthesize(synth, 5, max_batches=2)
+    assert asked == ["3. (answer: yes)", "3. (answer: no)"] * 3  # turns carry across batches
+    assert stats.inputs[0] == "new 3 0"  # a repeated answer tag is dropped from the input
+    plain = Synthesizer(sample, "Cat?", ["cat dog sun"], cfg, seed=0, labels=("yes", "no"))
+    assert not plain.labelled  # no answers (a free-form task, or the setting off): plain prompts
+    with pytest.raises(InvalidInput, match="every seed's answer"):
+        Synthesizer(sample, "x", ["a", "b"], cfg, seed=0, answers={"a": "yes"}, labels=("yes",))
 
 
 def test_rejection_sampling_stops_at_the_count_or_the_budget() -> None:
@@ -420,6 +456,26 @@ def test_soft_filter_distils_on_every_scored_input(world) -> None:  # type: igno
     assert 0.0 < d["trusted_share"] <= 1.0
     rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
     assert rec.meta["transfer"]["config"]["soft_filter"] is True
+
+
+def test_label_prompts_reach_the_job_and_reuse_the_discriminator(world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    plain = submit_transfer(reg, world["source_id"], world["target"], config={**FAST, "samples": 3})
+    assert run_one(reg, "w-plain", HANDLERS).state == "succeeded"  # type: ignore[union-attr]
+    settings = {**FAST, "samples": 3, "label_prompts": True}
+    job = submit_transfer(reg, world["source_id"], world["target"], config=settings)
+    done = run_one(reg, "w-labels", HANDLERS)
+    assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+    stages = done.result["stages"]  # type: ignore[index]
+    # the discriminator judges real against the source's plain synthetic inputs either way
+    assert stages["discriminator"]["reused_from_job"] == plain.id
+    assert stages["synthesize"]["generated"] > 0
+    rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
+    assert rec.meta["transfer"]["config"]["label_prompts"] is True
+    source = source_task(reg, world["source_id"], weights=False)
+    answers = source.seed_answers(TransferConfig(label_prompts=True))
+    assert answers is not None and set(answers.values()) <= set(source.labels)
+    assert source.seed_answers(TransferConfig()) is None
 
 
 def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
