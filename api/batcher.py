@@ -1,8 +1,9 @@
 """Micro-batching of generation requests.
 
 One worker thread owns the generators (loaded once per process, reloaded when
-a newer generator of the same method is registered) and is the only thread
-that runs their networks. Requests for the same (base model, method) that
+another generator comes to serve the method: a newer one, or a pin) and is the
+only thread that runs their networks. Requests for the same (base model,
+method, requested generator) that
 arrive within ``window`` seconds of the first are decoded in one forward pass;
 the event loop only awaits futures, so it never blocks on torch.
 """
@@ -20,7 +21,7 @@ from generator.generate import Generated, Generator, Request, generator_for, reg
 from registry.records import AdapterRecord
 from registry.service import Registry
 
-Key = tuple[str, str]  # (base model, method)
+Key = tuple[str, str | None, int | None]  # (base model, method, requested generator id)
 Result = tuple[AdapterRecord, Generated]
 
 
@@ -60,9 +61,17 @@ class GenerationBatcher:
     def queue_depth(self) -> int:
         return sum(q.qsize() for q in self._queues.values())
 
-    async def generate(self, request: Request, *, base_model: str, method: str) -> Result:
+    async def generate(
+        self,
+        request: Request,
+        *,
+        base_model: str,
+        method: str | None,
+        generator_id: int | None = None,
+    ) -> Result:
+        """``method`` None: SG-LoRA, or the method of ``generator_id`` when one is named."""
         loop = asyncio.get_running_loop()
-        key = (base_model, method)
+        key = (base_model, method, generator_id)
         if not self.batching:
             [result] = await loop.run_in_executor(self.executor, self._run, key, [request])
             return result
@@ -104,8 +113,7 @@ class GenerationBatcher:
                     p.future.set_result(r)
 
     def _generator(self, key: Key) -> Generator:
-        base_model, method = key
-        record = generator_for(self.registry, base_model, method)
+        record = generator_for(self.registry, *key)
         loaded = self._loaded.get(key)
         if loaded is None or loaded.id != record.id:
             loaded = self._loaded[key] = Generator.from_registry(self.registry, record)

@@ -21,7 +21,7 @@ err = Console(stderr=True)
 MethodOpt = Annotated[str, typer.Option("--method", help="sg-lora or icm-lora.")]
 
 
-def _record(rec: Any) -> dict[str, Any]:
+def _record(rec: Any, *, pinned: bool = False) -> dict[str, Any]:
     return {
         "id": rec.id,
         "name": rec.name,
@@ -32,6 +32,7 @@ def _record(rec: Any) -> dict[str, Any]:
         "size_bytes": rec.size_bytes,
         "created_at": rec.created_at.isoformat(),
         "metrics": rec.metrics,
+        "pinned": pinned,
     }
 
 
@@ -197,15 +198,18 @@ def generator_list(
     """Registered generators, newest first."""
     from registry.service import Registry
 
-    recs = Registry().list_generators(base_model=base_model, method=method)
+    reg = Registry()
+    recs = reg.list_generators(base_model=base_model, method=method)
+    pinned = reg.pinned_generator_ids()
     if as_json:
-        sys.stdout.write(json.dumps([_record(r) for r in recs], indent=2) + "\n")
+        rows = [_record(r, pinned=r.id in pinned) for r in recs]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table("id", "name", "base model", "method", "experts", "val dW err", "created")
     for r in recs:
         val = r.metrics.get("val_rel_error")
         table.add_row(
-            str(r.id),
+            f"{r.id} (pinned)" if r.id in pinned else str(r.id),
             r.name,
             r.base_model,
             r.method,
@@ -214,6 +218,29 @@ def generator_list(
             r.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     out.print(table)
+
+
+@generator_app.command("pin")
+def generator_pin(
+    generator_id: Annotated[int, typer.Argument(help="Generator id.")],
+) -> None:
+    """Serve this generator for its method and base model (`loramint generate`, `POST
+    /v1/generate`), whatever is registered later, until unpinned."""
+    from registry.service import Registry
+
+    rec = Registry().pin_generator(generator_id)
+    out.print(f"generator {rec.id} ({rec.name}) now serves {rec.method} for {rec.base_model}")
+
+
+@generator_app.command("unpin")
+def generator_unpin(
+    generator_id: Annotated[int, typer.Argument(help="Generator id.")],
+) -> None:
+    """Drop a generator's pin: the newest generator of its method serves again."""
+    from registry.service import Registry
+
+    rec = Registry().unpin_generator(generator_id)
+    out.print(f"generator {rec.id} unpinned: the newest {rec.method} generator serves")
 
 
 def evaluated_generators(reg: Any, base_model: str) -> dict[str, Any]:
@@ -263,14 +290,18 @@ def read_examples(path: Path | None) -> Any:
 def generate_command(
     description: Annotated[str, typer.Argument(help="What the adapter should do.")],
     base_model: BaseOpt = "smollm2-135m-instruct",
-    method: MethodOpt = "sg-lora",
+    method: Annotated[
+        str | None,
+        typer.Option("--method", help="sg-lora or icm-lora (default: sg-lora, or --generator's)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same adapter).")] = 0,
     examples: Annotated[
         Path | None,
         typer.Option("--examples", help="JSONL of {input, output} examples (ICM-LoRA)."),
     ] = None,
     generator_id: Annotated[
-        int | None, typer.Option("--generator", help="Generator id (default: the latest).")
+        int | None,
+        typer.Option("--generator", help="Generator id (default: the pinned, else the newest)."),
     ] = None,
     dest: Annotated[
         Path | None, typer.Option("--out", help="Also export the PEFT adapter here.")

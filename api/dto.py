@@ -87,9 +87,11 @@ class Example(msgspec.Struct, forbid_unknown_fields=True):
 class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
     description: str
     base_model: str = "smollm2-135m-instruct"
-    method: str = "sg-lora"
+    method: str | None = None  # sg-lora, or the named generator's method
     seed: int = 0
     examples: list[Example] | None = None
+    # a generator of ``method`` for ``base_model``; default: the pinned one, else the newest
+    generator_id: int | None = None
 
 
 class NeighbourOut(msgspec.Struct):
@@ -134,9 +136,10 @@ class GeneratorOut(msgspec.Struct):
     created_at: datetime
     hyperparameters: dict[str, Any]
     metrics: dict[str, Any]
+    pinned: bool = False  # serves its method for its base model, whatever is newer
 
     @classmethod
-    def of(cls, rec: GeneratorRecord) -> GeneratorOut:
+    def of(cls, rec: GeneratorRecord, *, pinned: bool = False) -> GeneratorOut:
         return cls(
             id=rec.id,
             name=rec.name,
@@ -148,6 +151,7 @@ class GeneratorOut(msgspec.Struct):
             created_at=rec.created_at,
             hyperparameters=rec.hyperparameters,
             metrics=rec.metrics,
+            pinned=pinned,
         )
 
 

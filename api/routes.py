@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import msgspec
-from litestar import Response, delete, get, post
+from litestar import Response, delete, get, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import TooManyRequestsException
@@ -95,7 +95,10 @@ def _registry(state: State) -> Registry:
 
 def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
     """A checked generation request (the REST API and the admin UI share these checks)."""
-    check_method(data.method)
+    if data.method is not None:
+        check_method(data.method)
+    if data.generator_id is not None and not 1 <= data.generator_id < 2**63:
+        raise InvalidInput(f"generator_id must be a positive integer, got {data.generator_id}")
     examples = check_examples([(e.input, e.output) for e in data.examples or []])
     if not data.description.strip():
         raise InvalidInput("description is empty")
@@ -115,8 +118,10 @@ def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
     status_code=HTTP_201_CREATED,
     summary="Generate an adapter from a task description",
     description=(
-        "Decodes a LoRA for `description` with the newest generator of `method` for "
-        "`base_model`, registers it (provenance `generated`, with its expert neighbours) and "
+        "Decodes a LoRA for `description` with the generator that serves `method` "
+        "(default `sg-lora`) for `base_model`: the one pinned with `PUT "
+        "/v1/generators/{id}/pin`, else the newest; or with `generator_id`. Registers it "
+        "(provenance `generated`, with its expert neighbours) and "
         "returns the record and its download URL. The same request with the same seed returns "
         "the same adapter."
     ),
@@ -128,7 +133,7 @@ async def generate(
 ) -> GenerateOut:
     request = generation_request(_registry(state), data)
     rec, made = await state.batcher.generate(
-        request, base_model=data.base_model, method=data.method
+        request, base_model=data.base_model, method=data.method, generator_id=data.generator_id
     )
     out = AdapterOut.of(rec)
     return GenerateOut(
@@ -347,10 +352,39 @@ def list_generators(
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GeneratorOut]:
-    recs = _registry(state).list_generators(
-        base_model=base_model, method=method, limit=limit, offset=offset
-    )
-    return [GeneratorOut.of(r) for r in recs]
+    reg = _registry(state)
+    recs = reg.list_generators(base_model=base_model, method=method, limit=limit, offset=offset)
+    pinned = reg.pinned_generator_ids()
+    return [GeneratorOut.of(r, pinned=r.id in pinned) for r in recs]
+
+
+@put(
+    "/v1/generators/{generator_id:int}/pin",
+    opt=ADMIN,
+    responses=WRITE_ERRORS,
+    sync_to_thread=True,
+    tags=["generators"],
+    summary="Serve this generator for its method and base model",
+    description=(
+        "From now on `POST /v1/generate` for this generator's method and base model uses it, "
+        "whatever is registered later, until it is unpinned or another is pinned in its place."
+    ),
+)
+def pin_generator(state: State, generator_id: AnyId) -> GeneratorOut:
+    return GeneratorOut.of(_registry(state).pin_generator(generator_id), pinned=True)
+
+
+@delete(
+    "/v1/generators/{generator_id:int}/pin",
+    opt=ADMIN,
+    responses=WRITE_ERRORS,
+    sync_to_thread=True,
+    status_code=HTTP_204_NO_CONTENT,
+    tags=["generators"],
+    summary="Unpin a generator: the newest of its method serves again",
+)
+def unpin_generator(state: State, generator_id: AnyId) -> None:
+    _registry(state).unpin_generator(generator_id)
 
 
 @post(
@@ -428,6 +462,8 @@ ROUTES = [
     delete_adapter,
     base_models,
     list_generators,
+    pin_generator,
+    unpin_generator,
     train_generator,
     get_job,
     list_jobs,

@@ -303,14 +303,28 @@ def register(
         raise
 
 
-def generator_for(registry: Registry, base_model: str, method: str) -> GeneratorRecord:
-    rec = registry.latest_generator(base_model, method)
-    if rec is None:
+def generator_for(
+    registry: Registry, base_model: str, method: str | None, generator_id: int | None = None
+) -> GeneratorRecord:
+    """The generator a request gets: ``generator_id`` when it names one (of ``method``,
+    when given, and for ``base_model``), else the pinned one of ``method`` (default
+    SG-LoRA), else the newest."""
+    if generator_id is not None:
+        rec = registry.get_generator(generator_id)
+        if rec.base_model != base_model or method not in (None, rec.method):
+            raise InvalidInput(
+                f"generator {generator_id} is {rec.method} for {rec.base_model}, "
+                f"not {method or rec.method} for {base_model}"
+            )
+        return rec
+    method = method or SG_LORA
+    serving = registry.serving_generator(base_model, method)
+    if serving is None:
         raise GeneratorNotFound(
             f"no {method} generator for {base_model}: train one with "
             f"`loramint generator train --method {method} --base-model {base_model}`"
         )
-    return rec
+    return serving
 
 
 __all__ = ["ICM_LORA", "SG_LORA", "Generated", "Generator", "Request", "register"]

@@ -129,18 +129,16 @@ def generate_adapters(
     requests: list[Request],
     *,
     base_model: str,
-    method: str,
+    method: str | None,
     generator_id: int | None = None,
     loaded: Generator | None = None,
 ) -> list[tuple[AdapterRecord, Generated]]:
-    """Generate and register one adapter per request (one batched decode)."""
-    check_method(method)
+    """Generate and register one adapter per request (one batched decode) with
+    ``generator_for``'s choice: ``generator_id``, else the pinned, else the newest."""
+    if method is not None:
+        check_method(method)
     if loaded is None:
-        rec = (
-            registry.get_generator(generator_id)
-            if generator_id is not None
-            else generator_for(registry, base_model, method)
-        )
+        rec = generator_for(registry, base_model, method, generator_id)
         loaded = Generator.from_registry(registry, rec)
     made = loaded.generate(requests)
     return [(register(registry, g, base_model=base_model), g) for g in made]

@@ -2,7 +2,9 @@
 
 The registry keeps a checkpoint opaquely (a blob plus a ``generators`` row naming
 its base model, method, the adapters it was trained on, its hyperparameters and
-metrics); loading it is the business of whatever code ``method`` names. Writes
+metrics); loading it is the business of whatever code ``method`` names. The
+generator that serves a (base model, method) is the one an operator pinned, or
+else the newest (``serving_generator``). Writes
 follow the adapters' order: validate, store the blob, commit the row; a failure
 leaves no row and no orphaned blob.
 """
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.blobs import BlobStore
 from registry.db import transaction
 from registry.errors import Conflict, GeneratorNotFound, InvalidInput
-from registry.models import BaseModelRow, GeneratorRow
+from registry.models import BaseModelRow, GeneratorPinRow, GeneratorRow, utcnow
 from registry.records import GeneratorRecord
 from registry.validation import NAME_RE, check_json
 
@@ -115,14 +117,54 @@ class GeneratorStore:
     def latest_generator(self: _Host, base_model: str, method: str) -> GeneratorRecord | None:
         """The most recently registered generator of ``method`` for ``base_model``, if any."""
         with self._sessions() as s:
-            row = s.scalar(
-                sa.select(GeneratorRow)
-                .join(BaseModelRow)
-                .where(BaseModelRow.name == base_model, GeneratorRow.method == method)
-                .order_by(GeneratorRow.id.desc())
-                .limit(1)
-            )
+            row = _latest_row(s, base_model, method)
             return None if row is None else GeneratorRecord.of(row)
+
+    def pinned_generator(self: _Host, base_model: str, method: str) -> GeneratorRecord | None:
+        """The generator pinned to serve ``method`` for ``base_model``, if one is."""
+        with self._sessions() as s:
+            row = _pinned_row(s, base_model, method)
+            return None if row is None else GeneratorRecord.of(row)
+
+    def serving_generator(self: _Host, base_model: str, method: str) -> GeneratorRecord | None:
+        """What generation uses: the pinned generator, else the newest of ``method``."""
+        with self._sessions() as s:
+            row = _pinned_row(s, base_model, method) or _latest_row(s, base_model, method)
+            return None if row is None else GeneratorRecord.of(row)
+
+    def pinned_generator_ids(self: _Host) -> set[int]:
+        with self._sessions() as s:
+            return set(s.scalars(sa.select(GeneratorPinRow.generator_id)).all())
+
+    def pin_generator(self: _Host, generator_id: int) -> GeneratorRecord:
+        """Serve ``generator_id`` for its base model and method until unpinned or another
+        generator is pinned in its place (a newer generator no longer takes over)."""
+        try:
+            with transaction(self._sessions) as s:
+                row = _generator_row(s, generator_id)
+                pin = s.get(GeneratorPinRow, (row.base_model_id, row.method))
+                if pin is None:
+                    s.add(
+                        GeneratorPinRow(
+                            base_model_id=row.base_model_id, method=row.method, generator_id=row.id
+                        )
+                    )
+                else:
+                    pin.generator_id, pin.pinned_at = row.id, utcnow()
+                s.flush()
+                return GeneratorRecord.of(row)
+        except sa.exc.IntegrityError as exc:  # another pin for the same pair at the same time
+            raise Conflict(f"generator {generator_id} could not be pinned: {exc.orig}") from exc
+
+    def unpin_generator(self: _Host, generator_id: int) -> GeneratorRecord:
+        """Drop ``generator_id``'s pin: the newest generator of its method serves again."""
+        with transaction(self._sessions) as s:
+            row = _generator_row(s, generator_id)
+            pin = s.get(GeneratorPinRow, (row.base_model_id, row.method))
+            if pin is None or pin.generator_id != row.id:
+                raise Conflict(f"generator {generator_id} is not pinned")
+            s.delete(pin)
+            return GeneratorRecord.of(row)
 
     def find_generator(self: _Host, base_model: str, name: str) -> GeneratorRecord | None:
         """The generator called ``name`` for ``base_model`` (names are unique per base model)."""
@@ -174,11 +216,37 @@ class GeneratorStore:
             return GeneratorRecord.of(row)
 
     def delete_generator(self: _Host, generator_id: int) -> None:
+        """Delete a generator and its checkpoint; a pinned one is refused (unpin it first,
+        so what clients are served never changes as a side effect)."""
         with transaction(self._sessions) as s:
             row = _generator_row(s, generator_id)
+            if s.scalar(sa.select(GeneratorPinRow).where(GeneratorPinRow.generator_id == row.id)):
+                raise Conflict(
+                    f"generator {generator_id} is pinned to serve {row.method} for "
+                    f"{row.base_model.name}; unpin it first"
+                )
             key = row.blob_key
             s.delete(row)
         self._drop_blobs_if_unused([key])
+
+
+def _latest_row(s: Session, base_model: str, method: str) -> GeneratorRow | None:
+    return s.scalar(
+        sa.select(GeneratorRow)
+        .join(BaseModelRow)
+        .where(BaseModelRow.name == base_model, GeneratorRow.method == method)
+        .order_by(GeneratorRow.id.desc())
+        .limit(1)
+    )
+
+
+def _pinned_row(s: Session, base_model: str, method: str) -> GeneratorRow | None:
+    return s.scalar(
+        sa.select(GeneratorRow)
+        .join(GeneratorPinRow, GeneratorPinRow.generator_id == GeneratorRow.id)
+        .join(BaseModelRow, BaseModelRow.id == GeneratorPinRow.base_model_id)
+        .where(BaseModelRow.name == base_model, GeneratorPinRow.method == method)
+    )
 
 
 def _generator_row(s: Session, generator_id: int) -> GeneratorRow:

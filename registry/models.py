@@ -2,6 +2,7 @@
 
 Tables: ``base_models``, ``adapters``, ``adapter_parents`` (lineage),
 ``description_embeddings``, ``generators`` (trained generator checkpoints),
+``generator_pins`` (the generator that serves a base model and method),
 ``jobs`` and ``job_artifacts`` (offline work that workers claim), ``api_keys``
 and ``registry_state`` (a generation counter the derived FAISS index compares
 against to know when it is stale). Schema changes go through Alembic
@@ -171,6 +172,18 @@ class GeneratorRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     base_model: Mapped[BaseModelRow] = relationship()
+
+
+class GeneratorPinRow(Base):
+    """The generator an operator chose to serve one (base model, method); without a
+    pin the newest generator of the method serves."""
+
+    __tablename__ = "generator_pins"
+
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(50), primary_key=True)
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id"), index=True)
+    pinned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class JobRow(Base):

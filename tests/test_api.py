@@ -16,6 +16,7 @@ from api.settings import ApiSettings
 from api.worker import HANDLERS, run_one
 from generator.generators import train_generator
 from generator.training import GeneratorConfig
+from registry.errors import Conflict
 from registry.service import Registry
 from tests.conftest import make_lora
 from tests.test_generators import tiny_world
@@ -101,6 +102,56 @@ def test_generate_rejects_bad_input_with_4xx(
     assert r.status_code == status, r.text
     assert r.json()["status_code"] == status and detail in r.json()["detail"]
     assert world["registry"].count_adapters() == before
+
+
+def test_pinned_generator_serves_until_unpinned(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
+    reg: Registry = world["registry"]
+    [first] = reg.list_generators(base_model=world["base"], method="sg-lora")
+    # a newer generator of the same method (the same checkpoint under another name)
+    newer = reg.add_generator(
+        reg.generator_checkpoint(first.id), base_model=world["base"], method="sg-lora",
+        name="newer",
+    )  # fmt: skip
+    admin, reader = auth(world["admin"]), auth(world["reader"])
+    body = {"description": DESC, "base_model": world["base"], "seed": 11}
+
+    def served() -> int:
+        r = client.post("/v1/generate", json=body, headers=reader)
+        assert r.status_code == 201, r.text
+        return int(r.json()["generator_id"])
+
+    try:
+        assert served() == newer.id  # unpinned: the newest serves
+        assert client.put(f"/v1/generators/{first.id}/pin", headers=reader).status_code == 403
+        r = client.put(f"/v1/generators/{first.id}/pin", headers=admin)
+        assert r.status_code == 200 and r.json()["pinned"] is True, r.text
+        assert served() == first.id
+        listed = client.get("/v1/generators", headers=reader).json()
+        assert {g["id"]: g["pinned"] for g in listed} == {first.id: True, newer.id: False}
+        # one request may still name a generator; the method defaults to the generator's
+        named = client.post("/v1/generate", json=body | {"generator_id": newer.id}, headers=reader)
+        assert named.status_code == 201 and named.json()["generator_id"] == newer.id
+        assert named.json()["method"] == "sg-lora"
+        r = client.post(
+            "/v1/generate", json=body | {"generator_id": newer.id, "method": "icm-lora"},
+            headers=reader,
+        )  # fmt: skip
+        assert r.status_code == 400 and "is sg-lora" in r.json()["detail"]
+        r = client.post("/v1/generate", json=body | {"generator_id": 9999}, headers=reader)
+        assert r.status_code == 404
+        r = client.post("/v1/generate", json=body | {"generator_id": 0}, headers=reader)
+        assert r.status_code == 400 and "generator_id" in r.json()["detail"]
+        # a pinned generator is not deleted behind the clients' backs
+        with pytest.raises(Conflict, match="unpin it first"):
+            reg.delete_generator(first.id)
+        assert client.delete(f"/v1/generators/{newer.id}/pin", headers=admin).status_code == 409
+        assert client.delete(f"/v1/generators/{first.id}/pin", headers=admin).status_code == 204
+        assert served() == newer.id
+        assert client.put("/v1/generators/9999/pin", headers=admin).status_code == 404
+    finally:
+        if first.id in reg.pinned_generator_ids():
+            reg.unpin_generator(first.id)
+        reg.delete_generator(newer.id)
 
 
 def test_auth_roles(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]

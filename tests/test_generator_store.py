@@ -206,3 +206,30 @@ def test_blobs_shared_with_adapters_outlive_either(
     assert registry.adapter_files(second.id).weights == weights
     registry.delete_adapter(second.id)
     assert blob_files(registry) == []
+
+
+def test_pins_choose_the_serving_generator(registry: Registry, base: str) -> None:
+    old = registry.add_generator(b"one", base_model=base, method="sg-lora", name="old")
+    icm = registry.add_generator(b"icm", base_model=base, method="icm-lora", name="icm")
+    new = registry.add_generator(b"two", base_model=base, method="sg-lora", name="new")
+    assert registry.serving_generator(base, "sg-lora") == new  # no pin: the newest
+    assert registry.pinned_generator(base, "sg-lora") is None
+    assert registry.pin_generator(old.id) == old
+    newest = registry.add_generator(b"three", base_model=base, method="sg-lora", name="newest")
+    assert registry.serving_generator(base, "sg-lora") == old  # a newer one does not take over
+    assert registry.serving_generator(base, "icm-lora") == icm  # other methods are untouched
+    registry.pin_generator(new.id)  # replaces the pin
+    assert registry.pinned_generator_ids() == {new.id}
+    assert registry.serving_generator(base, "sg-lora") == new
+    with pytest.raises(Conflict, match="unpin it first"):
+        registry.delete_generator(new.id)
+    assert registry.get_generator(new.id) == new  # refused, unchanged
+    with pytest.raises(Conflict, match="not pinned"):
+        registry.unpin_generator(old.id)
+    with pytest.raises(GeneratorNotFound):
+        registry.pin_generator(10_000)
+    assert registry.unpin_generator(new.id) == new
+    assert registry.pinned_generator_ids() == set()
+    assert registry.serving_generator(base, "sg-lora") == newest
+    registry.delete_generator(new.id)  # unpinned, it can go
+    assert registry.serving_generator("no-such-model", "sg-lora") is None

@@ -92,8 +92,8 @@ def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
             ),
             {"k": "0" * 64},
         )
-    db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision(engine) == "0004"
+    db.upgrade(engine, "0004")
+    assert db.current_revision(engine) == "0004"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -142,6 +142,57 @@ def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
     db.upgrade(engine)
     with engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from jobs")).scalar() == 0
+    engine.dispose()
+
+
+def test_generator_pins_migration_keeps_existing_rows(db_url: str) -> None:
+    """A database at 0004 with a generator upgrades to 0005 (generator pins), takes a
+    pin, and goes back to 0004 with its generator."""
+    from alembic import command
+
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0004")
+    assert "generator_pins" not in sa.inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into base_models (id, name, source, architecture, num_layers,"
+                " hidden_size, linear_shapes, created_at)"
+                " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "insert into generators (id, name, base_model_id, method, sha256, blob_key,"
+                " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
+                " values (4, 'g', 1, 'sg-lora', :k, :k, 3, '[1]', '{}', '{}',"
+                " '2026-11-23 00:00:00')"
+            ),
+            {"k": "0" * 64},
+        )
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine) == "0005"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into generator_pins (base_model_id, method, generator_id, pinned_at)"
+                " values (1, 'sg-lora', 4, '2026-11-26 00:00:00')"
+            )
+        )
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # one pin per pair
+        conn.execute(
+            sa.text(
+                "insert into generator_pins (base_model_id, method, generator_id, pinned_at)"
+                " values (1, 'sg-lora', 4, '2026-11-26 00:00:01')"
+            )
+        )
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    assert "generator_pins" not in sa.inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select name from generators")).scalar() == "g"
     engine.dispose()
 
 

@@ -82,9 +82,7 @@ def shots(server: dict) -> Path:
 
 
 def new_page(browser: Any, server: dict, viewport: dict[str, int]) -> Any:
-    context = browser.new_context(
-        base_url=server["url"], viewport=viewport, accept_downloads=True
-    )
+    context = browser.new_context(base_url=server["url"], viewport=viewport, accept_downloads=True)
     context.set_default_timeout(30_000)
     return context.new_page()
 
@@ -194,9 +192,7 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     page.get_by_role("button", name="Generate").click()
     result = page.locator("section.result")
     assert result.get_by_role("heading", level=2).inner_text().startswith("Generated:")
-    weights = result.locator("table.neighbours meter").evaluate_all(
-        "ms => ms.map(m => m.value)"
-    )
+    weights = result.locator("table.neighbours meter").evaluate_all("ms => ms.map(m => m.value)")
     assert weights and abs(sum(weights) - 1) < 1e-3, weights
     shoot(page, shots, "generate")
     with page.expect_download() as download:
@@ -249,6 +245,22 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     shoot(page, shots, "job")
     page.goto("/ui/jobs")
     shoot(page, shots, "jobs")
+
+    # pin the first generator: it serves sg-lora, newer ones or not, until unpinned
+    page.goto("/ui/generators")
+    newest = page.locator("tr", has_text="from-the-ui")
+    assert "yes, newest" in newest.inner_text()
+    first = page.locator("#generator-1")
+    first.get_by_role("button", name=re.compile("^Pin ")).click()
+    page.wait_for_url(re.compile(r"/ui/generators"))
+    assert "now serves sg-lora" in page.get_by_role("status").inner_text()
+    assert "yes, pinned" in page.locator("#generator-1").inner_text()
+    assert "yes," not in page.locator("tr", has_text="from-the-ui").inner_text()
+    shoot(page, shots, "generator-pinned")
+    page.locator("#generator-1").get_by_role("button", name=re.compile("^Unpin ")).click()
+    page.wait_for_url(re.compile(r"/ui/generators"))
+    assert "Unpinned" in page.get_by_role("status").inner_text()
+    assert "yes, newest" in page.locator("tr", has_text="from-the-ui").inner_text()
 
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(re.compile(r"/ui/login$"))

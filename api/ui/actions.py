@@ -215,10 +215,11 @@ async def train_generator(request: Request[Any, Any, Any], state: State) -> Temp
         status = exc.status_code if isinstance(exc, HTTPException) else state.ui_status_for(exc)
         message = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
         gens = await anyio.to_thread.run_sync(lambda: reg.list_generators(limit=200))
+        roles = await anyio.to_thread.run_sync(views.generator_roles, reg, gens)
         names = await anyio.to_thread.run_sync(_names, reg)
         return page(
             request, "generators.html", status=status, nav="generators", values=values,
-            methods=METHODS, base_models=names, generators=gens, error=message,
+            methods=METHODS, base_models=names, generators=gens, roles=roles, error=message,
         )  # fmt: skip
     flash(request, f"Queued generator training as job {job.id}.")
     return Redirect(f"/ui/jobs/{job.id}", status_code=303)
@@ -231,4 +232,25 @@ async def cancel_job(request: Request[Any, Any, Any], state: State, job_id: AnyI
     return Redirect(f"/ui/jobs/{job.id}", status_code=303)
 
 
-ACTIONS = [login, logout, upload, generate, delete_adapter, train_generator, cancel_job]
+@post("/generators/{generator_id:int}/pin", opt=ADMIN)
+async def pin_generator(
+    request: Request[Any, Any, Any], state: State, generator_id: AnyId
+) -> Redirect:
+    rec = await anyio.to_thread.run_sync(_reg(state).pin_generator, generator_id)
+    flash(request, f"Generator {rec.name} now serves {rec.method} for {rec.base_model}.")
+    return Redirect(f"/ui/generators#generator-{rec.id}", status_code=303)
+
+
+@post("/generators/{generator_id:int}/unpin", opt=ADMIN)
+async def unpin_generator(
+    request: Request[Any, Any, Any], state: State, generator_id: AnyId
+) -> Redirect:
+    rec = await anyio.to_thread.run_sync(_reg(state).unpin_generator, generator_id)
+    flash(request, f"Unpinned {rec.name}: the newest {rec.method} generator serves.")
+    return Redirect(f"/ui/generators#generator-{rec.id}", status_code=303)
+
+
+ACTIONS = [
+    login, logout, upload, generate, delete_adapter, train_generator, cancel_job,
+    pin_generator, unpin_generator,
+]  # fmt: skip

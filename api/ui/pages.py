@@ -114,9 +114,11 @@ def generate_page(request: Request[Any, Any, Any], state: State) -> Template:
 
 @get("/generators", opt=READER, sync_to_thread=True)
 def generators(request: Request[Any, Any, Any], state: State) -> Template:
+    gens = _reg(state).list_generators(limit=200)
     return page(
         request, "generators.html", nav="generators", values={}, methods=METHODS,
-        base_models=_names(state), generators=_reg(state).list_generators(limit=200),
+        base_models=_names(state), generators=gens,
+        roles=views.generator_roles(_reg(state), gens),
     )  # fmt: skip
 
 

@@ -180,3 +180,15 @@ def parse_int(what: str, raw: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidInput(f"{what} must be between {low} and {high}, got {value}")
     return value
+
+
+def generator_roles(reg: Registry, gens: list[GeneratorRecord]) -> dict[int, str]:
+    """Generator id -> "pinned" or "newest" for the generators that serve their
+    (base model, method) now; the others are absent."""
+    roles: dict[int, str] = {}
+    for base_model, method in {(g.base_model, g.method) for g in gens}:
+        pinned = reg.pinned_generator(base_model, method)
+        serving = pinned or reg.latest_generator(base_model, method)
+        if serving is not None:
+            roles[serving.id] = "pinned" if pinned else "newest"
+    return roles
