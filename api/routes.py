@@ -204,10 +204,13 @@ def get_adapter(state: State, adapter_id: AnyId) -> AdapterDetail:
     responses=READ_ERRORS,
     sync_to_thread=True,
     tags=["adapters"],
+    # the default body is a zip (documented as one, not as a JSON string); the one-file
+    # variants carry their own media types
+    media_type="application/zip",
     description=(
         "`application/zip` with `adapter_config.json` and `adapter_model.safetensors` at its "
-        "root (`PeftModel.from_pretrained(base, unzipped_dir)`); `file=safetensors` or "
-        "`file=config` returns one file."
+        "root (`PeftModel.from_pretrained(base, unzipped_dir)`); `file=safetensors` "
+        "(`application/octet-stream`) or `file=config` (`application/json`) returns one file."
     ),
 )
 def download_adapter(

@@ -358,6 +358,7 @@ def main() -> None:
         # measured; the rows of tasks this run does not score stay, read again under a
         # lock, so runs on other tasks at the same time keep theirs
         scored = {r["task"] for r in rows}
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             now = json.loads(path.read_text()).get("tasks", []) if path.exists() else []
