@@ -10,6 +10,31 @@ from registry.errors import RegistryNotReady
 from registry.models import Base
 
 
+def insert_base_model(conn: sa.Connection) -> None:
+    """Base model 1, "bm", written with SQL as an older schema holds it."""
+    conn.execute(
+        sa.text(
+            "insert into base_models (id, name, source, architecture, num_layers,"
+            " hidden_size, linear_shapes, created_at)"
+            " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
+        )
+    )
+
+
+def insert_generator(conn: sa.Connection, generator_id: int | None = None) -> None:
+    """Generator "g" of base model 1 (the next id unless one is given)."""
+    column, value = ("id, ", ":id, ") if generator_id is not None else ("", "")
+    conn.execute(
+        sa.text(
+            f"insert into generators ({column}name, base_model_id, method, sha256, blob_key,"
+            " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
+            f" values ({value}'g', 1, 'sg-lora', :k, :k, 3, '[1, 2]', '{{}}', '{{}}',"
+            " '2026-11-23 00:00:00')"
+        ),
+        {"id": generator_id, "k": "0" * 64},
+    )
+
+
 def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
     engine = db.make_engine(db_url)
     db.upgrade(engine)
@@ -37,25 +62,11 @@ def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
     db.upgrade(engine, "0002")
     assert "generators" not in sa.inspect(engine).get_table_names()
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "insert into base_models (id, name, source, architecture, num_layers,"
-                " hidden_size, linear_shapes, created_at)"
-                " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
-            )
-        )
+        insert_base_model(conn)
     db.upgrade(engine, "0003")
     assert db.current_revision(engine) == "0003"
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "insert into generators (name, base_model_id, method, sha256, blob_key,"
-                " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
-                " values ('g', 1, 'sg-lora', :k, :k, 3, '[1, 2]', '{}', '{}',"
-                " '2026-11-23 00:00:00')"
-            ),
-            {"k": "0" * 64},
-        )
+        insert_generator(conn)
     cfg = db.alembic_config(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -76,22 +87,8 @@ def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
     tables = set(sa.inspect(engine).get_table_names())
     assert not tables & {"jobs", "job_artifacts", "api_keys"}
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "insert into base_models (id, name, source, architecture, num_layers,"
-                " hidden_size, linear_shapes, created_at)"
-                " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
-            )
-        )
-        conn.execute(
-            sa.text(
-                "insert into generators (name, base_model_id, method, sha256, blob_key,"
-                " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
-                " values ('g', 1, 'sg-lora', :k, :k, 3, '[1, 2]', '{}', '{}',"
-                " '2026-11-23 00:00:00')"
-            ),
-            {"k": "0" * 64},
-        )
+        insert_base_model(conn)
+        insert_generator(conn)
     db.upgrade(engine, "0004")
     assert db.current_revision(engine) == "0004"
     with engine.begin() as conn:
@@ -154,22 +151,8 @@ def test_generator_pins_migration_keeps_existing_rows(db_url: str) -> None:
     db.upgrade(engine, "0004")
     assert "generator_pins" not in sa.inspect(engine).get_table_names()
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "insert into base_models (id, name, source, architecture, num_layers,"
-                " hidden_size, linear_shapes, created_at)"
-                " values (1, 'bm', 'src', 'Llama', 2, 32, '{}', '2026-11-23 00:00:00')"
-            )
-        )
-        conn.execute(
-            sa.text(
-                "insert into generators (id, name, base_model_id, method, sha256, blob_key,"
-                " size_bytes, training_adapter_ids, hyperparameters, metrics, created_at)"
-                " values (4, 'g', 1, 'sg-lora', :k, :k, 3, '[1]', '{}', '{}',"
-                " '2026-11-23 00:00:00')"
-            ),
-            {"k": "0" * 64},
-        )
+        insert_base_model(conn)
+        insert_generator(conn, generator_id=4)
     db.upgrade(engine)
     assert db.current_revision(engine) == db.head_revision(engine) == "0005"
     with engine.begin() as conn:
