@@ -10,6 +10,15 @@ from registry.errors import RegistryNotReady
 from registry.models import Base
 
 
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    from alembic import command
+
+    cfg = db.alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
 def insert_base_model(conn: sa.Connection) -> None:
     """Base model 1, "bm", written with SQL as an older schema holds it."""
     conn.execute(
@@ -44,19 +53,14 @@ def test_upgrade_matches_models_and_downgrades(db_url: str) -> None:
         assert diff == [], diff
         assert conn.execute(sa.text("select generation from registry_state")).scalar() == 0
     db.upgrade(engine)  # idempotent
-    from alembic import command
 
-    cfg = db.alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "base")
+    downgrade(engine, "base")
     assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
 
 
 def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
     """A database at 0002 (before generators) upgrades and downgrades with its data."""
-    from alembic import command
 
     engine = db.make_engine(db_url)
     db.upgrade(engine, "0002")
@@ -67,10 +71,7 @@ def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
     assert db.current_revision(engine) == "0003"
     with engine.begin() as conn:
         insert_generator(conn)
-    cfg = db.alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0002")
+    downgrade(engine, "0002")
     assert "generators" not in sa.inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(sa.text("select name from base_models")).scalar() == "bm"
@@ -80,7 +81,6 @@ def test_generators_migration_keeps_existing_rows(db_url: str) -> None:
 def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
     """A database at 0003 upgrades to 0004 (jobs, job artifacts, API keys) and back
     with its data, and holds one API key per hash."""
-    from alembic import command
 
     engine = db.make_engine(db_url)
     db.upgrade(engine, "0003")
@@ -127,10 +127,7 @@ def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
         assert conn.execute(sa.text("select state, worker from jobs")).one() == ("running", "w1")
         assert conn.execute(sa.text("select name from job_artifacts")).scalar() == "stage-1"
         assert conn.execute(sa.text("select count(*) from api_keys")).scalar() == 1
-    cfg = db.alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0003")
+    downgrade(engine, "0003")
     tables = set(sa.inspect(engine).get_table_names())
     assert not tables & {"jobs", "job_artifacts", "api_keys"}
     with engine.connect() as conn:
@@ -145,7 +142,6 @@ def test_jobs_and_keys_migration_keeps_existing_rows(db_url: str) -> None:
 def test_generator_pins_migration_keeps_existing_rows(db_url: str) -> None:
     """A database at 0004 with a generator upgrades to 0005 (generator pins), takes a
     pin, and goes back to 0004 with its generator."""
-    from alembic import command
 
     engine = db.make_engine(db_url)
     db.upgrade(engine, "0004")
@@ -169,10 +165,7 @@ def test_generator_pins_migration_keeps_existing_rows(db_url: str) -> None:
                 " values (1, 'sg-lora', 4, '2026-11-26 00:00:01')"
             )
         )
-    cfg = db.alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0004")
+    downgrade(engine, "0004")
     assert "generator_pins" not in sa.inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(sa.text("select name from generators")).scalar() == "g"
