@@ -29,11 +29,16 @@ split (its first ``--eval-n`` examples):
 ``--set`` passes any other transfer setting to the job (``loramint transfer
 --set``), e.g. ``--set label_prompts=true --set balance_labels=true``; the
 ablations use the job's settings, so they see the same synthetic inputs and
-weighting. The ablations are distilled in this process with the job's settings and are
-not registered. A finished transfer job with the same parameters is reused
-unless ``--fresh``, and so are the figures the last results file holds for
-the same job and test examples (a second run adds only missing columns); the
-rows of tasks a run does not score stay in the file.
+weighting. With ``--set neighbour_seeds=N`` the job adds the seed inputs of the
+source's N nearest registered adapters to its distillation inputs; every
+ablation gets the same real inputs, and the "kept / generated" cell counts
+them and how many of the task's test inputs are among them (a sibling task
+may have drawn a test article as a seed). The ablations are distilled in
+this process with the job's settings and are not registered. A finished
+transfer job with the same parameters is reused unless ``--fresh``, and so
+are the figures the last results file holds for the same job and test
+examples (a second run adds only missing columns); the rows of tasks a run
+does not score stay in the file.
 Prints one table of accuracies and one of wall time per stage; writes
 ``results/transfer-<source>-to-<target>.json`` and ``.md`` under
 ``$LORAMINT_HOME`` after every task.
@@ -128,7 +133,7 @@ def score_task(
     """One table row. ``earlier`` is this task's row from the last results file: its
     figures are reused when they came from the same adapter, job and test examples
     (every column is seeded, so recomputing would give the same numbers)."""
-    from generator.transfer import TransferConfig
+    from generator.transfer import TransferConfig, one_line
     from generator.transfer_job import StageOutput, artifact_name, filter_trust, target_modules
     from generator.transfer_source import distill_target, registered_adapter, source_task
     from generator.zoo import adapter_name
@@ -179,6 +184,16 @@ def score_task(
     unfiltered = raw.data["inputs"][: config.samples]
     filtered = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data
     kept = filtered["kept"]
+    distill_data = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("distill"))).data
+    # the real inputs the job borrowed from neighbouring adapters (neighbour_seeds); the
+    # ablations get them too, so every column differs from "transferred" in one thing
+    neighbours = list(distill_data.get("neighbour_inputs") or [])
+    if neighbours:
+        real = {*neighbours, *source.seed_inputs(config)}
+        # a test input that is also a distillation input (e.g. a sibling task drew the
+        # same article as a seed): counted, so a reader can judge the leak
+        row["test_overlap"] = sum(one_line(e.input, config.max_input_chars) in real for e in test)
+        row["neighbour_inputs"] = len(neighbours)
     hard = dataclasses.replace(config, soft_filter=False)  # the ablations' own inputs only
     Variant = tuple[str, list[str], Any, dict[str, float] | None]
     variants: list[Variant] = [
@@ -199,7 +214,9 @@ def score_task(
         row["scored"] = len(trust)
 
     def distilled_accuracy(inputs: list[str], cfg: Any, trust: dict[str, float] | None) -> float:
-        distilled, _ = distill_target(source, teacher, student, inputs, cfg, modules, trust=trust)
+        distilled, _ = distill_target(
+            source, teacher, student, inputs, cfg, modules, trust=trust, neighbours=neighbours
+        )
         adapter = (distilled.peft_config, distilled.weights)
         return float(student.accuracy(task, adapter, examples=test).accuracy)
 
@@ -253,6 +270,8 @@ def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argpars
         )
         kept = stages.get("filter", {}).get("kept")
         counts = f"{kept} / {generated}" if kept is not None else r.get("error", "-")
+        if "neighbour_inputs" in r:
+            counts += f" (+{r['neighbour_inputs']} real, {r['test_overlap']} in test)"
         lines.append(
             f"| {r['task']} | " + " | ".join(fmt(r.get(c)) for c in columns) + f" | {counts} |"
         )

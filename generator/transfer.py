@@ -78,6 +78,11 @@ class TransferConfig:
     # asks for an input with a given answer, the labels taking turns, so the synthetic
     # inputs cover every label (plain continuations lean to one); see labelled_prompt
     label_prompts: bool = False
+    # real text from the registry: the seed inputs of this many registered adapters
+    # of the source model whose descriptions are nearest the source's join the
+    # distillation inputs, labelled by the teacher like the synthetic ones (0: off;
+    # see generator.transfer_source.neighbour_inputs)
+    neighbour_seeds: int = 0
     max_answer_tokens: int = 48  # free-form tasks: the teacher's greedy answer length
     seed: int = 0
 
@@ -89,7 +94,7 @@ class TransferConfig:
             "max_rounds": (0, 100_000), "min_kept": (0, 100_000),
             "disc_negatives": (1, 100_000), "disc_rank": (1, 256), "disc_steps": (1, 1_000_000),
             "distill_steps": (1, 1_000_000), "distill_batch": (1, 1024),
-            "max_answer_tokens": (1, 4096), "seed": (0, 2**62),
+            "max_answer_tokens": (1, 4096), "seed": (0, 2**62), "neighbour_seeds": (0, 100),
         }  # fmt: skip
         for name, (low, high) in integers.items():
             value = getattr(self, name)

@@ -49,6 +49,7 @@ from generator.transfer_source import (
     SourceTask,
     TransferRequest,
     distill_target,
+    neighbour_inputs,
     seeds_bytes,
     source_task,
 )
@@ -425,6 +426,12 @@ def _distill(
     trust = None
     if run.config.soft_filter:  # every scored input, drawn by its p(real)
         trust = filter_trust(run.source, run.models.source, filtered, disc_out)
+    neighbours = neighbour_inputs(run.registry, run.source, run.config)
+    if run.config.neighbour_seeds:
+        run.store.progress(
+            log_line=f"distill: {len(neighbours.inputs)} real inputs from "
+            f"{len(neighbours.adapters)} neighbouring adapters"
+        )
     distilled, teacher = distill_target(
         run.source,
         run.models.source,
@@ -433,10 +440,14 @@ def _distill(
         run.config,
         modules,
         trust=trust,
+        neighbours=neighbours.inputs,
         on_step=run.on_step("distill", run.config.distill_steps),
     )
     figures = {**distilled.figures(), **teacher}
     data = {"peft_config": distilled.peft_config, "losses": distilled.losses}
+    if run.config.neighbour_seeds:
+        figures.update(neighbours.figures())
+        data["neighbour_inputs"] = list(neighbours.inputs)
     return StageOutput(figures, data, distilled.weights)
 
 

@@ -7,6 +7,7 @@ Ray instance, and a real worker process killed in the middle of a job."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,8 @@ from generator.transfer import (
 )
 from generator.transfer_job import StageOutput, artifact_name, run_transfer
 from generator.transfer_source import (
+    Neighbours,
+    neighbour_inputs,
     read_seeds,
     seed_artifacts,
     source_task,
@@ -127,6 +130,8 @@ def models(tiny_base: Path, tiny_gemma: Path) -> dict[str, Evaluator]:
         ({"distill_stpes": 3}, "unknown transfer settings distill_stpes"),
         ({"balance_labels": "yes"}, "balance_labels must be true or false"),
         ({"label_prompts": 1}, "label_prompts must be true or false"),
+        ({"neighbour_seeds": -1}, "neighbour_seeds must be an integer"),
+        ({"neighbour_seeds": "3"}, "neighbour_seeds must be an integer"),
     ],
 )
 def test_bad_settings_name_the_value(settings: dict[str, Any], message: str) -> None:
@@ -456,6 +461,45 @@ def test_soft_filter_distils_on_every_scored_input(world) -> None:  # type: igno
     assert 0.0 < d["trusted_share"] <= 1.0
     rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
     assert rec.meta["transfer"]["config"]["soft_filter"] is True
+
+
+def test_neighbour_seeds_distil_on_the_nearest_adapters_real_inputs(
+    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
+    reg: Registry = w["registry"]
+    try:
+        # another adapter of the source model: a dog task with inputs of its own
+        dog = tiny_task("dog", "dog")
+        dog = dataclasses.replace(
+            dog, train=tuple(Example(e.input + " too", e.output) for e in dog.train)
+        )
+        config = TrainConfig(rank=4, alpha=8, steps=2, batch_size=8, lr=1e-2, snapshots=1)
+        [d] = build_zoo(reg, [dog], base_model=w["base"], config=config, evaluate=False)
+        source = source_task(reg, w["source_id"])
+        assert neighbour_inputs(reg, source, TransferConfig()) == Neighbours()
+        found = neighbour_inputs(reg, source, TransferConfig(neighbour_seeds=3))
+        assert found.inputs == tuple(e.input for e in dog.seeds())
+        [entry] = found.adapters  # the only other task with seeds
+        assert entry["adapter_id"] == d.adapter_id and entry["inputs"] == 5
+        assert -1.0 <= entry["similarity"] <= 1.0
+
+        settings = {**FAST, "samples": 3, "max_rounds": 1, "neighbour_seeds": 2}
+        job = submit_transfer(reg, w["source_id"], w["target"], config=settings)
+        done = run_one(reg, "w-neighbours", HANDLERS)
+        assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+        figures = done.result["stages"]["distill"]  # type: ignore[index]
+        assert figures["neighbour_inputs"] == 5
+        assert [n["name"] for n in figures["neighbours"]] == ["zoo-dog"]
+        kept = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data
+        distill = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("distill")))
+        assert distill.data["neighbour_inputs"] == list(found.inputs)
+        real = {e.input for e in w["task"].seeds()} | set(found.inputs)
+        assert figures["examples"] == len(set(kept["kept"]) | real)
+        rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
+        assert rec.meta["transfer"]["config"]["neighbour_seeds"] == 2
+    finally:
+        reg.close()
 
 
 def test_label_prompts_reach_the_job_and_reuse_the_discriminator(world) -> None:  # type: ignore[no-untyped-def]
