@@ -48,6 +48,7 @@ from generator.transfer_source import (
     neighbour_inputs,
     read_seeds,
     seed_artifacts,
+    seeds_bytes,
     source_task,
     student_config,
     submit_transfer,
@@ -476,11 +477,24 @@ def test_neighbour_seeds_distil_on_the_nearest_adapters_real_inputs(
         )
         config = TrainConfig(rank=4, alpha=8, steps=2, batch_size=8, lr=1e-2, snapshots=1)
         [d] = build_zoo(reg, [dog], base_model=w["base"], config=config, evaluate=False)
+        # never borrowed: another adapter of the cat task (seeds of its own), and an
+        # adapter without seeds, both nearer the source than the dog adapter
+        files = reg.adapter_files(w["source_id"])
+        other = (Example("cat cat cat", "yes"),)
+        reg.add_adapter(
+            files, base_model=w["base"], name="cat-again", meta={"task": "cat"},
+            description="Does this text mention a cat? Answer yes or no.",
+            artifacts={SEEDS: seeds_bytes(other)},
+        )  # fmt: skip
+        reg.add_adapter(
+            files, base_model=w["base"], name="cat-seedless",
+            description="Does the text mention a cat? Reply yes or no.",
+        )  # fmt: skip
         source = source_task(reg, w["source_id"])
         assert neighbour_inputs(reg, source, TransferConfig()) == Neighbours()
         found = neighbour_inputs(reg, source, TransferConfig(neighbour_seeds=3))
         assert found.inputs == tuple(e.input for e in dog.seeds())
-        [entry] = found.adapters  # the only other task with seeds
+        [entry] = found.adapters  # the only other task's adapter with seeds
         assert entry["adapter_id"] == d.adapter_id and entry["inputs"] == 5
         assert -1.0 <= entry["similarity"] <= 1.0
 
