@@ -159,6 +159,21 @@ def _job_row(j: Any) -> dict[str, Any]:
     }
 
 
+def result_summary(result: dict[str, Any] | None) -> str:
+    """One line for a job's result in ``jobs list`` (``jobs show`` prints all of it)."""
+    if not result:
+        return ""
+    if "adapter_id" in result:
+        name = result.get("adapter_name")
+        return f"adapter {result['adapter_id']}" + (f" ({name})" if name else "")
+    if "generator_id" in result:
+        return f"generator {result['generator_id']}"
+    if isinstance(result.get("adapters"), dict):
+        return f"{len(result['adapters'])} adapters"
+    text = json.dumps(result)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 @jobs_app.command("list")
 def jobs_list(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
@@ -175,7 +190,7 @@ def jobs_list(
     for r in rows:
         table.add_row(
             str(r["id"]), r["kind"], r["state"], r["stage"] or "", f"{r['progress']:.0%}",
-            str(r["attempts"]), json.dumps(r["result"]) if r["result"] else (r["error"] or "")[:60],
+            str(r["attempts"]), result_summary(r["result"]) or (r["error"] or "")[:60],
         )  # fmt: skip
     out.print(table)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from api.cli_service import result_summary
 from api.worker import HANDLERS, run_one
 from registry.service import Registry
 from registry.settings import Settings
@@ -104,3 +105,18 @@ def test_bad_lease_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, val
     monkeypatch.setenv("LORAMINT_JOB_LEASE_S", value)
     with pytest.raises(InvalidInput, match="LORAMINT_JOB_LEASE_S"):
         lease_seconds()
+
+
+@pytest.mark.parametrize(
+    ("result", "line"),
+    [
+        (None, ""),
+        ({"adapter_id": 8, "adapter_name": "zoo-cat-trans-job1", "stages": {"x": 1}},
+         "adapter 8 (zoo-cat-trans-job1)"),
+        ({"generator_id": 3, "val_rel_error": 0.5}, "generator 3"),
+        ({"adapters": {"cat": 1, "dog": 2}, "tasks": 2}, "2 adapters"),
+        ({"note": "x" * 100}, '{"note": "' + "x" * 49 + "…"),
+    ],
+)  # fmt: skip
+def test_jobs_list_shows_one_line_per_result(result: dict | None, line: str) -> None:
+    assert result_summary(result) == line
