@@ -182,11 +182,10 @@ def neighbour_inputs(registry: Registry, source: SourceTask, config: TransferCon
     used: list[dict[str, Any]] = []
     for hit in hits:
         other = hit.adapter
-        if other.id == record.id or (task is not None and other.meta.get("task") == task):
-            continue
-        if other.description == record.description or SEEDS not in registry.artifact_names(
-            other.id
-        ):
+        same_task = other.description == record.description or (
+            task is not None and other.meta.get("task") == task
+        )
+        if other.id == record.id or same_task or SEEDS not in registry.artifact_names(other.id):
             continue
         try:
             seeds = read_seeds(registry.artifact(other.id, SEEDS))
