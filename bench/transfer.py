@@ -3,7 +3,7 @@
     .venv/bin/python bench/transfer.py [--tasks 5] [--names a,b] [--samples 64]
         [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100] [--min-gain 0.1]
         [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh] [--balanced]
-        [--soft] [--set KEY=VALUE ...]
+        [--soft] [--bounds] [--set KEY=VALUE ...]
 
 For each held-out task of the default suite (``$LORAMINT_HOME/tasks/default``)
 whose zoo adapter ``zoo-<task>`` is registered on the source model and beat
@@ -24,7 +24,15 @@ split (its first ``--eval-n`` examples):
   ``balance_labels`` (each input weighted so that every label the teacher
   gives the inputs counts alike, whatever the synthetic inputs' skew);
 - with ``--soft``, one more: ``soft_filter``, every input the filter scored
-  (kept and rejected), batches drawing each by the discriminator's p(real).
+  (kept and rejected), batches drawing each by the discriminator's p(real);
+- with ``--bounds``, two references that are not transfers, because they use
+  the task's training data, which a transfer never has: "real inputs", the
+  same distillation on the task's own training inputs (as many as ``--samples``
+  asks for, labelled by the teacher, never by their gold labels), which tells
+  whether the synthetic inputs or the distillation is the limit; and "target
+  oracle", the target model's own zoo adapter for the task (``loramint zoo
+  build --base-model TARGET --tasks NAME``; "-" when there is none), what the
+  target model learns from the gold labels.
 
 ``--set`` passes any other transfer setting to the job (``loramint transfer
 --set``), e.g. ``--set label_prompts=true --set balance_labels=true``; the
@@ -62,6 +70,7 @@ COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
 HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
 BALANCED = {"balanced": "balanced", "no_filter_balanced": "no filter, balanced"}
 SOFT = {"soft_filter": "soft filter"}
+BOUNDS = {"real_inputs": "real inputs (bound)", "target_oracle": "target oracle (bound)"}
 
 
 def source_gain(record: Any) -> float | None:
@@ -133,7 +142,7 @@ def score_task(
     """One table row. ``earlier`` is this task's row from the last results file: its
     figures are reused when they came from the same adapter, job and test examples
     (every column is seeded, so recomputing would give the same numbers)."""
-    from generator.transfer import TransferConfig, one_line
+    from generator.transfer import TransferConfig, clean_input
     from generator.transfer_job import StageOutput, artifact_name, filter_trust, target_modules
     from generator.transfer_source import distill_target, registered_adapter, source_task
     from generator.zoo import adapter_name
@@ -192,7 +201,8 @@ def score_task(
         real = {*neighbours, *source.seed_inputs(config)}
         # a test input that is also a distillation input (e.g. a sibling task drew the
         # same article as a seed): counted, so a reader can judge the leak
-        row["test_overlap"] = sum(one_line(e.input, config.max_input_chars) in real for e in test)
+        cut = config.max_input_chars
+        row["test_overlap"] = sum(clean_input(e.input, cut) in real for e in test)
         row["neighbour_inputs"] = len(neighbours)
     hard = dataclasses.replace(config, soft_filter=False)  # the ablations' own inputs only
     Variant = tuple[str, list[str], Any, dict[str, float] | None]
@@ -212,6 +222,20 @@ def score_task(
         soft = dataclasses.replace(config, soft_filter=True)
         variants += [("soft_filter", list(trust), soft, trust)]
         row["scored"] = len(trust)
+    if args.bounds:  # the task's own training inputs: what ideal inputs would give
+        real_inputs = [clean_input(e.input, config.max_input_chars) for e in task.train]
+        variants += [("real_inputs", real_inputs[: config.samples], hard, None)]
+        oracle = reg.find_adapter(target, adapter_name(task))
+        if oracle is not None:
+            row["target_oracle_id"] = oracle.id
+            measure(
+                "target_oracle",
+                lambda: (
+                    student.accuracy(
+                        task, registered_adapter(reg, oracle.id), examples=test
+                    ).accuracy
+                ),
+            )
 
     def distilled_accuracy(inputs: list[str], cfg: Any, trust: dict[str, float] | None) -> float:
         distilled, _ = distill_target(
@@ -250,6 +274,8 @@ def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argpars
         columns |= BALANCED
     if args.soft or any(c in r for r in rows for c in SOFT):
         columns |= SOFT
+    if args.bounds or any(c in r for r in rows for c in BOUNDS):
+        columns |= BOUNDS
     lines = [
         f"Trans-LoRA `{source}` -> `{target}`: {len(rows)} held-out tasks, {args.samples} "
         f"synthetic samples, {args.steps} distillation steps, accuracy on <= {args.eval_n} "
@@ -326,6 +352,13 @@ def main() -> None:
         action="store_true",
         help="also distil on every input the filter scored, drawn by the discriminator's "
         "p(real) (soft_filter; one more column)",
+    )
+    ap.add_argument(
+        "--bounds",
+        action="store_true",
+        help="also score two references that use the task's training data, which a transfer "
+        "never sees: distillation on its real training inputs, and the target model's own "
+        "zoo adapter (two more columns)",
     )
     ap.add_argument(
         "--set",

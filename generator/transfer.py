@@ -14,9 +14,15 @@ and texts (no database; ``generator.transfer_job`` runs them as a job):
 4. Distillation of the target LoRA against the source model + source LoRA
    lives in ``generator.distill``.
 
-Seeds and synthetic inputs are flattened to one line and cut to
-``max_input_chars``, so the discriminator cannot tell them apart by length or
-line breaks alone.
+Seeds and synthetic inputs keep their line breaks (a news item is a headline
+and a lead on two lines): the source adapter learned its task on the inputs as
+they are, and a flattened input is another input to it (bbc_tech's adapter
+scores 0.71 on its test articles and 0.56 on the same articles on one line, so
+a student distilled on flattened inputs learns the weaker teacher). In a
+generation prompt every input stays on one numbered line, its line breaks
+shown as a literal ``\\n`` (``LINE_BREAK``), which the models copy; their
+continuations end at the first real line break and have the marker decoded
+back. Seeds and synthetic inputs alike are cut to ``max_input_chars``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from generator.tasks import Example
 from registry.errors import InvalidInput
 
 YES, NO = "yes", "no"
+LINE_BREAK = " \\n "  # how a generation prompt shows a line break inside one input
+_SHOWN_BREAK = re.compile(r"[ \t]*\\n[ \t]*")  # the marker, as a continuation writes it
 _ENUMERATION = re.compile(r"^\s*\d+\s*[.)]\s*")
 _ANSWER_TAG = re.compile(r"^\s*\(answer:[^)]*\)\s*")  # a label prompt's tag, repeated
 
@@ -50,10 +58,10 @@ class TransferConfig:
     samples: int = 64  # filtered synthetic inputs the target LoRA is distilled on
     few_shot: int = 5  # seed inputs shown in each generation prompt (at most the seeds there are)
     gen_batch: int = 16  # prompts sampled per generate() call
-    max_new_tokens: int = 64  # one synthetic input, cut at its first line break
+    max_new_tokens: int = 64  # one synthetic input, ending at its first (real) line break
     temperature: float = 1.0
     top_p: float = 0.95
-    max_input_chars: int = 400  # seeds and synthetic inputs alike (no length cue)
+    max_input_chars: int = 400  # seeds and synthetic inputs are cut alike (no length cue)
     max_rounds: int = 20  # extra generation batches the filter may spend reaching ``samples``
     # fewer kept than this after the budget fails the job (0: distil on the seeds alone)
     min_kept: int = 1
@@ -138,9 +146,21 @@ class TransferConfig:
         return dataclasses.asdict(self)
 
 
-def one_line(text: str, max_chars: int) -> str:
-    """``text`` on one line with single spaces, cut to ``max_chars``."""
-    return " ".join(text.split())[:max_chars].strip()
+def clean_input(text: str, max_chars: int) -> str:
+    """``text`` with single spaces inside each line, no empty lines, cut to ``max_chars``
+    (line breaks kept: they are part of what the source adapter learned to read)."""
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)[:max_chars].strip()
+
+
+def shown_input(text: str) -> str:
+    """An input as a generation prompt lists it: one line, its breaks as ``LINE_BREAK``."""
+    return LINE_BREAK.join(text.splitlines())
+
+
+def unshown_input(text: str) -> str:
+    """A continuation's ``LINE_BREAK`` markers back to line breaks."""
+    return _SHOWN_BREAK.sub("\n", text)
 
 
 def dedupe_key(text: str) -> str:
@@ -150,20 +170,22 @@ def dedupe_key(text: str) -> str:
 # -- 1. synthetic inputs --------------------------------------------------------
 
 
-def fewshot_prompt(description: str, shown: Sequence[str]) -> str:
+def fewshot_prompt(description: str, inputs: Sequence[str]) -> str:
     """The paper's generation prompt: a numbered list of real inputs, open at the next number."""
-    lines = [f"Task: {description}", f"Here are {len(shown) + 1} example inputs for this task:"]
-    lines += [f"{i}. {text}" for i, text in enumerate(shown, 1)]
-    return "\n".join(lines) + f"\n{len(shown) + 1}."
+    lines = [f"Task: {description}", f"Here are {len(inputs) + 1} example inputs for this task:"]
+    lines += [f"{i}. {shown_input(text)}" for i, text in enumerate(inputs, 1)]
+    return "\n".join(lines) + f"\n{len(inputs) + 1}."
 
 
-def labelled_prompt(description: str, shown: Sequence[tuple[str, str]], answer: str) -> str:
+def labelled_prompt(description: str, inputs: Sequence[tuple[str, str]], answer: str) -> str:
     """The label-conditioned prompt (``label_prompts``): real inputs, each after its
     answer, and the list left open at a new input whose answer is ``answer``."""
-    n = len(shown) + 1
+    n = len(inputs) + 1
     head = f"Here are {n} example inputs for this task, each with its answer:"
     lines = [f"Task: {description}", head]
-    lines += [f"{i}. (answer: {label}) {text}" for i, (text, label) in enumerate(shown, 1)]
+    lines += [
+        f"{i}. (answer: {label}) {shown_input(text)}" for i, (text, label) in enumerate(inputs, 1)
+    ]
     return "\n".join(lines) + f"\n{n}. (answer: {answer})"
 
 
@@ -261,11 +283,13 @@ class Synthesizer:
         self.sample = sample  # (prompts, seed) -> one completion per prompt
         self.description = description
         self.config = config
-        self.seeds = [one_line(s, config.max_input_chars) for s in seeds]
+        self.seeds = [clean_input(s, config.max_input_chars) for s in seeds]
         self.seeds = [s for s in self.seeds if s]
         if not self.seeds:
             raise InvalidInput("synthetic inputs need at least one non-empty seed input")
-        self.answers = {one_line(k, config.max_input_chars): v for k, v in (answers or {}).items()}
+        self.answers = {
+            clean_input(k, config.max_input_chars): v for k, v in (answers or {}).items()
+        }
         self.labels = [str(x).strip() for x in labels if str(x).strip()]
         if self.labels and answers is not None:
             missing = [s for s in self.seeds if s not in self.answers]
@@ -307,7 +331,7 @@ class Synthesizer:
         new: list[str] = []
         for text in raw:
             text = _ANSWER_TAG.sub("", _ENUMERATION.sub("", text, count=1), count=1)
-            text = one_line(text, self.config.max_input_chars)
+            text = clean_input(unshown_input(text), self.config.max_input_chars)
             key = dedupe_key(text)
             if not text:
                 stats.empty += 1
@@ -380,13 +404,15 @@ class Discriminator:
 
 def real_variants(real: Sequence[str], count: int) -> list[str]:
     """``count`` real inputs: each seed whole, then (cycling) cut after 3/4, 1/2, 1/4 of
-    its words (at least three), as a synthetic input is often shorter than a real one."""
+    its words (at least three; line breaks kept), as a synthetic input is often shorter
+    than a real one."""
     out: list[str] = []
     fractions = (1.0, 0.75, 0.5, 0.25)
     for i in range(count):
-        words = real[i % len(real)].split()
-        keep = max(3, math.ceil(len(words) * fractions[(i // len(real)) % len(fractions)]))
-        out.append(" ".join(words[:keep]))
+        text = real[i % len(real)]
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+        keep = max(3, math.ceil(len(ends) * fractions[(i // len(real)) % len(fractions)]))
+        out.append(text[: ends[min(keep, len(ends)) - 1]] if ends else text)
     return out
 
 

@@ -30,7 +30,7 @@ from generator.distill import (
 from generator.evaluation import Evaluator
 from generator.lora_trainer import TrainConfig
 from generator.tasks import Example
-from generator.transfer import TransferConfig, one_line
+from generator.transfer import TransferConfig, clean_input
 from generator.zoo import SEEDS
 from registry import base_models
 from registry.errors import InvalidInput, UnknownBaseModel
@@ -117,7 +117,7 @@ class SourceTask:
         return self.record.description
 
     def seed_inputs(self, config: TransferConfig) -> list[str]:
-        texts = [one_line(e.input, config.max_input_chars) for e in self.seeds]
+        texts = [clean_input(e.input, config.max_input_chars) for e in self.seeds]
         return list(dict.fromkeys(t for t in texts if t))
 
     def seed_answers(self, config: TransferConfig) -> dict[str, str] | None:
@@ -127,7 +127,7 @@ class SourceTask:
             return None
         answers: dict[str, str] = {}
         for e in self.seeds:
-            text = one_line(e.input, config.max_input_chars)
+            text = clean_input(e.input, config.max_input_chars)
             if text and answers.setdefault(text, e.output) != e.output:
                 return None
         return answers
@@ -191,7 +191,7 @@ def neighbour_inputs(registry: Registry, source: SourceTask, config: TransferCon
             seeds = read_seeds(registry.artifact(other.id, SEEDS))
         except InvalidInput:
             continue
-        new = [t for e in seeds if (t := one_line(e.input, config.max_input_chars))]
+        new = [t for e in seeds if (t := clean_input(e.input, config.max_input_chars))]
         new = [t for t in dict.fromkeys(new) if t not in seen]
         seen.update(new)
         inputs += new

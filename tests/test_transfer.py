@@ -31,6 +31,7 @@ from generator.transfer import (
     Synthesis,
     Synthesizer,
     TransferConfig,
+    clean_input,
     discriminator_description,
     fewshot_prompt,
     labelled_prompt,
@@ -151,10 +152,27 @@ def test_fewshot_prompt_lists_the_seeds_and_opens_the_next_number() -> None:
     ]
 
 
+def test_inputs_keep_their_line_breaks_and_prompts_show_them_on_one_line() -> None:
+    """A headline and its lead stay two lines (the source adapter learned them so), while
+    the generation prompt lists each input on one numbered line, breaks as a marker."""
+    assert (
+        clean_input("  Rain  due \n\n  Wet   streets ahead \n", 400)
+        == "Rain due\nWet streets ahead"
+    )
+    assert clean_input("one two\nthree", 6) == "one tw"
+    prompt = fewshot_prompt("Weather news?", ["Rain due\nWet streets ahead", "Sun"])
+    assert prompt.splitlines()[2:] == ["1. Rain due \\n Wet streets ahead", "2. Sun", "3."]
+    labelled = labelled_prompt("Weather news?", [("Rain due\nWet streets", "yes")], "no")
+    assert labelled.splitlines()[2:] == [
+        "1. (answer: yes) Rain due \\n Wet streets",
+        "2. (answer: no)",
+    ]
+
+
 def test_synthesizer_drops_empties_seed_copies_and_duplicates() -> None:
     batches = [
         ["", " cat dog  sun", "a new line", "A NEW   line", "7. numbered one", "  "],
-        ["a new line", "another\nwith a break", "fresh"],
+        ["a new line", "another \\n with a break", "fresh", "moon\\nfish"],
     ]
     seeds_seen: list[int] = []
 
@@ -165,11 +183,12 @@ def test_synthesizer_drops_empties_seed_copies_and_duplicates() -> None:
 
     cfg = TransferConfig(gen_batch=6, few_shot=3)
     synth = Synthesizer(
-        sample, "Mentions a cat?", ["cat dog sun", "moon fish", "tree"], cfg, seed=3
+        sample, "Mentions a cat?", ["cat dog sun", "moon\nfish", "tree"], cfg, seed=3
     )
     stats = synthesize(synth, 10, max_batches=2)
-    assert stats.inputs == ["a new line", "numbered one", "another with a break", "fresh"]
-    assert (stats.generated, stats.empty, stats.seed_copies, stats.duplicates) == (9, 2, 1, 2)
+    # a continuation's line-break markers come back as line breaks
+    assert stats.inputs == ["a new line", "numbered one", "another\nwith a break", "fresh"]
+    assert (stats.generated, stats.empty, stats.seed_copies, stats.duplicates) == (10, 2, 2, 2)
     assert stats.batches == 2 and len(set(seeds_seen)) == 2  # each batch samples anew
     with pytest.raises(InvalidInput, match="non-empty seed"):
         Synthesizer(sample, "x", ["  "], cfg, seed=0)
@@ -235,6 +254,12 @@ def test_real_variants_vary_in_length() -> None:
     assert out[:2] == seeds and len(out) == 8
     assert {len(x.split()) for x in out[::2]} == {8, 6, 4, 3}
     assert all(len(x.split()) >= 3 for x in out)
+    head = real_variants(["Rain due today\nWet streets ahead soon"], 3)
+    assert head == [
+        "Rain due today\nWet streets ahead soon",
+        "Rain due today\nWet streets ahead",  # 6 of the 7 words, then 4
+        "Rain due today\nWet",
+    ]
 
 
 def test_seeds_and_labels_are_checked() -> None:
@@ -854,14 +879,22 @@ def test_bench_prints_the_table_on_tiny_models(
     assert set(task["wall_seconds"]) == {"synthesize", "discriminator", "filter", "distill"}
     assert task["transferred_adapter_id"] and task["eval_n"] == 6
 
-    # a second run reuses the job and the figures, and adds the balanced and soft
-    # columns; the row of a task it does not score (here: written by hand) stays
+    # a second run reuses the job and the figures, and adds the balanced, soft and bound
+    # columns; the row of a task it does not score (here: written by hand) stays. The
+    # target model gets its own zoo adapter for the task: the "target oracle" bound
     other = {"task": "elsewhere", "adapter_id": 99, "eval_n": 6, "job_id": 99, "source": 0.5}
     payload = json.loads(written[0].read_text())
     write_atomic(written[0], json.dumps({**payload, "tasks": [task, other]}).encode())
-    again = subprocess.run(
-        [*run.args, "--balanced", "--soft"], env=env, capture_output=True, text=True, timeout=600
+    config = TrainConfig(rank=4, alpha=8, steps=3, batch_size=8, lr=1e-2, snapshots=1)
+    cat = tiny_task("cat", "cat", held_out=True)
+    [oracle] = build_zoo(
+        w["registry"], [cat], base_model=w["target"], config=config, evaluate=False
     )
+    w["registry"].close()
+    again = subprocess.run(
+        [*run.args, "--balanced", "--soft", "--bounds"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"reusing transfer job {task['job_id']}" in again.stderr
     [second, kept] = json.loads(written[0].read_text())["tasks"]
@@ -870,15 +903,19 @@ def test_bench_prints_the_table_on_tiny_models(
     assert 0.0 <= second["balanced"] <= 1.0 and 0.0 <= second["no_filter_balanced"] <= 1.0
     assert 0.0 <= second["soft_filter"] <= 1.0
     assert second["scored"] >= 1
+    assert 0.0 <= second["real_inputs"] <= 1.0 and 0.0 <= second["target_oracle"] <= 1.0
+    assert second["target_oracle_id"] == oracle.adapter_id
     # a run without those flags keeps the columns the row has
     plain = subprocess.run(run.args, env=env, capture_output=True, text=True, timeout=600)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert json.loads(written[0].read_text())["tasks"][0] == second
     assert "| soft filter |" in plain.stdout
     header = next(line for line in again.stdout.splitlines() if line.startswith("| task |"))
-    assert header.split("|")[-4:-1] == [
+    assert header.split("|")[-6:-1] == [
         " no filter, balanced ",
         " soft filter ",
+        " real inputs (bound) ",
+        " target oracle (bound) ",
         " kept / generated ",
     ]
 
