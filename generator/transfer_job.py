@@ -10,9 +10,16 @@ it instead of recomputing, so a killed worker's successor starts at the first
 unfinished stage. Sampling and training are seeded, so a recomputed stage
 gives what the lost one would have. Only ``register`` writes an adapter, in
 one transaction, under a name fixed by the job id: a retry that finds it
-returns it instead of registering a second one. The discriminator depends
-only on the source adapter's seeds and the discriminator settings, so a later
-transfer of the same adapter (to any target) reuses it.
+returns it instead of registering a second one.
+
+Stages are also reused across jobs of one source adapter. Each of the first
+three saves a key: a hash of everything its output depends on. The
+discriminator depends only on the seeds and its settings, so a later transfer
+of the same adapter (to any target) reuses it; the synthetic inputs depend on
+the target model and the generation settings, and the filter on those two
+keys. A transfer that changes only how the target is distilled (steps, rate,
+weighting, soft filter, neighbour seeds) reuses an earlier job's inputs and
+costs one distillation.
 """
 
 from __future__ import annotations
@@ -73,6 +80,12 @@ SPANS = {
 DISC_SETTINGS = (
     "few_shot", "gen_batch", "max_new_tokens", "temperature", "top_p", "max_input_chars",
     "max_rounds", "disc_negatives", "disc_rank", "disc_steps", "disc_lr", "seed",
+)  # fmt: skip
+# what the synthetic inputs depend on besides the target model and the seeds (the
+# filter's further batches come from the same sampler, so it shares them)
+SYNTH_SETTINGS = (
+    "samples", "few_shot", "gen_batch", "max_new_tokens", "temperature", "top_p",
+    "max_input_chars", "max_rounds", "label_prompts", "seed",
 )  # fmt: skip
 
 
@@ -212,9 +225,9 @@ def run_transfer(
         config,
         _Models(registry, source.record.base_model, target),
     )
-    pool = run.stage("synthesize", lambda: _synthesize(run)).data["inputs"]
+    synth = run.stage("synthesize", lambda: _synthesize(run))
     disc = run.stage("discriminator", lambda: _discriminator(run, modules))
-    filtered = run.stage("filter", lambda: _filter(run, pool, disc)).data
+    filtered = run.stage("filter", lambda: _filter(run, synth, disc)).data
     distilled = run.stage("distill", lambda: _distill(run, filtered, disc, modules))
     record = _register(run, name, distilled)
     store.progress(1.0, stage="register", log_line=f"register: adapter {record.id} ({record.name})")
@@ -247,8 +260,58 @@ def registered_by(registry: Registry, target: str, name: str, job_id: int) -> Ad
     return rec
 
 
+def stage_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def earlier_stage(
+    registry: Registry, adapter_id: int, stage: str, key: str, *, job_id: int
+) -> tuple[int, StageOutput] | None:
+    """The output of ``stage`` that another transfer of this adapter saved under ``key``."""
+    name = artifact_name(stage)
+    for job in registry.list_jobs(kind=TRANSFER_KIND, limit=1000):
+        if job.id == job_id or job.params.get("adapter_id") != adapter_id:
+            continue
+        if name not in job.artifacts:
+            continue
+        raw = registry.job_artifact(job.id, name)
+        if raw is None:
+            continue
+        out = StageOutput.from_bytes(raw)
+        if out.data.get("key") == key:
+            return job.id, out
+    return None
+
+
+def reused(run: _Run, stage: str, key: str) -> StageOutput | None:
+    """An earlier job's output of ``stage`` with this key, its figures naming that job."""
+    found = earlier_stage(run.registry, run.source.record.id, stage, key, job_id=run.job_id)
+    if found is None:
+        return None
+    job_id, out = found
+    out.figures = {**out.figures, "reused_from_job": job_id}
+    return out
+
+
+def synthesize_key(source: SourceTask, target: str, config: TransferConfig) -> str:
+    return stage_key(
+        {
+            "target_base_model": target,
+            "description": source.description,
+            "seeds": source.seed_inputs(config),
+            "answers": source.seed_answers(config),
+            "labels": list(source.labels),
+            "settings": {k: getattr(config, k) for k in SYNTH_SETTINGS},
+        }
+    )
+
+
 def _synthesize(run: _Run) -> StageOutput:
     cfg = run.config
+    key = synthesize_key(run.source, run.target, cfg)
+    earlier = reused(run, "synthesize", key)
+    if earlier is not None:
+        return earlier
     target = run.models.target
     synth = Synthesizer(
         model_sampler(target.model, target.tokenizer, cfg),
@@ -271,47 +334,26 @@ def _synthesize(run: _Run) -> StageOutput:
             f"the target model gave no usable synthetic input in {stats.batches} batches "
             f"({stats.empty} empty, {stats.seed_copies} copies of seeds); try another temperature"
         )
-    return StageOutput(stats.figures(), {"inputs": stats.inputs})
+    return StageOutput(stats.figures(), {"inputs": stats.inputs, "key": key})
 
 
 def discriminator_key(source: SourceTask, config: TransferConfig) -> str:
-    settings = {k: getattr(config, k) for k in DISC_SETTINGS}
-    payload = {
-        "source_base_model": source.record.base_model,
-        "seeds": source.seed_inputs(config),
-        "settings": settings,
-        "target_modules": sorted(str(m) for m in source.record.target_modules),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def earlier_discriminator(
-    registry: Registry, adapter_id: int, key: str, *, job_id: int
-) -> tuple[int, StageOutput] | None:
-    """A discriminator another transfer of this adapter trained with the same settings."""
-    name = artifact_name("discriminator")
-    for job in registry.list_jobs(kind=TRANSFER_KIND, limit=1000):
-        if job.id == job_id or job.params.get("adapter_id") != adapter_id:
-            continue
-        if name not in job.artifacts:
-            continue
-        raw = registry.job_artifact(job.id, name)
-        if raw is None:
-            continue
-        out = StageOutput.from_bytes(raw)
-        if out.data.get("key") == key:
-            return job.id, out
-    return None
+    return stage_key(
+        {
+            "source_base_model": source.record.base_model,
+            "seeds": source.seed_inputs(config),
+            "settings": {k: getattr(config, k) for k in DISC_SETTINGS},
+            "target_modules": sorted(str(m) for m in source.record.target_modules),
+        }
+    )
 
 
 def _discriminator(run: _Run, modules: tuple[str, ...]) -> StageOutput:
     cfg, source = run.config, run.source
     key = discriminator_key(source, cfg)
-    found = earlier_discriminator(run.registry, source.record.id, key, job_id=run.job_id)
-    if found is not None:
-        job_id, out = found
-        out.figures = {**out.figures, "reused_from_job": job_id}
-        return out
+    earlier = reused(run, "discriminator", key)
+    if earlier is not None:
+        return earlier
     src = run.models.source
     synth = Synthesizer(
         model_sampler(src.model, src.tokenizer, cfg),
@@ -372,7 +414,26 @@ def filter_trust(
     return dict(zip(texts, scores, strict=True))
 
 
-def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
+def _filter(run: _Run, synth_out: StageOutput, disc_out: StageOutput) -> StageOutput:
+    """The filter's output: an earlier job's, when it filtered the same synthetic inputs
+    with the same discriminator (both stages' keys), or computed here."""
+    keys = (synth_out.data.get("key"), disc_out.data.get("key"))
+    key = stage_key({"synthesize": keys[0], "discriminator": keys[1]}) if all(keys) else None
+    out = reused(run, "filter", key) if key else None
+    if out is None:
+        out = _filter_anew(run, synth_out.data["inputs"], disc_out)
+        out.data["key"] = key
+    figures, cfg = out.figures, run.config
+    if figures["kept"] < cfg.min_kept:
+        raise InvalidInput(
+            f"the discriminator kept {figures['kept']} of {figures['scored']} synthetic "
+            f"inputs after {figures['rounds']} extra rounds, fewer than min_kept={cfg.min_kept}; "
+            "raise max_rounds, or lower min_kept"
+        )
+    return out
+
+
+def _filter_anew(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
     cfg, source = run.config, run.source
     disc = stage_discriminator(disc_out)
     target = run.models.target
@@ -404,20 +465,13 @@ def _filter(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutput:
     filtered = rejection_sample(
         pool, accept, next_batch, wanted=cfg.samples, max_rounds=cfg.max_rounds
     )
-    figures = filtered.figures(cfg.samples)
-    if len(filtered.kept) < cfg.min_kept:
-        raise InvalidInput(
-            f"the discriminator kept {len(filtered.kept)} of {figures['scored']} synthetic "
-            f"inputs after {filtered.rounds} extra rounds, fewer than min_kept={cfg.min_kept}; "
-            "raise max_rounds, or lower min_kept"
-        )
     scored = [*filtered.kept, *filtered.rejected]
     data = {
         "kept": filtered.kept,
         "rejected": filtered.rejected,
         "realness": {t: round(trust[t], 6) for t in scored},
     }
-    return StageOutput(figures, data)
+    return StageOutput(filtered.figures(cfg.samples), data)
 
 
 def _distill(

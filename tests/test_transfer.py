@@ -561,6 +561,38 @@ def test_label_prompts_reach_the_job_and_reuse_the_discriminator(world) -> None:
     assert source.seed_answers(TransferConfig()) is None
 
 
+def test_a_transfer_that_changes_only_distillation_reuses_the_inputs(world) -> None:  # type: ignore[no-untyped-def]
+    """Jobs of one adapter share stage outputs by key: new distillation settings reuse an
+    earlier job's synthetic and filtered inputs; new generation settings do not."""
+    reg: Registry = world["registry"]
+    source_id, target = world["source_id"], world["target"]
+
+    def run(config: dict[str, Any]) -> dict[str, Any]:
+        job = submit_transfer(reg, source_id, target, config={**FAST, "seed": 11, **config})
+        done = run_one(reg, f"w-reuse-{job.id}", HANDLERS)
+        assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+        return {"id": job.id, **done.result["stages"]}  # type: ignore[dict-item]
+
+    def data(job_id: int, stage: str) -> dict[str, Any]:
+        raw = reg.job_artifact(job_id, artifact_name(stage))
+        assert raw is not None
+        return StageOutput.from_bytes(raw).data
+
+    first = run({})
+    assert not any("reused_from_job" in first[s] for s in ("synthesize", "filter"))
+    again = run({"distill_steps": 4, "balance_labels": True, "soft_filter": True})
+    for stage in ("synthesize", "discriminator", "filter"):
+        assert again[stage]["reused_from_job"] == first["id"], stage
+    assert data(again["id"], "filter")["kept"] == data(first["id"], "filter")["kept"]
+    assert again["distill"]["steps"] == 4 and first["distill"]["steps"] == FAST["distill_steps"]
+    # other prompts: new synthetic inputs and a new filter, the same discriminator
+    labelled = run({"label_prompts": True})
+    assert "reused_from_job" not in labelled["synthesize"]
+    assert "reused_from_job" not in labelled["filter"]
+    assert labelled["discriminator"]["reused_from_job"] in {first["id"], again["id"]}
+    assert data(labelled["id"], "synthesize")["key"] != data(first["id"], "synthesize")["key"]
+
+
 def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import generator.transfer_job as tj
 
