@@ -3,7 +3,7 @@
     .venv/bin/python bench/transfer.py [--tasks 5] [--names a,b] [--samples 64]
         [--steps 60] [--disc-steps 30] [--max-rounds 20] [--eval-n 100] [--min-gain 0.1]
         [--source smollm2-135m-instruct] [--target gemma3-270m] [--fresh] [--balanced]
-        [--soft] [--bounds] [--set KEY=VALUE ...]
+        [--soft] [--hard] [--bounds] [--set KEY=VALUE ...]
 
 For each held-out task of the default suite (``$LORAMINT_HOME/tasks/default``)
 whose zoo adapter ``zoo-<task>`` is registered on the source model and beat
@@ -24,7 +24,11 @@ split (its first ``--eval-n`` examples):
   ``balance_labels`` (each input weighted so that every label the teacher
   gives the inputs counts alike, whatever the synthetic inputs' skew);
 - with ``--soft``, one more: ``soft_filter``, every input the filter scored
-  (kept and rejected), batches drawing each by the discriminator's p(real);
+  (kept and rejected), batches drawing each by the discriminator's p(real)
+  (for a job run with ``soft_filter=true`` that is the transferred column, so
+  it is skipped);
+- with ``--hard``, for a job run with ``soft_filter=true``: the kept inputs
+  alone, the paper's hard filter (for a job without it, the transferred column);
 - with ``--bounds``, two references that are not transfers, because they use
   the task's training data, which a transfer never has: "real inputs", the
   same distillation on the task's own training inputs (as many as ``--samples``
@@ -70,6 +74,7 @@ COLUMNS = ("source", "target_bare", "transferred", "no_filter", "seeds_only")
 HEADERS = ("source + LoRA", "target bare", "transferred", "no filter", "seeds only")
 BALANCED = {"balanced": "balanced", "no_filter_balanced": "no filter, balanced"}
 SOFT = {"soft_filter": "soft filter"}
+HARD = {"hard_filter": "hard filter"}
 BOUNDS = {"real_inputs": "real inputs (bound)", "target_oracle": "target oracle (bound)"}
 
 
@@ -216,7 +221,9 @@ def score_task(
             ("balanced", kept, balanced, None),
             ("no_filter_balanced", unfiltered, balanced, None),
         ]
-    if args.soft:  # every input the filter scored, drawn by p(real)
+    if args.hard and config.soft_filter:  # the kept inputs alone: the paper's filter
+        variants += [("hard_filter", kept, hard, None)]
+    if args.soft and not config.soft_filter:  # every input the filter scored, by p(real)
         disc = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("discriminator")))
         trust = filter_trust(source, teacher, filtered, disc)
         soft = dataclasses.replace(config, soft_filter=True)
@@ -274,6 +281,8 @@ def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argpars
         columns |= BALANCED
     if args.soft or any(c in r for r in rows for c in SOFT):
         columns |= SOFT
+    if args.hard or any(c in r for r in rows for c in HARD):
+        columns |= HARD
     if args.bounds or any(c in r for r in rows for c in BOUNDS):
         columns |= BOUNDS
     lines = [
@@ -352,6 +361,12 @@ def main() -> None:
         action="store_true",
         help="also distil on every input the filter scored, drawn by the discriminator's "
         "p(real) (soft_filter; one more column)",
+    )
+    ap.add_argument(
+        "--hard",
+        action="store_true",
+        help="for jobs run with soft_filter=true: also distil on the kept inputs alone, the "
+        "paper's hard filter (one more column)",
     )
     ap.add_argument(
         "--bounds",

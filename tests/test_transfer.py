@@ -961,6 +961,18 @@ def test_bench_prints_the_table_on_tiny_models(
     assert row3["job_id"] != task["job_id"] and "settings kd_temperature=2" in third.stdout
     assert w["registry"].get_job(row3["job_id"]).params["config"]["kd_temperature"] == 2
 
+    # a soft-filtered job: its transferred column is the soft filter, so --soft adds
+    # nothing and --hard adds the paper's filter, the kept inputs alone
+    fourth = subprocess.run(
+        [*run.args, "--set", "soft_filter=true", "--soft", "--hard"], env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    [row4, _] = json.loads(written[0].read_text())["tasks"]
+    assert w["registry"].get_job(row4["job_id"]).params["config"]["soft_filter"] is True
+    assert 0.0 <= row4["hard_filter"] <= 1.0 and "soft_filter" not in row4
+    assert "| hard filter |" in fourth.stdout
+
 
 def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
     tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
