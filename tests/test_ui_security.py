@@ -70,9 +70,7 @@ def csrf_of(html: str) -> str:
 def log_in(client: TestClient[Any], key: str) -> str:
     """Log in through the form; the new session's CSRF token."""
     token = csrf_of(client.get("/ui/login").text)
-    r = client.post(
-        "/ui/login", data={"csrf_token": token, "api_key": key}, follow_redirects=False
-    )
+    r = client.post("/ui/login", data={"csrf_token": token, "api_key": key}, follow_redirects=False)
     assert r.status_code == 303, r.text
     page = client.get("/ui")
     assert page.status_code == 200
@@ -159,7 +157,9 @@ def test_the_same_requests_done_right_do_change_the_registry(world: dict, tmp_pa
     job = reg.submit_job("train-generator", {"base_model": world["base"], "steps": 3})
     with TestClient(create_app(reg, ApiSettings())) as c:
         token = log_in(c, world["admin"])
-        r = post(c, f"/ui/adapters/{extra.id}/delete", {"confirm": "yes", "csrf_token": token}, None)
+        r = post(
+            c, f"/ui/adapters/{extra.id}/delete", {"confirm": "yes", "csrf_token": token}, None
+        )
         assert r.status_code == 303 and r.headers["location"] == "/ui/adapters"
         assert extra.id not in [a.id for a in reg.list_adapters(limit=1000)]
         r = post(c, f"/ui/jobs/{job.id}/cancel", {"csrf_token": token}, None)
@@ -172,7 +172,9 @@ def test_the_same_requests_done_right_do_change_the_registry(world: dict, tmp_pa
         assert c.get("/ui/upload", follow_redirects=False).status_code == 303
 
 
-def test_pages_need_a_login_and_the_cookie_is_locked_down(client: TestClient[Any], world: dict) -> None:
+def test_pages_need_a_login_and_the_cookie_is_locked_down(
+    client: TestClient[Any], world: dict
+) -> None:
     r = client.get("/ui/adapters?q=moon", follow_redirects=False)
     assert r.status_code == 303
     assert r.headers["location"] == "/ui/login?next=%2Fui%2Fadapters%3Fq%3Dmoon"
