@@ -12,7 +12,11 @@ and texts (no database; ``generator.transfer_job`` runs them as a job):
    gives p(yes) > p(no) (rank classification of the two answers); the target
    model samples more until ``samples`` are kept or the round budget is spent.
 4. Distillation of the target LoRA against the source model + source LoRA
-   lives in ``generator.distill``.
+   lives in ``generator.distill``. By default it departs from the paper in two
+   ways (``soft_filter``, ``balance_labels``): it draws every input the filter
+   scored with probability p(real) instead of keeping only p(real) > 1/2, and
+   weighs the inputs so that the teacher's labels count alike; README
+   "Transfer results" measures both against the paper's method.
 
 Seeds and synthetic inputs keep their line breaks (a news item is a headline
 and a lead on two lines): the source adapter learned its task on the inputs as
@@ -77,11 +81,12 @@ class TransferConfig:
     kd_temperature: float = 1.0
     # weigh the distillation inputs so each label the teacher gives them counts
     # alike, whatever the synthetic inputs' skew (generator.distill.balanced_weights)
-    balance_labels: bool = False
+    balance_labels: bool = True
     # distil on every input the filter scored, not only the kept ones: batches draw
     # each with probability proportional to the discriminator's p(real) (the kept
-    # ones above 1/2, the seeds at 1); labelled tasks only (free-form: the kept ones)
-    soft_filter: bool = False
+    # ones above 1/2, the seeds at 1); labelled tasks only (free-form: the kept ones).
+    # False is the paper's hard filter (README "Transfer results" compares the two)
+    soft_filter: bool = True
     # labelled tasks: every generation prompt shows the seeds with their answers and
     # asks for an input with a given answer, the labels taking turns, so the synthetic
     # inputs cover every label (plain continuations lean to one); see labelled_prompt

@@ -534,7 +534,9 @@ def test_neighbour_seeds_distil_on_the_nearest_adapters_real_inputs(
         distill = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("distill")))
         assert distill.data["neighbour_inputs"] == list(found.inputs)
         real = {e.input for e in w["task"].seeds()} | set(found.inputs)
-        assert figures["examples"] == len(set(kept["kept"]) | real)
+        # the default soft filter distils on every input the filter scored
+        scored = set(kept["kept"]) | set(kept["rejected"])
+        assert figures["examples"] == len(scored | real)
         rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
         assert rec.meta["transfer"]["config"]["neighbour_seeds"] == 2
     finally:
@@ -924,7 +926,7 @@ def test_bench_prints_the_table_on_tiny_models(
     )
     w["registry"].close()
     again = subprocess.run(
-        [*run.args, "--balanced", "--soft", "--bounds"],
+        [*run.args, "--balanced", "--soft", "--hard", "--bounds"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
@@ -933,19 +935,20 @@ def test_bench_prints_the_table_on_tiny_models(
     assert kept == other and "| elsewhere | 0.500 |" in again.stdout
     assert {k: second[k] for k in task} == task  # nothing measured twice
     assert 0.0 <= second["balanced"] <= 1.0 and 0.0 <= second["no_filter_balanced"] <= 1.0
-    assert 0.0 <= second["soft_filter"] <= 1.0
-    assert second["scored"] >= 1
+    # the job has the default soft filter: --soft adds nothing, --hard the paper's filter
+    assert 0.0 <= second["hard_filter"] <= 1.0 and "soft_filter" not in second
     assert 0.0 <= second["real_inputs"] <= 1.0 and 0.0 <= second["target_oracle"] <= 1.0
     assert second["target_oracle_id"] == oracle.adapter_id
     # a run without those flags keeps the columns the row has
     plain = subprocess.run(run.args, env=env, capture_output=True, text=True, timeout=600)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert json.loads(written[0].read_text())["tasks"][0] == second
-    assert "| soft filter |" in plain.stdout
+    assert "| hard filter |" in plain.stdout
     header = next(line for line in again.stdout.splitlines() if line.startswith("| task |"))
-    assert header.split("|")[-6:-1] == [
+    assert header.split("|")[-7:-1] == [
         " no filter, balanced ",
         " soft filter ",
+        " hard filter ",
         " real inputs (bound) ",
         " target oracle (bound) ",
         " kept / generated ",
@@ -961,17 +964,17 @@ def test_bench_prints_the_table_on_tiny_models(
     assert row3["job_id"] != task["job_id"] and "settings kd_temperature=2" in third.stdout
     assert w["registry"].get_job(row3["job_id"]).params["config"]["kd_temperature"] == 2
 
-    # a soft-filtered job: its transferred column is the soft filter, so --soft adds
-    # nothing and --hard adds the paper's filter, the kept inputs alone
+    # a job with the paper's hard filter: its transferred column is the kept inputs, so
+    # --hard adds nothing and --soft adds every scored input, drawn by p(real)
     fourth = subprocess.run(
-        [*run.args, "--set", "soft_filter=true", "--soft", "--hard"], env=env,
+        [*run.args, "--set", "soft_filter=false", "--soft", "--hard"], env=env,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     [row4, _] = json.loads(written[0].read_text())["tasks"]
-    assert w["registry"].get_job(row4["job_id"]).params["config"]["soft_filter"] is True
-    assert 0.0 <= row4["hard_filter"] <= 1.0 and "soft_filter" not in row4
-    assert "| hard filter |" in fourth.stdout
+    assert w["registry"].get_job(row4["job_id"]).params["config"]["soft_filter"] is False
+    assert 0.0 <= row4["soft_filter"] <= 1.0 and "hard_filter" not in row4
+    assert row4["scored"] >= 1 and "| soft filter |" in fourth.stdout
 
 
 def test_bench_skips_adapters_that_do_nothing_on_their_own_model(
