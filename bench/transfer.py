@@ -359,8 +359,8 @@ def main() -> None:
     ap.add_argument(
         "--soft",
         action="store_true",
-        help="also distil on every input the filter scored, drawn by the discriminator's "
-        "p(real) (soft_filter; one more column)",
+        help="for jobs run with soft_filter=false: also distil on every input the filter "
+        "scored, drawn by the discriminator's p(real) (one more column)",
     )
     ap.add_argument(
         "--hard",
