@@ -51,8 +51,10 @@ def generator_train(
         str,
         typer.Option(
             help="How SG-LoRA chooses K and tau when not given: 'weights' (leave-one-out "
-            "error in update space; seconds) or 'task' (leave-one-out accuracy of each "
-            "mixture on the experts' tasks through the base model; ~15-25 s an expert)."
+            "error in update space; seconds), 'task' (leave-one-out accuracy of each "
+            "mixture on the experts' tasks through the base model; ~15-25 s an expert) or "
+            "'local' (the same scores kept, and each request gets the mixture, or no "
+            "adapter, that scored best on its nearest experts' tasks)."
         ),
     ] = "weights",
     gate: Annotated[

@@ -27,9 +27,10 @@ from generator.evaluation import lora_config_from
 from generator.experts import ExpertBank
 from generator.hypernet import ICMLoraNet, SGLoraNet, Tokens
 from generator.lora_trainer import collate, encode, forward_with_prefix, split_prefix
+from generator.policy import LocalPolicy
 from generator.prompting import PromptFormat
 from generator.tasks import Task
-from generator.training import from_tokens, icm_condition, to_tokens, var_tokens
+from generator.training import from_tokens, icm_condition, loo_mixture, to_tokens, var_tokens
 from registry.errors import InvalidInput
 
 
@@ -41,7 +42,8 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
         net = ckpt.net
         assert isinstance(net, SGLoraNet)
         k, tau, gate = int(ckpt.hyper["k"]), float(ckpt.hyper["tau"]), ckpt.hyper.get("gate")
-        mixture = bank.guided(bank.embeddings[index], k, tau, gate, exclude=index)[2]
+        policy = LocalPolicy.from_json(ckpt.hyper["policy"]) if ckpt.hyper.get("policy") else None
+        mixture = loo_mixture(bank, index, k, tau, gate, policy)[0]
         mean = to_tokens(layout, norm, [mixture.mean])
         logvar = var_tokens(
             layout,

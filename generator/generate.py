@@ -24,9 +24,10 @@ import torch
 
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import Expert, load_expert
-from generator.guidance import guide_weights, mix
+from generator.guidance import Mixture, guide_weights, mix
 from generator.hypernet import ICMLoraNet, SGLoraNet
 from generator.lora_trainer import Tensors
+from generator.policy import NONE, LocalPolicy, parse_candidate
 from generator.task_vector import TaskVectorizer
 from generator.training import from_tokens, icm_condition, to_tokens, var_tokens
 from generator.zoo import weights_bytes
@@ -58,6 +59,7 @@ class Generated:
     neighbours: list[Neighbour] = field(default_factory=list)
     examples: int = 0
     embedding: np.ndarray | None = None  # (D,) the description's, reused on registration
+    choice: str | None = None  # SG-LoRA with a local policy: the mixture it chose
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,11 @@ class Generator:
         self._vectorizer: TaskVectorizer | None = None
         self._cache: dict[int, Expert | None] = {}
         self.index: Any = None
+        self.policy = (
+            LocalPolicy.from_json(checkpoint.hyper["policy"])
+            if checkpoint.hyper.get("policy")
+            else None
+        )
         if checkpoint.method == SG_LORA:
             import faiss
 
@@ -156,9 +163,12 @@ class Generator:
             self._cache[adapter_id] = self._experts(adapter_id)
         return self._cache[adapter_id]
 
-    def neighbours(self, query: np.ndarray) -> tuple[list[Expert], torch.Tensor]:
-        """The top-K experts (still registered) for a (D,) unit query, and their sims."""
-        k = int(self.ckpt.hyper["k"])
+    def neighbours(
+        self, query: np.ndarray, k: int | None = None
+    ) -> tuple[list[Expert], torch.Tensor]:
+        """The top-``k`` (default: the generator's K) experts still registered for a
+        (D,) unit query, and their sims."""
+        k = int(self.ckpt.hyper["k"]) if k is None else k
         n = self.index.ntotal
         fetch = min(n, k)
         while True:
@@ -199,22 +209,17 @@ class Generator:
         )  # (N, Z)
         layout, norm = self.ckpt.layout, self.ckpt.normaliser
         neighbours: list[list[Neighbour]] = [[] for _ in requests]
+        none: set[int] = set()  # requests the local policy gives no adapter
+        choices: list[str | None] = [None] * len(requests)
         if self.method == SG_LORA:
             assert isinstance(self.ckpt.net, SGLoraNet)
-            tau = float(self.ckpt.hyper["tau"])
-            gate = self.ckpt.hyper.get("gate")  # absent in checkpoints from before the gate
             means, variances = [], []
             for i, vec in enumerate(vectors):
-                experts, sims = self.neighbours(np.asarray(vec))
-                w = guide_weights(sims, tau, gate)
-                experts, sims = experts[: len(w)], sims[: len(w)]
-                mixture = mix(w, [e.mean for e in experts], [e.var for e in experts])
+                mixture, neighbours[i], choices[i] = self.mixture(np.asarray(vec))
+                if choices[i] == NONE:
+                    none.add(i)
                 means.append(mixture.mean)
                 variances.append(mixture.var)
-                neighbours[i] = [
-                    Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
-                    for e, s, a in zip(experts, sims, w, strict=True)
-                ]
             mean_t = to_tokens(layout, norm, means)
             logvar_t = var_tokens(
                 layout,
@@ -238,6 +243,8 @@ class Generator:
                 conds.append(icm_condition(torch.as_tensor(np.asarray(vec)), tv, hidden))
             tokens = self.ckpt.net.sample(torch.stack(conds), eps)
         rows = from_tokens(layout, norm, tokens)
+        for i in none:  # no adapter: a LoRA whose update is zero, the base model as it is
+            rows[i] = {m: torch.zeros_like(x) for m, x in rows[i].items()}
         return [
             Generated(
                 description=r.description,
@@ -249,9 +256,41 @@ class Generator:
                 neighbours=neighbours[i],
                 examples=len(r.examples),
                 embedding=np.asarray(vectors[i]),
+                choice=choices[i],
             )
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
+
+    def mixture(self, query: np.ndarray) -> tuple[Mixture, list[Neighbour], str | None]:
+        """SG-LoRA's mixture for a (D,) unit query: mu*, sigma*^2, the experts in it and,
+        with a local policy, the candidate it chose (``none``: an all-zero mixture)."""
+        hyper = self.ckpt.hyper
+        k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
+        choice = None
+        if self.policy is not None:
+            emb = self.ckpt.expert_embeddings
+            assert emb is not None
+            q = torch.nn.functional.normalize(torch.as_tensor(query, dtype=torch.float32), dim=0)
+            sims_all = emb.float() @ q  # (E,)
+            choice = self.policy.choose(sims_all)
+            picked = parse_candidate(choice)
+            if picked is None:
+                zero = self._zero_rows()
+                return Mixture(torch.zeros(0), zero, zero), [], choice
+            (k, tau), gate = picked, None
+        experts, sims = self.neighbours(query, k)
+        w = guide_weights(sims, tau, gate)
+        experts, sims = experts[: len(w)], sims[: len(w)]
+        mixture = mix(w, [e.mean for e in experts], [e.var for e in experts])
+        neighbours = [
+            Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
+            for e, s, a in zip(experts, sims, w, strict=True)
+        ]
+        return mixture, neighbours, choice
+
+    def _zero_rows(self) -> dict[str, torch.Tensor]:
+        layout = self.ckpt.layout
+        return {m: torch.zeros(len(layout.of(m)), layout.block_size(m)) for m in layout.modules}
 
     def task_vector(self, request: Request) -> torch.Tensor:
         if self._vectorizer is None:
@@ -284,6 +323,8 @@ def register(
         "examples": gen.examples,
         "neighbours": [n.__dict__ for n in gen.neighbours],
     }
+    if gen.choice is not None:
+        meta["mixture"] = gen.choice
     parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
     try:
         return registry.add_adapter(

@@ -61,8 +61,9 @@ def fit(
 ) -> FitResult:
     """Fit ``config.method`` on ``bank``. For SG-LoRA, the training experts' tasks
     (``tasks``, default: the default suite's) let it choose K, tau and the gate by
-    task accuracy (``config.select`` "task") and check its learned correction on
-    the validation experts' tasks; without them both fall back to update space."""
+    task accuracy (``config.select`` "task", or per request with "local") and check
+    its learned correction on the validation experts' tasks; without them both fall
+    back to update space."""
     if config.method == ICM_LORA:
         vectors, hidden = expert_task_vectors(registry, bank, on_progress)
         return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
@@ -75,12 +76,13 @@ def fit(
     by_expert = bank.tasks_of(suite_tasks)  # training experts' tasks only, never held out
     if not by_expert:
         if on_progress:
-            fallback = ", K and tau by weight-space error" if config.select == "task" else ""
+            by_task = config.select in ("task", "local")
+            fallback = ", K and tau by weight-space error" if by_task else ""
             on_progress(f"no expert's task at hand: no task check of the correction{fallback}")
         return fit_sg(bank, config, on_step=on_step)
     evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
     choice = None
-    if config.select == "task" and (config.k is None or config.tau is None):
+    if config.select in ("task", "local") and (config.k is None or config.tau is None):
         if on_progress:
             on_progress(f"choosing K, tau and gate by leave-one-out accuracy on "
                         f"{len(by_expert)} experts' tasks")  # fmt: skip
@@ -89,7 +91,9 @@ def fit(
             if on_progress and (done == total or done % 5 == 0):
                 on_progress(f"  scored the mixtures of {done}/{total} tasks")
 
-        choice = choose_k_tau_by_task(bank, by_expert, evaluator, on_task=on_task)
+        choice = choose_k_tau_by_task(
+            bank, by_expert, evaluator, local=config.select == "local", on_task=on_task
+        )
     check = task_checker(bank, by_expert, evaluator)
     return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check)
 
@@ -118,7 +122,8 @@ def train_generator(
         method=config.method,
         name=name,
         training_adapter_ids=bank.ids,
-        hyperparameters=result.checkpoint.hyper,
+        # the policy's score table stays in the checkpoint; its summary is in the metrics
+        hyperparameters={k: v for k, v in result.checkpoint.hyper.items() if k != "policy"},
         metrics=metrics,
     )
     return record, result.metrics

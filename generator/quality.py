@@ -3,7 +3,8 @@
 For each task: the bare base model; the nearest expert (top-1 by description,
 its registered weights); the softmax-weighted mean of the top-K experts'
 weights (SG-LoRA's K and tau; its best K >= 2 when SG-LoRA's K is 1); SG-LoRA's
-mixture mean mu* alone (its own K, tau and similarity gate); each generator's
+mixture mean mu* alone (its own K, tau and similarity gate, or the mixture its
+local policy chooses for the description); each generator's
 adapter; and the oracle (the zoo adapter trained on the task itself). Relative
 accuracy = accuracy / oracle accuracy.
 """
@@ -146,6 +147,8 @@ def evaluate(
     ``k`` and ``tau`` make the weighted-mean baseline; ``guidance`` (K, tau, gate) the
     SG-LoRA mixture mean (default: ``k``, ``tau``, no gate)."""
     sg_k, sg_tau, gate = guidance if guidance is not None else (k, tau, None)
+    sg = _first_sg(generators)
+    local = sg if sg is not None and sg.policy is not None else None
     rows = []
     template = bank.template
     for task in tasks:
@@ -162,9 +165,12 @@ def evaluate(
         row.scores["weighted-mean"] = evaluator.accuracy(
             task, (template, bank.weighted_weights(idx, sims, tau))
         ).accuracy
-        mixture = bank.guided(q, sg_k, sg_tau, gate)[2]
+        if local is not None:  # the mixture its local policy chooses for this description
+            mean = local.mixture(q.numpy())[0].mean
+        else:
+            mean = bank.guided(q, sg_k, sg_tau, gate)[2].mean
         row.scores["sg-mixture-mean"] = evaluator.accuracy(
-            task, (template, bank.layout.unflatten(mixture.mean))
+            task, (template, bank.layout.unflatten(mean))
         ).accuracy
         for column, gen in generators.items():
             made = gen.generate([Request(task.description, seed=seed)])[0]
@@ -181,6 +187,7 @@ def evaluate(
             "sg_k": sg_k,
             "sg_tau": sg_tau,
             "gate": gate,
+            "local_policy": local is not None,
             "seed": seed,
             "experts": len(bank),
         },

@@ -29,6 +29,7 @@ from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
 from generator.guidance import softmax_weights
 from generator.lora_trainer import Tensors
+from generator.policy import NONE, candidate_key, fit_policy
 from generator.tasks import Example, Task
 from generator.training import K_GRID, KTauChoice, TaskCheck
 from registry.errors import InvalidInput
@@ -55,10 +56,13 @@ def choose_k_tau_by_task(
     taus: Sequence[float] = TAU_GRID,
     gates: Sequence[float] = GATE_GRID,
     examples: int = 16,
+    local: bool = False,
     on_task: Callable[[int, int], None] | None = None,
 ) -> KTauChoice:
     """K, tau and gate by the mean accuracy of the leave-one-out mixtures; the choice's
-    ``grid`` scores every (K, tau), its ``gate_grid`` every gated candidate."""
+    ``grid`` scores every (K, tau), its ``gate_grid`` every gated candidate. With
+    ``local``, the bare model is scored too and the choice carries a local policy
+    (``generator.policy``) that picks a candidate per request from the table."""
     if len(bank) < 2:
         raise InvalidInput("SG-LoRA needs at least 2 experts")
     usable = {i: t for i, t in tasks.items() if t.is_classification and t.train}
@@ -69,15 +73,17 @@ def choose_k_tau_by_task(
     grid = [(k, tau) for k in ks if k <= len(bank) - 1 for tau in (taus if k > 1 else taus[:1])]
     if not grid:
         raise InvalidInput(f"no K in {tuple(ks)} fits {len(bank)} experts")
-    acc: dict[tuple[int, float], list[float]] = {c: [] for c in grid}
-    loglik: dict[tuple[int, float], list[float]] = {c: [] for c in grid}
+    nan = float("nan")
+    C = len(grid) + local  # the last column, when local: no adapter
+    acc_t = torch.full((len(bank), C), nan)  # (E, C) per expert and candidate
+    ll_t = torch.full((len(bank), C), nan)
     leads: list[float] = []  # per task: the nearest other expert's lead over the runner-up
     for n, (t, task) in enumerate(sorted(usable.items())):
         chosen = spread(task.train, examples)
         seen: dict[tuple[tuple[int, float], ...], tuple[float, float]] = {}
         _, top2 = bank.nearest(bank.embeddings[t], 2, exclude=t)
         leads.append(float(top2[0] - top2[1]) if len(top2) > 1 else float("inf"))
-        for k, tau in grid:
+        for c, (k, tau) in enumerate(grid):
             idx, sims = bank.nearest(bank.embeddings[t], k, exclude=t)
             w = softmax_weights(sims, tau)
             # near-identical mixtures (a low tau puts everything on the top one) score once
@@ -87,11 +93,15 @@ def choose_k_tau_by_task(
             if key not in seen:
                 weights = bank.layout.unflatten(bank.mixture(idx, sims, tau).mean)
                 seen[key] = _score(evaluator, task, chosen, (bank.template, weights))
-            a, ll = seen[key]
-            acc[(k, tau)].append(a)
-            loglik[(k, tau)].append(ll)
+            acc_t[t, c], ll_t[t, c] = seen[key]
+        if local:
+            acc_t[t, -1], ll_t[t, -1] = _score(evaluator, task, chosen, None)
         if on_task:
             on_task(n + 1, len(usable))
+
+    rows = sorted(usable)
+    acc = {c: acc_t[rows, j].tolist() for j, c in enumerate(grid)}
+    loglik = {c: ll_t[rows, j].tolist() for j, c in enumerate(grid)}
 
     def mean(v: list[float]) -> float:
         return sum(v) / len(v)
@@ -117,10 +127,14 @@ def choose_k_tau_by_task(
                 ]
                 scored[(k, tau, g)] = (mean(gated_acc), mean(gated_ll))
     best = max(scored, key=lambda c: (round(scored[c][0], 6), scored[c][1]))
+    policy = None
+    if local:
+        keys = [candidate_key(k, tau) for k, tau in grid] + [NONE]
+        policy = fit_policy(keys, acc_t, ll_t, bank.embeddings)
     return KTauChoice(
         k=best[0],
         tau=best[1],
-        by="task",
+        by="local" if local else "task",
         grid={f"k={k},tau={tau}": round(scored[(k, tau, None)][0], 4) for k, tau in grid},
         gate=best[2],
         gate_grid={
@@ -128,6 +142,7 @@ def choose_k_tau_by_task(
             for (k, tau, g), v in scored.items()
             if g is not None
         },
+        policy=policy,
     )
 
 
@@ -150,7 +165,7 @@ def _score(
     evaluator: Evaluator,
     task: Task,
     examples: Sequence[Example],
-    adapter: tuple[dict[str, Any], Tensors],
+    adapter: tuple[dict[str, Any], Tensors] | None,  # None: the bare model
 ) -> tuple[float, float]:
     """Accuracy and mean log-probability (normalised over the labels) of the right label."""
     scores = evaluator.label_scores(task, adapter, examples=examples)  # (N, L)

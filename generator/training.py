@@ -29,6 +29,7 @@ import torch
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import ExpertBank
 from generator.geometry import delta_relative_error
+from generator.guidance import Mixture
 from generator.hypernet import (
     ICMLoraNet,
     NetConfig,
@@ -40,6 +41,7 @@ from generator.hypernet import (
     tokens_to_rows,
 )
 from generator.layout import BlockNormaliser, LoraLayout
+from generator.policy import NONE, LocalPolicy, parse_candidate
 from registry.errors import InvalidInput
 
 Rows = dict[str, torch.Tensor]
@@ -47,7 +49,7 @@ StepCallback = Callable[[int, int, float], None]
 
 K_GRID = (1, 2, 3, 4, 6, 8)
 TAU_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-SELECT_BY = ("task", "weights")
+SELECT_BY = ("task", "weights", "local")
 VAR_FLOOR = 1e-4  # in normalised units: below it a coordinate counts as certain
 
 
@@ -66,7 +68,8 @@ class GeneratorConfig:
     # how K and tau are chosen when not given: "weights" (error of the leave-one-out
     # mixture in update space; seconds) or "task" (its accuracy on each expert's task
     # through the base model, generator/selection.py; ~15-25 s an expert on 2 cores,
-    # and falls back to "weights" without the experts' tasks)
+    # and falls back to "weights" without the experts' tasks), or "local" (the same
+    # scores, plus the bare model's, kept as a per-request policy: generator/policy.py)
     select: str = "weights"
     # SG-LoRA's similarity gate (guidance.guide_weights): the nearest expert alone when
     # it leads the runner-up by more than this; None = always the top-K mixture. The
@@ -207,10 +210,11 @@ class KTauChoice:
 
     k: int
     tau: float
-    by: str  # "task" (mean accuracy) or "weights" (mean error in update space)
+    by: str  # "task" (mean accuracy), "weights" (mean error in update space) or "local"
     grid: dict[str, float]
     gate: float | None = None
     gate_grid: dict[str, float] = field(default_factory=dict)
+    policy: LocalPolicy | None = None  # "local": the mixture is chosen per request
 
 
 # (expert index, adapter) -> accuracy on that expert's task; None: no task to score
@@ -243,10 +247,15 @@ def fit_sg(
     k = min(k, len(bank) - 1)
 
     norm = BlockNormaliser.fit(layout, [s for e in bank.experts for s in e.snapshots])
-    # leave-one-out conditions, one per expert
-    mixtures = []
+    policy = choice.policy if config.k is None or config.tau is None else None
+    # leave-one-out conditions, one per expert: with a local policy, the mixture its
+    # neighbours choose for it (the global one where they choose no adapter: the
+    # correction learns from mixtures only)
+    mixtures, chosen = [], []
     for t in range(len(bank)):
-        mixtures.append(bank.guided(bank.embeddings[t], k, tau, gate, exclude=t)[2])
+        mx, pick = loo_mixture(bank, t, k, tau, gate, policy)
+        mixtures.append(mx)
+        chosen.append(pick)
     logv = []
     for mx in mixtures:
         for m in layout.modules:
@@ -319,6 +328,7 @@ def fit_sg(
         "k_tau_by": choice.by,
         "gate": gate,
         "gate_grid": choice.gate_grid,
+        **(_policy_metrics(policy, chosen) if policy is not None else {}),
         **correction,
         "val_rel_error": _finite(best_val),
         "val_rel_error_mixture": _finite(mixture_val),
@@ -334,6 +344,7 @@ def fit_sg(
         "k_tau_grid": grid,
         "gate": gate,
         "gate_grid": choice.gate_grid,
+        **({"policy": policy.to_json()} if policy is not None else {}),
         "logvar_shift": shift,
         "logvar_scale": scale,
     }
@@ -348,6 +359,41 @@ def fit_sg(
         expert_embeddings=bank.embeddings,
     )
     return FitResult(ckpt, metrics)
+
+
+def loo_mixture(
+    bank: ExpertBank,
+    t: int,
+    k: int,
+    tau: float,
+    gate: float | None,
+    policy: LocalPolicy | None = None,
+) -> tuple[Mixture, str | None]:
+    """Expert ``t``'s leave-one-out condition: the (K, tau, gate) mixture of the other
+    experts or, with a local policy, the mixture its neighbours choose for it (the
+    global one where they choose no adapter: the correction learns from mixtures)."""
+    pick = None
+    if policy is not None:
+        pick = policy.choose(bank.embeddings @ bank.embeddings[t], exclude=t)
+        kt = parse_candidate(pick)
+        if kt is not None:
+            return bank.guided(bank.embeddings[t], kt[0], kt[1], None, exclude=t)[2], pick
+    return bank.guided(bank.embeddings[t], k, tau, gate, exclude=t)[2], pick
+
+
+def _policy_metrics(policy: LocalPolicy, chosen: list[str | None]) -> dict[str, Any]:
+    """What the local policy chose for the training experts, leave-one-out."""
+    counts: dict[str, int] = {}
+    for c in chosen:
+        if c is not None:
+            counts[c] = counts.get(c, 0) + 1
+    return {
+        "policy_m": policy.m,
+        "policy_nested": policy.nested,
+        "policy_fallback": policy.fallback,
+        "policy_choices": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "policy_no_adapter": counts.get(NONE, 0),
+    }
 
 
 def _check_correction(

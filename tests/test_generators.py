@@ -358,6 +358,70 @@ def test_the_similarity_gate_reaches_generation(world) -> None:  # type: ignore[
     assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
 
 
+def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    from generator.policy import NONE, LocalPolicy
+    from generator.selection import choose_k_tau_by_task
+
+    reg: Registry = world["registry"]
+    bank = ExpertBank.from_registry(reg, world["base"])
+    tasks = bank.tasks_of(list(world["suite"]))
+    evaluator = RecordingEvaluator.from_path(Path(world["base"]))
+    assert isinstance(evaluator, RecordingEvaluator)
+    choice = choose_k_tau_by_task(
+        bank, tasks, evaluator, ks=(1, 2), taus=(0.001, 1.0), examples=4, local=True
+    )
+    policy = choice.policy
+    assert choice.by == "local" and policy is not None
+    assert policy.candidates == ["k=1,tau=0.001", "k=2,tau=0.001", "k=2,tau=1.0", NONE]
+    assert policy.acc.shape == (len(bank), 4) and bool(policy.scored.all())
+    assert "moon" not in evaluator.scored  # the held-out task is never scored
+
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, select="local")
+    rec, metrics = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
+    assert metrics["k_tau_by"] == "local" and f"m={metrics['policy_m']}" in metrics["policy_nested"]
+    assert sum(metrics["policy_choices"].values()) == len(bank)
+    assert "policy" not in rec.hyperparameters  # the table lives in the checkpoint
+    gen = Generator.from_registry(reg, rec)
+    assert gen.policy is not None
+    desc = "Does the text mention the moon? Answer yes or no."
+    made = gen.generate([Request(desc, seed=3)])[0]
+    assert made.choice in gen.policy.candidates
+    if made.choice != NONE:
+        assert len(made.neighbours) == int(made.choice.split(",")[0][2:])
+
+    # a policy whose neighbours all did best without an adapter: a zero update, no
+    # experts, and the choice in the registered adapter's provenance
+    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
+    table = gen.policy.to_json()
+    C = len(table["candidates"])
+    assert table["candidates"][-1] == NONE
+    table["acc"] = [[0.1] * (C - 1) + [0.9] for _ in table["acc"]]
+    ckpt.hyper = copy.deepcopy(ckpt.hyper) | {"policy": table}
+    bare = Generator(ckpt, embed=reg.embedder.encode, experts=gen._experts)
+    [nothing, other] = bare.generate([Request(desc), Request("Is it about the sun?")])
+    assert nothing.choice == NONE and not nothing.neighbours
+    assert all(float(w.abs().max()) == 0.0 for w in nothing.weights.values())
+    assert set(nothing.weights) == set(made.weights)
+    from generator.generate import register
+
+    stored = register(reg, nothing, base_model=world["base"])
+    assert stored.meta["mixture"] == NONE and not stored.parents
+    with pytest.raises(InvalidInput, match="not a local policy"):
+        LocalPolicy.from_json({"candidates": ["none"], "acc": "x"})
+    assert other.choice == NONE
+    # the harness's mixture-mean column follows the policy: no adapter scores as bare
+    held = [t for t in world["suite"] if t.held_out]
+    report = evaluate(
+        reg, evaluator, held, base_model=world["base"], generators={"sg": bare}, bank=bank,
+        k=2, tau=0.1,
+    )  # fmt: skip
+    row = report.rows[0]
+    assert report.settings["local_policy"] is True
+    assert row.scores["sg-mixture-mean"] == row.scores["base"] == row.scores["sg"]
+
+
 @pytest.mark.parametrize(
     ("grid", "by", "expected"),
     [
