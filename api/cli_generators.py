@@ -57,6 +57,10 @@ def generator_train(
             "adapter, that scored best on its nearest experts' tasks)."
         ),
     ] = "weights",
+    select_examples: Annotated[
+        int,
+        typer.Option(help="Examples of each training task that --select task|local score."),
+    ] = 16,
     gate: Annotated[
         float | None,
         typer.Option(
@@ -92,6 +96,7 @@ def generator_train(
         k=k,
         tau=tau,
         select=select,
+        select_examples=select_examples,
         gate=gate,
         describe=describe,
         hidden=hidden,

@@ -162,6 +162,7 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     k: int | None = None
     tau: float | None = None
     select: str = "weights"  # how SG-LoRA picks K and tau when not given: or "task", "local"
+    select_examples: int = 16  # examples of each training task that "task"/"local" score
     gate: float | None = None  # SG-LoRA: the nearest expert alone when it leads by more
     describe: bool = False  # SG-LoRA: the correction also reads the description
     seed: int = 0

@@ -92,7 +92,12 @@ def fit(
                 on_progress(f"  scored the mixtures of {done}/{total} tasks")
 
         choice = choose_k_tau_by_task(
-            bank, by_expert, evaluator, local=config.select == "local", on_task=on_task
+            bank,
+            by_expert,
+            evaluator,
+            examples=config.select_examples,
+            local=config.select == "local",
+            on_task=on_task,
         )
     check = task_checker(bank, by_expert, evaluator)
     return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check)

@@ -71,6 +71,7 @@ class GeneratorConfig:
     # and falls back to "weights" without the experts' tasks), or "local" (the same
     # scores, plus the bare model's, kept as a per-request policy: generator/policy.py)
     select: str = "weights"
+    select_examples: int = 16  # each training task's examples a "task"/"local" choice scores
     # SG-LoRA's similarity gate (guidance.guide_weights): the nearest expert alone when
     # it leads the runner-up by more than this; None = always the top-K mixture. The
     # "task" choice picks it with K and tau.
@@ -85,7 +86,7 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.method not in (SG_LORA, ICM_LORA):
             raise InvalidInput(f"unknown method {self.method!r}")
-        for name in ("hidden", "latent", "steps", "batch_size", "eval_every"):
+        for name in ("hidden", "latent", "steps", "batch_size", "eval_every", "select_examples"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
@@ -110,6 +111,7 @@ class GeneratorConfig:
             k=p.get("k"),
             tau=p.get("tau"),
             select=p.get("select", "weights"),
+            select_examples=int(p.get("select_examples", 16)),
             gate=p.get("gate"),
             describe=bool(p.get("describe", False)),
             seed=int(p.get("seed", 0)),

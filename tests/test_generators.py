@@ -339,6 +339,8 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
         GeneratorConfig(select="vibes")
     with pytest.raises(InvalidInput, match="gate must be non-negative"):
         GeneratorConfig(gate=-0.1)
+    with pytest.raises(InvalidInput, match="select_examples must be at least 1"):
+        GeneratorConfig(select="local", select_examples=0)
 
 
 def test_the_similarity_gate_reaches_generation(world) -> None:  # type: ignore[no-untyped-def]
@@ -378,7 +380,9 @@ def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type:
     assert policy.acc.shape == (len(bank), 4) and bool(policy.scored.all())
     assert "moon" not in evaluator.scored  # the held-out task is never scored
 
-    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.0, select="local")
+    cfg = GeneratorConfig(
+        hidden=32, latent=4, steps=4, val_fraction=0.0, select="local", select_examples=4
+    )
     rec, metrics = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
     assert metrics["k_tau_by"] == "local" and f"m={metrics['policy_m']}" in metrics["policy_nested"]
     assert sum(metrics["policy_choices"].values()) == len(bank)
