@@ -44,6 +44,7 @@ class Checkpoint:
     hyper: dict[str, Any]  # method hyperparameters (tau, k, kl weight, ...)
     expert_ids: list[int]
     expert_embeddings: torch.Tensor | None = None  # (E, D), SG-LoRA only
+    centre: dict[str, torch.Tensor] | None = None  # module -> (L, d) mean of the experts
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -53,6 +54,8 @@ class Checkpoint:
         )
         if self.expert_embeddings is not None:
             tensors["experts.embeddings"] = self.expert_embeddings.contiguous()
+        for m, rows in (self.centre or {}).items():
+            tensors[f"centre.{m}"] = rows.contiguous()
         meta = {
             "format": FORMAT_VERSION,
             "method": self.method,
@@ -103,6 +106,7 @@ class Checkpoint:
             hyper=meta["hyper"],
             expert_ids=[int(i) for i in meta["expert_ids"]],
             expert_embeddings=tensors.get("experts.embeddings"),
+            centre={k[7:]: v for k, v in tensors.items() if k.startswith("centre.")} or None,
             extra=meta.get("extra", {}),
         )
 

@@ -112,6 +112,7 @@ class ExpertBank:
             raise InvalidInput(f"no expert adapters for base model {base_model}")
         self.base_model, self.layout, self.template = base_model, layout, template
         self.experts, self.embeddings = experts, embeddings
+        self._total: Rows | None = None  # sum of the experts' prototypes, on first use
 
     @classmethod
     def from_registry(
@@ -201,6 +202,20 @@ class ExpertBank:
         idx, sims = idx[: len(w)], sims[: len(w)]
         means = [self.experts[i].mean for i in idx]
         return idx, sims, mix(w, means, [self.experts[i].var for i in idx])
+
+    def centre(self, *, exclude: int | None = None) -> Rows:
+        """g: the plain mean of the experts' prototypes (leaving out ``exclude``)."""
+        if self._total is None:
+            self._total = {
+                m: torch.stack([e.mean[m] for e in self.experts]).sum(0)
+                for m in self.experts[0].mean
+            }
+        if exclude is None:
+            return {m: t / len(self) for m, t in self._total.items()}
+        if len(self) < 2:
+            raise InvalidInput("the mean of the other experts needs at least 2 experts")
+        left = self.experts[exclude].mean
+        return {m: (t - left[m]) / (len(self) - 1) for m, t in self._total.items()}
 
     def weighted_weights(self, indices: Sequence[int], sims: torch.Tensor, tau: float) -> Tensors:
         """Baseline: the softmax-weighted mean of the experts' registered weights."""

@@ -24,7 +24,7 @@ import torch
 
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import Expert, load_expert
-from generator.guidance import Mixture, guide_weights, mix
+from generator.guidance import Mixture, guide_weights, mirror, mix
 from generator.hypernet import ICMLoraNet, SGLoraNet
 from generator.lora_trainer import Tensors
 from generator.policy import NONE, LocalPolicy, parse_candidate
@@ -266,7 +266,7 @@ class Generator:
         with a local policy, the candidate it chose (``none``: an all-zero mixture)."""
         hyper = self.ckpt.hyper
         k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
-        choice = None
+        choice, picked = None, None
         if self.policy is not None:
             emb = self.ckpt.expert_embeddings
             assert emb is not None
@@ -277,14 +277,18 @@ class Generator:
             if picked is None:
                 zero = self._zero_rows()
                 return Mixture(torch.zeros(0), zero, zero), [], choice
-            (k, tau), gate = picked, None
+            k, tau, gate = picked.k, picked.tau, None
         experts, sims = self.neighbours(query, k)
         w = guide_weights(sims, tau, gate)
         experts, sims = experts[: len(w)], sims[: len(w)]
         mixture = mix(w, [e.mean for e in experts], [e.var for e in experts])
+        if picked is not None and picked.anti:
+            if self.ckpt.centre is None:
+                raise InvalidInput("this generator's checkpoint lacks the experts' mean")
+            mixture = mirror(mixture, self.ckpt.centre)
         neighbours = [
             Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
-            for e, s, a in zip(experts, sims, w, strict=True)
+            for e, s, a in zip(experts, sims, mixture.weights, strict=True)
         ]
         return mixture, neighbours, choice
 

@@ -81,3 +81,11 @@ def mix(
         )
         mean[m], var[m] = mu, within + spread
     return Mixture(weights=weights, mean=mean, var=var)
+
+
+def mirror(mixture: Mixture, centre: Rows) -> Mixture:
+    """2 g - mu*: the mixture reflected through ``centre`` g (the mean of all experts),
+    keeping what the experts share and negating what sets the mixed ones apart; the
+    weights are negated to say so, the variance is the mixture's."""
+    mean = {m: 2 * centre[m] - mu for m, mu in mixture.mean.items()}
+    return Mixture(weights=-mixture.weights, mean=mean, var=mixture.var)

@@ -14,7 +14,13 @@ experts nearest to it by description cosine vote with their scores: the
 candidate with the best mean accuracy wins (ties: the higher mean
 log-probability of the right label, then the candidate that was best over all
 tasks). One candidate is ``none``, no adapter at all (the base model as it
-is), which wins where every mixture hurt the nearest tasks.
+is), which wins where every mixture hurt the nearest tasks. Others mirror a
+mixture through the mean g of all experts, 2 g - mu*: where the nearest
+experts ask for the other categories of one corpus ("is this about sport?"
+against "is this about technology?"), mu* answers yes to the wrong texts, g
+keeps what every adapter shares (the answer format) and the mirror turns the
+siblings' "yes" into "no" (task negation in weight space). Like every
+candidate it is served only where it scored best on the nearest tasks.
 
 M is chosen by nested leave-one-out at no model cost: each training expert
 plays the new task, its M nearest *other* experts choose, and the candidate
@@ -27,27 +33,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from registry.errors import InvalidInput
 
 NONE = "none"  # the candidate that is no adapter
+ANTI = "anti,"  # prefix of a mirrored mixture's key
 M_GRID = (1, 2, 3, 5, 8)  # neighbourhood sizes tried, besides every other expert
 
 
-def candidate_key(k: int, tau: float) -> str:
-    return f"k={k},tau={tau}"
+class Candidate(NamedTuple):
+    k: int
+    tau: float
+    anti: bool = False  # 2 g - mu*: away from the experts, from the mean g of all of them
 
 
-def parse_candidate(key: str) -> tuple[int, float] | None:
-    """(K, tau) of a "k=K,tau=T" candidate; None for ``none``."""
+def candidate_key(k: int, tau: float, anti: bool = False) -> str:
+    return f"{ANTI}k={k},tau={tau}" if anti else f"k={k},tau={tau}"
+
+
+def parse_candidate(key: str) -> Candidate | None:
+    """The mixture of a "k=K,tau=T" or "anti,k=K,tau=T" candidate; None for ``none``."""
     if key == NONE:
         return None
+    anti = key.startswith(ANTI)
     try:
-        parts = dict(p.split("=", 1) for p in key.split(","))
-        return int(parts["k"]), float(parts["tau"])
+        parts = dict(p.split("=", 1) for p in key.removeprefix(ANTI).split(","))
+        return Candidate(int(parts["k"]), float(parts["tau"]), anti)
     except (KeyError, ValueError) as exc:
         raise InvalidInput(f"not a mixture candidate: {key!r}") from exc
 

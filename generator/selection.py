@@ -27,9 +27,9 @@ import torch
 
 from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
-from generator.guidance import softmax_weights
+from generator.guidance import mirror, softmax_weights
 from generator.lora_trainer import Tensors
-from generator.policy import NONE, candidate_key, fit_policy
+from generator.policy import NONE, Candidate, candidate_key, fit_policy
 from generator.tasks import Example, Task
 from generator.training import K_GRID, KTauChoice, TaskCheck
 from registry.errors import InvalidInput
@@ -37,6 +37,8 @@ from registry.errors import InvalidInput
 TAU_GRID = (0.02, 0.1, 0.5)  # coarser than training's: every candidate costs a model pass
 WEIGHT_FLOOR = 5e-4  # mixture weights below this do not make a mixture distinct
 GATE_GRID = (0.02, 0.05, 0.1, 0.2)  # lead in cosine similarity of the nearest expert
+ANTI_KS = (1, 2, 4, 8)  # mirrored mixtures a local policy may choose, at ANTI_TAU
+ANTI_TAU = 0.5
 
 
 def spread(examples: Sequence[Example], n: int) -> list[Example]:
@@ -57,12 +59,14 @@ def choose_k_tau_by_task(
     gates: Sequence[float] = GATE_GRID,
     examples: int = 16,
     local: bool = False,
+    anti_ks: Sequence[int] = ANTI_KS,
     on_task: Callable[[int, int], None] | None = None,
 ) -> KTauChoice:
     """K, tau and gate by the mean accuracy of the leave-one-out mixtures; the choice's
     ``grid`` scores every (K, tau), its ``gate_grid`` every gated candidate. With
-    ``local``, the bare model is scored too and the choice carries a local policy
-    (``generator.policy``) that picks a candidate per request from the table."""
+    ``local``, mirrored mixtures (K in ``anti_ks``) and the bare model are scored too
+    and the choice carries a local policy (``generator.policy``) that picks a
+    candidate per request from the table."""
     if len(bank) < 2:
         raise InvalidInput("SG-LoRA needs at least 2 experts")
     usable = {i: t for i, t in tasks.items() if t.is_classification and t.train}
@@ -73,25 +77,32 @@ def choose_k_tau_by_task(
     grid = [(k, tau) for k in ks if k <= len(bank) - 1 for tau in (taus if k > 1 else taus[:1])]
     if not grid:
         raise InvalidInput(f"no K in {tuple(ks)} fits {len(bank)} experts")
+    # the table's columns: the grid, then (local only) mirrored mixtures and no adapter
+    columns = [Candidate(k, tau) for k, tau in grid]
+    if local:
+        columns += [Candidate(k, ANTI_TAU, True) for k in anti_ks if k <= len(bank) - 1]
     nan = float("nan")
-    C = len(grid) + local  # the last column, when local: no adapter
+    C = len(columns) + local  # the last column, when local: no adapter
     acc_t = torch.full((len(bank), C), nan)  # (E, C) per expert and candidate
     ll_t = torch.full((len(bank), C), nan)
     leads: list[float] = []  # per task: the nearest other expert's lead over the runner-up
     for n, (t, task) in enumerate(sorted(usable.items())):
         chosen = spread(task.train, examples)
-        seen: dict[tuple[tuple[int, float], ...], tuple[float, float]] = {}
+        seen: dict[tuple[object, ...], tuple[float, float]] = {}
         _, top2 = bank.nearest(bank.embeddings[t], 2, exclude=t)
         leads.append(float(top2[0] - top2[1]) if len(top2) > 1 else float("inf"))
-        for c, (k, tau) in enumerate(grid):
-            idx, sims = bank.nearest(bank.embeddings[t], k, exclude=t)
-            w = softmax_weights(sims, tau)
+        for c, cand in enumerate(columns):
+            idx, sims = bank.nearest(bank.embeddings[t], cand.k, exclude=t)
+            w = softmax_weights(sims, cand.tau)
             # near-identical mixtures (a low tau puts everything on the top one) score once
-            key = tuple(
+            key = (cand.anti,) + tuple(
                 (i, round(float(x), 3)) for i, x in zip(idx, w, strict=True) if x >= WEIGHT_FLOOR
             )
             if key not in seen:
-                weights = bank.layout.unflatten(bank.mixture(idx, sims, tau).mean)
+                mixture = bank.mixture(idx, sims, cand.tau)
+                if cand.anti:
+                    mixture = mirror(mixture, bank.centre(exclude=t))
+                weights = bank.layout.unflatten(mixture.mean)
                 seen[key] = _score(evaluator, task, chosen, (bank.template, weights))
             acc_t[t, c], ll_t[t, c] = seen[key]
         if local:
@@ -129,7 +140,7 @@ def choose_k_tau_by_task(
     best = max(scored, key=lambda c: (round(scored[c][0], 6), scored[c][1]))
     policy = None
     if local:
-        keys = [candidate_key(k, tau) for k, tau in grid] + [NONE]
+        keys = [candidate_key(*c) for c in columns] + [NONE]
         policy = fit_policy(keys, acc_t, ll_t, bank.embeddings)
     return KTauChoice(
         k=best[0],

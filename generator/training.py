@@ -29,7 +29,7 @@ import torch
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import ExpertBank
 from generator.geometry import delta_relative_error
-from generator.guidance import Mixture
+from generator.guidance import Mixture, mirror
 from generator.hypernet import (
     ICMLoraNet,
     NetConfig,
@@ -41,7 +41,7 @@ from generator.hypernet import (
     tokens_to_rows,
 )
 from generator.layout import BlockNormaliser, LoraLayout
-from generator.policy import NONE, LocalPolicy, parse_candidate
+from generator.policy import ANTI, NONE, LocalPolicy, parse_candidate
 from registry.errors import InvalidInput
 
 Rows = dict[str, torch.Tensor]
@@ -359,6 +359,10 @@ def fit_sg(
         hyper=hyper,
         expert_ids=bank.ids,
         expert_embeddings=bank.embeddings,
+        # g, for the mirrored candidates of a local policy
+        centre=bank.centre()
+        if policy is not None and any(c.startswith(ANTI) for c in policy.candidates)
+        else None,
     )
     return FitResult(ckpt, metrics)
 
@@ -377,9 +381,10 @@ def loo_mixture(
     pick = None
     if policy is not None:
         pick = policy.choose(bank.embeddings @ bank.embeddings[t], exclude=t)
-        kt = parse_candidate(pick)
-        if kt is not None:
-            return bank.guided(bank.embeddings[t], kt[0], kt[1], None, exclude=t)[2], pick
+        cand = parse_candidate(pick)
+        if cand is not None:
+            mx = bank.guided(bank.embeddings[t], cand.k, cand.tau, None, exclude=t)[2]
+            return (mirror(mx, bank.centre(exclude=t)) if cand.anti else mx), pick
     return bank.guided(bank.embeddings[t], k, tau, gate, exclude=t)[2], pick
 
 

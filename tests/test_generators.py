@@ -363,7 +363,7 @@ def test_the_similarity_gate_reaches_generation(world) -> None:  # type: ignore[
 def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type: ignore[no-untyped-def]
     import copy
 
-    from generator.policy import NONE, LocalPolicy
+    from generator.policy import NONE, LocalPolicy, parse_candidate
     from generator.selection import choose_k_tau_by_task
 
     reg: Registry = world["registry"]
@@ -372,12 +372,15 @@ def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type:
     evaluator = RecordingEvaluator.from_path(Path(world["base"]))
     assert isinstance(evaluator, RecordingEvaluator)
     choice = choose_k_tau_by_task(
-        bank, tasks, evaluator, ks=(1, 2), taus=(0.001, 1.0), examples=4, local=True
-    )
+        bank, tasks, evaluator, ks=(1, 2), taus=(0.001, 1.0), examples=4, local=True,
+        anti_ks=(2, 99),
+    )  # fmt: skip
     policy = choice.policy
     assert choice.by == "local" and policy is not None
-    assert policy.candidates == ["k=1,tau=0.001", "k=2,tau=0.001", "k=2,tau=1.0", NONE]
-    assert policy.acc.shape == (len(bank), 4) and bool(policy.scored.all())
+    assert policy.candidates == [
+        "k=1,tau=0.001", "k=2,tau=0.001", "k=2,tau=1.0", "anti,k=2,tau=0.5", NONE,
+    ]  # fmt: skip
+    assert policy.acc.shape == (len(bank), 5) and bool(policy.scored.all())
     assert "moon" not in evaluator.scored  # the held-out task is never scored
 
     cfg = GeneratorConfig(
@@ -393,17 +396,40 @@ def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type:
     made = gen.generate([Request(desc, seed=3)])[0]
     assert made.choice in gen.policy.candidates
     if made.choice != NONE:
-        assert len(made.neighbours) == int(made.choice.split(",")[0][2:])
+        assert len(made.neighbours) == parse_candidate(made.choice).k  # type: ignore[union-attr]
+    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
+    assert ckpt.centre is not None and set(ckpt.centre) == set(bank.layout.modules)
+    assert torch.allclose(ckpt.centre["q_proj"], bank.centre()["q_proj"])
+
+    def served(best: str) -> Generator:
+        """The trained generator with a policy table in which ``best`` won everywhere."""
+        table = gen.policy.to_json()  # type: ignore[union-attr]
+        col = table["candidates"].index(best)
+        table["acc"] = [[0.9 if j == col else 0.1 for j in range(len(r))] for r in table["acc"]]
+        forced = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
+        forced.hyper = copy.deepcopy(forced.hyper) | {"policy": table}
+        return Generator(forced, embed=reg.embedder.encode, experts=gen._experts)
+
+    # a mirrored mixture: 2 g - mu*, its experts with negated weights
+    anti = served("anti,k=2,tau=0.5").generate([Request(desc, seed=3)])[0]
+    plain = served("k=2,tau=0.5").generate([Request(desc, seed=3)])[0]
+    assert anti.choice == "anti,k=2,tau=0.5" and len(anti.neighbours) == 2
+    assert [n.adapter_id for n in anti.neighbours] == [n.adapter_id for n in plain.neighbours]
+    assert all(n.weight < 0 for n in anti.neighbours)
+    # the mixture the network corrects is the plain one mirrored through the experts' mean
+    query = reg.embedder.encode([desc])[0]
+    mirrored, _, _ = served("anti,k=2,tau=0.5").mixture(query)
+    mu = bank.mixture(
+        [bank.ids.index(n.adapter_id) for n in plain.neighbours],
+        torch.tensor([n.similarity for n in plain.neighbours]),
+        0.5,
+    ).mean
+    for m in bank.layout.modules:
+        assert torch.allclose(mirrored.mean[m], 2 * ckpt.centre[m] - mu[m], atol=1e-5)
 
     # a policy whose neighbours all did best without an adapter: a zero update, no
     # experts, and the choice in the registered adapter's provenance
-    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
-    table = gen.policy.to_json()
-    C = len(table["candidates"])
-    assert table["candidates"][-1] == NONE
-    table["acc"] = [[0.1] * (C - 1) + [0.9] for _ in table["acc"]]
-    ckpt.hyper = copy.deepcopy(ckpt.hyper) | {"policy": table}
-    bare = Generator(ckpt, embed=reg.embedder.encode, experts=gen._experts)
+    bare = served(NONE)
     [nothing, other] = bare.generate([Request(desc), Request("Is it about the sun?")])
     assert nothing.choice == NONE and not nothing.neighbours
     assert all(float(w.abs().max()) == 0.0 for w in nothing.weights.values())

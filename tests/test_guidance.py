@@ -47,3 +47,16 @@ def test_the_gate_serves_a_clear_nearest_expert_alone() -> None:
     assert torch.equal(guide_weights(s[:1], 0.1, gate=0.0), torch.ones(1))
     with pytest.raises(ValueError, match="gate"):
         guide_weights(s, 0.1, gate=-0.5)
+
+
+def test_a_mirrored_mixture_reflects_through_the_experts_mean() -> None:
+    from generator.guidance import mirror
+
+    (m1, v1), (m2, v2) = rows(1.0, 0.5), rows(3.0, 1.5)
+    out = mix(torch.tensor([0.25, 0.75]), [m1, m2], [v1, v2])
+    centre = {"q": torch.full((2, 3), 2.0)}
+    flipped = mirror(out, centre)
+    assert torch.allclose(flipped.mean["q"], torch.full((2, 3), 2 * 2.0 - 2.5))
+    assert torch.equal(flipped.var["q"], out.var["q"])
+    assert torch.equal(flipped.weights, -out.weights)
+    assert torch.allclose(mirror(flipped, centre).mean["q"], out.mean["q"])  # an involution

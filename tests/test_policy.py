@@ -100,4 +100,7 @@ def test_bad_policies_and_queries_are_clear_errors() -> None:
         fit_policy(CANDIDATES, torch.full((6, 3), float("nan")), ll, emb)
     with pytest.raises(InvalidInput, match="not a local policy"):
         LocalPolicy.from_json({"candidates": CANDIDATES})
-    assert parse_candidate("k=3,tau=0.1") == (3, 0.1) and parse_candidate(NONE) is None
+    assert parse_candidate("k=3,tau=0.1") == (3, 0.1, False) and parse_candidate(NONE) is None
+    assert parse_candidate("anti,k=2,tau=0.5") == (2, 0.5, True)
+    with pytest.raises(InvalidInput, match="not a mixture candidate"):
+        parse_candidate("anti,k=2")
