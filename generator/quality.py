@@ -41,6 +41,7 @@ class TaskRow:
     oracle: float
     scores: dict[str, float] = field(default_factory=dict)
     neighbours: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)  # column -> local policy's choice
 
 
 @dataclass
@@ -65,7 +66,13 @@ class QualityReport:
             "settings": self.settings,
             "columns": [*self.methods, "oracle"],
             "tasks": [
-                {"task": r.task, **r.scores, "oracle": r.oracle, "neighbours": r.neighbours}
+                {
+                    "task": r.task,
+                    **r.scores,
+                    "oracle": r.oracle,
+                    "neighbours": r.neighbours,
+                    "choices": r.choices,
+                }
                 for r in self.rows
             ],
             "mean": {c: self.mean(c) for c in self.methods}
@@ -175,6 +182,8 @@ def evaluate(
         for column, gen in generators.items():
             made = gen.generate([Request(task.description, seed=seed)])[0]
             row.scores[column] = evaluator.accuracy(task, (made.config, made.weights)).accuracy
+            if made.choice is not None:
+                row.choices[column] = made.choice
         rows.append(row)
     return QualityReport(
         base_model=base_model,

@@ -450,6 +450,7 @@ def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type:
     row = report.rows[0]
     assert report.settings["local_policy"] is True
     assert row.scores["sg-mixture-mean"] == row.scores["base"] == row.scores["sg"]
+    assert row.choices == {"sg": NONE} and report.to_json()["tasks"][0]["choices"] == row.choices
 
 
 @pytest.mark.parametrize(
