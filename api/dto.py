@@ -108,6 +108,9 @@ class GenerateOut(msgspec.Struct):
     generator_id: int | None
     seed: int
     neighbours: list[NeighbourOut]
+    # SG-LoRA with a local policy: the mixture chosen ("k=K,tau=T", "anti,k=K,tau=T", or
+    # "none": no expert mixture helped the nearest tasks, the adapter is a zero update)
+    mixture: str | None = None
 
 
 class BaseModelOut(msgspec.Struct):

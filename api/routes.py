@@ -143,6 +143,7 @@ async def generate(
         generator_id=made.generator_id,
         seed=made.seed,
         neighbours=[NeighbourOut(**n.__dict__) for n in made.neighbours],
+        mixture=made.choice,
     )
 
 

@@ -68,6 +68,7 @@ def test_generate_contract_and_download(client: TestClient, world) -> None:  # t
     assert adapter["id"] and adapter["provenance"] == "generated"
     assert out["download_url"] == f"/v1/adapters/{adapter['id']}/download"
     assert out["neighbours"] and out["seed"] == 4
+    assert out["mixture"] is None  # a generator without a local policy
     again = client.post("/v1/generate", json=body, headers=auth(world["reader"])).json()
     assert again["adapter"]["id"] == adapter["id"]
     z = client.get(out["download_url"], headers=auth(world["reader"]))
