@@ -76,6 +76,21 @@ def generator_train(
             "too, not only on the mixture."
         ),
     ] = False,
+    anchor_steps: Annotated[
+        int,
+        typer.Option(
+            help="SG-LoRA: train a multi-task anchor on the experts' tasks for this many "
+            "steps (0: none); the anchor alone and mixtures blended with it become "
+            "candidates of --select task|local."
+        ),
+    ] = 0,
+    anchor_folds: Annotated[
+        int,
+        typer.Option(
+            help="SG-LoRA: folds of experts; each fold's tasks are scored with an anchor "
+            "that never saw them."
+        ),
+    ] = 3,
     suite: SuiteOpt = None,
     hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
@@ -99,6 +114,8 @@ def generator_train(
         select_examples=select_examples,
         gate=gate,
         describe=describe,
+        anchor_steps=anchor_steps,
+        anchor_folds=anchor_folds,
         hidden=hidden,
         latent=latent,
         seed=seed,

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from generator.guidance import Anchor
 from generator.hypernet import ICMLoraNet, NetConfig, SGLoraNet, module_shapes
 from generator.layout import BlockNormaliser, LoraLayout
 from registry.errors import InvalidInput
@@ -45,6 +46,7 @@ class Checkpoint:
     expert_ids: list[int]
     expert_embeddings: torch.Tensor | None = None  # (E, D), SG-LoRA only
     centre: dict[str, torch.Tensor] | None = None  # module -> (L, d) mean of the experts
+    anchor: Anchor | None = None  # SG-LoRA's multi-task anchor (generator/anchor.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -56,6 +58,10 @@ class Checkpoint:
             tensors["experts.embeddings"] = self.expert_embeddings.contiguous()
         for m, rows in (self.centre or {}).items():
             tensors[f"centre.{m}"] = rows.contiguous()
+        if self.anchor is not None:
+            for m, rows in self.anchor.mean.items():
+                tensors[f"anchor.mean.{m}"] = rows.contiguous()
+                tensors[f"anchor.var.{m}"] = self.anchor.var[m].contiguous()
         meta = {
             "format": FORMAT_VERSION,
             "method": self.method,
@@ -107,8 +113,19 @@ class Checkpoint:
             expert_ids=[int(i) for i in meta["expert_ids"]],
             expert_embeddings=tensors.get("experts.embeddings"),
             centre={k[7:]: v for k, v in tensors.items() if k.startswith("centre.")} or None,
+            anchor=_anchor(tensors),
             extra=meta.get("extra", {}),
         )
+
+
+def _anchor(tensors: dict[str, torch.Tensor]) -> Anchor | None:
+    mean = {k[12:]: v for k, v in tensors.items() if k.startswith("anchor.mean.")}
+    var = {k[11:]: v for k, v in tensors.items() if k.startswith("anchor.var.")}
+    if not mean:
+        return None
+    if set(mean) != set(var):
+        raise InvalidInput("generator checkpoint: the anchor's mean and variance differ")
+    return Anchor(mean, var)
 
 
 def _metadata(raw: bytes) -> dict[str, str]:

@@ -43,7 +43,18 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
         assert isinstance(net, SGLoraNet)
         k, tau, gate = int(ckpt.hyper["k"]), float(ckpt.hyper["tau"]), ckpt.hyper.get("gate")
         policy = LocalPolicy.from_json(ckpt.hyper["policy"]) if ckpt.hyper.get("policy") else None
-        mixture = loo_mixture(bank, index, k, tau, gate, policy)[0]
+        # the anchor is the served one: it trained on this task too (the fold anchors
+        # that scored selection are not kept), as the decoder does at serving time
+        mixture = loo_mixture(
+            bank,
+            index,
+            k,
+            tau,
+            gate,
+            policy,
+            lam=ckpt.hyper.get("anchor_lam"),
+            anchor=ckpt.anchor,
+        )[0]
         mean = to_tokens(layout, norm, [mixture.mean])
         logvar = var_tokens(
             layout,

@@ -24,10 +24,10 @@ import torch
 
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import Expert, load_expert
-from generator.guidance import Mixture, guide_weights, mirror, mix
+from generator.guidance import Mixture, guided_mixture, mirror
 from generator.hypernet import ICMLoraNet, SGLoraNet
 from generator.lora_trainer import Tensors
-from generator.policy import NONE, LocalPolicy, parse_candidate
+from generator.policy import ANTI, NONE, LocalPolicy, parse_candidate
 from generator.task_vector import TaskVectorizer
 from generator.training import from_tokens, icm_condition, to_tokens, var_tokens
 from generator.zoo import weights_bytes
@@ -60,6 +60,7 @@ class Generated:
     examples: int = 0
     embedding: np.ndarray | None = None  # (D,) the description's, reused on registration
     choice: str | None = None  # SG-LoRA with a local policy: the mixture it chose
+    anchor_weight: float = 0.0  # SG-LoRA: the multi-task anchor's share of the mixture
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class Generator:
         neighbours: list[list[Neighbour]] = [[] for _ in requests]
         none: set[int] = set()  # requests the local policy gives no adapter
         choices: list[str | None] = [None] * len(requests)
+        anchor_weights = [0.0] * len(requests)
         if self.method == SG_LORA:
             assert isinstance(self.ckpt.net, SGLoraNet)
             means, variances = [], []
@@ -218,6 +220,9 @@ class Generator:
                 mixture, neighbours[i], choices[i] = self.mixture(np.asarray(vec))
                 if choices[i] == NONE:
                     none.add(i)
+                elif not _is_mirror(choices[i]):
+                    # the experts' weights sum to lam: the anchor has the rest
+                    anchor_weights[i] = _anchor_share(mixture, self.ckpt.anchor is not None)
                 means.append(mixture.mean)
                 variances.append(mixture.var)
             mean_t = to_tokens(layout, norm, means)
@@ -257,6 +262,7 @@ class Generator:
                 examples=len(r.examples),
                 embedding=np.asarray(vectors[i]),
                 choice=choices[i],
+                anchor_weight=anchor_weights[i],
             )
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
@@ -266,6 +272,7 @@ class Generator:
         with a local policy, the candidate it chose (``none``: an all-zero mixture)."""
         hyper = self.ckpt.hyper
         k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
+        lam = hyper.get("anchor_lam")
         choice, picked = None, None
         if self.policy is not None:
             emb = self.ckpt.expert_embeddings
@@ -277,11 +284,23 @@ class Generator:
             if picked is None:
                 zero = self._zero_rows()
                 return Mixture(torch.zeros(0), zero, zero), [], choice
-            k, tau, gate = picked.k, picked.tau, None
-        experts, sims = self.neighbours(query, k)
-        w = guide_weights(sims, tau, gate)
-        experts, sims = experts[: len(w)], sims[: len(w)]
-        mixture = mix(w, [e.mean for e in experts], [e.var for e in experts])
+            k, tau, gate, lam = picked.k, picked.tau, None, picked.lam
+        anchor = self.ckpt.anchor
+        if (k == 0 or (lam is not None and lam < 1.0)) and anchor is None:
+            raise InvalidInput("this generator's checkpoint lacks its anchor")
+        fetch = max(k, 2 if gate is not None else 0)
+        experts, sims = self.neighbours(query, fetch) if fetch else ([], torch.zeros(0))
+        used, mixture = guided_mixture(
+            sims,
+            [e.mean for e in experts],
+            [e.var for e in experts],
+            k=k,
+            tau=tau,
+            gate=gate,
+            lam=lam,
+            anchor=anchor,
+        )
+        experts, sims = experts[:used], sims[:used]
         if picked is not None and picked.anti:
             if self.ckpt.centre is None:
                 raise InvalidInput("this generator's checkpoint lacks the experts' mean")
@@ -304,6 +323,17 @@ class Generator:
         return self._vectorizer(request.description, request.examples)
 
 
+def _is_mirror(choice: str | None) -> bool:
+    return choice is not None and choice.startswith(ANTI)
+
+
+def _anchor_share(mixture: Mixture, has_anchor: bool) -> float:
+    """1 - the experts' total weight, when the generator has an anchor to take it."""
+    if not has_anchor:
+        return 0.0
+    return round(max(0.0, 1.0 - float(mixture.weights.sum())), 5)
+
+
 def adapter_name(gen: Generated) -> str:
     """Readable and deterministic: the same request to the same generator, the same name."""
     slug = re.sub(r"[^a-z0-9]+", "-", gen.description.lower()).strip("-")[:40].strip("-")
@@ -320,7 +350,7 @@ def register(
     existing = registry.find_adapter(base_model, final)
     if existing is not None and name is None:
         return existing
-    meta = {
+    meta: dict[str, Any] = {
         "method": gen.method,
         "generator_id": gen.generator_id,
         "seed": gen.seed,
@@ -329,6 +359,8 @@ def register(
     }
     if gen.choice is not None:
         meta["mixture"] = gen.choice
+    if gen.anchor_weight:
+        meta["anchor_weight"] = gen.anchor_weight
     parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
     try:
         return registry.add_adapter(

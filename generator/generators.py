@@ -81,6 +81,20 @@ def fit(
             on_progress(f"no expert's task at hand: no task check of the correction{fallback}")
         return fit_sg(bank, config, on_step=on_step)
     evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
+    anchors = None
+    if config.anchor_steps and (config.k is None or config.tau is None):
+        from generator.anchor import train_anchors
+
+        anchors = train_anchors(
+            bank,
+            by_expert,
+            evaluator.model,
+            evaluator.format,
+            steps=config.anchor_steps,
+            folds=config.anchor_folds,
+            seed=config.seed,
+            on_progress=on_progress,
+        )
     choice = None
     if config.select in ("task", "local") and (config.k is None or config.tau is None):
         if on_progress:
@@ -97,10 +111,11 @@ def fit(
             evaluator,
             examples=config.select_examples,
             local=config.select == "local",
+            anchors=anchors,
             on_task=on_task,
         )
     check = task_checker(bank, by_expert, evaluator)
-    return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check)
+    return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check, anchors=anchors)
 
 
 def train_generator(

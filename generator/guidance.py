@@ -13,6 +13,9 @@ expert's late-trajectory mean and variance. With all variances zero this is
 also the "softmax-weighted mean of the top-K adapters" baseline, and with
 K = 1 the "nearest adapter" baseline.
 
+An anchor (optional, ``blend``): a multi-task adapter trained on all the
+training tasks; the served mixture is lam mu* + (1 - lam) a.
+
 The similarity gate (optional): when the nearest expert's similarity leads the
 runner-up's by more than ``gate``, the mixture is that expert alone. A new task
 with one clear sibling in the registry (the same question about another
@@ -89,3 +92,61 @@ def mirror(mixture: Mixture, centre: Rows) -> Mixture:
     weights are negated to say so, the variance is the mixture's."""
     mean = {m: 2 * centre[m] - mu for m, mu in mixture.mean.items()}
     return Mixture(weights=-mixture.weights, mean=mean, var=mixture.var)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A multi-task adapter as flattened rows: its late-trajectory mean and variance."""
+
+    mean: Rows
+    var: Rows
+
+
+def blend(mixture: Mixture, anchor: Anchor, lam: float) -> Mixture:
+    """lam mu* + (1 - lam) a: the mixture pulled towards the anchor a (a multi-task
+    adapter of the training tasks: the skill every task shares, the answer format and
+    reading the question). The variance is the two-component mixture's (law of total
+    variance); the expert weights are scaled by lam, so they say how much of the adapter
+    the experts make. lam = 0 is the anchor alone."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    mean, var = {}, {}
+    for m, mu in mixture.mean.items():
+        a = anchor.mean[m]
+        mean[m] = lam * mu + (1 - lam) * a
+        var[m] = (
+            lam * mixture.var[m] + (1 - lam) * anchor.var[m] + lam * (1 - lam) * (mu - a).pow(2)
+        )
+    return Mixture(weights=lam * mixture.weights, mean=mean, var=var)
+
+
+def guided_mixture(
+    sims: torch.Tensor,
+    means: Sequence[Rows],
+    variances: Sequence[Rows],
+    *,
+    k: int,
+    tau: float,
+    gate: float | None = None,
+    lam: float | None = None,
+    anchor: Anchor | None = None,
+) -> tuple[int, Mixture]:
+    """SG-LoRA's mixture from the nearest experts (``sims`` sorted descending, with
+    their means and variances; at least ``k`` of them, and 2 for the gate to act) and
+    the number of experts it uses. The gate, when the nearest leads the runner-up by
+    more than ``gate``: the nearest alone. Otherwise the softmax mixture of the first
+    ``k``, blended with ``anchor`` when ``lam`` < 1; ``k`` = 0 (or ``lam`` = 0) is
+    the anchor alone."""
+    if lam is not None and lam < 1.0 and anchor is None:
+        raise ValueError("blending with the anchor needs one")
+    if gate is not None and sims.numel() > 1 and float(sims[0] - sims[1]) > gate:
+        return 1, mix(torch.ones(1), means[:1], variances[:1])
+    if k == 0 or lam == 0.0:
+        if anchor is None:
+            raise ValueError("no experts and no anchor: nothing to mix")
+        return 0, Mixture(torch.zeros(0), dict(anchor.mean), dict(anchor.var))
+    w = softmax_weights(sims[:k], tau)
+    mixture = mix(w, means[:k], variances[:k])
+    if lam is not None and lam < 1.0 and anchor is not None:
+        mixture = blend(mixture, anchor, lam)
+    return k, mixture

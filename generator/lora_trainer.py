@@ -244,12 +244,45 @@ def train_lora(
     pad_id = fmt.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = fmt.tokenizer.eos_token_id or 0
-    prefix, data = split_prefix(encode(fmt, description, examples, config.max_prompt_tokens))
+    return train_multitask(model, fmt, [(description, examples)], config, on_step=on_step)
+
+
+def train_multitask(
+    model: torch.nn.Module,
+    fmt: PromptFormat,
+    tasks: Sequence[tuple[str, Sequence[Example]]],
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train one LoRA on several tasks, each (description, examples): every batch comes
+    from one task (its shared prompt prefix runs once) and the tasks take turns in a
+    shuffled round, so each gets the same number of steps whatever its size. One task
+    is ``train_lora``. ``model`` is left as it was (the LoRA is removed)."""
+    groups = [(d, ex) for d, ex in tasks if ex]
+    if not groups:
+        raise InvalidInput("no training examples")
+    pad_id = fmt.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = fmt.tokenizer.eos_token_id or 0
+    encoded = [split_prefix(encode(fmt, d, ex, config.max_prompt_tokens)) for d, ex in groups]
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
+    queues: list[list[list[Encoded]]] = [[] for _ in encoded]
+    turns: list[int] = []
+
+    def next_batch() -> tuple[list[int], list[Encoded]]:
+        if not turns:  # one task draws nothing here: its data order is train_lora's own
+            turns.extend(rng.sample(range(len(encoded)), len(encoded)) if len(encoded) > 1 else [0])
+        g = turns.pop()
+        prefix, data = encoded[g]
+        if not queues[g]:
+            queues[g] = batches(data, config.batch_size, rng, buckets=config.length_buckets)
+        return prefix, queues[g].pop()
+
     peft_model = attach_lora(model, config)
     try:
-        return _train(peft_model, prefix, data, config, pad_id, rng, on_step)
+        return _train(peft_model, next_batch, config, pad_id, on_step)
     finally:
         peft_model.unload()  # back to the bare base model for the next task
 
@@ -268,11 +301,9 @@ def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
 
 def _train(
     peft_model: Any,
-    prefix: list[int],
-    data: list[Encoded],
+    next_batch: Callable[[], tuple[list[int], list[Encoded]]],  # -> (prefix, batch)
     config: TrainConfig,
     pad_id: int,
-    rng: random.Random,
     on_step: Callable[[int, float], None] | None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -290,13 +321,11 @@ def _train(
     snapshots: list[Tensors] = []
     losses: list[float] = []
     tokens = 0
-    queue: list[list[Encoded]] = []
     peft_model.train()
     t0 = time.perf_counter()
     for step in range(config.steps):
-        if not queue:
-            queue = batches(data, config.batch_size, rng, buckets=config.length_buckets)
-        ids, mask, pos, targets, tgt_mask = collate(queue.pop(), pad_id)
+        prefix, batch = next_batch()
+        ids, mask, pos, targets, tgt_mask = collate(batch, pad_id)
         K = targets.shape[1] + 1
         # (B, K-1, V): each logit predicts the next column's token
         logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, K)[:, :-1]

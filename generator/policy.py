@@ -41,34 +41,47 @@ from registry.errors import InvalidInput
 
 NONE = "none"  # the candidate that is no adapter
 ANTI = "anti,"  # prefix of a mirrored mixture's key
+ANCHOR = "anchor"  # the multi-task anchor alone; "anchor=L,k=K,tau=T": blended with it
 M_GRID = (1, 2, 3, 5, 8)  # neighbourhood sizes tried, besides every other expert
 
 
 class Candidate(NamedTuple):
-    k: int
+    k: int  # 0: no experts (the anchor alone)
     tau: float
     anti: bool = False  # 2 g - mu*: away from the experts, from the mean g of all of them
+    lam: float = 1.0  # < 1: lam mu* + (1 - lam) a, pulled towards the anchor a
 
 
-def candidate_key(k: int, tau: float, anti: bool = False) -> str:
-    return f"{ANTI}k={k},tau={tau}" if anti else f"k={k},tau={tau}"
+def candidate_key(k: int, tau: float, anti: bool = False, lam: float = 1.0) -> str:
+    if k == 0:
+        return ANCHOR
+    if anti and lam < 1.0:
+        raise InvalidInput("a mirrored mixture is not blended with the anchor")
+    key = f"{ANTI}k={k},tau={tau}" if anti else f"k={k},tau={tau}"
+    return f"{ANCHOR}={lam},{key}" if lam < 1.0 else key
 
 
 def parse_candidate(key: str) -> Candidate | None:
-    """The mixture of a "k=K,tau=T" or "anti,k=K,tau=T" candidate; None for ``none``."""
+    """The mixture of a "k=K,tau=T", "anti,k=K,tau=T" or "anchor=L,k=K,tau=T"
+    candidate, or the anchor alone ("anchor"); None for ``none``."""
     if key == NONE:
         return None
+    if key == ANCHOR:
+        return Candidate(0, 0.0, False, 0.0)
     anti = key.startswith(ANTI)
     try:
         parts = dict(p.split("=", 1) for p in key.removeprefix(ANTI).split(","))
-        return Candidate(int(parts["k"]), float(parts["tau"]), anti)
+        lam = float(parts.pop(ANCHOR, 1.0))
+        if not 0.0 < lam <= 1.0 or set(parts) != {"k", "tau"} or int(parts["k"]) < 1:
+            raise ValueError(key)
+        return Candidate(int(parts["k"]), float(parts["tau"]), anti, lam)
     except (KeyError, ValueError) as exc:
         raise InvalidInput(f"not a mixture candidate: {key!r}") from exc
 
 
 @dataclass(frozen=True)
 class LocalPolicy:
-    candidates: list[str]  # "k=K,tau=T" or "none"
+    candidates: list[str]  # candidate keys (``candidate_key``) or "none"
     acc: torch.Tensor  # (E, C) leave-one-out accuracy; NaN rows: experts without a task
     loglik: torch.Tensor  # (E, C) mean log-probability of the right label
     m: int  # neighbourhood size

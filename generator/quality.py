@@ -3,10 +3,12 @@
 For each task: the bare base model; the nearest expert (top-1 by description,
 its registered weights); the softmax-weighted mean of the top-K experts'
 weights (SG-LoRA's K and tau; its best K >= 2 when SG-LoRA's K is 1); SG-LoRA's
-mixture mean mu* alone (its own K, tau and similarity gate, or the mixture its
-local policy chooses for the description); each generator's
-adapter; and the oracle (the zoo adapter trained on the task itself). Relative
-accuracy = accuracy / oracle accuracy.
+mixture mean mu* alone (its own K, tau, similarity gate and anchor blend, or
+the mixture its local policy chooses for the description); when that
+generator has a multi-task anchor, the anchor alone ("multi-task": one LoRA
+trained on every training task at once, the baseline Text-to-LoRA compares
+with); each generator's adapter; and the oracle (the zoo adapter trained on
+the task itself). Relative accuracy = accuracy / oracle accuracy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
 from generator.generate import Generator, Request
 from generator.lora_trainer import Tensors
+from generator.policy import parse_candidate
 from generator.tasks import Task
 from generator.zoo import ZOO_PREFIX
 from registry.blobs import write_atomic
@@ -33,6 +36,7 @@ from registry.lora_spec import parse_weights
 from registry.service import Registry
 
 BASELINES = ("base", "nearest", "weighted-mean", "sg-mixture-mean")
+MULTI_TASK = "multi-task"  # the SG-LoRA generator's anchor alone, when it has one
 
 
 @dataclass
@@ -156,6 +160,7 @@ def evaluate(
     sg_k, sg_tau, gate = guidance if guidance is not None else (k, tau, None)
     sg = _first_sg(generators)
     local = sg if sg is not None and sg.policy is not None else None
+    anchor = sg.ckpt.anchor if sg is not None else None
     rows = []
     template = bank.template
     for task in tasks:
@@ -172,13 +177,17 @@ def evaluate(
         row.scores["weighted-mean"] = evaluator.accuracy(
             task, (template, bank.weighted_weights(idx, sims, tau))
         ).accuracy
-        if local is not None:  # the mixture its local policy chooses for this description
-            mean = local.mixture(q.numpy())[0].mean
+        if sg is not None:  # its own mixture: K, tau, gate, anchor or its local policy's
+            mean = sg.mixture(q.numpy())[0].mean
         else:
             mean = bank.guided(q, sg_k, sg_tau, gate)[2].mean
         row.scores["sg-mixture-mean"] = evaluator.accuracy(
             task, (template, bank.layout.unflatten(mean))
         ).accuracy
+        if anchor is not None:
+            row.scores[MULTI_TASK] = evaluator.accuracy(
+                task, (template, bank.layout.unflatten(anchor.mean))
+            ).accuracy
         for column, gen in generators.items():
             made = gen.generate([Request(task.description, seed=seed)])[0]
             row.scores[column] = evaluator.accuracy(task, (made.config, made.weights)).accuracy
@@ -187,7 +196,7 @@ def evaluate(
         rows.append(row)
     return QualityReport(
         base_model=base_model,
-        methods=[*BASELINES, *generators],
+        methods=[*BASELINES, *([MULTI_TASK] if anchor is not None else []), *generators],
         rows=rows,
         generators={c: g.id for c, g in generators.items() if g.id is not None},
         settings={
@@ -197,6 +206,7 @@ def evaluate(
             "sg_tau": sg_tau,
             "gate": gate,
             "local_policy": local is not None,
+            "anchor_lam": sg.ckpt.hyper.get("anchor_lam") if sg is not None else None,
             "seed": seed,
             "experts": len(bank),
         },
@@ -229,8 +239,9 @@ def sg_settings(generators: dict[str, Generator]) -> tuple[int, float] | None:
     if g is None:
         return None
     k, tau = int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
-    if k == 1:
-        return best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper) or (k, tau)
+    if k <= 1:  # the nearest expert alone (or the anchor alone, K = 0)
+        found = best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper)
+        return found or (1, tau if tau > 0 else 1.0)
     return k, tau
 
 
@@ -249,9 +260,10 @@ def best_mixture(grid: dict[str, float], hyper: dict[str, Any]) -> tuple[int, fl
     lower_is_better = hyper.get("k_tau_by") == "weights"
     best: tuple[float, int, float] | None = None
     for key, score in grid.items():
-        parts = dict(p.split("=", 1) for p in key.split(","))
-        k, tau = int(parts["k"]), float(parts["tau"])
+        cand = parse_candidate(key)
+        if cand is None or cand.anti or cand.lam < 1.0:  # not a plain mixture of experts
+            continue
         value = -score if lower_is_better else score
-        if k >= 2 and (best is None or value > best[0]):
-            best = (value, k, tau)
+        if cand.k >= 2 and (best is None or value > best[0]):
+            best = (value, cand.k, cand.tau)
     return (best[1], best[2]) if best else None

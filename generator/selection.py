@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from generator.anchor import AnchorSet
 from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
-from generator.guidance import mirror, softmax_weights
+from generator.guidance import Anchor, Mixture, guided_mixture, mirror, softmax_weights
 from generator.lora_trainer import Tensors
 from generator.policy import NONE, Candidate, candidate_key, fit_policy
 from generator.tasks import Example, Task
@@ -39,6 +40,10 @@ WEIGHT_FLOOR = 5e-4  # mixture weights below this do not make a mixture distinct
 GATE_GRID = (0.02, 0.05, 0.1, 0.2)  # lead in cosine similarity of the nearest expert
 ANTI_KS = (1, 2, 4, 8)  # mirrored mixtures a local policy may choose, at ANTI_TAU
 ANTI_TAU = 0.5
+# mixtures blended with the multi-task anchor (K, tau), at ANCHOR_LAM: the nearest
+# expert, a few and a broad set; the anchor alone is a candidate too
+ANCHOR_MIXTURES = ((1, 0.02), (4, 0.5), (8, 0.5))
+ANCHOR_LAM = 0.5
 
 
 def spread(examples: Sequence[Example], n: int) -> list[Example]:
@@ -60,13 +65,17 @@ def choose_k_tau_by_task(
     examples: int = 16,
     local: bool = False,
     anti_ks: Sequence[int] = ANTI_KS,
+    anchors: AnchorSet | None = None,
     on_task: Callable[[int, int], None] | None = None,
 ) -> KTauChoice:
     """K, tau and gate by the mean accuracy of the leave-one-out mixtures; the choice's
-    ``grid`` scores every (K, tau), its ``gate_grid`` every gated candidate. With
-    ``local``, mirrored mixtures (K in ``anti_ks``) and the bare model are scored too
-    and the choice carries a local policy (``generator.policy``) that picks a
-    candidate per request from the table."""
+    ``grid`` scores every candidate, its ``gate_grid`` every gated one. With
+    ``anchors``, the multi-task anchor alone and mixtures blended with it
+    (``ANCHOR_MIXTURES`` at ``ANCHOR_LAM``) are candidates too, each expert scored
+    with the anchor of its fold (one that never saw its task). With ``local``,
+    mirrored mixtures (K in ``anti_ks``) and the bare model are scored too and the
+    choice carries a local policy (``generator.policy``) that picks a candidate per
+    request from the table."""
     if len(bank) < 2:
         raise InvalidInput("SG-LoRA needs at least 2 experts")
     usable = {i: t for i, t in tasks.items() if t.is_classification and t.train}
@@ -77,8 +86,14 @@ def choose_k_tau_by_task(
     grid = [(k, tau) for k in ks if k <= len(bank) - 1 for tau in (taus if k > 1 else taus[:1])]
     if not grid:
         raise InvalidInput(f"no K in {tuple(ks)} fits {len(bank)} experts")
-    # the table's columns: the grid, then (local only) mirrored mixtures and no adapter
+    # the table's columns: the grid, the anchor's candidates, then (local only) mirrored
+    # mixtures and no adapter
     columns = [Candidate(k, tau) for k, tau in grid]
+    if anchors is not None:
+        columns.append(Candidate(0, 0.0, False, 0.0))
+        columns += [
+            Candidate(k, tau, False, ANCHOR_LAM) for k, tau in ANCHOR_MIXTURES if k <= len(bank) - 1
+        ]
     if local:
         columns += [Candidate(k, ANTI_TAU, True) for k in anti_ks if k <= len(bank) - 1]
     nan = float("nan")
@@ -91,17 +106,16 @@ def choose_k_tau_by_task(
         seen: dict[tuple[object, ...], tuple[float, float]] = {}
         _, top2 = bank.nearest(bank.embeddings[t], 2, exclude=t)
         leads.append(float(top2[0] - top2[1]) if len(top2) > 1 else float("inf"))
+        anchor = anchors.for_expert(t) if anchors is not None else None
         for c, cand in enumerate(columns):
             idx, sims = bank.nearest(bank.embeddings[t], cand.k, exclude=t)
-            w = softmax_weights(sims, cand.tau)
+            w = softmax_weights(sims, cand.tau) if cand.k else torch.zeros(0)
             # near-identical mixtures (a low tau puts everything on the top one) score once
-            key = (cand.anti,) + tuple(
+            key = (cand.anti, cand.lam) + tuple(
                 (i, round(float(x), 3)) for i, x in zip(idx, w, strict=True) if x >= WEIGHT_FLOOR
             )
             if key not in seen:
-                mixture = bank.mixture(idx, sims, cand.tau)
-                if cand.anti:
-                    mixture = mirror(mixture, bank.centre(exclude=t))
+                mixture = candidate_mixture(bank, t, cand, anchor)
                 weights = bank.layout.unflatten(mixture.mean)
                 seen[key] = _score(evaluator, task, chosen, (bank.template, weights))
             acc_t[t, c], ll_t[t, c] = seen[key]
@@ -111,50 +125,73 @@ def choose_k_tau_by_task(
             on_task(n + 1, len(usable))
 
     rows = sorted(usable)
-    acc = {c: acc_t[rows, j].tolist() for j, c in enumerate(grid)}
-    loglik = {c: ll_t[rows, j].tolist() for j, c in enumerate(grid)}
 
     def mean(v: list[float]) -> float:
         return sum(v) / len(v)
 
-    # candidates (K, tau, gate) -> (mean accuracy, mean log-probability); plain ones first
-    scored: dict[tuple[int, float, float | None], tuple[float, float]] = {
-        (k, tau, None): (mean(acc[(k, tau)]), mean(loglik[(k, tau)])) for k, tau in grid
+    # the global candidates: every column but the mirrored ones (and no adapter)
+    plain = [c for c in columns if not c.anti]
+    acc = {c: acc_t[rows, columns.index(c)].tolist() for c in plain}
+    loglik = {c: ll_t[rows, columns.index(c)].tolist() for c in plain}
+    # candidates (mixture, gate) -> (mean accuracy, mean log-probability); ungated first
+    scored: dict[tuple[Candidate, float | None], tuple[float, float]] = {
+        (c, None): (mean(acc[c]), mean(loglik[c])) for c in plain
     }
-    single = next((c for c in grid if c[0] == 1), None)
+    single = next((c for c in plain if c.k == 1 and c.lam == 1.0), None)
     if single is not None:
-        for k, tau in grid:
-            if k < 2:
+        for cand in plain:
+            if cand == single:
                 continue
             for g in gates:
                 pick = [lead > g for lead in leads]
                 gated_acc = [
-                    x1 if p else x
-                    for x1, x, p in zip(acc[single], acc[(k, tau)], pick, strict=True)
+                    x1 if p else x for x1, x, p in zip(acc[single], acc[cand], pick, strict=True)
                 ]
                 gated_ll = [
                     x1 if p else x
-                    for x1, x, p in zip(loglik[single], loglik[(k, tau)], pick, strict=True)
+                    for x1, x, p in zip(loglik[single], loglik[cand], pick, strict=True)
                 ]
-                scored[(k, tau, g)] = (mean(gated_acc), mean(gated_ll))
-    best = max(scored, key=lambda c: (round(scored[c][0], 6), scored[c][1]))
+                scored[(cand, g)] = (mean(gated_acc), mean(gated_ll))
+    best, best_gate = max(scored, key=lambda c: (round(scored[c][0], 6), scored[c][1]))
     policy = None
     if local:
         keys = [candidate_key(*c) for c in columns] + [NONE]
         policy = fit_policy(keys, acc_t, ll_t, bank.embeddings)
     return KTauChoice(
-        k=best[0],
-        tau=best[1],
+        k=best.k,
+        tau=best.tau,
         by="local" if local else "task",
-        grid={f"k={k},tau={tau}": round(scored[(k, tau, None)][0], 4) for k, tau in grid},
-        gate=best[2],
+        grid={candidate_key(*c): round(scored[(c, None)][0], 4) for c in plain},
+        gate=best_gate,
         gate_grid={
-            f"k={k},tau={tau},gate={g}": round(v[0], 4)
-            for (k, tau, g), v in scored.items()
+            f"{candidate_key(*c)},gate={g}": round(v[0], 4)
+            for (c, g), v in scored.items()
             if g is not None
         },
         policy=policy,
+        lam=best.lam if anchors is not None else None,
     )
+
+
+def candidate_mixture(
+    bank: ExpertBank, t: int, cand: Candidate, anchor: Anchor | None = None
+) -> Mixture:
+    """Candidate ``cand``'s leave-one-out mixture for expert ``t`` (the other experts'
+    mixture, mirrored or blended with ``anchor`` as the candidate says)."""
+    if (cand.k == 0 or cand.lam < 1.0) and anchor is None:
+        raise InvalidInput(f"candidate {candidate_key(*cand)} needs the anchor")
+    idx, sims = bank.nearest(bank.embeddings[t], cand.k, exclude=t)
+    experts = [bank.experts[i] for i in idx]
+    _, mixture = guided_mixture(
+        sims,
+        [e.mean for e in experts],
+        [e.var for e in experts],
+        k=cand.k,
+        tau=cand.tau,
+        lam=cand.lam,
+        anchor=anchor,
+    )
+    return mirror(mixture, bank.centre(exclude=t)) if cand.anti else mixture
 
 
 def task_checker(

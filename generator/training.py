@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
+from generator.anchor import AnchorSet
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import ExpertBank
 from generator.geometry import delta_relative_error
-from generator.guidance import Mixture, mirror
+from generator.guidance import Anchor, Mixture, guided_mixture
 from generator.hypernet import (
     ICMLoraNet,
     NetConfig,
@@ -78,6 +79,11 @@ class GeneratorConfig:
     gate: float | None = None
     # SG-LoRA: also condition the correction on the description embedding
     describe: bool = False
+    # SG-LoRA: steps of the multi-task anchor (generator/anchor.py), trained on the
+    # training experts' tasks, and its folds; 0 = no anchor. With "task"/"local"
+    # selection the anchor alone and mixtures blended with it become candidates.
+    anchor_steps: int = 0
+    anchor_folds: int = 3
     val_fraction: float = 0.15
     eval_every: int = 100
     task_vector_dropout: float = 0.5
@@ -89,6 +95,15 @@ class GeneratorConfig:
         for name in ("hidden", "latent", "steps", "batch_size", "eval_every", "select_examples"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.anchor_steps < 0:
+            raise InvalidInput(f"anchor_steps must be non-negative, got {self.anchor_steps}")
+        if self.anchor_folds < 2:
+            raise InvalidInput(f"anchor_folds must be at least 2, got {self.anchor_folds}")
+        if self.anchor_steps and (self.method != SG_LORA or self.select == "weights"):
+            raise InvalidInput(
+                "an anchor (anchor_steps > 0) is an SG-LoRA candidate chosen by task "
+                "accuracy: use it with select 'task' or 'local'"
+            )
         if not 0 <= self.val_fraction < 1:
             raise InvalidInput(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.k is not None and self.k < 1:
@@ -114,6 +129,8 @@ class GeneratorConfig:
             select_examples=int(p.get("select_examples", 16)),
             gate=p.get("gate"),
             describe=bool(p.get("describe", False)),
+            anchor_steps=int(p.get("anchor_steps", 0)),
+            anchor_folds=int(p.get("anchor_folds", 3)),
             seed=int(p.get("seed", 0)),
         )
 
@@ -217,6 +234,7 @@ class KTauChoice:
     gate: float | None = None
     gate_grid: dict[str, float] = field(default_factory=dict)
     policy: LocalPolicy | None = None  # "local": the mixture is chosen per request
+    lam: float | None = None  # with an anchor: the mixture's share (0: the anchor alone)
 
 
 # (expert index, adapter) -> accuracy on that expert's task; None: no task to score
@@ -230,10 +248,13 @@ def fit_sg(
     on_step: StepCallback | None = None,
     choice: KTauChoice | None = None,
     task_check: TaskCheck | None = None,
+    anchors: AnchorSet | None = None,
 ) -> FitResult:
     """Train SG-LoRA; K and tau: the config's, else ``choice``, else by weight-space error.
     With ``task_check``, the learned correction is kept only when it raises the
-    validation experts' mean task accuracy above their mixture means'."""
+    validation experts' mean task accuracy above their mixture means'. With
+    ``anchors``, ``choice.lam`` blends the mixtures with the anchor (each expert's
+    leave-one-out condition with its fold's anchor); the served anchor is stored."""
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
     layout = bank.layout
@@ -247,6 +268,8 @@ def fit_sg(
     gate = config.gate if config.gate is not None else choice.gate
     grid = choice.grid
     k = min(k, len(bank) - 1)
+    given = config.k is not None and config.tau is not None
+    lam = choice.lam if anchors is not None and not given else None
 
     norm = BlockNormaliser.fit(layout, [s for e in bank.experts for s in e.snapshots])
     policy = choice.policy if config.k is None or config.tau is None else None
@@ -255,7 +278,8 @@ def fit_sg(
     # correction learns from mixtures only)
     mixtures, chosen = [], []
     for t in range(len(bank)):
-        mx, pick = loo_mixture(bank, t, k, tau, gate, policy)
+        anchor = anchors.for_expert(t) if anchors is not None else None
+        mx, pick = loo_mixture(bank, t, k, tau, gate, policy, lam=lam, anchor=anchor)
         mixtures.append(mx)
         chosen.append(pick)
     logv = []
@@ -330,6 +354,7 @@ def fit_sg(
         "k_tau_by": choice.by,
         "gate": gate,
         "gate_grid": choice.gate_grid,
+        "anchor_lam": lam,
         **(_policy_metrics(policy, chosen) if policy is not None else {}),
         **correction,
         "val_rel_error": _finite(best_val),
@@ -346,6 +371,7 @@ def fit_sg(
         "k_tau_grid": grid,
         "gate": gate,
         "gate_grid": choice.gate_grid,
+        "anchor_lam": lam,
         **({"policy": policy.to_json()} if policy is not None else {}),
         "logvar_shift": shift,
         "logvar_scale": scale,
@@ -363,6 +389,8 @@ def fit_sg(
         centre=bank.centre()
         if policy is not None and any(c.startswith(ANTI) for c in policy.candidates)
         else None,
+        # kept whether or not it won: the harness's multi-task column scores it
+        anchor=anchors.full if anchors is not None else None,
     )
     return FitResult(ckpt, metrics)
 
@@ -374,18 +402,30 @@ def loo_mixture(
     tau: float,
     gate: float | None,
     policy: LocalPolicy | None = None,
+    *,
+    lam: float | None = None,
+    anchor: Anchor | None = None,
 ) -> tuple[Mixture, str | None]:
     """Expert ``t``'s leave-one-out condition: the (K, tau, gate) mixture of the other
-    experts or, with a local policy, the mixture its neighbours choose for it (the
-    global one where they choose no adapter: the correction learns from mixtures)."""
+    experts (blended with ``anchor`` by ``lam``) or, with a local policy, the mixture
+    its neighbours choose for it (the global one where they choose no adapter: the
+    correction learns from mixtures)."""
+    from generator.selection import candidate_mixture
+
     pick = None
     if policy is not None:
         pick = policy.choose(bank.embeddings @ bank.embeddings[t], exclude=t)
         cand = parse_candidate(pick)
         if cand is not None:
-            mx = bank.guided(bank.embeddings[t], cand.k, cand.tau, None, exclude=t)[2]
-            return (mirror(mx, bank.centre(exclude=t)) if cand.anti else mx), pick
-    return bank.guided(bank.embeddings[t], k, tau, gate, exclude=t)[2], pick
+            return candidate_mixture(bank, t, cand, anchor), pick
+    fetch = min(max(k, 2 if gate is not None else 0), len(bank) - 1)
+    idx, sims = bank.nearest(bank.embeddings[t], fetch, exclude=t)
+    experts = [bank.experts[i] for i in idx]
+    _, mx = guided_mixture(
+        sims, [e.mean for e in experts], [e.var for e in experts],
+        k=k, tau=tau, gate=gate, lam=lam, anchor=anchor,
+    )  # fmt: skip
+    return mx, pick
 
 
 def _policy_metrics(policy: LocalPolicy, chosen: list[str | None]) -> dict[str, Any]:

@@ -466,3 +466,101 @@ def test_mixture_baselines_take_the_best_grid_entry_that_mixes(grid, by, expecte
     from generator.quality import best_mixture
 
     assert best_mixture(grid, {"k_tau_by": by}) == expected
+
+
+def test_a_multitask_anchor_is_scored_by_folds_that_never_saw_the_task(world) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    from generator.anchor import train_anchors
+    from generator.lora_trainer import train_multitask
+    from generator.policy import Candidate
+    from generator.selection import candidate_mixture, choose_k_tau_by_task
+
+    reg: Registry = world["registry"]
+    bank = ExpertBank.from_registry(reg, world["base"])
+    suite = list(world["suite"])
+    tasks = bank.tasks_of(suite)
+    evaluator = RecordingEvaluator.from_path(Path(world["base"]))
+    assert isinstance(evaluator, RecordingEvaluator)
+    calls: list[tuple[set[str], int]] = []
+
+    def trainer(model, fmt, groups, config, **kw):  # type: ignore[no-untyped-def]
+        calls.append(({d for d, _ in groups}, config.steps))
+        return train_multitask(model, fmt, groups, config, **kw)
+
+    anchors = train_anchors(
+        bank, tasks, evaluator.model, evaluator.format, steps=6, folds=2, trainer=trainer
+    )
+    assert len(calls) == 3 and sorted(anchors.fold_of) == sorted(tasks)
+    for f in range(2):
+        outside = {tasks[t].description for t, g in anchors.fold_of.items() if g != f}
+        assert calls[f][0] == outside  # fold f's anchor never saw fold f's tasks
+        assert calls[f][1] == round(6 * len(outside) / len(tasks))  # the same steps per task
+    assert calls[2] == ({t.description for t in tasks.values()}, 6)
+    held = next(t for t in suite if t.held_out)
+    assert all(held.description not in seen for seen, _ in calls)
+    assert set(anchors.full.mean) == set(bank.layout.modules)
+    for m in bank.layout.modules:
+        assert anchors.full.mean[m].shape == bank.experts[0].mean[m].shape
+
+    choice = choose_k_tau_by_task(
+        bank, tasks, evaluator, ks=(1, 2), taus=(0.001, 1.0), gates=(9.0,), examples=4,
+        anchors=anchors,
+    )  # fmt: skip
+    assert {"anchor", "anchor=0.5,k=1,tau=0.02", "anchor=0.5,k=4,tau=0.5"} <= set(choice.grid)
+    assert "anchor,gate=9.0" in choice.gate_grid and choice.lam is not None
+    assert held.name not in evaluator.scored
+    # expert t's anchor column is its fold's anchor, a blend is half its fold's anchor
+    for t in tasks:
+        own = anchors.folds[anchors.fold_of[t]]
+        alone = candidate_mixture(bank, t, Candidate(0, 0.0, False, 0.0), own)
+        assert torch.equal(alone.mean["q_proj"], own.mean["q_proj"])
+        plain = candidate_mixture(bank, t, Candidate(2, 1.0))
+        half = candidate_mixture(bank, t, Candidate(2, 1.0, False, 0.5), own)
+        expected = 0.5 * plain.mean["q_proj"] + 0.5 * own.mean["q_proj"]
+        assert torch.allclose(half.mean["q_proj"], expected, atol=1e-6)
+
+    # trained end to end: the checkpoint keeps the served anchor, whatever won
+    cfg = GeneratorConfig(
+        hidden=32, latent=4, steps=4, val_fraction=0.0, select="task", select_examples=4,
+        anchor_steps=6, anchor_folds=2,
+    )  # fmt: skip
+    rec, metrics = train_generator(reg, world["base"], cfg, tasks=suite)
+    assert "anchor" in metrics["k_tau_grid"] and "anchor_lam" in rec.hyperparameters
+    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
+    assert ckpt.anchor is not None
+    assert torch.allclose(ckpt.anchor.mean["q_proj"], anchors.full.mean["q_proj"])
+    gen = Generator.from_registry(reg, rec)
+
+    def served(k: int, tau: float, lam: float | None) -> Generator:
+        forced = copy.deepcopy(ckpt)
+        forced.hyper = forced.hyper | {"k": k, "tau": tau, "gate": None, "anchor_lam": lam}
+        return Generator(forced, embed=reg.embedder.encode, experts=gen._experts)
+
+    desc = "Does the text mention the moon? Answer yes or no."
+    query = reg.embedder.encode([desc])[0]
+    alone = served(0, 0.0, 0.0)
+    made = alone.generate([Request(desc, seed=3)])[0]
+    assert not made.neighbours and made.anchor_weight == 1.0
+    assert torch.equal(alone.mixture(query)[0].mean["q_proj"], ckpt.anchor.mean["q_proj"])
+    half = served(2, 1.0, 0.5)
+    made = half.generate([Request(desc, seed=3)])[0]
+    assert len(made.neighbours) == 2 and made.anchor_weight == pytest.approx(0.5)
+    assert sum(n.weight for n in made.neighbours) == pytest.approx(0.5, abs=1e-4)
+    plain = served(2, 1.0, None).mixture(query)[0].mean["q_proj"]
+    expected = 0.5 * plain + 0.5 * ckpt.anchor.mean["q_proj"]
+    assert torch.allclose(half.mixture(query)[0].mean["q_proj"], expected, atol=1e-6)
+    from generator.generate import register
+
+    stored = register(reg, made, base_model=world["base"])
+    assert stored.meta["anchor_weight"] == pytest.approx(0.5) and len(stored.parents) == 2
+    # the harness scores the anchor alone as the multi-task baseline
+    report = evaluate(
+        reg, evaluator, [held], base_model=world["base"], generators={"sg": alone}, bank=bank,
+        k=2, tau=0.1,
+    )  # fmt: skip
+    row = report.rows[0]
+    assert "multi-task" in report.methods
+    assert row.scores["multi-task"] == row.scores["sg-mixture-mean"]
+    with pytest.raises(InvalidInput, match="select 'task' or 'local'"):
+        GeneratorConfig(anchor_steps=5)

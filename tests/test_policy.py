@@ -9,7 +9,14 @@ import math
 import pytest
 import torch
 
-from generator.policy import NONE, LocalPolicy, fit_policy, parse_candidate
+from generator.policy import (
+    ANCHOR,
+    NONE,
+    LocalPolicy,
+    candidate_key,
+    fit_policy,
+    parse_candidate,
+)
 from registry.errors import InvalidInput
 
 CANDIDATES = ["k=1,tau=0.02", "k=4,tau=0.5", NONE]
@@ -100,7 +107,21 @@ def test_bad_policies_and_queries_are_clear_errors() -> None:
         fit_policy(CANDIDATES, torch.full((6, 3), float("nan")), ll, emb)
     with pytest.raises(InvalidInput, match="not a local policy"):
         LocalPolicy.from_json({"candidates": CANDIDATES})
-    assert parse_candidate("k=3,tau=0.1") == (3, 0.1, False) and parse_candidate(NONE) is None
-    assert parse_candidate("anti,k=2,tau=0.5") == (2, 0.5, True)
-    with pytest.raises(InvalidInput, match="not a mixture candidate"):
-        parse_candidate("anti,k=2")
+    assert parse_candidate("k=3,tau=0.1") == (3, 0.1, False, 1.0)
+    assert parse_candidate(NONE) is None
+    assert parse_candidate("anti,k=2,tau=0.5") == (2, 0.5, True, 1.0)
+    for bad in ("anti,k=2", "anchor=0,k=1,tau=0.5", "anchor=1.5,k=1,tau=0.5", "anchor=0.5",
+                "k=0,tau=0.5", "k=1,tau=0.5,x=1"):  # fmt: skip
+        with pytest.raises(InvalidInput, match="not a mixture candidate"):
+            parse_candidate(bad)
+    with pytest.raises(InvalidInput, match="not blended"):
+        candidate_key(2, 0.5, True, 0.5)
+
+
+def test_anchor_candidates_round_trip_through_their_keys() -> None:
+    for cand in [(1, 0.02, False, 1.0), (4, 0.5, True, 1.0), (8, 0.5, False, 0.5)]:
+        key = candidate_key(*cand)
+        assert parse_candidate(key) == cand
+    assert candidate_key(8, 0.5, False, 0.5) == "anchor=0.5,k=8,tau=0.5"
+    assert candidate_key(0, 0.0, False, 0.0) == ANCHOR == "anchor"
+    assert parse_candidate(ANCHOR) == (0, 0.0, False, 0.0)  # the anchor alone, no experts

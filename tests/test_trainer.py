@@ -20,6 +20,7 @@ from generator.lora_trainer import (
     lora_state,
     split_prefix,
     train_lora,
+    train_multitask,
 )
 from generator.prompting import PromptFormat
 from generator.tasks import Example
@@ -155,6 +156,24 @@ def test_training_learns_is_deterministic_and_keeps_the_trajectory(base) -> None
     assert all((v >= 0).all() for v in a.var.values())
     assert a.tokens > 0 and a.tokens_per_second > 0
     assert sorted(a.peft_config["target_modules"]) == ["q_proj", "v_proj"]
+
+
+def test_one_lora_learns_several_tasks_from_their_descriptions(base) -> None:  # type: ignore[no-untyped-def]
+    model, fmt = base
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dog = [Example(e.input, "yes" if "dog" in e.input.split() else "no") for e in examples(64, 1)]
+    tasks = [(DESCRIPTION, examples(64)), ("Does the text mention a dog?", dog), ("Empty.", [])]
+    cfg = TrainConfig(rank=4, alpha=8, steps=24, batch_size=8, lr=3e-2, snapshots=2)
+    a = train_multitask(model, fmt, tasks, cfg)
+    assert len(a.losses) == 24 and sum(a.losses[-6:]) < 0.7 * sum(a.losses[:6])
+    b = train_multitask(model, fmt, tasks, cfg)
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the second task's batches changed what was learnt
+    one = train_multitask(model, fmt, tasks[:1], cfg)
+    assert not all(torch.equal(one.weights[k], a.weights[k]) for k in a.weights)
+    with pytest.raises(InvalidInput, match="no training examples"):
+        train_multitask(model, fmt, [("Empty.", [])], cfg)
 
 
 @pytest.mark.parametrize(
