@@ -101,8 +101,18 @@ def train_anchors(
         if on_progress:
             on_progress(f"training the {label} on {len(members)} tasks, {n_steps} steps")
         cfg = dataclasses.replace(config, steps=n_steps)
+
+        def on_step(step: int, loss: float) -> None:
+            done = step + 1
+            if on_progress and (done % 20 == 0 or done == n_steps):
+                on_progress(f"  {label}: step {done}/{n_steps}, loss {loss:.3f}")
+
         result = trainer(
-            model, fmt, [(usable[t].description, usable[t].train) for t in members], cfg
+            model,
+            fmt,
+            [(usable[t].description, usable[t].train) for t in members],
+            cfg,
+            on_step=on_step,
         )
         return Anchor(bank.layout.flatten(result.mean), bank.layout.flatten(result.var))
 

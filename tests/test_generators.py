@@ -488,10 +488,14 @@ def test_a_multitask_anchor_is_scored_by_folds_that_never_saw_the_task(world) ->
         calls.append(({d for d, _ in groups}, config.steps))
         return train_multitask(model, fmt, groups, config, **kw)
 
+    messages: list[str] = []
     anchors = train_anchors(
-        bank, tasks, evaluator.model, evaluator.format, steps=6, folds=2, trainer=trainer
-    )
+        bank, tasks, evaluator.model, evaluator.format, steps=6, folds=2, trainer=trainer,
+        on_progress=messages.append,
+    )  # fmt: skip
     assert len(calls) == 3 and sorted(anchors.fold_of) == sorted(tasks)
+    assert any(m.startswith("training the served anchor") for m in messages)
+    assert any("served anchor: step 6/6, loss" in m for m in messages)  # progress, then done
     for f in range(2):
         outside = {tasks[t].description for t, g in anchors.fold_of.items() if g != f}
         assert calls[f][0] == outside  # fold f's anchor never saw fold f's tasks
