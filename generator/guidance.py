@@ -55,12 +55,19 @@ def guide_weights(
 ) -> torch.Tensor:
     """(K,) similarities, sorted descending -> weights over their first K' <= K
     experts: the nearest alone when it leads the runner-up by more than ``gate``."""
-    if gate is not None and similarities.numel() > 1:
-        if gate < 0:
-            raise ValueError(f"gate must be non-negative, got {gate}")
-        if float(similarities[0] - similarities[1]) > gate:
-            return torch.ones(1)
+    if gate_fires(similarities, gate):
+        return torch.ones(1)
     return softmax_weights(similarities, tau)
+
+
+def gate_fires(similarities: torch.Tensor, gate: float | None) -> bool:
+    """Whether the nearest of (K,) descending ``similarities`` leads the runner-up by
+    more than ``gate`` (never without a gate or a runner-up)."""
+    if gate is None or similarities.numel() < 2:
+        return False
+    if gate < 0:
+        raise ValueError(f"gate must be non-negative, got {gate}")
+    return float(similarities[0] - similarities[1]) > gate
 
 
 def mix(
@@ -139,7 +146,7 @@ def guided_mixture(
     the anchor alone."""
     if lam is not None and lam < 1.0 and anchor is None:
         raise ValueError("blending with the anchor needs one")
-    if gate is not None and sims.numel() > 1 and float(sims[0] - sims[1]) > gate:
+    if gate_fires(sims, gate):
         return 1, mix(torch.ones(1), means[:1], variances[:1])
     if k == 0 or lam == 0.0:
         if anchor is None:
