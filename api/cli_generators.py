@@ -69,6 +69,14 @@ def generator_train(
             "K and tau by --select task)."
         ),
     ] = None,
+    gate_sim: Annotated[
+        float | None,
+        typer.Option(
+            help="SG-LoRA: use the nearest expert alone when its description cosine "
+            "similarity is at least this (default: none, or chosen with K and tau by "
+            "--select task)."
+        ),
+    ] = None,
     describe: Annotated[
         bool,
         typer.Option(
@@ -113,6 +121,7 @@ def generator_train(
         select=select,
         select_examples=select_examples,
         gate=gate,
+        gate_sim=gate_sim,
         describe=describe,
         anchor_steps=anchor_steps,
         anchor_folds=anchor_folds,
@@ -150,6 +159,8 @@ def generator_train(
     extra = f", k={m['k']}, tau={m['tau']} (by {m.get('k_tau_by', 'given')})" if "k" in m else ""
     if m.get("gate") is not None:
         extra += f", gate={m['gate']}"
+    if m.get("gate_sim") is not None:
+        extra += f", gate_sim={m['gate_sim']}"
     if "correction_kept" in m:
         extra += (
             f", correction {'kept' if m['correction_kept'] else 'dropped'} (validation tasks "

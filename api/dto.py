@@ -167,6 +167,7 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     select: str = "weights"  # how SG-LoRA picks K and tau when not given: or "task", "local"
     select_examples: int = 16  # examples of each training task that "task"/"local" score
     gate: float | None = None  # SG-LoRA: the nearest expert alone when it leads by more
+    gate_sim: float | None = None  # ... or when its similarity is at least this
     describe: bool = False  # SG-LoRA: the correction also reads the description
     anchor_steps: int = 0  # SG-LoRA: steps of its multi-task anchor (0: none)
     anchor_folds: int = 3  # SG-LoRA: folds whose anchors score the anchor leave-out

@@ -192,13 +192,14 @@ class ExpertBank:
         tau: float,
         gate: float | None = None,
         *,
+        gate_sim: float | None = None,
         exclude: int | None = None,
     ) -> tuple[list[int], torch.Tensor, Mixture]:
         """SG-LoRA's mixture for ``query``: its top-``k`` experts (the nearest alone when
-        it leads by more than ``gate``), their sims, and the mixture; ``exclude`` as in
-        ``nearest``."""
+        it leads by more than ``gate`` or is at least ``gate_sim`` similar), their sims,
+        and the mixture; ``exclude`` as in ``nearest``."""
         idx, sims = self.nearest(query, k, exclude=exclude)
-        w = guide_weights(sims, tau, gate)
+        w = guide_weights(sims, tau, gate, gate_sim)
         idx, sims = idx[: len(w)], sims[: len(w)]
         means = [self.experts[i].mean for i in idx]
         return idx, sims, mix(w, means, [self.experts[i].var for i in idx])

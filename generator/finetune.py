@@ -54,6 +54,7 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
             policy,
             lam=ckpt.hyper.get("anchor_lam"),
             anchor=ckpt.anchor,
+            gate_sim=ckpt.hyper.get("gate_sim"),
         )[0]
         mean = to_tokens(layout, norm, [mixture.mean])
         logvar = var_tokens(

@@ -272,7 +272,7 @@ class Generator:
         with a local policy, the candidate it chose (``none``: an all-zero mixture)."""
         hyper = self.ckpt.hyper
         k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
-        lam = hyper.get("anchor_lam")
+        gate_sim, lam = hyper.get("gate_sim"), hyper.get("anchor_lam")
         choice, picked = None, None
         if self.policy is not None:
             emb = self.ckpt.expert_embeddings
@@ -284,11 +284,11 @@ class Generator:
             if picked is None:
                 zero = self._zero_rows()
                 return Mixture(torch.zeros(0), zero, zero), [], choice
-            k, tau, gate, lam = picked.k, picked.tau, None, picked.lam
+            k, tau, gate, gate_sim, lam = picked.k, picked.tau, None, None, picked.lam
         anchor = self.ckpt.anchor
         if (k == 0 or (lam is not None and lam < 1.0)) and anchor is None:
             raise InvalidInput("this generator's checkpoint lacks its anchor")
-        fetch = max(k, 2 if gate is not None else 0)
+        fetch = max(k, 2 if gate is not None else 1 if gate_sim is not None else 0)
         experts, sims = self.neighbours(query, fetch) if fetch else ([], torch.zeros(0))
         used, mixture = guided_mixture(
             sims,
@@ -299,6 +299,7 @@ class Generator:
             gate=gate,
             lam=lam,
             anchor=anchor,
+            gate_sim=gate_sim,
         )
         experts, sims = experts[:used], sims[:used]
         if picked is not None and picked.anti:

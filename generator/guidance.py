@@ -16,12 +16,13 @@ K = 1 the "nearest adapter" baseline.
 An anchor (optional, ``blend``): a multi-task adapter trained on all the
 training tasks; the served mixture is lam mu* + (1 - lam) a.
 
-The similarity gate (optional): when the nearest expert's similarity leads the
-runner-up's by more than ``gate``, the mixture is that expert alone. A new task
-with one clear sibling in the registry (the same question about another
-plant, topic or language) is then served by the sibling, while a task with no
-close expert still gets the broad top-K mixture. Pure torch: no registry, no
-FAISS.
+The similarity gates (optional): when the nearest expert's similarity leads the
+runner-up's by more than ``gate``, or is itself at least ``gate_sim``, the
+mixture is that expert alone. A new task with one clear sibling in the
+registry (the same question about another plant, topic or language), or with
+one as close as siblings are, is then served by the sibling, while a task with
+no close expert still gets the broad top-K mixture. Pure torch: no registry,
+no FAISS.
 """
 
 from __future__ import annotations
@@ -51,22 +52,32 @@ def softmax_weights(similarities: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def guide_weights(
-    similarities: torch.Tensor, tau: float, gate: float | None = None
+    similarities: torch.Tensor,
+    tau: float,
+    gate: float | None = None,
+    gate_sim: float | None = None,
 ) -> torch.Tensor:
     """(K,) similarities, sorted descending -> weights over their first K' <= K
-    experts: the nearest alone when it leads the runner-up by more than ``gate``."""
-    if gate_fires(similarities, gate):
+    experts: the nearest alone when a gate fires (``gate_fires``)."""
+    if gate_fires(similarities, gate, gate_sim):
         return torch.ones(1)
     return softmax_weights(similarities, tau)
 
 
-def gate_fires(similarities: torch.Tensor, gate: float | None) -> bool:
-    """Whether the nearest of (K,) descending ``similarities`` leads the runner-up by
-    more than ``gate`` (never without a gate or a runner-up)."""
+def gate_fires(
+    similarities: torch.Tensor, gate: float | None, gate_sim: float | None = None
+) -> bool:
+    """Whether the nearest of (K,) descending ``similarities`` is to serve alone: it
+    leads the runner-up by more than ``gate`` (never without a runner-up), or its own
+    similarity is at least ``gate_sim``. Neither given: never."""
+    if gate is not None and gate < 0:
+        raise ValueError(f"gate must be non-negative, got {gate}")
+    if gate_sim is not None and not -1.0 <= gate_sim <= 1.0:
+        raise ValueError(f"gate_sim is a cosine similarity in [-1, 1], got {gate_sim}")
+    if gate_sim is not None and similarities.numel() and float(similarities[0]) >= gate_sim:
+        return True
     if gate is None or similarities.numel() < 2:
         return False
-    if gate < 0:
-        raise ValueError(f"gate must be non-negative, got {gate}")
     return float(similarities[0] - similarities[1]) > gate
 
 
@@ -137,16 +148,18 @@ def guided_mixture(
     gate: float | None = None,
     lam: float | None = None,
     anchor: Anchor | None = None,
+    gate_sim: float | None = None,
 ) -> tuple[int, Mixture]:
     """SG-LoRA's mixture from the nearest experts (``sims`` sorted descending, with
-    their means and variances; at least ``k`` of them, and 2 for the gate to act) and
-    the number of experts it uses. The gate, when the nearest leads the runner-up by
-    more than ``gate``: the nearest alone. Otherwise the softmax mixture of the first
+    their means and variances; at least ``k`` of them, 2 for ``gate`` to act and 1 for
+    ``gate_sim``) and the number of experts it uses. When a gate fires (the nearest
+    leads the runner-up by more than ``gate``, or its similarity is at least
+    ``gate_sim``): the nearest alone. Otherwise the softmax mixture of the first
     ``k``, blended with ``anchor`` when ``lam`` < 1; ``k`` = 0 (or ``lam`` = 0) is
     the anchor alone."""
     if lam is not None and lam < 1.0 and anchor is None:
         raise ValueError("blending with the anchor needs one")
-    if gate_fires(sims, gate):
+    if gate_fires(sims, gate, gate_sim):
         return 1, mix(torch.ones(1), means[:1], variances[:1])
     if k == 0 or lam == 0.0:
         if anchor is None:

@@ -45,7 +45,9 @@ class TaskRow:
     oracle: float
     scores: dict[str, float] = field(default_factory=dict)
     neighbours: list[str] = field(default_factory=list)
-    choices: dict[str, str] = field(default_factory=dict)  # column -> local policy's choice
+    # column -> an SG-LoRA generator's mixture: its local policy's choice, else how
+    # many experts it mixed ("nearest alone", "top-K")
+    choices: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,6 +195,9 @@ def evaluate(
             row.scores[column] = evaluator.accuracy(task, (made.config, made.weights)).accuracy
             if made.choice is not None:
                 row.choices[column] = made.choice
+            elif gen.method == SG_LORA:  # how many experts it mixed: 1 where a gate fired
+                n = len(made.neighbours)
+                row.choices[column] = {0: "no experts", 1: "nearest alone"}.get(n, f"top-{n}")
         rows.append(row)
     return QualityReport(
         base_model=base_model,
@@ -205,6 +210,7 @@ def evaluate(
             "sg_k": sg_k,
             "sg_tau": sg_tau,
             "gate": gate,
+            "gate_sim": sg.ckpt.hyper.get("gate_sim") if sg is not None else None,
             "local_policy": local is not None,
             "anchor_lam": sg.ckpt.hyper.get("anchor_lam") if sg is not None else None,
             "seed": seed,

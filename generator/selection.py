@@ -10,18 +10,20 @@ scored by rank classification on a few of t's own examples. The (K, tau) with
 the best mean accuracy over the tasks wins (ties: the higher mean
 log-probability of the right label).
 
-The similarity gate is chosen from the same scores at no extra cost: with gate
-g, a task whose nearest other expert leads the runner-up by more than g takes
-the K=1 score, any other task the (K, tau) mixture's. Gated candidates compete
-with the plain ones (equal accuracy: the higher mean log-probability, then the
-plain one). Held-out tasks never reach this code: the caller passes the
-training experts' tasks only.
+The similarity gates are chosen from the same scores at no extra cost: with
+gate g, a task whose nearest other expert leads the runner-up by more than g
+takes the K=1 score, any other task the (K, tau) mixture's; with the floor s
+(``gate_sim``), a task whose nearest other expert's description is at least s
+similar takes the K=1 score. Gated candidates compete with the plain ones
+(equal accuracy: the higher mean log-probability, then the plain one).
+Held-out tasks never reach this code: the caller passes the training experts'
+tasks only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,12 +40,20 @@ from registry.errors import InvalidInput
 TAU_GRID = (0.02, 0.1, 0.5)  # coarser than training's: every candidate costs a model pass
 WEIGHT_FLOOR = 5e-4  # mixture weights below this do not make a mixture distinct
 GATE_GRID = (0.02, 0.05, 0.1, 0.2)  # lead in cosine similarity of the nearest expert
+# floors on the nearest expert's own cosine similarity (gate_sim)
+GATE_SIM_GRID = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 ANTI_KS = (1, 2, 4, 8)  # mirrored mixtures a local policy may choose, at ANTI_TAU
 ANTI_TAU = 0.5
 # mixtures blended with the multi-task anchor (K, tau), at ANCHOR_LAM: the nearest
 # expert, a few and a broad set; the anchor alone is a candidate too
 ANCHOR_MIXTURES = ((1, 0.02), (4, 0.5), (8, 0.5))
 ANCHOR_LAM = 0.5
+LEAD, FLOOR = "gate", "gate_sim"  # the two gates, named as in the config
+
+
+class Gate(NamedTuple):
+    kind: str  # LEAD: the nearest leads the runner-up by more than value; FLOOR: is >= value
+    value: float
 
 
 def spread(examples: Sequence[Example], n: int) -> list[Example]:
@@ -62,6 +72,7 @@ def choose_k_tau_by_task(
     ks: Sequence[int] = K_GRID,
     taus: Sequence[float] = TAU_GRID,
     gates: Sequence[float] = GATE_GRID,
+    gate_sims: Sequence[float] = GATE_SIM_GRID,
     examples: int = 16,
     local: bool = False,
     anti_ks: Sequence[int] = ANTI_KS,
@@ -69,7 +80,8 @@ def choose_k_tau_by_task(
     on_task: Callable[[int, int], None] | None = None,
 ) -> KTauChoice:
     """K, tau and gate by the mean accuracy of the leave-one-out mixtures; the choice's
-    ``grid`` scores every candidate, its ``gate_grid`` every gated one. With
+    ``grid`` scores every candidate, its ``gate_grid`` every gated one (a lead ``gate``
+    from ``gates`` or a similarity floor ``gate_sim`` from ``gate_sims``). With
     ``anchors``, the multi-task anchor alone and mixtures blended with it
     (``ANCHOR_MIXTURES`` at ``ANCHOR_LAM``) are candidates too, each expert scored
     with the anchor of its fold (one that never saw its task). With ``local``,
@@ -101,11 +113,13 @@ def choose_k_tau_by_task(
     acc_t = torch.full((len(bank), C), nan)  # (E, C) per expert and candidate
     ll_t = torch.full((len(bank), C), nan)
     leads: list[float] = []  # per task: the nearest other expert's lead over the runner-up
+    tops: list[float] = []  # per task: the nearest other expert's similarity
     for n, (t, task) in enumerate(sorted(usable.items())):
         chosen = spread(task.train, examples)
         seen: dict[tuple[object, ...], tuple[float, float]] = {}
         _, top2 = bank.nearest(bank.embeddings[t], 2, exclude=t)
         leads.append(float(top2[0] - top2[1]) if len(top2) > 1 else float("inf"))
+        tops.append(float(top2[0]))
         anchor = anchors.for_expert(t) if anchors is not None else None
         for c, cand in enumerate(columns):
             idx, sims = bank.nearest(bank.embeddings[t], cand.k, exclude=t)
@@ -133,17 +147,19 @@ def choose_k_tau_by_task(
     plain = [c for c in columns if not c.anti]
     acc = {c: acc_t[rows, columns.index(c)].tolist() for c in plain}
     loglik = {c: ll_t[rows, columns.index(c)].tolist() for c in plain}
-    # candidates (mixture, gate) -> (mean accuracy, mean log-probability); ungated first
-    scored: dict[tuple[Candidate, float | None], tuple[float, float]] = {
+    # candidates (mixture, gate) -> (mean accuracy, mean log-probability), the gate
+    # None (ungated; first, so that ties keep them), GATE + g or GATE_SIM + s
+    scored: dict[tuple[Candidate, Gate | None], tuple[float, float]] = {
         (c, None): (mean(acc[c]), mean(loglik[c])) for c in plain
     }
     single = next((c for c in plain if c.k == 1 and c.lam == 1.0), None)
     if single is not None:
+        gatings = [(Gate(LEAD, g), [lead > g for lead in leads]) for g in gates]
+        gatings += [(Gate(FLOOR, s), [top >= s for top in tops]) for s in gate_sims]
         for cand in plain:
             if cand == single:
                 continue
-            for g in gates:
-                pick = [lead > g for lead in leads]
+            for gating, pick in gatings:
                 gated_acc = [
                     x1 if p else x for x1, x, p in zip(acc[single], acc[cand], pick, strict=True)
                 ]
@@ -151,7 +167,7 @@ def choose_k_tau_by_task(
                     x1 if p else x
                     for x1, x, p in zip(loglik[single], loglik[cand], pick, strict=True)
                 ]
-                scored[(cand, g)] = (mean(gated_acc), mean(gated_ll))
+                scored[(cand, gating)] = (mean(gated_acc), mean(gated_ll))
     best, best_gate = max(scored, key=lambda c: (round(scored[c][0], 6), scored[c][1]))
     policy = None
     if local:
@@ -162,11 +178,18 @@ def choose_k_tau_by_task(
         tau=best.tau,
         by="local" if local else "task",
         grid={candidate_key(*c): round(scored[(c, None)][0], 4) for c in plain},
-        gate=best_gate,
+        gate=best_gate.value if best_gate is not None and best_gate.kind == LEAD else None,
+        gate_sim=best_gate.value if best_gate is not None and best_gate.kind == FLOOR else None,
         gate_grid={
-            f"{candidate_key(*c)},gate={g}": round(v[0], 4)
+            f"{candidate_key(*c)},{g.kind}={g.value}": round(v[0], 4)
             for (c, g), v in scored.items()
             if g is not None
+        },
+        scores={
+            usable[t].name: {
+                candidate_key(*c): round(float(acc_t[t, columns.index(c)]), 4) for c in plain
+            }
+            for t in rows
         },
         policy=policy,
         lam=best.lam if anchors is not None else None,

@@ -77,6 +77,10 @@ class GeneratorConfig:
     # it leads the runner-up by more than this; None = always the top-K mixture. The
     # "task" choice picks it with K and tau.
     gate: float | None = None
+    # SG-LoRA's similarity floor: the nearest expert alone when its description cosine
+    # similarity is at least this (a new task as close to an expert as siblings are);
+    # None = no floor. Chosen with the gate by "task" selection.
+    gate_sim: float | None = None
     # SG-LoRA: also condition the correction on the description embedding
     describe: bool = False
     # SG-LoRA: steps of the multi-task anchor (generator/anchor.py), trained on the
@@ -112,6 +116,8 @@ class GeneratorConfig:
             raise InvalidInput(f"select must be one of {', '.join(SELECT_BY)}, got {self.select!r}")
         if self.gate is not None and not self.gate >= 0:
             raise InvalidInput(f"gate must be non-negative, got {self.gate}")
+        if self.gate_sim is not None and not -1.0 <= self.gate_sim <= 1.0:
+            raise InvalidInput(f"gate_sim is a cosine similarity in [-1, 1], got {self.gate_sim}")
         if self.tau is not None and self.tau <= 0:
             raise InvalidInput(f"tau must be positive, got {self.tau}")
         if not self.lr > 0:
@@ -128,6 +134,7 @@ class GeneratorConfig:
             select=p.get("select", "weights"),
             select_examples=int(p.get("select_examples", 16)),
             gate=p.get("gate"),
+            gate_sim=p.get("gate_sim"),
             describe=bool(p.get("describe", False)),
             anchor_steps=int(p.get("anchor_steps", 0)),
             anchor_folds=int(p.get("anchor_folds", 3)),
@@ -233,6 +240,9 @@ class KTauChoice:
     grid: dict[str, float]
     gate: float | None = None
     gate_grid: dict[str, float] = field(default_factory=dict)
+    gate_sim: float | None = None
+    # per training expert (by its task's name): every ungated candidate's leave-one-out accuracy
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
     policy: LocalPolicy | None = None  # "local": the mixture is chosen per request
     lam: float | None = None  # with an anchor: the mixture's share (0: the anchor alone)
 
@@ -265,7 +275,11 @@ def fit_sg(
         choice = KTauChoice(k_w, tau_w, "weights", grid_w, config.gate)
     k = config.k or choice.k
     tau = config.tau or choice.tau
-    gate = config.gate if config.gate is not None else choice.gate
+    # gates given (either one) are used as given; otherwise the choice's
+    if config.gate is not None or config.gate_sim is not None:
+        gate, gate_sim = config.gate, config.gate_sim
+    else:
+        gate, gate_sim = choice.gate, choice.gate_sim
     grid = choice.grid
     k = min(k, len(bank) - 1)
     given = config.k is not None and config.tau is not None
@@ -279,7 +293,9 @@ def fit_sg(
     mixtures, chosen = [], []
     for t in range(len(bank)):
         anchor = anchors.for_expert(t) if anchors is not None else None
-        mx, pick = loo_mixture(bank, t, k, tau, gate, policy, lam=lam, anchor=anchor)
+        mx, pick = loo_mixture(
+            bank, t, k, tau, gate, policy, lam=lam, anchor=anchor, gate_sim=gate_sim
+        )
         mixtures.append(mx)
         chosen.append(pick)
     logv = []
@@ -353,7 +369,9 @@ def fit_sg(
         "k_tau_grid": grid,
         "k_tau_by": choice.by,
         "gate": gate,
+        "gate_sim": gate_sim,
         "gate_grid": choice.gate_grid,
+        "k_tau_scores": choice.scores,
         "anchor_lam": lam,
         **(_policy_metrics(policy, chosen) if policy is not None else {}),
         **correction,
@@ -370,6 +388,7 @@ def fit_sg(
         "k_tau_by": choice.by,
         "k_tau_grid": grid,
         "gate": gate,
+        "gate_sim": gate_sim,
         "gate_grid": choice.gate_grid,
         "anchor_lam": lam,
         **({"policy": policy.to_json()} if policy is not None else {}),
@@ -405,8 +424,9 @@ def loo_mixture(
     *,
     lam: float | None = None,
     anchor: Anchor | None = None,
+    gate_sim: float | None = None,
 ) -> tuple[Mixture, str | None]:
-    """Expert ``t``'s leave-one-out condition: the (K, tau, gate) mixture of the other
+    """Expert ``t``'s leave-one-out condition: the (K, tau, gates) mixture of the other
     experts (blended with ``anchor`` by ``lam``) or, with a local policy, the mixture
     its neighbours choose for it (the global one where they choose no adapter: the
     correction learns from mixtures)."""
@@ -418,12 +438,12 @@ def loo_mixture(
         cand = parse_candidate(pick)
         if cand is not None:
             return candidate_mixture(bank, t, cand, anchor), pick
-    fetch = min(max(k, 2 if gate is not None else 0), len(bank) - 1)
+    fetch = min(max(k, 2 if gate is not None else 1 if gate_sim is not None else 0), len(bank) - 1)
     idx, sims = bank.nearest(bank.embeddings[t], fetch, exclude=t)
     experts = [bank.experts[i] for i in idx]
     _, mx = guided_mixture(
         sims, [e.mean for e in experts], [e.var for e in experts],
-        k=k, tau=tau, gate=gate, lam=lam, anchor=anchor,
+        k=k, tau=tau, gate=gate, lam=lam, anchor=anchor, gate_sim=gate_sim,
     )  # fmt: skip
     return mx, pick
 

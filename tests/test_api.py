@@ -327,7 +327,14 @@ def test_generator_training_job_runs_on_the_worker(client: TestClient, world) ->
     bad = client.post("/v1/generators", json=body | {"method": "x"}, headers=auth(world["admin"]))
     assert bad.status_code == 400
     jobs_before = reg.count_jobs()
-    for wrong in ({"gate": -0.5}, {"select": "vibes"}, {"tau": 0}, {"anchor_steps": 50}):
+    wrongs = (
+        {"gate": -0.5},
+        {"gate_sim": 2},
+        {"select": "vibes"},
+        {"tau": 0},
+        {"anchor_steps": 50},
+    )
+    for wrong in wrongs:
         r = client.post("/v1/generators", json=body | wrong, headers=auth(world["admin"]))
         assert r.status_code == 400 and next(iter(wrong)) in r.json()["detail"], r.text
     assert reg.count_jobs() == jobs_before  # a refused request queues nothing

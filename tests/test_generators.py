@@ -124,6 +124,12 @@ def test_quality_harness_scores_every_column(world, tmp_path: Path) -> None:  # 
     assert row.task == "moon" and "zoo-moon" not in row.neighbours
     assert set(row.scores) == {"base", "nearest", "weighted-mean", "sg-mixture-mean", "sg-lora"}
     assert all(0.0 <= v <= 1.0 for v in row.scores.values())
+    # the row says how many experts SG-LoRA mixed for the task
+    used = len(gens["sg-lora"].generate([Request(held[0].description)])[0].neighbours)
+    k = int(gens["sg-lora"].ckpt.hyper["k"])
+    assert used in (1, k) and row.choices == {
+        "sg-lora": "nearest alone" if used == 1 else f"top-{k}"
+    }
     path = write(report, tmp_path)
     data = json.loads(path.read_text())
     assert data["columns"][-1] == "oracle" and "sg-lora" in data["relative_to_oracle"]
@@ -272,8 +278,9 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
     evaluator = RecordingEvaluator.from_path(Path(world["base"]))
     assert isinstance(evaluator, RecordingEvaluator)
     choice = choose_k_tau_by_task(
-        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), gates=(-1.0, 9.0), examples=6
-    )
+        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), gates=(-1.0, 9.0),
+        gate_sims=(-1.0, 1.0), examples=6,
+    )  # fmt: skip
     k, tau, grid = choice.k, choice.tau, choice.grid
     assert choice.by == "task"
     assert set(grid) == {
@@ -284,21 +291,33 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
         "k=4,tau=1.0",
     }
     assert all(0.0 <= v <= 1.0 for v in grid.values())
-    # gated candidates reuse the scores: a gate every lead passes is the nearest alone,
-    # one no lead passes the plain mixture
+    # each candidate's grid score is the mean of its per-task scores, kept by task
+    assert sorted(choice.scores) == sorted(n for n, _ in TASKS)
+    for c, v in grid.items():
+        per_task = [s[c] for s in choice.scores.values()]
+        assert v == pytest.approx(sum(per_task) / len(per_task), abs=1e-3)
+    # gated candidates reuse the scores: a gate every lead passes (or a floor every
+    # nearest expert reaches) is the nearest alone, one no lead passes (no nearest
+    # expert reaches: distinct descriptions are never identical) the plain mixture
     gated = choice.gate_grid
     assert set(gated) == {
-        f"{c},gate={g}" for c in grid if not c.startswith("k=1,") for g in (-1.0, 9.0)
+        f"{c},{kind}={g}"
+        for c in grid
+        if not c.startswith("k=1,")
+        for kind in ("gate", "gate_sim")
+        for g in ((-1.0, 9.0) if kind == "gate" else (-1.0, 1.0))
     }
     for c in grid:
         if not c.startswith("k=1,"):
-            assert gated[f"{c},gate=-1.0"] == grid["k=1,tau=0.001"]
-            assert gated[f"{c},gate=9.0"] == grid[c]
-    winner = (
-        grid[f"k={k},tau={tau}"]
-        if choice.gate is None
-        else gated[f"k={k},tau={tau},gate={choice.gate}"]
-    )
+            assert gated[f"{c},gate=-1.0"] == gated[f"{c},gate_sim=-1.0"] == grid["k=1,tau=0.001"]
+            assert gated[f"{c},gate=9.0"] == gated[f"{c},gate_sim=1.0"] == grid[c]
+    assert choice.gate is None or choice.gate_sim is None  # one gate at most
+    if choice.gate is not None:
+        winner = gated[f"k={k},tau={tau},gate={choice.gate}"]
+    elif choice.gate_sim is not None:
+        winner = gated[f"k={k},tau={tau},gate_sim={choice.gate_sim}"]
+    else:
+        winner = grid[f"k={k},tau={tau}"]
     assert winner == max([*grid.values(), *gated.values()])  # the winner has the best accuracy
     assert "moon" not in evaluator.scored and set(evaluator.scored) == {n for n, _ in TASKS}
     # identical mixtures are scored once: K=1 and every low-tau mixture that puts all
@@ -316,9 +335,11 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
     scores = {**by_task["k_tau_grid"], **by_task["gate_grid"]}
     key = f"k={by_task['k']},tau={by_task['tau']}"
     key += f",gate={by_task['gate']}" if by_task["gate"] is not None else ""
+    key += f",gate_sim={by_task['gate_sim']}" if by_task["gate_sim"] is not None else ""
     assert scores[key] == max(scores.values())
+    assert set(by_task["k_tau_scores"]) == {n for n, _ in TASKS}
     gen = Checkpoint.from_bytes(reg.generator_checkpoint(rec_task.id))
-    assert gen.hyper["gate"] == by_task["gate"]
+    assert gen.hyper["gate"] == by_task["gate"] and gen.hyper["gate_sim"] == by_task["gate_sim"]
     # the learned correction was weighed on the validation experts' own tasks
     checked = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.4, k=2, tau=0.1)
     _, weighed = train_generator(reg, world["base"], checked, tasks=list(world["suite"]))
@@ -339,6 +360,8 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
         GeneratorConfig(select="vibes")
     with pytest.raises(InvalidInput, match="gate must be non-negative"):
         GeneratorConfig(gate=-0.1)
+    with pytest.raises(InvalidInput, match="gate_sim is a cosine similarity"):
+        GeneratorConfig(gate_sim=1.5)
     with pytest.raises(InvalidInput, match="select_examples must be at least 1"):
         GeneratorConfig(select="local", select_examples=0)
 
@@ -347,17 +370,22 @@ def test_the_similarity_gate_reaches_generation(world) -> None:  # type: ignore[
     reg: Registry = world["registry"]
     desc = "Does the text mention the moon? Answer yes or no."
     made = {}
-    for gate in (None, 0.0):
+    for gate, floor in ((None, None), (0.0, None), (None, -1.0), (None, 1.0)):
         cfg = GeneratorConfig(
-            hidden=32, latent=4, steps=2, val_fraction=0.0, k=3, tau=0.5, gate=gate
-        )
-        rec, metrics = train_generator(reg, world["base"], cfg, name=f"gate-{gate}")
-        assert metrics["gate"] == gate
-        made[gate] = Generator.from_registry(reg, rec).generate([Request(desc)])[0]
-    plain, gated = made[None].neighbours, made[0.0].neighbours
+            hidden=32, latent=4, steps=2, val_fraction=0.0, k=3, tau=0.5, gate=gate,
+            gate_sim=floor,
+        )  # fmt: skip
+        rec, metrics = train_generator(reg, world["base"], cfg, name=f"gate-{gate}-{floor}")
+        assert metrics["gate"] == gate and metrics["gate_sim"] == floor
+        made[gate, floor] = Generator.from_registry(reg, rec).generate([Request(desc)])[0]
+    plain = made[None, None].neighbours
     assert len(plain) == 3 and sum(n.weight for n in plain) == pytest.approx(1.0, abs=1e-4)
-    # the nearest leads by more than 0: it alone makes the adapter
-    assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
+    # the nearest leads by more than 0, or is at least -1 similar: it alone makes the
+    # adapter; no description reaches a similarity of 1 (identical): the mixture
+    for alone in ((0.0, None), (None, -1.0)):
+        gated = made[alone].neighbours
+        assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
+    assert made[None, 1.0].neighbours == plain
 
 
 def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type: ignore[no-untyped-def]

@@ -49,6 +49,20 @@ def test_the_gate_serves_a_clear_nearest_expert_alone() -> None:
         guide_weights(s, 0.1, gate=-0.5)
 
 
+def test_the_similarity_floor_serves_a_close_nearest_expert_alone() -> None:
+    s = torch.tensor([0.8, 0.78, 0.6])  # close to its nearest, which leads by little
+    assert torch.equal(guide_weights(s, 0.1, gate_sim=0.8), torch.ones(1))  # 0.8 >= 0.8
+    assert torch.allclose(guide_weights(s, 0.1, gate_sim=0.81), softmax_weights(s, 0.1))
+    assert torch.equal(guide_weights(s[:1], 0.1, gate_sim=0.5), torch.ones(1))  # no runner-up
+    # either gate firing is enough
+    assert torch.equal(guide_weights(s, 0.1, gate=0.5, gate_sim=0.7), torch.ones(1))
+    assert torch.equal(guide_weights(s, 0.1, gate=0.01, gate_sim=0.9), torch.ones(1))
+    assert torch.allclose(guide_weights(s, 0.1, gate=0.5, gate_sim=0.9), softmax_weights(s, 0.1))
+    for wrong in (1.5, -2.0):
+        with pytest.raises(ValueError, match="gate_sim"):
+            guide_weights(s, 0.1, gate_sim=wrong)
+
+
 def test_a_mirrored_mixture_reflects_through_the_experts_mean() -> None:
     from generator.guidance import mirror
 
@@ -93,6 +107,10 @@ def test_guided_mixture_gate_blend_and_anchor_alone() -> None:
     used, gated = guided_mixture(sims, means, variances, gate=0.1, lam=0.5, anchor=anchor, **kw)  # type: ignore[arg-type]
     assert used == 1 and torch.equal(gated.mean["q"], m1["q"])
     used, half = guided_mixture(sims, means, variances, gate=0.5, lam=0.5, anchor=anchor, **kw)  # type: ignore[arg-type]
+    used_floor, floored = guided_mixture(
+        sims, means, variances, gate_sim=float(sims[0]), lam=0.5, anchor=anchor, **kw
+    )  # type: ignore[arg-type]
+    assert used_floor == 1 and torch.equal(floored.mean["q"], m1["q"])  # the floor: alone too
     assert used == 2 and torch.allclose(half.mean["q"], torch.full((2, 3), 5.75), atol=1e-3)
     used, alone = guided_mixture(sims[:0], [], [], k=0, tau=0.0, anchor=anchor)
     assert used == 0 and torch.equal(alone.mean["q"], anchor.mean["q"])
