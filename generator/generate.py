@@ -24,7 +24,7 @@ import torch
 
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import Expert, load_expert
-from generator.guidance import Mixture, guided_mixture, mirror
+from generator.guidance import Mixture, experts_needed, guided_mixture, mirror
 from generator.hypernet import ICMLoraNet, SGLoraNet
 from generator.lora_trainer import Tensors
 from generator.policy import ANTI, NONE, LocalPolicy, parse_candidate
@@ -288,7 +288,7 @@ class Generator:
         anchor = self.ckpt.anchor
         if (k == 0 or (lam is not None and lam < 1.0)) and anchor is None:
             raise InvalidInput("this generator's checkpoint lacks its anchor")
-        fetch = max(k, 2 if gate is not None else 1 if gate_sim is not None else 0)
+        fetch = experts_needed(k, gate, gate_sim)
         experts, sims = self.neighbours(query, fetch) if fetch else ([], torch.zeros(0))
         used, mixture = guided_mixture(
             sims,

@@ -81,6 +81,12 @@ def gate_fires(
     return float(similarities[0] - similarities[1]) > gate
 
 
+def experts_needed(k: int, gate: float | None, gate_sim: float | None) -> int:
+    """How many nearest experts ``guided_mixture`` needs: ``k``, and the runner-up for
+    the lead ``gate`` to compare, or the nearest for the floor ``gate_sim``."""
+    return max(k, 2 if gate is not None else 1 if gate_sim is not None else 0)
+
+
 def mix(
     weights: torch.Tensor, means: Sequence[Rows], variances: Sequence[Rows] | None = None
 ) -> Mixture:

@@ -148,7 +148,7 @@ def choose_k_tau_by_task(
     acc = {c: acc_t[rows, columns.index(c)].tolist() for c in plain}
     loglik = {c: ll_t[rows, columns.index(c)].tolist() for c in plain}
     # candidates (mixture, gate) -> (mean accuracy, mean log-probability), the gate
-    # None (ungated; first, so that ties keep them), GATE + g or GATE_SIM + s
+    # None (ungated; first, so that ties keep them), a LEAD or a FLOOR Gate
     scored: dict[tuple[Candidate, Gate | None], tuple[float, float]] = {
         (c, None): (mean(acc[c]), mean(loglik[c])) for c in plain
     }

@@ -30,7 +30,7 @@ from generator.anchor import AnchorSet
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import ExpertBank
 from generator.geometry import delta_relative_error
-from generator.guidance import Anchor, Mixture, guided_mixture
+from generator.guidance import Anchor, Mixture, experts_needed, guided_mixture
 from generator.hypernet import (
     ICMLoraNet,
     NetConfig,
@@ -438,7 +438,7 @@ def loo_mixture(
         cand = parse_candidate(pick)
         if cand is not None:
             return candidate_mixture(bank, t, cand, anchor), pick
-    fetch = min(max(k, 2 if gate is not None else 1 if gate_sim is not None else 0), len(bank) - 1)
+    fetch = min(experts_needed(k, gate, gate_sim), len(bank) - 1)
     idx, sims = bank.nearest(bank.embeddings[t], fetch, exclude=t)
     experts = [bank.experts[i] for i in idx]
     _, mx = guided_mixture(
