@@ -1,6 +1,7 @@
 """How far can any choice among SG-LoRA's mixtures go on the held-out tasks?
 
     .venv/bin/python bench/ceiling.py [--base-model M] [--tasks a,b] [--report]
+                                      [--generator ID]
 
 A diagnostic, not a method: it scores every candidate that SG-LoRA's
 selection chooses among (the bare model; the top-K mixture means mu* of the
@@ -29,7 +30,12 @@ description has nothing to draw the missing accuracy from.
 
 Prints one row per task and the summary; writes
 ``$LORAMINT_HOME/results/ceiling-<base>.json``; ``--report`` prints the
-summary of that file again without scoring anything. Held-out tasks are only
+summary of that file again without scoring anything. ``--generator ID`` (an
+SG-LoRA generator chosen by ``--select task``) also prints the Spearman rank
+correlation, over the mixtures both scored, between its leave-one-out scores
+on the training tasks (``k_tau_grid``) and their shares of the oracle here:
+does what selection sees on the training tasks rank the mixtures the way the
+held-out tasks do? Held-out tasks are only
 scored here, never trained on.
 """
 
@@ -57,6 +63,39 @@ def auroc(margin: np.ndarray, positive: np.ndarray) -> float:
 
 
 NEAREST = "nearest (final weights)"
+
+
+def ranks(values: list[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank."""
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(1, len(v) + 1)
+    for x in np.unique(v):
+        r[v == x] = r[v == x].mean()
+    return r
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def selection_agreement(
+    summary: dict[str, Any], grid: dict[str, float]
+) -> tuple[int, float] | None:
+    """(mixtures compared, Spearman correlation) between a generator's leave-one-out grid
+    ("k=K,tau=T" -> training-task accuracy) and the same mixtures' shares of the oracle."""
+    pairs = []
+    for key, loo in grid.items():
+        parts = dict(p.split("=", 1) for p in key.split(","))
+        if set(parts) != {"k", "tau"}:
+            continue  # gated, mirrored or anchored candidates have no column here
+        held = summary["candidates"].get(f"K={parts['k']},tau={float(parts['tau'])}")
+        if held is not None:
+            pairs.append((loo, held["share_of_oracle"]))
+    if len(pairs) < 3:
+        return None
+    return len(pairs), spearman([p[0] for p in pairs], [p[1] for p in pairs])
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,12 +220,25 @@ def main() -> None:
     ap.add_argument(
         "--report", action="store_true", help="summarise the last results file; score nothing"
     )
+    ap.add_argument(
+        "--generator", type=int, help="an SG-LoRA generator whose selection grid to compare"
+    )
     args = ap.parse_args()
 
     from registry.blobs import write_atomic
+    from registry.errors import NotFound
     from registry.service import Registry
 
     reg = Registry()
+    grid = None  # checked before anything is scored
+    if args.generator is not None:
+        try:
+            record = reg.get_generator(args.generator)
+        except NotFound as e:
+            raise SystemExit(str(e)) from None
+        if record.metrics.get("k_tau_by") != "task":
+            raise SystemExit(f"generator {args.generator} did not choose K and tau by task")
+        grid = record.metrics.get("k_tau_grid") or {}
     out = reg.settings.results_dir / f"ceiling-{args.base_model.replace('/', '_')}.json"
     if args.report:
         if not out.exists():
@@ -197,6 +249,15 @@ def main() -> None:
         rows = score(reg, args.base_model, names)
     summary = summarise(rows)
     show(summary)
+    if grid is not None:
+        found = selection_agreement(summary, grid)
+        if found is None:
+            raise SystemExit(f"generator {args.generator} scored too few of these mixtures")
+        n, rho = found
+        print(
+            f"generator {args.generator}: Spearman correlation over {n} mixtures between its "
+            f"leave-one-out scores on the training tasks and their shares here: {rho:+.2f}"
+        )
     if not args.report:
         write_atomic(out, json.dumps({"tasks": rows, "summary": summary}, indent=2).encode())
         print(f"wrote {out}")
