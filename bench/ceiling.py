@@ -106,11 +106,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def share(pick: Callable[[dict[str, Any]], float]) -> float:
         return float(np.mean([pick(r) / r["oracle"] for r in rows if r["oracle"] > 0]))
 
-    shares = {c: share(lambda r, c=c: r["accuracy"][c]) for c in candidates}
+    def best_of(*columns: str) -> Callable[[dict[str, Any]], float]:
+        return lambda r: max(r["accuracy"][c] for c in columns)
+
+    shares = {c: share(best_of(c)) for c in candidates}
     global_best = max(candidates, key=lambda c: shares[c])
-    pairs = {
-        m: share(lambda r, m=m: max(r["accuracy"][NEAREST], r["accuracy"][m])) for m in mixtures
-    }
+    pairs = {m: share(best_of(NEAREST, m)) for m in mixtures}
     best_pair = max(mixtures, key=lambda m: pairs[m])
     aurocs = [r["bare_auroc"] for r in rows if r["bare_auroc"] is not None]
     return {
