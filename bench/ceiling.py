@@ -53,11 +53,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def auroc(margin: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive's margin beats a random negative's (ties: half)."""
+def auroc(margin: np.ndarray, positive: np.ndarray) -> float | None:
+    """Probability that a random positive's margin beats a random negative's (ties: half);
+    None when the examples hold one class only."""
     pos, neg = margin[positive], margin[~positive]
     if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
+        return None
     wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     return float(wins / (len(pos) * len(neg)))
 
