@@ -86,12 +86,14 @@ def selection_agreement(
 ) -> tuple[int, float] | None:
     """(mixtures compared, Spearman correlation) between a generator's leave-one-out grid
     ("k=K,tau=T" -> training-task accuracy) and the same mixtures' shares of the oracle."""
+    from generator.policy import parse_candidate
+
     pairs = []
     for key, loo in grid.items():
-        parts = dict(p.split("=", 1) for p in key.split(","))
-        if set(parts) != {"k", "tau"}:
-            continue  # gated, mirrored or anchored candidates have no column here
-        held = summary["candidates"].get(f"K={parts['k']},tau={float(parts['tau'])}")
+        cand = parse_candidate(key)
+        if cand is None or cand.k == 0 or cand.anti or cand.lam < 1.0:
+            continue  # no adapter, the anchor, mirrored or blended: no column here
+        held = summary["candidates"].get(f"K={cand.k},tau={cand.tau}")
         if held is not None:
             pairs.append((loo, held["share_of_oracle"]))
     if len(pairs) < 3:
