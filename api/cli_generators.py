@@ -51,15 +51,13 @@ def generator_train(
         str,
         typer.Option(
             help="How SG-LoRA chooses K and tau when not given: 'weights' (leave-one-out "
-            "error in update space; seconds), 'task' (leave-one-out accuracy of each "
-            "mixture on the experts' tasks through the base model; ~15-25 s an expert) or "
-            "'local' (the same scores kept, and each request gets the mixture, or no "
-            "adapter, that scored best on its nearest experts' tasks)."
+            "error in update space; seconds) or 'task' (leave-one-out accuracy of each "
+            "mixture on the experts' tasks through the base model; ~15-25 s an expert)."
         ),
     ] = "weights",
     select_examples: Annotated[
         int,
-        typer.Option(help="Examples of each training task that --select task|local score."),
+        typer.Option(help="Examples of each training task that --select task scores."),
     ] = 16,
     gate: Annotated[
         float | None,
@@ -69,36 +67,6 @@ def generator_train(
             "K and tau by --select task)."
         ),
     ] = None,
-    gate_sim: Annotated[
-        float | None,
-        typer.Option(
-            help="SG-LoRA: use the nearest expert alone when its description cosine "
-            "similarity is at least this (default: none, or chosen with K and tau by "
-            "--select task)."
-        ),
-    ] = None,
-    describe: Annotated[
-        bool,
-        typer.Option(
-            help="SG-LoRA: condition the learned correction on the description embedding "
-            "too, not only on the mixture."
-        ),
-    ] = False,
-    anchor_steps: Annotated[
-        int,
-        typer.Option(
-            help="SG-LoRA: train a multi-task anchor on the experts' tasks for this many "
-            "steps (0: none); the anchor alone and mixtures blended with it become "
-            "candidates of --select task|local."
-        ),
-    ] = 0,
-    anchor_folds: Annotated[
-        int,
-        typer.Option(
-            help="SG-LoRA: folds of experts; each fold's tasks are scored with an anchor "
-            "that never saw them."
-        ),
-    ] = 3,
     suite: SuiteOpt = None,
     hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
     latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
@@ -121,10 +89,6 @@ def generator_train(
         select=select,
         select_examples=select_examples,
         gate=gate,
-        gate_sim=gate_sim,
-        describe=describe,
-        anchor_steps=anchor_steps,
-        anchor_folds=anchor_folds,
         hidden=hidden,
         latent=latent,
         seed=seed,
@@ -159,8 +123,6 @@ def generator_train(
     extra = f", k={m['k']}, tau={m['tau']} (by {m.get('k_tau_by', 'given')})" if "k" in m else ""
     if m.get("gate") is not None:
         extra += f", gate={m['gate']}"
-    if m.get("gate_sim") is not None:
-        extra += f", gate_sim={m['gate_sim']}"
     if "correction_kept" in m:
         extra += (
             f", correction {'kept' if m['correction_kept'] else 'dropped'} (validation tasks "

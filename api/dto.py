@@ -108,9 +108,6 @@ class GenerateOut(msgspec.Struct):
     generator_id: int | None
     seed: int
     neighbours: list[NeighbourOut]
-    # SG-LoRA with a local policy: the mixture chosen ("k=K,tau=T", "anti,k=K,tau=T", or
-    # "none": no expert mixture helped the nearest tasks, the adapter is a zero update)
-    mixture: str | None = None
 
 
 class BaseModelOut(msgspec.Struct):
@@ -164,13 +161,9 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     steps: int = 800
     k: int | None = None
     tau: float | None = None
-    select: str = "weights"  # how SG-LoRA picks K and tau when not given: or "task", "local"
-    select_examples: int = 16  # examples of each training task that "task"/"local" score
+    select: str = "weights"  # how SG-LoRA picks K and tau when not given: or "task"
+    select_examples: int = 16  # examples of each training task that "task" scores
     gate: float | None = None  # SG-LoRA: the nearest expert alone when it leads by more
-    gate_sim: float | None = None  # ... or when its similarity is at least this
-    describe: bool = False  # SG-LoRA: the correction also reads the description
-    anchor_steps: int = 0  # SG-LoRA: steps of its multi-task anchor (0: none)
-    anchor_folds: int = 3  # SG-LoRA: folds whose anchors score the anchor leave-out
     seed: int = 0
     name: str | None = None
 

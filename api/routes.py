@@ -143,7 +143,6 @@ async def generate(
         generator_id=made.generator_id,
         seed=made.seed,
         neighbours=[NeighbourOut(**n.__dict__) for n in made.neighbours],
-        mixture=made.choice,
     )
 
 

@@ -86,13 +86,11 @@ def selection_agreement(
 ) -> tuple[int, float] | None:
     """(mixtures compared, Spearman correlation) between a generator's leave-one-out grid
     ("k=K,tau=T" -> training-task accuracy) and the same mixtures' shares of the oracle."""
-    from generator.policy import parse_candidate
+    from generator.selection import Candidate
 
     pairs = []
     for key, loo in grid.items():
-        cand = parse_candidate(key)
-        if cand is None or cand.k == 0 or cand.anti or cand.lam < 1.0:
-            continue  # no adapter, the anchor, mirrored or blended: no column here
+        cand = Candidate.parse(key)
         held = summary["candidates"].get(f"K={cand.k},tau={cand.tau}")
         if held is not None:
             pairs.append((loo, held["share_of_oracle"]))

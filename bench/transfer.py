@@ -39,13 +39,9 @@ split (its first ``--eval-n`` examples):
   target model learns from the gold labels.
 
 ``--set`` passes any other transfer setting to the job (``loramint transfer
---set``), e.g. ``--set label_prompts=true --set balance_labels=true``; the
-ablations use the job's settings, so they see the same synthetic inputs and
-weighting. With ``--set neighbour_seeds=N`` the job adds the seed inputs of the
-source's N nearest registered adapters to its distillation inputs; every
-ablation gets the same real inputs, and the "kept / generated" cell counts
-them and how many of the task's test inputs are among them (a sibling task
-may have drawn a test article as a seed). The ablations are distilled in
+--set``), e.g. ``--set balance_labels=false``; the ablations use the job's
+settings, so they see the same synthetic inputs and weighting. The ablations
+are distilled in
 this process with the job's settings and are not registered. A finished
 transfer job with the same parameters is reused unless ``--fresh``, and so
 are the figures the last results file holds for the same job and test
@@ -198,17 +194,6 @@ def score_task(
     unfiltered = raw.data["inputs"][: config.samples]
     filtered = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data
     kept = filtered["kept"]
-    distill_data = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("distill"))).data
-    # the real inputs the job borrowed from neighbouring adapters (neighbour_seeds); the
-    # ablations get them too, so every column differs from "transferred" in one thing
-    neighbours = list(distill_data.get("neighbour_inputs") or [])
-    if neighbours:
-        real = {*neighbours, *source.seed_inputs(config)}
-        # a test input that is also a distillation input (e.g. a sibling task drew the
-        # same article as a seed): counted, so a reader can judge the leak
-        cut = config.max_input_chars
-        row["test_overlap"] = sum(clean_input(e.input, cut) in real for e in test)
-        row["neighbour_inputs"] = len(neighbours)
     hard = dataclasses.replace(config, soft_filter=False)  # the ablations' own inputs only
     Variant = tuple[str, list[str], Any, dict[str, float] | None]
     variants: list[Variant] = [
@@ -245,9 +230,7 @@ def score_task(
             )
 
     def distilled_accuracy(inputs: list[str], cfg: Any, trust: dict[str, float] | None) -> float:
-        distilled, _ = distill_target(
-            source, teacher, student, inputs, cfg, modules, trust=trust, neighbours=neighbours
-        )
+        distilled, _ = distill_target(source, teacher, student, inputs, cfg, modules, trust=trust)
         adapter = (distilled.peft_config, distilled.weights)
         return float(student.accuracy(task, adapter, examples=test).accuracy)
 
@@ -305,8 +288,6 @@ def markdown(rows: list[dict[str, Any]], source: str, target: str, args: argpars
         )
         kept = stages.get("filter", {}).get("kept")
         counts = f"{kept} / {generated}" if kept is not None else r.get("error", "-")
-        if "neighbour_inputs" in r:
-            counts += f" (+{r['neighbour_inputs']} real, {r['test_overlap']} in test)"
         lines.append(
             f"| {r['task']} | " + " | ".join(fmt(r.get(c)) for c in columns) + f" | {counts} |"
         )

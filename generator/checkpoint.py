@@ -5,6 +5,11 @@ Tensors: ``net.*`` (the network), ``norm.*`` (``BlockNormaliser``) and, for
 SG-LoRA, ``experts.embeddings`` (E, D) of the experts it mixes. Everything
 else is JSON in the safetensors metadata under ``loramint``; nothing is
 pickled, so loading a checkpoint never runs code.
+
+Format 2 dropped SG-LoRA options that lost their experiments (the local policy
+and its mirrored mixtures, the multi-task anchor, the similarity floor, the
+description-aware correction; ``docs/experiments.md``): a format-1 checkpoint
+is refused with a one-line "retrain it".
 """
 
 from __future__ import annotations
@@ -18,12 +23,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from generator.guidance import Anchor
 from generator.hypernet import ICMLoraNet, NetConfig, SGLoraNet, module_shapes
 from generator.layout import BlockNormaliser, LoraLayout
 from registry.errors import InvalidInput
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SG_LORA = "sg-lora"
 ICM_LORA = "icm-lora"
 METHODS = (SG_LORA, ICM_LORA)
@@ -45,8 +49,6 @@ class Checkpoint:
     hyper: dict[str, Any]  # method hyperparameters (tau, k, kl weight, ...)
     expert_ids: list[int]
     expert_embeddings: torch.Tensor | None = None  # (E, D), SG-LoRA only
-    centre: dict[str, torch.Tensor] | None = None  # module -> (L, d) mean of the experts
-    anchor: Anchor | None = None  # SG-LoRA's multi-task anchor (generator/anchor.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -56,12 +58,6 @@ class Checkpoint:
         )
         if self.expert_embeddings is not None:
             tensors["experts.embeddings"] = self.expert_embeddings.contiguous()
-        for m, rows in (self.centre or {}).items():
-            tensors[f"centre.{m}"] = rows.contiguous()
-        if self.anchor is not None:
-            for m, rows in self.anchor.mean.items():
-                tensors[f"anchor.mean.{m}"] = rows.contiguous()
-                tensors[f"anchor.var.{m}"] = self.anchor.var[m].contiguous()
         meta = {
             "format": FORMAT_VERSION,
             "method": self.method,
@@ -87,7 +83,11 @@ class Checkpoint:
         except (SafetensorError, KeyError, ValueError) as exc:
             raise InvalidInput(f"not a loramint generator checkpoint: {exc}") from exc
         if meta.get("format") != FORMAT_VERSION:
-            raise InvalidInput(f"generator checkpoint format {meta.get('format')} is not supported")
+            raise InvalidInput(
+                f"generator checkpoint format {meta.get('format')} is no longer supported "
+                f"(this version reads format {FORMAT_VERSION}): retrain it with "
+                "`loramint generator train`"
+            )
         lay = meta["layout"]
         layout = LoraLayout.build(lay["paths"], lay["shapes"], int(lay["rank"]))
         shapes = module_shapes(layout)
@@ -112,20 +112,8 @@ class Checkpoint:
             hyper=meta["hyper"],
             expert_ids=[int(i) for i in meta["expert_ids"]],
             expert_embeddings=tensors.get("experts.embeddings"),
-            centre={k[7:]: v for k, v in tensors.items() if k.startswith("centre.")} or None,
-            anchor=_anchor(tensors),
             extra=meta.get("extra", {}),
         )
-
-
-def _anchor(tensors: dict[str, torch.Tensor]) -> Anchor | None:
-    mean = {k[12:]: v for k, v in tensors.items() if k.startswith("anchor.mean.")}
-    var = {k[11:]: v for k, v in tensors.items() if k.startswith("anchor.var.")}
-    if not mean:
-        return None
-    if set(mean) != set(var):
-        raise InvalidInput("generator checkpoint: the anchor's mean and variance differ")
-    return Anchor(mean, var)
 
 
 def _metadata(raw: bytes) -> dict[str, str]:

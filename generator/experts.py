@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from generator.guidance import Mixture, guide_weights, mix, softmax_weights
+from generator.guidance import Mixture, experts_needed, guided_mixture, mix, softmax_weights
 from generator.layout import LoraLayout
 from generator.lora_trainer import Tensors
 from generator.tasks import Task
@@ -112,7 +112,6 @@ class ExpertBank:
             raise InvalidInput(f"no expert adapters for base model {base_model}")
         self.base_model, self.layout, self.template = base_model, layout, template
         self.experts, self.embeddings = experts, embeddings
-        self._total: Rows | None = None  # sum of the experts' prototypes, on first use
 
     @classmethod
     def from_registry(
@@ -192,31 +191,17 @@ class ExpertBank:
         tau: float,
         gate: float | None = None,
         *,
-        gate_sim: float | None = None,
         exclude: int | None = None,
     ) -> tuple[list[int], torch.Tensor, Mixture]:
         """SG-LoRA's mixture for ``query``: its top-``k`` experts (the nearest alone when
-        it leads by more than ``gate`` or is at least ``gate_sim`` similar), their sims,
-        and the mixture; ``exclude`` as in ``nearest``."""
-        idx, sims = self.nearest(query, k, exclude=exclude)
-        w = guide_weights(sims, tau, gate, gate_sim)
-        idx, sims = idx[: len(w)], sims[: len(w)]
-        means = [self.experts[i].mean for i in idx]
-        return idx, sims, mix(w, means, [self.experts[i].var for i in idx])
-
-    def centre(self, *, exclude: int | None = None) -> Rows:
-        """g: the plain mean of the experts' prototypes (leaving out ``exclude``)."""
-        if self._total is None:
-            self._total = {
-                m: torch.stack([e.mean[m] for e in self.experts]).sum(0)
-                for m in self.experts[0].mean
-            }
-        if exclude is None:
-            return {m: t / len(self) for m, t in self._total.items()}
-        if len(self) < 2:
-            raise InvalidInput("the mean of the other experts needs at least 2 experts")
-        left = self.experts[exclude].mean
-        return {m: (t - left[m]) / (len(self) - 1) for m, t in self._total.items()}
+        it leads by more than ``gate``), their sims, and the mixture; ``exclude`` as in
+        ``nearest``."""
+        idx, sims = self.nearest(query, experts_needed(k, gate), exclude=exclude)
+        experts = [self.experts[i] for i in idx]
+        used, mixture = guided_mixture(
+            sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
+        )
+        return idx[:used], sims[:used], mixture
 
     def weighted_weights(self, indices: Sequence[int], sims: torch.Tensor, tau: float) -> Tensors:
         """Baseline: the softmax-weighted mean of the experts' registered weights."""

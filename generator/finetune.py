@@ -27,7 +27,6 @@ from generator.evaluation import lora_config_from
 from generator.experts import ExpertBank
 from generator.hypernet import ICMLoraNet, SGLoraNet, Tokens
 from generator.lora_trainer import collate, encode, forward_with_prefix, split_prefix
-from generator.policy import LocalPolicy
 from generator.prompting import PromptFormat
 from generator.tasks import Task
 from generator.training import from_tokens, icm_condition, loo_mixture, to_tokens, var_tokens
@@ -42,20 +41,7 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
         net = ckpt.net
         assert isinstance(net, SGLoraNet)
         k, tau, gate = int(ckpt.hyper["k"]), float(ckpt.hyper["tau"]), ckpt.hyper.get("gate")
-        policy = LocalPolicy.from_json(ckpt.hyper["policy"]) if ckpt.hyper.get("policy") else None
-        # the anchor is the served one: it trained on this task too (the fold anchors
-        # that scored selection are not kept), as the decoder does at serving time
-        mixture = loo_mixture(
-            bank,
-            index,
-            k,
-            tau,
-            gate,
-            policy,
-            lam=ckpt.hyper.get("anchor_lam"),
-            anchor=ckpt.anchor,
-            gate_sim=ckpt.hyper.get("gate_sim"),
-        )[0]
+        mixture = loo_mixture(bank, index, k, tau, gate)
         mean = to_tokens(layout, norm, [mixture.mean])
         logvar = var_tokens(
             layout,
@@ -64,8 +50,7 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
             float(ckpt.hyper["logvar_shift"]),
             float(ckpt.hyper["logvar_scale"]),
         )
-        desc = bank.embeddings[index][None] if net.config.describe else None  # (1, D)
-        return lambda: net.sample(mean, logvar, desc=desc)
+        return lambda: net.sample(mean, logvar)
     icm = ckpt.net
     assert isinstance(icm, ICMLoraNet)
     cond = icm_condition(bank.embeddings[index], None, int(ckpt.hyper["hidden_size"]))[None]

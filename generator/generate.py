@@ -24,10 +24,9 @@ import torch
 
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import Expert, load_expert
-from generator.guidance import Mixture, experts_needed, guided_mixture, mirror
+from generator.guidance import Mixture, experts_needed, guided_mixture
 from generator.hypernet import ICMLoraNet, SGLoraNet
 from generator.lora_trainer import Tensors
-from generator.policy import ANTI, NONE, LocalPolicy, parse_candidate
 from generator.task_vector import TaskVectorizer
 from generator.training import from_tokens, icm_condition, to_tokens, var_tokens
 from generator.zoo import weights_bytes
@@ -59,8 +58,6 @@ class Generated:
     neighbours: list[Neighbour] = field(default_factory=list)
     examples: int = 0
     embedding: np.ndarray | None = None  # (D,) the description's, reused on registration
-    choice: str | None = None  # SG-LoRA with a local policy: the mixture it chose
-    anchor_weight: float = 0.0  # SG-LoRA: the multi-task anchor's share of the mixture
 
 
 @dataclass(frozen=True)
@@ -110,11 +107,6 @@ class Generator:
         self._vectorizer: TaskVectorizer | None = None
         self._cache: dict[int, Expert | None] = {}
         self.index: Any = None
-        self.policy = (
-            LocalPolicy.from_json(checkpoint.hyper["policy"])
-            if checkpoint.hyper.get("policy")
-            else None
-        )
         if checkpoint.method == SG_LORA:
             import faiss
 
@@ -210,19 +202,11 @@ class Generator:
         )  # (N, Z)
         layout, norm = self.ckpt.layout, self.ckpt.normaliser
         neighbours: list[list[Neighbour]] = [[] for _ in requests]
-        none: set[int] = set()  # requests the local policy gives no adapter
-        choices: list[str | None] = [None] * len(requests)
-        anchor_weights = [0.0] * len(requests)
         if self.method == SG_LORA:
             assert isinstance(self.ckpt.net, SGLoraNet)
             means, variances = [], []
             for i, vec in enumerate(vectors):
-                mixture, neighbours[i], choices[i] = self.mixture(np.asarray(vec))
-                if choices[i] == NONE:
-                    none.add(i)
-                elif not _is_mirror(choices[i]):
-                    # the experts' weights sum to lam: the anchor has the rest
-                    anchor_weights[i] = _anchor_share(mixture, self.ckpt.anchor is not None)
+                mixture, neighbours[i] = self.mixture(np.asarray(vec))
                 means.append(mixture.mean)
                 variances.append(mixture.var)
             mean_t = to_tokens(layout, norm, means)
@@ -233,12 +217,7 @@ class Generator:
                 float(self.ckpt.hyper["logvar_shift"]),
                 float(self.ckpt.hyper["logvar_scale"]),
             )
-            desc = (
-                torch.as_tensor(np.asarray(vectors), dtype=torch.float32)
-                if self.ckpt.net.config.describe
-                else None
-            )  # (N, D)
-            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps, desc)
+            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps)
         else:
             assert isinstance(self.ckpt.net, ICMLoraNet)
             hidden = int(self.ckpt.hyper["hidden_size"])
@@ -248,8 +227,6 @@ class Generator:
                 conds.append(icm_condition(torch.as_tensor(np.asarray(vec)), tv, hidden))
             tokens = self.ckpt.net.sample(torch.stack(conds), eps)
         rows = from_tokens(layout, norm, tokens)
-        for i in none:  # no adapter: a LoRA whose update is zero, the base model as it is
-            rows[i] = {m: torch.zeros_like(x) for m, x in rows[i].items()}
         return [
             Generated(
                 description=r.description,
@@ -261,60 +238,23 @@ class Generator:
                 neighbours=neighbours[i],
                 examples=len(r.examples),
                 embedding=np.asarray(vectors[i]),
-                choice=choices[i],
-                anchor_weight=anchor_weights[i],
             )
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
 
-    def mixture(self, query: np.ndarray) -> tuple[Mixture, list[Neighbour], str | None]:
-        """SG-LoRA's mixture for a (D,) unit query: mu*, sigma*^2, the experts in it and,
-        with a local policy, the candidate it chose (``none``: an all-zero mixture)."""
+    def mixture(self, query: np.ndarray) -> tuple[Mixture, list[Neighbour]]:
+        """SG-LoRA's mixture for a (D,) unit query: mu*, sigma*^2 and the experts in it."""
         hyper = self.ckpt.hyper
         k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
-        gate_sim, lam = hyper.get("gate_sim"), hyper.get("anchor_lam")
-        choice, picked = None, None
-        if self.policy is not None:
-            emb = self.ckpt.expert_embeddings
-            assert emb is not None
-            q = torch.nn.functional.normalize(torch.as_tensor(query, dtype=torch.float32), dim=0)
-            sims_all = emb.float() @ q  # (E,)
-            choice = self.policy.choose(sims_all)
-            picked = parse_candidate(choice)
-            if picked is None:
-                zero = self._zero_rows()
-                return Mixture(torch.zeros(0), zero, zero), [], choice
-            k, tau, gate, gate_sim, lam = picked.k, picked.tau, None, None, picked.lam
-        anchor = self.ckpt.anchor
-        if (k == 0 or (lam is not None and lam < 1.0)) and anchor is None:
-            raise InvalidInput("this generator's checkpoint lacks its anchor")
-        fetch = experts_needed(k, gate, gate_sim)
-        experts, sims = self.neighbours(query, fetch) if fetch else ([], torch.zeros(0))
+        experts, sims = self.neighbours(query, experts_needed(k, gate))
         used, mixture = guided_mixture(
-            sims,
-            [e.mean for e in experts],
-            [e.var for e in experts],
-            k=k,
-            tau=tau,
-            gate=gate,
-            lam=lam,
-            anchor=anchor,
-            gate_sim=gate_sim,
+            sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
         )
-        experts, sims = experts[:used], sims[:used]
-        if picked is not None and picked.anti:
-            if self.ckpt.centre is None:
-                raise InvalidInput("this generator's checkpoint lacks the experts' mean")
-            mixture = mirror(mixture, self.ckpt.centre)
         neighbours = [
             Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
-            for e, s, a in zip(experts, sims, mixture.weights, strict=True)
+            for e, s, a in zip(experts[:used], sims[:used], mixture.weights, strict=True)
         ]
-        return mixture, neighbours, choice
-
-    def _zero_rows(self) -> dict[str, torch.Tensor]:
-        layout = self.ckpt.layout
-        return {m: torch.zeros(len(layout.of(m)), layout.block_size(m)) for m in layout.modules}
+        return mixture, neighbours
 
     def task_vector(self, request: Request) -> torch.Tensor:
         if self._vectorizer is None:
@@ -322,17 +262,6 @@ class Generator:
                 raise InvalidInput("this generator cannot read examples (no base model)")
             self._vectorizer = self._vectorizer_factory()
         return self._vectorizer(request.description, request.examples)
-
-
-def _is_mirror(choice: str | None) -> bool:
-    return choice is not None and choice.startswith(ANTI)
-
-
-def _anchor_share(mixture: Mixture, has_anchor: bool) -> float:
-    """1 - the experts' total weight, when the generator has an anchor to take it."""
-    if not has_anchor:
-        return 0.0
-    return round(max(0.0, 1.0 - float(mixture.weights.sum())), 5)
 
 
 def adapter_name(gen: Generated) -> str:
@@ -358,10 +287,6 @@ def register(
         "examples": gen.examples,
         "neighbours": [n.__dict__ for n in gen.neighbours],
     }
-    if gen.choice is not None:
-        meta["mixture"] = gen.choice
-    if gen.anchor_weight:
-        meta["anchor_weight"] = gen.anchor_weight
     parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
     try:
         return registry.add_adapter(

@@ -61,9 +61,8 @@ def fit(
 ) -> FitResult:
     """Fit ``config.method`` on ``bank``. For SG-LoRA, the training experts' tasks
     (``tasks``, default: the default suite's) let it choose K, tau and the gate by
-    task accuracy (``config.select`` "task", or per request with "local") and check
-    its learned correction on the validation experts' tasks; without them both fall
-    back to update space."""
+    task accuracy (``config.select`` "task") and check its learned correction on the
+    validation experts' tasks; without them both fall back to update space."""
     if config.method == ICM_LORA:
         vectors, hidden = expert_task_vectors(registry, bank, on_progress)
         return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
@@ -76,27 +75,13 @@ def fit(
     by_expert = bank.tasks_of(suite_tasks)  # training experts' tasks only, never held out
     if not by_expert:
         if on_progress:
-            by_task = config.select in ("task", "local")
+            by_task = config.select == "task"
             fallback = ", K and tau by weight-space error" if by_task else ""
             on_progress(f"no expert's task at hand: no task check of the correction{fallback}")
         return fit_sg(bank, config, on_step=on_step)
     evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
-    anchors = None
-    if config.anchor_steps and (config.k is None or config.tau is None):
-        from generator.anchor import train_anchors
-
-        anchors = train_anchors(
-            bank,
-            by_expert,
-            evaluator.model,
-            evaluator.format,
-            steps=config.anchor_steps,
-            folds=config.anchor_folds,
-            seed=config.seed,
-            on_progress=on_progress,
-        )
     choice = None
-    if config.select in ("task", "local") and (config.k is None or config.tau is None):
+    if config.select == "task" and (config.k is None or config.tau is None):
         if on_progress:
             on_progress(f"choosing K, tau and gate by leave-one-out accuracy on "
                         f"{len(by_expert)} experts' tasks")  # fmt: skip
@@ -110,12 +95,10 @@ def fit(
             by_expert,
             evaluator,
             examples=config.select_examples,
-            local=config.select == "local",
-            anchors=anchors,
             on_task=on_task,
         )
     check = task_checker(bank, by_expert, evaluator)
-    return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check, anchors=anchors)
+    return fit_sg(bank, config, on_step=on_step, choice=choice, task_check=check)
 
 
 def train_generator(
@@ -142,8 +125,7 @@ def train_generator(
         method=config.method,
         name=name,
         training_adapter_ids=bank.ids,
-        # the policy's score table stays in the checkpoint; its summary is in the metrics
-        hyperparameters={k: v for k, v in result.checkpoint.hyper.items() if k != "policy"},
+        hyperparameters=result.checkpoint.hyper,
         metrics=metrics,
     )
     return record, result.metrics

@@ -11,9 +11,7 @@ meaningful because every zoo adapter of a layout starts from the same A.
 
 One global latent z per adapter (the task), pooled from all tokens.
 
-- ``SGLoraNet``: condition = the SG-LoRA mixture (mu*, sigma*^2) as tokens
-  (plus, when ``NetConfig.describe`` > 0, the description embedding, so the
-  correction can tell apart two tasks that share their nearest experts),
+- ``SGLoraNet``: condition = the SG-LoRA mixture (mu*, sigma*^2) as tokens,
   learned prior p(z | c), output = mu* + decoded correction (the correction's
   last layer starts at zero, so an untrained net returns the mixture mean).
 - ``ICMLoraNet``: condition = a vector (description embedding, optionally the
@@ -144,7 +142,6 @@ def _pool(per_module: list[torch.Tensor]) -> torch.Tensor:
 class NetConfig:
     hidden: int = 128
     latent: int = 32
-    describe: int = 0  # SG-LoRA: width of the description embedding it reads (0: none)
 
 
 class SGLoraNet(nn.Module):
@@ -161,25 +158,15 @@ class SGLoraNet(nn.Module):
         self.prior_head = nn.Linear(h, 2 * z)
         self.z_in = nn.Linear(z, h)
         self.dec = _mlp(h, h, h)
-        self.desc_in = nn.Linear(config.describe, h) if config.describe else None
 
-    def condition(
-        self, mean: Tokens, logvar: Tokens, desc: torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
-        """Per-module condition features: [(N, L, r, h)]; ``desc`` (N, D) when the net
-        reads descriptions."""
-        extra: torch.Tensor | float = 0.0
-        if self.desc_in is not None:
-            if desc is None:
-                raise ValueError("this SG-LoRA network reads the description embedding")
-            extra = self.desc_in(desc)[:, None, None, :]  # (N, 1, 1, h)
+    def condition(self, mean: Tokens, logvar: Tokens) -> list[torch.Tensor]:
+        """Per-module condition features: [(N, L, r, h)]."""
         out = []
         for i, s in enumerate(self.shapes):
             x = (
                 self.codec.read("mean", s.module, mean[s.module])
                 + self.codec.read("logvar", s.module, logvar[s.module])
                 + self.codec.position(i)
-                + extra
             )  # (N, L, r, h)
             out.append(x + self.cond(x))
         return out
@@ -208,24 +195,18 @@ class SGLoraNet(nn.Module):
         return out
 
     def forward(
-        self, target: Tokens, mean: Tokens, logvar: Tokens, desc: torch.Tensor | None = None
+        self, target: Tokens, mean: Tokens, logvar: Tokens
     ) -> tuple[Tokens, torch.Tensor]:
         """Training pass: reconstruction and per-sample KL(q || p) (N,)."""
-        cond = self.condition(mean, logvar, desc)
+        cond = self.condition(mean, logvar)
         mu_p, lv_p = self.prior(cond)
         mu_q, lv_q = self.posterior(target, mean, cond)
         z = mu_q + torch.randn_like(mu_q) * (0.5 * lv_q).exp()
         return self.decode(z, mean, cond), kl_normal(mu_q, lv_q, mu_p, lv_p)
 
-    def sample(
-        self,
-        mean: Tokens,
-        logvar: Tokens,
-        eps: torch.Tensor | None = None,
-        desc: torch.Tensor | None = None,
-    ) -> Tokens:
+    def sample(self, mean: Tokens, logvar: Tokens, eps: torch.Tensor | None = None) -> Tokens:
         """Inference: z = mu_p + eps * sigma_p ~ p(z | c); eps (N, Z), None = the prior mean."""
-        cond = self.condition(mean, logvar, desc)
+        cond = self.condition(mean, logvar)
         mu_p, lv_p = self.prior(cond)
         z = mu_p if eps is None else mu_p + eps * (0.5 * lv_p).exp()
         return self.decode(z, mean, cond)

@@ -3,11 +3,8 @@
 For each task: the bare base model; the nearest expert (top-1 by description,
 its registered weights); the softmax-weighted mean of the top-K experts'
 weights (SG-LoRA's K and tau; its best K >= 2 when SG-LoRA's K is 1); SG-LoRA's
-mixture mean mu* alone (its own K, tau, similarity gate and anchor blend, or
-the mixture its local policy chooses for the description); when that
-generator has a multi-task anchor, the anchor alone ("multi-task": one LoRA
-trained on every training task at once, the baseline Text-to-LoRA compares
-with); each generator's adapter; and the oracle (the zoo adapter trained on
+mixture mean mu* alone (its own K, tau and similarity gate); each generator's
+adapter; and the oracle (the zoo adapter trained on
 the task itself). Relative accuracy = accuracy / oracle accuracy.
 """
 
@@ -27,7 +24,7 @@ from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
 from generator.generate import Generator, Request
 from generator.lora_trainer import Tensors
-from generator.policy import parse_candidate
+from generator.selection import Candidate
 from generator.tasks import Task
 from generator.zoo import ZOO_PREFIX
 from registry.blobs import write_atomic
@@ -36,7 +33,6 @@ from registry.lora_spec import parse_weights
 from registry.service import Registry
 
 BASELINES = ("base", "nearest", "weighted-mean", "sg-mixture-mean")
-MULTI_TASK = "multi-task"  # the SG-LoRA generator's anchor alone, when it has one
 
 
 @dataclass
@@ -45,8 +41,7 @@ class TaskRow:
     oracle: float
     scores: dict[str, float] = field(default_factory=dict)
     neighbours: list[str] = field(default_factory=list)
-    # column -> an SG-LoRA generator's mixture: its local policy's choice, else how
-    # many experts it mixed ("nearest alone", "top-K")
+    # column -> how many experts an SG-LoRA generator mixed ("nearest alone", "top-K")
     choices: dict[str, str] = field(default_factory=dict)
 
 
@@ -161,8 +156,6 @@ def evaluate(
     SG-LoRA mixture mean (default: ``k``, ``tau``, no gate)."""
     sg_k, sg_tau, gate = guidance if guidance is not None else (k, tau, None)
     sg = _first_sg(generators)
-    local = sg if sg is not None and sg.policy is not None else None
-    anchor = sg.ckpt.anchor if sg is not None else None
     rows = []
     template = bank.template
     for task in tasks:
@@ -179,29 +172,23 @@ def evaluate(
         row.scores["weighted-mean"] = evaluator.accuracy(
             task, (template, bank.weighted_weights(idx, sims, tau))
         ).accuracy
-        if sg is not None:  # its own mixture: K, tau, gate, anchor or its local policy's
+        if sg is not None:  # its own mixture: K, tau and gate
             mean = sg.mixture(q.numpy())[0].mean
         else:
             mean = bank.guided(q, sg_k, sg_tau, gate)[2].mean
         row.scores["sg-mixture-mean"] = evaluator.accuracy(
             task, (template, bank.layout.unflatten(mean))
         ).accuracy
-        if anchor is not None:
-            row.scores[MULTI_TASK] = evaluator.accuracy(
-                task, (template, bank.layout.unflatten(anchor.mean))
-            ).accuracy
         for column, gen in generators.items():
             made = gen.generate([Request(task.description, seed=seed)])[0]
             row.scores[column] = evaluator.accuracy(task, (made.config, made.weights)).accuracy
-            if made.choice is not None:
-                row.choices[column] = made.choice
-            elif gen.method == SG_LORA:  # how many experts it mixed: 1 where a gate fired
+            if gen.method == SG_LORA:  # how many experts it mixed: 1 where a gate fired
                 n = len(made.neighbours)
                 row.choices[column] = {0: "no experts", 1: "nearest alone"}.get(n, f"top-{n}")
         rows.append(row)
     return QualityReport(
         base_model=base_model,
-        methods=[*BASELINES, *([MULTI_TASK] if anchor is not None else []), *generators],
+        methods=[*BASELINES, *generators],
         rows=rows,
         generators={c: g.id for c, g in generators.items() if g.id is not None},
         settings={
@@ -210,9 +197,6 @@ def evaluate(
             "sg_k": sg_k,
             "sg_tau": sg_tau,
             "gate": gate,
-            "gate_sim": sg.ckpt.hyper.get("gate_sim") if sg is not None else None,
-            "local_policy": local is not None,
-            "anchor_lam": sg.ckpt.hyper.get("anchor_lam") if sg is not None else None,
             "seed": seed,
             "experts": len(bank),
         },
@@ -245,7 +229,7 @@ def sg_settings(generators: dict[str, Generator]) -> tuple[int, float] | None:
     if g is None:
         return None
     k, tau = int(g.ckpt.hyper["k"]), float(g.ckpt.hyper["tau"])
-    if k <= 1:  # the nearest expert alone (or the anchor alone, K = 0)
+    if k <= 1:  # the nearest expert alone
         found = best_mixture(g.ckpt.hyper.get("k_tau_grid") or {}, g.ckpt.hyper)
         return found or (1, tau if tau > 0 else 1.0)
     return k, tau
@@ -266,9 +250,7 @@ def best_mixture(grid: dict[str, float], hyper: dict[str, Any]) -> tuple[int, fl
     lower_is_better = hyper.get("k_tau_by") == "weights"
     best: tuple[float, int, float] | None = None
     for key, score in grid.items():
-        cand = parse_candidate(key)
-        if cand is None or cand.anti or cand.lam < 1.0:  # not a plain mixture of experts
-            continue
+        cand = Candidate.parse(key)
         value = -score if lower_is_better else score
         if cand.k >= 2 and (best is None or value > best[0]):
             best = (value, cand.k, cand.tau)

@@ -26,11 +26,10 @@ from typing import Any
 
 import torch
 
-from generator.anchor import AnchorSet
 from generator.checkpoint import ICM_LORA, SG_LORA, Checkpoint
 from generator.experts import ExpertBank
 from generator.geometry import delta_relative_error
-from generator.guidance import Anchor, Mixture, experts_needed, guided_mixture
+from generator.guidance import Mixture, experts_needed, guided_mixture
 from generator.hypernet import (
     ICMLoraNet,
     NetConfig,
@@ -42,7 +41,6 @@ from generator.hypernet import (
     tokens_to_rows,
 )
 from generator.layout import BlockNormaliser, LoraLayout
-from generator.policy import ANTI, NONE, LocalPolicy, parse_candidate
 from registry.errors import InvalidInput
 
 Rows = dict[str, torch.Tensor]
@@ -50,7 +48,7 @@ StepCallback = Callable[[int, int, float], None]
 
 K_GRID = (1, 2, 3, 4, 6, 8)
 TAU_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-SELECT_BY = ("task", "weights", "local")
+SELECT_BY = ("task", "weights")
 VAR_FLOOR = 1e-4  # in normalised units: below it a coordinate counts as certain
 
 
@@ -69,25 +67,13 @@ class GeneratorConfig:
     # how K and tau are chosen when not given: "weights" (error of the leave-one-out
     # mixture in update space; seconds) or "task" (its accuracy on each expert's task
     # through the base model, generator/selection.py; ~15-25 s an expert on 2 cores,
-    # and falls back to "weights" without the experts' tasks), or "local" (the same
-    # scores, plus the bare model's, kept as a per-request policy: generator/policy.py)
+    # and falls back to "weights" without the experts' tasks)
     select: str = "weights"
-    select_examples: int = 16  # each training task's examples a "task"/"local" choice scores
+    select_examples: int = 16  # each training task's examples a "task" choice scores
     # SG-LoRA's similarity gate (guidance.guide_weights): the nearest expert alone when
     # it leads the runner-up by more than this; None = always the top-K mixture. The
     # "task" choice picks it with K and tau.
     gate: float | None = None
-    # SG-LoRA's similarity floor: the nearest expert alone when its description cosine
-    # similarity is at least this (a new task as close to an expert as siblings are);
-    # None = no floor. Chosen with the gate by "task" selection.
-    gate_sim: float | None = None
-    # SG-LoRA: also condition the correction on the description embedding
-    describe: bool = False
-    # SG-LoRA: steps of the multi-task anchor (generator/anchor.py), trained on the
-    # training experts' tasks, and its folds; 0 = no anchor. With "task"/"local"
-    # selection the anchor alone and mixtures blended with it become candidates.
-    anchor_steps: int = 0
-    anchor_folds: int = 3
     val_fraction: float = 0.15
     eval_every: int = 100
     task_vector_dropout: float = 0.5
@@ -99,15 +85,6 @@ class GeneratorConfig:
         for name in ("hidden", "latent", "steps", "batch_size", "eval_every", "select_examples"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.anchor_steps < 0:
-            raise InvalidInput(f"anchor_steps must be non-negative, got {self.anchor_steps}")
-        if self.anchor_folds < 2:
-            raise InvalidInput(f"anchor_folds must be at least 2, got {self.anchor_folds}")
-        if self.anchor_steps and (self.method != SG_LORA or self.select == "weights"):
-            raise InvalidInput(
-                "an anchor (anchor_steps > 0) is an SG-LoRA candidate chosen by task "
-                "accuracy: use it with select 'task' or 'local'"
-            )
         if not 0 <= self.val_fraction < 1:
             raise InvalidInput(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.k is not None and self.k < 1:
@@ -116,8 +93,6 @@ class GeneratorConfig:
             raise InvalidInput(f"select must be one of {', '.join(SELECT_BY)}, got {self.select!r}")
         if self.gate is not None and not self.gate >= 0:
             raise InvalidInput(f"gate must be non-negative, got {self.gate}")
-        if self.gate_sim is not None and not -1.0 <= self.gate_sim <= 1.0:
-            raise InvalidInput(f"gate_sim is a cosine similarity in [-1, 1], got {self.gate_sim}")
         if self.tau is not None and self.tau <= 0:
             raise InvalidInput(f"tau must be positive, got {self.tau}")
         if not self.lr > 0:
@@ -134,10 +109,6 @@ class GeneratorConfig:
             select=p.get("select", "weights"),
             select_examples=int(p.get("select_examples", 16)),
             gate=p.get("gate"),
-            gate_sim=p.get("gate_sim"),
-            describe=bool(p.get("describe", False)),
-            anchor_steps=int(p.get("anchor_steps", 0)),
-            anchor_folds=int(p.get("anchor_folds", 3)),
             seed=int(p.get("seed", 0)),
         )
 
@@ -236,15 +207,12 @@ class KTauChoice:
 
     k: int
     tau: float
-    by: str  # "task" (mean accuracy), "weights" (mean error in update space) or "local"
+    by: str  # "task" (mean accuracy) or "weights" (mean error in update space)
     grid: dict[str, float]
     gate: float | None = None
     gate_grid: dict[str, float] = field(default_factory=dict)
-    gate_sim: float | None = None
     # per training expert (by its task's name): every ungated candidate's leave-one-out accuracy
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
-    policy: LocalPolicy | None = None  # "local": the mixture is chosen per request
-    lam: float | None = None  # with an anchor: the mixture's share (0: the anchor alone)
 
 
 # (expert index, adapter) -> accuracy on that expert's task; None: no task to score
@@ -258,13 +226,10 @@ def fit_sg(
     on_step: StepCallback | None = None,
     choice: KTauChoice | None = None,
     task_check: TaskCheck | None = None,
-    anchors: AnchorSet | None = None,
 ) -> FitResult:
     """Train SG-LoRA; K and tau: the config's, else ``choice``, else by weight-space error.
     With ``task_check``, the learned correction is kept only when it raises the
-    validation experts' mean task accuracy above their mixture means'. With
-    ``anchors``, ``choice.lam`` blends the mixtures with the anchor (each expert's
-    leave-one-out condition with its fold's anchor); the served anchor is stored."""
+    validation experts' mean task accuracy above their mixture means'."""
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
     layout = bank.layout
@@ -273,31 +238,14 @@ def fit_sg(
     elif choice is None:
         k_w, tau_w, grid_w = choose_k_tau(bank)
         choice = KTauChoice(k_w, tau_w, "weights", grid_w, config.gate)
-    k = config.k or choice.k
+    k = min(config.k or choice.k, len(bank) - 1)
     tau = config.tau or choice.tau
-    # gates given (either one) are used as given; otherwise the choice's
-    if config.gate is not None or config.gate_sim is not None:
-        gate, gate_sim = config.gate, config.gate_sim
-    else:
-        gate, gate_sim = choice.gate, choice.gate_sim
+    gate = config.gate if config.gate is not None else choice.gate  # a given gate wins
     grid = choice.grid
-    k = min(k, len(bank) - 1)
-    given = config.k is not None and config.tau is not None
-    lam = choice.lam if anchors is not None and not given else None
 
     norm = BlockNormaliser.fit(layout, [s for e in bank.experts for s in e.snapshots])
-    policy = choice.policy if config.k is None or config.tau is None else None
-    # leave-one-out conditions, one per expert: with a local policy, the mixture its
-    # neighbours choose for it (the global one where they choose no adapter: the
-    # correction learns from mixtures only)
-    mixtures, chosen = [], []
-    for t in range(len(bank)):
-        anchor = anchors.for_expert(t) if anchors is not None else None
-        mx, pick = loo_mixture(
-            bank, t, k, tau, gate, policy, lam=lam, anchor=anchor, gate_sim=gate_sim
-        )
-        mixtures.append(mx)
-        chosen.append(pick)
+    # leave-one-out conditions, one per expert: what a new task would get
+    mixtures = [loo_mixture(bank, t, k, tau, gate) for t in range(len(bank))]
     logv = []
     for mx in mixtures:
         for m in layout.modules:
@@ -314,11 +262,7 @@ def fit_sg(
     targets = to_tokens(layout, norm, [s for _, s in samples])  # {m: (S, L, r, w)}
     owner = torch.tensor([t for t, _ in samples])  # (S,) expert index of each sample
 
-    describe = bank.embeddings.shape[1] if config.describe else 0
-    net = SGLoraNet(module_shapes(layout), NetConfig(config.hidden, config.latent, describe))
-
-    def desc(idx: torch.Tensor | list[int]) -> torch.Tensor | None:
-        return bank.embeddings[idx] if describe else None  # (N, D)
+    net = SGLoraNet(module_shapes(layout), NetConfig(config.hidden, config.latent))
 
     def val_error() -> float:
         return _val_error(
@@ -326,18 +270,13 @@ def fit_sg(
             bank,
             norm,
             val_idx,
-            lambda: net.sample(
-                _index(cond_mean, val_idx), _index(cond_logvar, val_idx), desc=desc(val_idx)
-            ),
+            lambda: net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx)),
         )
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
         tasks = owner[batch]
         recon, kl = net(
-            _index(targets, batch),
-            _index(cond_mean, tasks),
-            _index(cond_logvar, tasks),
-            desc(tasks),
+            _index(targets, batch), _index(cond_mean, tasks), _index(cond_logvar, tasks)
         )
         return _loss(recon, _index(targets, batch), kl, config.beta)
 
@@ -353,9 +292,8 @@ def fit_sg(
     if task_check is not None and val_idx:
         val_means = [mixtures[t].mean for t in val_idx]
         correction = _check_correction(
-            net, layout, norm, val_idx, task_check, cond_mean, cond_logvar, val_means,
-            desc(val_idx),
-        )  # fmt: skip
+            net, layout, norm, val_idx, task_check, cond_mean, cond_logvar, val_means
+        )
         if not correction.get("correction_kept", True):
             net.load_state_dict(untrained)
     metrics = {
@@ -369,11 +307,8 @@ def fit_sg(
         "k_tau_grid": grid,
         "k_tau_by": choice.by,
         "gate": gate,
-        "gate_sim": gate_sim,
         "gate_grid": choice.gate_grid,
         "k_tau_scores": choice.scores,
-        "anchor_lam": lam,
-        **(_policy_metrics(policy, chosen) if policy is not None else {}),
         **correction,
         "val_rel_error": _finite(best_val),
         "val_rel_error_mixture": _finite(mixture_val),
@@ -388,10 +323,7 @@ def fit_sg(
         "k_tau_by": choice.by,
         "k_tau_grid": grid,
         "gate": gate,
-        "gate_sim": gate_sim,
         "gate_grid": choice.gate_grid,
-        "anchor_lam": lam,
-        **({"policy": policy.to_json()} if policy is not None else {}),
         "logvar_shift": shift,
         "logvar_scale": scale,
     }
@@ -404,63 +336,19 @@ def fit_sg(
         hyper=hyper,
         expert_ids=bank.ids,
         expert_embeddings=bank.embeddings,
-        # g, for the mirrored candidates of a local policy
-        centre=bank.centre()
-        if policy is not None and any(c.startswith(ANTI) for c in policy.candidates)
-        else None,
-        # kept whether or not it won: the harness's multi-task column scores it
-        anchor=anchors.full if anchors is not None else None,
     )
     return FitResult(ckpt, metrics)
 
 
-def loo_mixture(
-    bank: ExpertBank,
-    t: int,
-    k: int,
-    tau: float,
-    gate: float | None,
-    policy: LocalPolicy | None = None,
-    *,
-    lam: float | None = None,
-    anchor: Anchor | None = None,
-    gate_sim: float | None = None,
-) -> tuple[Mixture, str | None]:
-    """Expert ``t``'s leave-one-out condition: the (K, tau, gates) mixture of the other
-    experts (blended with ``anchor`` by ``lam``) or, with a local policy, the mixture
-    its neighbours choose for it (the global one where they choose no adapter: the
-    correction learns from mixtures)."""
-    from generator.selection import candidate_mixture
-
-    pick = None
-    if policy is not None:
-        pick = policy.choose(bank.embeddings @ bank.embeddings[t], exclude=t)
-        cand = parse_candidate(pick)
-        if cand is not None:
-            return candidate_mixture(bank, t, cand, anchor), pick
-    fetch = min(experts_needed(k, gate, gate_sim), len(bank) - 1)
+def loo_mixture(bank: ExpertBank, t: int, k: int, tau: float, gate: float | None) -> Mixture:
+    """Expert ``t``'s leave-one-out condition: the (K, tau, gate) mixture of the other
+    experts, exactly what a new task with ``t``'s description would get."""
+    fetch = min(experts_needed(k, gate), len(bank) - 1)
     idx, sims = bank.nearest(bank.embeddings[t], fetch, exclude=t)
     experts = [bank.experts[i] for i in idx]
-    _, mx = guided_mixture(
-        sims, [e.mean for e in experts], [e.var for e in experts],
-        k=k, tau=tau, gate=gate, lam=lam, anchor=anchor, gate_sim=gate_sim,
-    )  # fmt: skip
-    return mx, pick
-
-
-def _policy_metrics(policy: LocalPolicy, chosen: list[str | None]) -> dict[str, Any]:
-    """What the local policy chose for the training experts, leave-one-out."""
-    counts: dict[str, int] = {}
-    for c in chosen:
-        if c is not None:
-            counts[c] = counts.get(c, 0) + 1
-    return {
-        "policy_m": policy.m,
-        "policy_nested": policy.nested,
-        "policy_fallback": policy.fallback,
-        "policy_choices": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
-        "policy_no_adapter": counts.get(NONE, 0),
-    }
+    return guided_mixture(
+        sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
+    )[1]
 
 
 def _check_correction(
@@ -472,7 +360,6 @@ def _check_correction(
     cond_mean: Tokens,
     cond_logvar: Tokens,
     mixture_means: list[Rows],
-    desc: torch.Tensor | None,
 ) -> dict[str, Any]:
     """Validation experts' mean task accuracy with and without the learned correction
     (experts whose task ``task_check`` cannot score, None, are skipped)."""
@@ -480,7 +367,7 @@ def _check_correction(
         decoded = from_tokens(
             layout,
             norm,
-            net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx), desc=desc),
+            net.sample(_index(cond_mean, val_idx), _index(cond_logvar, val_idx)),
         )
     plain, corrected = [], []
     for t, m, r in zip(val_idx, mixture_means, decoded, strict=True):

@@ -37,7 +37,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,6 @@ YES, NO = "yes", "no"
 LINE_BREAK = " \\n "  # how a generation prompt shows a line break inside one input
 _SHOWN_BREAK = re.compile(r"[ \t]*\\n[ \t]*")  # the marker, as a continuation writes it
 _ENUMERATION = re.compile(r"^\s*\d+\s*[.)]\s*")
-_ANSWER_TAG = re.compile(r"^\s*\(answer:[^)]*\)\s*")  # a label prompt's tag, repeated
 
 
 @dataclass(frozen=True)
@@ -87,15 +86,6 @@ class TransferConfig:
     # ones above 1/2, the seeds at 1); labelled tasks only (free-form: the kept ones).
     # False is the paper's hard filter (README "Transfer results" compares the two)
     soft_filter: bool = True
-    # labelled tasks: every generation prompt shows the seeds with their answers and
-    # asks for an input with a given answer, the labels taking turns, so the synthetic
-    # inputs cover every label (plain continuations lean to one); see labelled_prompt
-    label_prompts: bool = False
-    # real text from the registry: the seed inputs of this many registered adapters
-    # of the source model whose descriptions are nearest the source's join the
-    # distillation inputs, labelled by the teacher like the synthetic ones (0: off;
-    # see generator.transfer_source.neighbour_inputs)
-    neighbour_seeds: int = 0
     max_answer_tokens: int = 48  # free-form tasks: the teacher's greedy answer length
     seed: int = 0
 
@@ -107,7 +97,7 @@ class TransferConfig:
             "max_rounds": (0, 100_000), "min_kept": (0, 100_000),
             "disc_negatives": (1, 100_000), "disc_rank": (1, 256), "disc_steps": (1, 1_000_000),
             "distill_steps": (1, 1_000_000), "distill_batch": (1, 1024),
-            "max_answer_tokens": (1, 4096), "seed": (0, 2**62), "neighbour_seeds": (0, 100),
+            "max_answer_tokens": (1, 4096), "seed": (0, 2**62),
         }  # fmt: skip
         for name, (low, high) in integers.items():
             value = getattr(self, name)
@@ -117,7 +107,7 @@ class TransferConfig:
             raise InvalidInput(
                 f"min_kept must be at most samples ({self.samples}), got {self.min_kept}"
             )
-        for flag in ("balance_labels", "soft_filter", "label_prompts"):
+        for flag in ("balance_labels", "soft_filter"):
             if not isinstance(getattr(self, flag), bool):
                 raise InvalidInput(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         numbers = {
@@ -180,18 +170,6 @@ def fewshot_prompt(description: str, inputs: Sequence[str]) -> str:
     lines = [f"Task: {description}", f"Here are {len(inputs) + 1} example inputs for this task:"]
     lines += [f"{i}. {shown_input(text)}" for i, text in enumerate(inputs, 1)]
     return "\n".join(lines) + f"\n{len(inputs) + 1}."
-
-
-def labelled_prompt(description: str, inputs: Sequence[tuple[str, str]], answer: str) -> str:
-    """The label-conditioned prompt (``label_prompts``): real inputs, each after its
-    answer, and the list left open at a new input whose answer is ``answer``."""
-    n = len(inputs) + 1
-    head = f"Here are {n} example inputs for this task, each with its answer:"
-    lines = [f"Task: {description}", head]
-    lines += [
-        f"{i}. (answer: {label}) {shown_input(text)}" for i, (text, label) in enumerate(inputs, 1)
-    ]
-    return "\n".join(lines) + f"\n{n}. (answer: {answer})"
 
 
 @functools.lru_cache(maxsize=8)
@@ -268,11 +246,7 @@ class Synthesis:
 
 class Synthesizer:
     """Samples synthetic inputs from one model, remembering everything it has
-    seen (the seeds included), so every batch it returns is new and unique.
-
-    With ``answers`` (a seed input -> its label, for every seed) and ``labels``,
-    prompts are label-conditioned (``labelled_prompt``): the seeds shown with
-    their answers, the requested answer taking each label in turn."""
+    seen (the seeds included), so every batch it returns is new and unique."""
 
     def __init__(
         self,
@@ -282,8 +256,6 @@ class Synthesizer:
         config: TransferConfig,
         *,
         seed: int,
-        answers: Mapping[str, str] | None = None,
-        labels: Sequence[str] = (),
     ) -> None:
         self.sample = sample  # (prompts, seed) -> one completion per prompt
         self.description = description
@@ -292,16 +264,6 @@ class Synthesizer:
         self.seeds = [s for s in self.seeds if s]
         if not self.seeds:
             raise InvalidInput("synthetic inputs need at least one non-empty seed input")
-        self.answers = {
-            clean_input(k, config.max_input_chars): v for k, v in (answers or {}).items()
-        }
-        self.labels = [str(x).strip() for x in labels if str(x).strip()]
-        if self.labels and answers is not None:
-            missing = [s for s in self.seeds if s not in self.answers]
-            if missing:
-                raise InvalidInput(
-                    f"label prompts need every seed's answer; none for {missing[0]!r}"
-                )
         self.seed_keys = {dedupe_key(s) for s in self.seeds}
         self.seen: set[str] = set()
         self.rng = random.Random(seed)
@@ -312,22 +274,13 @@ class Synthesizer:
         """Never return these (inputs a resumed stage already has)."""
         self.seen.update(dedupe_key(t) for t in texts)
 
-    @property
-    def labelled(self) -> bool:
-        return bool(self.labels) and bool(self.answers)
-
-    def _prompt(self, k: int, i: int) -> str:
-        """The ``i``-th prompt of the next batch: ``k`` seeds in a new order."""
-        shown = self.rng.sample(self.seeds, k)
-        if not self.labelled:
-            return fewshot_prompt(self.description, shown)
-        answer = self.labels[(self.batches * self.config.gen_batch + i) % len(self.labels)]
-        return labelled_prompt(self.description, [(s, self.answers[s]) for s in shown], answer)
-
     def batch(self, stats: Synthesis) -> list[str]:
         """One generation batch: ``gen_batch`` prompts, each with the seeds in a new order."""
         k = min(self.config.few_shot, len(self.seeds))
-        prompts = [self._prompt(k, i) for i in range(self.config.gen_batch)]
+        prompts = [
+            fewshot_prompt(self.description, self.rng.sample(self.seeds, k))
+            for _ in range(self.config.gen_batch)
+        ]
         t0 = time.perf_counter()
         raw = self.sample(prompts, self.base_seed * 100_003 + self.batches)
         self.batches += 1
@@ -335,7 +288,7 @@ class Synthesizer:
         stats.generated += len(raw)
         new: list[str] = []
         for text in raw:
-            text = _ANSWER_TAG.sub("", _ENUMERATION.sub("", text, count=1), count=1)
+            text = _ENUMERATION.sub("", text, count=1)
             text = clean_input(unshown_input(text), self.config.max_input_chars)
             key = dedupe_key(text)
             if not text:

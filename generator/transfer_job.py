@@ -18,7 +18,7 @@ discriminator depends only on the seeds and its settings, so a later transfer
 of the same adapter (to any target) reuses it; the synthetic inputs depend on
 the target model and the generation settings, and the filter on those two
 keys. A transfer that changes only how the target is distilled (steps, rate,
-weighting, soft filter, neighbour seeds) reuses an earlier job's inputs and
+weighting, soft filter) reuses an earlier job's inputs and
 costs one distillation.
 """
 
@@ -56,7 +56,6 @@ from generator.transfer_source import (
     SourceTask,
     TransferRequest,
     distill_target,
-    neighbour_inputs,
     seeds_bytes,
     source_task,
 )
@@ -85,7 +84,7 @@ DISC_SETTINGS = (
 # filter's further batches come from the same sampler, so it shares them)
 SYNTH_SETTINGS = (
     "samples", "few_shot", "gen_batch", "max_new_tokens", "temperature", "top_p",
-    "max_input_chars", "max_rounds", "label_prompts", "seed",
+    "max_input_chars", "max_rounds", "seed",
 )  # fmt: skip
 
 
@@ -299,8 +298,6 @@ def synthesize_key(source: SourceTask, target: str, config: TransferConfig) -> s
             "target_base_model": target,
             "description": source.description,
             "seeds": source.seed_inputs(config),
-            "answers": source.seed_answers(config),
-            "labels": list(source.labels),
             "settings": {k: getattr(config, k) for k in SYNTH_SETTINGS},
         }
     )
@@ -319,8 +316,6 @@ def _synthesize(run: _Run) -> StageOutput:
         run.source.seed_inputs(cfg),
         cfg,
         seed=cfg.seed,
-        answers=run.source.seed_answers(cfg),
-        labels=run.source.labels,
     )
     budget = math.ceil(cfg.samples / cfg.gen_batch) + cfg.max_rounds
     stats = synthesize(
@@ -443,8 +438,6 @@ def _filter_anew(run: _Run, pool: list[str], disc_out: StageOutput) -> StageOutp
         source.seed_inputs(cfg),
         cfg,
         seed=cfg.seed + 2,
-        answers=source.seed_answers(cfg),
-        labels=source.labels,
     )
     more.exclude(pool)
 
@@ -480,12 +473,6 @@ def _distill(
     trust = None
     if run.config.soft_filter:  # every scored input, drawn by its p(real)
         trust = filter_trust(run.source, run.models.source, filtered, disc_out)
-    neighbours = neighbour_inputs(run.registry, run.source, run.config)
-    if run.config.neighbour_seeds:
-        run.store.progress(
-            log_line=f"distill: {len(neighbours.inputs)} real inputs from "
-            f"{len(neighbours.adapters)} neighbouring adapters"
-        )
     distilled, teacher = distill_target(
         run.source,
         run.models.source,
@@ -494,14 +481,10 @@ def _distill(
         run.config,
         modules,
         trust=trust,
-        neighbours=neighbours.inputs,
         on_step=run.on_step("distill", run.config.distill_steps),
     )
     figures = {**distilled.figures(), **teacher}
     data = {"peft_config": distilled.peft_config, "losses": distilled.losses}
-    if run.config.neighbour_seeds:
-        figures.update(neighbours.figures())
-        data["neighbour_inputs"] = list(neighbours.inputs)
     return StageOutput(figures, data, distilled.weights)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from registry import base_models
 from registry.errors import InvalidInput, UnknownBaseModel
 from registry.lora_spec import parse_weights
 from registry.records import AdapterRecord, JobRecord
-from registry.service import MAX_K, Registry
+from registry.service import Registry
 from registry.validation import NAME_RE
 
 TRANSFER_KIND = "transfer"
@@ -120,18 +120,6 @@ class SourceTask:
         texts = [clean_input(e.input, config.max_input_chars) for e in self.seeds]
         return list(dict.fromkeys(t for t in texts if t))
 
-    def seed_answers(self, config: TransferConfig) -> dict[str, str] | None:
-        """Each seed input's label, for label-conditioned synthesis (``label_prompts``);
-        None when the setting is off, the task is free-form, or an input has two labels."""
-        if not config.label_prompts or not self.labels:
-            return None
-        answers: dict[str, str] = {}
-        for e in self.seeds:
-            text = clean_input(e.input, config.max_input_chars)
-            if text and answers.setdefault(text, e.output) != e.output:
-                return None
-        return answers
-
 
 def source_task(registry: Registry, adapter_id: int, *, weights: bool = True) -> SourceTask:
     record = registry.get_adapter(adapter_id)
@@ -146,62 +134,6 @@ def source_task(registry: Registry, adapter_id: int, *, weights: bool = True) ->
         raise InvalidInput(f"adapter {adapter_id}: meta.labels must be a list of label strings")
     adapter = registered_adapter(registry, adapter_id) if weights else (record.config, {})
     return SourceTask(record, seeds, tuple(dict.fromkeys(labels)), adapter)
-
-
-@dataclass(frozen=True)
-class Neighbours:
-    """Real inputs borrowed from the source's registry neighbours (``neighbour_seeds``)."""
-
-    inputs: tuple[str, ...] = ()
-    adapters: tuple[dict[str, Any], ...] = ()  # id, name, similarity, inputs contributed
-
-    def figures(self) -> dict[str, Any]:
-        return {"neighbour_inputs": len(self.inputs), "neighbours": list(self.adapters)}
-
-
-def neighbour_inputs(registry: Registry, source: SourceTask, config: TransferConfig) -> Neighbours:
-    """The seed inputs of the ``config.neighbour_seeds`` adapters of the source's base
-    model whose descriptions are nearest the source's, as one-line texts.
-
-    A registry that keeps many adapters per base model holds real text from many
-    related tasks (the same corpus, a sibling question); the teacher labels it like
-    any synthetic input, so the student sees real inputs where the target model's
-    few-shot continuations are thin. Skipped: the source itself, adapters of the
-    same task (its other copies carry the same seeds), adapters without seeds or
-    with unreadable ones, and inputs already among the source's seeds."""
-    wanted = config.neighbour_seeds
-    if wanted == 0:
-        return Neighbours()
-    record = source.record
-    task = record.meta.get("task")
-    seen = set(source.seed_inputs(config))
-    hits = registry.search(
-        source.description, k=min(MAX_K, 4 * wanted + 8), base_model=record.base_model
-    )
-    inputs: list[str] = []
-    used: list[dict[str, Any]] = []
-    for hit in hits:
-        other = hit.adapter
-        same_task = other.description == record.description or (
-            task is not None and other.meta.get("task") == task
-        )
-        if other.id == record.id or same_task or SEEDS not in registry.artifact_names(other.id):
-            continue
-        try:
-            seeds = read_seeds(registry.artifact(other.id, SEEDS))
-        except InvalidInput:
-            continue
-        new = [t for e in seeds if (t := clean_input(e.input, config.max_input_chars))]
-        new = [t for t in dict.fromkeys(new) if t not in seen]
-        seen.update(new)
-        inputs += new
-        used.append(
-            {"adapter_id": other.id, "name": other.name, "similarity": round(hit.score, 4),
-             "inputs": len(new)}
-        )  # fmt: skip
-        if len(used) == wanted:
-            break
-    return Neighbours(tuple(inputs), tuple(used))
 
 
 def registered_adapter(registry: Registry, adapter_id: int) -> Adapter:
@@ -381,11 +313,10 @@ def distill_target(
     modules: tuple[str, ...],
     *,
     trust: Mapping[str, float] | None = None,
-    neighbours: Sequence[str] = (),
     on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[Distilled, dict[str, Any]]:
     """Distil the source adapter into a new LoRA on the student's model over ``inputs``
-    (plus the seed inputs and the ``neighbours``' real inputs); also returns the
+    (plus the seed inputs); also returns the
     teacher's label counts (or answer count).
 
     ``trust`` (input -> the discriminator's p(real); real inputs count 1): batches draw
@@ -394,10 +325,10 @@ def distill_target(
     seeds = source.seed_inputs(config)
     if trust is not None and not source.labels:
         inputs = [x for x in inputs if trust.get(x, 1.0) > 0.5]
-    inputs = list(dict.fromkeys([*inputs, *seeds, *neighbours]))
+    inputs = list(dict.fromkeys([*inputs, *seeds]))
     draw = None
     if trust is not None and source.labels:
-        real = {*seeds, *neighbours}
+        real = set(seeds)
         draw = torch.tensor([1.0 if x in real else float(trust.get(x, 1.0)) for x in inputs])
     train = student_config(source.record, config, modules)
     description = source.description

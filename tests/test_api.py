@@ -68,7 +68,6 @@ def test_generate_contract_and_download(client: TestClient, world) -> None:  # t
     assert adapter["id"] and adapter["provenance"] == "generated"
     assert out["download_url"] == f"/v1/adapters/{adapter['id']}/download"
     assert out["neighbours"] and out["seed"] == 4
-    assert out["mixture"] is None  # a generator without a local policy
     again = client.post("/v1/generate", json=body, headers=auth(world["reader"])).json()
     assert again["adapter"]["id"] == adapter["id"]
     z = client.get(out["download_url"], headers=auth(world["reader"]))
@@ -329,14 +328,13 @@ def test_generator_training_job_runs_on_the_worker(client: TestClient, world) ->
     jobs_before = reg.count_jobs()
     wrongs = (
         {"gate": -0.5},
-        {"gate_sim": 2},
-        {"select": "vibes"},
+        {"select": "local"},  # the local policy lost its experiment and was removed
         {"tau": 0},
-        {"anchor_steps": 50},
+        {"anchor_steps": 50},  # so did the multi-task anchor: an unknown field now
     )
     for wrong in wrongs:
         r = client.post("/v1/generators", json=body | wrong, headers=auth(world["admin"]))
-        assert r.status_code == 400 and next(iter(wrong)) in r.json()["detail"], r.text
+        assert r.status_code == 400 and next(iter(wrong)) in r.text, r.text
     assert reg.count_jobs() == jobs_before  # a refused request queues nothing
     missing = client.post(
         "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world["admin"])

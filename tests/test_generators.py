@@ -170,23 +170,6 @@ def test_cli_generate_and_list(world, tmp_path: Path) -> None:  # type: ignore[n
     )
 
 
-def test_a_describing_generator_trains_generates_and_finetunes(world) -> None:  # type: ignore[no-untyped-def]
-    from generator.generators import finetune_generator
-
-    reg: Registry = world["registry"]
-    cfg = GeneratorConfig(hidden=32, latent=4, steps=4, k=2, tau=0.1, describe=True)
-    rec, _ = train_generator(reg, world["base"], cfg, name="describing")
-    assert rec.hyperparameters["describe"] is True
-    tuned = finetune_generator(reg, rec.id, list(world["suite"]), steps=2, batch_size=2)
-    net = Checkpoint.from_bytes(reg.generator_checkpoint(tuned.id)).net
-    assert net.config.describe > 0
-    [(made, _)] = generate_adapters(
-        reg, [Request("Does the text mention a comet?")], base_model=world["base"],
-        method="sg-lora", generator_id=tuned.id,
-    )  # fmt: skip
-    assert made.meta["generator_id"] == tuned.id
-
-
 def test_eval_scores_the_generators_asked_for(world) -> None:  # type: ignore[no-untyped-def]
     from api.cli_generators import chosen_generators, evaluated_generators
 
@@ -278,9 +261,8 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
     evaluator = RecordingEvaluator.from_path(Path(world["base"]))
     assert isinstance(evaluator, RecordingEvaluator)
     choice = choose_k_tau_by_task(
-        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), gates=(-1.0, 9.0),
-        gate_sims=(-1.0, 1.0), examples=6,
-    )  # fmt: skip
+        bank, tasks, evaluator, ks=(1, 2, 4), taus=(0.001, 1.0), gates=(-1.0, 9.0), examples=6
+    )
     k, tau, grid = choice.k, choice.tau, choice.grid
     assert choice.by == "task"
     assert set(grid) == {
@@ -296,26 +278,18 @@ def test_k_and_tau_chosen_by_task_accuracy_of_leave_one_out_mixtures(world) -> N
     for c, v in grid.items():
         per_task = [s[c] for s in choice.scores.values()]
         assert v == pytest.approx(sum(per_task) / len(per_task), abs=1e-3)
-    # gated candidates reuse the scores: a gate every lead passes (or a floor every
-    # nearest expert reaches) is the nearest alone, one no lead passes (no nearest
-    # expert reaches: distinct descriptions are never identical) the plain mixture
+    # gated candidates reuse the scores: a gate every lead passes is the nearest alone,
+    # one no lead passes the plain mixture
     gated = choice.gate_grid
     assert set(gated) == {
-        f"{c},{kind}={g}"
-        for c in grid
-        if not c.startswith("k=1,")
-        for kind in ("gate", "gate_sim")
-        for g in ((-1.0, 9.0) if kind == "gate" else (-1.0, 1.0))
+        f"{c},gate={g}" for c in grid if not c.startswith("k=1,") for g in (-1.0, 9.0)
     }
     for c in grid:
         if not c.startswith("k=1,"):
-            assert gated[f"{c},gate=-1.0"] == gated[f"{c},gate_sim=-1.0"] == grid["k=1,tau=0.001"]
-            assert gated[f"{c},gate=9.0"] == gated[f"{c},gate_sim=1.0"] == grid[c]
-    assert choice.gate is None or choice.gate_sim is None  # one gate at most
+            assert gated[f"{c},gate=-1.0"] == grid["k=1,tau=0.001"]
+            assert gated[f"{c},gate=9.0"] == grid[c]
     if choice.gate is not None:
         winner = gated[f"k={k},tau={tau},gate={choice.gate}"]
-    elif choice.gate_sim is not None:
-        winner = gated[f"k={k},tau={tau},gate_sim={choice.gate_sim}"]
     else:
         winner = grid[f"k={k},tau={tau}"]
     assert winner == max([*grid.values(), *gated.values()])  # the winner has the best accuracy
@@ -335,11 +309,10 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
     scores = {**by_task["k_tau_grid"], **by_task["gate_grid"]}
     key = f"k={by_task['k']},tau={by_task['tau']}"
     key += f",gate={by_task['gate']}" if by_task["gate"] is not None else ""
-    key += f",gate_sim={by_task['gate_sim']}" if by_task["gate_sim"] is not None else ""
     assert scores[key] == max(scores.values())
     assert set(by_task["k_tau_scores"]) == {n for n, _ in TASKS}
     gen = Checkpoint.from_bytes(reg.generator_checkpoint(rec_task.id))
-    assert gen.hyper["gate"] == by_task["gate"] and gen.hyper["gate_sim"] == by_task["gate_sim"]
+    assert gen.hyper["gate"] == by_task["gate"]
     # the learned correction was weighed on the validation experts' own tasks
     checked = GeneratorConfig(hidden=32, latent=4, steps=4, val_fraction=0.4, k=2, tau=0.1)
     _, weighed = train_generator(reg, world["base"], checked, tasks=list(world["suite"]))
@@ -360,239 +333,26 @@ def test_train_generator_records_how_k_and_tau_were_chosen(world) -> None:  # ty
         GeneratorConfig(select="vibes")
     with pytest.raises(InvalidInput, match="gate must be non-negative"):
         GeneratorConfig(gate=-0.1)
-    with pytest.raises(InvalidInput, match="gate_sim is a cosine similarity"):
-        GeneratorConfig(gate_sim=1.5)
+    with pytest.raises(InvalidInput, match="select must be one of"):
+        GeneratorConfig(select="local")  # the local policy lost its experiment
     with pytest.raises(InvalidInput, match="select_examples must be at least 1"):
-        GeneratorConfig(select="local", select_examples=0)
+        GeneratorConfig(select="task", select_examples=0)
 
 
 def test_the_similarity_gate_reaches_generation(world) -> None:  # type: ignore[no-untyped-def]
     reg: Registry = world["registry"]
     desc = "Does the text mention the moon? Answer yes or no."
     made = {}
-    for gate, floor in ((None, None), (0.0, None), (None, -1.0), (None, 1.0)):
-        cfg = GeneratorConfig(
-            hidden=32, latent=4, steps=2, val_fraction=0.0, k=3, tau=0.5, gate=gate,
-            gate_sim=floor,
-        )  # fmt: skip
-        rec, metrics = train_generator(reg, world["base"], cfg, name=f"gate-{gate}-{floor}")
-        assert metrics["gate"] == gate and metrics["gate_sim"] == floor
-        made[gate, floor] = Generator.from_registry(reg, rec).generate([Request(desc)])[0]
-    plain = made[None, None].neighbours
+    for gate in (None, 0.0, 9.0):
+        cfg = GeneratorConfig(hidden=32, latent=4, steps=2, val_fraction=0.0, k=3, tau=0.5, gate=gate)
+        rec, metrics = train_generator(reg, world["base"], cfg, name=f"gate-{gate}")
+        assert metrics["gate"] == gate
+        made[gate] = Generator.from_registry(reg, rec).generate([Request(desc)])[0]
+    plain = made[None].neighbours
     assert len(plain) == 3 and sum(n.weight for n in plain) == pytest.approx(1.0, abs=1e-4)
-    # the nearest leads by more than 0, or is at least -1 similar: it alone makes the
-    # adapter; no description reaches a similarity of 1 (identical): the mixture
-    for alone in ((0.0, None), (None, -1.0)):
-        gated = made[alone].neighbours
-        assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
-    assert made[None, 1.0].neighbours == plain
+    # the nearest leads by more than 0: it alone makes the adapter; no lead passes 9
+    gated = made[0.0].neighbours
+    assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
+    assert made[9.0].neighbours == plain
 
 
-def test_a_local_policy_chooses_the_mixture_per_request(world) -> None:  # type: ignore[no-untyped-def]
-    import copy
-
-    from generator.policy import NONE, LocalPolicy, parse_candidate
-    from generator.selection import choose_k_tau_by_task
-
-    reg: Registry = world["registry"]
-    bank = ExpertBank.from_registry(reg, world["base"])
-    tasks = bank.tasks_of(list(world["suite"]))
-    evaluator = RecordingEvaluator.from_path(Path(world["base"]))
-    assert isinstance(evaluator, RecordingEvaluator)
-    choice = choose_k_tau_by_task(
-        bank, tasks, evaluator, ks=(1, 2), taus=(0.001, 1.0), examples=4, local=True,
-        anti_ks=(2, 99),
-    )  # fmt: skip
-    policy = choice.policy
-    assert choice.by == "local" and policy is not None
-    assert policy.candidates == [
-        "k=1,tau=0.001", "k=2,tau=0.001", "k=2,tau=1.0", "anti,k=2,tau=0.5", NONE,
-    ]  # fmt: skip
-    assert policy.acc.shape == (len(bank), 5) and bool(policy.scored.all())
-    assert "moon" not in evaluator.scored  # the held-out task is never scored
-
-    cfg = GeneratorConfig(
-        hidden=32, latent=4, steps=4, val_fraction=0.0, select="local", select_examples=4
-    )
-    rec, metrics = train_generator(reg, world["base"], cfg, tasks=list(world["suite"]))
-    assert metrics["k_tau_by"] == "local" and f"m={metrics['policy_m']}" in metrics["policy_nested"]
-    assert sum(metrics["policy_choices"].values()) == len(bank)
-    assert "policy" not in rec.hyperparameters  # the table lives in the checkpoint
-    gen = Generator.from_registry(reg, rec)
-    assert gen.policy is not None
-    desc = "Does the text mention the moon? Answer yes or no."
-    made = gen.generate([Request(desc, seed=3)])[0]
-    assert made.choice in gen.policy.candidates
-    if made.choice != NONE:
-        assert len(made.neighbours) == parse_candidate(made.choice).k  # type: ignore[union-attr]
-    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
-    assert ckpt.centre is not None and set(ckpt.centre) == set(bank.layout.modules)
-    assert torch.allclose(ckpt.centre["q_proj"], bank.centre()["q_proj"])
-
-    def served(best: str) -> Generator:
-        """The trained generator with a policy table in which ``best`` won everywhere."""
-        table = gen.policy.to_json()  # type: ignore[union-attr]
-        col = table["candidates"].index(best)
-        table["acc"] = [[0.9 if j == col else 0.1 for j in range(len(r))] for r in table["acc"]]
-        forced = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
-        forced.hyper = copy.deepcopy(forced.hyper) | {"policy": table}
-        return Generator(forced, embed=reg.embedder.encode, experts=gen._experts)
-
-    # a mirrored mixture: 2 g - mu*, its experts with negated weights
-    anti = served("anti,k=2,tau=0.5").generate([Request(desc, seed=3)])[0]
-    plain = served("k=2,tau=0.5").generate([Request(desc, seed=3)])[0]
-    assert anti.choice == "anti,k=2,tau=0.5" and len(anti.neighbours) == 2
-    assert [n.adapter_id for n in anti.neighbours] == [n.adapter_id for n in plain.neighbours]
-    assert all(n.weight < 0 for n in anti.neighbours)
-    # the mixture the network corrects is the plain one mirrored through the experts' mean
-    query = reg.embedder.encode([desc])[0]
-    mirrored, _, _ = served("anti,k=2,tau=0.5").mixture(query)
-    mu = bank.mixture(
-        [bank.ids.index(n.adapter_id) for n in plain.neighbours],
-        torch.tensor([n.similarity for n in plain.neighbours]),
-        0.5,
-    ).mean
-    for m in bank.layout.modules:
-        assert torch.allclose(mirrored.mean[m], 2 * ckpt.centre[m] - mu[m], atol=1e-5)
-
-    # a policy whose neighbours all did best without an adapter: a zero update, no
-    # experts, and the choice in the registered adapter's provenance
-    bare = served(NONE)
-    [nothing, other] = bare.generate([Request(desc), Request("Is it about the sun?")])
-    assert nothing.choice == NONE and not nothing.neighbours
-    assert all(float(w.abs().max()) == 0.0 for w in nothing.weights.values())
-    assert set(nothing.weights) == set(made.weights)
-    from generator.generate import register
-
-    stored = register(reg, nothing, base_model=world["base"])
-    assert stored.meta["mixture"] == NONE and not stored.parents
-    with pytest.raises(InvalidInput, match="not a local policy"):
-        LocalPolicy.from_json({"candidates": ["none"], "acc": "x"})
-    assert other.choice == NONE
-    # the harness's mixture-mean column follows the policy: no adapter scores as bare
-    held = [t for t in world["suite"] if t.held_out]
-    report = evaluate(
-        reg, evaluator, held, base_model=world["base"], generators={"sg": bare}, bank=bank,
-        k=2, tau=0.1,
-    )  # fmt: skip
-    row = report.rows[0]
-    assert report.settings["local_policy"] is True
-    assert row.scores["sg-mixture-mean"] == row.scores["base"] == row.scores["sg"]
-    assert row.choices == {"sg": NONE} and report.to_json()["tasks"][0]["choices"] == row.choices
-
-
-@pytest.mark.parametrize(
-    ("grid", "by", "expected"),
-    [
-        ({"k=1,tau=0.02": 0.9, "k=2,tau=0.05": 0.7, "k=4,tau=0.2": 0.8}, "task", (4, 0.2)),
-        ({"k=1,tau=0.02": 0.1, "k=2,tau=0.05": 0.3, "k=4,tau=0.2": 0.4}, "weights", (2, 0.05)),
-        ({"k=1,tau=0.02": 0.9}, "task", None),
-        ({}, "task", None),
-    ],
-)
-def test_mixture_baselines_take_the_best_grid_entry_that_mixes(grid, by, expected) -> None:  # type: ignore[no-untyped-def]
-    from generator.quality import best_mixture
-
-    assert best_mixture(grid, {"k_tau_by": by}) == expected
-
-
-def test_a_multitask_anchor_is_scored_by_folds_that_never_saw_the_task(world) -> None:  # type: ignore[no-untyped-def]
-    import copy
-
-    from generator.anchor import train_anchors
-    from generator.lora_trainer import train_multitask
-    from generator.policy import Candidate
-    from generator.selection import candidate_mixture, choose_k_tau_by_task
-
-    reg: Registry = world["registry"]
-    bank = ExpertBank.from_registry(reg, world["base"])
-    suite = list(world["suite"])
-    tasks = bank.tasks_of(suite)
-    evaluator = RecordingEvaluator.from_path(Path(world["base"]))
-    assert isinstance(evaluator, RecordingEvaluator)
-    calls: list[tuple[set[str], int]] = []
-
-    def trainer(model, fmt, groups, config, **kw):  # type: ignore[no-untyped-def]
-        calls.append(({d for d, _ in groups}, config.steps))
-        return train_multitask(model, fmt, groups, config, **kw)
-
-    messages: list[str] = []
-    anchors = train_anchors(
-        bank, tasks, evaluator.model, evaluator.format, steps=6, folds=2, trainer=trainer,
-        on_progress=messages.append,
-    )  # fmt: skip
-    assert len(calls) == 3 and sorted(anchors.fold_of) == sorted(tasks)
-    assert any(m.startswith("training the served anchor") for m in messages)
-    assert any("served anchor: step 6/6, loss" in m for m in messages)  # progress, then done
-    for f in range(2):
-        outside = {tasks[t].description for t, g in anchors.fold_of.items() if g != f}
-        assert calls[f][0] == outside  # fold f's anchor never saw fold f's tasks
-        assert calls[f][1] == round(6 * len(outside) / len(tasks))  # the same steps per task
-    assert calls[2] == ({t.description for t in tasks.values()}, 6)
-    held = next(t for t in suite if t.held_out)
-    assert all(held.description not in seen for seen, _ in calls)
-    assert set(anchors.full.mean) == set(bank.layout.modules)
-    for m in bank.layout.modules:
-        assert anchors.full.mean[m].shape == bank.experts[0].mean[m].shape
-
-    choice = choose_k_tau_by_task(
-        bank, tasks, evaluator, ks=(1, 2), taus=(0.001, 1.0), gates=(9.0,), examples=4,
-        anchors=anchors,
-    )  # fmt: skip
-    assert {"anchor", "anchor=0.5,k=1,tau=0.02", "anchor=0.5,k=4,tau=0.5"} <= set(choice.grid)
-    assert "anchor,gate=9.0" in choice.gate_grid and choice.lam is not None
-    assert held.name not in evaluator.scored
-    # expert t's anchor column is its fold's anchor, a blend is half its fold's anchor
-    for t in tasks:
-        own = anchors.folds[anchors.fold_of[t]]
-        alone = candidate_mixture(bank, t, Candidate(0, 0.0, False, 0.0), own)
-        assert torch.equal(alone.mean["q_proj"], own.mean["q_proj"])
-        plain = candidate_mixture(bank, t, Candidate(2, 1.0))
-        half = candidate_mixture(bank, t, Candidate(2, 1.0, False, 0.5), own)
-        expected = 0.5 * plain.mean["q_proj"] + 0.5 * own.mean["q_proj"]
-        assert torch.allclose(half.mean["q_proj"], expected, atol=1e-6)
-
-    # trained end to end: the checkpoint keeps the served anchor, whatever won
-    cfg = GeneratorConfig(
-        hidden=32, latent=4, steps=4, val_fraction=0.0, select="task", select_examples=4,
-        anchor_steps=6, anchor_folds=2,
-    )  # fmt: skip
-    rec, metrics = train_generator(reg, world["base"], cfg, tasks=suite)
-    assert "anchor" in metrics["k_tau_grid"] and "anchor_lam" in rec.hyperparameters
-    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(rec.id))
-    assert ckpt.anchor is not None
-    assert torch.allclose(ckpt.anchor.mean["q_proj"], anchors.full.mean["q_proj"])
-    gen = Generator.from_registry(reg, rec)
-
-    def served(k: int, tau: float, lam: float | None) -> Generator:
-        forced = copy.deepcopy(ckpt)
-        forced.hyper = forced.hyper | {"k": k, "tau": tau, "gate": None, "anchor_lam": lam}
-        return Generator(forced, embed=reg.embedder.encode, experts=gen._experts)
-
-    desc = "Does the text mention the moon? Answer yes or no."
-    query = reg.embedder.encode([desc])[0]
-    alone = served(0, 0.0, 0.0)
-    made = alone.generate([Request(desc, seed=3)])[0]
-    assert not made.neighbours and made.anchor_weight == 1.0
-    assert torch.equal(alone.mixture(query)[0].mean["q_proj"], ckpt.anchor.mean["q_proj"])
-    half = served(2, 1.0, 0.5)
-    made = half.generate([Request(desc, seed=3)])[0]
-    assert len(made.neighbours) == 2 and made.anchor_weight == pytest.approx(0.5)
-    assert sum(n.weight for n in made.neighbours) == pytest.approx(0.5, abs=1e-4)
-    plain = served(2, 1.0, None).mixture(query)[0].mean["q_proj"]
-    expected = 0.5 * plain + 0.5 * ckpt.anchor.mean["q_proj"]
-    assert torch.allclose(half.mixture(query)[0].mean["q_proj"], expected, atol=1e-6)
-    from generator.generate import register
-
-    stored = register(reg, made, base_model=world["base"])
-    assert stored.meta["anchor_weight"] == pytest.approx(0.5) and len(stored.parents) == 2
-    # the harness scores the anchor alone as the multi-task baseline
-    report = evaluate(
-        reg, evaluator, [held], base_model=world["base"], generators={"sg": alone}, bank=bank,
-        k=2, tau=0.1,
-    )  # fmt: skip
-    row = report.rows[0]
-    assert "multi-task" in report.methods
-    assert row.scores["multi-task"] == row.scores["sg-mixture-mean"]
-    with pytest.raises(InvalidInput, match="select 'task' or 'local'"):
-        GeneratorConfig(anchor_steps=5)

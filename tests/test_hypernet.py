@@ -153,32 +153,6 @@ def test_untrained_sg_net_returns_the_mixture_mean() -> None:
     assert all(torch.equal(out[m], mean[m]) for m in mean)
 
 
-def test_a_describing_sg_net_reads_the_description() -> None:
-    layout = tiny_layout()
-    net = SGLoraNet(module_shapes(layout), NetConfig(hidden=32, latent=4, describe=EMB))
-    mean = {s.module: torch.randn(1, s.layers, s.rank, s.width) for s in module_shapes(layout)}
-    logvar = {m: torch.zeros_like(v) for m, v in mean.items()}
-    with pytest.raises(ValueError, match="description"):
-        net.sample(mean, logvar)
-    # trained (no validation split: the last state is kept), then round-tripped
-    bank, _, world = synthetic_bank(16, seed=3)
-    cfg = GeneratorConfig(
-        hidden=32, latent=4, steps=60, k=2, tau=0.1, describe=True, val_fraction=0.0
-    )
-    ckpt = Checkpoint.from_bytes(fit_sg(bank, cfg).checkpoint.to_bytes())
-    trained = ckpt.net
-    assert isinstance(trained, SGLoraNet) and trained.config.describe == EMB
-    # the same mixture, two descriptions: two corrections
-    e0, e1 = world["embedding"](0)[None], world["embedding"](1)[None]
-    a, b = trained.sample(mean, logvar, desc=e0), trained.sample(mean, logvar, desc=e1)
-    assert any(not torch.allclose(a[m], b[m]) for m in mean)
-    # generation passes the request's description embedding, deterministically
-    experts = {e.id: e for e in bank.experts}
-    gen = Generator(ckpt, embed=lambda ts: np.stack([e0[0].numpy()] * len(ts)), experts=experts.get)
-    first, again = gen.generate([Request("x")])[0], gen.generate([Request("x")])[0]
-    assert all(torch.equal(first.weights[k], again.weights[k]) for k in first.weights)
-
-
 def test_k_tau_selection_prefers_informative_neighbours() -> None:
     bank, _, _ = synthetic_bank(16)
     k, tau, grid = choose_k_tau(bank, ks=(1, 4, 15), taus=(0.05, 10.0))
@@ -254,6 +228,23 @@ def test_icm_learns_from_description_and_optional_task_vector() -> None:
     assert err < delta_relative_error(bank.layout, mean, true)
     with pytest.raises(InvalidInput, match="cannot read examples"):
         gen.generate([Request("x", examples=(("a", "b"),))])
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_with_retrain_it(trained_sg) -> None:  # type: ignore[no-untyped-def]
+    """Format 1 carried options that lost their experiments (the local policy, the
+    anchor, ...); this version cannot serve them, and says what to do in one line."""
+    import json
+
+    from safetensors.torch import load, save
+
+    _, ckpt, _ = trained_sg
+    raw = ckpt.to_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["loramint"])
+    old = save(load(raw), metadata={"format": "pt", "loramint": json.dumps(meta | {"format": 1})})
+    with pytest.raises(InvalidInput, match="format 1 is no longer supported.*retrain it") as err:
+        Checkpoint.from_bytes(old)
+    assert "\n" not in str(err.value)
 
 
 def test_bad_checkpoints_and_configs_are_rejected() -> None:

@@ -7,7 +7,6 @@ Ray instance, and a real worker process killed in the middle of a job."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -34,7 +33,6 @@ from generator.transfer import (
     clean_input,
     discriminator_description,
     fewshot_prompt,
-    labelled_prompt,
     model_sampler,
     real_variants,
     realness,
@@ -45,11 +43,8 @@ from generator.transfer import (
 )
 from generator.transfer_job import StageOutput, artifact_name, run_transfer
 from generator.transfer_source import (
-    Neighbours,
-    neighbour_inputs,
     read_seeds,
     seed_artifacts,
-    seeds_bytes,
     source_task,
     student_config,
     submit_transfer,
@@ -131,9 +126,7 @@ def models(tiny_base: Path, tiny_gemma: Path) -> dict[str, Evaluator]:
         ({"max_rounds": -1}, "max_rounds must be an integer"),
         ({"distill_stpes": 3}, "unknown transfer settings distill_stpes"),
         ({"balance_labels": "yes"}, "balance_labels must be true or false"),
-        ({"label_prompts": 1}, "label_prompts must be true or false"),
-        ({"neighbour_seeds": -1}, "neighbour_seeds must be an integer"),
-        ({"neighbour_seeds": "3"}, "neighbour_seeds must be an integer"),
+        ({"label_prompts": True}, "unknown transfer settings label_prompts"),  # removed
     ],
 )
 def test_bad_settings_name_the_value(settings: dict[str, Any], message: str) -> None:
@@ -162,11 +155,6 @@ def test_inputs_keep_their_line_breaks_and_prompts_show_them_on_one_line() -> No
     assert clean_input("one two\nthree", 6) == "one tw"
     prompt = fewshot_prompt("Weather news?", ["Rain due\nWet streets ahead", "Sun"])
     assert prompt.splitlines()[2:] == ["1. Rain due \\n Wet streets ahead", "2. Sun", "3."]
-    labelled = labelled_prompt("Weather news?", [("Rain due\nWet streets", "yes")], "no")
-    assert labelled.splitlines()[2:] == [
-        "1. (answer: yes) Rain due \\n Wet streets",
-        "2. (answer: no)",
-    ]
 
 
 def test_synthesizer_drops_empties_seed_copies_and_duplicates() -> None:
@@ -192,40 +180,6 @@ def test_synthesizer_drops_empties_seed_copies_and_duplicates() -> None:
     assert stats.batches == 2 and len(set(seeds_seen)) == 2  # each batch samples anew
     with pytest.raises(InvalidInput, match="non-empty seed"):
         Synthesizer(sample, "x", ["  "], cfg, seed=0)
-
-
-def test_labelled_prompt_shows_each_answer_and_asks_for_one() -> None:
-    prompt = labelled_prompt("Does it rain?", [("wet streets", "yes"), ("blue sky", "no")], "no")
-    assert prompt.splitlines() == [
-        "Task: Does it rain?",
-        "Here are 3 example inputs for this task, each with its answer:",
-        "1. (answer: yes) wet streets",
-        "2. (answer: no) blue sky",
-        "3. (answer: no)",
-    ]
-
-
-def test_label_prompts_ask_for_every_label_in_turn() -> None:
-    asked: list[str] = []
-
-    def sample(prompts: list[str], seed: int) -> list[str]:
-        asked.extend(p.rsplit("\n", 1)[1] for p in prompts)
-        # the seeds are shown with their own answers
-        assert all("(answer: yes) cat dog sun" in p and "(answer: no) moon" in p for p in prompts)
-        return [f"(answer: x) new {len(asked)} {i}" for i in range(len(prompts))]
-
-    cfg = TransferConfig(gen_batch=3, few_shot=2, label_prompts=True)
-    answers = {"cat dog sun": "yes", " moon ": "no"}
-    synth = Synthesizer(
-        sample, "Cat?", ["cat dog sun", "moon"], cfg, seed=0, answers=answers, labels=("yes", "no")
-    )
-    stats = synthesize(synth, 5, max_batches=2)
-    assert asked == ["3. (answer: yes)", "3. (answer: no)"] * 3  # turns carry across batches
-    assert stats.inputs[0] == "new 3 0"  # a repeated answer tag is dropped from the input
-    plain = Synthesizer(sample, "Cat?", ["cat dog sun"], cfg, seed=0, labels=("yes", "no"))
-    assert not plain.labelled  # no answers (a free-form task, or the setting off): plain prompts
-    with pytest.raises(InvalidInput, match="every seed's answer"):
-        Synthesizer(sample, "x", ["a", "b"], cfg, seed=0, answers={"a": "yes"}, labels=("yes",))
 
 
 def test_rejection_sampling_stops_at_the_count_or_the_budget() -> None:
@@ -489,80 +443,6 @@ def test_soft_filter_distils_on_every_scored_input(world) -> None:  # type: igno
     assert rec.meta["transfer"]["config"]["soft_filter"] is True
 
 
-def test_neighbour_seeds_distil_on_the_nearest_adapters_real_inputs(
-    tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder
-) -> None:  # type: ignore[no-untyped-def]
-    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
-    reg: Registry = w["registry"]
-    try:
-        # another adapter of the source model: a dog task with inputs of its own
-        dog = tiny_task("dog", "dog")
-        dog = dataclasses.replace(
-            dog, train=tuple(Example(e.input + " too", e.output) for e in dog.train)
-        )
-        config = TrainConfig(rank=4, alpha=8, steps=2, batch_size=8, lr=1e-2, snapshots=1)
-        [d] = build_zoo(reg, [dog], base_model=w["base"], config=config, evaluate=False)
-        # never borrowed: another adapter of the cat task (seeds of its own), and an
-        # adapter without seeds, both nearer the source than the dog adapter
-        files = reg.adapter_files(w["source_id"])
-        other = (Example("cat cat cat", "yes"),)
-        reg.add_adapter(
-            files, base_model=w["base"], name="cat-again", meta={"task": "cat"},
-            description="Does this text mention a cat? Answer yes or no.",
-            artifacts={SEEDS: seeds_bytes(other)},
-        )  # fmt: skip
-        reg.add_adapter(
-            files, base_model=w["base"], name="cat-seedless",
-            description="Does the text mention a cat? Reply yes or no.",
-        )  # fmt: skip
-        source = source_task(reg, w["source_id"])
-        assert neighbour_inputs(reg, source, TransferConfig()) == Neighbours()
-        found = neighbour_inputs(reg, source, TransferConfig(neighbour_seeds=3))
-        assert found.inputs == tuple(e.input for e in dog.seeds())
-        [entry] = found.adapters  # the only other task's adapter with seeds
-        assert entry["adapter_id"] == d.adapter_id and entry["inputs"] == 5
-        assert -1.0 <= entry["similarity"] <= 1.0
-
-        settings = {**FAST, "samples": 3, "max_rounds": 1, "neighbour_seeds": 2}
-        job = submit_transfer(reg, w["source_id"], w["target"], config=settings)
-        done = run_one(reg, "w-neighbours", HANDLERS)
-        assert done is not None and done.id == job.id and done.state == "succeeded", done.error
-        figures = done.result["stages"]["distill"]  # type: ignore[index]
-        assert figures["neighbour_inputs"] == 5
-        assert [n["name"] for n in figures["neighbours"]] == ["zoo-dog"]
-        kept = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("filter"))).data
-        distill = StageOutput.from_bytes(reg.job_artifact(job.id, artifact_name("distill")))
-        assert distill.data["neighbour_inputs"] == list(found.inputs)
-        real = {e.input for e in w["task"].seeds()} | set(found.inputs)
-        # the default soft filter distils on every input the filter scored
-        scored = set(kept["kept"]) | set(kept["rejected"])
-        assert figures["examples"] == len(scored | real)
-        rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
-        assert rec.meta["transfer"]["config"]["neighbour_seeds"] == 2
-    finally:
-        reg.close()
-
-
-def test_label_prompts_reach_the_job_and_reuse_the_discriminator(world) -> None:  # type: ignore[no-untyped-def]
-    reg: Registry = world["registry"]
-    plain = submit_transfer(reg, world["source_id"], world["target"], config={**FAST, "samples": 3})
-    assert run_one(reg, "w-plain", HANDLERS).state == "succeeded"  # type: ignore[union-attr]
-    settings = {**FAST, "samples": 3, "label_prompts": True}
-    job = submit_transfer(reg, world["source_id"], world["target"], config=settings)
-    done = run_one(reg, "w-labels", HANDLERS)
-    assert done is not None and done.id == job.id and done.state == "succeeded", done.error
-    stages = done.result["stages"]  # type: ignore[index]
-    # the discriminator judges real against the source's plain synthetic inputs either way
-    assert stages["discriminator"]["reused_from_job"] == plain.id
-    assert stages["synthesize"]["generated"] > 0
-    rec = reg.get_adapter(done.result["adapter_id"])  # type: ignore[index]
-    assert rec.meta["transfer"]["config"]["label_prompts"] is True
-    source = source_task(reg, world["source_id"], weights=False)
-    answers = source.seed_answers(TransferConfig(label_prompts=True))
-    assert answers is not None and set(answers.values()) <= set(source.labels)
-    assert source.seed_answers(TransferConfig()) is None
-
-
 def test_a_transfer_that_changes_only_distillation_reuses_the_inputs(world) -> None:  # type: ignore[no-untyped-def]
     """Jobs of one adapter share stage outputs by key: new distillation settings reuse an
     earlier job's synthetic and filtered inputs; new generation settings do not."""
@@ -587,12 +467,12 @@ def test_a_transfer_that_changes_only_distillation_reuses_the_inputs(world) -> N
         assert again[stage]["reused_from_job"] == first["id"], stage
     assert data(again["id"], "filter")["kept"] == data(first["id"], "filter")["kept"]
     assert again["distill"]["steps"] == 4 and first["distill"]["steps"] == FAST["distill_steps"]
-    # other prompts: new synthetic inputs and a new filter, the same discriminator
-    labelled = run({"label_prompts": True})
-    assert "reused_from_job" not in labelled["synthesize"]
-    assert "reused_from_job" not in labelled["filter"]
-    assert labelled["discriminator"]["reused_from_job"] in {first["id"], again["id"]}
-    assert data(labelled["id"], "synthesize")["key"] != data(first["id"], "synthesize")["key"]
+    # more samples: new synthetic inputs and a new filter, the same discriminator
+    more = run({"samples": FAST["samples"] + 1})
+    assert "reused_from_job" not in more["synthesize"]
+    assert "reused_from_job" not in more["filter"]
+    assert more["discriminator"]["reused_from_job"] in {first["id"], again["id"]}
+    assert data(more["id"], "synthesize")["key"] != data(first["id"], "synthesize")["key"]
 
 
 def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]

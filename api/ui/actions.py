@@ -196,8 +196,7 @@ def _optional_float(what: str, raw: str) -> float | None:
 async def train_generator(request: Request[Any, Any, Any], state: State) -> Template | Redirect:
     form = await request.form()
     fields = (
-        "base_model", "method", "steps", "k", "tau", "select", "gate", "gate_sim",
-        "anchor_steps", "seed", "name",
+        "base_model", "method", "steps", "k", "tau", "select", "gate", "seed", "name",
     )  # fmt: skip
     values = {f: _text(form, f) for f in fields}
     reg = _reg(state)
@@ -210,10 +209,6 @@ async def train_generator(request: Request[Any, Any, Any], state: State) -> Temp
             tau=_optional_float("tau", values["tau"]),
             select=values["select"] or "weights",
             gate=_optional_float("gate", values["gate"]),
-            gate_sim=_optional_float("similarity floor", values["gate_sim"]),
-            anchor_steps=views.parse_int(
-                "anchor steps", values["anchor_steps"] or "0", 0, 1_000_000
-            ),
             seed=views.parse_int("seed", values["seed"] or "0", 0, MAX_SEED),
             name=values["name"].strip() or None,
         )
