@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -32,8 +32,7 @@ from api.batcher import GenerationBatcher
 from api.dto import Health, Ready
 from api.routes import ROUTES
 from api.routes_transfers import TRANSFER_ROUTES
-from api.settings import ApiSettings
-from api.ui import AdminUi, UiSettings
+from api.ui import AdminUi
 from registry.errors import (
     Conflict,
     CorruptBlob,
@@ -44,6 +43,7 @@ from registry.errors import (
     TooLarge,
 )
 from registry.service import Registry
+from registry.settings import ApiSettings, Settings, apply_offline_environment
 
 log = logging.getLogger("loramint.api")
 
@@ -234,9 +234,10 @@ def create_app(
     batching: bool | None = None,
     worker: bool = False,
 ) -> Litestar:
-    """The app; with ``worker`` it also runs jobs in a background thread."""
+    """The app; with ``worker`` it also runs jobs in a background thread. Settings: the
+    registry's (``registry.settings``), ``api_settings`` standing in for its API part."""
     reg = registry or Registry()
-    settings = api_settings or ApiSettings.from_env()
+    settings = api_settings or reg.settings.api
     metrics_ = Metrics()
     use_batching = settings.batch_window > 0 if batching is None else batching
 
@@ -301,11 +302,22 @@ def create_app(
         on_startup=[startup],
         on_shutdown=[shutdown],
         # the admin UI (/ui): its own sessions, CSRF and HTML errors; /v1 is untouched
-        plugins=[AdminUi(UiSettings.from_env(reg.settings.home), _status_for)],
+        plugins=[AdminUi(reg.settings, _status_for)],
     )
 
 
-def app_from_env() -> Litestar:
-    """uvicorn factory (``loramint serve`` passes its options through the environment)."""
-    configure_logging(os.environ.get("LORAMINT_LOG_LEVEL", "INFO"))
-    return create_app(worker=os.environ.get("LORAMINT_SERVE_WORKER", "0") == "1")
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``loramint serve`` hands each HTTP worker process: the settings it read
+    once at start-up, whether to run jobs too, and the log level."""
+
+    settings: Settings
+    worker: bool = True
+    log_level: str = "INFO"
+
+
+def serve_app(options: ServeOptions) -> Litestar:
+    """The ASGI app factory ``loramint serve`` gives uvicorn (with ``options`` bound)."""
+    configure_logging(options.log_level)
+    apply_offline_environment(options.settings)
+    return create_app(Registry(options.settings), worker=options.worker)

@@ -1,11 +1,11 @@
 """Micro-batching of generation requests.
 
-One worker thread owns the generators (loaded once per process, reloaded when
-another generator comes to serve the method: a newer one, or a pin) and is the
+One worker thread owns the loaded generators (``LoadedGenerators``) and is the
 only thread that runs their networks. Requests for the same (base model,
-method, requested generator) that
-arrive within ``window`` seconds of the first are decoded in one forward pass;
-the event loop only awaits futures, so it never blocks on torch.
+method, requested generator) that arrive within ``window`` seconds of the
+first go through ``generate_adapters``, the same generation path as the CLI
+and the Python API, as one batched decode; the event loop only awaits
+futures, so it never blocks on torch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator.generate import Generated, Generator, Request, generator_for, register
+from generator.serve.generate import LoadedGenerators, generate_adapters
+from generator.serve.generator import Generated, Request
 from registry.records import AdapterRecord
 from registry.service import Registry
 
@@ -54,7 +55,7 @@ class GenerationBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
         self._queues: dict[Key, asyncio.Queue[_Pending]] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
-        self._loaded: dict[Key, Generator] = {}
+        self._loaded = LoadedGenerators(registry)
         self.stats = BatchStats()
 
     @property
@@ -112,18 +113,18 @@ class GenerationBatcher:
                 if not p.future.done():
                     p.future.set_result(r)
 
-    def _generator(self, key: Key) -> Generator:
-        record = generator_for(self.registry, *key)
-        loaded = self._loaded.get(key)
-        if loaded is None or loaded.id != record.id:
-            loaded = self._loaded[key] = Generator.from_registry(self.registry, record)
-        return loaded
-
     def _run(self, key: Key, requests: list[Request]) -> list[Result]:
-        """On the generator thread: one batched decode, then registration."""
+        """On the generator thread: the one generation path (decode, then register)."""
         t0 = time.perf_counter()
-        made = self._generator(key).generate(requests)
-        results = [(register(self.registry, g, base_model=key[0]), g) for g in made]
+        base_model, method, generator_id = key
+        results = generate_adapters(
+            self.registry,
+            requests,
+            base_model=base_model,
+            method=method,
+            generator_id=generator_id,
+            loaded=self._loaded,
+        )
         self.stats.batches += 1
         self.stats.requests += len(requests)
         self.stats.sizes.append(len(requests))

@@ -193,7 +193,7 @@ def adapters_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a PEFT LoRA adapter against its base model and register it."""
-    from generator.transfer_source import seed_artifacts
+    from generator.zoo.artifacts import seed_artifacts
 
     artifacts, meta = seed_artifacts(
         seeds.read_bytes() if seeds is not None else None,

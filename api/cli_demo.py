@@ -91,8 +91,8 @@ def demo_command(
 
 def _zoo(reg: Any, tasks: list[Any], *, full: bool, steps: int) -> None:
     from api.cli_zoo import ZooBars
-    from generator.lora_trainer import TrainConfig
-    from generator.zoo import build_zoo
+    from generator.zoo.build import build_zoo
+    from generator.zoo.trainer import TrainConfig
 
     label = "full zoo" if full else f"demo zoo ({len(tasks)} tasks)"
     out.print(f"[bold]2/5[/] {label} on {BASE_MODEL}")
@@ -111,8 +111,8 @@ def _zoo(reg: Any, tasks: list[Any], *, full: bool, steps: int) -> None:
 def _generators(reg: Any) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from generator.generators import train_generator
-    from generator.training import GeneratorConfig
+    from generator.fit.config import GeneratorConfig
+    from generator.fit.train import train_generator
 
     out.print("[bold]3/5[/] generators")
     found = {}
@@ -139,7 +139,7 @@ def _generators(reg: Any) -> dict[str, Any]:
 
 def _generated(reg: Any, task: Any, generator: Any) -> None:
     """Generate for ``task``'s description and score it against the bare model (cached)."""
-    from generator.generators import generate_adapters
+    from generator.serve.generate import generate_adapters
 
     out.print("[bold]4/5[/] a new adapter for a description no expert was trained on:")
     out.print(f"  “{task.description}”")
@@ -150,7 +150,7 @@ def _generated(reg: Any, task: Any, generator: Any) -> None:
     cache = reg.settings.results_dir / "demo.json"
     scores = _cached(cache, rec.id)
     if scores is None:
-        from generator.evaluation import Evaluator
+        from generator.tasks.evaluation import Evaluator
 
         with err.status(f"  scoring on {len(task.test)} test examples of {task.name}..."):
             evaluator = Evaluator.from_path(reg.base_model_path(BASE_MODEL))
@@ -169,7 +169,7 @@ def _generated(reg: Any, task: Any, generator: Any) -> None:
 
 
 def _request(description: str) -> Any:
-    from generator.generate import Request
+    from generator.serve.generator import Request
 
     return Request(description, seed=0)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +20,6 @@ generator_app = typer.Typer(help="Generators (SG-LoRA, ICM-LoRA).", no_args_is_h
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
-
-MethodOpt = Annotated[str, typer.Option("--method", help="sg-lora or icm-lora.")]
 
 
 def _record(rec: Any, *, pinned: bool = False) -> dict[str, Any]:
@@ -36,63 +37,55 @@ def _record(rec: Any, *, pinned: bool = False) -> dict[str, Any]:
     }
 
 
+def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one CLI option per ``GeneratorConfig`` field (``--select-examples``
+    for ``select_examples``), taken from the config's own declaration (help, default);
+    the command receives them as ``config``, validated by the config itself."""
+    from generator.fit.config import GeneratorConfig, options
+
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "config"]
+    names = [f.name for f, _ in options()]
+    added = []
+    for f, opt in options():
+        kind = {"int": int, "float": float, "str": str}[str(f.type).replace(" | None", "")]
+        annotation = (kind | None) if f.default is None else kind
+        flag = "--" + f.name.replace("_", "-")
+        added.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=f.default,
+                annotation=Annotated[annotation, typer.Option(flag, help=opt.help)],
+            )
+        )
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        config = GeneratorConfig(**{n: values.pop(n) for n in names})
+        command(config=config, **values)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
 @generator_app.command("train")
+@with_config_options
 def generator_train(
-    method: MethodOpt = "sg-lora",
+    config: Any,
     base_model: BaseOpt = "smollm2-135m-instruct",
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 800,
-    k: Annotated[
-        int | None, typer.Option(help="SG-LoRA experts per mixture (default: leave-one-out).")
-    ] = None,
-    tau: Annotated[
-        float | None, typer.Option(help="SG-LoRA softmax temperature (default: leave-one-out).")
-    ] = None,
-    select: Annotated[
-        str,
-        typer.Option(
-            help="How SG-LoRA chooses K and tau when not given: 'weights' (leave-one-out "
-            "error in update space; seconds) or 'task' (leave-one-out accuracy of each "
-            "mixture on the experts' tasks through the base model; ~15-25 s an expert)."
-        ),
-    ] = "weights",
-    select_examples: Annotated[
-        int,
-        typer.Option(help="Examples of each training task that --select task scores."),
-    ] = 16,
-    gate: Annotated[
-        float | None,
-        typer.Option(
-            help="SG-LoRA: use the nearest expert alone when its description similarity "
-            "leads the runner-up's by more than this (default: none, or chosen with "
-            "K and tau by --select task)."
-        ),
-    ] = None,
     suite: SuiteOpt = None,
-    hidden: Annotated[int, typer.Option(help="Network width.")] = 128,
-    latent: Annotated[int, typer.Option(help="Latent size.")] = 32,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     name: Annotated[str | None, typer.Option(help="Generator name.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Train a generator on the base model's registered (not held-out) adapters."""
     from tqdm import tqdm
 
-    from generator.generators import train_generator
-    from generator.training import GeneratorConfig
+    from generator.fit.train import train_generator
     from registry.service import Registry
 
-    config = GeneratorConfig(
-        method=method,
-        steps=steps,
-        k=k,
-        tau=tau,
-        select=select,
-        select_examples=select_examples,
-        gate=gate,
-        hidden=hidden,
-        latent=latent,
-        seed=seed,
-    )
     reg = Registry()
     # the experts' tasks, for choosing K and tau by accuracy (none: weight-space choice)
     tasks = list(open_suite(suite, build=False)) if suite is not None else None
@@ -100,7 +93,7 @@ def generator_train(
 
     def on_step(step: int, total: int, loss: float) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc=f"training {method}", unit="step")
+            bar["bar"] = tqdm(total=total, desc=f"training {config.method}", unit="step")
         bar["bar"].update(1)
         if step % 10 == 0:
             bar["bar"].set_postfix(loss=f"{loss:.4f}")
@@ -156,7 +149,7 @@ def generator_finetune(
     """Fine-tune a generator end to end through the base model's task loss (new generator)."""
     from tqdm import tqdm
 
-    from generator.generators import finetune_generator
+    from generator.fit.train import finetune_generator
     from registry.service import Registry
 
     reg = Registry()
@@ -306,8 +299,8 @@ def generate_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Generate a LoRA for DESCRIPTION, register it, and optionally export it."""
-    from generator.generate import Request, check_examples
-    from generator.generators import generate_adapters
+    from generator.serve.generate import generate_adapters
+    from generator.serve.generator import Request, check_examples
     from registry.service import Registry
 
     pairs = check_examples(read_examples(examples))
@@ -364,10 +357,10 @@ def eval_generators(
     ] = None,
 ) -> None:
     """Held-out accuracy of every generator and baseline, relative to the oracle."""
-    from generator.evaluation import Evaluator
     from generator.experts import ExpertBank
-    from generator.generate import Generator
     from generator.quality import evaluate, sg_guidance, sg_settings, write
+    from generator.serve.generator import Generator
+    from generator.tasks.evaluation import Evaluator
     from registry.errors import InvalidInput
     from registry.service import Registry
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Annotated, Any
 
@@ -28,26 +27,30 @@ def serve_command(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Serve the REST API (and, by default, run jobs in a background thread)."""
+    import functools
+
     import uvicorn
 
-    from api.settings import ApiSettings
+    from api.app import ServeOptions, serve_app
     from registry.errors import InvalidInput
     from registry.service import Registry
+    from registry.settings import get_settings
 
     if not 0 < port < 65536:
         raise InvalidInput(f"port must be 1-65535, got {port}")
     if workers < 1:
         raise InvalidInput(f"workers must be at least 1, got {workers}")
-    settings = ApiSettings.from_env()  # fail on bad settings before binding
-    reg = Registry()
+    settings = get_settings()  # every setting read and checked once, before binding
+    reg = Registry(settings)
     err.print(f"loramint on http://{host}:{port}  (database {reg.settings.database_url})")
-    err.print(f"auth: {settings.auth_mode}")
+    err.print(f"auth: {settings.api.auth_mode}")
     err.print(f"OpenAPI: http://{host}:{port}/schema  metrics: http://{host}:{port}/metrics")
     reg.close()
-    os.environ["LORAMINT_SERVE_WORKER"] = "1" if worker else "0"
-    os.environ["LORAMINT_LOG_LEVEL"] = log_level.upper()
-    uvicorn.run(
-        "api.app:app_from_env",
+    # each HTTP worker process builds its app from these options (uvicorn pickles them
+    # into the processes it spawns): nothing travels through the environment
+    options = ServeOptions(settings, worker=worker, log_level=log_level.upper())
+    config = uvicorn.Config(
+        functools.partial(serve_app, options),
         factory=True,
         host=host,
         port=port,
@@ -55,6 +58,15 @@ def serve_command(
         log_level=log_level,
         access_log=False,  # the app logs each request (JSON, with its request id)
     )
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:  # e.g. the port is taken: uvicorn has said why
+            raise SystemExit(1)
 
 
 def worker_command(

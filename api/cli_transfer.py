@@ -58,7 +58,7 @@ def transfer_command(
     command runs it, or follows it when a worker has it already.
     """
     from api.engines import Resources
-    from generator.transfer_source import submit_transfer
+    from generator.transfer.source import submit_transfer
     from registry.service import Registry
 
     reg = Registry()

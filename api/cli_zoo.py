@@ -29,7 +29,7 @@ BaseOpt = Annotated[
 
 
 def open_suite(path: Path | None, *, build: bool = True) -> Any:
-    from generator.tasks import TaskSuite
+    from generator.tasks.task import TaskSuite
     from registry.errors import NotFound
     from registry.settings import get_settings
 
@@ -42,7 +42,7 @@ def open_suite(path: Path | None, *, build: bool = True) -> Any:
     if not suite.exists():
         if not build:
             raise NotFound("the default task suite is not built yet: run `loramint tasks build`")
-        from generator.suite import build_default_suite
+        from generator.tasks.suite import build_default_suite
 
         with err.status("building the default task suite from the installed corpora..."):
             build_default_suite(suite.root)
@@ -57,7 +57,7 @@ def tasks_build(
     ] = None,
 ) -> None:
     """(Re)build the default task suite from the corpora that ship in packages."""
-    from generator.suite import build_default_suite
+    from generator.tasks.suite import build_default_suite
     from registry.settings import get_settings
 
     root = dest or get_settings().tasks_dir / "default"
@@ -141,8 +141,8 @@ def zoo_build(
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
 
-    from generator.lora_trainer import TrainConfig
-    from generator.zoo import build_zoo, write_report
+    from generator.zoo.build import build_zoo, write_report
+    from generator.zoo.trainer import TrainConfig
     from registry.service import Registry
 
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, alpha=2.0 * rank)
@@ -189,7 +189,7 @@ def zoo_report(
     ] = None,
 ) -> None:
     """Per-task base vs oracle accuracy and training time of the registered zoo."""
-    from generator.zoo import write_report
+    from generator.zoo.build import write_report
     from registry.service import Registry
 
     path = write_report(Registry(), base_model, extra=dest)
@@ -209,7 +209,7 @@ def eval_adapter(
         return
     if adapter is None or task is None:
         raise typer.BadParameter("give both --adapter ID and --task NAME")
-    from generator.evaluation import Evaluator
+    from generator.tasks.evaluation import Evaluator
     from registry.service import Registry
 
     t = open_suite(suite).load(task)

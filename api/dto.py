@@ -1,10 +1,10 @@
 """Wire types of the REST API: msgspec structs built from registry records,
-never ORM objects. Field names are the public contract (DESIGN.md)."""
+never ORM objects. Field names are the public contract (docs/design.md)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -156,16 +156,30 @@ class GeneratorOut(msgspec.Struct):
 
 
 class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
-    base_model: str = "smollm2-135m-instruct"
-    method: str = "sg-lora"
-    steps: int = 800
-    k: int | None = None
-    tau: float | None = None
-    select: str = "weights"  # how SG-LoRA picks K and tau when not given: or "task"
-    select_examples: int = 16  # examples of each training task that "task" scores
-    gate: float | None = None  # SG-LoRA: the nearest expert alone when it leads by more
-    seed: int = 0
-    name: str | None = None
+    """A generator training request: where, under which name, and every field of
+    ``generator.fit.config.GeneratorConfig`` with its default and bounds (a test
+    holds the two to the same names, defaults and bounds; see the config for what
+    each option does)."""
+
+    base_model: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] = "smollm2-135m-instruct"
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    method: Literal["sg-lora", "icm-lora"] = "sg-lora"
+    steps: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 800
+    k: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    tau: Annotated[float, msgspec.Meta(gt=0, le=100)] | None = None
+    select: Literal["weights", "task"] = "weights"
+    select_examples: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
+    gate: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    hidden: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 128
+    latent: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 8
+    lr: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1e-3
+    weight_decay: Annotated[float, msgspec.Meta(ge=0, le=10)] = 1e-4
+    kl_weight: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    val_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
+    eval_every: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
+    task_vector_dropout: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class TransferIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from api.worker import HANDLERS, Handler, JobContext, lease_seconds, run_one
+from api.worker import HANDLERS, Handler, JobContext, run_one
 from registry.errors import InvalidInput
 from registry.records import JobRecord
 from registry.service import Registry
@@ -34,15 +34,8 @@ from registry.settings import Settings
 log = logging.getLogger("loramint.engines")
 
 ENGINES = ("local", "ray")
-# what a Ray task needs to open the same registry as the dispatcher
-FORWARDED_ENV = (
-    "LORAMINT_JOB_LEASE_S",
-    "LORAMINT_MAX_ADAPTER_MB",
-    "LORAMINT_EXACT_INDEX_MAX",
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "HF_DATASETS_OFFLINE",
-)
+# the hub switches a Ray task keeps from the dispatcher's environment
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -77,14 +70,10 @@ class Resources:
 
 
 def task_env(settings: Settings) -> dict[str, str]:
-    """Environment a Ray task needs to open the dispatcher's registry."""
-    env = {
-        "LORAMINT_HOME": str(settings.home),
-        "LORAMINT_DATABASE_URL": settings.database_url,
-        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
-        "LORAMINT_ALLOW_HUB": "1" if settings.allow_hub else "0",
-    }
-    env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    """Environment a Ray task needs to open the dispatcher's registry: a Ray task is
+    another process, which reads its settings as every loramint process does."""
+    env = settings.environment()
+    env.update({k: os.environ[k] for k in OFFLINE_ENV if k in os.environ})
     return env
 
 
@@ -217,7 +206,10 @@ class RayEngine:
     def _refuse(self, job: JobRecord, reason: str) -> None:
         """Fail a job no Ray task can run (bad or unsatisfiable resource request)."""
         held = self.registry.claim_job(
-            self.name, job_id=job.id, kinds=self.kinds, lease_seconds=lease_seconds()
+            self.name,
+            job_id=job.id,
+            kinds=self.kinds,
+            lease_seconds=self.registry.settings.jobs.lease_seconds,
         )
         if held is not None:
             self.registry.fail_job(job.id, self.name, f"not run on Ray: {reason}", retry=False)

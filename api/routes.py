@@ -37,10 +37,10 @@ from api.dto import (
     SearchPage,
     TrainGeneratorIn,
 )
-from generator.checkpoint import check_method
-from generator.generate import Request as GenRequest
-from generator.generate import check_examples
-from generator.transfer_source import seed_artifacts
+from generator.hypernet.checkpoint import check_method
+from generator.serve.generator import Request as GenRequest
+from generator.serve.generator import check_examples
+from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
 from registry.records import JobRecord
@@ -405,14 +405,14 @@ def train_generator(state: State, data: JSONBody[TrainGeneratorIn]) -> JobOut:
 
 def submit_generator_training(state: State, data: TrainGeneratorIn) -> JobRecord:
     """Check a generator training request and queue it (shared with the admin UI)."""
-    from generator.training import GeneratorConfig
+    from generator.fit.config import GeneratorConfig, options
 
     reg = _registry(state)
-    check_method(data.method)
-    params = {f: getattr(data, f) for f in data.__struct_fields__}
-    GeneratorConfig.from_params(params)  # the job's own check, now: 400 rather than a failed job
+    # the job's own check, now: 400 rather than a failed job
+    config = GeneratorConfig.from_params({f.name: getattr(data, f.name) for f, _ in options()})
     reg.linear_shapes(data.base_model)  # an unregistered base model: 404 now, not in the job
     _check_job_capacity(state)
+    params = {"base_model": data.base_model, "name": data.name, "config": config.to_params()}
     return reg.submit_job("train-generator", params)
 
 

@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from api.dto import JobOut, TransferIn
 from api.engines import Resources
 from api.routes import ADMIN, WRITE_ERRORS, _check_job_capacity, _registry
-from generator.transfer_source import submit_request, transfer_request
+from generator.transfer.source import submit_request, transfer_request
 
 TRANSFER_EXAMPLE = OAExample(
     summary="Move a SmolLM2 adapter to Gemma-3-270M",

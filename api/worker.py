@@ -24,24 +24,9 @@ from typing import Any
 from registry.errors import Conflict, InvalidInput, LoramintError
 from registry.records import JobRecord
 from registry.service import Registry
+from registry.settings import HEARTBEAT_SECONDS, JobSettings
 
 log = logging.getLogger("loramint.worker")
-
-LEASE_SECONDS = 120.0
-HEARTBEAT_EVERY = 2.0
-
-
-def lease_seconds() -> float:
-    """How long a claim lasts without a heartbeat (``LORAMINT_JOB_LEASE_S``): a killed
-    worker's job is taken over by another worker after at most this long."""
-    raw = os.environ.get("LORAMINT_JOB_LEASE_S", "")
-    try:
-        value = float(raw) if raw else LEASE_SECONDS
-    except ValueError:
-        raise InvalidInput(f"LORAMINT_JOB_LEASE_S must be a number, got {raw!r}") from None
-    if value <= HEARTBEAT_EVERY:
-        raise InvalidInput(f"LORAMINT_JOB_LEASE_S must be above {HEARTBEAT_EVERY} s")
-    return value
 
 
 @dataclass
@@ -49,7 +34,7 @@ class JobContext:
     registry: Registry
     job: JobRecord
     worker: str
-    lease: float = LEASE_SECONDS
+    lease: float = JobSettings().lease_seconds
     _last: float = field(default=0.0)
 
     def progress(
@@ -62,7 +47,8 @@ class JobContext:
     ) -> None:
         """Report progress (at most every few seconds unless ``force``); renews the lease."""
         now = time.monotonic()
-        if not force and stage is None and log_line is None and now - self._last < HEARTBEAT_EVERY:
+        quiet = not force and stage is None and log_line is None
+        if quiet and now - self._last < HEARTBEAT_SECONDS:
             return
         self._last = now
         self.job = self.registry.heartbeat(
@@ -86,11 +72,11 @@ Handler = Callable[[JobContext], dict[str, Any]]
 
 
 def train_generator_job(ctx: JobContext) -> dict[str, Any]:
-    from generator.generators import train_generator
-    from generator.training import GeneratorConfig
+    from generator.fit.config import GeneratorConfig
+    from generator.fit.train import train_generator
 
     p = ctx.job.params
-    config = GeneratorConfig.from_params(p)
+    config = GeneratorConfig.from_params(p.get("config", {}))
     base_model = p.get("base_model", "smollm2-135m-instruct")
     name = p.get("name") or f"{config.method}-job{ctx.job.id}"
     # exactly one result: an earlier attempt that registered before it was killed wins
@@ -119,7 +105,7 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
 
 def transfer_job(ctx: JobContext) -> dict[str, Any]:
     """Trans-LoRA: stages checkpoint as job artifacts; a retry resumes after the last one."""
-    from generator.transfer_job import run_transfer
+    from generator.transfer.job import run_transfer
 
     return run_transfer(ctx.registry, ctx.job.id, ctx.job.params, ctx)
 
@@ -128,9 +114,9 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
     """A zoo build; resumable by construction (a task whose adapter is registered is skipped)."""
     from pathlib import Path
 
-    from generator.lora_trainer import TrainConfig
-    from generator.tasks import TaskSuite
-    from generator.zoo import build_zoo
+    from generator.tasks.task import TaskSuite
+    from generator.zoo.build import build_zoo
+    from generator.zoo.trainer import TrainConfig
 
     p = ctx.job.params
     try:
@@ -192,7 +178,7 @@ def run_one(
 ) -> JobRecord | None:
     """Claim and run one job (``job_id`` only, if given); returns it (None when there
     is nothing to claim)."""
-    lease = lease_seconds()
+    lease = registry.settings.jobs.lease_seconds
     job = registry.claim_job(name, kinds=list(handlers), job_id=job_id, lease_seconds=lease)
     if job is None:
         return None

@@ -86,7 +86,7 @@ def selection_agreement(
 ) -> tuple[int, float] | None:
     """(mixtures compared, Spearman correlation) between a generator's leave-one-out grid
     ("k=K,tau=T" -> training-task accuracy) and the same mixtures' shares of the oracle."""
-    from generator.selection import Candidate
+    from generator.fit.selection import Candidate
 
     pairs = []
     for key, loo in grid.items():
@@ -160,12 +160,12 @@ def score(registry: Any, base_model: str, names: list[str]) -> list[dict[str, An
     """Every candidate's test accuracy on each held-out task of the default suite."""
     import torch
 
-    from generator.evaluation import Evaluator
     from generator.experts import ExpertBank
-    from generator.generators import default_suite_tasks
+    from generator.fit.selection import TAU_GRID
+    from generator.fit.sg import K_GRID
+    from generator.fit.train import default_suite_tasks
     from generator.quality import oracle_weights
-    from generator.selection import TAU_GRID
-    from generator.training import K_GRID
+    from generator.tasks.evaluation import Evaluator
 
     held = [t for t in default_suite_tasks(registry) if t.held_out and t.is_classification]
     if names:

@@ -68,9 +68,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from generator.generate import Generator, Request, generator_for
-    from generator.zoo import weights_bytes, zoo_records
+    from generator.serve.generate import generator_for
+    from generator.serve.generator import Generator, Request
+    from generator.zoo.build import zoo_records
     from registry.errors import LoramintError
+    from registry.lora_spec import weights_bytes
     from registry.peft_format import zip_bytes
     from registry.service import open_registry
 

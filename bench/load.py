@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from registry.settings import Settings
+
 DESCRIPTIONS = [
     "Does this dictionary definition describe a kind of {}? Answer yes or no.",
     "Is this sentence about {}? Answer yes or no.",
@@ -72,7 +74,6 @@ def start_server(home: Path, models: Path, window_ms: float) -> tuple[subprocess
         "LORAMINT_BATCH_WINDOW_MS": str(window_ms),
         "LORAMINT_API_RATE": "100000",
         "LORAMINT_API_BURST": "100000",
-        "LORAMINT_LOG_LEVEL": "WARNING",
     }
     env.pop("LORAMINT_DATABASE_URL", None)
     proc = subprocess.Popen(
@@ -155,12 +156,12 @@ def main() -> None:
     ap.add_argument(
         "--home",
         type=Path,
-        default=Path(os.environ.get("LORAMINT_HOME", Path.home() / ".loramint")),
+        default=Settings.from_env().home,
     )
     args = ap.parse_args()
     if args.clients < 1 or args.seconds <= 0:
         raise SystemExit("--clients and --seconds must be positive")
-    models = Path(os.environ.get("LORAMINT_MODEL_CACHE", args.home / "models"))
+    models = Settings.from_env(dict(os.environ) | {"LORAMINT_HOME": str(args.home)}).model_cache
     results = {}
     for mode, window in (("micro-batching", args.window_ms), ("no batching", 0.0)):
         with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:

@@ -28,6 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import reader_key, scratch_home, start_server  # noqa: E402
+from registry.settings import Settings  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
     ap.add_argument(
         "--home", type=Path,
-        default=Path(os.environ.get("LORAMINT_HOME", Path.home() / ".loramint")),
+        default=Settings.from_env().home,
     )  # fmt: skip
     args = ap.parse_args()
     report_path = args.home / "results" / f"quality-{args.base_model.replace('/', '_')}.json"
@@ -55,14 +56,14 @@ def main() -> None:
     import torch
     from peft import PeftModel
 
-    from generator.evaluation import Evaluator, load_base
-    from generator.tasks import TaskSuite
+    from generator.tasks.evaluation import Evaluator, load_base
+    from generator.tasks.task import TaskSuite
     from registry.service import Registry
 
     os.environ.setdefault("LORAMINT_HOME", str(args.home))
     suite = TaskSuite(args.home / "tasks" / "default")
     base_path = Registry().base_model_path(args.base_model)
-    models = Path(os.environ.get("LORAMINT_MODEL_CACHE", args.home / "models"))
+    models = Settings.from_env(dict(os.environ) | {"LORAMINT_HOME": str(args.home)}).model_cache
     mismatches = 0
     with tempfile.TemporaryDirectory(prefix="loramint-roundtrip-") as tmp:
         home = Path(tmp) / "home"

@@ -78,9 +78,9 @@ def baseline(path: Path, fmt: Any, task: Any, steps: int, batch_size: int) -> tu
 
 
 def ours(path: Path, task: Any, steps: int, batch_size: int) -> tuple[float, int]:
-    from generator.evaluation import load_base
-    from generator.lora_trainer import TrainConfig, train_lora
-    from generator.prompting import PromptFormat
+    from generator.tasks.evaluation import load_base
+    from generator.tasks.prompting import PromptFormat
+    from generator.zoo.trainer import TrainConfig, train_lora
 
     model, tok = load_base(path)
     result = train_lora(
@@ -106,7 +106,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from api.cli_zoo import open_suite
-    from generator.prompting import PromptFormat
+    from generator.tasks.prompting import PromptFormat
     from registry.service import Registry
 
     reg = Registry()

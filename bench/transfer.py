@@ -89,7 +89,7 @@ def pick_tasks(
     adapter beat the bare source model by ``min_gain`` when the zoo evaluated it
     (an adapter that does nothing on its own model has nothing to transfer; the
     rule reads only the zoo's figures, never a transfer's)."""
-    from generator.zoo import adapter_name
+    from generator.zoo.build import adapter_name
 
     if names:
         tasks = suite.select(names)
@@ -117,7 +117,7 @@ def transfer_job(
 ) -> Any:
     """A succeeded transfer job for these parameters: an earlier one, or one run here now."""
     from api.cli_transfer import follow
-    from generator.transfer_source import TransferRequest, submit_request, transfer_request
+    from generator.transfer.source import TransferRequest, submit_request, transfer_request
 
     request = transfer_request(reg, adapter_id, target, config=config)
     if not fresh:
@@ -143,10 +143,13 @@ def score_task(
     """One table row. ``earlier`` is this task's row from the last results file: its
     figures are reused when they came from the same adapter, job and test examples
     (every column is seeded, so recomputing would give the same numbers)."""
-    from generator.transfer import TransferConfig, clean_input
-    from generator.transfer_job import StageOutput, artifact_name, filter_trust, target_modules
-    from generator.transfer_source import distill_target, registered_adapter, source_task
-    from generator.zoo import adapter_name
+    from generator.transfer.config import TransferConfig
+    from generator.transfer.job import target_modules
+    from generator.transfer.run import StageOutput, artifact_name
+    from generator.transfer.source import distill_target, registered_adapter, source_task
+    from generator.transfer.stages import filter_trust
+    from generator.transfer.synthesis import clean_input
+    from generator.zoo.build import adapter_name
 
     record = reg.find_adapter(args.source, adapter_name(task))
     source = source_task(reg, record.id)
@@ -372,8 +375,8 @@ def main() -> None:
 
     from api.cli_transfer import parse_settings
     from api.cli_zoo import open_suite
-    from generator.evaluation import Evaluator
-    from generator.transfer import TransferConfig
+    from generator.tasks.evaluation import Evaluator
+    from generator.transfer.config import TransferConfig
     from registry.blobs import write_atomic
     from registry.errors import InvalidInput
     from registry.service import Registry

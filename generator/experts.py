@@ -18,17 +18,14 @@ from typing import Any
 
 import torch
 
-from generator.guidance import Mixture, experts_needed, guided_mixture, mix, softmax_weights
-from generator.layout import LoraLayout
-from generator.lora_trainer import Tensors
-from generator.tasks import Task
-from generator.zoo import SEEDS, TRAJECTORY, load_trajectory
+from generator.hypernet.layout import LoraLayout, Rows
+from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture, mix, softmax_weights
+from generator.tasks.task import Task
+from generator.zoo.artifacts import SEEDS, TRAJECTORY, load_trajectory
 from registry.errors import InvalidInput
-from registry.lora_spec import parse_weights, spec_from_config
+from registry.lora_spec import Tensors, parse_weights, spec_from_config
 from registry.records import AdapterRecord
 from registry.service import Registry
-
-Rows = dict[str, torch.Tensor]  # module -> (L, d)
 
 EXPERT_PROVENANCE = ("trained", "imported")
 

@@ -19,17 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from generator.checkpoint import SG_LORA
-from generator.evaluation import Evaluator
 from generator.experts import ExpertBank
-from generator.generate import Generator, Request
-from generator.lora_trainer import Tensors
-from generator.selection import Candidate
-from generator.tasks import Task
-from generator.zoo import ZOO_PREFIX
+from generator.fit.selection import Candidate
+from generator.hypernet.checkpoint import SG_LORA
+from generator.serve.generator import Generator, Request
+from generator.tasks.evaluation import Evaluator
+from generator.tasks.task import Task
+from generator.zoo.build import ZOO_PREFIX
 from registry.blobs import write_atomic
 from registry.errors import InvalidInput
-from registry.lora_spec import parse_weights
+from registry.lora_spec import Adapter, parse_weights
 from registry.service import Registry
 
 BASELINES = ("base", "nearest", "weighted-mean", "sg-mixture-mean")
@@ -127,7 +126,7 @@ class QualityReport:
 
 def oracle_weights(
     registry: Registry, base_model: str, task: Task
-) -> tuple[dict[str, Any], Tensors]:
+) -> Adapter:
     rec = registry.find_adapter(base_model, f"{ZOO_PREFIX}{task.name}")
     if rec is None:
         raise InvalidInput(

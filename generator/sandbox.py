@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from generator.generators import train_generator
-from generator.lora_trainer import TrainConfig
-from generator.tasks import Example, Task, TaskSuite
-from generator.training import GeneratorConfig
-from generator.zoo import build_zoo
+from generator.fit.config import GeneratorConfig
+from generator.fit.train import train_generator
+from generator.tasks.task import Example, Task, TaskSuite
+from generator.zoo.build import build_zoo
+from generator.zoo.trainer import TrainConfig
 from registry.records import GeneratorRecord
 from registry.service import Registry
 from registry.settings import Settings
@@ -119,11 +119,7 @@ class SandboxWorld:
 
     def environment(self) -> dict[str, str]:
         """Variables that point a ``loramint`` process (CLI, server) at this world."""
-        return {
-            "LORAMINT_HOME": str(self.settings.home),
-            "LORAMINT_DATABASE_URL": self.settings.database_url,
-            "LORAMINT_MODEL_CACHE": str(self.settings.model_cache),
-        }
+        return self.settings.environment()
 
     def held_out(self) -> Task:
         return self.suite.load(HELD_OUT)

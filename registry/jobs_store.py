@@ -19,10 +19,8 @@ the race reads the next candidate. Leases are measured on the workers' clocks
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -31,16 +29,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.blobs import BlobStore
 from registry.db import changed_rows, transaction
 from registry.errors import Conflict, InvalidInput, JobNotFound
+from registry.job_fields import (
+    ARTIFACT_NAME_RE,
+    ERROR_MAX_CHARS,
+    append_log,
+    check_dict,
+    check_kind,
+    check_kinds,
+    check_progress,
+    check_stage,
+    check_state,
+    check_worker,
+    clean,
+    lease_of,
+)
 from registry.models import JobArtifactRow, JobRow, JobState, utcnow
 from registry.records import JobRecord
-from registry.validation import check_json
-
-KIND_RE = re.compile(r"^[\w][\w.\-]{0,49}$")
-ARTIFACT_NAME_RE = re.compile(r"^[\w][\w.\-]{0,99}$")
-# the log keeps its newest lines within this many characters; errors keep their end
-LOG_MAX_CHARS = 64 * 1024
-ERROR_MAX_CHARS = 16 * 1024
-MAX_LEASE_SECONDS = 7 * 24 * 3600
 
 
 class _Host(Protocol):
@@ -59,8 +63,8 @@ class JobStore:
         self: _Host, kind: str, params: dict[str, Any] | None = None, *, max_attempts: int = 3
     ) -> JobRecord:
         """Queue a job; the next worker claiming ``kind`` (or any kind) takes it."""
-        _check_kind(kind)
-        _check_dict("params", params)
+        check_kind(kind)
+        check_dict("params", params)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidInput(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
         now = utcnow()
@@ -96,9 +100,9 @@ class JobStore:
         instead and the next one is tried. ``worker`` must name one process
         uniquely (host, pid and a random suffix): holding a job means having its name.
         """
-        _check_worker(worker)
-        lease = _lease(lease_seconds)
-        wanted = None if kinds is None else _kinds(kinds)
+        check_worker(worker)
+        lease = lease_of(lease_seconds)
+        wanted = None if kinds is None else check_kinds(kinds)
         if wanted == []:
             return None
         while True:
@@ -136,7 +140,7 @@ class JobStore:
                     values = {
                         "state": JobState.FAILED.value,
                         "error": error,
-                        "log": _append_log(
+                        "log": append_log(
                             seen.log, f"worker {seen.worker} lost its lease; {error}"
                         ),
                         "lease_expires_at": None,
@@ -154,7 +158,7 @@ class JobStore:
                     "updated_at": now,
                 }
                 if lost:
-                    values["log"] = _append_log(
+                    values["log"] = append_log(
                         seen.log,
                         f"worker {seen.worker} lost its lease; "
                         f"attempt {seen.attempts + 1} by {worker}",
@@ -179,19 +183,19 @@ class JobStore:
         or taken over after the lease ran out): the worker should stop. A late
         heartbeat still counts if no one has taken the job over meanwhile.
         """
-        lease = _lease(lease_seconds)
+        lease = lease_of(lease_seconds)
         values: dict[str, Any] = {}
         if progress is not None:
-            values["progress"] = _progress(progress)
+            values["progress"] = check_progress(progress)
         if stage is not None:
-            values["stage"] = _stage(stage)
+            values["stage"] = check_stage(stage)
         if log is not None and not isinstance(log, str):
             raise InvalidInput("a job log entry must be a string")
 
         def change(held: sa.Row[*tuple[Any, ...]], now: datetime) -> dict[str, Any]:
             new = {**values, "lease_expires_at": now + lease, "updated_at": now}
             if log:
-                new["log"] = _append_log(held.log, log)
+                new["log"] = append_log(held.log, log)
             return new
 
         with transaction(self._sessions) as s:
@@ -202,7 +206,7 @@ class JobStore:
         """Mark ``worker``'s job succeeded with ``result`` (e.g. ``{"adapter_id": 5}``)."""
         if result is None:
             raise InvalidInput("a finished job's result must be a JSON object")
-        _check_dict("result", result)
+        check_dict("result", result)
 
         def change(held: sa.Row[*tuple[Any, ...]], now: datetime) -> dict[str, Any]:
             return {
@@ -229,7 +233,7 @@ class JobStore:
         """
         if not isinstance(error, str) or not error.strip():
             raise InvalidInput("a job's error must be a non-empty string")
-        error = _clean(error)[-ERROR_MAX_CHARS:]
+        error = clean(error)[-ERROR_MAX_CHARS:]
         summary = error.strip().splitlines()[-1]
 
         def change(held: sa.Row[*tuple[Any, ...]], now: datetime) -> dict[str, Any]:
@@ -240,14 +244,14 @@ class JobStore:
                     **common,
                     "state": JobState.QUEUED.value,
                     "worker": None,
-                    "log": _append_log(held.log, line),
+                    "log": append_log(held.log, line),
                 }
             line = f"attempt {held.attempts} failed: {summary}"
             return {
                 **common,
                 "state": JobState.FAILED.value,
                 "finished_at": now,
-                "log": _append_log(held.log, line),
+                "log": append_log(held.log, line),
             }
 
         with transaction(self._sessions) as s:
@@ -314,7 +318,7 @@ class JobStore:
             raise InvalidInput(f"offset must be >= 0, got {offset}")
         query = sa.select(JobRow).order_by(JobRow.id.desc())
         if state is not None:
-            query = query.where(JobRow.state == _state(state))
+            query = query.where(JobRow.state == check_state(state))
         if kind is not None:
             query = query.where(JobRow.kind == kind)
         with self._sessions() as s:
@@ -325,7 +329,7 @@ class JobStore:
     def count_jobs(self: _Host, state: str | None = None) -> int:
         query = sa.select(sa.func.count(JobRow.id))
         if state is not None:
-            query = query.where(JobRow.state == _state(state))
+            query = query.where(JobRow.state == check_state(state))
         with self._sessions() as s:
             return int(s.scalar(query) or 0)
 
@@ -462,84 +466,3 @@ def _artifact_names(s: Session, job_ids: Sequence[int]) -> dict[int, list[str]]:
         ):
             names[job_id].append(name)
     return names
-
-
-def _append_log(log: str, entry: str) -> str:
-    """``log`` plus ``entry`` as whole lines, trimmed to its newest LOG_MAX_CHARS at a
-    line boundary (a single longer line is cut)."""
-    entry = _clean(entry)
-    text = log + (entry if entry.endswith("\n") else entry + "\n")
-    if len(text) <= LOG_MAX_CHARS:
-        return text
-    tail = text[-LOG_MAX_CHARS:]
-    cut = tail.find("\n")
-    return tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail
-
-
-def _clean(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; a worker's captured output sometimes does
-    return text.replace("\x00", "\ufffd")
-
-
-def _check_kind(kind: str) -> None:
-    if not isinstance(kind, str) or not KIND_RE.match(kind):
-        raise InvalidInput(f"job kind {kind!r} must be 1-50 letters, digits, '_', '-' or '.'")
-
-
-def _kinds(kinds: Sequence[str]) -> list[str]:
-    if isinstance(kinds, str | bytes):
-        raise InvalidInput("kinds must be a sequence of job kinds, not one string")
-    wanted = list(kinds)
-    for kind in wanted:
-        _check_kind(kind)
-    return wanted
-
-
-def _check_dict(what: str, value: dict[str, Any] | None) -> None:
-    if value is not None and not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
-    check_json(what, value)
-
-
-def _check_worker(worker: str) -> None:
-    if not isinstance(worker, str) or not worker.strip() or len(worker) > 200:
-        raise InvalidInput(f"worker {worker!r} must be a name of 1-200 characters")
-    if not worker.isprintable():
-        raise InvalidInput(f"worker {worker!r} must be printable")
-
-
-def _lease(seconds: float) -> timedelta:
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not 0 < seconds <= MAX_LEASE_SECONDS
-    ):
-        raise InvalidInput(
-            f"lease_seconds must be a number in (0, {MAX_LEASE_SECONDS}], got {seconds!r}"
-        )
-    return timedelta(seconds=seconds)
-
-
-def _progress(value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= 1
-    ):
-        raise InvalidInput(f"progress must be a number between 0 and 1, got {value!r}")
-    return float(value)
-
-
-def _stage(value: str) -> str:
-    if not isinstance(value, str) or len(value) > 100 or not value.isprintable():
-        raise InvalidInput(f"stage {value!r} must be printable text of at most 100 characters")
-    return value
-
-
-def _state(value: str) -> str:
-    try:
-        return JobState(value).value
-    except ValueError as exc:
-        allowed = ", ".join(s.value for s in JobState)
-        raise InvalidInput(f"job state must be one of {allowed}, got {value!r}") from exc

@@ -14,12 +14,17 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from registry.errors import InvalidAdapter
 
 if TYPE_CHECKING:  # torch is imported only where tensors are touched: listing stays fast
     import torch
+
+# A PEFT state dict: tensor name (``base_model.model.<path>.lora_A.weight``) -> tensor.
+Tensors: TypeAlias = "dict[str, torch.Tensor]"
+# An adapter ready to attach: its adapter_config.json (as a dict) and its weights.
+Adapter: TypeAlias = "tuple[dict[str, Any], Tensors]"
 
 KEY_PREFIX = "base_model.model."
 FLOAT_DTYPE_NAMES = {"float16", "bfloat16", "float32", "float64"}
@@ -168,7 +173,14 @@ def spec_from_config(config: dict[str, Any]) -> LoraSpec:
         raise InvalidAdapter(f"adapter_config.json is invalid: {exc}") from exc
 
 
-def parse_weights(raw: bytes) -> dict[str, torch.Tensor]:
+def weights_bytes(weights: Tensors) -> bytes:
+    """``adapter_model.safetensors`` of a state dict (PEFT's own ``{"format": "pt"}``)."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
+
+
+def parse_weights(raw: bytes) -> Tensors:
     """Load safetensors bytes (no pickle involved), translating parser errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -181,7 +193,7 @@ def parse_weights(raw: bytes) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, int]]) -> None:
+def check_tensors(tensors: Tensors, expected: dict[str, tuple[int, int]]) -> None:
     """Names, shapes, dtypes and finiteness, with the first problem named."""
     import torch
 

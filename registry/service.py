@@ -10,7 +10,6 @@ queue and API keys live in ``registry.jobs_store`` and ``registry.keys_store``.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord, BaseModelRecord, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
-from registry.validation import NAME_RE, check_json
+from registry.validation import NAME_RE, check_json, slug
 from registry.vector_index import VectorIndex
 
 MAX_K = 1000
@@ -484,9 +483,8 @@ def _bump_generation(s: Session) -> None:
 def _default_name(description: str, key: str) -> str:
     """A readable slug of the description plus a digest of description and weights,
     so two adapters differing in either get different names."""
-    slug = re.sub(r"[^a-z0-9]+", "-", description.lower()).strip("-")[:48].strip("-")
     digest = hashlib.sha256(f"{description}\0{key}".encode()).hexdigest()[:8]
-    return f"{slug or 'adapter'}-{digest}"
+    return f"{slug(description, 48)}-{digest}"
 
 
 def open_registry(settings: Settings | None = None) -> Registry:

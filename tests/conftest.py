@@ -22,11 +22,12 @@ import torch
 # The tiny Llama and its character tokenizer live in generator.sandbox (the notebooks
 # use them too); re-exported for the tests that import them from here.
 from generator.sandbox import TINY_CONFIG, char_tokenizer, save_tiny_llama  # noqa: F401
+from registry.settings import ToolSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-PG_URL = os.environ.get("LORAMINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = ToolSettings.from_env().test_pg_url
 
 _pg_reason: str | None = None
 

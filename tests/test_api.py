@@ -12,12 +12,12 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.settings import ApiSettings
 from api.worker import HANDLERS, run_one
-from generator.generators import train_generator
-from generator.training import GeneratorConfig
+from generator.fit.config import GeneratorConfig
+from generator.fit.train import train_generator
 from registry.errors import Conflict
 from registry.service import Registry
+from registry.settings import ApiSettings
 from tests.conftest import make_lora
 from tests.test_generators import tiny_world
 
@@ -253,8 +253,7 @@ def test_bad_uploads_change_nothing(client: TestClient, world) -> None:  # type:
 def test_upload_keeps_seeds_and_labels_for_transfers(  # type: ignore[no-untyped-def]
     client: TestClient, world, tmp_path: Path
 ) -> None:
-    from generator.transfer_source import read_seeds
-    from generator.zoo import SEEDS
+    from generator.zoo.artifacts import SEEDS, read_seeds
 
     reg: Registry = world["registry"]
     folder = make_lora(Path(world["base"]), tmp_path / "lora", r=4, seed=5)

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from generator.generators import train_generator
-from generator.training import GeneratorConfig
-from registry.settings import Settings
+from generator.fit.config import GeneratorConfig
+from generator.fit.train import train_generator
+from registry.settings import Settings, ToolSettings
 from tests.test_generators import tiny_world
 
 
@@ -120,7 +120,7 @@ def test_schemathesis_finds_no_server_errors(server: dict) -> None:
         ],
         capture_output=True, text=True, timeout=900, env=server["env"], cwd=server["root"],
     )  # fmt: skip
-    report = Path(os.environ.get("LORAMINT_TEST_OUTPUT", server["root"])) / "schemathesis.txt"
+    report = (ToolSettings.from_env().test_output or Path(server["root"])) / "schemathesis.txt"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(run.stdout + run.stderr)
     assert run.returncode == 0, f"schemathesis failed; full report in {report}"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from generator.evaluation import Evaluator, load_base
-from generator.lora_trainer import TrainConfig, train_lora
-from generator.scoring import label_logprobs
-from generator.tasks import Example, Task
+from generator.tasks.evaluation import Evaluator, load_base
+from generator.tasks.scoring import label_logprobs
+from generator.tasks.task import Example, Task
+from generator.zoo.trainer import TrainConfig, train_lora
 from registry.errors import InvalidInput
 
 

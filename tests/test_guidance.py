@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from generator.guidance import guide_weights, guided_mixture, mix, softmax_weights
+from generator.hypernet.mixture import guide_weights, guided_mixture, mix, softmax_weights
 
 
 def rows(value: float, var: float = 0.0) -> tuple[dict, dict]:

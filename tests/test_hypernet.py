@@ -14,21 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from generator.checkpoint import Checkpoint
 from generator.experts import Expert, ExpertBank
-from generator.generate import Generator, Request, check_examples
-from generator.geometry import delta_inner, delta_relative_error
-from generator.hypernet import (
-    ICMLoraNet,
-    NetConfig,
-    SGLoraNet,
-    module_shapes,
-    parameter_count,
-    rows_to_tokens,
-    tokens_to_rows,
-)
-from generator.layout import LoraLayout
-from generator.training import GeneratorConfig, choose_k_tau, fit_icm, fit_sg
+from generator.fit.config import GeneratorConfig
+from generator.fit.icm import fit_icm
+from generator.fit.sg import choose_k_tau, fit_sg
+from generator.hypernet.checkpoint import Checkpoint
+from generator.hypernet.geometry import delta_inner, delta_relative_error
+from generator.hypernet.layout import LoraLayout
+from generator.hypernet.networks import ICMLoraNet, NetConfig, SGLoraNet, parameter_count
+from generator.hypernet.tokens import module_shapes, rows_to_tokens, tokens_to_rows
+from generator.serve.generator import Generator, Request, check_examples
 from registry.errors import InvalidInput
 from registry.records import AdapterRecord
 
@@ -250,7 +245,7 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_retrain_it(trained_sg) 
 def test_bad_checkpoints_and_configs_are_rejected() -> None:
     with pytest.raises(InvalidInput, match="not a loramint generator checkpoint"):
         Checkpoint.from_bytes(b"not a checkpoint at all")
-    with pytest.raises(InvalidInput, match="unknown method"):
+    with pytest.raises(InvalidInput, match="method must be one of"):
         GeneratorConfig(method="magic")
     with pytest.raises(InvalidInput, match="steps"):
         GeneratorConfig(steps=0)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from registry.errors import Conflict, CorruptBlob, InvalidInput, JobNotFound
-from registry.jobs_store import LOG_MAX_CHARS
+from registry.job_fields import LOG_MAX_CHARS
 from registry.models import JobRow
 from registry.service import Registry
 from tests.conftest import make_lora

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from generator.layout import BlockNormaliser, LoraLayout
+from generator.hypernet.layout import BlockNormaliser, LoraLayout
 from registry import base_models, lora_spec
 from tests.conftest import make_lora
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from generator.suite import DEFAULT_HELD_OUT, build_default_suite, default_tasks
-from generator.suite.fortunes import fortune_tasks
-from generator.suite.sampling import CLIP_CHARS, balanced_split, clip, match_lengths, task_rng
-from generator.suite.sources import package_dir
-from generator.suite.wordnet import topic_tasks
-from generator.tasks import MANIFEST, Task, TaskSuite
+from generator.tasks.suite import DEFAULT_HELD_OUT, build_default_suite, default_tasks
+from generator.tasks.suite.fortunes import fortune_tasks
+from generator.tasks.suite.sampling import CLIP_CHARS, balanced_split, clip, match_lengths, task_rng
+from generator.tasks.suite.sources import package_dir
+from generator.tasks.suite.wordnet import topic_tasks
+from generator.tasks.task import MANIFEST, Task, TaskSuite
 from registry.errors import InvalidInput, NotFound
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ _BUILD_IN_CHILD = """
 import sys, time
 from pathlib import Path
 start = time.perf_counter()
-from generator.suite import build_default_suite
+from generator.tasks.suite import build_default_suite
 build_default_suite(Path(sys.argv[1]), seed=0)
 print(time.perf_counter() - start)
 """

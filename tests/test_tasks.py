@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.tasks import Example, Task, TaskSuite
+from generator.tasks.task import Example, Task, TaskSuite
 from registry.errors import InvalidInput, NotFound
 
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generator.evaluation import load_base
-from generator.lora_trainer import (
+from generator.tasks.evaluation import load_base
+from generator.tasks.prompting import PromptFormat
+from generator.tasks.task import Example
+from generator.zoo.trainer import (
     TrainConfig,
     attach_lora,
     batches,
@@ -22,8 +24,6 @@ from generator.lora_trainer import (
     train_lora,
     train_multitask,
 )
-from generator.prompting import PromptFormat
-from generator.tasks import Example
 from registry.errors import InvalidInput
 
 DESCRIPTION = "Does the text mention a cat? Answer yes or no."
@@ -124,7 +124,7 @@ def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(base) -> None:
 
 
 def test_bucketing_covers_every_example_once() -> None:
-    from generator.lora_trainer import Encoded
+    from generator.zoo.trainer import Encoded
 
     items = [Encoded([1] * n, [2]) for n in range(1, 41)]
     bs = batches(items, 8, random.Random(0))

@@ -20,37 +20,39 @@ import pytest
 import torch
 
 from api.worker import HANDLERS, run_one
-from generator.evaluation import Evaluator
-from generator.lora_trainer import TrainConfig
-from generator.scoring import label_logprobs
-from generator.tasks import Example
-from generator.transfer import (
+from generator.tasks.evaluation import Evaluator
+from generator.tasks.scoring import label_logprobs
+from generator.tasks.task import Example
+from generator.transfer.config import TransferConfig
+from generator.transfer.discriminator import (
     NO,
     YES,
-    Synthesis,
-    Synthesizer,
-    TransferConfig,
-    clean_input,
     discriminator_description,
-    fewshot_prompt,
-    model_sampler,
     real_variants,
     realness,
     rejection_sample,
-    sample_completions,
-    synthesize,
     train_discriminator,
 )
-from generator.transfer_job import StageOutput, artifact_name, run_transfer
-from generator.transfer_source import (
-    read_seeds,
-    seed_artifacts,
+from generator.transfer.job import run_transfer
+from generator.transfer.run import StageOutput, artifact_name
+from generator.transfer.source import (
     source_task,
     student_config,
     submit_transfer,
     teacher_label_probs,
 )
-from generator.zoo import SEEDS, build_zoo
+from generator.transfer.synthesis import (
+    Synthesis,
+    Synthesizer,
+    clean_input,
+    fewshot_prompt,
+    model_sampler,
+    sample_completions,
+    synthesize,
+)
+from generator.zoo.artifacts import SEEDS, read_seeds, seed_artifacts
+from generator.zoo.build import build_zoo
+from generator.zoo.trainer import TrainConfig
 from registry.blobs import write_atomic
 from registry.errors import InvalidInput, UnknownBaseModel
 from registry.service import Registry
@@ -286,7 +288,7 @@ def test_discriminator_learns_real_from_source_synthetic(world, models) -> None:
 
 
 def test_balanced_weights_make_each_teacher_label_count_alike() -> None:
-    from generator.distill import balanced_weights
+    from generator.transfer.distill import balanced_weights
 
     # 6 inputs the teacher calls "yes", 2 it calls "no": a synthetic skew
     teacher = torch.tensor([[0.9, 0.1]] * 6 + [[0.2, 0.8]] * 2)
@@ -300,7 +302,7 @@ def test_balanced_weights_make_each_teacher_label_count_alike() -> None:
 
 
 def test_distillation_moves_the_target_towards_the_teacher(world, models) -> None:  # type: ignore[no-untyped-def]
-    from generator.distill import distill_labels
+    from generator.transfer.distill import distill_labels
 
     source, target = models["source"], models["target"]
     task = source_task(world["registry"], world["source_id"])
@@ -364,7 +366,7 @@ def test_distillation_moves_the_target_towards_the_teacher(world, models) -> Non
 
 
 def test_free_form_tasks_distil_the_teachers_answers(world, models) -> None:  # type: ignore[no-untyped-def]
-    from generator.distill import distill_answers, teacher_answers
+    from generator.transfer.distill import distill_answers, teacher_answers
 
     source, target = models["source"], models["target"]
     task = source_task(world["registry"], world["source_id"])
@@ -476,7 +478,7 @@ def test_a_transfer_that_changes_only_distillation_reuses_the_inputs(world) -> N
 
 
 def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import generator.transfer_job as tj
+    import generator.transfer.stages as stages
 
     reg: Registry = store_world["registry"]
     job = submit_transfer(reg, store_world["source_id"], store_world["target"], config=FAST)
@@ -500,8 +502,8 @@ def test_a_job_resumes_after_its_last_finished_stage(store_world, monkeypatch) -
     def recomputed(*args, **kw):  # type: ignore[no-untyped-def]
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(tj, "synthesize", recomputed)
-    monkeypatch.setattr(tj, "train_discriminator", recomputed)
+    monkeypatch.setattr(stages, "synthesize", recomputed)
+    monkeypatch.setattr(stages, "train_discriminator", recomputed)
     second = run_one(reg, "w2", HANDLERS)
     assert second is not None and second.state == "succeeded", second.error
     assert second.attempts == 2
@@ -617,7 +619,7 @@ def test_rest_transfer_returns_202_and_the_job(world) -> None:  # type: ignore[n
     from litestar.testing import TestClient
 
     from api.app import create_app
-    from api.settings import ApiSettings
+    from registry.settings import ApiSettings
 
     reg: Registry = world["registry"]
     admin = reg.create_api_key("ops", "admin")[1]
@@ -753,7 +755,7 @@ def bench_world(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The tiny transfer world with a one-task default suite (held-out "cat"), closed so
     that bench/transfer.py can open it, and the environment that points there."""
-    from generator.tasks import TaskSuite
+    from generator.tasks.task import TaskSuite
 
     w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder)
     settings: Settings = w["settings"]

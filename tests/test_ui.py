@@ -13,7 +13,6 @@ installs the Debian package); without it these tests are skipped, saying so.
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from generator.generators import train_generator
-from generator.training import GeneratorConfig
-from registry.settings import Settings
+from generator.fit.config import GeneratorConfig
+from generator.fit.train import train_generator
+from registry.settings import Settings, ToolSettings
 from tests.conftest import make_lora
 from tests.test_api_server import live_server, server_env
 from tests.test_generators import tiny_world
@@ -49,7 +48,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) 
     reg = world["registry"]
     train_generator(reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
     # a job for the worker to finish at start-up, so the jobs pages have one to show
-    first_job = reg.submit_job("train-generator", {"base_model": world["base"], "steps": 3})
+    first_job = reg.submit_job(
+        "train-generator", {"base_model": world["base"], "config": {"steps": 3}}
+    )
     admin = reg.create_api_key("ui-admin", "admin")[1]
     reader = reg.create_api_key("ui-reader", "reader")[1]
     reg.close()
@@ -76,7 +77,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(server: dict) -> Path:
-    out = Path(os.environ.get("LORAMINT_TEST_OUTPUT") or server["root"]) / "ui-screenshots"
+    out = (ToolSettings.from_env().test_output or Path(server["root"])) / "ui-screenshots"
     out.mkdir(parents=True, exist_ok=True)
     return out
 

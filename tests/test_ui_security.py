@@ -16,11 +16,10 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.settings import ApiSettings
-from api.ui.sessions import UiSettings, session_secret
+from api.ui.sessions import session_secret
 from registry.errors import InvalidInput
 from registry.service import Registry
-from registry.settings import Settings
+from registry.settings import ApiSettings, Settings, UiSettings
 from tests.conftest import make_lora
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -262,19 +261,14 @@ def test_an_oversized_upload_is_a_readable_413(world: dict) -> None:
     small.close()
 
 
-def test_session_secret_is_made_once_with_0600(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = session_secret(tmp_path, None)
+def test_session_secret_is_made_once_with_0600(tmp_path: Path) -> None:
+    first = session_secret(tmp_path, UiSettings())
     path = tmp_path / "session_secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert session_secret(tmp_path, None) == first and len(first) == 32
-    assert session_secret(tmp_path, "x" * 40) != first
+    assert session_secret(tmp_path, UiSettings()) == first and len(first) == 32
+    assert session_secret(tmp_path, UiSettings(session_secret="x" * 40)) != first
     with pytest.raises(InvalidInput, match="at least 32"):
-        session_secret(tmp_path, "short")
+        UiSettings(session_secret="short")
     path.chmod(0o644)
     with pytest.raises(InvalidInput, match="chmod 600"):
-        session_secret(tmp_path, None)
-    monkeypatch.setenv("LORAMINT_UI_SECURE_COOKIE", "maybe")
-    with pytest.raises(InvalidInput, match="LORAMINT_UI_SECURE_COOKIE"):
-        UiSettings.from_env(tmp_path / "other")
+        session_secret(tmp_path, UiSettings())

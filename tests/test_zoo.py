@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from generator.lora_trainer import TrainConfig
 from generator.sandbox import tiny_task
-from generator.tasks import TaskSuite
-from generator.zoo import SEEDS, TRAJECTORY, build_zoo, load_trajectory, write_report
+from generator.tasks.task import TaskSuite
+from generator.zoo.artifacts import SEEDS, TRAJECTORY, load_trajectory
+from generator.zoo.build import build_zoo, write_report
+from generator.zoo.trainer import TrainConfig
 from registry.service import Registry
 
 

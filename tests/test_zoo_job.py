@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.worker import HANDLERS, run_one
-from generator.tasks import TaskSuite
+from generator.tasks.task import TaskSuite
 from registry.service import Registry
 from tests.test_zoo import tiny_task
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from generator.lora_trainer import TrainConfig
-from generator.suite import build_default_suite
-from generator.tasks import TaskSuite
-from generator.zoo import build_zoo
+from generator.tasks.suite import build_default_suite
+from generator.tasks.task import TaskSuite
+from generator.zoo.build import build_zoo
+from generator.zoo.trainer import TrainConfig
 from registry.service import Registry
 from registry.settings import Settings
 

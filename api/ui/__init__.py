@@ -34,12 +34,13 @@ from api.ui.pages import PAGES
 from api.ui.render import SECURITY_HEADERS, http_error, project_error_handler, unexpected
 from api.ui.sessions import (
     KEY_CHECK_SECONDS,
-    UiSettings,
     check_csrf,
     require_viewer,
     session_middleware,
+    session_secret,
 )
 from registry.errors import LoramintError
+from registry.settings import Settings
 
 HERE = Path(__file__).parent
 
@@ -52,8 +53,9 @@ def root() -> Redirect:
 class AdminUi(InitPlugin):
     """Mounts the admin UI; ``status_for`` maps project errors to the API's HTTP codes."""
 
-    def __init__(self, settings: UiSettings, status_for: Callable[[LoramintError], int]) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, status_for: Callable[[LoramintError], int]) -> None:
+        self.settings = settings.ui
+        self.secret = session_secret(settings.home, settings.ui)  # fails now, not at a login
         self.status_for = status_for
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -61,7 +63,7 @@ class AdminUi(InitPlugin):
             path="/ui",
             route_handlers=[*PAGES, *ACTIONS],
             guards=[require_viewer, check_csrf],
-            middleware=[session_middleware(self.settings)],
+            middleware=[session_middleware(self.secret, self.settings)],
             exception_handlers={
                 HTTPException: http_error,
                 LoramintError: project_error_handler(self.status_for),
@@ -83,4 +85,4 @@ class AdminUi(InitPlugin):
         return app_config
 
 
-__all__ = ["AdminUi", "UiSettings"]
+__all__ = ["AdminUi"]

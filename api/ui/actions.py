@@ -22,8 +22,8 @@ from api.ui import views
 from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
 from api.ui.sessions import authenticate_key, log_in, log_out
-from generator.checkpoint import METHODS
-from generator.transfer_source import seed_artifacts
+from generator.hypernet.checkpoint import METHODS
+from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput, LoramintError
 from registry.service import Registry
 
@@ -179,38 +179,17 @@ async def delete_adapter(
     return Redirect("/ui/adapters", status_code=303)
 
 
-def _optional_int(what: str, raw: str, low: int, high: int) -> int | None:
-    return views.parse_int(what, raw, low, high) if raw.strip() else None
-
-
-def _optional_float(what: str, raw: str) -> float | None:
-    if not raw.strip():
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise InvalidInput(f"{what} must be a number, got {raw!r}") from None
-
-
 @post("/generators", opt=ADMIN)
 async def train_generator(request: Request[Any, Any, Any], state: State) -> Template | Redirect:
     form = await request.form()
-    fields = (
-        "base_model", "method", "steps", "k", "tau", "select", "gate", "seed", "name",
-    )  # fmt: skip
+    fields = ("base_model", "name", *(f.name for f in views.generator_form()))
     values = {f: _text(form, f) for f in fields}
     reg = _reg(state)
     try:
         data = TrainGeneratorIn(
             base_model=values["base_model"].strip(),
-            method=values["method"],
-            steps=views.parse_int("steps", values["steps"] or "800", 1, 10_000_000),
-            k=_optional_int("k", values["k"], 1, 10_000),
-            tau=_optional_float("tau", values["tau"]),
-            select=values["select"] or "weights",
-            gate=_optional_float("gate", values["gate"]),
-            seed=views.parse_int("seed", values["seed"] or "0", 0, MAX_SEED),
             name=values["name"].strip() or None,
+            **views.generator_config_values(values),
         )
         job = await anyio.to_thread.run_sync(submit_generator_training, state, data)
     except (LoramintError, HTTPException) as exc:
@@ -221,7 +200,8 @@ async def train_generator(request: Request[Any, Any, Any], state: State) -> Temp
         names = await anyio.to_thread.run_sync(_names, reg)
         return page(
             request, "generators.html", status=status, nav="generators", values=values,
-            methods=METHODS, base_models=names, generators=gens, roles=roles, error=message,
+            form=views.generator_form(), base_models=names, generators=gens, roles=roles,
+            error=message,
         )  # fmt: skip
     flash(request, f"Queued generator training as job {job.id}.")
     return Redirect(f"/ui/jobs/{job.id}", status_code=303)

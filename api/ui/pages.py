@@ -14,7 +14,7 @@ from api.routes import AnyId
 from api.ui import views
 from api.ui.render import page
 from api.ui.sessions import viewer_of
-from generator.checkpoint import METHODS
+from generator.hypernet.checkpoint import METHODS
 from registry.errors import LoramintError
 from registry.peft_format import zip_bytes
 from registry.service import Registry
@@ -116,7 +116,7 @@ def generate_page(request: Request[Any, Any, Any], state: State) -> Template:
 def generators(request: Request[Any, Any, Any], state: State) -> Template:
     gens = _reg(state).list_generators(limit=200)
     return page(
-        request, "generators.html", nav="generators", values={}, methods=METHODS,
+        request, "generators.html", nav="generators", values={}, form=views.generator_form(),
         base_models=_names(state), generators=gens,
         roles=views.generator_roles(_reg(state), gens),
     )  # fmt: skip

@@ -15,7 +15,7 @@ double-submit cookie not bound to the session, and it would also have to be
 kept off the Bearer-authenticated JSON API (``/v1``, ``/health``...), which
 this way it never touches.
 
-Settings, read once when the app is made:
+Settings (``registry.settings.UiSettings``, read once at start-up):
 
 - ``LORAMINT_SESSION_SECRET``: the cookies' secret, 32+ characters; give every
   replica the same one. Unset: 32 random bytes are made once and kept in
@@ -49,9 +49,9 @@ from litestar.types import ASGIApp
 from api.auth import ROLES, KeyCache, Principal
 from registry.errors import InvalidInput, KeyNotFound
 from registry.service import Registry
+from registry.settings import UiSettings
 
 SECRET_FILE = "session_secret"
-MIN_SECRET_CHARS = 32
 SESSION_SECONDS = 12 * 3600  # a login lasts at most this long, however active
 KEY_CHECK_SECONDS = 5.0  # a revoked key's sessions end within this long
 CSRF_FIELD = "csrf_token"
@@ -64,32 +64,11 @@ CSRF_FAILED = (
 )
 
 
-@dataclass(frozen=True)
-class UiSettings:
-    session_secret: bytes  # 32 bytes: the AES-256-GCM key of the session cookies
-    secure_cookie: bool = False
-
-    @classmethod
-    def from_env(cls, home: Path) -> UiSettings:
-        flag = os.environ.get("LORAMINT_UI_SECURE_COOKIE", "0").strip().lower()
-        if flag not in ("0", "1", "true", "false", "yes", "no", ""):
-            raise InvalidInput(f"LORAMINT_UI_SECURE_COOKIE must be 0 or 1, got {flag!r}")
-        return cls(
-            session_secret=session_secret(home, os.environ.get("LORAMINT_SESSION_SECRET")),
-            secure_cookie=flag in ("1", "true", "yes"),
-        )
-
-
-def session_secret(home: Path, configured: str | None) -> bytes:
+def session_secret(home: Path, settings: UiSettings) -> bytes:
     """The 32-byte session key: from the configured secret, else from ``home``'s secret
     file, created (0600) on first use."""
-    if configured:
-        if len(configured) < MIN_SECRET_CHARS:
-            raise InvalidInput(
-                f"LORAMINT_SESSION_SECRET must be at least {MIN_SECRET_CHARS} characters "
-                f"(got {len(configured)}); make one with `openssl rand -hex 32`"
-            )
-        return hashlib.sha256(configured.encode()).digest()
+    if settings.session_secret is not None:
+        return hashlib.sha256(settings.session_secret.encode()).digest()
     path = home / SECRET_FILE
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
@@ -115,12 +94,12 @@ def session_secret(home: Path, configured: str | None) -> bytes:
     return key
 
 
-def session_middleware(settings: UiSettings) -> DefineMiddleware:
+def session_middleware(secret: bytes, settings: UiSettings) -> DefineMiddleware:
     """Litestar's encrypted cookie sessions, for the UI router only. Litestar deep-copies a
     router's middleware and a live cipher cannot be copied, so the backend (and its
     cipher) is made when the middleware stack is built, from the plain config."""
     config = CookieBackendConfig(
-        secret=settings.session_secret,
+        secret=secret,
         key="loramint_session",
         path="/ui",
         max_age=SESSION_SECONDS,

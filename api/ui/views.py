@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from api.ui.weight_chart import NormChart, norm_chart, weight_norms
 from registry.errors import InvalidInput, NotFound
@@ -180,6 +181,66 @@ def parse_int(what: str, raw: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidInput(f"{what} must be between {low} and {high}, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of a form built from a config declaration."""
+
+    name: str
+    label: str
+    help: str
+    default: str  # as the input shows it; "" for an optional value
+    choices: tuple[str, ...]  # a select when not empty
+    inputmode: str  # "numeric", "decimal" or "" (text)
+    advanced: bool
+
+
+def generator_form() -> list[FormField]:
+    """The generator-training form: one input per ``GeneratorConfig`` option."""
+    from generator.fit.config import options
+
+    out = []
+    for f, opt in options():
+        kind = str(f.type).replace(" | None", "")
+        out.append(
+            FormField(
+                name=f.name,
+                label=opt.label,
+                help=opt.help,
+                default="" if f.default is None else str(f.default),
+                choices=opt.choices,
+                inputmode={"int": "numeric", "float": "decimal"}.get(kind, ""),
+                advanced=opt.advanced,
+            )
+        )
+    return out
+
+
+def generator_config_values(values: dict[str, str]) -> dict[str, Any]:
+    """The typed config values of the submitted form (a blank field: its default);
+    ``InvalidInput`` naming a field that does not parse. Bounds are the config's to check."""
+    from generator.fit.config import options
+
+    out: dict[str, Any] = {}
+    for f, _ in options():
+        raw = values.get(f.name, "").strip()
+        if not raw:
+            continue
+        kind = str(f.type).replace(" | None", "")
+        if kind == "int":
+            try:
+                out[f.name] = int(raw)
+            except ValueError:
+                raise InvalidInput(f"{f.name} must be a whole number, got {raw!r}") from None
+        elif kind == "float":
+            try:
+                out[f.name] = float(raw)
+            except ValueError:
+                raise InvalidInput(f"{f.name} must be a number, got {raw!r}") from None
+        else:
+            out[f.name] = raw
+    return out
 
 
 def generator_roles(reg: Registry, gens: list[GeneratorRecord]) -> dict[int, str]:

@@ -5,7 +5,7 @@ LoRA adds to that linear layer (before PEFT's lora_alpha / r scaling, one
 factor for the whole adapter unless it uses patterns). It is computed from r x r
 products, never forming the (out x in) matrix: ||B A||_F^2 = tr((B^T B)(A A^T)).
 A module's layer index is its position among the targeted paths with the same
-last name (as ``generator.layout`` counts), not a number parsed out of a key.
+last name (as ``generator.hypernet.layout`` counts), not a number parsed out of a key.
 """
 
 from __future__ import annotations

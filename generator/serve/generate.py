@@ -1,0 +1,129 @@
+"""Generating adapters into the registry: which generator serves a request, the
+adapter's name, and its registration with provenance. ``generate_adapters`` is
+the one generation path: the CLI, the Python API and the REST micro-batcher all
+call it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from generator.hypernet.checkpoint import SG_LORA, check_method
+from generator.serve.generator import Generated, Generator, Request
+from registry.errors import Conflict, GeneratorNotFound, InvalidInput
+from registry.lora_spec import weights_bytes
+from registry.models import Provenance
+from registry.peft_format import PeftFiles
+from registry.records import AdapterRecord, GeneratorRecord
+from registry.service import Parent, Registry
+from registry.validation import slug
+
+
+def adapter_name(gen: Generated) -> str:
+    """Readable and deterministic: the same request to the same generator, the same name."""
+    key = json.dumps([gen.generator_id, gen.method, gen.description, gen.seed, gen.examples])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return f"{slug(gen.description, 40)}-{gen.method}-{digest}"
+
+
+def register(
+    registry: Registry, gen: Generated, *, base_model: str, name: str | None = None
+) -> AdapterRecord:
+    """Register a generated adapter with its provenance; the same request twice
+    returns the adapter registered the first time."""
+    final = name or adapter_name(gen)
+    existing = registry.find_adapter(base_model, final)
+    if existing is not None and name is None:
+        return existing
+    meta: dict[str, Any] = {
+        "method": gen.method,
+        "generator_id": gen.generator_id,
+        "seed": gen.seed,
+        "examples": gen.examples,
+        "neighbours": [n.__dict__ for n in gen.neighbours],
+    }
+    parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
+    try:
+        return registry.add_adapter(
+            PeftFiles(config=gen.config, weights=weights_bytes(gen.weights)),
+            base_model=base_model,
+            description=gen.description,
+            name=final,
+            provenance=Provenance.GENERATED,
+            parents=parents,
+            meta=meta,
+            embedding=gen.embedding,
+        )
+    except Conflict:
+        again = registry.find_adapter(base_model, final)
+        if again is not None and name is None:  # a concurrent identical request won
+            return again
+        raise
+
+
+def generator_for(
+    registry: Registry, base_model: str, method: str | None, generator_id: int | None = None
+) -> GeneratorRecord:
+    """The generator a request gets: ``generator_id`` when it names one (of ``method``,
+    when given, and for ``base_model``), else the pinned one of ``method`` (default
+    SG-LoRA), else the newest."""
+    if generator_id is not None:
+        rec = registry.get_generator(generator_id)
+        if rec.base_model != base_model or method not in (None, rec.method):
+            raise InvalidInput(
+                f"generator {generator_id} is {rec.method} for {rec.base_model}, "
+                f"not {method or rec.method} for {base_model}"
+            )
+        return rec
+    method = method or SG_LORA
+    serving = registry.serving_generator(base_model, method)
+    if serving is None:
+        raise GeneratorNotFound(
+            f"no {method} generator for {base_model}: train one with "
+            f"`loramint generator train --method {method} --base-model {base_model}`"
+        )
+    return serving
+
+
+class LoadedGenerators:
+    """Generators loaded once per process: a request gets the generator that serves
+    it now (``generator_for``), loaded on first use. When another generator comes to
+    serve (a newer one, or a pin) it is loaded, and one that no longer serves any
+    request seen is dropped. Not thread-safe: one thread generates (the REST
+    micro-batcher's)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._by_id: dict[int, Generator] = {}
+        self._serving: dict[tuple[str, str | None, int | None], int] = {}
+
+    def serving(self, base_model: str, method: str | None, generator_id: int | None) -> Generator:
+        record = generator_for(self.registry, base_model, method, generator_id)
+        self._serving[(base_model, method, generator_id)] = record.id
+        for gid in set(self._by_id) - set(self._serving.values()):
+            del self._by_id[gid]
+        loaded = self._by_id.get(record.id)
+        if loaded is None:
+            loaded = self._by_id[record.id] = Generator.from_registry(self.registry, record)
+        return loaded
+
+
+def generate_adapters(
+    registry: Registry,
+    requests: list[Request],
+    *,
+    base_model: str,
+    method: str | None,
+    generator_id: int | None = None,
+    loaded: LoadedGenerators | None = None,
+) -> list[tuple[AdapterRecord, Generated]]:
+    """Generate and register one adapter per request (one batched decode) with
+    ``generator_for``'s choice: ``generator_id``, else the pinned, else the newest.
+    ``loaded`` keeps generators loaded between calls (the REST service's); without
+    it the generator is loaded for this call."""
+    if method is not None:
+        check_method(method)
+    generator = (loaded or LoadedGenerators(registry)).serving(base_model, method, generator_id)
+    made = generator.generate(requests)
+    return [(register(registry, g, base_model=base_model), g) for g in made]

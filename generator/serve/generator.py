@@ -1,0 +1,258 @@
+"""Generating adapters from descriptions with a trained generator.
+
+``Generator`` owns one checkpoint's network; ``generate`` decodes a batch of
+descriptions in one forward pass (the REST API's micro-batches land here).
+SG-LoRA finds its top-K experts in a FAISS inner-product index over the
+experts' description embeddings, mixes their late-trajectory statistics,
+and samples z from the learned prior; ICM-LoRA samples z ~ N(0, I) given the
+description (and the task vector of examples, when the caller gives some).
+A seed fixes z, so the same (generator, description, seed) gives the same
+adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from generator.experts import Expert, load_expert
+from generator.hypernet.checkpoint import SG_LORA, Checkpoint
+from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture
+from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
+from generator.hypernet.tokens import from_tokens, to_tokens, var_tokens
+from generator.tasks.task_vector import TaskVectorizer
+from registry.errors import AdapterNotFound, InvalidInput
+from registry.lora_spec import Tensors
+from registry.records import GeneratorRecord
+from registry.service import Registry
+
+MAX_EXAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    adapter_id: int
+    name: str
+    similarity: float
+    weight: float
+
+
+@dataclass(frozen=True)
+class Generated:
+    description: str
+    method: str
+    generator_id: int | None
+    seed: int
+    config: dict[str, Any]
+    weights: Tensors
+    neighbours: list[Neighbour] = field(default_factory=list)
+    examples: int = 0
+    embedding: np.ndarray | None = None  # (D,) the description's, reused on registration
+
+
+@dataclass(frozen=True)
+class Request:
+    description: str
+    seed: int = 0
+    examples: tuple[tuple[str, str], ...] = ()
+
+
+def check_examples(examples: Any) -> tuple[tuple[str, str], ...]:
+    """Caller-supplied examples: a list of {"input", "output"} or (input, output) pairs."""
+    if examples is None:
+        return ()
+    if not isinstance(examples, (list, tuple)):
+        raise InvalidInput("examples must be a list of {input, output} pairs")
+    if len(examples) > MAX_EXAMPLES:
+        raise InvalidInput(f"at most {MAX_EXAMPLES} examples, got {len(examples)}")
+    out = []
+    for i, e in enumerate(examples):
+        if isinstance(e, dict):
+            pair = (e.get("input"), e.get("output"))
+        elif isinstance(e, (list, tuple)) and len(e) == 2:
+            pair = (e[0], e[1])
+        else:
+            raise InvalidInput(f"example {i} must be an {{input, output}} pair")
+        if not all(isinstance(p, str) and p.strip() for p in pair):
+            raise InvalidInput(f"example {i} needs a non-empty input and output")
+        out.append((str(pair[0]), str(pair[1])))
+    return tuple(out)
+
+
+class Generator:
+    """A loaded generator. ``experts`` loads an expert adapter by id (SG-LoRA)."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        embed: Callable[[Sequence[str]], np.ndarray],
+        experts: Callable[[int], Expert | None] | None = None,
+        vectorizer: Callable[[], TaskVectorizer] | None = None,
+        record: GeneratorRecord | None = None,
+    ) -> None:
+        self.ckpt, self.embed, self.record = checkpoint, embed, record
+        self._experts = experts
+        self._vectorizer_factory = vectorizer
+        self._vectorizer: TaskVectorizer | None = None
+        self._cache: dict[int, Expert | None] = {}
+        self.index: Any = None
+        if checkpoint.method == SG_LORA:
+            import faiss
+
+            emb = checkpoint.expert_embeddings
+            if emb is None or self._experts is None:
+                raise InvalidInput("an SG-LoRA generator needs its experts")
+            self.index = faiss.IndexFlatIP(emb.shape[1])
+            self.index.add(np.ascontiguousarray(emb.numpy(), dtype=np.float32))
+
+    @property
+    def method(self) -> str:
+        return self.ckpt.method
+
+    @property
+    def id(self) -> int | None:
+        return self.record.id if self.record else None
+
+    @classmethod
+    def from_registry(cls, registry: Registry, record: GeneratorRecord) -> Generator:
+        ckpt = Checkpoint.from_bytes(registry.generator_checkpoint(record.id))
+
+        def expert(adapter_id: int) -> Expert | None:
+            try:
+                rec = registry.get_adapter(adapter_id)
+            except AdapterNotFound:
+                return None  # deleted since training: mixed no more
+            return load_expert(registry, rec, ckpt.layout)
+
+        def vectorizer() -> TaskVectorizer:
+            from generator.tasks.evaluation import load_base
+
+            model, tokenizer = load_base(registry.base_model_path(record.base_model))
+            return TaskVectorizer(model, tokenizer)
+
+        return cls(
+            ckpt,
+            embed=registry.embedder.encode,
+            experts=expert,
+            vectorizer=vectorizer,
+            record=record,
+        )
+
+    def expert(self, index: int) -> Expert | None:
+        adapter_id = self.ckpt.expert_ids[index]
+        if adapter_id not in self._cache:
+            assert self._experts is not None
+            self._cache[adapter_id] = self._experts(adapter_id)
+        return self._cache[adapter_id]
+
+    def neighbours(
+        self, query: np.ndarray, k: int | None = None
+    ) -> tuple[list[Expert], torch.Tensor]:
+        """The top-``k`` (default: the generator's K) experts still registered for a
+        (D,) unit query, and their sims."""
+        k = int(self.ckpt.hyper["k"]) if k is None else k
+        n = self.index.ntotal
+        fetch = min(n, k)
+        while True:
+            sims, idx = self.index.search(query[None, :].astype(np.float32), fetch)
+            found = [(int(i), float(s)) for i, s in zip(idx[0], sims[0], strict=True) if i >= 0]
+            live: list[tuple[Expert, float]] = []
+            for i, s in found:
+                e = self.expert(i)
+                if e is not None:
+                    live.append((e, s))
+            if len(live) >= k or fetch >= n:
+                break
+            fetch = min(n, fetch * 2 + k)
+        if not live:
+            raise InvalidInput("every expert of this generator has been deleted: retrain it")
+        live = live[:k]
+        return [e for e, _ in live], torch.tensor([s for _, s in live])
+
+    @torch.no_grad()
+    def generate(
+        self, requests: Sequence[Request], *, vectors: np.ndarray | None = None
+    ) -> list[Generated]:
+        """Decode a batch of requests in one forward pass; ``vectors`` are the
+        descriptions' embeddings when the caller already has them."""
+        if not requests:
+            return []
+        if vectors is None:
+            vectors = self.embed([r.description for r in requests])  # (N, D)
+        elif len(vectors) != len(requests):
+            raise InvalidInput(f"{len(vectors)} embeddings for {len(requests)} requests")
+        eps = torch.stack(
+            [
+                torch.randn(
+                    self.ckpt.net.config.latent, generator=torch.Generator().manual_seed(r.seed)
+                )
+                for r in requests
+            ]
+        )  # (N, Z)
+        layout, norm = self.ckpt.layout, self.ckpt.normaliser
+        neighbours: list[list[Neighbour]] = [[] for _ in requests]
+        if self.method == SG_LORA:
+            assert isinstance(self.ckpt.net, SGLoraNet)
+            means, variances = [], []
+            for i, vec in enumerate(vectors):
+                mixture, neighbours[i] = self.mixture(np.asarray(vec))
+                means.append(mixture.mean)
+                variances.append(mixture.var)
+            mean_t = to_tokens(layout, norm, means)
+            logvar_t = var_tokens(
+                layout,
+                norm,
+                variances,
+                float(self.ckpt.hyper["logvar_shift"]),
+                float(self.ckpt.hyper["logvar_scale"]),
+            )
+            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps)
+        else:
+            assert isinstance(self.ckpt.net, ICMLoraNet)
+            hidden = int(self.ckpt.hyper["hidden_size"])
+            conds = []
+            for r, vec in zip(requests, vectors, strict=True):
+                tv = self.task_vector(r) if r.examples else None
+                conds.append(icm_condition(torch.as_tensor(np.asarray(vec)), tv, hidden))
+            tokens = self.ckpt.net.sample(torch.stack(conds), eps)
+        rows = from_tokens(layout, norm, tokens)
+        return [
+            Generated(
+                description=r.description,
+                method=self.method,
+                generator_id=self.id,
+                seed=r.seed,
+                config=dict(self.ckpt.template),
+                weights=layout.unflatten(row),
+                neighbours=neighbours[i],
+                examples=len(r.examples),
+                embedding=np.asarray(vectors[i]),
+            )
+            for i, (r, row) in enumerate(zip(requests, rows, strict=True))
+        ]
+
+    def mixture(self, query: np.ndarray) -> tuple[Mixture, list[Neighbour]]:
+        """SG-LoRA's mixture for a (D,) unit query: mu*, sigma*^2 and the experts in it."""
+        hyper = self.ckpt.hyper
+        k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
+        experts, sims = self.neighbours(query, experts_needed(k, gate))
+        used, mixture = guided_mixture(
+            sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
+        )
+        neighbours = [
+            Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
+            for e, s, a in zip(experts[:used], sims[:used], mixture.weights, strict=True)
+        ]
+        return mixture, neighbours
+
+    def task_vector(self, request: Request) -> torch.Tensor:
+        if self._vectorizer is None:
+            if self._vectorizer_factory is None:
+                raise InvalidInput("this generator cannot read examples (no base model)")
+            self._vectorizer = self._vectorizer_factory()
+        return self._vectorizer(request.description, request.examples)

@@ -1,0 +1,135 @@
+"""Evaluation harness: rank-classification accuracy of an adapter (or the bare
+base model) on a task's test split. Every method in loramint is scored here.
+
+The base model loads once per ``Evaluator``; adapters are attached for a
+score and removed after it, so evaluating many adapters costs one load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generator.tasks.prompting import PromptFormat
+from generator.tasks.scoring import label_logprobs
+from generator.tasks.task import Task
+from registry.errors import InvalidInput
+from registry.lora_spec import Adapter, Tensors
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    task: str
+    accuracy: float
+    n: int
+    seconds: float
+    predictions: tuple[str, ...]
+
+
+def load_base(path: Path) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def lora_config_from(config: dict[str, Any]) -> Any:
+    """A PEFT LoraConfig from an adapter_config.json dict (unknown keys ignored)."""
+    from peft import LoraConfig
+
+    names = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    kwargs = {k: v for k, v in config.items() if k in names}
+    kwargs["inference_mode"] = True
+    return LoraConfig(**kwargs)
+
+
+class Evaluator:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 16) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.format = PromptFormat.for_tokenizer(tokenizer)
+        self.batch_size = batch_size
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+    @classmethod
+    def from_path(cls, path: Path, *, batch_size: int = 16) -> Evaluator:
+        model, tokenizer = load_base(path)
+        return cls(model, tokenizer, batch_size=batch_size)
+
+    def accuracy(
+        self,
+        task: Task,
+        adapter: Adapter | None = None,
+        *,
+        examples: Sequence[Any] | None = None,
+    ) -> EvalResult:
+        """Accuracy on ``task.test`` (or ``examples``), bare or with ``(config, weights)``."""
+        examples = task.test if examples is None else examples
+        t0 = time.perf_counter()
+        scores = self.label_scores(task, adapter, examples=examples)
+        predicted = [task.labels[int(i)] for i in scores.argmax(-1)]
+        correct = sum(p == e.output for p, e in zip(predicted, examples, strict=True))
+        return EvalResult(
+            task=task.name,
+            accuracy=correct / len(examples),
+            n=len(examples),
+            seconds=time.perf_counter() - t0,
+            predictions=tuple(predicted),
+        )
+
+    def label_scores(
+        self,
+        task: Task,
+        adapter: Adapter | None = None,
+        *,
+        examples: Sequence[Any] | None = None,
+    ) -> torch.Tensor:
+        """(N, L) log-probability of each of the task's labels after each example's prompt."""
+        if not task.is_classification:
+            raise InvalidInput(f"task {task.name} has no label set: rank classification needs one")
+        examples = task.test if examples is None else examples
+        prompts = [self.format.prompt_ids(task.description, e.input) for e in examples]
+        labels = [self.format.answer_ids(label) for label in task.labels]
+        if adapter is None:
+            return label_logprobs(
+                self.model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
+            )
+        with self.attached(*adapter) as model:
+            return label_logprobs(
+                model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
+            )
+
+    def attached(self, config: dict[str, Any], weights: Tensors) -> _Attached:
+        return _Attached(self.model, config, weights)
+
+
+class _Attached:
+    """Context manager: the base model with a LoRA attached, removed on exit."""
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any], weights: Tensors) -> None:
+        self.model, self.config, self.weights = model, config, weights
+        self.peft_model: Any = None
+
+    def __enter__(self) -> Any:
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        self.peft_model = get_peft_model(self.model, lora_config_from(self.config))  # type: ignore[arg-type]
+        result = set_peft_model_state_dict(self.peft_model, self.weights)
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if missing:
+            self.peft_model.unload()
+            raise InvalidInput(f"adapter weights are missing {missing[0]}")
+        self.peft_model.eval()
+        return self.peft_model
+
+    def __exit__(self, *exc: object) -> None:
+        self.peft_model.unload()

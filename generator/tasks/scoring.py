@@ -1,0 +1,109 @@
+"""Rank classification: the log-likelihood of each label after each prompt.
+
+The prefix all prompts share (chat template + task description) runs once
+per batch; each prompt's own tokens run once on top of it (left-padded, the
+key/value cache kept); the label tokens then run for every (prompt, label)
+pair on top of that cache, with logits taken only at label positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from generator.tasks.prompting import shared_prefix
+
+
+@torch.no_grad()
+def label_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """(N, L) total log-probability of each of the L label token sequences after each prompt."""
+    lab, lab_mask = label_tensor(labels, pad_id)
+    out = torch.empty((len(prompts), lab.shape[0]))
+    n_prefix = shared_prefix(prompts)
+    prefix = list(prompts[0][:n_prefix]) if prompts else []
+    # longest first: similar lengths share a batch, so little padding
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        own = [prompts[i][n_prefix:] for i in idx]
+        out[idx] = score_batch(model, prefix, own, lab, lab_mask, pad_id)
+    return out
+
+
+def label_tensor(labels: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label token ids (L, M), right padded, and their mask (L, M)."""
+    if not labels or any(len(lab) == 0 for lab in labels):
+        raise ValueError("every label needs at least one token")
+    m = max(len(lab) for lab in labels)
+    lab = torch.full((len(labels), m), pad_id, dtype=torch.long)
+    lab_mask = torch.zeros((len(labels), m), dtype=torch.long)
+    for j, tokens in enumerate(labels):
+        lab[j, : len(tokens)] = torch.tensor(tokens)
+        lab_mask[j, : len(tokens)] = 1
+    return lab, lab_mask
+
+
+def score_batch(
+    model: torch.nn.Module,
+    prefix: list[int],
+    prompts: list[Sequence[int]],
+    lab: torch.Tensor,
+    lab_mask: torch.Tensor,
+    pad_id: int,
+) -> torch.Tensor:
+    """(B, L) log-probability of each label after ``prefix + prompts[b]``.
+
+    Differentiable (``label_logprobs`` wraps it in ``no_grad``): distillation
+    trains through it. ``prompts`` hold each prompt's own tokens after ``prefix``.
+    """
+    B, L, M = len(prompts), lab.shape[0], lab.shape[1]
+    P = max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for b, p in enumerate(prompts):  # left padding: every prompt ends at column P-1
+        ids[b, P - len(p) :] = torch.tensor(p)
+        mask[b, P - len(p) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) + len(prefix)  # (B, P)
+    cache = None
+    if prefix:
+        cache = model(
+            input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1
+        ).past_key_values
+        cache.batch_repeat_interleave(B)
+        mask = torch.cat([torch.ones((B, len(prefix)), dtype=torch.long), mask], dim=1)
+    res = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=M > 1,
+        logits_to_keep=1,
+    )
+    first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # (B, V)
+    total = first[:, lab[:, 0]]  # (B, L)
+    if M == 1:
+        return total
+    cache = res.past_key_values
+    cache.batch_repeat_interleave(L)  # (B*L, ...) one copy of each prompt per label
+    cont = lab[:, :-1].repeat(B, 1)  # (B*L, M-1) label tokens fed after the prompt
+    cont_mask = torch.cat(
+        [mask.repeat_interleave(L, dim=0), torch.ones((B * L, M - 1), dtype=torch.long)], dim=1
+    )  # (B*L, P+M-1)
+    start = mask.sum(-1).repeat_interleave(L)[:, None]  # (B*L, 1) next position per prompt
+    cont_pos = start + torch.arange(M - 1)[None, :]  # (B*L, M-1)
+    res2 = model(
+        input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache
+    )
+    logp = F.log_softmax(res2.logits.float(), dim=-1)  # (B*L, M-1, V)
+    target = lab[:, 1:].repeat(B, 1)  # (B*L, M-1)
+    picked = logp.gather(-1, target[..., None])[..., 0] * lab_mask[:, 1:].repeat(B, 1)
+    return total + picked.sum(-1).view(B, L)
