@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.cli_zoo import BaseOpt, SuiteOpt, eval_app, open_suite
+from generator.fit.config import FinetuneConfig, GeneratorConfig
 
 generator_app = typer.Typer(help="Generators (SG-LoRA, ICM-LoRA).", no_args_is_help=True)
 
@@ -37,44 +38,48 @@ def _record(rec: Any, *, pinned: bool = False) -> dict[str, Any]:
     }
 
 
-def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``command`` with one CLI option per ``GeneratorConfig`` field (``--select-examples``
-    for ``select_examples``), taken from the config's own declaration (help, default);
-    the command receives them as ``config``, validated by the config itself."""
-    from generator.fit.config import GeneratorConfig, options
+def with_config_options(config_type: type) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator giving a command one CLI option per field of ``config_type`` (a config
+    of ``generator.fit.config``: ``--select-examples`` for ``select_examples``), taken
+    from the config's own declaration (help, default); the command receives them as
+    ``config``, validated by the config itself."""
+    from generator.fit.config import option_kind, options
 
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "config"]
-    names = [f.name for f, _ in options()]
-    added = []
-    for f, opt in options():
-        kind = {"int": int, "float": float, "str": str}[str(f.type).replace(" | None", "")]
-        annotation = (kind | None) if f.default is None else kind
-        flag = "--" + f.name.replace("_", "-")
-        added.append(
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=f.default,
-                annotation=Annotated[annotation, typer.Option(flag, help=opt.help)],
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "config"]
+        names = [f.name for f, _ in options(config_type)]
+        added = []
+        for f, opt in options(config_type):
+            kind = option_kind(f)
+            annotation = (kind | None) if f.default is None else kind
+            flag = "--" + f.name.replace("_", "-")
+            added.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=f.default,
+                    annotation=Annotated[annotation, typer.Option(flag, help=opt.help)],
+                )
             )
-        )
 
-    @functools.wraps(command)
-    def run(**values: Any) -> None:
-        config = GeneratorConfig(**{n: values.pop(n) for n in names})
-        command(config=config, **values)
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            config = config_type(**{n: values.pop(n) for n in names})
+            command(config=config, **values)
 
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
-    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in params}
-    return run
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return wrap
 
 
 @generator_app.command("train")
-@with_config_options
+@with_config_options(GeneratorConfig)
 def generator_train(
-    config: Any,
+    config: GeneratorConfig,
     base_model: BaseOpt = "smollm2-135m-instruct",
     suite: SuiteOpt = None,
     name: Annotated[str | None, typer.Option(help="Generator name.")] = None,
@@ -130,19 +135,10 @@ def generator_train(
 
 
 @generator_app.command("finetune")
+@with_config_options(FinetuneConfig)
 def generator_finetune(
+    config: FinetuneConfig,
     generator_id: Annotated[int, typer.Argument(help="Generator id to start from.")],
-    steps: Annotated[int, typer.Option(help="Fine-tuning steps (one task per step).")] = 60,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
-    recon_weight: Annotated[
-        float,
-        typer.Option(help="Weight of the pull towards the task's own expert weights (>= 0)."),
-    ] = 0.1,
-    val_fraction: Annotated[
-        float,
-        typer.Option(help="Share of the training tasks kept for validation (best state kept)."),
-    ] = 0.15,
     suite: SuiteOpt = None,
     name: Annotated[str | None, typer.Option(help="Name of the new generator.")] = None,
 ) -> None:
@@ -154,22 +150,21 @@ def generator_finetune(
 
     reg = Registry()
     tasks = list(open_suite(suite))
-    bar = tqdm(total=steps, desc="end-to-end", unit="step")
+    bar = tqdm(total=config.steps, desc="end-to-end", unit="step")
 
     def on_step(step: int, total: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
 
     rec = finetune_generator(
-        reg, generator_id, tasks, steps=steps, lr=lr, batch_size=batch_size,
-        recon_weight=recon_weight, val_fraction=val_fraction, name=name,
+        reg, generator_id, tasks, config, name=name,
         on_progress=lambda m: err.print(m), on_step=on_step,
     )  # fmt: skip
     bar.close()
     m = rec.hyperparameters
     out.print(
         f"generator {rec.id} ({rec.name}): task loss {m['e2e_loss_first10']} -> "
-        f"{m['e2e_loss_last10']} over {steps} steps, {m['e2e_seconds']} s"
+        f"{m['e2e_loss_last10']} over {config.steps} steps, {m['e2e_seconds']} s"
     )
     if "e2e_val_loss_best" in m:
         out.print(

@@ -37,7 +37,7 @@ from api.dto import (
     SearchPage,
     TrainGeneratorIn,
 )
-from generator.hypernet.checkpoint import check_method
+from generator.hypernet.methods import check_method
 from generator.serve.generator import Request as GenRequest
 from generator.serve.generator import check_examples
 from generator.zoo.artifacts import seed_artifacts

@@ -21,7 +21,7 @@ import torch
 
 from generator.experts import ExpertBank
 from generator.fit.selection import Candidate
-from generator.hypernet.checkpoint import SG_LORA
+from generator.hypernet.methods import SG_LORA
 from generator.serve.generator import Generator, Request
 from generator.tasks.evaluation import Evaluator
 from generator.tasks.task import Task

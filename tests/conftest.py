@@ -1,4 +1,6 @@
-"""Shared fixtures.
+"""Shared fixtures. The layout of ``tests/`` mirrors the packages: ``registry/``,
+``generator/<stage>/``, ``api/``; ``test_architecture.py``, ``test_readme.py`` and
+``test_notebooks.py`` check the repository as a whole.
 
 - Every registry test runs twice: on a SQLite file and on the PostgreSQL server
   at 127.0.0.1:5432 (database ``test``, one fresh schema per test). Where no
@@ -6,14 +8,18 @@
 - Unit tests use a tiny randomly initialised Llama built from a config; tests
   marked ``slow`` use the real SmolLM2-135M from its PyPI package, converted
   once per test session into a fresh cache.
+- ``world``: the sandbox world (``generator.sandbox``: a registry holding a zoo of
+  five tiny tasks and a held-out one), one per test module; modules that need
+  another world define their own ``world``.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,8 +27,17 @@ import torch
 
 # The tiny Llama and its character tokenizer live in generator.sandbox (the notebooks
 # use them too); re-exported for the tests that import them from here.
-from generator.sandbox import TINY_CONFIG, char_tokenizer, save_tiny_llama  # noqa: F401
-from registry.settings import ToolSettings
+from generator.sandbox import (  # noqa: F401
+    TINY_CONFIG,
+    SandboxWorld,
+    build_world,
+    char_tokenizer,
+    save_tiny_llama,
+)
+from registry.embeddings import MiniLMEmbedder
+from registry.service import Registry
+from registry.settings import Settings, ToolSettings
+from tests.worlds import TransferWorld, transfer_world
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -68,11 +83,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def embedder():  # type: ignore[no-untyped-def]
+def embedder() -> MiniLMEmbedder:
     """The real MiniLM description embedder, loaded once for the whole run."""
-    from registry.embeddings import MiniLMEmbedder
-
     return MiniLMEmbedder()
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder: MiniLMEmbedder
+) -> Iterator[SandboxWorld]:
+    """A registry (SQLite file) holding the sandbox zoo: five tiny tasks and a held-out
+    one (``moon``), trained on ``tiny_base``."""
+    built = build_world(tmp_path_factory.mktemp("world"), embedder=embedder, base=tiny_base)
+    yield built
+    built.close()
 
 
 TINY_GEMMA_CONFIG = dict(
@@ -90,7 +114,7 @@ TINY_GEMMA_CONFIG = dict(
 )
 
 
-def plain_char_tokenizer():  # type: ignore[no-untyped-def]
+def plain_char_tokenizer() -> Any:
     """A character tokenizer like a base model's: no chat template, a <bos> first, and a
     vocabulary laid out differently from ``char_tokenizer``'s."""
     import string
@@ -143,9 +167,9 @@ def make_lora(
     out: Path,
     *,
     r: int = 4,
-    targets: list[str] | str = ("q_proj", "v_proj"),  # type: ignore[assignment]
+    targets: Sequence[str] | str = ("q_proj", "v_proj"),
     seed: int = 0,
-    **extra: object,
+    **extra: Any,
 ) -> Path:
     """Save a PEFT LoRA with random non-zero A and B on ``base`` to ``out``."""
     from peft import LoraConfig, get_peft_model
@@ -158,32 +182,30 @@ def make_lora(
         lora_alpha=2 * r,
         target_modules=list(targets) if not isinstance(targets, str) else targets,
         init_lora_weights=False,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     return out
 
 
-@pytest.fixture
-def settings_for(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from registry.settings import Settings
+SettingsFor = Callable[..., Settings]  # (database URL, **other settings) -> Settings
 
-    def make(url: str, **kw: object) -> Settings:
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> SettingsFor:
+    def make(url: str, **kw: Any) -> Settings:
         return Settings(
-            home=tmp_path / "home",
-            database_url=url,
-            model_cache=tmp_path / "models",
-            **kw,  # type: ignore[arg-type]
+            home=tmp_path / "home", database_url=url, model_cache=tmp_path / "models", **kw
         )
 
     return make
 
 
 @pytest.fixture
-def registry(db_url: str, settings_for, embedder):  # type: ignore[no-untyped-def]
-    from registry.service import Registry
-
+def registry(
+    db_url: str, settings_for: SettingsFor, embedder: MiniLMEmbedder
+) -> Iterator[Registry]:
     reg = Registry(settings_for(db_url), embedder=embedder)
     yield reg
     reg.close()
@@ -210,3 +232,26 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ]
     results = [(p.wait(timeout=900), *p.communicate()) for p in procs]
     return {"cache": root / "models", "results": results}
+
+
+@pytest.fixture(scope="module")
+def transfer(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_base: Path,
+    tiny_gemma: Path,
+    embedder: MiniLMEmbedder,
+) -> Iterator[TransferWorld]:
+    """The tiny transfer world (``tests.worlds``), one per test module."""
+    w = transfer_world(tmp_path_factory.mktemp("transfer"), tiny_base, tiny_gemma, embedder)
+    yield w
+    w.registry.close()
+
+
+@pytest.fixture
+def transfer_store(
+    db_url: str, tmp_path: Path, tiny_base: Path, tiny_gemma: Path, embedder: MiniLMEmbedder
+) -> Iterator[TransferWorld]:
+    """The same world on SQLite and on PostgreSQL (for tests of the job store)."""
+    w = transfer_world(tmp_path, tiny_base, tiny_gemma, embedder, url=db_url)
+    yield w
+    w.registry.close()

@@ -22,7 +22,7 @@ from api.ui import views
 from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
 from api.ui.sessions import authenticate_key, log_in, log_out
-from generator.hypernet.checkpoint import METHODS
+from generator.hypernet.methods import METHODS
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput, LoramintError
 from registry.service import Registry

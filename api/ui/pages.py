@@ -14,7 +14,7 @@ from api.routes import AnyId
 from api.ui import views
 from api.ui.render import page
 from api.ui.sessions import viewer_of
-from generator.hypernet.checkpoint import METHODS
+from generator.hypernet.methods import METHODS
 from registry.errors import LoramintError
 from registry.peft_format import zip_bytes
 from registry.service import Registry

@@ -1,11 +1,12 @@
 """Generator training options, declared once.
 
 ``GeneratorConfig`` is the one declaration of what a user can set when training
-a generator. Each field carries an ``Option`` (help text, bounds, choices) in its
-metadata; validation, job parameters (``from_params``), the admin UI form and
-the tests that hold the CLI (``loramint generator train``) and the REST body
-(``POST /v1/generators``) to the same names, defaults and bounds all read it
-from here.
+a generator, ``FinetuneConfig`` of what end-to-end fine-tuning takes. Each
+field carries an ``Option`` (help text, bounds, choices) in its metadata;
+validation, job parameters (``from_params``), the CLI options (``loramint
+generator train`` and ``finetune``), the admin UI form and the test that holds
+the REST body (``POST /v1/generators``) to the same names, defaults and bounds
+all read it from here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator.hypernet.checkpoint import METHODS, SG_LORA
+from generator.hypernet.methods import METHODS, SG_LORA
 from registry.errors import InvalidInput
 
 SELECT_BY = ("weights", "task")
@@ -159,11 +160,7 @@ class GeneratorConfig:
     seed: int = option(0, "Training seed.", "Seed", low=0, high=2**63 - 1)
 
     def __post_init__(self) -> None:
-        for f, opt in options():
-            value = getattr(self, f.name)
-            if value is None and f.default is None:
-                continue
-            opt.check(f.name, value, _kind(f))
+        check_options(self)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> GeneratorConfig:
@@ -188,12 +185,62 @@ class GeneratorConfig:
         return 0.01 if self.method == SG_LORA else 0.005
 
 
-def options() -> list[tuple[dataclasses.Field[Any], Option]]:
-    """Every field of ``GeneratorConfig`` with its option, in declaration order."""
-    return [(f, f.metadata["option"]) for f in dataclasses.fields(GeneratorConfig)]
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """End-to-end fine-tuning of a trained generator through the base model's task loss."""
+
+    steps: int = option(60, "Fine-tuning steps (one task per step).", "Steps", low=1, high=100_000)
+    lr: float = option(
+        1e-4, "Peak learning rate (cosine decay).", "Learning rate", low=0, low_open=True, high=10
+    )
+    batch_size: int = option(8, "Examples per step.", "Batch size", low=1, high=4096)
+    recon_weight: float = option(
+        0.1,
+        "Weight of the pull towards the task's own expert weights.",
+        "Reconstruction weight",
+        low=0,
+        high=1000,
+    )
+    val_fraction: float = option(
+        0.15,
+        "Share of the training tasks kept for validation (the best state is kept).",
+        "Validation share",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    eval_every: int = option(
+        0,
+        "Steps between validations (0: a tenth of the run).",
+        "Validate every",
+        low=0,
+        high=100_000,
+    )
+    max_prompt_tokens: int = option(
+        256, "Longer prompts keep their end.", "Prompt tokens", low=9, high=100_000
+    )
+    seed: int = option(0, "Task order and validation split seed.", "Seed", low=0, high=2**63 - 1)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
-def _kind(f: dataclasses.Field[Any]) -> type:
+def options(config: type = GeneratorConfig) -> list[tuple[dataclasses.Field[Any], Option]]:
+    """Every field of ``config`` (a config class of this module) with its option, in
+    declaration order."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(config)]
+
+
+def option_kind(f: dataclasses.Field[Any]) -> type:
     """int, float or str: the field's type without ``| None``."""
     name = str(f.type).replace(" | None", "")
     return {"int": int, "float": float, "str": str}[name]
+
+
+def check_options(config: Any) -> None:
+    """``InvalidInput`` naming the first field of ``config`` that breaks its option."""
+    for f, opt in options(type(config)):
+        value = getattr(config, f.name)
+        if value is None and f.default is None:
+            continue
+        opt.check(f.name, value, option_kind(f))

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from generator.experts import ExpertBank
+from generator.fit.config import FinetuneConfig
 from generator.fit.sg import loo_mixture
-from generator.hypernet.checkpoint import SG_LORA, Checkpoint
+from generator.hypernet.checkpoint import Checkpoint
+from generator.hypernet.methods import SG_LORA
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import Tokens, from_tokens, to_tokens, var_tokens
 from generator.tasks.evaluation import lora_config_from
@@ -65,21 +67,14 @@ def finetune(
     tasks: dict[int, Task],  # expert index -> its training task
     model: torch.nn.Module,
     tokenizer: Any,
+    config: FinetuneConfig,
     *,
-    steps: int = 60,
-    lr: float = 1e-4,
-    batch_size: int = 8,
-    recon_weight: float = 0.1,
-    max_prompt_tokens: int = 256,
-    val_fraction: float = 0.15,
-    eval_every: int = 0,
-    seed: int = 0,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``ckpt.net`` in place; returns the loss curve and timings.
 
-    ``val_fraction`` of the tasks (at least one when there are four or more) are
-    never trained on: every ``eval_every`` steps (default: a tenth of the run)
+    ``config.val_fraction`` of the tasks (at least one when there are four or more)
+    are never trained on: every ``eval_every`` steps (default: a tenth of the run)
     the generator decodes their adapters and their task loss is measured; the
     state with the lowest validation loss is kept, the untuned one included,
     so the stage cannot make unseen tasks worse than it found them.
@@ -88,27 +83,21 @@ def finetune(
 
     if not tasks:
         raise InvalidInput("end-to-end fine-tuning needs the training experts' tasks")
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise InvalidInput("steps and batch size must be at least 1 and lr positive")
-    if not recon_weight >= 0:
-        raise InvalidInput(f"recon_weight must be 0 or more, got {recon_weight}")
-    if not 0 <= val_fraction < 1:
-        raise InvalidInput(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if eval_every < 0:
-        raise InvalidInput(f"eval_every must be 0 (automatic) or positive, got {eval_every}")
+    steps, lr, batch_size = config.steps, config.lr, config.batch_size
+    recon_weight, val_fraction, seed = config.recon_weight, config.val_fraction, config.seed
     rng = random.Random(seed)
     val_ids: list[int] = []
     if len(tasks) >= 4 and val_fraction > 0:
         val_ids = sorted(rng.sample(sorted(tasks), max(1, round(val_fraction * len(tasks)))))
     train_ids = [i for i in tasks if i not in val_ids]
-    eval_every = eval_every or max(1, steps // 10)
+    eval_every = config.eval_every or max(1, steps // 10)
     torch.manual_seed(seed)
     fmt = PromptFormat.for_tokenizer(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     layout, norm = ckpt.layout, ckpt.normaliser
     decoders = {i: _decoder(ckpt, bank, i) for i in tasks}
     encoded = {
-        i: split_prefix(encode(fmt, t.description, t.train, max_prompt_tokens))
+        i: split_prefix(encode(fmt, t.description, t.train, config.max_prompt_tokens))
         for i, t in tasks.items()
     }
     anchors = {i: to_tokens(layout, norm, [bank.experts[i].mean]) for i in tasks}

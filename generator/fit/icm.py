@@ -22,8 +22,9 @@ from generator.fit.loop import (
     train_loop,
     validation_error,
 )
-from generator.hypernet.checkpoint import ICM_LORA, Checkpoint
+from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.layout import BlockNormaliser
+from generator.hypernet.methods import ICM_LORA
 from generator.hypernet.networks import ICMLoraNet, NetConfig, icm_condition, parameter_count
 from generator.hypernet.tokens import module_shapes, take, to_tokens
 

@@ -31,9 +31,10 @@ from generator.fit.loop import (
     train_loop,
     validation_error,
 )
-from generator.hypernet.checkpoint import SG_LORA, Checkpoint
+from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.geometry import delta_relative_error
 from generator.hypernet.layout import BlockNormaliser, LoraLayout, Rows
+from generator.hypernet.methods import SG_LORA
 from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture
 from generator.hypernet.networks import NetConfig, SGLoraNet, parameter_count
 from generator.hypernet.tokens import (

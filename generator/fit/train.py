@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from generator.experts import ExpertBank
-from generator.fit.config import GeneratorConfig
+from generator.fit.config import FinetuneConfig, GeneratorConfig
 from generator.fit.icm import fit_icm
 from generator.fit.loop import FitResult, StepCallback
 from generator.fit.sg import fit_sg
-from generator.hypernet.checkpoint import ICM_LORA, check_method
+from generator.hypernet.methods import ICM_LORA, check_method
 from generator.tasks.task import Task
 from generator.tasks.task_vector import TaskVectorizer
 from registry.records import GeneratorRecord
@@ -131,12 +131,8 @@ def finetune_generator(
     registry: Registry,
     generator_id: int,
     suite_tasks: list[Any],
+    config: FinetuneConfig | None = None,
     *,
-    steps: int = 60,
-    lr: float = 1e-4,
-    batch_size: int = 8,
-    recon_weight: float = 0.1,
-    val_fraction: float = 0.15,
     name: str | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
@@ -144,6 +140,7 @@ def finetune_generator(
     """Fine-tune generator ``generator_id`` end to end on its experts' tasks and register
     the result as a new generator (the original stays as it was). ``val_fraction``
     of the tasks are only validated on; the best validation state is kept."""
+    config = config or FinetuneConfig()
     from generator.fit.finetune import finetune
     from generator.hypernet.checkpoint import Checkpoint
     from generator.tasks.evaluation import load_base
@@ -157,16 +154,13 @@ def finetune_generator(
     if on_progress:
         on_progress(f"fine-tuning through {rec.base_model} on {len(tasks)} training tasks")
     model, tokenizer = load_base(registry.base_model_path(rec.base_model))
-    stats = finetune(
-        ckpt, bank, tasks, model, tokenizer, steps=steps, lr=lr, batch_size=batch_size,
-        recon_weight=recon_weight, val_fraction=val_fraction, on_step=on_step,
-    )  # fmt: skip
+    stats = finetune(ckpt, bank, tasks, model, tokenizer, config, on_step=on_step)
     ckpt.hyper = {**ckpt.hyper, "finetuned_from": rec.id, **stats}
     return registry.add_generator(
         ckpt.to_bytes(),
         base_model=rec.base_model,
         method=rec.method,
-        name=name or f"{rec.name}-e2e-{steps}",
+        name=name or f"{rec.name}-e2e-{config.steps}",
         training_adapter_ids=rec.training_adapter_ids,
         hyperparameters=ckpt.hyper,
         metrics={**rec.metrics, **stats},

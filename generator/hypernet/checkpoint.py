@@ -24,20 +24,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from generator.hypernet.layout import BlockNormaliser, LoraLayout
+from generator.hypernet.methods import SG_LORA, check_method
 from generator.hypernet.networks import ICMLoraNet, NetConfig, SGLoraNet
 from generator.hypernet.tokens import module_shapes
 from registry.errors import InvalidInput
 
 FORMAT_VERSION = 2
-SG_LORA = "sg-lora"
-ICM_LORA = "icm-lora"
-METHODS = (SG_LORA, ICM_LORA)
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InvalidInput(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    return method
 
 
 @dataclass

@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from generator.hypernet.checkpoint import SG_LORA, check_method
+from generator.hypernet.methods import SG_LORA, check_method
 from generator.serve.generator import Generated, Generator, Request
 from registry.errors import Conflict, GeneratorNotFound, InvalidInput
 from registry.lora_spec import weights_bytes

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from generator.experts import Expert, load_expert
-from generator.hypernet.checkpoint import SG_LORA, Checkpoint
+from generator.hypernet.checkpoint import Checkpoint
+from generator.hypernet.methods import SG_LORA
 from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import from_tokens, to_tokens, var_tokens

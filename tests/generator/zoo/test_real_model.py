@@ -16,7 +16,7 @@ from registry.settings import Settings
 pytestmark = pytest.mark.slow
 
 
-def test_real_model_zoo_smoke(smollm2_cache: dict, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_real_model_zoo_smoke(smollm2_cache: dict, tmp_path: Path, embedder) -> None:
     build_default_suite(tmp_path / "suite")
     task = TaskSuite(tmp_path / "suite").load("wordnet_animal")
     # a small slice keeps this a smoke test: 3 steps of 8, 24 test examples

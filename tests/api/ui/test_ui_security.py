@@ -34,7 +34,7 @@ def zipped(folder: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("ui-security")
     settings = Settings(
         home=root / "home", database_url=f"sqlite:///{root}/r.db", model_cache=root / "models"

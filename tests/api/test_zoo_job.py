@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.worker import HANDLERS, run_one
+from generator.sandbox import tiny_task
 from generator.tasks.task import TaskSuite
 from registry.service import Registry
-from tests.test_zoo import tiny_task
 
 
 def test_zoo_build_job_registers_and_resumes(
@@ -26,15 +26,15 @@ def test_zoo_build_job_registers_and_resumes(
     assert done is not None and done.id == job.id and done.state == "succeeded", done.error
     assert done.result == {
         "adapters": {
-            "cat": registry.find_adapter(str(tiny_base), "zoo-cat").id,  # type: ignore[union-attr]
-            "dog": registry.find_adapter(str(tiny_base), "zoo-dog").id,  # type: ignore[union-attr]
+            "cat": registry.find_adapter(str(tiny_base), "zoo-cat").id,
+            "dog": registry.find_adapter(str(tiny_base), "zoo-dog").id,
         },
         "trained_now": 2,
     }
     assert "task 2/2: dog" in done.log and done.progress == 1.0
     registry.submit_job("build-zoo", params)
     again = run_one(registry, "w1", HANDLERS)
-    assert again is not None and again.result["trained_now"] == 0  # type: ignore[index]
+    assert again is not None and again.result["trained_now"] == 0
     assert registry.count_adapters() == 2
 
     bad = registry.submit_job("build-zoo", {**params, "steps": "many"})

@@ -14,7 +14,7 @@ import typer.main
 from api.cli_generators import generator_app
 from api.dto import TrainGeneratorIn
 from api.ui.views import generator_config_values, generator_form
-from generator.fit.config import GeneratorConfig, Option, options
+from generator.fit.config import FinetuneConfig, GeneratorConfig, Option, options
 from registry.errors import InvalidInput
 
 REQUEST_ONLY = {"base_model", "name"}  # where and under which name, not how
@@ -64,10 +64,13 @@ def _defaults() -> list[Any]:
     return [getattr(empty, name) for name in TrainGeneratorIn.__struct_fields__]
 
 
-def test_the_cli_has_every_option_with_its_default() -> None:
-    command = typer.main.get_command(generator_app).commands["train"]  # type: ignore[attr-defined]
+@pytest.mark.parametrize(
+    ("name", "config"), [("train", GeneratorConfig), ("finetune", FinetuneConfig)]
+)
+def test_the_cli_has_every_option_with_its_default(name: str, config: type) -> None:
+    command = typer.main.get_command(generator_app).commands[name]  # type: ignore[attr-defined]
     params = {p.name: p for p in command.params}
-    for f, opt in options():
+    for f, opt in options(config):
         assert f.name in params, f.name
         assert params[f.name].default == f.default, f.name
         assert f"--{f.name.replace('_', '-')}" in params[f.name].opts

@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -15,28 +18,38 @@ from api.app import create_app
 from api.worker import HANDLERS, run_one
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
+from generator.sandbox import SandboxWorld, build_world
+from registry.embeddings import MiniLMEmbedder
 from registry.errors import Conflict
 from registry.service import Registry
 from registry.settings import ApiSettings
 from tests.conftest import make_lora
-from tests.test_generators import tiny_world
 
 DESC = "Does the text mention the moon? Answer yes or no."
 
 
+@dataclass
+class KeyedWorld(SandboxWorld):
+    """The sandbox world with a trained generator and an admin and a reader key."""
+
+    admin: str = ""
+    reader: str = ""
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder):  # type: ignore[no-untyped-def]
-    w = tiny_world(tmp_path_factory.mktemp("api"), tiny_base, embedder)
-    reg: Registry = w["registry"]
-    train_generator(reg, w["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
-    w["admin"] = reg.create_api_key("ops", "admin")[1]
-    w["reader"] = reg.create_api_key("app", "reader")[1]
-    yield w
-    reg.close()
+def world(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder: MiniLMEmbedder
+) -> Iterator[KeyedWorld]:
+    w = build_world(tmp_path_factory.mktemp("api"), embedder=embedder, base=tiny_base)
+    train_generator(w.registry, w.base, GeneratorConfig(hidden=32, latent=4, steps=10))
+    admin = w.registry.create_api_key("ops", "admin")[1]
+    reader = w.registry.create_api_key("app", "reader")[1]
+    yield KeyedWorld(**vars(w), admin=admin, reader=reader)
+    w.close()
 
 
-def client_for(world, **settings) -> TestClient:  # type: ignore[no-untyped-def]
-    app = create_app(world["registry"], ApiSettings(**settings))
+def client_for(world: KeyedWorld, **settings: Any) -> TestClient[Any]:
+    app = create_app(world.registry, ApiSettings(**settings))
     return TestClient(app)
 
 
@@ -45,7 +58,7 @@ def auth(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(world):  # type: ignore[no-untyped-def]
+def client(world):
     with client_for(world) as c:
         yield c
 
@@ -59,24 +72,24 @@ def test_health_ready_and_request_ids(client: TestClient) -> None:
     assert client.get("/health").headers["x-request-id"]
 
 
-def test_generate_contract_and_download(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
-    body = {"description": DESC, "base_model": world["base"], "method": "sg-lora", "seed": 4}
-    r = client.post("/v1/generate", json=body, headers=auth(world["reader"]))
+def test_generate_contract_and_download(client: TestClient[Any], world: KeyedWorld) -> None:
+    body = {"description": DESC, "base_model": world.base, "method": "sg-lora", "seed": 4}
+    r = client.post("/v1/generate", json=body, headers=auth(world.reader))
     assert r.status_code == 201, r.text
     out = r.json()
     adapter = out["adapter"]
     assert adapter["id"] and adapter["provenance"] == "generated"
     assert out["download_url"] == f"/v1/adapters/{adapter['id']}/download"
     assert out["neighbours"] and out["seed"] == 4
-    again = client.post("/v1/generate", json=body, headers=auth(world["reader"])).json()
+    again = client.post("/v1/generate", json=body, headers=auth(world.reader)).json()
     assert again["adapter"]["id"] == adapter["id"]
-    z = client.get(out["download_url"], headers=auth(world["reader"]))
+    z = client.get(out["download_url"], headers=auth(world.reader))
     assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
     assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors"]
-    cfg = client.get(f"{out['download_url']}?file=config", headers=auth(world["reader"]))
+    cfg = client.get(f"{out['download_url']}?file=config", headers=auth(world.reader))
     assert cfg.json()["r"] == 4
-    bad = client.get(f"{out['download_url']}?file=pickle", headers=auth(world["reader"]))
+    bad = client.get(f"{out['download_url']}?file=pickle", headers=auth(world.reader))
     assert bad.status_code == 400
 
 
@@ -94,26 +107,26 @@ def test_generate_contract_and_download(client: TestClient, world) -> None:  # t
 )
 def test_generate_rejects_bad_input_with_4xx(
     client: TestClient, world, body, status, detail
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     if "base_model" not in body:
-        body = body | {"base_model": world["base"]}
-    before = world["registry"].count_adapters()
-    r = client.post("/v1/generate", json=body, headers=auth(world["reader"]))
+        body = body | {"base_model": world.base}
+    before = world.registry.count_adapters()
+    r = client.post("/v1/generate", json=body, headers=auth(world.reader))
     assert r.status_code == status, r.text
     assert r.json()["status_code"] == status and detail in r.json()["detail"]
-    assert world["registry"].count_adapters() == before
+    assert world.registry.count_adapters() == before
 
 
-def test_pinned_generator_serves_until_unpinned(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
-    reg: Registry = world["registry"]
-    [first] = reg.list_generators(base_model=world["base"], method="sg-lora")
+def test_pinned_generator_serves_until_unpinned(client: TestClient[Any], world: KeyedWorld) -> None:
+    reg: Registry = world.registry
+    [first] = reg.list_generators(base_model=world.base, method="sg-lora")
     # a newer generator of the same method (the same checkpoint under another name)
     newer = reg.add_generator(
-        reg.generator_checkpoint(first.id), base_model=world["base"], method="sg-lora",
+        reg.generator_checkpoint(first.id), base_model=world.base, method="sg-lora",
         name="newer",
     )  # fmt: skip
-    admin, reader = auth(world["admin"]), auth(world["reader"])
-    body = {"description": DESC, "base_model": world["base"], "seed": 11}
+    admin, reader = auth(world.admin), auth(world.reader)
+    body = {"description": DESC, "base_model": world.base, "seed": 11}
 
     def served() -> int:
         r = client.post("/v1/generate", json=body, headers=reader)
@@ -154,8 +167,8 @@ def test_pinned_generator_serves_until_unpinned(client: TestClient, world) -> No
         reg.delete_generator(newer.id)
 
 
-def test_auth_roles(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
-    reg: Registry = world["registry"]
+def test_auth_roles(client: TestClient[Any], world: KeyedWorld) -> None:
+    reg: Registry = world.registry
 
     def state() -> tuple[int, int, int]:
         return reg.count_adapters(), len(reg.list_generators()), len(reg.list_jobs())
@@ -163,17 +176,17 @@ def test_auth_roles(client: TestClient, world) -> None:  # type: ignore[no-untyp
     before = state()
     assert client.get("/v1/adapters").status_code == 401
     assert client.get("/v1/adapters", headers=auth("lm_wrong")).status_code == 401
-    assert client.get("/v1/adapters", headers=auth(world["reader"])).status_code == 200
-    r = client.delete("/v1/adapters/1", headers=auth(world["reader"]))
+    assert client.get("/v1/adapters", headers=auth(world.reader)).status_code == 200
+    r = client.delete("/v1/adapters/1", headers=auth(world.reader))
     assert r.status_code == 403 and "needs admin" in r.json()["detail"]
     # every write, without a key, with a wrong one and with a reader's, is refused
     writes = [
         ("delete", "/v1/adapters/1", {}),
-        ("post", "/v1/generators", {"json": {"base_model": world["base"], "steps": 5}}),
-        ("post", "/v1/adapters", {"data": {"description": "x", "base_model": world["base"]}}),
+        ("post", "/v1/generators", {"json": {"base_model": world.base, "steps": 5}}),
+        ("post", "/v1/adapters", {"data": {"description": "x", "base_model": world.base}}),
     ]
     for method, path, kwargs in writes:
-        for headers, code in (({}, 401), (auth("lm_wrong"), 401), (auth(world["reader"]), 403)):
+        for headers, code in (({}, 401), (auth("lm_wrong"), 401), (auth(world.reader), 403)):
             got = getattr(client, method)(path, headers=headers, **kwargs).status_code
             assert got == code, (method, path, headers, got)
     assert client.post("/v1/generate", json={"description": "x"}).status_code == 401
@@ -185,27 +198,27 @@ def test_auth_roles(client: TestClient, world) -> None:  # type: ignore[no-untyp
     assert state() == before
 
 
-def test_upload_search_get_delete(client: TestClient, world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    folder = make_lora(Path(world["base"]), tmp_path / "lora", r=4, seed=3)
+def test_upload_search_get_delete(client: TestClient, world, tmp_path: Path) -> None:
+    folder = make_lora(Path(world.base), tmp_path / "lora", r=4, seed=3)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for f in folder.iterdir():
             z.write(f, f.name)
-    form = {"description": "Translate pirate speak into plain English", "base_model": world["base"]}
+    form = {"description": "Translate pirate speak into plain English", "base_model": world.base}
     r = client.post(
         "/v1/adapters",
         data=form,
         files={"file": ("a.zip", buf.getvalue(), "application/zip")},
-        headers=auth(world["admin"]),
+        headers=auth(world.admin),
     )
     assert r.status_code == 201, r.text
     new_id = r.json()["id"]
     hits = client.get(
         "/v1/adapters", params={"q": "decode what a pirate says", "k": 3},
-        headers=auth(world["reader"]),
+        headers=auth(world.reader),
     ).json()  # fmt: skip
     assert hits["items"][0]["adapter"]["id"] == new_id
-    detail = client.get(f"/v1/adapters/{new_id}", headers=auth(world["reader"])).json()
+    detail = client.get(f"/v1/adapters/{new_id}", headers=auth(world.reader)).json()
     assert detail["config"]["r"] == 4 and detail["provenance"] == "imported"
     two = client.post(
         "/v1/adapters",
@@ -214,22 +227,20 @@ def test_upload_search_get_delete(client: TestClient, world, tmp_path: Path) -> 
             "config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
             "weights": ("w", (folder / "adapter_model.safetensors").read_bytes()),
         },
-        headers=auth(world["admin"]),
+        headers=auth(world.admin),
     )
     assert two.status_code == 201, two.text
-    assert client.delete(f"/v1/adapters/{new_id}", headers=auth(world["admin"])).status_code == 204
-    gone = client.get(f"/v1/adapters/{new_id}", headers=auth(world["reader"]))
+    assert client.delete(f"/v1/adapters/{new_id}", headers=auth(world.admin)).status_code == 204
+    gone = client.get(f"/v1/adapters/{new_id}", headers=auth(world.reader))
     assert gone.status_code == 404 and gone.json()["status_code"] == 404
-    page = client.get(
-        "/v1/adapters", params={"limit": 2, "offset": 1}, headers=auth(world["reader"])
-    )
+    page = client.get("/v1/adapters", params={"limit": 2, "offset": 1}, headers=auth(world.reader))
     assert len(page.json()["items"]) == 2 and page.json()["total"] >= 3
 
 
-def test_bad_uploads_change_nothing(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
-    reg: Registry = world["registry"]
+def test_bad_uploads_change_nothing(client: TestClient[Any], world: KeyedWorld) -> None:
+    reg: Registry = world.registry
     before = reg.count_adapters()
-    form = {"description": "d", "base_model": world["base"]}
+    form = {"description": "d", "base_model": world.base}
     cases = [
         {"file": ("a.zip", b"not a zip", "application/zip")},
         {"config": ("c.json", b"{broken"), "weights": ("w", b"x")},
@@ -238,31 +249,31 @@ def test_bad_uploads_change_nothing(client: TestClient, world) -> None:  # type:
          "weights": ("w", b"garbage")},
     ]  # fmt: skip
     for files in cases:
-        r = client.post("/v1/adapters", data=form, files=files, headers=auth(world["admin"]))
+        r = client.post("/v1/adapters", data=form, files=files, headers=auth(world.admin))
         assert r.status_code == 400, r.text
         assert r.json()["detail"]
     r = client.post(
-        "/v1/adapters", data=form, files={"other": ("x", b"1")}, headers=auth(world["admin"])
+        "/v1/adapters", data=form, files={"other": ("x", b"1")}, headers=auth(world.admin)
     )
     assert r.status_code == 400 and "either" in r.json()["detail"]
-    r = client.post("/v1/adapters", data=form, headers=auth(world["admin"]))  # not multipart
+    r = client.post("/v1/adapters", data=form, headers=auth(world.admin))  # not multipart
     assert r.status_code == 400 and "multipart" in r.json()["detail"]
     assert reg.count_adapters() == before
 
 
-def test_upload_keeps_seeds_and_labels_for_transfers(  # type: ignore[no-untyped-def]
+def test_upload_keeps_seeds_and_labels_for_transfers(
     client: TestClient, world, tmp_path: Path
 ) -> None:
     from generator.zoo.artifacts import SEEDS, read_seeds
 
-    reg: Registry = world["registry"]
-    folder = make_lora(Path(world["base"]), tmp_path / "lora", r=4, seed=5)
+    reg: Registry = world.registry
+    folder = make_lora(Path(world.base), tmp_path / "lora", r=4, seed=5)
     files = {
         "config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
         "weights": ("w", (folder / "adapter_model.safetensors").read_bytes()),
     }
     form = {"description": "Does the text mention a ship? Answer yes or no.",
-            "base_model": world["base"]}  # fmt: skip
+            "base_model": world.base}  # fmt: skip
     seeds = b'{"input": "a ship at sea", "output": "yes"}\n{"input": "a cat", "output": "no"}\n'
     before = reg.count_adapters()
     bad = [
@@ -273,14 +284,14 @@ def test_upload_keeps_seeds_and_labels_for_transfers(  # type: ignore[no-untyped
     for extra_form, extra_files, message in bad:
         r = client.post(
             "/v1/adapters", data=form | extra_form, files=files | extra_files,
-            headers=auth(world["admin"]),
+            headers=auth(world.admin),
         )  # fmt: skip
         assert r.status_code == 400 and message in r.json()["detail"], r.text
     assert reg.count_adapters() == before
     r = client.post(
         "/v1/adapters", data=form | {"labels": "yes, no", "name": "ship"},
         files=files | {"seeds": ("s.jsonl", seeds, "application/jsonl")},
-        headers=auth(world["admin"]),
+        headers=auth(world.admin),
     )  # fmt: skip
     assert r.status_code == 201, r.text
     rec = reg.get_adapter(r.json()["id"])
@@ -291,38 +302,40 @@ def test_upload_keeps_seeds_and_labels_for_transfers(  # type: ignore[no-untyped
     reg.delete_adapter(rec.id)
 
 
-def test_too_large_upload_is_413(world) -> None:  # type: ignore[no-untyped-def]
+def test_too_large_upload_is_413(world: KeyedWorld) -> None:
     import dataclasses
 
-    reg: Registry = world["registry"]
+    reg: Registry = world.registry
     small = Registry(
         dataclasses.replace(reg.settings, max_adapter_bytes=1000), embedder=reg.embedder
     )
     with TestClient(create_app(small, ApiSettings())) as c:
         r = c.post(
             "/v1/adapters",
-            data={"description": "d", "base_model": world["base"]},
+            data={"description": "d", "base_model": world.base},
             files={"file": ("a.zip", b"0" * 3_000_000, "application/zip")},
-            headers=auth(world["admin"]),
+            headers=auth(world.admin),
         )
         assert r.status_code == 413
     small.close()
 
 
-def test_generator_training_job_runs_on_the_worker(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
-    reg: Registry = world["registry"]
-    body = {"base_model": world["base"], "method": "sg-lora", "steps": 5, "name": "from-api"}
-    r = client.post("/v1/generators", json=body, headers=auth(world["admin"]))
+def test_generator_training_job_runs_on_the_worker(
+    client: TestClient[Any], world: KeyedWorld
+) -> None:
+    reg: Registry = world.registry
+    body = {"base_model": world.base, "method": "sg-lora", "steps": 5, "name": "from-api"}
+    r = client.post("/v1/generators", json=body, headers=auth(world.admin))
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["state"] == "queued" and job["kind"] == "train-generator"
     done = run_one(reg, "test-worker", HANDLERS)
     assert done is not None and done.state == "succeeded", done
-    shown = client.get(job["url"], headers=auth(world["reader"])).json()
+    shown = client.get(job["url"], headers=auth(world.reader)).json()
     assert shown["state"] == "succeeded" and shown["progress"] == 1.0
-    gens = client.get("/v1/generators", headers=auth(world["reader"])).json()
+    gens = client.get("/v1/generators", headers=auth(world.reader)).json()
     assert any(g["name"] == "from-api" for g in gens)
-    bad = client.post("/v1/generators", json=body | {"method": "x"}, headers=auth(world["admin"]))
+    bad = client.post("/v1/generators", json=body | {"method": "x"}, headers=auth(world.admin))
     assert bad.status_code == 400
     jobs_before = reg.count_jobs()
     wrongs = (
@@ -332,34 +345,32 @@ def test_generator_training_job_runs_on_the_worker(client: TestClient, world) ->
         {"anchor_steps": 50},  # so did the multi-task anchor: an unknown field now
     )
     for wrong in wrongs:
-        r = client.post("/v1/generators", json=body | wrong, headers=auth(world["admin"]))
+        r = client.post("/v1/generators", json=body | wrong, headers=auth(world.admin))
         assert r.status_code == 400 and next(iter(wrong)) in r.text, r.text
     assert reg.count_jobs() == jobs_before  # a refused request queues nothing
     missing = client.post(
-        "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world["admin"])
+        "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world.admin)
     )
     assert missing.status_code == 404
 
 
-def test_limits_jobs_and_rate(world) -> None:  # type: ignore[no-untyped-def]
-    body = {"base_model": world["base"], "steps": 5}
+def test_limits_jobs_and_rate(world: KeyedWorld) -> None:
+    body = {"base_model": world.base, "steps": 5}
     with client_for(world, max_jobs=1) as c:
-        first = c.post("/v1/generators", json=body, headers=auth(world["admin"]))
-        second = c.post("/v1/generators", json=body, headers=auth(world["admin"]))
+        first = c.post("/v1/generators", json=body, headers=auth(world.admin))
+        second = c.post("/v1/generators", json=body, headers=auth(world.admin))
         assert first.status_code == 202 and second.status_code == 429
-        world["registry"].cancel_job(first.json()["id"])
+        world.registry.cancel_job(first.json()["id"])
     with client_for(world, rate=0.01, burst=2) as c:
-        codes = [
-            c.get("/v1/base-models", headers=auth(world["reader"])).status_code for _ in range(3)
-        ]
+        codes = [c.get("/v1/base-models", headers=auth(world.reader)).status_code for _ in range(3)]
         assert codes == [200, 200, 429]
     with client_for(world, max_k=5) as c:
-        r = c.get("/v1/adapters", params={"q": "x", "k": 50}, headers=auth(world["reader"]))
+        r = c.get("/v1/adapters", params={"q": "x", "k": 50}, headers=auth(world.reader))
         assert r.status_code == 400
 
 
-def test_metrics_and_openapi(client: TestClient, world) -> None:  # type: ignore[no-untyped-def]
-    client.get("/v1/base-models", headers=auth(world["reader"]))
+def test_metrics_and_openapi(client: TestClient[Any], world: KeyedWorld) -> None:
+    client.get("/v1/base-models", headers=auth(world.reader))
     text = client.get("/metrics").text
     assert "loramint_http_request_seconds_bucket" in text
     assert "loramint_generation_batch_size" in text

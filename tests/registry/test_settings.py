@@ -6,7 +6,7 @@ import pytest
 from registry.errors import InvalidInput
 from registry.settings import VARIABLES, Settings, ToolSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_live_under_home(tmp_path: Path) -> None:

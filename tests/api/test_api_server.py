@@ -4,87 +4,39 @@ schemathesis run against the live OpenAPI (no 5xx, no schema violation)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
-from registry.settings import Settings, ToolSettings
-from tests.test_generators import tiny_world
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_env(settings: Settings) -> dict[str, str]:
-    """The environment of a test server on ``settings``' registry (rate limits lifted)."""
-    return os.environ | {
-        "LORAMINT_HOME": str(settings.home),
-        "LORAMINT_DATABASE_URL": settings.database_url,
-        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
-        "LORAMINT_API_RATE": "1000",
-        "LORAMINT_API_BURST": "100000",
-    }
-
-
-@contextlib.contextmanager
-def live_server(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str]:
-    """``loramint serve ARGS`` on a free loopback port; yields its URL once /health
-    answers, and stops it on exit. Its output goes to ``log_path``."""
-    port = free_port()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(port), *args],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        try:
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log_path.read_text())
-                time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+from generator.sandbox import build_world
+from registry.embeddings import MiniLMEmbedder
+from registry.settings import ToolSettings
+from tests.worlds import live_server, server_env
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder: MiniLMEmbedder
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("server")
-    world = tiny_world(root, tiny_base, embedder)
-    reg = world["registry"]
-    train_generator(reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
+    world = build_world(root, embedder=embedder, base=tiny_base)
+    reg = world.registry
+    train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
     admin = reg.create_api_key("ops", "admin")[1]
     reg.close()
-    env = server_env(world["settings"])
+    env = server_env(world.settings)
     with live_server(env, root / "server.log", "--no-worker") as url:
-        yield {"url": url, "admin": admin, "base": world["base"], "root": root, "env": env}
+        yield {"url": url, "admin": admin, "base": world.base, "root": root, "env": env}
 
 
 def test_generate_download_and_load_with_peft(server: dict, tmp_path: Path) -> None:

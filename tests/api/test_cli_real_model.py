@@ -121,26 +121,26 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
             description,
             "--name",
             name,
-        )["id"]  # type: ignore[index]
+        )["id"]
     rec = cli.json(
         "adapters", "add", str(target_dir), "-m", BASE, "-d", TARGET, "--name", "review-sentiment"
     )
-    assert rec["rank"] == 8 and rec["provenance"] == "imported"  # type: ignore[index]
+    assert rec["rank"] == 8 and rec["provenance"] == "imported"
 
     hits = cli.json("adapters", "search", PARAPHRASE, "-k", "3")
-    assert hits[0]["id"] == rec["id"], hits  # type: ignore[index]
+    assert hits[0]["id"] == rec["id"], hits
 
     listed = cli.json("adapters", "list")
-    assert len(listed) == 5  # type: ignore[arg-type]
-    shown = cli.json("adapters", "show", str(rec["id"]))  # type: ignore[index]
-    assert shown["description"] == TARGET  # type: ignore[index]
+    assert len(listed) == 5
+    shown = cli.json("adapters", "show", str(rec["id"]))
+    assert shown["description"] == TARGET
 
     out = tmp_path / "exported"
-    cli.run("adapters", "export", str(rec["id"]), str(out))  # type: ignore[index]
+    cli.run("adapters", "export", str(rec["id"]), str(out))
     assert (out / "adapter_model.safetensors").read_bytes() == (
         target_dir / "adapter_model.safetensors"
     ).read_bytes()
-    cli.run("adapters", "export", str(rec["id"]), str(tmp_path / "exported.zip"))  # type: ignore[index]
+    cli.run("adapters", "export", str(rec["id"]), str(tmp_path / "exported.zip"))
     with zipfile.ZipFile(tmp_path / "exported.zip") as zf:
         assert set(zf.namelist()) == {"adapter_config.json", "adapter_model.safetensors"}
 

@@ -30,7 +30,7 @@ def shapes(tiny_base: Path) -> dict[str, list[int]]:
 def test_expected_shapes_match_what_peft_saves(
     tiny_base: Path, shapes: dict[str, list[int]], tmp_path: Path, targets: object, extra: dict
 ) -> None:
-    out = make_lora(tiny_base, tmp_path / "a", targets=targets, **extra)  # type: ignore[arg-type]
+    out = make_lora(tiny_base, tmp_path / "a", targets=targets, **extra)
     import json
 
     spec = lora_spec.spec_from_config(json.loads((out / "adapter_config.json").read_text()))

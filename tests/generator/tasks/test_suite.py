@@ -19,7 +19,7 @@ from generator.tasks.suite.wordnet import topic_tasks
 from generator.tasks.task import MANIFEST, Task, TaskSuite
 from registry.errors import InvalidInput, NotFound
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 BUILD_LIMIT_S = 60.0
 
 _BUILD_IN_CHILD = """

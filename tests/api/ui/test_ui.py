@@ -24,10 +24,11 @@ import pytest
 
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
+from generator.sandbox import build_world
+from registry.embeddings import MiniLMEmbedder
 from registry.settings import Settings, ToolSettings
 from tests.conftest import make_lora
-from tests.test_api_server import live_server, server_env
-from tests.test_generators import tiny_world
+from tests.worlds import live_server, server_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -42,25 +43,27 @@ MOON = "Does the text mention the moon? Answer yes or no."
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder: MiniLMEmbedder
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui")
-    world = tiny_world(root, tiny_base, embedder)
-    reg = world["registry"]
-    train_generator(reg, world["base"], GeneratorConfig(hidden=32, latent=4, steps=10))
+    world = build_world(root, embedder=embedder, base=tiny_base)
+    reg = world.registry
+    train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
     # a job for the worker to finish at start-up, so the jobs pages have one to show
     first_job = reg.submit_job(
-        "train-generator", {"base_model": world["base"], "config": {"steps": 3}}
+        "train-generator", {"base_model": world.base, "config": {"steps": 3}}
     )
     admin = reg.create_api_key("ui-admin", "admin")[1]
     reader = reg.create_api_key("ui-reader", "reader")[1]
     reg.close()
-    settings: Settings = world["settings"]
+    settings: Settings = world.settings
     env = server_env(settings)
     env.pop("LORAMINT_SESSION_SECRET", None)  # the server makes and keeps its own
     with live_server(env, root / "server.log") as url:
         lora = make_lora(tiny_base, root / "pirate", seed=11)
         yield {
-            "url": url, "admin": admin, "reader": reader, "base": world["base"],
+            "url": url, "admin": admin, "reader": reader, "base": world.base,
             "root": root, "lora": lora, "job": first_job.id, "home": settings.home,
         }  # fmt: skip
 

@@ -8,41 +8,26 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from api.cli_service import result_summary
-from api.worker import HANDLERS, run_one
+from api.worker import HANDLERS, JobContext, run_one
+from generator.sandbox import build_world
+from registry.embeddings import MiniLMEmbedder
 from registry.service import Registry
-from registry.settings import Settings
-from tests.test_generators import tiny_world
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.worlds import cli_env, wait_for
 
 
 def test_killed_worker_job_resumes_with_one_result(
-    tmp_path: Path, tiny_base: Path, embedder
-) -> None:  # type: ignore[no-untyped-def]
-    world = tiny_world(tmp_path, tiny_base, embedder)
-    reg: Registry = world["registry"]
-    settings: Settings = world["settings"]
-    env = os.environ | {
-        "LORAMINT_HOME": str(settings.home),
-        "LORAMINT_DATABASE_URL": settings.database_url,
-        "LORAMINT_MODEL_CACHE": str(settings.model_cache),
-        "LORAMINT_JOB_LEASE_S": "4",
-    }
-    params = {"base_model": world["base"], "method": "sg-lora", "steps": 600, "seed": 0}
+    tmp_path: Path, tiny_base: Path, embedder: MiniLMEmbedder
+) -> None:
+    world = build_world(tmp_path, embedder=embedder, base=tiny_base)
+    reg = world.registry
+    env = cli_env(world.settings, LORAMINT_JOB_LEASE_S="4")
+    params = {"base_model": world.base, "config": {"method": "sg-lora", "steps": 600}}
     job = reg.submit_job("train-generator", params)
     cmd = [sys.executable, "-m", "api.cli", "worker", "--poll", "0.2"]
     first = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
@@ -57,7 +42,7 @@ def test_killed_worker_job_resumes_with_one_result(
         first.wait()
     killed = reg.get_job(job.id)
     assert killed.state == "running" and killed.attempts == 1
-    assert reg.list_generators(base_model=world["base"]) == []
+    assert reg.list_generators(base_model=world.base) == []
     # a new worker takes the job over once the dead worker's lease (4 s) runs out
     second = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     try:
@@ -70,7 +55,7 @@ def test_killed_worker_job_resumes_with_one_result(
     final = reg.get_job(job.id)
     assert final.state == "succeeded", final.error
     assert final.attempts == 2 and "lost its lease" not in (final.error or "")
-    gens = reg.list_generators(base_model=world["base"])
+    gens = reg.list_generators(base_model=world.base)
     assert [g.id for g in gens] == [final.result["generator_id"]]
     reg.close()
 
@@ -78,7 +63,7 @@ def test_killed_worker_job_resumes_with_one_result(
 def test_a_job_that_keeps_failing_ends_failed_with_the_reason(registry: Registry) -> None:
     calls = []
 
-    def broken(ctx):  # type: ignore[no-untyped-def]
+    def broken(ctx: JobContext) -> dict[str, Any]:
         calls.append(ctx.job.attempts)
         raise RuntimeError("disk on fire")
 
