@@ -83,20 +83,19 @@ class Metrics:
         )
 
 
+# the project's errors as HTTP statuses, most specific first (registry/errors.py)
+STATUS_OF: tuple[tuple[type[LoramintError], int], ...] = (
+    (TooLarge, 413),
+    (InvalidInput, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (RegistryNotReady, 503),
+    (CorruptBlob, 500),
+)
+
+
 def _status_for(exc: LoramintError) -> int:
-    if isinstance(exc, TooLarge):
-        return 413
-    if isinstance(exc, InvalidInput):
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, RegistryNotReady):
-        return 503
-    if isinstance(exc, CorruptBlob):
-        return 500
-    return 400
+    return next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
 
 
 def _project_error(request: Request[Any, Any, Any], exc: LoramintError) -> Response[Any]:

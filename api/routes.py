@@ -18,6 +18,7 @@ from litestar import Response, delete, get, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import TooManyRequestsException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example as OAExample
 from litestar.params import Body, FromQuery, JSONBody, PathParameter, QueryParameter
@@ -76,6 +77,20 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
 
 READ_ERRORS = _errors(400, 401, 403, 404, 413, 429)
 WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 413, 429)
+
+
+def reads(path: str, tag: str, **kw: Any) -> HTTPRouteHandler:
+    """A GET route any key may call (a reader's), run in a worker thread, with the read
+    errors documented."""
+    return get(path, opt=READER, responses=READ_ERRORS, sync_to_thread=True, tags=[tag], **kw)
+
+
+def writes(verb: type[HTTPRouteHandler], path: str, tag: str, **kw: Any) -> HTTPRouteHandler:
+    """A changing route (``verb``: Litestar's post, put or delete) only an admin key may
+    call, with the write errors documented; sync handlers run in a worker thread."""
+    kw.setdefault("sync_to_thread", True)
+    return verb(path, opt=ADMIN, responses=WRITE_ERRORS, tags=[tag], **kw)
+
 
 GENERATE_EXAMPLE = OAExample(
     summary="A sentiment adapter from its description",
@@ -146,13 +161,7 @@ async def generate(
     )
 
 
-@get(
-    "/v1/adapters",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["adapters"],
-)
+@reads("/v1/adapters", "adapters")
 def list_adapters(
     state: State,
     base_model: FromQuery[str | None] = None,
@@ -180,13 +189,7 @@ def list_adapters(
     return AdapterPage([AdapterOut.of(r) for r in items], total, limit, offset)
 
 
-@get(
-    "/v1/adapters/{adapter_id:int}",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["adapters"],
-)
+@reads("/v1/adapters/{adapter_id:int}", "adapters")
 def get_adapter(state: State, adapter_id: AnyId) -> AdapterDetail:
     reg = _registry(state)
     rec = reg.get_adapter(adapter_id)
@@ -198,12 +201,9 @@ def get_adapter(state: State, adapter_id: AnyId) -> AdapterDetail:
     )
 
 
-@get(
+@reads(
     "/v1/adapters/{adapter_id:int}/download",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["adapters"],
+    "adapters",
     # the default body is a zip (documented as one, not as a JSON string); the one-file
     # variants carry their own media types
     media_type="application/zip",
@@ -248,12 +248,12 @@ class UploadForm:
     labels: str | None = None  # comma-separated label set of a classification task
 
 
-@post(
+@writes(
+    post,
     "/v1/adapters",
-    opt=ADMIN,
-    responses=WRITE_ERRORS,
+    "adapters",
+    sync_to_thread=False,
     status_code=HTTP_201_CREATED,
-    tags=["adapters"],
     summary="Upload a PEFT LoRA adapter",
     description=(
         "Multipart form: `description`, `base_model`, optional `name`, and either `file` (a "
@@ -315,25 +315,12 @@ def _read_zip(raw: bytes, max_bytes: int) -> PeftFiles:
         return read_adapter(path, max_bytes=max_bytes)
 
 
-@delete(
-    "/v1/adapters/{adapter_id:int}",
-    opt=ADMIN,
-    responses=WRITE_ERRORS,
-    sync_to_thread=True,
-    status_code=HTTP_204_NO_CONTENT,
-    tags=["adapters"],
-)
+@writes(delete, "/v1/adapters/{adapter_id:int}", "adapters", status_code=HTTP_204_NO_CONTENT)
 def delete_adapter(state: State, adapter_id: AnyId) -> None:
     _registry(state).delete_adapter(adapter_id)
 
 
-@get(
-    "/v1/base-models",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["base models"],
-)
+@reads("/v1/base-models", "base models")
 def base_models(state: State) -> list[BaseModelOut]:
     reg = _registry(state)
     return [
@@ -341,13 +328,7 @@ def base_models(state: State) -> list[BaseModelOut]:
     ]
 
 
-@get(
-    "/v1/generators",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["generators"],
-)
+@reads("/v1/generators", "generators")
 def list_generators(
     state: State,
     base_model: FromQuery[str | None] = None,
@@ -361,12 +342,10 @@ def list_generators(
     return [GeneratorOut.of(r, pinned=r.id in pinned) for r in recs]
 
 
-@put(
+@writes(
+    put,
     "/v1/generators/{generator_id:int}/pin",
-    opt=ADMIN,
-    responses=WRITE_ERRORS,
-    sync_to_thread=True,
-    tags=["generators"],
+    "generators",
     summary="Serve this generator for its method and base model",
     description=(
         "From now on `POST /v1/generate` for this generator's method and base model uses it, "
@@ -377,26 +356,22 @@ def pin_generator(state: State, generator_id: AnyId) -> GeneratorOut:
     return GeneratorOut.of(_registry(state).pin_generator(generator_id), pinned=True)
 
 
-@delete(
+@writes(
+    delete,
     "/v1/generators/{generator_id:int}/pin",
-    opt=ADMIN,
-    responses=WRITE_ERRORS,
-    sync_to_thread=True,
+    "generators",
     status_code=HTTP_204_NO_CONTENT,
-    tags=["generators"],
     summary="Unpin a generator: the newest of its method serves again",
 )
 def unpin_generator(state: State, generator_id: AnyId) -> None:
     _registry(state).unpin_generator(generator_id)
 
 
-@post(
+@writes(
+    post,
     "/v1/generators",
-    opt=ADMIN,
-    responses=WRITE_ERRORS,
-    sync_to_thread=True,
+    "generators",
     status_code=HTTP_202_ACCEPTED,
-    tags=["generators"],
     summary="Train a generator (as a job)",
 )
 def train_generator(state: State, data: JSONBody[TrainGeneratorIn]) -> JobOut:
@@ -427,24 +402,12 @@ def _check_job_capacity(state: State) -> None:
         )
 
 
-@get(
-    "/v1/jobs/{job_id:int}",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["jobs"],
-)
+@reads("/v1/jobs/{job_id:int}", "jobs")
 def get_job(state: State, job_id: AnyId) -> JobOut:
     return JobOut.of(_registry(state).get_job(job_id))
 
 
-@get(
-    "/v1/jobs",
-    opt=READER,
-    responses=READ_ERRORS,
-    sync_to_thread=True,
-    tags=["jobs"],
-)
+@reads("/v1/jobs", "jobs")
 def list_jobs(
     state: State,
     job_state: Annotated[str | None, QueryParameter(name="state")] = None,

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from api.dto import JobOut, TransferIn
 from api.engines import Resources
-from api.routes import ADMIN, WRITE_ERRORS, _check_job_capacity, _registry
+from api.routes import _check_job_capacity, _registry, writes
 from generator.transfer.source import submit_request, transfer_request
 
 TRANSFER_EXAMPLE = OAExample(
@@ -22,13 +22,11 @@ TRANSFER_EXAMPLE = OAExample(
 )
 
 
-@post(
+@writes(
+    post,
     "/v1/transfers",
-    opt=ADMIN,
-    responses=WRITE_ERRORS,
-    sync_to_thread=True,
+    "transfers",
     status_code=HTTP_202_ACCEPTED,
-    tags=["transfers"],
     summary="Transfer an adapter to another base model (Trans-LoRA, as a job)",
     description=(
         "Queues a job that moves adapter `adapter_id` to `target_base_model` using only the "

@@ -124,9 +124,7 @@ class QualityReport:
         tmp.replace(path)
 
 
-def oracle_weights(
-    registry: Registry, base_model: str, task: Task
-) -> Adapter:
+def oracle_weights(registry: Registry, base_model: str, task: Task) -> Adapter:
     rec = registry.find_adapter(base_model, f"{ZOO_PREFIX}{task.name}")
     if rec is None:
         raise InvalidInput(

@@ -214,22 +214,34 @@ async def cancel_job(request: Request[Any, Any, Any], state: State, job_id: AnyI
     return Redirect(f"/ui/jobs/{job.id}", status_code=303)
 
 
+async def _serve_as(
+    request: Request[Any, Any, Any], state: State, generator_id: int, *, pin: bool
+) -> Redirect:
+    reg = _reg(state)
+    rec = await anyio.to_thread.run_sync(
+        reg.pin_generator if pin else reg.unpin_generator, generator_id
+    )
+    flash(
+        request,
+        f"Generator {rec.name} now serves {rec.method} for {rec.base_model}."
+        if pin
+        else f"Unpinned {rec.name}: the newest {rec.method} generator serves.",
+    )
+    return Redirect(f"/ui/generators#generator-{rec.id}", status_code=303)
+
+
 @post("/generators/{generator_id:int}/pin", opt=ADMIN)
 async def pin_generator(
     request: Request[Any, Any, Any], state: State, generator_id: AnyId
 ) -> Redirect:
-    rec = await anyio.to_thread.run_sync(_reg(state).pin_generator, generator_id)
-    flash(request, f"Generator {rec.name} now serves {rec.method} for {rec.base_model}.")
-    return Redirect(f"/ui/generators#generator-{rec.id}", status_code=303)
+    return await _serve_as(request, state, generator_id, pin=True)
 
 
 @post("/generators/{generator_id:int}/unpin", opt=ADMIN)
 async def unpin_generator(
     request: Request[Any, Any, Any], state: State, generator_id: AnyId
 ) -> Redirect:
-    rec = await anyio.to_thread.run_sync(_reg(state).unpin_generator, generator_id)
-    flash(request, f"Unpinned {rec.name}: the newest {rec.method} generator serves.")
-    return Redirect(f"/ui/generators#generator-{rec.id}", status_code=303)
+    return await _serve_as(request, state, generator_id, pin=False)
 
 
 ACTIONS = [

@@ -16,16 +16,16 @@ from generator.fit.config import GeneratorConfig
 from generator.fit.loop import (
     FitResult,
     StepCallback,
+    Trained,
     cvae_loss,
-    finite,
+    fit_result,
     split_experts,
     train_loop,
     validation_error,
 )
-from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.layout import BlockNormaliser
 from generator.hypernet.methods import ICM_LORA
-from generator.hypernet.networks import ICMLoraNet, NetConfig, icm_condition, parameter_count
+from generator.hypernet.networks import ICMLoraNet, NetConfig, icm_condition
 from generator.hypernet.tokens import module_shapes, take, to_tokens
 
 
@@ -73,26 +73,8 @@ def fit_icm(
         return cvae_loss(recon, take(targets, batch), kl, config.beta)
 
     best_val, history = train_loop(net, len(samples), step_loss, val_error, config, on_step)
-    metrics = {
-        "method": ICM_LORA,
-        "experts": len(bank),
-        "train_experts": len(train_idx),
-        "val_experts": len(val_idx),
-        "samples": len(samples),
-        "task_vectors": has_tv,
-        "val_rel_error": finite(best_val),
-        "history": history,
-        "parameters": parameter_count(net),
-        "train_seconds": round(time.perf_counter() - t0, 1),
-    }
-    hyper = {**asdict(config), "hidden_size": hidden_size}
-    ckpt = Checkpoint(
-        method=ICM_LORA,
-        layout=layout,
-        template=bank.template,
-        normaliser=norm,
-        net=net,
-        hyper=hyper,
-        expert_ids=bank.ids,
+    run = Trained(
+        ICM_LORA, bank, net, norm, train_idx, val_idx, len(samples), best_val, history, t0
     )
-    return FitResult(ckpt, metrics)
+    hyper = {**asdict(config), "hidden_size": hidden_size}
+    return fit_result(run, hyper, {"task_vectors": has_tv})

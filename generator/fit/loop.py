@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,3 +107,56 @@ def train_loop(
 def finite(x: float) -> float | None:
     """JSON (and every database) has no NaN: an absent validation score is None."""
     return None if math.isnan(x) else round(x, 6)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a training run ends with, for ``fit_result``."""
+
+    method: str
+    bank: ExpertBank
+    net: torch.nn.Module
+    normaliser: BlockNormaliser
+    train_idx: list[int]
+    val_idx: list[int]
+    samples: int
+    best_val: float
+    history: list[dict[str, float | None]]
+    started: float  # time.perf_counter() at the start
+
+
+def fit_result(
+    run: Trained,
+    hyper: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    embeddings: torch.Tensor | None = None,
+) -> FitResult:
+    """The checkpoint (``hyper``, and the experts' ``embeddings`` for SG-LoRA) and the
+    metrics every method reports, around its own ``metrics``."""
+    from generator.hypernet.networks import ICMLoraNet, SGLoraNet, parameter_count
+
+    assert isinstance(run.net, SGLoraNet | ICMLoraNet)
+    everything = {
+        "method": run.method,
+        "experts": len(run.bank),
+        "train_experts": len(run.train_idx),
+        "val_experts": len(run.val_idx),
+        "samples": run.samples,
+        **metrics,
+        "val_rel_error": finite(run.best_val),
+        "history": run.history,
+        "parameters": parameter_count(run.net),
+        "train_seconds": round(time.perf_counter() - run.started, 1),
+    }
+    checkpoint = Checkpoint(
+        method=run.method,
+        layout=run.bank.layout,
+        template=run.bank.template,
+        normaliser=run.normaliser,
+        net=run.net,
+        hyper=hyper,
+        expert_ids=run.bank.ids,
+        expert_embeddings=embeddings,
+    )
+    return FitResult(checkpoint, everything)

@@ -25,18 +25,19 @@ from generator.fit.config import GeneratorConfig
 from generator.fit.loop import (
     FitResult,
     StepCallback,
+    Trained,
     cvae_loss,
     finite,
+    fit_result,
     split_experts,
     train_loop,
     validation_error,
 )
-from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.geometry import delta_relative_error
 from generator.hypernet.layout import BlockNormaliser, LoraLayout, Rows
 from generator.hypernet.methods import SG_LORA
 from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture
-from generator.hypernet.networks import NetConfig, SGLoraNet, parameter_count
+from generator.hypernet.networks import NetConfig, SGLoraNet
 from generator.hypernet.tokens import (
     VAR_FLOOR,
     Tokens,
@@ -171,11 +172,6 @@ def fit_sg(
         if not correction.get("correction_kept", True):
             net.load_state_dict(untrained)
     metrics = {
-        "method": SG_LORA,
-        "experts": len(bank),
-        "train_experts": len(train_idx),
-        "val_experts": len(val_idx),
-        "samples": len(samples),
         "k": k,
         "tau": tau,
         "k_tau_grid": grid,
@@ -184,11 +180,7 @@ def fit_sg(
         "gate_grid": choice.gate_grid,
         "k_tau_scores": choice.scores,
         **correction,
-        "val_rel_error": finite(best_val),
         "val_rel_error_mixture": finite(mixture_val),
-        "history": history,
-        "parameters": parameter_count(net),
-        "train_seconds": round(time.perf_counter() - t0, 1),
     }
     hyper = {
         **asdict(config),
@@ -201,17 +193,8 @@ def fit_sg(
         "logvar_shift": shift,
         "logvar_scale": scale,
     }
-    ckpt = Checkpoint(
-        method=SG_LORA,
-        layout=layout,
-        template=bank.template,
-        normaliser=norm,
-        net=net,
-        hyper=hyper,
-        expert_ids=bank.ids,
-        expert_embeddings=bank.embeddings,
-    )
-    return FitResult(ckpt, metrics)
+    run = Trained(SG_LORA, bank, net, norm, train_idx, val_idx, len(samples), best_val, history, t0)
+    return fit_result(run, hyper, metrics, embeddings=bank.embeddings)
 
 
 def loo_mixture(bank: ExpertBank, t: int, k: int, tau: float, gate: float | None) -> Mixture:

@@ -39,6 +39,13 @@ SYNTH_SETTINGS = (
 )  # fmt: skip
 
 
+def synthesizer(run: Run, model: Evaluator, *, seed: int) -> Synthesizer:
+    """A sampler of new inputs for the source task from ``model``, seeded."""
+    cfg = run.config
+    sample = model_sampler(model.model, model.tokenizer, cfg)
+    return Synthesizer(sample, run.source.description, run.source.seed_inputs(cfg), cfg, seed=seed)
+
+
 def synthesize_key(source: SourceTask, target: str, config: TransferConfig) -> str:
     return stage_key(
         {
@@ -57,13 +64,7 @@ def synthesize_stage(run: Run) -> StageOutput:
     if earlier is not None:
         return earlier
     target = run.models.target
-    synth = Synthesizer(
-        model_sampler(target.model, target.tokenizer, cfg),
-        run.source.description,
-        run.source.seed_inputs(cfg),
-        cfg,
-        seed=cfg.seed,
-    )
+    synth = synthesizer(run, target, seed=cfg.seed)
     budget = math.ceil(cfg.samples / cfg.gen_batch) + cfg.max_rounds
     stats = synthesize(
         synth,
@@ -97,13 +98,7 @@ def discriminator_stage(run: Run, modules: tuple[str, ...]) -> StageOutput:
     if earlier is not None:
         return earlier
     src = run.models.source
-    synth = Synthesizer(
-        model_sampler(src.model, src.tokenizer, cfg),
-        source.description,
-        source.seed_inputs(cfg),
-        cfg,
-        seed=cfg.seed + 1,
-    )
+    synth = synthesizer(run, src, seed=cfg.seed + 1)
     budget = math.ceil(cfg.disc_negatives / cfg.gen_batch) + cfg.max_rounds
     negatives = synthesize(
         synth,
@@ -179,13 +174,7 @@ def _filter_anew(run: Run, pool: list[str], disc_out: StageOutput) -> StageOutpu
     cfg, source = run.config, run.source
     disc = stage_discriminator(disc_out)
     target = run.models.target
-    more = Synthesizer(
-        model_sampler(target.model, target.tokenizer, cfg),
-        source.description,
-        source.seed_inputs(cfg),
-        cfg,
-        seed=cfg.seed + 2,
-    )
+    more = synthesizer(run, target, seed=cfg.seed + 2)
     more.exclude(pool)
 
     trust: dict[str, float] = {}  # every scored input's p(real)

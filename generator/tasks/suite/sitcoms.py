@@ -148,32 +148,28 @@ def sitcom_tasks(seed: int) -> list[Task]:
         "licence": SEINFELD_LICENCE,
     }
 
-    def pair(show: str, lines: dict[str, list[str]], a: str, b: str) -> dict[str, list[str]]:
+    shows = {
+        "simpsons": ("The Simpsons", simpsons, simpsons_common),
+        "seinfeld": ("Seinfeld", seinfeld, seinfeld_common),
+    }
+
+    def who(name: str, corpus: str, a: str, b: str) -> Task:
+        """Task ``name``: which of two characters of ``corpus`` says a line."""
+        show, lines, common = shows[corpus]
         missing = [s for s in (a, b) if not lines.get(s)]
         if missing:
             raise InvalidInput(f"no {show} lines for {', '.join(missing)}")
-        return {a: lines[a], b: lines[b]}
+        labelled = {a: lines[a], b: lines[b]}
+        return make_task(
+            name, _who(show, a, b), FAMILY, labelled, meta={"corpus": corpus}, **common
+        )
 
     def speakers(lines: dict[str, list[str]], names: frozenset[str]) -> list[str]:
         return [text for speaker, texts in lines.items() if speaker in names for text in texts]
 
     return [
-        make_task(
-            "simpsons_homer_marge",
-            _who("The Simpsons", "Homer", "Marge"),
-            FAMILY,
-            pair("Simpsons", simpsons, "Homer", "Marge"),
-            meta={"corpus": "simpsons"},
-            **simpsons_common,
-        ),
-        make_task(
-            "simpsons_bart_lisa",
-            _who("The Simpsons", "Bart", "Lisa"),
-            FAMILY,
-            pair("Simpsons", simpsons, "Bart", "Lisa"),
-            meta={"corpus": "simpsons"},
-            **simpsons_common,
-        ),
+        who("simpsons_homer_marge", "simpsons", "Homer", "Marge"),
+        who("simpsons_bart_lisa", "simpsons", "Bart", "Lisa"),
         make_task(
             "simpsons_child_adult",
             "Is this line from The Simpsons spoken by a child or by an adult? "
@@ -183,22 +179,8 @@ def sitcom_tasks(seed: int) -> list[Task]:
             meta={"corpus": "simpsons"},
             **simpsons_common,
         ),
-        make_task(
-            "seinfeld_jerry_george",
-            _who("Seinfeld", "Jerry", "George"),
-            FAMILY,
-            pair("Seinfeld", seinfeld, "Jerry", "George"),
-            meta={"corpus": "seinfeld"},
-            **seinfeld_common,
-        ),
-        make_task(
-            "seinfeld_kramer_elaine",
-            _who("Seinfeld", "Kramer", "Elaine"),
-            FAMILY,
-            pair("Seinfeld", seinfeld, "Kramer", "Elaine"),
-            meta={"corpus": "seinfeld"},
-            **seinfeld_common,
-        ),
+        who("seinfeld_jerry_george", "seinfeld", "Jerry", "George"),
+        who("seinfeld_kramer_elaine", "seinfeld", "Kramer", "Elaine"),
         make_task(
             "seinfeld_laugh",
             "Did the studio audience laugh right after this line from Seinfeld? Answer yes or no.",
