@@ -99,7 +99,7 @@ def world(
     built.close()
 
 
-TINY_GEMMA_CONFIG = dict(
+TINY_GEMMA_CONFIG: dict[str, Any] = dict(
     vocab_size=120,  # the plain character tokenizer below: other ids than the Llama's
     hidden_size=48,
     intermediate_size=64,
@@ -131,7 +131,8 @@ def plain_char_tokenizer() -> Any:
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
     backend.decoder = decoders.Fuse()  # characters join without spaces
-    return PreTrainedTokenizerFast(
+    # transformers' TokenizersBackend.__init__ (PreTrainedTokenizerFast) is unannotated
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend,
         pad_token="<pad>",
         eos_token="<eos>",
@@ -185,7 +186,7 @@ def make_lora(
         **extra,
     )
     peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out
 
 
@@ -212,7 +213,7 @@ def registry(
 
 
 @pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """SmolLM2-135M converted from its PyPI GGUF into a fresh cache, by two
     ``loramint models prepare`` processes started at once (the lock test)."""
     import subprocess

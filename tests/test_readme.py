@@ -99,7 +99,7 @@ def tokens_of(line: str) -> list[str]:
 def resolve(words: list[str]) -> tuple[Any, list[str], list[str]]:
     """The click command a `loramint` command line names, its path and what follows."""
     command: Any = typer.main.get_command(app)
-    path = []
+    path: list[str] = []
     rest = words[1:]
     # typer vendors its own click: a group is whatever has subcommands
     while getattr(command, "commands", None) and rest and not rest[0].startswith("-"):

@@ -58,12 +58,12 @@ def auth(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(world):
+def client(world: KeyedWorld) -> Iterator[TestClient[Any]]:
     with client_for(world) as c:
         yield c
 
 
-def test_health_ready_and_request_ids(client: TestClient) -> None:
+def test_health_ready_and_request_ids(client: TestClient[Any]) -> None:
     assert client.get("/health").json()["status"] == "ok"
     ready = client.get("/ready", headers={"X-Request-ID": "abc123"})
     assert ready.status_code == 200 and ready.headers["x-request-id"] == "abc123"
@@ -106,7 +106,7 @@ def test_generate_contract_and_download(client: TestClient[Any], world: KeyedWor
     ],
 )
 def test_generate_rejects_bad_input_with_4xx(
-    client: TestClient, world, body, status, detail
+    client: TestClient[Any], world: KeyedWorld, body: dict[str, Any], status: int, detail: str
 ) -> None:
     if "base_model" not in body:
         body = body | {"base_model": world.base}
@@ -180,7 +180,7 @@ def test_auth_roles(client: TestClient[Any], world: KeyedWorld) -> None:
     r = client.delete("/v1/adapters/1", headers=auth(world.reader))
     assert r.status_code == 403 and "needs admin" in r.json()["detail"]
     # every write, without a key, with a wrong one and with a reader's, is refused
-    writes = [
+    writes: list[tuple[str, str, dict[str, Any]]] = [
         ("delete", "/v1/adapters/1", {}),
         ("post", "/v1/generators", {"json": {"base_model": world.base, "steps": 5}}),
         ("post", "/v1/adapters", {"data": {"description": "x", "base_model": world.base}}),
@@ -198,7 +198,9 @@ def test_auth_roles(client: TestClient[Any], world: KeyedWorld) -> None:
     assert state() == before
 
 
-def test_upload_search_get_delete(client: TestClient, world, tmp_path: Path) -> None:
+def test_upload_search_get_delete(
+    client: TestClient[Any], world: KeyedWorld, tmp_path: Path
+) -> None:
     folder = make_lora(Path(world.base), tmp_path / "lora", r=4, seed=3)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -241,7 +243,7 @@ def test_bad_uploads_change_nothing(client: TestClient[Any], world: KeyedWorld) 
     reg: Registry = world.registry
     before = reg.count_adapters()
     form = {"description": "d", "base_model": world.base}
-    cases = [
+    cases: list[dict[str, tuple[str, bytes] | tuple[str, bytes, str]]] = [
         {"file": ("a.zip", b"not a zip", "application/zip")},
         {"config": ("c.json", b"{broken"), "weights": ("w", b"x")},
         {"config": ("c.json", json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
@@ -262,7 +264,7 @@ def test_bad_uploads_change_nothing(client: TestClient[Any], world: KeyedWorld) 
 
 
 def test_upload_keeps_seeds_and_labels_for_transfers(
-    client: TestClient, world, tmp_path: Path
+    client: TestClient[Any], world: KeyedWorld, tmp_path: Path
 ) -> None:
     from generator.zoo.artifacts import SEEDS, read_seeds
 

@@ -39,7 +39,7 @@ def server(
         yield {"url": url, "admin": admin, "base": world.base, "root": root, "env": env}
 
 
-def test_generate_download_and_load_with_peft(server: dict, tmp_path: Path) -> None:
+def test_generate_download_and_load_with_peft(server: dict[str, Any], tmp_path: Path) -> None:
     h = {"Authorization": f"Bearer {server['admin']}"}
     body = {
         "description": "Does the text mention the moon? Answer yes or no.",
@@ -59,7 +59,7 @@ def test_generate_download_and_load_with_peft(server: dict, tmp_path: Path) -> N
     assert any("lora_B" in n for n, _ in model.named_parameters())
 
 
-def test_schemathesis_finds_no_server_errors(server: dict) -> None:
+def test_schemathesis_finds_no_server_errors(server: dict[str, Any]) -> None:
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is a dev dependency"
     run = subprocess.run(

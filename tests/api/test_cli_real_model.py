@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -48,16 +49,16 @@ class Cli:
             assert proc.returncode == 0, proc.stderr
         return proc
 
-    def json(self, *args: str) -> object:
+    def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)
 
 
 @pytest.fixture(scope="module")
-def cli(smollm2_cache: dict, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+def cli(smollm2_cache: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Cli:
     return Cli(tmp_path_factory.mktemp("cli") / "home", smollm2_cache["cache"])
 
 
-def test_concurrent_prepare_converts_once(smollm2_cache: dict) -> None:
+def test_concurrent_prepare_converts_once(smollm2_cache: dict[str, Any]) -> None:
     for code, _out, errs in smollm2_cache["results"]:
         assert code == 0, errs
     conversions = sum(errs.count("converting") for _, _, errs in smollm2_cache["results"])
@@ -73,7 +74,8 @@ def base_path(cli: Cli) -> Path:
 def _load_base(path: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval()
 
 
 DISTRACTORS = {
@@ -98,7 +100,7 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
         ),
     ).eval()
     target_dir = tmp_path / "target"
-    original.save_pretrained(target_dir)
+    original.save_pretrained(str(target_dir))
 
     ids = {}
     for i, (name, description) in enumerate(DISTRACTORS.items()):
@@ -162,7 +164,7 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
     assert cli.run("adapters", "show", str(ids["math"]), ok=False).returncode != 0
 
 
-def _registry_state(cli: Cli) -> tuple:
+def _registry_state(cli: Cli) -> tuple[tuple[list[Any], ...], list[str]]:
     """Rows of every table plus the blob files: what a failed command must not change."""
     home = Path(cli.env["LORAMINT_HOME"])
     blobs = (
@@ -193,7 +195,7 @@ def _make(kind: str, base_path: Path, d: Path) -> tuple[Path, list[str]]:
             LoraConfig(
                 r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
             ),
-        ).save_pretrained(src)
+        ).save_pretrained(str(src))
     bad = d / kind
     bad.mkdir()
     config = (src / "adapter_config.json").read_bytes()

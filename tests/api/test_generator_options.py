@@ -68,6 +68,7 @@ def _defaults() -> list[Any]:
     ("name", "config"), [("train", GeneratorConfig), ("finetune", FinetuneConfig)]
 )
 def test_the_cli_has_every_option_with_its_default(name: str, config: type) -> None:
+    # typer types get_command as a plain Command; an app with subcommands returns a group
     command = typer.main.get_command(generator_app).commands[name]  # type: ignore[attr-defined]
     params = {p.name: p for p in command.params}
     for f, opt in options(config):

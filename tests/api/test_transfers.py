@@ -20,8 +20,7 @@ from generator.transfer.source import (
 from registry.embeddings import MiniLMEmbedder
 from registry.service import Registry
 from registry.settings import Settings
-from tests.api.test_worker import wait_for
-from tests.worlds import FAST, TransferWorld, cli_env, transfer_world
+from tests.worlds import FAST, TransferWorld, cli_env, transfer_world, wait_for
 
 
 def test_follow_runs_the_job_here_and_shows_its_stages(transfer: TransferWorld) -> None:
@@ -99,6 +98,7 @@ def test_ray_engine_runs_each_job_as_a_ray_task(transfer: TransferWorld) -> None
     done = reg.get_job(job.id)
     assert done.state == "succeeded", done.error
     assert (done.worker or "").startswith("ray:") and "'CPU': 1.0" in done.log
+    assert done.result is not None
     assert reg.get_adapter(done.result["adapter_id"]).base_model == transfer.target
     refused = reg.get_job(greedy.id)
     assert refused.state == "failed" and "the Ray cluster has 0" in (refused.error or "")
@@ -153,5 +153,6 @@ def test_killed_worker_resumes_the_transfer_with_one_result(
     assert "synthesize: reused the output of an earlier attempt" in final.log
     assert reg.job_artifact(job_id, artifact_name("synthesize")) == synthesized
     moved = reg.list_adapters(provenance="transferred")
+    assert final.result is not None
     assert [a.id for a in moved] == [final.result["adapter_id"]]
     reg.close()

@@ -56,6 +56,7 @@ def test_killed_worker_job_resumes_with_one_result(
     assert final.state == "succeeded", final.error
     assert final.attempts == 2 and "lost its lease" not in (final.error or "")
     gens = reg.list_generators(base_model=world.base)
+    assert final.result is not None
     assert [g.id for g in gens] == [final.result["generator_id"]]
     reg.close()
 
@@ -94,5 +95,5 @@ def test_bad_parameters_fail_at_once(registry: Registry) -> None:
         ({"note": "x" * 100}, '{"note": "' + "x" * 49 + "…"),
     ],
 )  # fmt: skip
-def test_jobs_list_shows_one_line_per_result(result: dict | None, line: str) -> None:
+def test_jobs_list_shows_one_line_per_result(result: dict[str, Any] | None, line: str) -> None:
     assert result_summary(result) == line

@@ -23,18 +23,20 @@ def test_zoo_build_job_registers_and_resumes(
     }  # fmt: skip
     job = registry.submit_job("build-zoo", params)
     done = run_one(registry, "w1", HANDLERS)
-    assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+    assert done is not None
+    assert done.id == job.id and done.state == "succeeded", done.error
+    cat = registry.find_adapter(str(tiny_base), "zoo-cat")
+    dog = registry.find_adapter(str(tiny_base), "zoo-dog")
+    assert cat is not None and dog is not None
     assert done.result == {
-        "adapters": {
-            "cat": registry.find_adapter(str(tiny_base), "zoo-cat").id,
-            "dog": registry.find_adapter(str(tiny_base), "zoo-dog").id,
-        },
+        "adapters": {"cat": cat.id, "dog": dog.id},
         "trained_now": 2,
     }
     assert "task 2/2: dog" in done.log and done.progress == 1.0
     registry.submit_job("build-zoo", params)
     again = run_one(registry, "w1", HANDLERS)
-    assert again is not None and again.result["trained_now"] == 0
+    assert again is not None and again.result is not None
+    assert again.result["trained_now"] == 0
     assert registry.count_adapters() == 2
 
     bad = registry.submit_job("build-zoo", {**params, "steps": "many"})

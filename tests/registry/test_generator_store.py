@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from generator.sandbox import save_tiny_llama
 from registry.errors import (
     Conflict,
     CorruptBlob,
@@ -16,7 +18,7 @@ from registry.errors import (
 )
 from registry.records import GeneratorRecord
 from registry.service import Registry
-from tests.conftest import make_lora, save_tiny_llama
+from tests.conftest import make_lora
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def base(registry: Registry, tiny_base: Path) -> str:
     return registry.prepare_base_model(str(tiny_base)).name
 
 
-def snapshot(reg: Registry) -> tuple:
+def snapshot(reg: Registry) -> tuple[tuple[Any, ...], list[str]]:
     """Everything a failed generator write must leave untouched."""
     with reg.engine.connect() as conn:
         counts = tuple(
@@ -113,7 +115,7 @@ BAD = [
 
 @pytest.mark.parametrize("case, kwargs, message", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_changes_nothing(
-    registry: Registry, base: str, case: str, kwargs: dict, message: str
+    registry: Registry, base: str, case: str, kwargs: dict[str, Any], message: str
 ) -> None:
     registry.add_generator(b"kept", base_model=base, method="sg-lora")
     before = snapshot(registry)

@@ -1,6 +1,8 @@
 """Table-driven checks that the shapes loramint expects are the shapes PEFT writes."""
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,7 +30,11 @@ def shapes(tiny_base: Path) -> dict[str, list[int]]:
     ],
 )
 def test_expected_shapes_match_what_peft_saves(
-    tiny_base: Path, shapes: dict[str, list[int]], tmp_path: Path, targets: object, extra: dict
+    tiny_base: Path,
+    shapes: dict[str, list[int]],
+    tmp_path: Path,
+    targets: list[str] | str,
+    extra: dict[str, Any],
 ) -> None:
     out = make_lora(tiny_base, tmp_path / "a", targets=targets, **extra)
     import json
@@ -57,7 +63,7 @@ BASE = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj
         ({"bias": "all"}, "bias"),
     ],
 )
-def test_bad_configs(change: dict, message: str) -> None:
+def test_bad_configs(change: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidAdapter, match=message):
         lora_spec.spec_from_config({**BASE, **change})
 
@@ -75,7 +81,7 @@ def test_targets_matching_nothing(shapes: dict[str, list[int]]) -> None:
         spec.expected_shapes(shapes)
 
 
-def _good(shapes: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict]:
+def _good(shapes: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     expected = lora_spec.spec_from_config(BASE).expected_shapes(shapes)
     return {k: torch.randn(v) for k, v in expected.items()}, expected
 
@@ -95,7 +101,9 @@ def _good(shapes: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict]:
     ],
 )
 def test_check_tensors_names_the_problem(
-    shapes: dict[str, list[int]], corrupt, message: str
+    shapes: dict[str, list[int]],
+    corrupt: Callable[[dict[str, torch.Tensor], str], object],
+    message: str,
 ) -> None:
     tensors, expected = _good(shapes)
     corrupt(tensors, sorted(tensors)[0])

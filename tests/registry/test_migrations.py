@@ -182,7 +182,7 @@ def test_open_database_migrates_empty_and_refuses_behind(db_url: str) -> None:
     engine.dispose()
 
 
-def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     engine = db.open_database(f"sqlite:///{tmp_path / 'r.db'}")
     with engine.connect() as conn:
         assert conn.execute(sa.text("pragma journal_mode")).scalar() == "wal"

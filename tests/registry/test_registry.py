@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import torch
 from safetensors.torch import load_file, save_file
 
+from registry.embeddings import MiniLMEmbedder
 from registry.errors import (
     AdapterNotFound,
     Conflict,
@@ -22,7 +25,7 @@ from registry.errors import (
     UnknownBaseModel,
 )
 from registry.service import Parent, Registry
-from tests.conftest import make_lora
+from tests.conftest import SettingsFor, make_lora
 
 DESCRIPTIONS = {
     "sentiment": "Decide whether a movie review is positive or negative.",
@@ -39,7 +42,7 @@ def adapters(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return {name: make_lora(tiny_base, root / name, seed=i) for i, name in enumerate(DESCRIPTIONS)}
 
 
-def snapshot(reg: Registry) -> tuple:
+def snapshot(reg: Registry) -> tuple[tuple[Any, ...], int, list[str]]:
     """Everything a failed write must leave untouched."""
     with reg.engine.connect() as conn:
         counts = tuple(
@@ -137,9 +140,9 @@ def test_index_is_derived_state(
     registry: Registry,
     tiny_base: Path,
     adapters: dict[str, Path],
-    settings_for,
+    settings_for: SettingsFor,
     db_url: str,
-    embedder,
+    embedder: MiniLMEmbedder,
 ) -> None:
     a = registry.add_adapter(
         adapters["sql"], base_model=str(tiny_base), description=DESCRIPTIONS["sql"]
@@ -201,7 +204,13 @@ def test_lineage_metrics_and_conflicts(
     assert registry.get_adapter(c.id).parents == []
 
 
-def _variant(src: Path, dst: Path, *, config: dict | None = None, tensors=None) -> Path:
+def _variant(
+    src: Path,
+    dst: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    tensors: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> Path:
     dst.mkdir()
     cfg = json.loads((src / "adapter_config.json").read_text())
     (dst / "adapter_config.json").write_text(json.dumps({**cfg, **(config or {})}))
@@ -212,13 +221,13 @@ def _variant(src: Path, dst: Path, *, config: dict | None = None, tensors=None) 
     return dst
 
 
-def _nan(w: dict) -> None:
+def _nan(w: dict[str, torch.Tensor]) -> None:
     k = sorted(w)[0]
     w[k] = w[k].clone()
     w[k][0, 0] = float("nan")
 
 
-def _reshape(w: dict) -> None:
+def _reshape(w: dict[str, torch.Tensor]) -> None:
     k = sorted(w)[0]
     w[k] = torch.zeros(w[k].shape[0], w[k].shape[1] + 1)
 
@@ -248,7 +257,7 @@ def _no_config(src: Path, dst: Path) -> Path:
     return dst
 
 
-BAD = [
+BAD: list[tuple[str, Callable[[Path, Path], Path], dict[str, Any], type[Exception], str]] = [
     ("pickle .bin", lambda s, d: _pickle(s, d), {}, InvalidAdapter, "pickle"),
     (
         "shape mismatch",
@@ -311,11 +320,11 @@ def test_bad_input_changes_nothing(
     tiny_base: Path,
     adapters: dict[str, Path],
     tmp_path: Path,
-    case,
-    make,
-    kwargs,
-    error,
-    message,
+    case: str,
+    make: Callable[[Path, Path], Path],
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    message: str,
 ) -> None:
     registry.add_adapter(
         adapters["sql"], base_model=str(tiny_base), description=DESCRIPTIONS["sql"]
@@ -331,7 +340,11 @@ def test_bad_input_changes_nothing(
 
 
 def test_size_limit(
-    db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]
+    db_url: str,
+    settings_for: SettingsFor,
+    embedder: MiniLMEmbedder,
+    tiny_base: Path,
+    adapters: dict[str, Path],
 ) -> None:
     reg = Registry(settings_for(db_url, max_adapter_bytes=1000), embedder=embedder)
     with pytest.raises(TooLarge):
@@ -370,7 +383,11 @@ def test_failed_commit_leaves_no_blob(
 
 
 def test_search_on_an_approximate_index_with_deletes(
-    db_url: str, settings_for, embedder, tiny_base: Path, adapters: dict[str, Path]
+    db_url: str,
+    settings_for: SettingsFor,
+    embedder: MiniLMEmbedder,
+    tiny_base: Path,
+    adapters: dict[str, Path],
 ) -> None:
     """exact_index_max=2 forces HNSW: deletes become tombstones, results stay right."""
     reg = Registry(settings_for(db_url, exact_index_max=2), embedder=embedder)

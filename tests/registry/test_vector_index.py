@@ -8,7 +8,8 @@ from registry.vector_index import VectorIndex
 
 def unit(n: int, seed: int, dim: int = 16) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit_rows: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit_rows
 
 
 @pytest.mark.parametrize("exact_max, kind", [(1000, "flat"), (10, "hnsw")])

@@ -79,13 +79,13 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def shots(server: dict) -> Path:
+def shots(server: dict[str, Any]) -> Path:
     out = (ToolSettings.from_env().test_output or Path(server["root"])) / "ui-screenshots"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def new_page(browser: Any, server: dict, viewport: dict[str, int]) -> Any:
+def new_page(browser: Any, server: dict[str, Any], viewport: dict[str, int]) -> Any:
     context = browser.new_context(base_url=server["url"], viewport=viewport, accept_downloads=True)
     context.set_default_timeout(30_000)
     return context.new_page()
@@ -114,7 +114,7 @@ def zip_of(folder: Path, out: Path) -> Path:
     return out
 
 
-def adapter_total(server: dict) -> int:
+def adapter_total(server: dict[str, Any]) -> int:
     r = httpx.get(
         f"{server['url']}/v1/adapters",
         params={"limit": 1},
@@ -124,7 +124,7 @@ def adapter_total(server: dict) -> int:
 
 
 def test_admin_uploads_finds_generates_downloads_deletes(
-    server: dict, browser: Any, shots: Path, tmp_path: Path
+    server: dict[str, Any], browser: Any, shots: Path, tmp_path: Path
 ) -> None:
     page = new_page(browser, server, DESKTOP)
     page.goto("/ui")
@@ -273,7 +273,7 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     page.context.close()
 
 
-def test_reader_sees_no_write_controls(server: dict, browser: Any, shots: Path) -> None:
+def test_reader_sees_no_write_controls(server: dict[str, Any], browser: Any, shots: Path) -> None:
     page = new_page(browser, server, DESKTOP)
     log_in(page, server["reader"])
     nav = page.get_by_role("navigation", name="Main")
@@ -297,7 +297,7 @@ UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), s
 
 
 def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
-    server: dict, browser: Any, shots: Path
+    server: dict[str, Any], browser: Any, shots: Path
 ) -> None:
     page = new_page(browser, server, PHONE)
     # keyboard only: skip link first, then the key field; Enter submits
@@ -334,6 +334,6 @@ def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
     page.context.close()
 
 
-def test_session_secret_is_private(server: dict) -> None:
+def test_session_secret_is_private(server: dict[str, Any]) -> None:
     secret = Path(server["home"]) / "session_secret"
     assert secret.exists() and secret.stat().st_mode & 0o077 == 0

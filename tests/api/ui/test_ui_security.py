@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.ui.sessions import session_secret
+from registry.embeddings import MiniLMEmbedder
 from registry.errors import InvalidInput
 from registry.service import Registry
 from registry.settings import ApiSettings, Settings, UiSettings
@@ -34,7 +35,9 @@ def zipped(folder: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -> Iterator[dict]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder: MiniLMEmbedder
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui-security")
     settings = Settings(
         home=root / "home", database_url=f"sqlite:///{root}/r.db", model_cache=root / "models"
@@ -55,7 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder) -
 
 
 @pytest.fixture
-def client(world: dict) -> Iterator[TestClient[Any]]:
+def client(world: dict[str, Any]) -> Iterator[TestClient[Any]]:
     with TestClient(create_app(world["registry"], ApiSettings())) as c:
         yield c
 
@@ -88,7 +91,7 @@ def snapshot(reg: Registry) -> tuple[Any, ...]:
     )
 
 
-def forms(world: dict) -> list[tuple[str, dict[str, str], dict[str, Any] | None]]:
+def forms(world: dict[str, Any]) -> list[tuple[str, dict[str, str], dict[str, Any] | None]]:
     """Every state-changing UI route with a valid body."""
     return [
         ("/ui/upload", {"description": "A pirate translator", "base_model": world["base"]},
@@ -105,7 +108,7 @@ def post(client: TestClient[Any], url: str, data: dict[str, str], files: Any) ->
     return client.post(url, data=data, files=files, follow_redirects=False)
 
 
-def test_no_session_changes_nothing(client: TestClient[Any], world: dict) -> None:
+def test_no_session_changes_nothing(client: TestClient[Any], world: dict[str, Any]) -> None:
     reg: Registry = world["registry"]
     before = snapshot(reg)
     for url, data, files in forms(world):
@@ -121,7 +124,7 @@ def test_no_session_changes_nothing(client: TestClient[Any], world: dict) -> Non
 
 
 @pytest.mark.parametrize("how", ["missing", "wrong", "another session's", "reader"])
-def test_bad_csrf_or_role_changes_nothing(world: dict, how: str) -> None:
+def test_bad_csrf_or_role_changes_nothing(world: dict[str, Any], how: str) -> None:
     reg: Registry = world["registry"]
     app = create_app(reg, ApiSettings())
     with TestClient(app) as c, TestClient(app) as other:
@@ -145,7 +148,9 @@ def test_bad_csrf_or_role_changes_nothing(world: dict, how: str) -> None:
             assert c.get("/ui/upload", follow_redirects=False).status_code == 200
 
 
-def test_the_same_requests_done_right_do_change_the_registry(world: dict, tmp_path: Path) -> None:
+def test_the_same_requests_done_right_do_change_the_registry(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
     """The control for the two tests above: with an admin session and its token, the
     delete and the cancel they sent go through."""
     reg: Registry = world["registry"]
@@ -172,7 +177,7 @@ def test_the_same_requests_done_right_do_change_the_registry(world: dict, tmp_pa
 
 
 def test_pages_need_a_login_and_the_cookie_is_locked_down(
-    client: TestClient[Any], world: dict
+    client: TestClient[Any], world: dict[str, Any]
 ) -> None:
     r = client.get("/ui/adapters?q=moon", follow_redirects=False)
     assert r.status_code == 303
@@ -202,7 +207,7 @@ def test_pages_need_a_login_and_the_cookie_is_locked_down(
     assert client.get("/ui/upload", follow_redirects=False).status_code == 403
 
 
-def test_a_revoked_key_ends_its_sessions(world: dict, tmp_path: Path) -> None:
+def test_a_revoked_key_ends_its_sessions(world: dict[str, Any], tmp_path: Path) -> None:
     reg: Registry = world["registry"]
     record, secret = reg.create_api_key("short-lived", "admin")
     app = create_app(reg, ApiSettings())
@@ -214,7 +219,7 @@ def test_a_revoked_key_ends_its_sessions(world: dict, tmp_path: Path) -> None:
         assert c.get("/ui/upload", follow_redirects=False).status_code == 303
 
 
-def test_open_mode_shows_pages_but_writes_still_need_an_admin(world: dict) -> None:
+def test_open_mode_shows_pages_but_writes_still_need_an_admin(world: dict[str, Any]) -> None:
     reg: Registry = world["registry"]
     before = snapshot(reg)
     with TestClient(create_app(reg, ApiSettings(open_access=True))) as c:
@@ -227,7 +232,7 @@ def test_open_mode_shows_pages_but_writes_still_need_an_admin(world: dict) -> No
     assert snapshot(reg) == before
 
 
-def test_the_json_api_is_untouched(client: TestClient[Any], world: dict) -> None:
+def test_the_json_api_is_untouched(client: TestClient[Any], world: dict[str, Any]) -> None:
     """Bearer requests need no CSRF token and never get a session cookie."""
     r = client.post(
         "/v1/generators",
@@ -239,7 +244,7 @@ def test_the_json_api_is_untouched(client: TestClient[Any], world: dict) -> None
     assert paths and not [p for p in paths if p == "/" or p.startswith("/ui")]
 
 
-def test_an_oversized_upload_is_a_readable_413(world: dict) -> None:
+def test_an_oversized_upload_is_a_readable_413(world: dict[str, Any]) -> None:
     import dataclasses
 
     reg: Registry = world["registry"]

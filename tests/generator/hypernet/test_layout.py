@@ -15,7 +15,9 @@ from tests.conftest import make_lora
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[LoraLayout, dict]:
+def adapter(
+    tiny_base: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LoraLayout, dict[str, torch.Tensor]]:
     out = make_lora(
         tiny_base, tmp_path_factory.mktemp("a") / "a", r=4, targets=["q_proj", "v_proj"]
     )
@@ -25,7 +27,7 @@ def adapter(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return layout, load_file(out / "adapter_model.safetensors")
 
 
-def test_blocks_follow_model_order(adapter: tuple[LoraLayout, dict]) -> None:
+def test_blocks_follow_model_order(adapter: tuple[LoraLayout, dict[str, torch.Tensor]]) -> None:
     layout, state = adapter
     assert layout.modules == ("q_proj", "v_proj") and layout.num_layers == 2
     assert [(b.layer, b.module) for b in layout.blocks] == [
@@ -41,7 +43,7 @@ def test_blocks_follow_model_order(adapter: tuple[LoraLayout, dict]) -> None:
     assert layout.numel == sum(v.numel() for v in state.values())
 
 
-def test_flatten_unflatten_is_exact(adapter: tuple[LoraLayout, dict]) -> None:
+def test_flatten_unflatten_is_exact(adapter: tuple[LoraLayout, dict[str, torch.Tensor]]) -> None:
     layout, state = adapter
     rows = layout.flatten(state)
     assert rows["q_proj"].shape == (2, layout.block_size("q_proj"))
@@ -52,7 +54,9 @@ def test_flatten_unflatten_is_exact(adapter: tuple[LoraLayout, dict]) -> None:
         layout.unflatten({"q_proj": rows["q_proj"][:1], "v_proj": rows["v_proj"]})
 
 
-def test_normaliser_round_trip_and_statistics(adapter: tuple[LoraLayout, dict]) -> None:
+def test_normaliser_round_trip_and_statistics(
+    adapter: tuple[LoraLayout, dict[str, torch.Tensor]],
+) -> None:
     layout, state = adapter
     g = torch.Generator().manual_seed(0)
     samples = [

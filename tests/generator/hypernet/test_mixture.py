@@ -4,7 +4,7 @@ import torch
 from generator.hypernet.mixture import guide_weights, guided_mixture, mix, softmax_weights
 
 
-def rows(value: float, var: float = 0.0) -> tuple[dict, dict]:
+def rows(value: float, var: float = 0.0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return {"q": torch.full((2, 3), value)}, {"q": torch.full((2, 3), var)}
 
 

@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -8,7 +9,7 @@ from registry.errors import InvalidInput, NotFound
 
 
 def task(name: str = "my_task", **kw: object) -> Task:
-    fields: dict = dict(
+    fields: dict[str, Any] = dict(
         name=name,
         description="Is this about a tree? Answer yes or no.",
         family="custom",
@@ -49,7 +50,7 @@ def test_add_load_and_refuse_duplicates(tmp_path: Path) -> None:
         ({"train": (Example("x", "maybe"),)}, "not in its labels"),
     ],
 )
-def test_bad_tasks(kw: dict, message: str) -> None:
+def test_bad_tasks(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         task(**kw)
 

@@ -5,11 +5,11 @@ before queueing, failures that end with their reason."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-from api.worker import HANDLERS, run_one
+from api.worker import HANDLERS, JobContext, run_one
 from generator.transfer.job import run_transfer
 from generator.transfer.run import StageOutput, artifact_name
 from generator.transfer.source import (
@@ -30,7 +30,9 @@ def test_transfer_job_registers_one_adapter_for_the_target(
     job = submit_transfer(reg, source_id, target, samples=4, config={**FAST, "samples": 3})
     assert job.kind == "transfer" and job.params["samples"] == 4
     done = run_one(reg, "w1", HANDLERS)
-    assert done is not None and done.state == "succeeded", done.error
+    assert done is not None
+    assert done.state == "succeeded", done.error
+    assert done.result is not None
     stages = done.result["stages"]
     assert list(stages) == ["synthesize", "discriminator", "filter", "distill"]
     assert stages["synthesize"]["generated"] >= stages["synthesize"]["unique"] > 0
@@ -43,7 +45,9 @@ def test_transfer_job_registers_one_adapter_for_the_target(
     for stage in ("synthesize", "discriminator", "filter", "distill", "register"):
         assert f"{stage}: " in done.log
     # the filter keeps every scored input's p(real): above 1/2 exactly for the kept ones
-    saved = StageOutput.from_bytes(reg.job_artifact(done.id, artifact_name("filter"))).data
+    raw = reg.job_artifact(done.id, artifact_name("filter"))
+    assert raw is not None
+    saved = StageOutput.from_bytes(raw).data
     real = saved["realness"]
     assert (
         set(real) == {*saved["kept"], *saved["rejected"]} and len(real) == f["kept"] + f["rejected"]
@@ -75,7 +79,9 @@ def test_soft_filter_distils_on_every_scored_input(transfer: TransferWorld) -> N
     settings = {**FAST, "samples": 3, "max_rounds": 1, "soft_filter": True}
     job = submit_transfer(reg, transfer.source_id, transfer.target, config=settings)
     done = run_one(reg, "w-soft", HANDLERS)
-    assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+    assert done is not None
+    assert done.id == job.id and done.state == "succeeded", done.error
+    assert done.result is not None
     stages = done.result["stages"]
     f, d = stages["filter"], stages["distill"]
     seeds = len(transfer.task.seeds())
@@ -97,7 +103,9 @@ def test_a_transfer_that_changes_only_distillation_reuses_the_inputs(
     def run(config: dict[str, Any]) -> dict[str, Any]:
         job = submit_transfer(reg, source_id, target, config={**FAST, "seed": 11, **config})
         done = run_one(reg, f"w-reuse-{job.id}", HANDLERS)
-        assert done is not None and done.id == job.id and done.state == "succeeded", done.error
+        assert done is not None
+        assert done.id == job.id and done.state == "succeeded", done.error
+        assert done.result is not None
         return {"id": job.id, **done.result["stages"]}
 
     def data(job_id: int, stage: str) -> dict[str, Any]:
@@ -128,15 +136,15 @@ def test_a_job_resumes_after_its_last_finished_stage(
     reg: Registry = transfer_store.registry
     job = submit_transfer(reg, transfer_store.source_id, transfer_store.target, config=FAST)
 
-    def crash_at_filter(ctx):
+    def crash_at_filter(ctx: JobContext) -> dict[str, Any]:
         real_progress = ctx.progress
 
-        def progress(*args, **kw):
+        def progress(*args: Any, **kw: Any) -> None:
             if kw.get("stage") == "filter":
                 raise RuntimeError("power cut")
             real_progress(*args, **kw)
 
-        ctx.progress = progress
+        monkeypatch.setattr(ctx, "progress", progress)
         return HANDLERS["transfer"](ctx)
 
     first = run_one(reg, "w1", {"transfer": crash_at_filter})
@@ -144,13 +152,14 @@ def test_a_job_resumes_after_its_last_finished_stage(
     assert sorted(first.artifacts) == sorted(STAGE_ARTIFACTS[:2])
     kept = {name: reg.job_artifact(job.id, name) for name in first.artifacts}
 
-    def recomputed(*args, **kw):
+    def recomputed(*args: Any, **kw: Any) -> NoReturn:
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(stages, "synthesize", recomputed)
     monkeypatch.setattr(stages, "train_discriminator", recomputed)
     second = run_one(reg, "w2", HANDLERS)
-    assert second is not None and second.state == "succeeded", second.error
+    assert second is not None
+    assert second.state == "succeeded", second.error
     assert second.attempts == 2
     assert "synthesize: reused the output of an earlier attempt" in second.log
     assert "discriminator: reused the output of an earlier attempt" in second.log
@@ -163,7 +172,9 @@ def test_exactly_one_result_and_the_discriminator_is_trained_once(transfer: Tran
     source_id, target = transfer.source_id, transfer.target
     first = submit_transfer(reg, source_id, target, config=FAST)
     done = run_one(reg, "w1", HANDLERS)
-    assert done is not None and done.state == "succeeded", done.error
+    assert done is not None
+    assert done.state == "succeeded", done.error
+    assert done.result is not None
     adapter_id = done.result["adapter_id"]
 
     class Store:  # a worker that registered, then died before marking the job finished
@@ -190,7 +201,9 @@ def test_exactly_one_result_and_the_discriminator_is_trained_once(transfer: Tran
     # another transfer of the same adapter reuses its discriminator, registers its own adapter
     second = submit_transfer(reg, source_id, target, config={**FAST, "samples": 3})
     done2 = run_one(reg, "w1", HANDLERS)
-    assert done2 is not None and done2.state == "succeeded", done2.error
+    assert done2 is not None
+    assert done2.state == "succeeded", done2.error
+    assert done2.result is not None
     disc = done2.result["stages"]["discriminator"]
     assert disc["reused_from_job"] == first.id
     assert done2.result["adapter_id"] != adapter_id

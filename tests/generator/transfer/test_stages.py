@@ -25,10 +25,10 @@ from generator.transfer.discriminator import (
     rejection_sample,
     train_discriminator,
 )
+from generator.transfer.distill import teacher_label_probs
 from generator.transfer.source import (
     source_task,
     student_config,
-    teacher_label_probs,
 )
 from generator.transfer.synthesis import (
     Synthesis,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,13 +11,16 @@ from generator.tasks.suite import build_default_suite
 from generator.tasks.task import TaskSuite
 from generator.zoo.build import build_zoo
 from generator.zoo.trainer import TrainConfig
+from registry.embeddings import MiniLMEmbedder
 from registry.service import Registry
 from registry.settings import Settings
 
 pytestmark = pytest.mark.slow
 
 
-def test_real_model_zoo_smoke(smollm2_cache: dict, tmp_path: Path, embedder) -> None:
+def test_real_model_zoo_smoke(
+    smollm2_cache: dict[str, Any], tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
     build_default_suite(tmp_path / "suite")
     task = TaskSuite(tmp_path / "suite").load("wordnet_animal")
     # a small slice keeps this a smoke test: 3 steps of 8, 24 test examples

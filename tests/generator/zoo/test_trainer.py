@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,13 +40,16 @@ def examples(n: int, seed: int = 0) -> list[Example]:
     return out
 
 
+Base = tuple[torch.nn.Module, PromptFormat]  # the tiny model and its prompt format
+
+
 @pytest.fixture(scope="module")
-def base(tiny_base: Path):
+def base(tiny_base: Path) -> Base:
     model, tok = load_base(tiny_base)
     return model, PromptFormat.for_tokenizer(tok)
 
 
-def test_prompt_format_follows_the_chat_template(base) -> None:
+def test_prompt_format_follows_the_chat_template(base: Base) -> None:
     _, fmt = base
     assert fmt.chat
     assert (
@@ -55,7 +59,7 @@ def test_prompt_format_follows_the_chat_template(base) -> None:
     assert fmt.answer_ids("no")[-1] == fmt.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_every_adapter_starts_from_the_same_a(base) -> None:
+def test_every_adapter_starts_from_the_same_a(base: Base) -> None:
     model, _ = base
     cfg = TrainConfig(rank=4, alpha=8, steps=1)
     torch.manual_seed(123)  # the caller's RNG state must not matter
@@ -74,7 +78,7 @@ def test_every_adapter_starts_from_the_same_a(base) -> None:
     assert any(not torch.equal(first[k], other[k]) for k in first if "lora_A" in k)
 
 
-def test_answer_only_logits_give_the_full_sequence_loss(base) -> None:
+def test_answer_only_logits_give_the_full_sequence_loss(base: Base) -> None:
     model, fmt = base
     data = encode(fmt, DESCRIPTION, examples(6), 320)
     data[0] = type(data[0])(data[0].prompt, fmt.answer_ids("maybe"))  # answers of unequal length
@@ -94,7 +98,7 @@ def test_answer_only_logits_give_the_full_sequence_loss(base) -> None:
     assert torch.allclose(fast_loss, slow_loss, rtol=1e-4)
 
 
-def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(base) -> None:
+def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(base: Base) -> None:
     model, fmt = base
     data = encode(fmt, DESCRIPTION, examples(8), 320)
     prefix, rest = split_prefix(data)
@@ -112,7 +116,7 @@ def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(base) -> None:
         logits = forward_with_prefix(peft_model, pre, ids, mask, pos, targets.shape[1] + 1)[:, :-1]
         loss = F.cross_entropy(logits[tgt_mask], targets[tgt_mask])
         peft_model.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         losses.append(loss.item())
         grads.append(
             {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -133,7 +137,7 @@ def test_bucketing_covers_every_example_once() -> None:
     assert max(spread) < 10  # sorted windows: similar lengths share a batch
 
 
-def test_training_learns_is_deterministic_and_keeps_the_trajectory(base) -> None:
+def test_training_learns_is_deterministic_and_keeps_the_trajectory(base: Base) -> None:
     model, fmt = base
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(rank=4, alpha=8, steps=30, batch_size=8, lr=3e-2, snapshots=3)
@@ -158,7 +162,7 @@ def test_training_learns_is_deterministic_and_keeps_the_trajectory(base) -> None
     assert sorted(a.peft_config["target_modules"]) == ["q_proj", "v_proj"]
 
 
-def test_one_lora_learns_several_tasks_from_their_descriptions(base) -> None:
+def test_one_lora_learns_several_tasks_from_their_descriptions(base: Base) -> None:
     model, fmt = base
     before = {k: v.clone() for k, v in model.state_dict().items()}
     dog = [Example(e.input, "yes" if "dog" in e.input.split() else "no") for e in examples(64, 1)]
@@ -186,6 +190,6 @@ def test_one_lora_learns_several_tasks_from_their_descriptions(base) -> None:
         ({"target_modules": ()}, "target_modules"),
     ],
 )
-def test_bad_config(kwargs: dict, message: str) -> None:
+def test_bad_config(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         TrainConfig(**kwargs)
