@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import api.cli_eval  # noqa: F401  (registers `eval generators` and `eval fewshot`)
 from api.cli_demo import demo_command
 from api.cli_generators import generate_command, generator_app
 from api.cli_service import jobs_app, keys_app, serve_command, worker_command

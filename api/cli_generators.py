@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from api.cli_zoo import BaseOpt, SuiteOpt, eval_app, open_suite
+from api.cli_zoo import BaseOpt, SuiteOpt, open_suite
 from generator.fit.config import FinetuneConfig, GeneratorConfig
 
 generator_app = typer.Typer(help="Generators (SG-LoRA, ICM-LoRA).", no_args_is_help=True)
@@ -228,38 +228,6 @@ def generator_unpin(
     out.print(f"generator {rec.id} unpinned: the newest {rec.method} generator serves")
 
 
-def evaluated_generators(reg: Any, base_model: str) -> dict[str, Any]:
-    """Column -> the newest generator of each method, plain and end-to-end fine-tuned."""
-    cols: dict[str, Any] = {}
-    for rec in reversed(reg.list_generators(base_model=base_model, limit=1000)):
-        e2e = "finetuned_from" in rec.hyperparameters
-        cols[f"{rec.method}{'+e2e' if e2e else ''}"] = rec  # oldest first: newest wins
-    order = ["sg-lora", "sg-lora+e2e", "icm-lora", "icm-lora+e2e"]
-    return {c: cols[c] for c in order if c in cols}
-
-
-def chosen_generators(reg: Any, base_model: str, ids: str | None) -> dict[str, Any]:
-    """Column -> generator: ``ids`` ("3,5"; columns "sg-lora#3", ...) or the default set."""
-    from registry.errors import InvalidInput
-
-    if ids is None:
-        return evaluated_generators(reg, base_model)
-    cols: dict[str, Any] = {}
-    for part in ids.split(","):
-        try:
-            gid = int(part)
-        except ValueError:
-            raise InvalidInput(f"--generators takes comma-separated ids, got {part!r}") from None
-        rec = reg.get_generator(gid)
-        if rec.base_model != base_model:
-            raise InvalidInput(f"generator {gid} is for {rec.base_model}, not {base_model}")
-        e2e = "+e2e" if "finetuned_from" in rec.hyperparameters else ""
-        cols[f"{rec.method}{e2e}#{gid}"] = rec
-    if not cols:
-        raise InvalidInput("--generators names no generator")
-    return cols
-
-
 def read_examples(path: Path | None) -> Any:
     if path is None:
         return None
@@ -282,8 +250,25 @@ def generate_command(
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same adapter).")] = 0,
     examples: Annotated[
         Path | None,
-        typer.Option("--examples", help="JSONL of {input, output} examples (ICM-LoRA)."),
+        typer.Option(
+            "--examples",
+            help="JSONL of labelled {input, output} examples: the adapter is chosen among "
+            "candidates by them (and ICM-LoRA reads them).",
+        ),
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated label set (default: the examples' outputs when they repeat)."
+        ),
+    ] = None,
+    weighting: Annotated[
+        bool,
+        typer.Option(help="Fit the nearest experts' mixture weights on the examples."),
+    ] = False,
+    refine_steps: Annotated[
+        int, typer.Option(help="Train the chosen adapter further on the examples (steps).")
+    ] = 0,
     generator_id: Annotated[
         int | None,
         typer.Option("--generator", help="Generator id (default: the pinned, else the newest)."),
@@ -294,19 +279,29 @@ def generate_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Generate a LoRA for DESCRIPTION, register it, and optionally export it."""
+    from generator.adapt.examples import FewShot
+    from generator.adapt.pipeline import AdaptConfig
     from generator.serve.generate import generate_adapters
-    from generator.serve.generator import Request, check_examples
+    from generator.serve.generator import Request
+    from registry.errors import InvalidInput
     from registry.service import Registry
 
-    pairs = check_examples(read_examples(examples))
+    label_set = [x.strip() for x in labels.split(",")] if labels is not None else None
+    pairs = read_examples(examples)
+    if pairs is None and (weighting or refine_steps):
+        raise InvalidInput("--weighting and --refine-steps learn from examples: give --examples")
+    fewshot = FewShot.parse(pairs, label_set) if pairs is not None else None
+    adapt = AdaptConfig(weighting=weighting, refine_steps=refine_steps)
+    request = Request(description, seed=seed, fewshot=fewshot, adapt=adapt)
     reg = Registry()
-    with err.status("generating..."):
+    with err.status("generating...") as status:
         [(rec, made)] = generate_adapters(
             reg,
-            [Request(description, seed=seed, examples=pairs)],
+            [request],
             base_model=base_model,
             method=method,
             generator_id=generator_id,
+            on_progress=lambda m: status.update(m),
         )
     path = reg.export_adapter(rec.id, dest) if dest is not None else None
     if as_json:
@@ -316,11 +311,14 @@ def generate_command(
             "generator_id": made.generator_id,
             "seed": made.seed,
             "neighbours": [n.__dict__ for n in made.neighbours],
+            "fewshot": made.fewshot,
             "path": str(path) if path else None,
         }
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     out.print(f"adapter {rec.id} ({rec.name}) generated by {made.method}")
+    if made.fewshot is not None:
+        show_fewshot(made.fewshot)
     for n in made.neighbours:
         out.print(
             f"  expert {n.adapter_id} {n.name}: similarity {n.similarity:.3f}, "
@@ -330,70 +328,21 @@ def generate_command(
         out.print(f"exported to {path}")
 
 
-@eval_app.command("generators")
-def eval_generators(
-    base_model: BaseOpt = "smollm2-135m-instruct",
-    tasks: Annotated[
-        str | None,
-        typer.Option("--tasks", help="Comma-separated task names (default: the held-out ones)."),
-    ] = None,
-    generator_ids: Annotated[
-        str | None,
-        typer.Option(
-            "--generators",
-            help="Comma-separated generator ids to score, one column each (default: the "
-            "newest of each method, plain and fine-tuned).",
-        ),
-    ] = None,
-    suite: SuiteOpt = None,
-    seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
-    dest: Annotated[
-        Path | None, typer.Option("--out", help="Also write the markdown table here.")
-    ] = None,
-) -> None:
-    """Held-out accuracy of every generator and baseline, relative to the oracle."""
-    from generator.experts import ExpertBank
-    from generator.quality import evaluate, sg_guidance, sg_settings, write
-    from generator.serve.generator import Generator
-    from generator.tasks.evaluation import Evaluator
-    from registry.errors import InvalidInput
-    from registry.service import Registry
-
-    reg = Registry()
-    s = open_suite(suite)
-    names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
-    selected = s.select(names) if names else [t for t in s if t.held_out]
-    if not selected:
-        raise InvalidInput("no tasks to evaluate")
-    gens = {}
-    for column, rec in chosen_generators(reg, base_model, generator_ids).items():
-        gens[column] = Generator.from_registry(reg, rec)
-    if not gens:
-        raise InvalidInput(f"no generators for {base_model}: run `loramint generator train`")
-    settings = sg_settings(gens)
-    ids = next(iter(gens.values())).ckpt.expert_ids
-    with err.status("loading experts and the base model..."):
-        bank = ExpertBank.from_registry(reg, base_model, ids=ids)
-        evaluator = Evaluator.from_path(reg.base_model_path(base_model))
-    k, tau = settings if settings else (4, 0.05)
-    report = evaluate(
-        reg,
-        evaluator,
-        selected,
-        base_model=base_model,
-        generators=gens,
-        bank=bank,
-        k=k,
-        tau=tau,
-        guidance=sg_guidance(gens),
-        seed=seed,
-        on_task=lambda name: err.print(f"scoring {name}"),
+def show_fewshot(report: dict[str, Any]) -> None:
+    """What a few-shot request chose, why, and how good it is expected to be."""
+    estimate = report["estimate"]
+    metric = report["metric"]
+    out.print(
+        f"  {report['method']}: chose {report['chosen']} on {report['examples']} examples "
+        f"({metric}; {estimate['how']})"
     )
-    path = write(report, reg.settings.results_dir)
-    md = report.markdown()
-    if dest is not None:
-        from registry.blobs import write_atomic
+    for name, value in sorted(report["candidates"].items(), key=lambda kv: -kv[1]):
+        out.print(f"    {name}: {value:.3f}")
 
-        write_atomic(dest, md.encode())
-    sys.stdout.write(md)
-    out.print(f"results: {path} (plot {path.with_suffix('.png')})")
+    def shown(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    out.print(
+        f"  held-back {metric}: this adapter {shown(estimate['adapter'])}, bare model "
+        f"{shown(estimate['bare'])}, nearest expert {shown(estimate['nearest'])}"
+    )

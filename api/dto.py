@@ -80,8 +80,8 @@ class SearchPage(msgspec.Struct):
 
 
 class Example(msgspec.Struct, forbid_unknown_fields=True):
-    input: str
-    output: str
+    input: Annotated[str, msgspec.Meta(max_length=8000)]
+    output: Annotated[str, msgspec.Meta(max_length=500)]
 
 
 class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,7 +89,16 @@ class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
     base_model: str = "smollm2-135m-instruct"
     method: str | None = None  # sg-lora, or the named generator's method
     seed: int = 0
-    examples: list[Example] | None = None
+    # labelled examples of the task (generator.adapt): the adapter is chosen among
+    # candidates (and optionally re-weighted and refined) by them
+    examples: Annotated[list[Example], msgspec.Meta(max_length=64)] | None = None
+    # the label set of a classification (default: the examples' distinct outputs when
+    # they repeat; outputs that never repeat are free-form)
+    labels: Annotated[list[str], msgspec.Meta(max_length=50)] | None = None
+    weighting: bool = False  # fit the nearest experts' mixture weights on the examples
+    refine_steps: Annotated[int, msgspec.Meta(ge=0, le=500)] = 0  # train further on them
+    # training that would take longer than this runs as a job (the response says where)
+    time_budget_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
     # a generator of ``method`` for ``base_model``; default: the pinned one, else the newest
     generator_id: int | None = None
 
@@ -108,6 +117,13 @@ class GenerateOut(msgspec.Struct):
     generator_id: int | None
     seed: int
     neighbours: list[NeighbourOut]
+    # with examples: the chosen candidate, every candidate's score on the examples, and
+    # the held-back estimate of the returned adapter beside the bare model's and the
+    # nearest expert's (also kept in the adapter's meta.fewshot)
+    fewshot: dict[str, Any] | None = None
+    # training that went over the time budget: the job that registers the trained
+    # adapter (its result.adapter_id); ``adapter`` is the chosen candidate meanwhile
+    job: JobOut | None = None
 
 
 class BaseModelOut(msgspec.Struct):

@@ -8,7 +8,7 @@ waits on I/O; generation goes through the micro-batcher.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,9 +38,11 @@ from api.dto import (
     SearchPage,
     TrainGeneratorIn,
 )
+from generator.adapt.examples import FewShot
+from generator.adapt.pipeline import AdaptConfig
 from generator.hypernet.methods import check_method
+from generator.serve.fewshot import training_seconds
 from generator.serve.generator import Request as GenRequest
-from generator.serve.generator import check_examples
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
@@ -114,7 +116,12 @@ def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
         check_method(data.method)
     if data.generator_id is not None and not 1 <= data.generator_id < 2**63:
         raise InvalidInput(f"generator_id must be a positive integer, got {data.generator_id}")
-    examples = check_examples([(e.input, e.output) for e in data.examples or []])
+    fewshot = None
+    if data.examples is not None or data.labels is not None:
+        pairs = [(e.input, e.output) for e in data.examples or []]
+        fewshot = FewShot.parse(pairs, data.labels)
+    elif data.weighting or data.refine_steps:
+        raise InvalidInput("weighting and refine_steps learn from examples: give some")
     if not data.description.strip():
         raise InvalidInput("description is empty")
     if len(data.description) > reg.settings.max_description_chars:
@@ -123,7 +130,8 @@ def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
         )
     if not 0 <= data.seed < 2**63:
         raise InvalidInput("seed must be between 0 and 2**63 - 1")
-    return GenRequest(data.description, seed=data.seed, examples=examples)
+    adapt = AdaptConfig(weighting=data.weighting, refine_steps=data.refine_steps)
+    return GenRequest(data.description, seed=data.seed, fewshot=fewshot, adapt=adapt)
 
 
 @post(
@@ -146,10 +154,31 @@ async def generate(
     state: State,
     data: Annotated[GenerateIn, Body(examples=[GENERATE_EXAMPLE])],
 ) -> GenerateOut:
-    request = generation_request(_registry(state), data)
-    rec, made = await state.batcher.generate(
-        request, base_model=data.base_model, method=data.method, generator_id=data.generator_id
-    )
+    reg = _registry(state)
+    request = generation_request(reg, data)
+    where = {
+        "base_model": data.base_model,
+        "method": data.method,
+        "generator_id": data.generator_id,
+    }
+    job = None
+    if request.adapt.trains:  # choose first; train here only when it fits the time budget
+        chosen = replace(request, adapt=AdaptConfig())
+        rec, made = await state.batcher.generate(chosen, **where)
+        report = made.fewshot or {}
+        forecast = training_seconds(
+            report.get("seconds", {}).get("selection", 0.0),
+            len(report.get("candidates", {})),
+            len(request.examples),
+            request.adapt,
+        )
+        if forecast > data.time_budget_s:
+            _check_job_capacity(state)
+            job = JobOut.of(reg.submit_job("generate", generation_job(data)))
+        else:
+            rec, made = await state.batcher.generate(request, **where)
+    else:
+        rec, made = await state.batcher.generate(request, **where)
     out = AdapterOut.of(rec)
     return GenerateOut(
         adapter=out,
@@ -158,7 +187,16 @@ async def generate(
         generator_id=made.generator_id,
         seed=made.seed,
         neighbours=[NeighbourOut(**n.__dict__) for n in made.neighbours],
+        fewshot=made.fewshot,
+        job=job,
     )
+
+
+def generation_job(data: GenerateIn) -> dict[str, Any]:
+    """A generation request as job parameters (the worker checks them again)."""
+    return {f: getattr(data, f) for f in data.__struct_fields__} | {
+        "examples": [{"input": e.input, "output": e.output} for e in data.examples or []],
+    }
 
 
 @reads("/v1/adapters", "adapters")

@@ -162,7 +162,30 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
     }
 
 
+def generate_job(ctx: JobContext) -> dict[str, Any]:
+    """A few-shot generation whose training went over the request's time budget."""
+    import msgspec
+
+    from api.dto import GenerateIn
+    from api.routes import generation_request
+    from generator.serve.generate import generate_adapters
+
+    try:
+        data = msgspec.convert(ctx.job.params, GenerateIn)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"bad generation job parameters: {exc}") from exc
+    request = generation_request(ctx.registry, data)
+    ctx.progress(0.0, stage="adapting", log_line=f"{len(request.examples)} examples")
+    [(rec, made)] = generate_adapters(
+        ctx.registry, [request], base_model=data.base_model, method=data.method,
+        generator_id=data.generator_id, on_progress=lambda m: ctx.progress(log_line=m),
+    )  # fmt: skip
+    ctx.progress(1.0, stage="registered", log_line=f"adapter {rec.id} ({rec.name})")
+    return {"adapter_id": rec.id, "adapter_name": rec.name, "fewshot": made.fewshot}
+
+
 HANDLERS: dict[str, Handler] = {
+    "generate": generate_job,
     "train-generator": train_generator_job,
     "transfer": transfer_job,
     "build-zoo": build_zoo_job,

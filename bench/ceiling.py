@@ -164,7 +164,7 @@ def score(registry: Any, base_model: str, names: list[str]) -> list[dict[str, An
     from generator.fit.selection import TAU_GRID
     from generator.fit.sg import K_GRID
     from generator.fit.train import default_suite_tasks
-    from generator.quality import oracle_weights
+    from generator.quality.heldout import oracle_weights
     from generator.tasks.evaluation import Evaluator
 
     held = [t for t in default_suite_tasks(registry) if t.held_out and t.is_classification]

@@ -31,11 +31,14 @@ RULES: dict[str, set[str]] = {
     "generator.fit": {
         "registry", "generator.tasks", "generator.zoo", "generator.hypernet", "generator.experts",
     },
-    "generator.serve": {"registry", "generator.tasks", "generator.hypernet", "generator.experts"},
+    "generator.adapt": {"registry", "generator.tasks", "generator.zoo"},
+    "generator.serve": {
+        "registry", "generator.tasks", "generator.hypernet", "generator.experts", "generator.adapt",
+    },
     "generator.transfer": {"registry", "generator.tasks", "generator.zoo"},
     "generator.quality": {
         "registry", "generator.tasks", "generator.zoo", "generator.hypernet",
-        "generator.experts", "generator.fit", "generator.serve",
+        "generator.experts", "generator.fit", "generator.adapt", "generator.serve",
     },
     "generator.sandbox": {
         "registry", "generator.tasks", "generator.zoo", "generator.hypernet", "generator.fit",
@@ -145,7 +148,7 @@ def project_graph() -> dict[str, set[str]]:
 
 def test_the_layout_is_the_documented_one() -> None:
     modules = project_modules()
-    for stage in ("tasks", "zoo", "hypernet", "fit", "serve", "transfer"):
+    for stage in ("tasks", "zoo", "hypernet", "fit", "adapt", "serve", "transfer"):
         assert f"generator.{stage}" in modules, f"generator/{stage}/ is missing"
     assert "generator.experts" in modules
     unruled = [m for m in modules if not any(m == r or m.startswith(r + ".") for r in RULES)]
@@ -171,7 +174,8 @@ def test_the_checks_catch_a_broken_rule_and_a_cycle() -> None:
     }
     assert violations(graph) == [
         "generator.serve.generate imports generator.fit.train (generator.serve may import "
-        "['generator.experts', 'generator.hypernet', 'generator.tasks', 'registry'])"
+        "['generator.adapt', 'generator.experts', 'generator.hypernet', 'generator.tasks', "
+        "'registry'])"
     ]
     assert cycles(graph) == [["generator.fit.sg", "generator.fit.train"]]
     assert violations({"registry.service": {"generator.experts"}})

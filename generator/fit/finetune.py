@@ -13,6 +13,7 @@ Only training experts' tasks are used; held-out tasks never reach this code.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -29,7 +30,7 @@ from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.methods import SG_LORA
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import Tokens, from_tokens, to_tokens, var_tokens
-from generator.tasks.evaluation import lora_config_from
+from generator.tasks.evaluation import FunctionalLora
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.task import Task
 from generator.zoo.trainer import collate, encode, forward_with_prefix, split_prefix
@@ -79,8 +80,6 @@ def finetune(
     state with the lowest validation loss is kept, the untuned one included,
     so the stage cannot make unseen tasks worse than it found them.
     """
-    from peft import get_peft_model
-
     if not tasks:
         raise InvalidInput("end-to-end fine-tuning needs the training experts' tasks")
     steps, lr, batch_size = config.steps, config.lr, config.batch_size
@@ -101,14 +100,8 @@ def finetune(
         for i, t in tasks.items()
     }
     anchors = {i: to_tokens(layout, norm, [bank.experts[i].mean]) for i in tasks}
-    peft_model = get_peft_model(model, lora_config_from(ckpt.template))  # type: ignore[arg-type]
-    names = dict(peft_model.named_parameters())
-
-    def peft_name(key: str) -> str:
-        return key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-            ".lora_B.weight", ".lora_B.default.weight"
-        )
-
+    stack = contextlib.ExitStack()  # the LoRA stays attached until the loop ends
+    lora = stack.enter_context(FunctionalLora(model, ckpt.template))
     net = ckpt.net
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     order: list[int] = []
@@ -118,12 +111,8 @@ def finetune(
     def task_loss_of(i: int, batch: list[Any]) -> tuple[torch.Tensor, Tokens]:
         tokens = decoders[i]()  # {m: (1, L, r, w)}
         weights = layout.unflatten(from_tokens(layout, norm, tokens)[0])
-        params = {peft_name(k): v for k, v in weights.items()}
-        missing = [k for k in params if k not in names]
-        if missing:
-            raise InvalidInput(f"generated tensor {missing[0]} has no place in the base model")
         ids, mask, pos, targets, tgt_mask = collate(batch, pad)
-        call = _with_weights(peft_model, params)
+        call = lora.bind(weights)
         prefix = encoded[i][0]
         logits = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)[:, :-1]
         return F.cross_entropy(logits[tgt_mask].float(), targets[tgt_mask]), tokens
@@ -175,7 +164,7 @@ def finetune(
             if step % eval_every == 0 or step == steps:
                 checkpoint_val(step)
     finally:
-        peft_model.unload()
+        stack.close()
     net.eval()
     stats: dict[str, Any] = {}
     if best is not None:
@@ -198,12 +187,3 @@ def finetune(
         "e2e_loss_last10": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         "e2e_seconds": round(time.perf_counter() - t0, 1),
     }
-
-
-def _with_weights(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> Callable[..., Any]:
-    """``model`` called with ``params`` standing in for its own (gradients flow into them)."""
-
-    def call(**kwargs: Any) -> Any:
-        return torch.func.functional_call(model, params, args=(), kwargs=kwargs)
-
-    return call

@@ -5,12 +5,15 @@ call it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from generator.hypernet.methods import SG_LORA, check_method
-from generator.serve.generator import Generated, Generator, Request
+from generator.serve.fewshot import adapt_generated
+from generator.serve.generator import Generated, Generator, Neighbour, Request
 from registry.errors import Conflict, GeneratorNotFound, InvalidInput
 from registry.lora_spec import weights_bytes
 from registry.models import Provenance
@@ -22,7 +25,9 @@ from registry.validation import slug
 
 def adapter_name(gen: Generated) -> str:
     """Readable and deterministic: the same request to the same generator, the same name."""
-    key = json.dumps([gen.generator_id, gen.method, gen.description, gen.seed, gen.examples])
+    key = json.dumps(
+        [gen.generator_id, gen.method, gen.description, gen.seed, gen.examples, gen.request_key]
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{slug(gen.description, 40)}-{gen.method}-{digest}"
 
@@ -43,6 +48,8 @@ def register(
         "examples": gen.examples,
         "neighbours": [n.__dict__ for n in gen.neighbours],
     }
+    if gen.fewshot is not None:
+        meta["fewshot"] = gen.fewshot
     parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
     try:
         return registry.add_adapter(
@@ -117,13 +124,30 @@ def generate_adapters(
     method: str | None,
     generator_id: int | None = None,
     loaded: LoadedGenerators | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> list[tuple[AdapterRecord, Generated]]:
     """Generate and register one adapter per request (one batched decode) with
-    ``generator_for``'s choice: ``generator_id``, else the pinned, else the newest.
+    ``generator_for``'s choice: ``generator_id``, else the pinned, else the newest; a
+    request with labelled examples is then adapted to them (``serve.fewshot``).
     ``loaded`` keeps generators loaded between calls (the REST service's); without
     it the generator is loaded for this call."""
     if method is not None:
         check_method(method)
     generator = (loaded or LoadedGenerators(registry)).serving(base_model, method, generator_id)
     made = generator.generate(requests)
-    return [(register(registry, g, base_model=base_model), g) for g in made]
+    out = []
+    for request, gen in zip(requests, made, strict=True):
+        if request.fewshot is not None:
+            done = registry.find_adapter(base_model, adapter_name(gen))
+            if done is not None:  # the same request again: its adapter as registered
+                gen = _as_registered(gen, done)
+            else:
+                gen = adapt_generated(generator, request, gen, on_progress=on_progress)
+        out.append((register(registry, gen, base_model=base_model), gen))
+    return out
+
+
+def _as_registered(gen: Generated, record: AdapterRecord) -> Generated:
+    """``gen`` as the registry already holds it (its adaptation is not run again)."""
+    neighbours = [Neighbour(**n) for n in record.meta.get("neighbours", [])]
+    return dataclasses.replace(gen, neighbours=neighbours, fewshot=record.meta.get("fewshot"))

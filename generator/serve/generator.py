@@ -7,11 +7,14 @@ experts' description embeddings, mixes their late-trajectory statistics,
 and samples z from the learned prior; ICM-LoRA samples z ~ N(0, I) given the
 description (and the task vector of examples, when the caller gives some).
 A seed fixes z, so the same (generator, description, seed) gives the same
-adapter.
+adapter. Requests with labelled examples are adapted to them afterwards
+(``generator.serve.fewshot``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,19 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from generator.adapt.examples import FewShot
+from generator.adapt.pipeline import AdaptConfig
 from generator.experts import Expert, load_expert
 from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.methods import SG_LORA
 from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import from_tokens, to_tokens, var_tokens
+from generator.tasks.evaluation import Evaluator
 from generator.tasks.task_vector import TaskVectorizer
 from registry.errors import AdapterNotFound, InvalidInput
 from registry.lora_spec import Tensors
 from registry.records import GeneratorRecord
 from registry.service import Registry
-
-MAX_EXAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -53,35 +57,32 @@ class Generated:
     neighbours: list[Neighbour] = field(default_factory=list)
     examples: int = 0
     embedding: np.ndarray | None = None  # (D,) the description's, reused on registration
+    request_key: str = ""  # what else makes the request: its examples and adaptation
+    fewshot: dict[str, Any] | None = None  # the adaptation's report (generator.adapt)
 
 
 @dataclass(frozen=True)
 class Request:
     description: str
     seed: int = 0
-    examples: tuple[tuple[str, str], ...] = ()
+    fewshot: FewShot | None = None  # labelled examples of the task, when the caller has some
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
+    @property
+    def examples(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ()
+            if self.fewshot is None
+            else tuple((e.input, e.output) for e in self.fewshot.examples)
+        )
 
-def check_examples(examples: Any) -> tuple[tuple[str, str], ...]:
-    """Caller-supplied examples: a list of {"input", "output"} or (input, output) pairs."""
-    if examples is None:
-        return ()
-    if not isinstance(examples, (list, tuple)):
-        raise InvalidInput("examples must be a list of {input, output} pairs")
-    if len(examples) > MAX_EXAMPLES:
-        raise InvalidInput(f"at most {MAX_EXAMPLES} examples, got {len(examples)}")
-    out = []
-    for i, e in enumerate(examples):
-        if isinstance(e, dict):
-            pair = (e.get("input"), e.get("output"))
-        elif isinstance(e, (list, tuple)) and len(e) == 2:
-            pair = (e[0], e[1])
-        else:
-            raise InvalidInput(f"example {i} must be an {{input, output}} pair")
-        if not all(isinstance(p, str) and p.strip() for p in pair):
-            raise InvalidInput(f"example {i} needs a non-empty input and output")
-        out.append((str(pair[0]), str(pair[1])))
-    return tuple(out)
+    def key(self) -> str:
+        """The examples, labels and adaptation settings, as a digest (part of a generated
+        adapter's name: the same request gets the same adapter)."""
+        if self.fewshot is None:
+            return ""
+        payload = [self.examples, self.fewshot.labels, sorted(vars(self.adapt).items())]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
 class Generator:
@@ -93,12 +94,13 @@ class Generator:
         *,
         embed: Callable[[Sequence[str]], np.ndarray],
         experts: Callable[[int], Expert | None] | None = None,
-        vectorizer: Callable[[], TaskVectorizer] | None = None,
+        base: Callable[[], Evaluator] | None = None,
         record: GeneratorRecord | None = None,
     ) -> None:
         self.ckpt, self.embed, self.record = checkpoint, embed, record
         self._experts = experts
-        self._vectorizer_factory = vectorizer
+        self._base_factory = base
+        self._base: Evaluator | None = None
         self._vectorizer: TaskVectorizer | None = None
         self._cache: dict[int, Expert | None] = {}
         self.index: Any = None
@@ -120,7 +122,11 @@ class Generator:
         return self.record.id if self.record else None
 
     @classmethod
-    def from_registry(cls, registry: Registry, record: GeneratorRecord) -> Generator:
+    def from_registry(
+        cls, registry: Registry, record: GeneratorRecord, *, base: Evaluator | None = None
+    ) -> Generator:
+        """The registered generator ``record``; ``base``: its base model already loaded
+        (else it is loaded when first needed)."""
         ckpt = Checkpoint.from_bytes(registry.generator_checkpoint(record.id))
 
         def expert(adapter_id: int) -> Expert | None:
@@ -130,19 +136,20 @@ class Generator:
                 return None  # deleted since training: mixed no more
             return load_expert(registry, rec, ckpt.layout)
 
-        def vectorizer() -> TaskVectorizer:
-            from generator.tasks.evaluation import load_base
+        def load() -> Evaluator:
+            if base is not None:
+                return base
+            return Evaluator.from_path(registry.base_model_path(record.base_model))
 
-            model, tokenizer = load_base(registry.base_model_path(record.base_model))
-            return TaskVectorizer(model, tokenizer)
+        return cls(ckpt, embed=registry.embedder.encode, experts=expert, base=load, record=record)
 
-        return cls(
-            ckpt,
-            embed=registry.embedder.encode,
-            experts=expert,
-            vectorizer=vectorizer,
-            record=record,
-        )
+    def evaluator(self) -> Evaluator:
+        """The base model (loaded on first use): for task vectors and few-shot scoring."""
+        if self._base is None:
+            if self._base_factory is None:
+                raise InvalidInput("this generator cannot read examples (no base model)")
+            self._base = self._base_factory()
+        return self._base
 
     def expert(self, index: int) -> Expert | None:
         adapter_id = self.ckpt.expert_ids[index]
@@ -233,6 +240,7 @@ class Generator:
                 neighbours=neighbours[i],
                 examples=len(r.examples),
                 embedding=np.asarray(vectors[i]),
+                request_key=r.key(),
             )
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
@@ -253,7 +261,6 @@ class Generator:
 
     def task_vector(self, request: Request) -> torch.Tensor:
         if self._vectorizer is None:
-            if self._vectorizer_factory is None:
-                raise InvalidInput("this generator cannot read examples (no base model)")
-            self._vectorizer = self._vectorizer_factory()
+            base = self.evaluator()
+            self._vectorizer = TaskVectorizer(base.model, base.tokenizer)
         return self._vectorizer(request.description, request.examples)

@@ -7,9 +7,10 @@ score and removed after it, so evaluating many adapters costs one load.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.scoring import label_logprobs
-from generator.tasks.task import Task
+from generator.tasks.task import Example, Task
 from registry.errors import InvalidInput
 from registry.lora_spec import Adapter, Tensors
 
@@ -70,7 +71,7 @@ class Evaluator:
         task: Task,
         adapter: Adapter | None = None,
         *,
-        examples: Sequence[Any] | None = None,
+        examples: Sequence[Example] | None = None,
     ) -> EvalResult:
         """Accuracy on ``task.test`` (or ``examples``), bare or with ``(config, weights)``."""
         examples = task.test if examples is None else examples
@@ -91,7 +92,7 @@ class Evaluator:
         task: Task,
         adapter: Adapter | None = None,
         *,
-        examples: Sequence[Any] | None = None,
+        examples: Sequence[Example] | None = None,
     ) -> torch.Tensor:
         """(N, L) log-probability of each of the task's labels after each example's prompt."""
         if not task.is_classification:
@@ -107,6 +108,21 @@ class Evaluator:
             return label_logprobs(
                 model, prompts, labels, pad_id=self.pad_id, batch_size=self.batch_size
             )
+
+    def answer_logprobs(
+        self, description: str, examples: Sequence[Example], adapter: Adapter | None = None
+    ) -> torch.Tensor:
+        """(N,) mean log-probability per token of each example's own output (free-form
+        outputs, which have no label set to rank)."""
+        out = torch.empty(len(examples))
+        with contextlib.ExitStack() as stack:
+            model = self.model if adapter is None else stack.enter_context(self.attached(*adapter))
+            for i, e in enumerate(examples):
+                answer = self.format.answer_ids(e.output)
+                prompt = self.format.prompt_ids(description, e.input)
+                total = label_logprobs(model, [prompt], [answer], pad_id=self.pad_id)
+                out[i] = total[0, 0] / len(answer)
+        return out
 
     def attached(self, config: dict[str, Any], weights: Tensors) -> _Attached:
         return _Attached(self.model, config, weights)
@@ -133,3 +149,41 @@ class _Attached:
 
     def __exit__(self, *exc: object) -> None:
         self.peft_model.unload()
+
+
+class FunctionalLora:
+    """Context manager: the base model with a LoRA of ``config`` attached whose tensors
+    each call supplies (PEFT state-dict names). Gradients flow into the supplied
+    tensors (a generator's output, learned mixture weights), never into the model."""
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any]) -> None:
+        self.model, self.config = model, config
+        self.peft_model: Any = None
+        self.names: set[str] = set()
+
+    def __enter__(self) -> FunctionalLora:
+        from peft import get_peft_model
+
+        self.peft_model = get_peft_model(self.model, lora_config_from(self.config))  # type: ignore[arg-type]
+        self.names = {n for n, _ in self.peft_model.named_parameters()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peft_model.unload()
+
+    def bind(self, weights: Tensors) -> Callable[..., Any]:
+        """The attached model called with ``weights`` standing in for its LoRA."""
+        params = {
+            k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight"
+            ): v
+            for k, v in weights.items()
+        }
+        missing = [k for k in params if k not in self.names]
+        if missing:
+            raise InvalidInput(f"LoRA tensor {missing[0]} has no place in the base model")
+
+        def call(**kwargs: Any) -> Any:
+            return torch.func.functional_call(self.peft_model, params, args=(), kwargs=kwargs)
+
+        return call

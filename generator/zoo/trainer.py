@@ -215,6 +215,24 @@ def collate(batch: list[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
     return ids, mask, pos, targets, tgt_mask
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """Validation while training: the answer-token loss on ``examples`` before the first
+    step and every ``every`` steps; training stops after ``patience`` checks without a
+    better loss, and the weights of the best check are the result (the starting
+    weights included, so training never returns worse than it started on them)."""
+
+    examples: Sequence[Example]
+    every: int = 2
+    patience: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.examples:
+            raise InvalidInput("early stopping needs validation examples")
+        if self.every < 1 or self.patience < 1:
+            raise InvalidInput("early stopping checks every >= 1 steps, patience >= 1")
+
+
 def train_lora(
     model: torch.nn.Module,
     fmt: PromptFormat,
@@ -223,15 +241,19 @@ def train_lora(
     config: TrainConfig,
     *,
     on_step: Callable[[int, float], None] | None = None,
+    initial: Tensors | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     """Train one LoRA on ``examples`` (loss on the answer tokens only) and return its weights
-    with the late-trajectory statistics. ``model`` is left as it was (the LoRA is removed)."""
+    with the late-trajectory statistics; from ``initial`` weights (PEFT names) when given,
+    else from the layout's shared A and a zero B. ``model`` is left as it was (the LoRA is
+    removed)."""
     if not examples:
         raise InvalidInput("no training examples")
-    pad_id = fmt.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = fmt.tokenizer.eos_token_id or 0
-    return train_multitask(model, fmt, [(description, examples)], config, on_step=on_step)
+    return train_multitask(
+        model, fmt, [(description, examples)], config, on_step=on_step, initial=initial,
+        early_stop=early_stop,
+    )  # fmt: skip
 
 
 def train_multitask(
@@ -241,6 +263,8 @@ def train_multitask(
     config: TrainConfig,
     *,
     on_step: Callable[[int, float], None] | None = None,
+    initial: Tensors | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     """Train one LoRA on several tasks, each (description, examples): every batch comes
     from one task (its shared prompt prefix runs once) and the tasks take turns in a
@@ -249,6 +273,8 @@ def train_multitask(
     groups = [(d, ex) for d, ex in tasks if ex]
     if not groups:
         raise InvalidInput("no training examples")
+    if early_stop is not None and len(groups) != 1:
+        raise InvalidInput("early stopping validates one task")
     pad_id = fmt.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = fmt.tokenizer.eos_token_id or 0
@@ -267,9 +293,15 @@ def train_multitask(
             queues[g] = batches(data, config.batch_size, rng, buckets=config.length_buckets)
         return prefix, queues[g].pop()
 
+    validate = None
+    if early_stop is not None:
+        val = split_prefix(encode(fmt, groups[0][0], early_stop.examples, config.max_prompt_tokens))
+        validate = _validator(val, config.batch_size, pad_id)
     peft_model = attach_lora(model, config)
     try:
-        return _train(peft_model, next_batch, config, pad_id, on_step)
+        if initial is not None:
+            _load_weights(peft_model, initial)
+        return _train(peft_model, next_batch, config, pad_id, on_step, validate, early_stop)
     finally:
         peft_model.unload()  # back to the bare base model for the next task
 
@@ -292,8 +324,26 @@ def _train(
     config: TrainConfig,
     pad_id: int,
     on_step: Callable[[int, float], None] | None,
+    validate: Callable[[Any], float] | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
+    best: tuple[float, int, Tensors] | None = None  # (validation loss, step, weights)
+    checks: list[list[float]] = []  # [step, validation loss]; step 0: before training
+
+    def check(step: int) -> bool:
+        """Validate after ``step`` steps; True when training should stop."""
+        nonlocal best
+        assert validate is not None and early_stop is not None
+        loss = validate(peft_model)
+        checks.append([step, round(loss, 5)])
+        if best is None or loss < best[0]:
+            best = (loss, step, lora_state(peft_model))
+        stale = (step - best[1]) // early_stop.every
+        return stale >= early_stop.patience
+
+    if validate is not None:
+        check(0)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config))
     start = int(config.steps * config.trajectory_start)
@@ -337,19 +387,62 @@ def _train(
                 snapshots.append(lora_state(peft_model))
         if on_step:
             on_step(step, losses[-1])
+        if early_stop is not None and (step + 1) % early_stop.every == 0 and check(step + 1):
+            break
     seconds = time.perf_counter() - t0
     peft_model.eval()
     var = {k: m2[k] / max(1, count - 1) for k in m2}
+    extra: dict[str, Any] = {}
+    weights = lora_state(peft_model)
+    if best is not None:
+        weights = best[2]
+        extra = {"best_step": best[1], "val_losses": checks, "steps_run": len(losses)}
     return TrainResult(
         peft_config=peft_config_dict(peft_model),
-        weights=lora_state(peft_model),
+        weights=weights,
         mean=mean,
         var=var,
         snapshots=snapshots,
         losses=losses,
         seconds=seconds,
         tokens=tokens,
+        extra=extra,
     )
+
+
+def _load_weights(peft_model: Any, weights: Tensors) -> None:
+    """Start from ``weights`` (PEFT state-dict names) instead of the fresh LoRA."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(peft_model, weights)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise InvalidInput(f"starting weights are missing {missing[0]}")
+
+
+def _validator(
+    data: tuple[list[int], list[Encoded]], batch_size: int, pad_id: int
+) -> Callable[[Any], float]:
+    """The mean answer-token loss of ``data`` (prefix, examples) under a model."""
+    prefix, examples = data
+
+    @torch.no_grad()
+    def loss(model: Any) -> float:
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            ids, mask, pos, targets, tgt_mask = collate(batch, pad_id)
+            logits = forward_with_prefix(model, prefix, ids, mask, pos, targets.shape[1] + 1)
+            picked = logits[:, :-1][tgt_mask].float()
+            total += float(F.cross_entropy(picked, targets[tgt_mask], reduction="sum"))
+            count += int(tgt_mask.sum())
+        if was_training:
+            model.train()
+        return total / max(1, count)
+
+    return loss
 
 
 def peft_config_dict(peft_model: Any) -> dict[str, Any]:

@@ -117,6 +117,99 @@ def test_generate_rejects_bad_input_with_4xx(
     assert world.registry.count_adapters() == before
 
 
+def shots(world: KeyedWorld, n: int = 16) -> list[dict[str, str]]:
+    return [{"input": e.input, "output": e.output} for e in world.held_out().train[:n]]
+
+
+YES_NO = [{"input": "a b", "output": "yes"}, {"input": "c d", "output": "no"}]
+
+
+def test_generate_with_examples_reports_what_it_chose(
+    client: TestClient[Any], world: KeyedWorld
+) -> None:
+    body = {"description": DESC, "base_model": world.base, "examples": shots(world)}
+    r = client.post("/v1/generate", json=body, headers=auth(world.reader))
+    assert r.status_code == 201, r.text
+    out = r.json()
+    report = out["fewshot"]
+    assert out["job"] is None and report["chosen"] in report["candidates"]
+    assert report["examples"] == 16 and report["metric"] == "accuracy"
+    estimate = report["estimate"]
+    assert {"adapter", "bare", "nearest", "how"} <= set(estimate)
+    assert estimate["bare"] == report["candidates"]["none"]
+    assert out["adapter"]["meta"]["fewshot"] == report  # the record says the same
+    again = client.post("/v1/generate", json=body, headers=auth(world.reader)).json()
+    assert again["adapter"]["id"] == out["adapter"]["id"]  # the same request, the same adapter
+    zipped = client.get(out["download_url"], headers=auth(world.reader))
+    assert zipped.status_code == 200
+
+
+def test_training_over_the_time_budget_runs_as_a_job(
+    client: TestClient[Any], world: KeyedWorld
+) -> None:
+    reg = world.registry
+    body = {
+        "description": DESC, "base_model": world.base, "examples": shots(world, 12),
+        "refine_steps": 2, "time_budget_s": 0,
+    }  # fmt: skip
+    r = client.post("/v1/generate", json=body, headers=auth(world.reader))
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert out["job"]["kind"] == "generate" and out["fewshot"]["method"] == "selection"
+    done = run_one(reg, "test-worker", HANDLERS)
+    assert done is not None
+    assert done.state == "succeeded", done.error
+    assert done.result is not None
+    trained = reg.get_adapter(done.result["adapter_id"])
+    assert trained.meta["fewshot"]["method"] == "selection+refine"
+    assert trained.id != out["adapter"]["id"]
+    job = client.get(out["job"]["url"], headers=auth(world.reader)).json()
+    assert job["state"] == "succeeded" and job["result"]["adapter_id"] == trained.id
+    # a budget the training fits in: trained in the request itself
+    inline = client.post(
+        "/v1/generate", json=body | {"time_budget_s": 600, "seed": 5}, headers=auth(world.reader)
+    ).json()
+    assert inline["job"] is None and inline["fewshot"]["method"] == "selection+refine"
+
+
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        ({"examples": YES_NO + [{"input": "e", "output": "maybe"}], "labels": ["yes", "no"]},
+         "are not among the labels"),
+        ({"examples": [{"input": "a", "output": "yes"}] * 3}, "one label only"),
+        ({"examples": [{"input": " ", "output": "yes"}, *YES_NO]}, "input is empty"),
+        ({"examples": YES_NO * 33}, "examples"),  # 66: over the 64 allowed
+        ({"examples": [{"input": "x" * 7000, "output": f"o{i}"} for i in range(40)]},
+         "over 256000"),
+        ({"refine_steps": 3}, "learn from examples"),
+        ({"examples": YES_NO, "refine_steps": -1}, "refine_steps"),
+    ],
+)  # fmt: skip
+def test_bad_examples_are_refused_and_nothing_is_registered(
+    client: TestClient[Any], world: KeyedWorld, extra: dict[str, Any], detail: str
+) -> None:
+    before = world.registry.count_adapters()
+    body = {"description": DESC, "base_model": world.base} | extra
+    r = client.post("/v1/generate", json=body, headers=auth(world.reader))
+    assert r.status_code == 400, r.text
+    assert detail in r.text
+    assert world.registry.count_adapters() == before
+
+
+def test_examples_that_are_not_utf8_are_refused(client: TestClient[Any], world: KeyedWorld) -> None:
+    before = world.registry.count_adapters()
+    body = (
+        b'{"description": "moon?", "base_model": "' + world.base.encode() + b'", '
+        b'"examples": [{"input": "\xff\xfe", "output": "yes"}, {"input": "b", "output": "no"}]}'
+    )
+    assert b"\xff" in body  # a byte that is not UTF-8, inside a JSON string
+    headers = auth(world.reader) | {"content-type": "application/json"}
+    r = client.post("/v1/generate", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert world.registry.count_adapters() == before
+
+
 def test_pinned_generator_serves_until_unpinned(client: TestClient[Any], world: KeyedWorld) -> None:
     reg: Registry = world.registry
     [first] = reg.list_generators(base_model=world.base, method="sg-lora")

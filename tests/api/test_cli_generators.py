@@ -52,7 +52,7 @@ def test_cli_generate_and_list(world: SandboxWorld, tmp_path: Path) -> None:
 
 
 def test_eval_scores_the_generators_asked_for(world: SandboxWorld) -> None:
-    from api.cli_generators import chosen_generators, evaluated_generators
+    from api.cli_eval import chosen_generators, evaluated_generators
 
     reg: Registry = world.registry
     base = world.base

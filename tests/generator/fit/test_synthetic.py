@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from generator.adapt.examples import FewShot
 from generator.experts import ExpertBank
 from generator.fit.config import GeneratorConfig
 from generator.fit.icm import fit_icm
 from generator.fit.sg import choose_k_tau, fit_sg
 from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.geometry import delta_relative_error
-from generator.serve.generator import Generator, Request, check_examples
+from generator.serve.generator import Generator, Request
 from registry.errors import InvalidInput
 from tests.generator.synthetic import EMB, Truth, synthetic_bank
 
@@ -101,7 +102,7 @@ def test_icm_learns_from_description_and_optional_task_vector() -> None:
     err = delta_relative_error(bank.layout, bank.layout.flatten(out.weights), true)
     assert err < delta_relative_error(bank.layout, mean, true)
     with pytest.raises(InvalidInput, match="cannot read examples"):
-        gen.generate([Request("x", examples=(("a", "b"),))])
+        gen.generate([Request("x", fewshot=FewShot.parse([("a", "b")]))])
 
 
 def test_a_checkpoint_of_an_older_format_is_refused_with_retrain_it(trained_sg: TrainedSG) -> None:
@@ -121,11 +122,8 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_retrain_it(trained_sg: 
     assert "\n" not in str(err.value)
 
 
-def test_bad_configs_and_examples_are_rejected() -> None:
+def test_bad_configs_are_rejected() -> None:
     with pytest.raises(InvalidInput, match="method must be one of"):
         GeneratorConfig(method="magic")
     with pytest.raises(InvalidInput, match="steps"):
         GeneratorConfig(steps=0)
-    with pytest.raises(InvalidInput, match="example 0"):
-        check_examples([{"input": "x"}])
-    assert check_examples([("a", "b"), {"input": "c", "output": "d"}]) == (("a", "b"), ("c", "d"))

@@ -27,7 +27,7 @@ from registry.service import Registry
 def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(
     world: SandboxWorld,
 ) -> None:
-    from api.cli_generators import evaluated_generators
+    from api.cli_eval import evaluated_generators
     from generator.fit.train import finetune_generator
 
     reg: Registry = world.registry

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from generator.adapt.examples import FewShot
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
 from generator.hypernet.checkpoint import Checkpoint
@@ -68,7 +69,11 @@ def test_icm_with_and_without_examples(world: SandboxWorld) -> None:
     plain, shown = gen.generate(
         [
             Request("Does the text mention a fish?", seed=1),
-            Request("Does the text mention a fish?", seed=1, examples=(("fish sun", "yes"),)),
+            Request(
+                "Does the text mention a fish?",
+                seed=1,
+                fewshot=FewShot.parse([("fish sun", "yes")]),
+            ),
         ]
     )
     assert plain.examples == 0 and shown.examples == 1

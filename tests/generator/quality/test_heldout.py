@@ -8,7 +8,7 @@ from pathlib import Path
 from generator.experts import ExpertBank
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
-from generator.quality import evaluate, write
+from generator.quality.heldout import evaluate, write
 from generator.sandbox import SandboxWorld
 from generator.serve.generator import Generator, Request
 from generator.tasks.evaluation import Evaluator

@@ -1,0 +1,119 @@
+"""Few-shot adaptation on the sandbox world (a tiny random Llama): selection among
+candidates with its estimate, fitted mixture weights, refinement that never ends
+worse than it started, and the served path that registers the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator.adapt.examples import FewShot
+from generator.adapt.pipeline import NONE, AdaptConfig, Expert, adapt
+from generator.adapt.refine import refine
+from generator.adapt.weighting import fit_weights
+from generator.fit.config import GeneratorConfig
+from generator.fit.train import train_generator
+from generator.quality.heldout import oracle_weights
+from generator.sandbox import SandboxWorld
+from generator.serve.generate import generate_adapters
+from generator.serve.generator import Request
+from generator.tasks.evaluation import Evaluator
+from registry.errors import InvalidInput
+from registry.lora_spec import parse_weights
+
+
+def shots_of(world: SandboxWorld, n: int = 12) -> FewShot:
+    moon = world.held_out()
+    return FewShot(moon.train[:n], moon.labels)
+
+
+def test_selection_chooses_among_candidates_and_reports_a_held_back_estimate(
+    world: SandboxWorld,
+) -> None:
+    moon = world.held_out()
+    evaluator = Evaluator.from_path(Path(world.base))
+    oracle = oracle_weights(world.registry, world.base, moon)  # trained on these examples
+    shots = shots_of(world)
+    result = adapt(
+        evaluator, moon.description, shots, {"oracle": oracle}, dict(oracle[0]), nearest="oracle"
+    )
+    report = result.report
+    assert set(report["candidates"]) == {"oracle", NONE}
+    assert result.selection.chosen == max(
+        report["candidates"], key=lambda c: (report["candidates"][c], c == "oracle")
+    )
+    assert report["method"] == "selection" and report["examples"] == 12
+    assert report["estimate"]["bare"] == report["candidates"][NONE]
+    assert report["estimate"]["nearest"] == report["candidates"]["oracle"]
+    assert 0.0 <= report["estimate"]["adapter"] <= 1.0 and report["metric"] == "accuracy"
+    assert result.adapter is (oracle if result.selection.chosen == "oracle" else None)
+
+
+def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWorld) -> None:
+    moon = world.held_out()
+    evaluator = Evaluator.from_path(Path(world.base))
+    start = oracle_weights(world.registry, world.base, moon)
+    refined = refine(evaluator, moon.description, shots_of(world), start, dict(start[0]), steps=6)
+    losses = refined.val_losses
+    assert losses[0][0] == 0 and refined.steps_run <= 6
+    assert refined.best_step == min(losses, key=lambda c: (c[1], c[0]))[0]
+    assert set(refined.adapter[1]) == set(start[1])
+    fresh = refine(evaluator, moon.description, shots_of(world), None, dict(start[0]), steps=2)
+    assert set(fresh.adapter[1]) == set(start[1])  # a LoRA from scratch: the same tensors
+    with pytest.raises(InvalidInput, match="at least 2 examples"):
+        refine(evaluator, moon.description, shots_of(world, 1), start, dict(start[0]), steps=2)
+
+
+def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
+    import torch
+
+    moon = world.held_out()
+    evaluator = Evaluator.from_path(Path(world.base))
+    template = oracle_weights(world.registry, world.base, moon)[0]
+    experts = []
+    for name in ("cat", "dog", "bird"):
+        rec = world.registry.find_adapter(world.base, f"zoo-{name}")
+        assert rec is not None
+        experts.append(parse_weights(world.registry.adapter_files(rec.id).weights))
+    sims = torch.tensor([0.5, 0.4, 0.3])
+    weighted = fit_weights(
+        evaluator, moon.description, shots_of(world).examples, template, experts, sims, steps=3
+    )
+    assert weighted.weights.shape == (3,) and abs(float(weighted.weights.sum()) - 1) < 1e-5
+    assert len(weighted.losses) == 3 and set(weighted.adapter[1]) == set(experts[0])
+    blocks = fit_weights(
+        evaluator, moon.description, shots_of(world).examples, template, experts, sims,
+        steps=2, per_block=True,
+    )  # fmt: skip
+    assert blocks.weights.ndim == 2 and blocks.weights.shape[1] == 3
+    result = adapt(
+        evaluator, moon.description, shots_of(world), {}, dict(template),
+        experts=[Expert(n, w, float(s)) for n, w, s in zip("abc", experts, sims, strict=True)],
+        config=AdaptConfig(weighting=True, weighting_steps=2, folds=2),
+    )  # fmt: skip
+    assert result.method == "weighting" and set(result.report["weighting"]) == {"a", "b", "c"}
+    assert result.estimate is not None and 0.0 <= result.estimate <= 1.0  # 2 folds, refitted
+
+
+def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxWorld) -> None:
+    reg = world.registry
+    train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=4))
+    moon = world.held_out()
+
+    def generate(shots: FewShot, config: AdaptConfig | None = None) -> tuple[int, dict[str, Any]]:
+        request = Request(moon.description, fewshot=shots, adapt=config or AdaptConfig())
+        [(rec, made)] = generate_adapters(reg, [request], base_model=world.base, method="sg-lora")
+        assert made.fewshot is not None and rec.meta["fewshot"] == made.fewshot
+        return rec.id, made.fewshot
+
+    first, report = generate(shots_of(world))
+    assert report["chosen"] in report["candidates"] and "generated" in report["candidates"]
+    assert any(c.startswith("expert:") for c in report["candidates"])
+    assert generate(shots_of(world))[0] == first  # the same request: the same adapter
+    other, _ = generate(shots_of(world, 8))
+    assert other != first  # other examples: another adapter
+    refined, refined_report = generate(shots_of(world), AdaptConfig(refine_steps=2, folds=2))
+    assert refined not in (first, other) and refined_report["method"] == "selection+refine"
+    assert refined_report["refine"]["steps_run"] <= 2
