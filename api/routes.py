@@ -42,11 +42,12 @@ from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import AdaptConfig
 from generator.hypernet.methods import check_method
 from generator.serve.fewshot import training_seconds
+from generator.serve.generator import Generated
 from generator.serve.generator import Request as GenRequest
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
-from registry.records import JobRecord
+from registry.records import AdapterRecord, JobRecord
 from registry.service import Registry
 
 READER = {"role": "reader"}
@@ -154,31 +155,7 @@ async def generate(
     state: State,
     data: Annotated[GenerateIn, Body(examples=[GENERATE_EXAMPLE])],
 ) -> GenerateOut:
-    reg = _registry(state)
-    request = generation_request(reg, data)
-    where = {
-        "base_model": data.base_model,
-        "method": data.method,
-        "generator_id": data.generator_id,
-    }
-    job = None
-    if request.adapt.trains:  # choose first; train here only when it fits the time budget
-        chosen = replace(request, adapt=AdaptConfig())
-        rec, made = await state.batcher.generate(chosen, **where)
-        report = made.fewshot or {}
-        forecast = training_seconds(
-            report.get("seconds", {}).get("selection", 0.0),
-            len(report.get("candidates", {})),
-            len(request.examples),
-            request.adapt,
-        )
-        if forecast > data.time_budget_s:
-            _check_job_capacity(state)
-            job = JobOut.of(reg.submit_job("generate", generation_job(data)))
-        else:
-            rec, made = await state.batcher.generate(request, **where)
-    else:
-        rec, made = await state.batcher.generate(request, **where)
+    rec, made, job = await serve_generation(state, data)
     out = AdapterOut.of(rec)
     return GenerateOut(
         adapter=out,
@@ -188,8 +165,41 @@ async def generate(
         seed=made.seed,
         neighbours=[NeighbourOut(**n.__dict__) for n in made.neighbours],
         fewshot=made.fewshot,
-        job=job,
+        job=JobOut.of(job) if job is not None else None,
     )
+
+
+async def serve_generation(
+    state: State, data: GenerateIn
+) -> tuple[AdapterRecord, Generated, JobRecord | None]:
+    """Generate (the REST API and the admin UI share it): a request whose training would
+    take longer than its time budget gets the chosen candidate now and a 'generate' job
+    for the trained adapter."""
+    reg = _registry(state)
+    request = generation_request(reg, data)
+    where = {
+        "base_model": data.base_model,
+        "method": data.method,
+        "generator_id": data.generator_id,
+    }
+    if not request.adapt.trains:
+        rec, made = await state.batcher.generate(request, **where)
+        return rec, made, None
+    chosen = replace(request, adapt=AdaptConfig())  # choose first: it says how long training takes
+    rec, made = await state.batcher.generate(chosen, **where)
+    report = made.fewshot or {}
+    forecast = training_seconds(
+        report.get("seconds", {}).get("selection", 0.0),
+        len(report.get("candidates", {})),
+        len(request.examples),
+        request.adapt,
+    )
+    if forecast > data.time_budget_s:
+        _check_job_capacity(state)
+        job = await anyio.to_thread.run_sync(reg.submit_job, "generate", generation_job(data))
+        return rec, made, job
+    rec, made = await state.batcher.generate(request, **where)
+    return rec, made, None
 
 
 def generation_job(data: GenerateIn) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 
 from api.dto import Example, GenerateIn, TrainGeneratorIn
-from api.routes import AnyId, generation_request, submit_generator_training, uploaded_files
+from api.routes import AnyId, serve_generation, submit_generator_training, uploaded_files
 from api.ui import views
 from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
@@ -137,21 +137,26 @@ def parse_examples(text: str) -> list[Example] | None:
 @post("/generate", opt=ADMIN)
 async def generate(request: Request[Any, Any, Any], state: State) -> Template:
     form = await request.form()
-    fields = ("description", "base_model", "method", "seed", "examples")
+    fields = (
+        "description", "base_model", "method", "seed", "examples", "labels", "refine_steps",
+        "weighting",
+    )  # fmt: skip
     values = {f: _text(form, f) for f in fields}
     reg = _reg(state)
     try:
+        labels = values["labels"].strip()
         data = GenerateIn(
             description=values["description"],
             base_model=values["base_model"].strip(),
             method=values["method"],
             seed=views.parse_int("seed", values["seed"] or "0", 0, MAX_SEED),
             examples=parse_examples(values["examples"]),
+            labels=[x.strip() for x in labels.split(",")] if labels else None,
+            refine_steps=views.parse_int("refine steps", values["refine_steps"] or "0", 0, 500),
+            weighting=values["weighting"] == "yes",
         )
-        rec, made = await state.batcher.generate(
-            generation_request(reg, data), base_model=data.base_model, method=data.method
-        )
-        status, context = 200, {"adapter": rec, "made": made}
+        rec, made, job = await serve_generation(state, data)
+        status, context = 200, {"adapter": rec, "made": made, "job": job}
     except LoramintError as exc:
         status, context = state.ui_status_for(exc), {"error": str(exc)}
     names = await anyio.to_thread.run_sync(_names, reg)

@@ -55,7 +55,10 @@ def lorahub(
     max_prompt_tokens: int = 256,
 ) -> Hub:
     """The LoraHub combination of ``experts`` (registered weights) fitted on ``examples``."""
-    import nevergrad as ng
+    try:
+        import nevergrad as ng
+    except ImportError as exc:  # a dev extra: `make install` installs it
+        raise InvalidInput("the LoraHub baseline needs nevergrad: pip install nevergrad") from exc
 
     if not experts or not examples:
         raise InvalidInput("LoraHub needs experts and examples")
