@@ -10,6 +10,13 @@ to a PEFT zip), then batches of requests decoded together (one embedding call,
 one forward pass), reported as adapters per second. Nothing is registered.
 The same table prints the zoo's mean training time per adapter (the oracle a
 generated adapter stands in for), so the speed-up factor is visible.
+
+With ``--fewshot K`` (e.g. 16) it also times few-shot generation: for
+``--fewshot-requests`` draws of K examples from the held-out tasks' training
+splits (default suite), each method's time to its adapter, one after the
+other on the same examples: selection as served (with its estimate), fitted
+mixture weights and refinement (one run each, no estimate), beside the LoraHub
+baseline and a LoRA trained from scratch with refinement's steps.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="timed single requests")
     parser.add_argument("--batches", default="1,8,32", help="batch sizes for throughput")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--fewshot", type=int, default=0, help="examples per few-shot request")
+    parser.add_argument("--fewshot-requests", type=int, default=5, help="few-shot requests timed")
     args = parser.parse_args()
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -149,6 +158,51 @@ def main() -> None:
         )
     else:
         print("\nNo zoo adapters with a recorded training time: oracle comparison skipped.")
+    if args.fewshot:
+        time_fewshot(registry, gen, base, args.fewshot, args.fewshot_requests)
+
+
+def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int) -> None:
+    """Each few-shot method's seconds to its adapter, p50 over ``requests`` draws."""
+    from generator.quality.fewshot import FewShotSettings, draw, method_makers
+    from generator.serve.generator import Generator, Request
+    from generator.tasks.task import TaskSuite
+    from registry.service import Registry
+
+    assert isinstance(registry, Registry) and isinstance(gen, Generator)
+    suite = TaskSuite(registry.settings.tasks_dir / "default")
+    tasks = [t for t in suite if t.held_out and t.is_classification and len(t.train) >= k]
+    if not tasks:
+        print("\nNo held-out tasks with enough examples: few-shot timing skipped.")
+        return
+    settings = FewShotSettings(
+        ks=(k,), methods=("selection", "weighting", "refine", "lorahub", "scratch")
+    )
+    evaluator = gen.evaluator()
+    times: dict[str, list[float]] = {m: [] for m in settings.methods}
+    for i in range(requests):
+        task = tasks[i % len(tasks)]
+        shots = draw(task, k, i // len(tasks))
+        zero_shot = gen.generate([Request(task.description)])[0]
+        query = zero_shot.embedding
+        experts, _ = gen.neighbours(query / (query**2).sum() ** 0.5, settings.lorahub_experts)
+        hub = [gen.ckpt.layout.unflatten(e.weights) for e in experts]
+        makers = method_makers(
+            evaluator, gen, None, task, shots, zero_shot, dict(zero_shot.config), hub, settings
+        )
+        for method in settings.methods:
+            t0 = time.perf_counter()
+            makers[method]()
+            times[method].append(time.perf_counter() - t0)
+        print(
+            f"  request {i + 1}/{requests} ({task.name}): "
+            + ", ".join(f"{m} {times[m][-1]:.1f} s" for m in settings.methods)
+        )
+    print(f"\nFew-shot generation with {k} examples ({requests} requests), seconds to the adapter:")
+    print("| method | p50 | min | max |")
+    print("|---|---:|---:|---:|")
+    for method, xs in times.items():
+        print(f"| {method} | {statistics.median(xs):.1f} | {min(xs):.1f} | {max(xs):.1f} |")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def evaluate_fewshot(
         for k in settings.ks:
             for index in range(settings.draws):
                 shots = draw(task, k, index, settings.seed)
-                makers = _makers(
+                makers = method_makers(
                     evaluator, sg, icm, task, shots, zero_shot, template, hub_experts, settings
                 )
                 for method in settings.methods:
@@ -151,7 +151,7 @@ def evaluate_fewshot(
     return summarise(cells.cells, tasks, settings)
 
 
-def _makers(
+def method_makers(
     evaluator: Evaluator,
     sg: Generator,
     icm: Generator | None,
