@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -130,6 +131,98 @@ def _as_tuple(value: Any, what: str) -> tuple[Any, ...] | Any:
     raise InvalidAdapter(f"{what} must be a string or a list, got {type(value).__name__}")
 
 
+TASK_TYPES = (
+    "CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION",
+)  # fmt: skip  # PEFT's TaskType values
+
+
+def _regex(what: str, pattern: Any) -> None:
+    """A string PEFT matches module names against, which must compile."""
+    if not isinstance(pattern, str) or not pattern:
+        raise InvalidAdapter(f"{what} must be a non-empty string, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise InvalidAdapter(
+            f"{what} {pattern!r} is not a valid regular expression: {exc}"
+        ) from exc
+
+
+def _names_or_regex(what: str, value: Any, *, optional: bool) -> None:
+    """A PEFT module selector: a regex string, or a list of module names."""
+    if value is None and optional:
+        return
+    if isinstance(value, str):
+        _regex(what, value)
+    elif isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return
+    else:
+        raise InvalidAdapter(f"{what} must be a regex string or a list of module names")
+
+
+def _pattern(what: str, value: Any, check: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidAdapter(f"{what} must be an object of pattern -> value")
+    for key, v in value.items():
+        _regex(f"{what} key", key)
+        check(f"{what}[{key!r}]", v)
+
+
+def _positive_int(what: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InvalidAdapter(f"{what} must be a positive integer, got {v!r}")
+
+
+def _positive_number(what: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        raise InvalidAdapter(f"{what} must be a positive number, got {v!r}")
+
+
+def check_peft_fields(config: dict[str, Any]) -> None:
+    """Every field PEFT reads when it loads the adapter, with the value it accepts, so
+    that what is accepted here loads with ``PeftModel.from_pretrained`` and nothing in
+    it can fail later (a regex that does not compile, a task type PEFT does not know)."""
+    task_type = config.get("task_type")
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise InvalidAdapter(
+            f"task_type must be one of {', '.join(TASK_TYPES)} or null, got {task_type!r}"
+        )
+    _names_or_regex("target_modules", config.get("target_modules"), optional=True)
+    _names_or_regex("exclude_modules", config.get("exclude_modules"), optional=True)
+    _pattern("rank_pattern", config.get("rank_pattern"), _positive_int)
+    _pattern("alpha_pattern", config.get("alpha_pattern"), _positive_number)
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (
+        (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0)
+        or (
+            isinstance(layers, list)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
+        )
+    ):
+        raise InvalidAdapter(
+            f"layers_to_transform must be a layer index or a list of them, got {layers!r}"
+        )
+    pattern = config.get("layers_pattern")
+    if pattern is not None and not (
+        (isinstance(pattern, str) and pattern)
+        or (
+            isinstance(pattern, list) and pattern and all(isinstance(x, str) and x for x in pattern)
+        )
+    ):
+        raise InvalidAdapter(f"layers_pattern must be a name or a list of names, got {pattern!r}")
+    dropout = config.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise InvalidAdapter(f"lora_dropout must be a number in [0, 1), got {dropout!r}")
+    for flag in ("fan_in_fan_out", "use_rslora", "inference_mode"):
+        if flag in config and not isinstance(config[flag], bool):
+            raise InvalidAdapter(f"{flag} must be true or false, got {config[flag]!r}")
+    init = config.get("init_lora_weights", True)
+    if not isinstance(init, bool | str):
+        raise InvalidAdapter(f"init_lora_weights must be true, false or a name, got {init!r}")
+
+
 def spec_from_config(config: dict[str, Any]) -> LoraSpec:
     """Parse and check an adapter_config.json dict."""
     peft_type = str(config.get("peft_type", "")).upper()
@@ -147,6 +240,7 @@ def spec_from_config(config: dict[str, Any]) -> LoraSpec:
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise InvalidAdapter(f"unsupported LoRA options: {', '.join(bad)} (plain LoRA only)")
+    check_peft_fields(config)
     try:
         rank = config["r"]
         alpha = config.get("lora_alpha", rank)

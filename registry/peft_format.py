@@ -56,9 +56,28 @@ def parse_config(raw: bytes) -> dict[str, Any]:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidAdapter(f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidAdapter(f"{CONFIG_NAME} is nested too deeply to be a PEFT config") from None
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{CONFIG_NAME} must hold a JSON object, got {type(config).__name__}")
+    if _depth(config) > MAX_CONFIG_DEPTH:
+        raise InvalidAdapter(f"{CONFIG_NAME} is nested more than {MAX_CONFIG_DEPTH} levels deep")
     return config
+
+
+MAX_CONFIG_DEPTH = 16  # PEFT's own configs nest two or three levels
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _missing(names: set[str], where: str) -> InvalidAdapter:
