@@ -88,6 +88,14 @@ class ModelShapes:
     linear_shapes: dict[str, list[int]]
 
 
+@dataclass(frozen=True)
+class Described:
+    """A resolved base model and its shapes (read from the registry or from the folder)."""
+
+    resolved: ResolvedModel
+    shapes: ModelShapes
+
+
 def resolve(
     name: str, settings: Settings, *, on_progress: Callable[[str], None] | None = None
 ) -> ResolvedModel:
@@ -98,16 +106,15 @@ def resolve(
     if name in OFFLINE_MODELS:
         return _resolve_offline(OFFLINE_MODELS[name], settings, on_progress)
     path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UnknownBaseModel(f"{path} is a folder but has no config.json")
+    if (path / "config.json").is_file():
         return ResolvedModel(name=name, path=path.resolve(), source=f"local:{path.resolve()}")
     if HF_ID.match(name):
         return _resolve_hub(name, settings)
     known = ", ".join(sorted(OFFLINE_MODELS))
+    # the same words whether or not such a path exists: no probing of the server's files
     raise UnknownBaseModel(
-        f"unknown base model {name!r}: use one of {known}, a local model folder, "
-        "or a Hugging Face id (org/name)"
+        f"unknown base model {name[:200]!r}: use one of {known}, a registered base model, "
+        "a model folder with a config.json, or a Hugging Face id (org/name)"
     )
 
 

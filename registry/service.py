@@ -93,26 +93,42 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         self, name: str, *, on_progress: Callable[[str], None] | None = None
     ) -> BaseModelRecord:
         """Resolve (converting once if needed) and register base model ``name``."""
-        resolved = base_models.resolve(name, self.settings, on_progress=on_progress)
+        found = self._described(name, on_progress)
         with transaction(self._sessions) as s:
+            return BaseModelRecord.of(self._base_model_row_for(s, found))
+
+    def _described(
+        self, name: str, on_progress: Callable[[str], None] | None = None
+    ) -> base_models.Described:
+        """Base model ``name`` resolved and described, registered or not (nothing is
+        written: an upload registers its base model with the adapter, or not at all)."""
+        resolved = base_models.resolve(name, self.settings, on_progress=on_progress)
+        with self._sessions() as s:
             row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == resolved.name))
             if row is not None:
-                return BaseModelRecord.of(row)
-        shapes = base_models.describe(resolved.path)
-        with transaction(self._sessions) as s:
-            row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == resolved.name))
-            if row is None:
-                row = BaseModelRow(
-                    name=resolved.name,
-                    source=resolved.source,
-                    architecture=shapes.architecture,
-                    num_layers=shapes.num_layers,
-                    hidden_size=shapes.hidden_size,
-                    linear_shapes=shapes.linear_shapes,
+                shapes = base_models.ModelShapes(
+                    row.architecture, row.num_layers, row.hidden_size, dict(row.linear_shapes)
                 )
-                s.add(row)
-                s.flush()
-            return BaseModelRecord.of(row)
+                return base_models.Described(resolved, shapes)
+        return base_models.Described(resolved, base_models.describe(resolved.path))
+
+    def _base_model_row_for(self, s: Session, found: base_models.Described) -> BaseModelRow:
+        """The row of a described base model, added in ``s`` when it has none yet."""
+        name = found.resolved.name
+        row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == name))
+        if row is None:
+            shapes = found.shapes
+            row = BaseModelRow(
+                name=name,
+                source=found.resolved.source,
+                architecture=shapes.architecture,
+                num_layers=shapes.num_layers,
+                hidden_size=shapes.hidden_size,
+                linear_shapes=shapes.linear_shapes,
+            )
+            s.add(row)
+            s.flush()
+        return row
 
     def base_model_path(self, name: str) -> Path:
         """Local HF folder of a base model (converted on first use)."""
@@ -179,8 +195,8 @@ class Registry(GeneratorStore, JobStore, KeyStore):
             else peft_format.read_adapter(Path(source), max_bytes=self.settings.max_adapter_bytes)
         )
         spec = lora_spec.spec_from_config(files.config)
-        bm = self.prepare_base_model(base_model, on_progress=on_progress)
-        expected = spec.expected_shapes(self.linear_shapes(bm.name))
+        found = self._described(base_model, on_progress)
+        expected = spec.expected_shapes(found.shapes.linear_shapes)
         tensors = lora_spec.parse_weights(files.weights)
         lora_spec.check_tensors(tensors, expected)
         del tensors
@@ -196,7 +212,7 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         art_keys = {art_name: self.blobs.put(data) for art_name, data in artifacts.items()}
         try:
             with transaction(self._sessions) as s:
-                bm_row = self._base_model_row(s, bm.name)
+                bm_row = self._base_model_row_for(s, found)  # registered with the adapter
                 for p in parents:
                     if s.get(AdapterRow, p.adapter_id) is None:
                         raise AdapterNotFound(f"parent adapter {p.adapter_id} does not exist")
@@ -206,7 +222,9 @@ class Registry(GeneratorStore, JobStore, KeyStore):
                         AdapterRow.base_model_id == bm_row.id, AdapterRow.name == final_name
                     )
                 ):
-                    raise Conflict(f"an adapter named {final_name!r} already exists for {bm.name}")
+                    raise Conflict(
+                        f"an adapter named {final_name!r} already exists for {bm_row.name}"
+                    )
                 row = AdapterRow(
                     name=final_name,
                     description=description,

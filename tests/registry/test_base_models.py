@@ -37,7 +37,7 @@ def test_unresolvable_names(settings: Settings, name: str, message: str) -> None
 
 def test_folder_without_config(tmp_path: Path, settings: Settings) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UnknownBaseModel, match="no config.json"):
+    with pytest.raises(UnknownBaseModel, match="a model folder with a config.json"):
         base_models.resolve(str(tmp_path / "empty"), settings)
 
 

@@ -107,3 +107,30 @@ def test_every_accepted_config_loads_with_peft(
         assert any("lora_" in name for name, _ in model.named_parameters())
     finally:
         registry.close()
+
+
+def test_a_refused_upload_leaves_no_base_model_behind(
+    registry: Registry, tiny_base: Path, tiny_gemma: Path, lora: Path
+) -> None:
+    """A LoRA of the tiny Llama offered for the tiny Gemma (a local model folder the
+    registry has never seen): the shapes are wrong, so the upload is refused, and the
+    Gemma is not registered either (it used to be, before the shapes were checked)."""
+    with pytest.raises(InvalidAdapter):
+        registry.add_adapter(lora, base_model=str(tiny_gemma), description="wrong shapes")
+    assert registry.list_base_models() == [] and registry.count_adapters() == 0
+    rec = registry.add_adapter(lora, base_model=str(tiny_base), description="right shapes")
+    assert [b.name for b in registry.list_base_models()] == [rec.base_model]
+
+
+def test_base_model_errors_do_not_tell_which_paths_exist(
+    registry: Registry, lora: Path, tmp_path: Path
+) -> None:
+    from registry.errors import UnknownBaseModel
+
+    (tmp_path / "a-folder").mkdir()
+    messages = []
+    for probe in (tmp_path / "a-folder", tmp_path / "no-such-folder"):
+        with pytest.raises(UnknownBaseModel) as err:
+            registry.add_adapter(lora, base_model=str(probe), description="probe")
+        messages.append(str(err.value).replace(str(probe), "PATH"))
+    assert messages[0] == messages[1]
