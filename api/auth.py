@@ -122,6 +122,13 @@ async def resolve(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         record = await anyio.to_thread.run_sync(state.registry.authenticate, secret)
         principal = Principal(record.role, record.id, record.name) if record else None
         cache.put(digest, principal)
+    elif principal is not None and principal.key_id is not None:
+        # the cache saves the hash lookup, never the revocation check: a key revoked by
+        # any process is refused on its very next request
+        live = await anyio.to_thread.run_sync(state.registry.key_is_live, principal.key_id)
+        if not live:
+            principal = None
+            cache.put(digest, None)
     if principal is None:
         raise NotAuthorizedException("invalid or revoked API key")
     return principal

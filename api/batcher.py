@@ -23,6 +23,7 @@ from registry.records import AdapterRecord
 from registry.service import Registry
 
 Key = tuple[str, str | None, int | None]  # (base model, method, requested generator id)
+IDLE_SECONDS = 60.0  # a key's queue and collector go away after this long without requests
 Result = tuple[AdapterRecord, Generated]
 
 
@@ -47,10 +48,12 @@ class GenerationBatcher:
         window: float = 0.01,
         max_batch: int = 32,
         batching: bool = True,
+        idle: float = IDLE_SECONDS,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.registry = registry
         self.window, self.max_batch, self.batching = window, max_batch, batching
+        self.idle = idle
         self.on_batch = on_batch
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
         self._queues: dict[Key, asyncio.Queue[_Pending]] = {}
@@ -87,7 +90,14 @@ class GenerationBatcher:
     async def _collect(self, key: Key, queue: asyncio.Queue[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
+            try:
+                first = await asyncio.wait_for(queue.get(), self.idle)
+            except TimeoutError:
+                # idle: give the key's queue and task up (no await between the timeout
+                # and here, so no request can have joined the queue meanwhile)
+                del self._queues[key], self._tasks[key]
+                return
+            batch = [first]
             deadline = loop.time() + self.window
             while len(batch) < self.max_batch:
                 remaining = deadline - loop.time()

@@ -57,6 +57,9 @@ def serve_command(
         workers=workers,
         log_level=log_level,
         access_log=False,  # the app logs each request (JSON, with its request id)
+        # a worker process imports torch and the models' code before it answers the
+        # supervisor's pings; on a busy machine that takes longer than uvicorn's 5 s
+        timeout_worker_healthcheck=120,
     )
     if workers > 1:
         from uvicorn.supervisors import Multiprocess

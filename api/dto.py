@@ -85,10 +85,10 @@ class Example(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
-    description: str
-    base_model: str = "smollm2-135m-instruct"
-    method: str | None = None  # sg-lora, or the named generator's method
-    seed: int = 0
+    description: Annotated[str, msgspec.Meta(max_length=20_000)]
+    base_model: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] = "smollm2-135m-instruct"
+    method: Annotated[str, msgspec.Meta(max_length=20)] | None = None  # or the named generator's
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     # labelled examples of the task (generator.adapt): the adapter is chosen among
     # candidates (and optionally re-weighted and refined) by them
     examples: Annotated[list[Example], msgspec.Meta(max_length=64)] | None = None
@@ -100,7 +100,7 @@ class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
     # training that would take longer than this runs as a job (the response says where)
     time_budget_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
     # a generator of ``method`` for ``base_model``; default: the pinned one, else the newest
-    generator_id: int | None = None
+    generator_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
 class NeighbourOut(msgspec.Struct):

@@ -90,8 +90,7 @@ def reads(path: str, tag: str, **kw: Any) -> HTTPRouteHandler:
 
 def writes(verb: type[HTTPRouteHandler], path: str, tag: str, **kw: Any) -> HTTPRouteHandler:
     """A changing route (``verb``: Litestar's post, put or delete) only an admin key may
-    call, with the write errors documented; sync handlers run in a worker thread."""
-    kw.setdefault("sync_to_thread", True)
+    call, with the write errors documented (a sync handler says ``sync_to_thread=True``)."""
     return verb(path, opt=ADMIN, responses=WRITE_ERRORS, tags=[tag], **kw)
 
 
@@ -300,7 +299,6 @@ class UploadForm:
     post,
     "/v1/adapters",
     "adapters",
-    sync_to_thread=False,
     status_code=HTTP_201_CREATED,
     summary="Upload a PEFT LoRA adapter",
     description=(
@@ -363,7 +361,13 @@ def _read_zip(raw: bytes, max_bytes: int) -> PeftFiles:
         return read_adapter(path, max_bytes=max_bytes)
 
 
-@writes(delete, "/v1/adapters/{adapter_id:int}", "adapters", status_code=HTTP_204_NO_CONTENT)
+@writes(
+    delete,
+    "/v1/adapters/{adapter_id:int}",
+    "adapters",
+    sync_to_thread=True,
+    status_code=HTTP_204_NO_CONTENT,
+)
 def delete_adapter(state: State, adapter_id: AnyId) -> None:
     _registry(state).delete_adapter(adapter_id)
 
@@ -394,6 +398,7 @@ def list_generators(
     put,
     "/v1/generators/{generator_id:int}/pin",
     "generators",
+    sync_to_thread=True,
     summary="Serve this generator for its method and base model",
     description=(
         "From now on `POST /v1/generate` for this generator's method and base model uses it, "
@@ -408,6 +413,7 @@ def pin_generator(state: State, generator_id: AnyId) -> GeneratorOut:
     delete,
     "/v1/generators/{generator_id:int}/pin",
     "generators",
+    sync_to_thread=True,
     status_code=HTTP_204_NO_CONTENT,
     summary="Unpin a generator: the newest of its method serves again",
 )
@@ -419,6 +425,7 @@ def unpin_generator(state: State, generator_id: AnyId) -> None:
     post,
     "/v1/generators",
     "generators",
+    sync_to_thread=True,
     status_code=HTTP_202_ACCEPTED,
     summary="Train a generator (as a job)",
 )

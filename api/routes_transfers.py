@@ -26,6 +26,7 @@ TRANSFER_EXAMPLE = OAExample(
     post,
     "/v1/transfers",
     "transfers",
+    sync_to_thread=True,
     status_code=HTTP_202_ACCEPTED,
     summary="Transfer an adapter to another base model (Trans-LoRA, as a job)",
     description=(

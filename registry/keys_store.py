@@ -115,6 +115,15 @@ class KeyStore:
                 raise KeyNotFound(f"no API key with id {key_id}")
             return ApiKeyRecord.of(row)
 
+    def key_is_live(self: _Host, key_id: int) -> bool:
+        """Whether key ``key_id`` exists and is not revoked: one primary-key read, cheap
+        enough for every request (a revocation holds from the next request on)."""
+        with self._sessions() as s:
+            revoked = s.execute(
+                sa.select(ApiKeyRow.revoked_at).where(ApiKeyRow.id == key_id)
+            ).first()
+            return revoked is not None and revoked[0] is None
+
     def revoke_api_key(self: _Host, key_id: int) -> ApiKeyRecord:
         """Revoke a key for good; revoking it again changes nothing."""
         with transaction(self._sessions) as s:

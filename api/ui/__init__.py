@@ -28,12 +28,10 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from api.auth import KeyCache
 from api.ui.actions import ACTIONS
 from api.ui.pages import PAGES
 from api.ui.render import SECURITY_HEADERS, http_error, project_error_handler, unexpected
 from api.ui.sessions import (
-    KEY_CHECK_SECONDS,
     check_csrf,
     require_viewer,
     session_middleware,
@@ -79,9 +77,7 @@ class AdminUi(InitPlugin):
         app_config.template_config = TemplateConfig(
             directory=HERE / "templates", engine=JinjaTemplateEngine
         )
-        app_config.state.update(
-            {"ui_key_cache": KeyCache(KEY_CHECK_SECONDS), "ui_status_for": self.status_for}
-        )
+        app_config.state.update({"ui_status_for": self.status_for})
         return app_config
 
 

@@ -5,7 +5,7 @@ into a session cookie that Litestar's cookie backend encrypts and
 authenticates (AES-GCM) with the session secret, so the server keeps no
 session state and any replica that shares the secret accepts it. The cookie is
 HttpOnly and SameSite=Lax. Every request re-checks the key behind the session
-(cached for a few seconds), so revoking a key ends its sessions too.
+(one primary-key read), so revoking a key ends its sessions at once.
 
 Every state-changing UI request must carry the session's CSRF token as the
 form field ``csrf_token``. The token is random per session and rotated at
@@ -46,14 +46,13 @@ from litestar.middleware.session import SessionMiddleware
 from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
 from litestar.types import ASGIApp
 
-from api.auth import ROLES, KeyCache, Principal
+from api.auth import ROLES, Principal
 from registry.errors import InvalidInput, KeyNotFound
 from registry.service import Registry
 from registry.settings import UiSettings
 
 SECRET_FILE = "session_secret"
 SESSION_SECONDS = 12 * 3600  # a login lasts at most this long, however active
-KEY_CHECK_SECONDS = 5.0  # a revoked key's sessions end within this long
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -179,11 +178,8 @@ async def current_viewer(connection: ASGIConnection[Any, Any, Any, Any]) -> View
         return ANONYMOUS
     if not 0 <= time.time() - login_at < SESSION_SECONDS:
         return ANONYMOUS
-    cache: KeyCache = connection.app.state.ui_key_cache
-    found, principal = cache.get(f"id:{key_id}")
-    if not found:
-        principal = await anyio.to_thread.run_sync(_live_key, connection.app.state.registry, key_id)
-        cache.put(f"id:{key_id}", principal)
+    # read on every request (one primary-key read): a revoked key's sessions end at once
+    principal = await anyio.to_thread.run_sync(_live_key, connection.app.state.registry, key_id)
     if principal is None or principal.role is None:
         return ANONYMOUS
     return Viewer(principal.role, principal.name, principal.key_id)

@@ -76,3 +76,37 @@ def test_schemathesis_finds_no_server_errors(server: dict[str, Any]) -> None:
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(run.stdout + run.stderr)
     assert run.returncode == 0, f"schemathesis failed; full report in {report}"
+
+
+def test_a_revoked_key_is_refused_on_the_next_request_by_every_worker(
+    tmp_path: Path, tiny_base: Path, embedder: MiniLMEmbedder
+) -> None:
+    """``loramint serve --workers 2``: both processes have the key cached (it used to
+    stay good there for up to 30 s); after ``loramint keys revoke`` the very next
+    requests, to either process, are refused."""
+    import subprocess
+    import sys
+
+    from registry.service import Registry
+    from registry.settings import Settings
+
+    settings = Settings(
+        home=tmp_path / "home", database_url=f"sqlite:///{tmp_path}/r.db",
+        model_cache=tmp_path / "models",
+    )  # fmt: skip
+    reg = Registry(settings, embedder=embedder)
+    record, secret = reg.create_api_key("soon-revoked", "reader")
+    reg.close()
+    env = server_env(settings)
+    headers = {"Authorization": f"Bearer {secret}"}
+    with live_server(env, tmp_path / "server.log", "--no-worker", "--workers", "2") as url:
+        for _ in range(40):  # new connections: the kernel spreads them over both processes
+            r = httpx.get(f"{url}/v1/adapters", headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+        revoke = subprocess.run(
+            [sys.executable, "-m", "api.cli", "keys", "revoke", str(record.id)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert revoke.returncode == 0, revoke.stderr
+        refused = [httpx.get(f"{url}/v1/adapters", headers=headers, timeout=30) for _ in range(20)]
+        assert [r.status_code for r in refused] == [401] * 20
