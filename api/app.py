@@ -10,27 +10,55 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Parameter,
+    Schema,
+    SecurityScheme,
+)
+from litestar.routes import HTTPRoute
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from api.auth import KeyCache, TokenBuckets, guard
 from api.batcher import GenerationBatcher
-from api.dto import Health, Ready
+from api.dto import (
+    DESCRIPTION_PATTERN,
+    GenerateIn,
+    Health,
+    Ready,
+    TrainGeneratorIn,
+    TransferIn,
+)
 from api.routes import ROUTES
+from api.routes_jobs import JOB_ROUTES
 from api.routes_transfers import TRANSFER_ROUTES
 from api.ui import AdminUi
 from registry.errors import (
@@ -103,9 +131,31 @@ def _project_error(request: Request[Any, Any, Any], exc: LoramintError) -> Respo
     return Response({"status_code": status, "detail": str(exc)}, status_code=status)
 
 
+# what the body's regular expressions mean, for the error a person reads
+PATTERN_MEANINGS = {
+    DESCRIPTION_PATTERN: "text: not blank, and no control character other than whitespace",
+}
+
+
+def _readable(message: str) -> str:
+    """A validation message with any regular expression it quotes said in words."""
+    for pattern, meaning in PATTERN_MEANINGS.items():
+        message = message.replace(f"`str` matching regex {pattern!r}", meaning)
+    return message
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
     extra = getattr(exc, "extra", None)
+    if isinstance(exc, ValidationException) and isinstance(extra, list):
+        # name the fields in the one line clients show, not only in ``extra``
+        named = [
+            f"{e['key']}: {_readable(str(e.get('message', 'invalid')))}"
+            for e in extra
+            if isinstance(e, dict) and e.get("key")
+        ]
+        if named:
+            body["detail"] = f"{exc.detail}: " + "; ".join(named)
     if extra:
         body["extra"] = extra
     return Response(body, status_code=exc.status_code, headers=exc.headers)
@@ -117,6 +167,86 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return Response(
         {"status_code": 500, "detail": f"internal error (request id {rid})"}, status_code=500
     )
+
+
+CANONICAL_ID = re.compile(r"0|[1-9][0-9]*")
+
+
+def _odd_number(segment: str) -> bool:
+    """A path segment that Python reads as an integer but is not written as one: ``+1``,
+    ``01``, ``1_0``, `` 1``, full-width digits. Each would otherwise name id 1."""
+    try:
+        int(segment)
+    except ValueError:
+        return False
+    return CANONICAL_ID.fullmatch(segment) is None
+
+
+class CanonicalIds:
+    """ASGI middleware: one spelling per resource. A path with an id in any other spelling
+    is a 404, as an unknown path is (``/v1/adapters/+1`` is not adapter 1)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == ScopeType.HTTP else ""
+        if any(_odd_number(seg) for seg in str(path).split("/")):
+            body = json.dumps({"status_code": 404, "detail": "Not Found"}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            start: HTTPResponseStartEvent = {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": headers,
+            }
+            end: HTTPResponseBodyEvent = {
+                "type": "http.response.body",
+                "body": body,
+                "more_body": False,
+            }
+            await send(start)
+            await send(end)
+            return
+        await self.app(scope, receive, send)
+
+
+def _untyped(path: str) -> str:
+    """``/v1/jobs/{job_id:int}`` as the router's template writes it: ``/v1/jobs/{job_id}``."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
+
+
+class AllowHeader:
+    """ASGI middleware: ``OPTIONS`` lists every method of the path. Litestar 2.25 answers
+    it from the first handler registered on a path only (``/v1/adapters`` said ``GET,
+    OPTIONS`` and left out ``POST``), so the answer is made here from the app's routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope.get("method") != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        template = _untyped(str(scope.get("path_template", "")))
+        routes = scope["app"].routes
+        methods: set[str] = set().union(
+            *(
+                r.methods
+                for r in routes
+                if isinstance(r, HTTPRoute) and _untyped(r.path) == template
+            )
+        )
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [(b"allow", ", ".join(sorted(methods | {"OPTIONS"})).encode())],
+        }
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(start)
+        await send(end)
 
 
 class RequestLog:
@@ -187,7 +317,11 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-@get("/health", tags=["ops"], sync_to_thread=False)
+# the ops routes answer without a key: the OpenAPI says so (an empty requirement)
+OPEN: list[dict[str, list[str]]] = [{}]
+
+
+@get("/health", tags=["ops"], sync_to_thread=False, security=OPEN)
 def health() -> Health:
     """Liveness: the process answers."""
     return Health("ok", _version())
@@ -197,6 +331,7 @@ def health() -> Health:
     "/ready",
     tags=["ops"],
     sync_to_thread=True,
+    security=OPEN,
     responses={503: ResponseSpec(Ready, description="The database does not answer")},
 )
 def ready(state: State) -> Response[Ready]:
@@ -214,11 +349,12 @@ def ready(state: State) -> Response[Ready]:
         return Response(
             Ready("unavailable", f"error: {type(exc).__name__}", "", 0, {}), status_code=503
         )
-    db = reg.engine.url.render_as_string(hide_password=True)
+    # the backend's kind only: anonymous callers learn no path, host or user
+    db = reg.engine.dialect.name
     return Response(Ready("ready", db, state.api_settings.auth_mode, adapters, gens))
 
 
-@get("/metrics", tags=["ops"], sync_to_thread=False, media_type=MediaType.TEXT)
+@get("/metrics", tags=["ops"], sync_to_thread=False, media_type=MediaType.TEXT, security=OPEN)
 def metrics(state: State) -> Response[bytes]:
     """Prometheus metrics."""
     m: Metrics = state.metrics
@@ -256,6 +392,9 @@ def create_app(
 
     def startup() -> None:
         log.info("auth mode: %s", settings.auth_mode)
+        settled = reg.recover_blobs()  # what killed writes and deletes left behind
+        if any(settled.values()):
+            log.info("blob store recovered: %s", settled)
         if worker:
             from api.worker import start_background_worker
 
@@ -266,10 +405,10 @@ def create_app(
             background["stop"].set()
         await batcher.close()
 
-    return Litestar(
-        route_handlers=[*ROUTES, *TRANSFER_ROUTES, health, ready, metrics],
+    app = Litestar(
+        route_handlers=[*ROUTES, *JOB_ROUTES, *TRANSFER_ROUTES, health, ready, metrics],
         guards=[guard],
-        middleware=[RequestLog],
+        middleware=[RequestLog, CanonicalIds, AllowHeader],
         exception_handlers={
             LoramintError: _project_error,
             HTTPException: _http_error,
@@ -303,6 +442,39 @@ def create_app(
         # the admin UI (/ui): its own sessions, CSRF and HTML errors; /v1 is untouched
         plugins=[AdminUi(reg.settings, _status_for)],
     )
+    _finish_openapi(app, settings)
+    return app
+
+
+def _finish_openapi(app: Litestar, settings: ApiSettings) -> None:
+    """What the OpenAPI document must say and Litestar's generator does not: the download
+    route's three media types (``file=zip|safetensors|config``), this server's limit on
+    ``k``, and the bounds of optional numbers in the request bodies (Litestar drops an
+    ``exclusiveMinimum`` under ``oneOf``; msgspec's own schema keeps it). Done before the
+    document is first served (it is rendered once, from this object)."""
+    doc = app.openapi_schema
+    paths = doc.paths or {}
+    download = paths["/v1/adapters/{adapter_id}/download"].get
+    listing = paths["/v1/adapters"].get
+    if download is None or listing is None or doc.components.schemas is None:
+        raise RuntimeError("the OpenAPI document lacks the adapter routes")
+    ok = (download.responses or {})["200"]
+    if isinstance(ok, OpenAPIResponse):
+        ok.content = (ok.content or {}) | {
+            "application/octet-stream": OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+            ),
+            "application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT)),
+        }
+    for param in listing.parameters or []:
+        if isinstance(param, Parameter) and param.name == "k" and isinstance(param.schema, Schema):
+            param.schema.maximum = settings.max_k
+    for struct in (GenerateIn, TrainGeneratorIn, TransferIn):
+        component = doc.components.schemas[struct.__name__]
+        exact = msgspec.json.schema(struct)["$defs"][struct.__name__]["properties"]
+        for name, prop in exact.items():
+            if component.properties is not None and "$ref" not in json.dumps(prop):
+                component.properties[name] = cast(Schema, prop)  # rendered as it is
 
 
 @dataclass(frozen=True)

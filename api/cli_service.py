@@ -95,10 +95,12 @@ def worker_command(
     configure_logging()
     name = worker_name()
     err.print(f"worker {name} ({engine} engine) polling for jobs")
+    reg = Registry()
+    settled = reg.recover_blobs()  # what killed writes and deletes left behind
+    if any(settled.values()):
+        err.print(f"blob store recovered: {settled}")
     try:
-        done = run_engine(
-            engine, Registry(), name=name, poll=poll, once=once, ray_address=ray_address
-        )
+        done = run_engine(engine, reg, name=name, poll=poll, once=once, ray_address=ray_address)
     except KeyboardInterrupt:
         err.print("stopped; a job in flight resumes when a worker claims it again")
         raise SystemExit(130) from None

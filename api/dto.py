@@ -9,6 +9,26 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from registry.records import AdapterRecord, BaseModelRecord, GeneratorRecord, JobRecord
+from registry.settings import MAX_DESCRIPTION_CHARS
+
+# the largest integer every JSON parser (and the OpenAPI document's numbers) carries
+# exactly: the bound of every id and seed the API takes
+MAX_JSON_INT = 2**53 - 1
+
+# What registry.embeddings.clean_description accepts, for the OpenAPI document: at most
+# MAX_DESCRIPTION_CHARS characters, none of them a control character other than
+# whitespace, and at least one that is not whitespace (Python's str.isspace set).
+_CONTROL = r"\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f"
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+DESCRIPTION_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+Description = Annotated[
+    str, msgspec.Meta(max_length=MAX_DESCRIPTION_CHARS, pattern=DESCRIPTION_PATTERN)
+]
+
+# the generator methods (generator.hypernet.methods.METHODS) and job kinds
+# (api.worker.HANDLERS) as the OpenAPI states them; tests hold each pair equal
+Method = Literal["sg-lora", "icm-lora"]
+JobKind = Literal["generate", "train-generator", "transfer", "build-zoo"]
 
 
 class ParentOut(msgspec.Struct):
@@ -85,10 +105,10 @@ class Example(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
-    description: Annotated[str, msgspec.Meta(max_length=20_000)]
+    description: Description
     base_model: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] = "smollm2-135m-instruct"
-    method: Annotated[str, msgspec.Meta(max_length=20)] | None = None  # or the named generator's
-    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    method: Method | None = None  # or the named generator's
+    seed: Annotated[int, msgspec.Meta(ge=0, le=MAX_JSON_INT)] = 0
     # labelled examples of the task (generator.adapt): the adapter is chosen among
     # candidates (and optionally re-weighted and refined) by them
     examples: Annotated[list[Example], msgspec.Meta(max_length=64)] | None = None
@@ -100,7 +120,7 @@ class GenerateIn(msgspec.Struct, forbid_unknown_fields=True):
     # training that would take longer than this runs as a job (the response says where)
     time_budget_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
     # a generator of ``method`` for ``base_model``; default: the pinned one, else the newest
-    generator_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+    generator_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_JSON_INT)] | None = None
 
 
 class NeighbourOut(msgspec.Struct):
@@ -179,7 +199,7 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
 
     base_model: Annotated[str, msgspec.Meta(min_length=1, max_length=300)] = "smollm2-135m-instruct"
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-    method: Literal["sg-lora", "icm-lora"] = "sg-lora"
+    method: Method = "sg-lora"
     steps: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 800
     k: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
     tau: Annotated[float, msgspec.Meta(gt=0, le=100)] | None = None
@@ -195,20 +215,27 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     val_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
     eval_every: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
     task_vector_dropout: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
-    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    seed: Annotated[int, msgspec.Meta(ge=0, le=MAX_JSON_INT)] = 0
+
+
+class ResourcesIn(msgspec.Struct, forbid_unknown_fields=True):
+    """What a job's engine reserves for it (Ray's task options; api.engines.Resources)."""
+
+    num_cpus: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 1.0
+    num_gpus: Annotated[float, msgspec.Meta(ge=0, le=64)] = 0.0
 
 
 class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
     """A Trans-LoRA transfer of a registered adapter to another base model."""
 
-    adapter_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    adapter_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_JSON_INT)]
     target_base_model: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
     samples: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     # other TransferConfig settings, e.g. {"distill_steps": 30}
     config: dict[str, Any] | None = None
     # what a Ray engine reserves for the job: {"num_cpus": 1, "num_gpus": 0}
-    resources: dict[str, float] | None = None
+    resources: ResourcesIn | None = None
 
 
 class JobOut(msgspec.Struct):

@@ -46,14 +46,15 @@ class Resources:
     num_gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, low, high in (("num_cpus", 0.0, 1024.0), ("num_gpus", 0.0, 64.0)):
+        # a job is a Python process: it always needs some CPU, GPUs or not
+        for name, high, open_low in (("num_cpus", 1024.0, True), ("num_gpus", 64.0, False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidInput(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or not low <= value <= high:
-                raise InvalidInput(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-        if self.num_cpus <= 0 and self.num_gpus <= 0:
-            raise InvalidInput("a job must ask for some CPUs or GPUs")
+            low_ok = value > 0 if open_low else value >= 0
+            if not math.isfinite(value) or not low_ok or value > high:
+                span = f"{'(' if open_low else '['}0, {high:g}]"
+                raise InvalidInput(f"{name} must be in {span}, got {value!r}")
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Resources:

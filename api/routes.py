@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
-import msgspec
-from litestar import Response, delete, get, post, put
+from litestar import Response, delete, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import TooManyRequestsException
-from litestar.handlers import HTTPRouteHandler
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example as OAExample
-from litestar.params import Body, FromQuery, JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.params import Body, FromQuery, JSONBody, QueryParameter
+from litestar.status_codes import (
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_204_NO_CONTENT,
+)
 
 from api.dto import (
+    DESCRIPTION_PATTERN,
+    MAX_JSON_INT,
     AdapterDetail,
     AdapterOut,
     AdapterPage,
@@ -33,11 +35,14 @@ from api.dto import (
     GenerateOut,
     GeneratorOut,
     JobOut,
+    Method,
     NeighbourOut,
     SearchHitOut,
     SearchPage,
     TrainGeneratorIn,
 )
+from api.handlers import MAX_OFFSET, READER, WRITE_ERRORS, AnyId, reads, registry_of, writes
+from api.routes_jobs import check_job_capacity
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import AdaptConfig
 from generator.hypernet.methods import check_method
@@ -46,53 +51,11 @@ from generator.serve.generator import Generated
 from generator.serve.generator import Request as GenRequest
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput
+from registry.models import Provenance
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
 from registry.records import AdapterRecord, JobRecord
 from registry.service import Registry
-
-READER = {"role": "reader"}
-ADMIN = {"role": "admin"}
-MAX_ID = 2**63 - 1  # the databases' integer range: larger ids are a 400, not an overflow
-MAX_OFFSET = 2**31
-AnyId = Annotated[int, PathParameter(ge=0, le=MAX_ID)]
-
-
-class ErrorOut(msgspec.Struct):
-    status_code: int
-    detail: str
-
-
-def _errors(*codes: int) -> dict[int, ResponseSpec]:
-    text = {
-        400: "Bad input (the detail names the problem); nothing was changed",
-        401: "No key, or an invalid or revoked one",
-        403: "The key's role may not do this",
-        404: "Unknown adapter, base model, generator or job",
-        409: "Conflicts with what is registered",
-        413: "Request body or adapter over the size limit",
-        429: "Rate limit or job queue full (see Retry-After)",
-    }
-    return {
-        c: ResponseSpec(data_container=ErrorOut, description=text[c], generate_examples=False)
-        for c in codes
-    }
-
-
-READ_ERRORS = _errors(400, 401, 403, 404, 413, 429)
-WRITE_ERRORS = _errors(400, 401, 403, 404, 409, 413, 429)
-
-
-def reads(path: str, tag: str, **kw: Any) -> HTTPRouteHandler:
-    """A GET route any key may call (a reader's), run in a worker thread, with the read
-    errors documented."""
-    return get(path, opt=READER, responses=READ_ERRORS, sync_to_thread=True, tags=[tag], **kw)
-
-
-def writes(verb: type[HTTPRouteHandler], path: str, tag: str, **kw: Any) -> HTTPRouteHandler:
-    """A changing route (``verb``: Litestar's post, put or delete) only an admin key may
-    call, with the write errors documented (a sync handler says ``sync_to_thread=True``)."""
-    return verb(path, opt=ADMIN, responses=WRITE_ERRORS, tags=[tag], **kw)
-
+from registry.settings import MAX_DESCRIPTION_CHARS
 
 GENERATE_EXAMPLE = OAExample(
     summary="A sentiment adapter from its description",
@@ -105,16 +68,11 @@ GENERATE_EXAMPLE = OAExample(
 )
 
 
-def _registry(state: State) -> Registry:
-    reg: Registry = state.registry
-    return reg
-
-
 def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
     """A checked generation request (the REST API and the admin UI share these checks)."""
     if data.method is not None:
         check_method(data.method)
-    if data.generator_id is not None and not 1 <= data.generator_id < 2**63:
+    if data.generator_id is not None and not 1 <= data.generator_id <= MAX_JSON_INT:
         raise InvalidInput(f"generator_id must be a positive integer, got {data.generator_id}")
     fewshot = None
     if data.examples is not None or data.labels is not None:
@@ -128,8 +86,8 @@ def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
         raise InvalidInput(
             f"description is longer than {reg.settings.max_description_chars} characters"
         )
-    if not 0 <= data.seed < 2**63:
-        raise InvalidInput("seed must be between 0 and 2**63 - 1")
+    if not 0 <= data.seed <= MAX_JSON_INT:
+        raise InvalidInput(f"seed must be between 0 and {MAX_JSON_INT}")
     adapt = AdaptConfig(weighting=data.weighting, refine_steps=data.refine_steps)
     return GenRequest(data.description, seed=data.seed, fewshot=fewshot, adapt=adapt)
 
@@ -137,7 +95,8 @@ def generation_request(reg: Registry, data: GenerateIn) -> GenRequest:
 @post(
     "/v1/generate",
     opt=READER,
-    responses=READ_ERRORS,
+    # 409: ``generator_id`` names a generator of another method or base model
+    responses=WRITE_ERRORS,
     status_code=HTTP_201_CREATED,
     summary="Generate an adapter from a task description",
     description=(
@@ -174,7 +133,7 @@ async def serve_generation(
     """Generate (the REST API and the admin UI share it): a request whose training would
     take longer than its time budget gets the chosen candidate now and a 'generate' job
     for the trained adapter."""
-    reg = _registry(state)
+    reg = registry_of(state)
     request = generation_request(reg, data)
     where = {
         "base_model": data.base_model,
@@ -194,7 +153,7 @@ async def serve_generation(
         request.adapt,
     )
     if forecast > data.time_budget_s:
-        _check_job_capacity(state)
+        check_job_capacity(state)
         job = await anyio.to_thread.run_sync(reg.submit_job, "generate", generation_job(data))
         return rec, made, job
     rec, made = await state.batcher.generate(request, **where)
@@ -212,22 +171,27 @@ def generation_job(data: GenerateIn) -> dict[str, Any]:
 def list_adapters(
     state: State,
     base_model: FromQuery[str | None] = None,
-    provenance: FromQuery[str | None] = None,
+    provenance: FromQuery[Provenance | None] = None,
     q: Annotated[
-        str | None, QueryParameter(description="Semantic search: adapters nearest in meaning.")
+        str | None,
+        QueryParameter(
+            description="Semantic search: adapters nearest in meaning.",
+            max_length=MAX_DESCRIPTION_CHARS,
+            pattern=DESCRIPTION_PATTERN,
+        ),
     ] = None,
     k: Annotated[int, QueryParameter(ge=1, le=1000)] = 10,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AdapterPage | SearchPage:
     """List adapters (filters, pagination) or, with `q`, search them by meaning."""
-    reg = _registry(state)
+    reg = registry_of(state)
+    if k > state.api_settings.max_k:  # checked with or without q, as the OpenAPI says
+        raise InvalidInput(f"k must be at most {state.api_settings.max_k}")
     if q is not None:
-        if k > state.api_settings.max_k:
-            raise InvalidInput(f"k must be at most {state.api_settings.max_k}")
         hits = reg.search(q, k=k, base_model=base_model)
-        if provenance:
-            hits = [h for h in hits if h.adapter.provenance == provenance]
+        if provenance is not None:
+            hits = [h for h in hits if h.adapter.provenance == provenance.value]
         return SearchPage(q, [SearchHitOut(AdapterOut.of(h.adapter), h.score) for h in hits])
     items = reg.list_adapters(
         base_model=base_model, provenance=provenance, limit=limit, offset=offset
@@ -238,7 +202,7 @@ def list_adapters(
 
 @reads("/v1/adapters/{adapter_id:int}", "adapters")
 def get_adapter(state: State, adapter_id: AnyId) -> AdapterDetail:
-    reg = _registry(state)
+    reg = registry_of(state)
     rec = reg.get_adapter(adapter_id)
     base = AdapterOut.of(rec)
     return AdapterDetail(
@@ -265,7 +229,7 @@ def download_adapter(
     adapter_id: AnyId,
     file: Annotated[str, QueryParameter(pattern="^(zip|safetensors|config)$")] = "zip",
 ) -> Response[bytes]:
-    reg = _registry(state)
+    reg = registry_of(state)
     rec = reg.get_adapter(adapter_id)
     files = reg.adapter_files(adapter_id)
     if file == "safetensors":
@@ -319,7 +283,7 @@ async def upload_adapter(
     artifacts, meta = seed_artifacts(seeds, labels)  # checked before the adapter is read
     files = await uploaded_files(data.file, data.config, data.weights, max_bytes)
     rec = await anyio.to_thread.run_sync(
-        lambda: _registry(state).add_adapter(
+        lambda: registry_of(state).add_adapter(
             files,
             base_model=data.base_model,
             description=data.description,
@@ -369,12 +333,12 @@ def _read_zip(raw: bytes, max_bytes: int) -> PeftFiles:
     status_code=HTTP_204_NO_CONTENT,
 )
 def delete_adapter(state: State, adapter_id: AnyId) -> None:
-    _registry(state).delete_adapter(adapter_id)
+    registry_of(state).delete_adapter(adapter_id)
 
 
 @reads("/v1/base-models", "base models")
 def base_models(state: State) -> list[BaseModelOut]:
-    reg = _registry(state)
+    reg = registry_of(state)
     return [
         BaseModelOut.of(b, reg.count_adapters(base_model=b.name)) for b in reg.list_base_models()
     ]
@@ -384,11 +348,11 @@ def base_models(state: State) -> list[BaseModelOut]:
 def list_generators(
     state: State,
     base_model: FromQuery[str | None] = None,
-    method: FromQuery[str | None] = None,
+    method: FromQuery[Method | None] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[GeneratorOut]:
-    reg = _registry(state)
+    reg = registry_of(state)
     recs = reg.list_generators(base_model=base_model, method=method, limit=limit, offset=offset)
     pinned = reg.pinned_generator_ids()
     return [GeneratorOut.of(r, pinned=r.id in pinned) for r in recs]
@@ -406,7 +370,7 @@ def list_generators(
     ),
 )
 def pin_generator(state: State, generator_id: AnyId) -> GeneratorOut:
-    return GeneratorOut.of(_registry(state).pin_generator(generator_id), pinned=True)
+    return GeneratorOut.of(registry_of(state).pin_generator(generator_id), pinned=True)
 
 
 @writes(
@@ -418,7 +382,7 @@ def pin_generator(state: State, generator_id: AnyId) -> GeneratorOut:
     summary="Unpin a generator: the newest of its method serves again",
 )
 def unpin_generator(state: State, generator_id: AnyId) -> None:
-    _registry(state).unpin_generator(generator_id)
+    registry_of(state).unpin_generator(generator_id)
 
 
 @writes(
@@ -437,41 +401,13 @@ def submit_generator_training(state: State, data: TrainGeneratorIn) -> JobRecord
     """Check a generator training request and queue it (shared with the admin UI)."""
     from generator.fit.config import GeneratorConfig, options
 
-    reg = _registry(state)
+    reg = registry_of(state)
     # the job's own check, now: 400 rather than a failed job
     config = GeneratorConfig.from_params({f.name: getattr(data, f.name) for f, _ in options()})
     reg.linear_shapes(data.base_model)  # an unregistered base model: 404 now, not in the job
-    _check_job_capacity(state)
+    check_job_capacity(state)
     params = {"base_model": data.base_model, "name": data.name, "config": config.to_params()}
     return reg.submit_job("train-generator", params)
-
-
-def _check_job_capacity(state: State) -> None:
-    reg = _registry(state)
-    busy = reg.count_jobs(state="queued") + reg.count_jobs(state="running")
-    if busy >= state.api_settings.max_jobs:
-        raise TooManyRequestsException(
-            f"{busy} jobs are queued or running (limit {state.api_settings.max_jobs}); "
-            "retry when one finishes",
-            headers={"Retry-After": "30"},
-        )
-
-
-@reads("/v1/jobs/{job_id:int}", "jobs")
-def get_job(state: State, job_id: AnyId) -> JobOut:
-    return JobOut.of(_registry(state).get_job(job_id))
-
-
-@reads("/v1/jobs", "jobs")
-def list_jobs(
-    state: State,
-    job_state: Annotated[str | None, QueryParameter(name="state")] = None,
-    kind: FromQuery[str | None] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
-) -> list[JobOut]:
-    recs = _registry(state).list_jobs(state=job_state, kind=kind, limit=limit, offset=offset)
-    return [JobOut.of(r) for r in recs]
 
 
 ROUTES = [
@@ -486,6 +422,4 @@ ROUTES = [
     pin_generator,
     unpin_generator,
     train_generator,
-    get_job,
-    list_jobs,
 ]

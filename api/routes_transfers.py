@@ -11,9 +11,10 @@ from litestar.openapi.spec import Example as OAExample
 from litestar.params import Body
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from api.dto import JobOut, TransferIn
+from api.dto import JobOut, ResourcesIn, TransferIn
 from api.engines import Resources
-from api.routes import _check_job_capacity, _registry, writes
+from api.handlers import registry_of, writes
+from api.routes_jobs import check_job_capacity
 from generator.transfer.source import submit_request, transfer_request
 
 TRANSFER_EXAMPLE = OAExample(
@@ -42,8 +43,9 @@ TRANSFER_EXAMPLE = OAExample(
 def create_transfer(
     state: State, data: Annotated[TransferIn, Body(examples=[TRANSFER_EXAMPLE])]
 ) -> JobOut:
-    reg = _registry(state)
-    resources = Resources.of({"resources": data.resources}).as_params()
+    reg = registry_of(state)
+    asked = data.resources or ResourcesIn()
+    resources = Resources(asked.num_cpus, asked.num_gpus).as_params()
     request = transfer_request(
         reg,
         data.adapter_id,
@@ -52,7 +54,7 @@ def create_transfer(
         config=data.config,
         name=data.name,
     )
-    _check_job_capacity(state)
+    check_job_capacity(state)
     return JobOut.of(submit_request(reg, request, resources=resources))
 
 

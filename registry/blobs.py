@@ -4,6 +4,13 @@ A blob's key is the sha256 of its bytes. Writes are atomic (temp file in the
 same directory, fsync, rename, fsync of the directory), so a killed process
 leaves either the whole blob or nothing under its key. Reads verify the sha256.
 ``BlobStore`` is the interface an S3-style store would implement.
+
+Deleting is two-phase, so that a delete whose database transaction is rolled
+back (or whose process is killed) loses nothing: ``retire`` moves the blob
+aside, the caller commits, then ``purge`` removes it (or ``restore`` brings it
+back). ``recover`` settles what a killed process left: retired blobs go back
+when something still refers to them, and temporary files of unfinished writes
+are removed.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +41,16 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
+
+    def retire(self, key: str) -> str | None:
+        """Move ``key`` aside (None when it is missing); returns a token for the others."""
+
+    def restore(self, token: str) -> None: ...
+
+    def purge(self, token: str) -> None: ...
+
+    def recover(self, referenced: Callable[[str], bool]) -> dict[str, int]:
+        """Settle interrupted writes and deletes; counts of what it did."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -77,8 +96,11 @@ class LocalBlobStore:
     def put(self, data: bytes) -> str:
         key = sha256_hex(data)
         path = self._path(key)
-        if path.exists() and path.stat().st_size == len(data):
-            return key
+        try:
+            if path.stat().st_size == len(data):
+                return key
+        except FileNotFoundError:  # absent, or retired by a delete a moment ago
+            pass
         write_atomic(path, data)
         return key
 
@@ -97,3 +119,70 @@ class LocalBlobStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    @property
+    def _trash(self) -> Path:
+        return self.root / ".retired"
+
+    def retire(self, key: str) -> str | None:
+        path = self._path(key)
+        self._trash.mkdir(parents=True, exist_ok=True)
+        token = self._trash / f"{key}.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            os.replace(path, token)
+        except FileNotFoundError:
+            return None
+        return str(token)
+
+    def restore(self, token: str) -> None:
+        retired = Path(token)
+        key = retired.name.split(".", 1)[0]
+        target = self._path(key)
+        if target.exists():  # written again meanwhile: the retired copy is redundant
+            retired.unlink(missing_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(retired, target)
+
+    def purge(self, token: str) -> None:
+        Path(token).unlink(missing_ok=True)
+
+    def recover(self, referenced: Callable[[str], bool]) -> dict[str, int]:
+        done = {"restored": 0, "purged": 0, "temporary_files_removed": 0}
+        if self._trash.is_dir():
+            for retired in self._trash.iterdir():
+                key, _, rest = retired.name.partition(".")
+                if _process_alive(rest.partition(".")[0]):
+                    continue  # its delete is still under way in another worker
+                if len(key) == 64 and referenced(key):
+                    self.restore(str(retired))
+                    done["restored"] += 1
+                else:
+                    retired.unlink(missing_ok=True)
+                    done["purged"] += 1
+        if self.root.is_dir():
+            stale = time.time() - STALE_WRITE_SECONDS
+            for tmp in self.root.glob("*/.*.tmp"):  # write_atomic's, from killed writes
+                try:
+                    if tmp.stat().st_mtime < stale:
+                        tmp.unlink()
+                        done["temporary_files_removed"] += 1
+                except FileNotFoundError:
+                    pass  # finished meanwhile
+        return done
+
+
+STALE_WRITE_SECONDS = 3600  # a temporary file this old belongs to a write that was killed
+
+
+def _process_alive(pid: str) -> bool:
+    """Whether the process that retired a blob still runs (then its delete is not over)."""
+    if not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,6 +8,7 @@ The model loads once per process (``get_embedder``); anything with the same
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Protocol
@@ -58,10 +59,15 @@ def get_embedder() -> MiniLMEmbedder:
 
 
 def clean_description(text: str, max_chars: int) -> str:
-    """Normalise whitespace; refuse empty or oversized descriptions."""
+    """Normalise whitespace; refuse empty, oversized or control-character descriptions."""
     cleaned = " ".join((text or "").split())
     if not cleaned:
         raise InvalidDescription("description is empty: describe the task the adapter performs")
+    control = next((c for c in cleaned if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if control is not None:  # NUL, ESC, DEL...; tabs and newlines became spaces above
+        raise InvalidDescription(
+            f"description holds the control character U+{ord(control):04X}; use plain text"
+        )
     if len(cleaned) > max_chars:
         raise InvalidDescription(
             f"description is {len(cleaned)} characters; the limit is {max_chars}"

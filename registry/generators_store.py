@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry import blob_refs
 from registry.blobs import BlobStore
 from registry.db import transaction
 from registry.errors import Conflict, GeneratorNotFound, InvalidInput
@@ -78,6 +79,7 @@ class GeneratorStore:
         key = self.blobs.put(data)
         try:
             with transaction(self._sessions) as s:
+                blob_refs.keep(s, self.blobs, {key: data})  # the lock, first
                 bm_row = self._base_model_row(s, base_model)
                 final_name = name or f"{method}-{key[:12]}"
                 if s.scalar(
@@ -218,7 +220,8 @@ class GeneratorStore:
     def delete_generator(self: _Host, generator_id: int) -> None:
         """Delete a generator and its checkpoint; a pinned one is refused (unpin it first,
         so what clients are served never changes as a side effect)."""
-        with transaction(self._sessions) as s:
+        with blob_refs.dropping(self.blobs) as retired, transaction(self._sessions) as s:
+            blob_refs.lock(s)
             row = _generator_row(s, generator_id)
             if s.scalar(sa.select(GeneratorPinRow).where(GeneratorPinRow.generator_id == row.id)):
                 raise Conflict(
@@ -227,7 +230,7 @@ class GeneratorStore:
                 )
             key = row.blob_key
             s.delete(row)
-        self._drop_blobs_if_unused([key])
+            retired += blob_refs.retire(s, self.blobs, [key])
 
 
 def _latest_row(s: Session, base_model: str, method: str) -> GeneratorRow | None:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry import blob_refs
 from registry.blobs import BlobStore
 from registry.db import changed_rows, transaction
 from registry.errors import Conflict, InvalidInput, JobNotFound
@@ -283,7 +284,8 @@ class JobStore:
 
     def delete_job(self: _Host, job_id: int) -> None:
         """Delete a job that is not running, with its artifacts (and their unshared blobs)."""
-        with transaction(self._sessions) as s:
+        with blob_refs.dropping(self.blobs) as retired, transaction(self._sessions) as s:
+            blob_refs.lock(s)
             keys = list(
                 s.scalars(sa.select(JobArtifactRow.blob_key).where(JobArtifactRow.job_id == job_id))
             )
@@ -297,7 +299,7 @@ class JobStore:
             if not deleted:
                 _job_row(s, job_id)
                 raise Conflict(f"job {job_id} is running: cancel it before deleting it")
-        self._drop_blobs_if_unused(keys)
+            retired += blob_refs.retire(s, self.blobs, keys)
 
     def get_job(self: _Host, job_id: int) -> JobRecord:
         with self._sessions() as s:
@@ -349,6 +351,7 @@ class JobStore:
         replaced: str | None = None
         try:
             with transaction(self._sessions) as s:
+                blob_refs.keep(s, self.blobs, {key: payload})  # the lock, first
                 _job_row(s, job_id)
                 row = s.get(JobArtifactRow, (job_id, name))
                 if row is None:

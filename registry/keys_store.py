@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db import changed_rows, transaction
 from registry.errors import InvalidInput, KeyNotFound
-from registry.models import ApiKeyRole, ApiKeyRow, utcnow
+from registry.models import ApiKeyRole, ApiKeyRow, EndedSessionRow, utcnow
 from registry.records import ApiKeyRecord
 
 SECRET_PREFIX = "lm_"
@@ -137,6 +137,23 @@ class KeyStore:
             if row is None:
                 raise KeyNotFound(f"no API key with id {key_id}")
             return ApiKeyRecord.of(row)
+
+    # -- admin UI sessions ---------------------------------------------------
+
+    def end_session(self: _Host, sid: str, expires_at: datetime) -> None:
+        """Remember that UI session ``sid`` ended (logged out) until its cookie would
+        have expired; forget sessions whose cookies have expired since."""
+        if not isinstance(sid, str) or not 0 < len(sid) <= 64:
+            raise InvalidInput("a session id is 1-64 characters")
+        with transaction(self._sessions) as s:
+            s.execute(sa.delete(EndedSessionRow).where(EndedSessionRow.expires_at < utcnow()))
+            if s.get(EndedSessionRow, sid) is None:
+                s.add(EndedSessionRow(sid=sid, expires_at=expires_at))
+
+    def session_ended(self: _Host, sid: str) -> bool:
+        """Whether UI session ``sid`` was ended by logging out (one primary-key read)."""
+        with self._sessions() as s:
+            return s.get(EndedSessionRow, sid) is not None
 
 
 def _digest(secret: str) -> str:

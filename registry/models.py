@@ -253,6 +253,17 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
+class EndedSessionRow(Base):
+    """An admin UI session ended by logging out. The session lives in a signed cookie
+    the server cannot recall, so the server remembers the session's id until the
+    cookie would have expired anyway (then the row is pruned)."""
+
+    __tablename__ = "ended_sessions"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class DescriptionEmbeddingRow(Base):
     """The embedding of an adapter's description (float32, L2-normalised)."""
 

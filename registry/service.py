@@ -4,7 +4,8 @@ Every write validates everything first, then stores the blob (content
 addressed, atomic), then commits the rows in one transaction; a failure at
 any step leaves no row, no index entry and no orphaned blob behind. Generator
 checkpoints follow the same rules (``registry.generators_store``); the job
-queue and API keys live in ``registry.jobs_store`` and ``registry.keys_store``.
+queue and API keys live in ``registry.jobs_store`` and ``registry.keys_store``,
+base models in ``registry.base_models_store``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry import base_models, lora_spec, peft_format
+from registry import blob_refs, lora_spec, peft_format
+from registry.base_models_store import BaseModelStore
 from registry.blobs import BlobStore, LocalBlobStore
 from registry.db import open_database, session_factory, transaction
 from registry.embeddings import Embedder, clean_description, get_embedder
-from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound, UnknownBaseModel
+from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound
 from registry.generators_store import GeneratorStore
 from registry.jobs_store import JobStore
 from registry.keys_store import KeyStore
@@ -33,13 +35,11 @@ from registry.models import (
     AdapterRow,
     BaseModelRow,
     DescriptionEmbeddingRow,
-    GeneratorRow,
-    JobArtifactRow,
     Provenance,
     RegistryStateRow,
 )
 from registry.peft_format import PeftFiles
-from registry.records import AdapterRecord, BaseModelRecord, ParentLink, SearchHit
+from registry.records import AdapterRecord, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
 from registry.validation import NAME_RE, check_json, slug
@@ -57,7 +57,7 @@ class Parent:
     weight: float | None = None
 
 
-class Registry(GeneratorStore, JobStore, KeyStore):
+class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -87,68 +87,6 @@ class Registry(GeneratorStore, JobStore, KeyStore):
     def close(self) -> None:
         self.engine.dispose()
 
-    # -- base models ---------------------------------------------------------
-
-    def prepare_base_model(
-        self, name: str, *, on_progress: Callable[[str], None] | None = None
-    ) -> BaseModelRecord:
-        """Resolve (converting once if needed) and register base model ``name``."""
-        found = self._described(name, on_progress)
-        with transaction(self._sessions) as s:
-            return BaseModelRecord.of(self._base_model_row_for(s, found))
-
-    def _described(
-        self, name: str, on_progress: Callable[[str], None] | None = None
-    ) -> base_models.Described:
-        """Base model ``name`` resolved and described, registered or not (nothing is
-        written: an upload registers its base model with the adapter, or not at all)."""
-        resolved = base_models.resolve(name, self.settings, on_progress=on_progress)
-        with self._sessions() as s:
-            row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == resolved.name))
-            if row is not None:
-                shapes = base_models.ModelShapes(
-                    row.architecture, row.num_layers, row.hidden_size, dict(row.linear_shapes)
-                )
-                return base_models.Described(resolved, shapes)
-        return base_models.Described(resolved, base_models.describe(resolved.path))
-
-    def _base_model_row_for(self, s: Session, found: base_models.Described) -> BaseModelRow:
-        """The row of a described base model, added in ``s`` when it has none yet."""
-        name = found.resolved.name
-        row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == name))
-        if row is None:
-            shapes = found.shapes
-            row = BaseModelRow(
-                name=name,
-                source=found.resolved.source,
-                architecture=shapes.architecture,
-                num_layers=shapes.num_layers,
-                hidden_size=shapes.hidden_size,
-                linear_shapes=shapes.linear_shapes,
-            )
-            s.add(row)
-            s.flush()
-        return row
-
-    def base_model_path(self, name: str) -> Path:
-        """Local HF folder of a base model (converted on first use)."""
-        return base_models.resolve(name, self.settings).path
-
-    def list_base_models(self) -> list[BaseModelRecord]:
-        with self._sessions() as s:
-            rows = s.scalars(sa.select(BaseModelRow).order_by(BaseModelRow.name)).all()
-            return [BaseModelRecord.of(r) for r in rows]
-
-    def _base_model_row(self, s: Session, name: str) -> BaseModelRow:
-        row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == name))
-        if row is None:
-            raise UnknownBaseModel(f"base model {name!r} is not registered")
-        return row
-
-    def linear_shapes(self, base_model: str) -> dict[str, list[int]]:
-        with self._sessions() as s:
-            return dict(self._base_model_row(s, base_model).linear_shapes)
-
     # -- adapters: write -----------------------------------------------------
 
     def add_adapter(
@@ -176,7 +114,7 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         """
         raw = description
         description = clean_description(description, self.settings.max_description_chars)
-        provenance = _provenance(provenance)
+        provenance = check_provenance(provenance)
         if name is not None and not NAME_RE.match(name):
             raise InvalidInput(
                 f"adapter name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
@@ -212,6 +150,8 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         art_keys = {art_name: self.blobs.put(data) for art_name, data in artifacts.items()}
         try:
             with transaction(self._sessions) as s:
+                stored = {key: files.weights} | {k: artifacts[n] for n, k in art_keys.items()}
+                blob_refs.keep(s, self.blobs, stored)  # the lock, first
                 bm_row = self._base_model_row_for(s, found)  # registered with the adapter
                 for p in parents:
                     if s.get(AdapterRow, p.adapter_id) is None:
@@ -294,7 +234,8 @@ class Registry(GeneratorStore, JobStore, KeyStore):
             return AdapterRecord.of(row, self._parents(s, adapter_id))
 
     def delete_adapter(self, adapter_id: int) -> None:
-        with transaction(self._sessions) as s:
+        with blob_refs.dropping(self.blobs) as retired, transaction(self._sessions) as s:
+            blob_refs.lock(s)
             row = self._adapter_row(s, adapter_id)
             keys = [row.blob_key] + list(
                 s.scalars(
@@ -321,23 +262,24 @@ class Registry(GeneratorStore, JobStore, KeyStore):
             )
             s.delete(row)
             _bump_generation(s)
-        self._drop_blobs_if_unused(keys)
+            retired += blob_refs.retire(s, self.blobs, keys)
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None:
         """Delete the blobs no adapter, artifact, generator or job artifact refers to (blobs
-        are shared by content: a checkpoint may be byte-identical to an adapter's weights)."""
-        with self._sessions() as s:
-            for key in set(keys):
-                if not any(
-                    s.scalar(sa.select(sa.func.count()).where(column == key))
-                    for column in (
-                        AdapterRow.blob_key,
-                        AdapterArtifactRow.blob_key,
-                        GeneratorRow.blob_key,
-                        JobArtifactRow.blob_key,
-                    )
-                ):
-                    self.blobs.delete(key)
+        are shared by content: a checkpoint may be byte-identical to an adapter's weights),
+        under the lock that uploads of the same bytes take (``registry.blob_refs``)."""
+        with blob_refs.dropping(self.blobs) as retired, transaction(self._sessions) as s:
+            retired += blob_refs.retire(s, self.blobs, keys)
+
+    def recover_blobs(self) -> dict[str, int]:
+        """Settle what killed processes left in the blob store (moved-aside blobs still
+        referred to go back, the rest and unfinished writes' temporary files go)."""
+
+        def still_referenced(key: str) -> bool:
+            with self._sessions() as s:
+                return blob_refs.referenced(s, key)
+
+        return self.blobs.recover(still_referenced)
 
     def artifact_names(self, adapter_id: int) -> list[str]:
         with self._sessions() as s:
@@ -406,7 +348,7 @@ class Registry(GeneratorStore, JobStore, KeyStore):
         if base_model:
             query = query.where(BaseModelRow.name == base_model)
         if provenance:
-            query = query.where(AdapterRow.provenance == _provenance(provenance).value)
+            query = query.where(AdapterRow.provenance == check_provenance(provenance).value)
         with self._sessions() as s:
             rows = s.scalars(query.limit(limit).offset(offset)).all()
             return [AdapterRecord.of(r) for r in rows]
@@ -482,7 +424,8 @@ def _check_k(k: int) -> None:
         raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
 
 
-def _provenance(value: Provenance | str) -> Provenance:
+def check_provenance(value: Provenance | str) -> Provenance:
+    """``value`` as a provenance, or a 400 that lists the allowed ones."""
     try:
         return Provenance(value)
     except ValueError as exc:

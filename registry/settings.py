@@ -21,6 +21,8 @@ from pathlib import Path
 
 from registry.errors import InvalidInput
 
+# a description (of an adapter, a generation request, a search) is at most this long
+MAX_DESCRIPTION_CHARS = 2000
 HEARTBEAT_SECONDS = 2.0  # how often a running job reports; a lease must outlast it
 
 
@@ -236,7 +238,7 @@ class Settings:
     # Uploads above this are refused before anything is parsed. A LoRA r=8 on
     # q/v of a 7B model is ~17 MB; 512 MB leaves room for big ranks and models.
     max_adapter_bytes: int = 512 * 1024 * 1024
-    max_description_chars: int = 2000
+    max_description_chars: int = MAX_DESCRIPTION_CHARS
     allow_hub: bool = False
     embedder: str = "all-minilm-l6-v2"
     # Below this many vectors per base model the index is exact (flat inner

@@ -8,7 +8,7 @@ The router's guards have already checked the session, the role and the CSRF toke
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 from litestar import Request, post
@@ -16,8 +16,9 @@ from litestar.datastructures import FormMultiDict, State, UploadFile
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 
-from api.dto import Example, GenerateIn, TrainGeneratorIn
-from api.routes import AnyId, serve_generation, submit_generator_training, uploaded_files
+from api.dto import MAX_JSON_INT, Example, GenerateIn, Method, TrainGeneratorIn
+from api.handlers import AnyId
+from api.routes import serve_generation, submit_generator_training, uploaded_files
 from api.ui import views
 from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
@@ -27,7 +28,7 @@ from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput, LoramintError
 from registry.service import Registry
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = MAX_JSON_INT
 EXAMPLE_SEPARATOR = "=>"
 
 
@@ -75,7 +76,7 @@ async def login(request: Request[Any, Any, Any], state: State) -> Template | Red
 
 @post("/logout")
 async def logout(request: Request[Any, Any, Any]) -> Redirect:
-    log_out(request)
+    await log_out(request)
     return Redirect("/ui/login", status_code=303)
 
 
@@ -148,7 +149,8 @@ async def generate(request: Request[Any, Any, Any], state: State) -> Template:
         data = GenerateIn(
             description=values["description"],
             base_model=values["base_model"].strip(),
-            method=values["method"],
+            # a str until generation_request checks it against the methods
+            method=cast("Method | None", values["method"] or None),
             seed=views.parse_int("seed", values["seed"] or "0", 0, MAX_SEED),
             examples=parse_examples(values["examples"]),
             labels=[x.strip() for x in labels.split(",")] if labels else None,

@@ -10,7 +10,7 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from api.dto import JobOut
-from api.routes import AnyId
+from api.handlers import AnyId
 from api.ui import views
 from api.ui.render import page
 from api.ui.sessions import viewer_of

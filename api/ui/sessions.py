@@ -3,9 +3,11 @@
 A browser logs in once with an API key; the key's id (never its secret) goes
 into a session cookie that Litestar's cookie backend encrypts and
 authenticates (AES-GCM) with the session secret, so the server keeps no
-session state and any replica that shares the secret accepts it. The cookie is
+state for a live session and any replica that shares the secret accepts it. The cookie is
 HttpOnly and SameSite=Lax. Every request re-checks the key behind the session
-(one primary-key read), so revoking a key ends its sessions at once.
+(one primary-key read), so revoking a key ends its sessions at once; logging
+out records the session's id until the cookie expires, so a copied cookie of a
+logged-out session logs nobody in.
 
 Every state-changing UI request must carry the session's CSRF token as the
 form field ``csrf_token``. The token is random per session and rotated at
@@ -33,6 +35,7 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +150,10 @@ def csrf_token(request: Request[Any, Any, Any]) -> str:
 
 
 def log_in(request: Request[Any, Any, Any], principal: Principal) -> None:
-    """Start a fresh session for this key (a new CSRF token: nothing carries over)."""
+    """Start a fresh session for this key (a new id and CSRF token: nothing carries over)."""
     request.set_session(
         {
+            "sid": secrets.token_urlsafe(24),
             "csrf": secrets.token_urlsafe(32),
             "key_id": principal.key_id,
             "login_at": time.time(),
@@ -157,7 +161,14 @@ def log_in(request: Request[Any, Any, Any], principal: Principal) -> None:
     )
 
 
-def log_out(request: Request[Any, Any, Any]) -> None:
+async def log_out(request: Request[Any, Any, Any]) -> None:
+    """End the session on the server too: a copy of the cookie no longer logs anyone in."""
+    session = dict(request.session or {})
+    sid, login_at = session.get("sid"), session.get("login_at")
+    if isinstance(sid, str) and isinstance(login_at, (int, float)):
+        until = datetime.fromtimestamp(login_at + SESSION_SECONDS, UTC)
+        reg: Registry = request.app.state.registry
+        await anyio.to_thread.run_sync(reg.end_session, sid, until)
     request.clear_session()
 
 
@@ -173,24 +184,29 @@ async def current_viewer(connection: ASGIConnection[Any, Any, Any, Any]) -> View
     session = connection.scope.get("session")
     if not isinstance(session, dict):
         return ANONYMOUS
-    key_id, login_at = session.get("key_id"), session.get("login_at")
+    key_id, login_at, sid = session.get("key_id"), session.get("login_at"), session.get("sid")
     if not isinstance(key_id, int) or not isinstance(login_at, (int, float)):
         return ANONYMOUS
-    if not 0 <= time.time() - login_at < SESSION_SECONDS:
+    if not isinstance(sid, str) or not 0 <= time.time() - login_at < SESSION_SECONDS:
         return ANONYMOUS
-    # read on every request (one primary-key read): a revoked key's sessions end at once
-    principal = await anyio.to_thread.run_sync(_live_key, connection.app.state.registry, key_id)
+    # read on every request (two primary-key reads): a revoked key's sessions, and a
+    # logged-out session's copied cookies, end at once
+    principal = await anyio.to_thread.run_sync(
+        _live_session, connection.app.state.registry, key_id, sid
+    )
     if principal is None or principal.role is None:
         return ANONYMOUS
     return Viewer(principal.role, principal.name, principal.key_id)
 
 
-def _live_key(reg: Registry, key_id: int) -> Principal | None:
+def _live_session(reg: Registry, key_id: int, sid: str) -> Principal | None:
     try:
         record = reg.get_api_key(key_id)
     except KeyNotFound:
         return None
-    return None if record.revoked_at is not None else Principal(record.role, record.id, record.name)
+    if record.revoked_at is not None or reg.session_ended(sid):
+        return None
+    return Principal(record.role, record.id, record.name)
 
 
 async def require_viewer(

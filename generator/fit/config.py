@@ -157,7 +157,8 @@ class GeneratorConfig:
         high=1,
         advanced=True,
     )
-    seed: int = option(0, "Training seed.", "Seed", low=0, high=2**63 - 1)
+    # 2**53 - 1: the largest integer every JSON parser carries exactly (REST, UI)
+    seed: int = option(0, "Training seed.", "Seed", low=0, high=2**53 - 1)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -219,7 +220,7 @@ class FinetuneConfig:
     max_prompt_tokens: int = option(
         256, "Longer prompts keep their end.", "Prompt tokens", low=9, high=100_000
     )
-    seed: int = option(0, "Task order and validation split seed.", "Seed", low=0, high=2**63 - 1)
+    seed: int = option(0, "Task order and validation split seed.", "Seed", low=0, high=2**53 - 1)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -14,7 +14,7 @@ from typing import Any
 from generator.hypernet.methods import SG_LORA, check_method
 from generator.serve.fewshot import adapt_generated
 from generator.serve.generator import Generated, Generator, Neighbour, Request
-from registry.errors import Conflict, GeneratorNotFound, InvalidInput
+from registry.errors import Conflict, GeneratorNotFound
 from registry.lora_spec import weights_bytes
 from registry.models import Provenance
 from registry.peft_format import PeftFiles
@@ -78,7 +78,7 @@ def generator_for(
     if generator_id is not None:
         rec = registry.get_generator(generator_id)
         if rec.base_model != base_model or method not in (None, rec.method):
-            raise InvalidInput(
+            raise Conflict(  # a well-formed request that contradicts what is registered
                 f"generator {generator_id} is {rec.method} for {rec.base_model}, "
                 f"not {method or rec.method} for {base_model}"
             )

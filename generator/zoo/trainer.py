@@ -53,19 +53,16 @@ class TrainConfig:
     length_buckets: bool = True
 
     def __post_init__(self) -> None:
-        checks = {
-            "rank": self.rank > 0,
-            "alpha": self.alpha > 0,
-            "steps": self.steps > 0,
-            "batch_size": self.batch_size > 0,
-            "lr": self.lr > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "snapshots": self.snapshots >= 1,
-            "max_prompt_tokens": self.max_prompt_tokens > 8,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise InvalidInput(f"{name} must be positive, got {getattr(self, name)}")
+        # name -> (lowest, highest) allowed; the upper bounds stop absurd job parameters
+        ranges = {
+            "rank": (1, 1024), "alpha": (1e-6, 1e6), "steps": (1, 1_000_000),
+            "batch_size": (1, 4096), "lr": (1e-12, 10.0), "warmup_steps": (0, 1_000_000),
+            "snapshots": (1, 1000), "max_prompt_tokens": (9, 100_000),
+        }  # fmt: skip
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise InvalidInput(f"{name} must be in [{low:g}, {high:g}], got {value}")
         if not 0.0 <= self.trajectory_start < 1.0:
             raise InvalidInput(f"trajectory_start must be in [0, 1), got {self.trajectory_start}")
         if not self.target_modules:

@@ -69,6 +69,7 @@ def test_health_ready_and_request_ids(client: TestClient[Any]) -> None:
     assert ready.status_code == 200 and ready.headers["x-request-id"] == "abc123"
     body = ready.json()
     assert body["auth"].startswith("keys:") and body["generators"]
+    assert body["database"] == "sqlite"  # the kind, never the path or URL
     assert client.get("/health").headers["x-request-id"]
 
 
@@ -97,9 +98,10 @@ def test_generate_contract_and_download(client: TestClient[Any], world: KeyedWor
     ("body", "status", "detail"),
     [
         ({"description": DESC, "base_model": "no/such-model"}, 404, "no/such-model"),
-        ({"description": DESC, "method": "magic"}, 400, "unknown method"),
-        ({"description": "   "}, 400, "description is empty"),
-        ({"description": "x" * 5000}, 400, "longer than"),
+        ({"description": DESC, "method": "magic"}, 400, "method"),
+        ({"description": "   "}, 400, "description: Expected text: not blank"),
+        ({"description": "x" * 5000}, 400, "description: Expected `str` of length <= 2000"),
+        ({"description": "\x1b\x1b\x00"}, 400, "no control character"),
         ({"description": DESC, "examples": [{"input": "a"}]}, 400, ""),
         ({"description": DESC, "surprise": 1}, 400, ""),
         ({"base_model": "x"}, 400, ""),
@@ -242,7 +244,7 @@ def test_pinned_generator_serves_until_unpinned(client: TestClient[Any], world: 
             "/v1/generate", json=body | {"generator_id": newer.id, "method": "icm-lora"},
             headers=reader,
         )  # fmt: skip
-        assert r.status_code == 400 and "is sg-lora" in r.json()["detail"]
+        assert r.status_code == 409 and "is sg-lora" in r.json()["detail"]
         r = client.post("/v1/generate", json=body | {"generator_id": 9999}, headers=reader)
         assert r.status_code == 404
         r = client.post("/v1/generate", json=body | {"generator_id": 0}, headers=reader)
@@ -447,6 +449,61 @@ def test_generator_training_job_runs_on_the_worker(
         "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world.admin)
     )
     assert missing.status_code == 404
+
+
+def test_admins_cancel_jobs_over_rest(client: TestClient[Any], world: KeyedWorld) -> None:
+    body = {"base_model": world.base, "steps": 5}
+    job = client.post("/v1/generators", json=body, headers=auth(world.admin)).json()
+    url = f"/v1/jobs/{job['id']}"
+    assert client.delete(url, headers=auth(world.reader)).status_code == 403
+    assert world.registry.get_job(job["id"]).state == "queued"  # a refused cancel changes nothing
+    r = client.delete(url, headers=auth(world.admin))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    again = client.delete(url, headers=auth(world.admin))
+    assert again.status_code == 409 and "cancelled already" in again.json()["detail"]
+    assert client.delete("/v1/jobs/999999", headers=auth(world.admin)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("/v1/adapters?provenance=bogus", "provenance"),
+        ("/v1/adapters?q=moon&provenance=bogus", "provenance"),  # search checks it too
+        ("/v1/generators?method=bogus", "method"),
+        ("/v1/jobs?state=bogus", "state"),
+        ("/v1/jobs?kind=bogus", "kind"),
+    ],
+)
+def test_every_filter_is_checked(
+    client: TestClient[Any], world: KeyedWorld, url: str, field: str
+) -> None:
+    """A misspelt filter is a 400 naming it on every route, never an empty answer."""
+    r = client.get(url, headers=auth(world.reader))
+    assert r.status_code == 400 and field in r.json()["detail"], r.text
+
+
+def test_the_openapi_enums_are_the_code_s() -> None:
+    from typing import get_args
+
+    from api.dto import JobKind, Method
+    from generator.hypernet.methods import METHODS
+
+    assert get_args(Method) == METHODS
+    assert set(get_args(JobKind)) == set(HANDLERS)
+
+
+@pytest.mark.parametrize("spelling", ["+1", "01", "1_0", "%201", "%EF%BC%91", "-0"])
+def test_an_id_has_one_spelling(client: TestClient[Any], world: KeyedWorld, spelling: str) -> None:
+    """``+1`` or ``01`` is not adapter 1 (nor ``１``, full-width)."""
+    listed = client.get("/v1/adapters", headers=auth(world.reader)).json()["items"]
+    assert listed
+    first = listed[0]["id"]
+    assert client.get(f"/v1/adapters/{first}", headers=auth(world.reader)).status_code == 200
+    odd = spelling.replace("1", str(first)) if spelling not in ("1_0", "-0") else spelling
+    r = client.get(f"/v1/adapters/{odd}", headers=auth(world.reader))
+    assert r.status_code == 404, (odd, r.text)
+    r = client.delete(f"/v1/adapters/{odd}", headers=auth(world.admin))
+    assert r.status_code == 404 and world.registry.get_adapter(first)
 
 
 def test_limits_jobs_and_rate(world: KeyedWorld) -> None:

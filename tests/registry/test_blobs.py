@@ -1,3 +1,5 @@
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,52 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path: Path) -> None
         write_atomic(target, object())  # type: ignore[arg-type]  # not bytes: the write fails
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]  # no temp file left
+
+
+def test_a_retired_blob_is_purged_or_restored(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    kept, dropped = store.put(b"kept"), store.put(b"dropped")
+    tokens = [store.retire(kept), store.retire(dropped)]
+    assert store.retire(kept) is None  # already aside
+    assert not store.exists(kept) and not store.exists(dropped)
+    assert tokens[0] is not None and tokens[1] is not None
+    store.restore(tokens[0])  # the delete's transaction failed
+    store.purge(tokens[1])  # it committed
+    assert store.get(kept) == b"kept"
+    assert not store.exists(dropped)
+    assert [p.name for p in (tmp_path / ".retired").iterdir()] == []
+
+
+def test_recovery_settles_what_a_killed_process_left(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    referred, orphan = store.put(b"referred"), store.put(b"orphan")
+    child = subprocess.Popen(["true"])
+    child.wait()
+    ended = child.pid  # retired them, then was killed
+    for key in (referred, orphan):
+        token = store.retire(key)
+        assert token is not None  # a killed process: neither restored nor purged
+        Path(token).rename(Path(token).with_name(f"{key}.{ended}.x"))
+    old_tmp = tmp_path / referred[:2] / ".half-written.tmp"
+    old_tmp.write_bytes(b"half")
+    os.utime(old_tmp, (0, 0))
+    fresh_tmp = tmp_path / referred[:2] / ".being-written.tmp"  # another worker's, now
+    fresh_tmp.write_bytes(b"half")
+
+    done = store.recover(lambda key: key == referred)
+
+    assert done == {"restored": 1, "purged": 1, "temporary_files_removed": 1}
+    assert store.get(referred) == b"referred"
+    assert not store.exists(orphan)
+    assert not old_tmp.exists() and fresh_tmp.exists()
+
+
+def test_recovery_leaves_a_live_process_s_delete_alone(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    key = store.put(b"being deleted")
+    token = store.retire(key)
+    assert token is not None
+    live = Path(token).with_name(f"{key}.{os.getppid()}.x")  # the parent process runs
+    Path(token).rename(live)
+    assert store.recover(lambda _key: True)["restored"] == 0
+    assert live.exists() and not store.exists(key)

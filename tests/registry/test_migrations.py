@@ -149,8 +149,8 @@ def test_generator_pins_migration_keeps_existing_rows(db_url: str) -> None:
     with engine.begin() as conn:
         insert_base_model(conn)
         insert_generator(conn, generator_id=4)
-    db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision(engine) == "0005"
+    db.upgrade(engine, "0005")
+    assert db.current_revision(engine) == "0005"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -169,6 +169,23 @@ def test_generator_pins_migration_keeps_existing_rows(db_url: str) -> None:
     assert "generator_pins" not in sa.inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(sa.text("select name from generators")).scalar() == "g"
+    engine.dispose()
+
+
+def test_ended_sessions_migration(db_url: str) -> None:
+    """0005 to 0006 adds the logged-out sessions' table, and back removes it."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0005")
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine) == "0006"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into ended_sessions (sid, expires_at) values ('s1', '2026-12-02 00:00:00')"
+            )
+        )
+    downgrade(engine, "0005")
+    assert "ended_sessions" not in sa.inspect(engine).get_table_names()
     engine.dispose()
 
 

@@ -310,6 +310,20 @@ BAD: list[tuple[str, Callable[[Path, Path], Path], dict[str, Any], type[Exceptio
         "description is empty",
     ),
     ("huge description", lambda s, d: s, {"description": "x" * 5000}, InvalidDescription, "limit"),
+    (
+        "control characters",
+        lambda s, d: s,
+        {"description": "\x1b[31m\x00\x07"},
+        InvalidDescription,
+        "control character U.001B",
+    ),
+    (
+        "a NUL inside text",
+        lambda s, d: s,
+        {"description": "Classify the\x00 sentiment"},
+        InvalidDescription,
+        "control character U.0000",
+    ),
     ("bad name", lambda s, d: s, {"name": "../etc"}, InvalidInput, "adapter name"),
 ]
 

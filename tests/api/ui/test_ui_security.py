@@ -218,6 +218,22 @@ def test_a_revoked_key_ends_its_sessions(world: dict[str, Any], tmp_path: Path) 
         assert c.get("/ui/upload", follow_redirects=False).status_code == 303  # at once
 
 
+def test_logging_out_ends_the_session_on_the_server(world: dict[str, Any]) -> None:
+    """A copy of the session cookie taken before logging out logs nobody in afterwards."""
+    reg: Registry = world["registry"]
+    with TestClient(create_app(reg, ApiSettings())) as c:
+        token = log_in(c, world["admin"])
+        copied = dict(c.cookies)
+        assert post(c, "/ui/logout", {"csrf_token": token}, None).status_code == 303
+    with TestClient(create_app(reg, ApiSettings())) as thief:
+        thief.cookies.update(copied)
+        assert thief.get("/ui/upload", follow_redirects=False).status_code == 303
+        assert "Log in" in thief.get("/ui").text
+    with TestClient(create_app(reg, ApiSettings())) as c:  # the key itself still works
+        log_in(c, world["admin"])
+        assert c.get("/ui/upload").status_code == 200
+
+
 def test_open_mode_shows_pages_but_writes_still_need_an_admin(world: dict[str, Any]) -> None:
     reg: Registry = world["registry"]
     before = snapshot(reg)

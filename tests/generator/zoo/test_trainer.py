@@ -193,3 +193,14 @@ def test_one_lora_learns_several_tasks_from_their_descriptions(base: Base) -> No
 def test_bad_config(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"steps": 10**12}, {"steps": 0}, {"rank": 0}, {"batch_size": 10**6}, {"lr": float("nan")}],
+)
+def test_train_config_bounds_every_parameter(bad: dict[str, Any]) -> None:
+    """A zoo build job's parameters are bounded like every other job's: 10**12 steps is
+    refused when the job is read, not trained for a geological age."""
+    with pytest.raises(InvalidInput, match=next(iter(bad))):
+        TrainConfig(**bad)

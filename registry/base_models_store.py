@@ -1,0 +1,87 @@
+"""Base models: resolved (converted once when needed), described and registered.
+
+An upload registers its base model in the adapter's own transaction, or not at
+all; ``_described`` therefore writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import base_models
+from registry.db import transaction
+from registry.errors import UnknownBaseModel
+from registry.models import BaseModelRow
+from registry.records import BaseModelRecord
+from registry.settings import Settings
+
+
+class BaseModelStore:
+    """The base-model half of ``Registry`` (kept apart so service.py stays readable)."""
+
+    settings: Settings
+    _sessions: sessionmaker[Session]
+
+    def prepare_base_model(
+        self, name: str, *, on_progress: Callable[[str], None] | None = None
+    ) -> BaseModelRecord:
+        """Resolve (converting once if needed) and register base model ``name``."""
+        found = self._described(name, on_progress)
+        with transaction(self._sessions) as s:
+            return BaseModelRecord.of(self._base_model_row_for(s, found))
+
+    def _described(
+        self, name: str, on_progress: Callable[[str], None] | None = None
+    ) -> base_models.Described:
+        """Base model ``name`` resolved and described, registered or not (nothing is
+        written: an upload registers its base model with the adapter, or not at all)."""
+        resolved = base_models.resolve(name, self.settings, on_progress=on_progress)
+        with self._sessions() as s:
+            row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == resolved.name))
+            if row is not None:
+                shapes = base_models.ModelShapes(
+                    row.architecture, row.num_layers, row.hidden_size, dict(row.linear_shapes)
+                )
+                return base_models.Described(resolved, shapes)
+        return base_models.Described(resolved, base_models.describe(resolved.path))
+
+    def _base_model_row_for(self, s: Session, found: base_models.Described) -> BaseModelRow:
+        """The row of a described base model, added in ``s`` when it has none yet."""
+        name = found.resolved.name
+        row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == name))
+        if row is None:
+            shapes = found.shapes
+            row = BaseModelRow(
+                name=name,
+                source=found.resolved.source,
+                architecture=shapes.architecture,
+                num_layers=shapes.num_layers,
+                hidden_size=shapes.hidden_size,
+                linear_shapes=shapes.linear_shapes,
+            )
+            s.add(row)
+            s.flush()
+        return row
+
+    def base_model_path(self, name: str) -> Path:
+        """Local HF folder of a base model (converted on first use)."""
+        return base_models.resolve(name, self.settings).path
+
+    def list_base_models(self) -> list[BaseModelRecord]:
+        with self._sessions() as s:
+            rows = s.scalars(sa.select(BaseModelRow).order_by(BaseModelRow.name)).all()
+            return [BaseModelRecord.of(r) for r in rows]
+
+    def _base_model_row(self, s: Session, name: str) -> BaseModelRow:
+        row = s.scalar(sa.select(BaseModelRow).where(BaseModelRow.name == name))
+        if row is None:
+            raise UnknownBaseModel(f"base model {name!r} is not registered")
+        return row
+
+    def linear_shapes(self, base_model: str) -> dict[str, list[int]]:
+        with self._sessions() as s:
+            return dict(self._base_model_row(s, base_model).linear_shapes)
