@@ -7,6 +7,7 @@ waits on I/O; generation goes through the micro-batcher.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,8 +52,9 @@ from generator.serve.generator import Generated
 from generator.serve.generator import Request as GenRequest
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput
+from registry.model_card import CARD_NAME
 from registry.models import Provenance
-from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter, zip_bytes
+from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter
 from registry.records import AdapterRecord, JobRecord
 from registry.service import Registry
 from registry.settings import MAX_DESCRIPTION_CHARS
@@ -219,30 +221,36 @@ def get_adapter(state: State, adapter_id: AnyId) -> AdapterDetail:
     # variants carry their own media types
     media_type="application/zip",
     description=(
-        "`application/zip` with `adapter_config.json` and `adapter_model.safetensors` at its "
-        "root (`PeftModel.from_pretrained(base, unzipped_dir)`); `file=safetensors` "
-        "(`application/octet-stream`) or `file=config` (`application/json`) returns one file."
+        "`application/zip` with `adapter_config.json`, `adapter_model.safetensors` and the "
+        "model card `README.md` at its root (`PeftModel.from_pretrained(base, unzipped_dir)`); "
+        "`file=safetensors` (`application/octet-stream`), `file=config` (`application/json`) "
+        "or `file=card` (`text/markdown`) returns one file."
     ),
 )
 def download_adapter(
     state: State,
     adapter_id: AnyId,
-    file: Annotated[str, QueryParameter(pattern="^(zip|safetensors|config)$")] = "zip",
+    file: Annotated[str, QueryParameter(pattern="^(zip|safetensors|config|card)$")] = "zip",
 ) -> Response[bytes]:
     reg = registry_of(state)
     rec = reg.get_adapter(adapter_id)
-    files = reg.adapter_files(adapter_id)
     if file == "safetensors":
-        body, media, name = files.weights, "application/octet-stream", "adapter_model.safetensors"
+        body = reg.adapter_files(adapter_id).weights
+        media, name = "application/octet-stream", "adapter_model.safetensors"
     elif file == "config":
-        body, media, name = config_bytes(files.config), "application/json", "adapter_config.json"
+        body = config_bytes(reg.adapter_files(adapter_id).config)
+        media, name = "application/json", "adapter_config.json"
+    elif file == "card":
+        body, media, name = reg.model_card(adapter_id).encode(), "text/markdown", CARD_NAME
     else:
-        body, media, name = zip_bytes(files.config, files.weights), "application/zip", None
-        name = f"{rec.name}.zip"
+        body, media, name = reg.adapter_zip(adapter_id), "application/zip", f"{rec.name}.zip"
+    # the weights' sha256 names the weights; the zip and the card also carry the story
+    # around them, which changes (a parent deleted), so they are tagged by their bytes
+    tag = rec.sha256 if file == "safetensors" else hashlib.sha256(body).hexdigest()
     return Response(
         body,
         media_type=media,
-        headers={"Content-Disposition": f'attachment; filename="{name}"', "ETag": rec.sha256},
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "ETag": tag},
     )
 
 

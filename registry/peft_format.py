@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -159,41 +160,56 @@ def config_bytes(config: dict[str, Any]) -> bytes:
     return (json.dumps(config, indent=2) + "\n").encode("utf-8")
 
 
-def zip_bytes(config: dict[str, Any], weights: bytes) -> bytes:
-    """A zip whose root holds the two adapter files (stored, not deflated: weights
-    do not compress and this keeps downloads cheap to build)."""
+def zip_bytes(
+    config: dict[str, Any], weights: bytes, extra: Mapping[str, bytes] | None = None
+) -> bytes:
+    """A zip whose root holds the two adapter files and any ``extra`` ones (the model
+    card); stored, not deflated: weights do not compress and this keeps downloads cheap."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(CONFIG_NAME, config_bytes(config))
         zf.writestr(WEIGHTS_NAME, weights)
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
     return buf.getvalue()
 
 
 def write_adapter(
-    out: Path, config: dict[str, Any], weights: bytes, *, overwrite: bool = False
+    out: Path,
+    config: dict[str, Any],
+    weights: bytes,
+    *,
+    overwrite: bool = False,
+    extra: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write the adapter to folder ``out`` (or to a zip when ``out`` ends in .zip), atomically."""
+    """Write the adapter (and ``extra`` files, the model card) to folder ``out``, or to a
+    zip when ``out`` ends in .zip, atomically."""
     out = Path(out)
+    extra = dict(extra or {})
     if out.suffix.lower() == ".zip":
         if out.exists() and not overwrite:
             raise Conflict(f"{out} already exists (pass overwrite to replace it)")
-        write_atomic(out, zip_bytes(config, weights))
+        write_atomic(out, zip_bytes(config, weights, extra))
         return out
     if out.exists():
         if not out.is_dir():
             raise Conflict(f"{out} exists and is not a folder")
-        clashing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (out / n).exists()]
+        clashing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, *extra) if (out / n).exists()]
         if clashing and not overwrite:
             raise Conflict(f"{out} already holds {', '.join(clashing)} (pass overwrite to replace)")
-        # Existing folder (maybe with other files): replace the two files atomically.
+        # Existing folder (maybe with other files): replace our files, each atomically.
         write_atomic(out / WEIGHTS_NAME, weights)
         write_atomic(out / CONFIG_NAME, config_bytes(config))
+        for name, data in extra.items():
+            write_atomic(out / name, data)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         write_atomic(tmp / WEIGHTS_NAME, weights)
         write_atomic(tmp / CONFIG_NAME, config_bytes(config))
+        for name, data in extra.items():
+            write_atomic(tmp / name, data)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry import blob_refs, lora_spec, peft_format
+from registry import base_models, blob_refs, lora_spec, model_card, peft_format
 from registry.base_models_store import BaseModelStore
 from registry.blobs import BlobStore, LocalBlobStore
 from registry.db import open_database, session_factory, transaction
@@ -368,11 +368,39 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
         return PeftFiles(config=config, weights=self.blobs.get(key))
 
     def export_adapter(self, adapter_id: int, out: Path, *, overwrite: bool = False) -> Path:
-        """Write the adapter as a PEFT folder (or a .zip) that PeftModel.from_pretrained loads."""
+        """Write the adapter as a PEFT folder (or a .zip) that PeftModel.from_pretrained
+        loads, with its model card (README.md)."""
         files = self.adapter_files(adapter_id)
+        card = {model_card.CARD_NAME: self.model_card(adapter_id).encode()}
         return peft_format.write_adapter(
-            Path(out), files.config, files.weights, overwrite=overwrite
+            Path(out), files.config, files.weights, overwrite=overwrite, extra=card
         )
+
+    def adapter_zip(self, adapter_id: int) -> bytes:
+        """The download: a zip of the PEFT files and the model card, at its root."""
+        files = self.adapter_files(adapter_id)
+        card = {model_card.CARD_NAME: self.model_card(adapter_id).encode()}
+        return peft_format.zip_bytes(files.config, files.weights, card)
+
+    def model_card(self, adapter_id: int) -> str:
+        """The adapter's model card (registry.model_card), from what the registry knows now."""
+        rec = self.get_adapter(adapter_id)
+        base = next((b for b in self.list_base_models() if b.name == rec.base_model), None)
+        parent_ids = {p.adapter_id for p in rec.parents}
+        source, recorded = rec.meta.get("source_adapter_id"), rec.meta.get("neighbours")
+        if isinstance(source, int):
+            parent_ids.add(source)
+        for n in recorded if isinstance(recorded, list) else []:
+            if isinstance(n, dict) and isinstance(n.get("adapter_id"), int):
+                parent_ids.add(n["adapter_id"])
+        parents: dict[int, AdapterRecord | None] = {}
+        for pid in sorted(parent_ids):
+            try:
+                parents[pid] = self.get_adapter(pid)
+            except AdapterNotFound:
+                parents[pid] = None
+        hub = base_models.hub_id(base.name, base.source) if base is not None else None
+        return model_card.render(model_card.CardFacts(rec, base, hub, parents))
 
     # -- semantic search -----------------------------------------------------
 

@@ -16,7 +16,6 @@ from api.ui.render import page
 from api.ui.sessions import viewer_of
 from generator.hypernet.methods import METHODS
 from registry.errors import LoramintError
-from registry.peft_format import zip_bytes
 from registry.service import Registry
 
 READER = {"ui_role": "reader"}
@@ -91,9 +90,8 @@ def download(state: State, adapter_id: AnyId) -> Response[bytes]:
     """The PEFT zip, as ``GET /v1/adapters/{id}/download`` serves it, for a logged-in browser."""
     reg = _reg(state)
     rec = reg.get_adapter(adapter_id)
-    files = reg.adapter_files(adapter_id)
     return Response(
-        zip_bytes(files.config, files.weights),
+        reg.adapter_zip(adapter_id),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{rec.name}.zip"'},
     )

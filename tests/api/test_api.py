@@ -87,7 +87,10 @@ def test_generate_contract_and_download(client: TestClient[Any], world: KeyedWor
     z = client.get(out["download_url"], headers=auth(world.reader))
     assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
-    assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(names) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    card = client.get(f"{out['download_url']}?file=card", headers=auth(world.reader))
+    assert card.headers["content-type"].startswith("text/markdown")
+    assert card.text == zipfile.ZipFile(io.BytesIO(z.content)).read("README.md").decode()
     cfg = client.get(f"{out['download_url']}?file=config", headers=auth(world.reader))
     assert cfg.json()["r"] == 4
     bad = client.get(f"{out['download_url']}?file=pickle", headers=auth(world.reader))

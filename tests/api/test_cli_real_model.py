@@ -144,7 +144,9 @@ def test_round_trip_through_the_cli(cli: Cli, base_path: Path, tmp_path: Path) -
     ).read_bytes()
     cli.run("adapters", "export", str(rec["id"]), str(tmp_path / "exported.zip"))
     with zipfile.ZipFile(tmp_path / "exported.zip") as zf:
-        assert set(zf.namelist()) == {"adapter_config.json", "adapter_model.safetensors"}
+        assert set(zf.namelist()) == {
+            "adapter_config.json", "adapter_model.safetensors", "README.md"
+        }  # fmt: skip
 
     loaded = PeftModel.from_pretrained(_load_base(base_path), out).eval()
     tok = AutoTokenizer.from_pretrained(base_path)

@@ -204,6 +204,7 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     saved = tmp_path / "generated.zip"
     download.value.save_as(saved)
     assert sorted(zipfile.ZipFile(saved).namelist()) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
