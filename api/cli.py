@@ -209,6 +209,7 @@ def adapters_add(
             meta=meta,
             artifacts=artifacts,
             on_progress=_progress,
+            refuse_duplicates=True,
         )
     if as_json:
         _print_json(rec)

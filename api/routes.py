@@ -46,6 +46,7 @@ from api.handlers import MAX_OFFSET, READER, WRITE_ERRORS, AnyId, reads, registr
 from api.routes_jobs import check_job_capacity
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import AdaptConfig
+from generator.experts import candidate_records
 from generator.hypernet.methods import check_method
 from generator.serve.fewshot import training_seconds
 from generator.serve.generator import Generated
@@ -298,6 +299,7 @@ async def upload_adapter(
             name=data.name,
             meta=meta,
             artifacts=artifacts,
+            refuse_duplicates=True,
         ),
     )
     return AdapterOut.of(rec)
@@ -413,6 +415,12 @@ def submit_generator_training(state: State, data: TrainGeneratorIn) -> JobRecord
     # the job's own check, now: 400 rather than a failed job
     config = GeneratorConfig.from_params({f.name: getattr(data, f.name) for f, _ in options()})
     reg.linear_shapes(data.base_model)  # an unregistered base model: 404 now, not in the job
+    if not candidate_records(reg, data.base_model):  # nothing to learn from: 400 now
+        raise InvalidInput(
+            f"base model {data.base_model} has no trained or imported adapters that are not "
+            "held out, so a generator has nothing to learn from: build a zoo first "
+            "(`loramint zoo build`)"
+        )
     check_job_capacity(state)
     params = {"base_model": data.base_model, "name": data.name, "config": config.to_params()}
     return reg.submit_job("train-generator", params)

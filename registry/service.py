@@ -42,7 +42,7 @@ from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
-from registry.validation import NAME_RE, check_json, slug
+from registry.validation import NAME_RE, check_json, keyword_slug
 from registry.vector_index import VectorIndex
 
 MAX_K = 1000
@@ -103,6 +103,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
         artifacts: dict[str, bytes] | None = None,
         on_progress: Callable[[str], None] | None = None,
         embedding: np.ndarray | None = None,
+        refuse_duplicates: bool = False,
     ) -> AdapterRecord:
         """Validate and register a PEFT LoRA adapter (a folder, a zip, or files in memory).
 
@@ -110,7 +111,8 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
         statistics, seed examples); they are stored and removed with it.
         ``embedding`` is the description's embedding when the caller already
         computed it with this registry's embedder (a generator does); it is
-        used only when the description needed no cleaning.
+        used only when the description needed no cleaning. ``refuse_duplicates`` (uploads)
+        refuses weights already registered for the base model, naming that adapter.
         """
         raw = description
         description = clean_description(description, self.settings.max_description_chars)
@@ -165,6 +167,8 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
                     raise Conflict(
                         f"an adapter named {final_name!r} already exists for {bm_row.name}"
                     )
+                if refuse_duplicates:
+                    _refuse_twin(s, bm_row, key)
                 row = AdapterRow(
                     name=final_name,
                     description=description,
@@ -447,6 +451,19 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
         return self._indexes.get(base_model_id)
 
 
+def _refuse_twin(s: Session, bm_row: BaseModelRow, sha256: str) -> None:
+    twin = s.scalar(
+        sa.select(AdapterRow).where(
+            AdapterRow.base_model_id == bm_row.id, AdapterRow.sha256 == sha256
+        )
+    )
+    if twin is not None:
+        raise Conflict(
+            f"these weights are already registered for {bm_row.name} as adapter {twin.id} "
+            f"({twin.name}): use that one, or delete it before uploading them again"
+        )
+
+
 def _check_k(k: int) -> None:
     if k < 1 or k > MAX_K:
         raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
@@ -473,7 +490,7 @@ def _default_name(description: str, key: str) -> str:
     """A readable slug of the description plus a digest of description and weights,
     so two adapters differing in either get different names."""
     digest = hashlib.sha256(f"{description}\0{key}".encode()).hexdigest()[:8]
-    return f"{slug(description, 48)}-{digest}"
+    return f"{keyword_slug(description, 48)}-{digest}"
 
 
 def open_registry(settings: Settings | None = None) -> Registry:

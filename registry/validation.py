@@ -18,6 +18,28 @@ def slug(text: str, limit: int) -> str:
     return out or "adapter"
 
 
+# words that every task description shares ("Does the text mention ...? Answer yes or
+# no."): a name made of what is left tells two adapters apart
+# fmt: off
+FILLER = frozenset((
+    "a", "an", "the", "this", "that", "these", "those", "is", "are", "was", "be", "does", "do",
+    "did", "it", "its", "of", "to", "in", "on", "at", "by", "for", "with", "from", "about",
+    "as", "or", "and", "not", "no", "yes", "answer", "text", "sentence", "passage", "question",
+    "whether", "if", "decide", "tell", "say", "mention", "mentions", "describe", "describes",
+    "description", "dictionary", "definition", "kind", "sort", "type", "which", "what", "who",
+    "classify", "label", "given", "following", "please", "one",
+))
+# fmt: on
+
+
+def keyword_slug(text: str, limit: int) -> str:
+    """A slug of ``text``'s distinguishing words (``FILLER`` dropped): "Does this
+    dictionary definition describe a plant? Answer yes or no." gives "plant"; the plain
+    slug when no word is left."""
+    words = [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in FILLER]
+    return slug(" ".join(words), limit) if words else slug(text, limit)
+
+
 def check_json(what: str, value: dict[str, Any] | None) -> None:
     """JSON columns must hold what every backend stores alike: no NaN, no objects."""
     if value is None:

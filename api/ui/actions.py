@@ -107,6 +107,7 @@ async def upload(request: Request[Any, Any, Any], state: State) -> Template | Re
                 name=values["name"].strip() or None,
                 meta=meta,
                 artifacts=artifacts,
+                refuse_duplicates=True,
             )
         )
     except LoramintError as exc:

@@ -20,7 +20,7 @@ from registry.models import Provenance
 from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord, GeneratorRecord
 from registry.service import Parent, Registry
-from registry.validation import slug
+from registry.validation import keyword_slug
 
 
 def adapter_name(gen: Generated) -> str:
@@ -29,7 +29,7 @@ def adapter_name(gen: Generated) -> str:
         [gen.generator_id, gen.method, gen.description, gen.seed, gen.examples, gen.request_key]
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return f"{slug(gen.description, 40)}-{gen.method}-{digest}"
+    return f"{keyword_slug(gen.description, 40)}-{gen.method}-{digest}"
 
 
 def register(

@@ -320,15 +320,23 @@ def test_upload_search_get_delete(
     assert hits["items"][0]["adapter"]["id"] == new_id
     detail = client.get(f"/v1/adapters/{new_id}", headers=auth(world.reader)).json()
     assert detail["config"]["r"] == 4 and detail["provenance"] == "imported"
-    two = client.post(
-        "/v1/adapters",
-        data=form | {"name": "two-files"},
-        files={
-            "config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
-            "weights": ("w", (folder / "adapter_model.safetensors").read_bytes()),
-        },
-        headers=auth(world.admin),
-    )
+    def two_files(lora: Path) -> Any:
+        return client.post(
+            "/v1/adapters",
+            data=form | {"name": "two-files"},
+            files={
+                "config": ("adapter_config.json", (lora / "adapter_config.json").read_bytes()),
+                "weights": ("w", (lora / "adapter_model.safetensors").read_bytes()),
+            },
+            headers=auth(world.admin),
+        )
+
+    # the same weights again, under another name: reported as the adapter they are
+    count = world.registry.count_adapters()
+    twin = two_files(folder)
+    assert twin.status_code == 409 and f"as adapter {new_id} " in twin.json()["detail"], twin.text
+    assert world.registry.count_adapters() == count
+    two = two_files(make_lora(Path(world.base), tmp_path / "other", r=4, seed=4))
     assert two.status_code == 201, two.text
     assert client.delete(f"/v1/adapters/{new_id}", headers=auth(world.admin)).status_code == 204
     gone = client.get(f"/v1/adapters/{new_id}", headers=auth(world.reader))
@@ -452,6 +460,16 @@ def test_generator_training_job_runs_on_the_worker(
         "/v1/generators", json=body | {"base_model": "nope/nope"}, headers=auth(world.admin)
     )
     assert missing.status_code == 404
+
+
+def test_a_generator_for_a_base_model_without_adapters_is_refused_before_queueing(
+    client: TestClient[Any], world: KeyedWorld, tiny_gemma: Path
+) -> None:
+    empty = world.registry.prepare_base_model(str(tiny_gemma)).name
+    jobs = world.registry.count_jobs()
+    r = client.post("/v1/generators", json={"base_model": empty}, headers=auth(world.admin))
+    assert r.status_code == 400 and "nothing to learn from" in r.json()["detail"], r.text
+    assert world.registry.count_jobs() == jobs
 
 
 def test_admins_cancel_jobs_over_rest(client: TestClient[Any], world: KeyedWorld) -> None:

@@ -478,3 +478,13 @@ def test_a_precomputed_embedding_is_used_and_checked(
         embedding=vector, name="cleaned",
     )  # fmt: skip
     assert registry.search(text, k=1)[0].adapter.id == other.id
+
+
+def test_names_keep_the_words_that_tell_descriptions_apart() -> None:
+    from registry.validation import keyword_slug
+
+    template = "Does this dictionary definition describe a {}? Answer yes or no."
+    assert keyword_slug(template.format("plant"), 40) == "plant"
+    assert keyword_slug(template.format("boat"), 40) == "boat"
+    assert keyword_slug("Translate pirate speak into plain English", 20) == "translate-pirate-spe"
+    assert keyword_slug("Is it the one?", 40) == "is-it-the-one"  # nothing left: the plain slug
