@@ -61,6 +61,7 @@ from api.routes import ROUTES
 from api.routes_jobs import JOB_ROUTES
 from api.routes_transfers import TRANSFER_ROUTES
 from api.ui import AdminUi
+from api.ui.render import http_error as ui_http_error
 from registry.errors import (
     Conflict,
     CorruptBlob,
@@ -145,6 +146,10 @@ def _readable(message: str) -> str:
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if request.url.path == "/ui" or request.url.path.startswith("/ui/"):
+        # a /ui address no route matches never reaches the UI router's own handler:
+        # a person still gets the styled page, not JSON
+        return ui_http_error(request, exc)
     body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
     extra = getattr(exc, "extra", None)
     if isinstance(exc, ValidationException) and isinstance(extra, list):

@@ -58,7 +58,7 @@ def page(
 ) -> Template:
     """A full page with what every page shows: who is logged in, the CSRF token, a flash."""
     token = csrf_token(request)
-    session = dict(request.session)
+    session = dict(request.session) if "session" in request.scope else {}
     message = session.pop("flash", None)
     if message is not None:
         request.set_session(session)

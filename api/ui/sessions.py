@@ -140,7 +140,10 @@ ANONYMOUS = Viewer(None, "anonymous")
 
 
 def csrf_token(request: Request[Any, Any, Any]) -> str:
-    """The session's CSRF token, made (with an anonymous session) when there is none."""
+    """The session's CSRF token, made (with an anonymous session) when there is none; ""
+    outside the UI router (an error page for an address no route matches has no session)."""
+    if "session" not in request.scope:
+        return ""
     session = dict(request.session or {})
     token = session.get("csrf")
     if not isinstance(token, str) or not token:

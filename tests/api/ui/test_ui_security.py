@@ -292,3 +292,13 @@ def test_session_secret_is_made_once_with_0600(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(InvalidInput, match="chmod 600"):
         session_secret(tmp_path, UiSettings())
+
+
+@pytest.mark.parametrize("url", ["/ui/adapters/abc", "/ui/keys", "/ui/generators/1", "/ui/x/y"])
+def test_an_address_no_ui_route_matches_is_a_styled_404(client: TestClient[Any], url: str) -> None:
+    """Not the API's JSON: the UI's own error page, for a person (with or without a login)."""
+    r = client.get(url, follow_redirects=False)
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "There is no page at this address." in r.text and "<nav" in r.text
+    api = client.get("/v1/nothing-here")
+    assert api.status_code == 404 and api.headers["content-type"] == "application/json"
