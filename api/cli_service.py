@@ -163,12 +163,15 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id.")]) -> None:
 
 
 def _job_row(j: Any) -> dict[str, Any]:
+    from api.dto import job_timing
+
     return {
         "id": j.id,
         "kind": j.kind,
         "state": j.state,
         "stage": j.stage,
         "progress": round(j.progress, 3),
+        "timing": job_timing(j)[2],
         "attempts": j.attempts,
         "error": j.error,
         "result": j.result,

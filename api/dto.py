@@ -3,7 +3,7 @@ never ORM objects. Field names are the public contract (docs/design.md)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -253,9 +253,13 @@ class JobOut(msgspec.Struct):
     finished_at: datetime | None
     log_tail: str
     url: str
+    elapsed_s: float | None = None  # since the job started (to its end, once it ended)
+    eta_s: float | None = None  # a running job's time left, from its progress so far
+    timing: str = ""  # the two in words ("running for 2 min 10 s, about 3 min left")
 
     @classmethod
     def of(cls, rec: JobRecord) -> JobOut:
+        elapsed, eta, timing = job_timing(rec)
         return cls(
             id=rec.id,
             kind=rec.kind,
@@ -271,7 +275,40 @@ class JobOut(msgspec.Struct):
             finished_at=rec.finished_at,
             log_tail=(rec.log or "")[-4000:],
             url=f"/v1/jobs/{rec.id}",
+            elapsed_s=elapsed,
+            eta_s=eta,
+            timing=timing,
         )
+
+
+def job_timing(
+    rec: JobRecord, now: datetime | None = None
+) -> tuple[float | None, float | None, str]:
+    """Seconds since the job started (to its end once it ended), the time a running job
+    has left at its pace so far (once it has made some progress), and both in words."""
+    if rec.started_at is None:
+        return None, None, "waiting for a worker" if rec.state == "queued" else ""
+    end = rec.finished_at or now or datetime.now(UTC)
+    elapsed = max(0.0, (end - rec.started_at).total_seconds())
+    if rec.finished_at is not None or rec.state != "running":
+        return round(elapsed, 1), None, f"ran {duration(elapsed)}"
+    eta = elapsed * (1 - rec.progress) / rec.progress if 0.01 <= rec.progress < 1 else None
+    left = f", about {duration(eta)} left" if eta is not None else ""
+    return (
+        round(elapsed, 1),
+        None if eta is None else round(eta, 1),
+        (f"running for {duration(elapsed)}{left}"),
+    )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: 45 s, 3 min 10 s, 2 h 5 min."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 class Health(msgspec.Struct):

@@ -28,6 +28,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from api.dto import job_timing
 from api.ui.actions import ACTIONS
 from api.ui.pages import PAGES
 from api.ui.render import SECURITY_HEADERS, http_error, project_error_handler, unexpected
@@ -46,6 +47,11 @@ HERE = Path(__file__).parent
 @get("/", include_in_schema=False, sync_to_thread=False)
 def root() -> Redirect:
     return Redirect("/ui", status_code=303)
+
+
+def _filters(engine: JinjaTemplateEngine) -> None:
+    """Template filters: ``job | timing`` (elapsed and time left, in words)."""
+    engine.engine.filters["timing"] = lambda job: job_timing(job)[2]
 
 
 class AdminUi(InitPlugin):
@@ -75,7 +81,9 @@ class AdminUi(InitPlugin):
         )
         app_config.route_handlers.extend([router, static, root])
         app_config.template_config = TemplateConfig(
-            directory=HERE / "templates", engine=JinjaTemplateEngine
+            directory=HERE / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=_filters,
         )
         app_config.state.update({"ui_status_for": self.status_for})
         return app_config

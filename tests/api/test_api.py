@@ -320,6 +320,7 @@ def test_upload_search_get_delete(
     assert hits["items"][0]["adapter"]["id"] == new_id
     detail = client.get(f"/v1/adapters/{new_id}", headers=auth(world.reader)).json()
     assert detail["config"]["r"] == 4 and detail["provenance"] == "imported"
+
     def two_files(lora: Path) -> Any:
         return client.post(
             "/v1/adapters",
@@ -583,3 +584,30 @@ def test_token_buckets_limit_each_caller_and_stay_bounded() -> None:
     now[0] = 2.0
     fresh.take("e")  # a, b, c and d have refilled (1 token/s): dropped
     assert len(fresh) == 1
+
+
+def test_jobs_say_how_long_they_ran_and_have_left(
+    client: TestClient[Any], world: KeyedWorld
+) -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    from api.dto import duration, job_timing
+
+    job = world.registry.submit_job("train-generator", {"base_model": world.base})
+    try:
+        shown = client.get(f"/v1/jobs/{job.id}", headers=auth(world.reader)).json()
+        assert shown["timing"] == "waiting for a worker" and shown["elapsed_s"] is None
+        started = job.created_at
+        running = dataclasses.replace(job, state="running", started_at=started, progress=0.25)
+        now = started + timedelta(seconds=100)
+        assert job_timing(running, now) == (
+            100.0,
+            300.0,
+            "running for 1 min 40 s, about 5 min 0 s left",
+        )
+        done = dataclasses.replace(running, state="succeeded", finished_at=now, progress=1.0)
+        assert job_timing(done, now + timedelta(hours=1)) == (100.0, None, "ran 1 min 40 s")
+        assert [duration(s) for s in (45, 190, 7500)] == ["45 s", "3 min 10 s", "2 h 5 min"]
+    finally:
+        world.registry.cancel_job(job.id)
