@@ -43,7 +43,7 @@ def _text(form: FormMultiDict, name: str) -> str:
 
 
 def _names(reg: Registry) -> list[str]:
-    return [b.name for b in reg.list_base_models()]
+    return views.base_model_names(reg)
 
 
 @post("/login")

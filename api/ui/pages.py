@@ -149,7 +149,7 @@ def job_status(state: State, job_id: AnyId) -> JobOut:
 
 
 def _names(state: State) -> list[str]:
-    return [b.name for b in _reg(state).list_base_models()]
+    return views.base_model_names(_reg(state))
 
 
 PAGES = [

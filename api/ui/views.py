@@ -24,6 +24,14 @@ ACTIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 PROVENANCES = tuple(p.value for p in Provenance)
 
 
+def base_model_names(reg: Registry) -> list[str]:
+    """Base models for the forms, the one a form should offer first first: those with a
+    generator, then those with the most adapters (a default that works), then by name."""
+    served = {g.base_model for g in reg.list_generators(limit=500)}
+    counts = {b.name: reg.count_adapters(base_model=b.name) for b in reg.list_base_models()}
+    return sorted(counts, key=lambda name: (name not in served, -counts[name], name))
+
+
 @dataclass(frozen=True)
 class BaseModelRow:
     model: BaseModelRecord

@@ -611,3 +611,13 @@ def test_jobs_say_how_long_they_ran_and_have_left(
         assert [duration(s) for s in (45, 190, 7500)] == ["45 s", "3 min 10 s", "2 h 5 min"]
     finally:
         world.registry.cancel_job(job.id)
+
+
+def test_forms_offer_first_the_base_model_that_works(world: KeyedWorld, tiny_gemma: Path) -> None:
+    """The generate and train forms default to the first name: a base model with a
+    generator and adapters, not the alphabetically first one that has none."""
+    from api.ui.views import base_model_names
+
+    world.registry.prepare_base_model(str(tiny_gemma))  # registered, no adapters
+    names = base_model_names(world.registry)
+    assert names[0] == world.base and str(tiny_gemma) in names
