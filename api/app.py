@@ -453,7 +453,7 @@ def create_app(
 
 def _finish_openapi(app: Litestar, settings: ApiSettings) -> None:
     """What the OpenAPI document must say and Litestar's generator does not: the download
-    route's three media types (``file=zip|safetensors|config``), this server's limit on
+    route's four media types (``file=zip|safetensors|config|card``), this server's limit on
     ``k``, and the bounds of optional numbers in the request bodies (Litestar drops an
     ``exclusiveMinimum`` under ``oneOf``; msgspec's own schema keeps it). Done before the
     document is first served (it is rendered once, from this object)."""
@@ -470,6 +470,7 @@ def _finish_openapi(app: Litestar, settings: ApiSettings) -> None:
                 schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
             ),
             "application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT)),
+            "text/markdown": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
         }
     for param in listing.parameters or []:
         if isinstance(param, Parameter) and param.name == "k" and isinstance(param.schema, Schema):

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 import api.cli_eval  # noqa: F401  (registers `eval generators` and `eval fewshot`)
+from api.cli_check import check_command
 from api.cli_demo import demo_command
 from api.cli_generators import generate_command, generator_app
 from api.cli_service import jobs_app, keys_app, serve_command, worker_command
@@ -34,6 +35,7 @@ adapters_app = typer.Typer(help="Registered LoRA adapters.", no_args_is_help=Tru
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(adapters_app, name="adapters")
+adapters_app.command("check")(check_command)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")

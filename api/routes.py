@@ -43,6 +43,7 @@ from api.dto import (
     TrainGeneratorIn,
 )
 from api.handlers import MAX_OFFSET, READER, WRITE_ERRORS, AnyId, reads, registry_of, writes
+from api.routes_checks import CHECK_ROUTES
 from api.routes_jobs import check_job_capacity
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import AdaptConfig
@@ -438,4 +439,5 @@ ROUTES = [
     pin_generator,
     unpin_generator,
     train_generator,
+    *CHECK_ROUTES,  # GET /v1/adapters/{id}/check (api/routes_checks.py)
 ]
