@@ -195,7 +195,7 @@ def _usage(facts: CardFacts) -> str:
         "```\n\n"
         "From a loramint server:\n\n"
         "```bash\n"
-        f'curl -H "Authorization: Bearer $LORAMINT_KEY" -o {rec.name}.zip \\\n'
+        f'curl -H "Authorization: Bearer $KEY" -o {rec.name}.zip \\\n'
         f"  http://127.0.0.1:8000/v1/adapters/{rec.id}/download\n"
         "```"
     )

@@ -102,7 +102,7 @@ def test_quickstart_generates_downloads_loads_and_compares(
     assert "mode: small sandbox" in text
     assert "201 adapter" in text and "/download" in text
     assert "same adapter as the Python API made: True" in text
-    assert "['adapter_config.json', 'adapter_model.safetensors']" in text
+    assert "['README.md', 'adapter_config.json', 'adapter_model.safetensors']" in text
     assert "PeftModelForCausalLM with" in text
     assert "accuracy on 12 test examples of moon: bare" in text
     [table] = outputs(nb, "text/markdown")
