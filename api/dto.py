@@ -82,6 +82,13 @@ class AdapterDetail(AdapterOut):
     artifacts: list[str] = []
 
 
+class UploadOut(AdapterOut):
+    """An uploaded adapter: what PEFT needs was checked before it was stored; what vLLM
+    and LoRAX would refuse or ignore is reported here (``loramint adapters check``)."""
+
+    serving_warnings: list[str] = []
+
+
 class AdapterPage(msgspec.Struct):
     items: list[AdapterOut]
     total: int | None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
+import msgspec
 from litestar import Response, delete, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.enums import RequestEncodingType
@@ -41,6 +42,7 @@ from api.dto import (
     SearchHitOut,
     SearchPage,
     TrainGeneratorIn,
+    UploadOut,
 )
 from api.handlers import MAX_OFFSET, READER, WRITE_ERRORS, AnyId, reads, registry_of, writes
 from api.routes_checks import CHECK_ROUTES
@@ -59,6 +61,7 @@ from registry.models import Provenance
 from registry.peft_format import PeftFiles, config_bytes, parse_config, read_adapter
 from registry.records import AdapterRecord, JobRecord
 from registry.service import Registry
+from registry.serving import check_registered
 from registry.settings import MAX_DESCRIPTION_CHARS
 
 GENERATE_EXAMPLE = OAExample(
@@ -280,13 +283,14 @@ class UploadForm:
         "zip holding adapter_config.json and adapter_model.safetensors) or `config` and "
         '`weights`. Optional `seeds` (JSONL of a few `{"input", "output"}` examples) '
         "and `labels` (comma-separated) are kept with the adapter so it can be transferred "
-        "to another base model. Validated against the base model before anything is stored."
+        "to another base model. Validated against the base model before anything is stored; "
+        "`serving_warnings` lists what vLLM or LoRAX would refuse or ignore in it."
     ),
 )
 async def upload_adapter(
     state: State,
     data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
-) -> AdapterOut:
+) -> UploadOut:
     max_bytes = state.registry.settings.max_adapter_bytes
     seeds = await _part(data.seeds, "seeds") if data.seeds is not None else None
     labels = [x.strip() for x in data.labels.split(",")] if data.labels is not None else None
@@ -303,7 +307,15 @@ async def upload_adapter(
             refuse_duplicates=True,
         ),
     )
-    return AdapterOut.of(rec)
+    warnings = await anyio.to_thread.run_sync(serving_warnings, registry_of(state), rec.id)
+    return UploadOut(**msgspec.structs.asdict(AdapterOut.of(rec)), serving_warnings=warnings)
+
+
+def serving_warnings(reg: Registry, adapter_id: int) -> list[str]:
+    """What the serving engines would refuse or ignore in a just-uploaded adapter (PEFT's
+    rules were the upload's own check), one line each (REST and the admin UI)."""
+    report = check_registered(reg, adapter_id, ("vllm", "lorax"))
+    return [f"{f.target}: {f.message}" for check in report.targets for f in check.findings]
 
 
 async def uploaded_files(file: Any, config: Any, weights: Any, max_bytes: int) -> PeftFiles:

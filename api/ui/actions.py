@@ -18,7 +18,7 @@ from litestar.response import Redirect, Template
 
 from api.dto import MAX_JSON_INT, Example, GenerateIn, Method, TrainGeneratorIn
 from api.handlers import AnyId
-from api.routes import serve_generation, submit_generator_training, uploaded_files
+from api.routes import serve_generation, serving_warnings, submit_generator_training, uploaded_files
 from api.ui import views
 from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
@@ -116,7 +116,9 @@ async def upload(request: Request[Any, Any, Any], state: State) -> Template | Re
             request, "upload.html", status=state.ui_status_for(exc), nav="upload",
             values=values, base_models=names, error=str(exc),
         )  # fmt: skip
-    flash(request, f"Uploaded adapter {rec.name} (id {rec.id}).")
+    warnings = await anyio.to_thread.run_sync(serving_warnings, reg, rec.id)
+    serving = f" Serving engines would object: {' '.join(warnings)}" if warnings else ""
+    flash(request, f"Uploaded adapter {rec.name} (id {rec.id}).{serving}")
     return Redirect(f"/ui/adapters/{rec.id}", status_code=303)
 
 

@@ -313,6 +313,7 @@ def test_upload_search_get_delete(
     )
     assert r.status_code == 201, r.text
     new_id = r.json()["id"]
+    assert r.json()["serving_warnings"] == []  # rank 4 on q/v of a Llama: every engine serves it
     hits = client.get(
         "/v1/adapters", params={"q": "decode what a pirate says", "k": 3},
         headers=auth(world.reader),
@@ -621,3 +622,19 @@ def test_forms_offer_first_the_base_model_that_works(world: KeyedWorld, tiny_gem
     world.registry.prepare_base_model(str(tiny_gemma))  # registered, no adapters
     names = base_model_names(world.registry)
     assert names[0] == world.base and str(tiny_gemma) in names
+
+
+def test_an_upload_reports_what_serving_engines_would_object_to(
+    client: TestClient[Any], world: KeyedWorld, tmp_path: Path
+) -> None:
+    """PEFT's rules refuse an upload; vLLM's and LoRAX's are reported with the 201."""
+    lora = make_lora(Path(world.base), tmp_path / "wide", r=40, seed=11)
+    files = {
+        "config": ("adapter_config.json", (lora / "adapter_config.json").read_bytes()),
+        "weights": ("w", (lora / "adapter_model.safetensors").read_bytes()),
+    }
+    form = {"description": "A rank-40 adapter", "base_model": world.base}
+    r = client.post("/v1/adapters", data=form, files=files, headers=auth(world.admin))
+    assert r.status_code == 201, r.text
+    warnings = r.json()["serving_warnings"]
+    assert any(w.startswith("vllm:") and "64" in w for w in warnings), warnings
