@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
+from registry import base_models
+from registry.errors import AdapterNotFound
 from registry.records import AdapterRecord, BaseModelRecord
 
 CARD_NAME = "README.md"
@@ -53,6 +55,37 @@ def render(facts: CardFacts) -> str:
     sections.append(_usage(facts))
     header = str(yaml.safe_dump(front, sort_keys=False, allow_unicode=True))
     return "---\n" + header + "---\n\n" + "\n\n".join(sections) + "\n"
+
+
+class _Records(Protocol):
+    """What ``card_of`` reads from the registry."""
+
+    def get_adapter(self, adapter_id: int) -> AdapterRecord: ...
+
+    def list_base_models(self) -> list[BaseModelRecord]: ...
+
+
+def card_of(registry: _Records, adapter_id: int) -> str:
+    """The card of a registered adapter: its record, its base model, and every adapter it
+    names (lineage parents, the experts its generation recorded, a transfer's source),
+    read now, so a parent deleted since is named as such."""
+    rec = registry.get_adapter(adapter_id)
+    base = next((b for b in registry.list_base_models() if b.name == rec.base_model), None)
+    named = {p.adapter_id for p in rec.parents}
+    source, recorded = rec.meta.get("source_adapter_id"), rec.meta.get("neighbours")
+    if isinstance(source, int):
+        named.add(source)
+    for n in recorded if isinstance(recorded, list) else []:
+        if isinstance(n, dict) and isinstance(n.get("adapter_id"), int):
+            named.add(n["adapter_id"])
+    parents: dict[int, AdapterRecord | None] = {}
+    for pid in sorted(named):
+        try:
+            parents[pid] = registry.get_adapter(pid)
+        except AdapterNotFound:
+            parents[pid] = None
+    hub = base_models.hub_id(base.name, base.source) if base is not None else None
+    return render(CardFacts(rec, base, hub, parents))
 
 
 def licences_of(facts: CardFacts) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry import base_models, blob_refs, lora_spec, model_card, peft_format
+from registry import blob_refs, lora_spec, model_card, peft_format
 from registry.base_models_store import BaseModelStore
 from registry.blobs import BlobStore, LocalBlobStore
 from registry.db import open_database, session_factory, transaction
@@ -388,23 +388,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
 
     def model_card(self, adapter_id: int) -> str:
         """The adapter's model card (registry.model_card), from what the registry knows now."""
-        rec = self.get_adapter(adapter_id)
-        base = next((b for b in self.list_base_models() if b.name == rec.base_model), None)
-        parent_ids = {p.adapter_id for p in rec.parents}
-        source, recorded = rec.meta.get("source_adapter_id"), rec.meta.get("neighbours")
-        if isinstance(source, int):
-            parent_ids.add(source)
-        for n in recorded if isinstance(recorded, list) else []:
-            if isinstance(n, dict) and isinstance(n.get("adapter_id"), int):
-                parent_ids.add(n["adapter_id"])
-        parents: dict[int, AdapterRecord | None] = {}
-        for pid in sorted(parent_ids):
-            try:
-                parents[pid] = self.get_adapter(pid)
-            except AdapterNotFound:
-                parents[pid] = None
-        hub = base_models.hub_id(base.name, base.source) if base is not None else None
-        return model_card.render(model_card.CardFacts(rec, base, hub, parents))
+        return model_card.card_of(self, adapter_id)
 
     # -- semantic search -----------------------------------------------------
 
