@@ -21,6 +21,7 @@ import api.cli_eval  # noqa: F401  (registers `eval generators` and `eval fewsho
 from api.cli_check import check_command
 from api.cli_demo import demo_command
 from api.cli_generators import generate_command, generator_app
+from api.cli_recipes import gc_command, generator_delete_command, materialise_command
 from api.cli_service import jobs_app, keys_app, serve_command, worker_command
 from api.cli_transfer import transfer_command
 from api.cli_zoo import eval_app, tasks_app, zoo_app
@@ -36,10 +37,13 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(adapters_app, name="adapters")
 adapters_app.command("check")(check_command)
+adapters_app.command("materialise")(materialise_command)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")
 app.add_typer(generator_app, name="generator")
+generator_app.command("delete")(generator_delete_command)
+app.command("gc")(gc_command)
 app.command("generate")(generate_command)
 app.command("serve")(serve_command)
 app.command("demo")(demo_command)
@@ -266,6 +270,7 @@ def adapters_show(adapter_id: int, as_json: JsonOpt = False) -> None:
         "provenance",
         "sha256",
         "size_bytes",
+        "stored",
         "layout_signature",
         "created_at",
         "metrics",

@@ -49,6 +49,8 @@ class AdapterOut(msgspec.Struct):
     provenance: str
     sha256: str
     size_bytes: int
+    # "weights": stored; "recipe": rebuilt from its generator on download
+    stored: str
     created_at: datetime
     metrics: dict[str, Any]
     meta: dict[str, Any]
@@ -69,6 +71,7 @@ class AdapterOut(msgspec.Struct):
             provenance=rec.provenance,
             sha256=rec.sha256,
             size_bytes=rec.size_bytes,
+            stored=rec.stored,
             created_at=rec.created_at,
             metrics=rec.metrics,
             meta=rec.meta,

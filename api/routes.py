@@ -47,6 +47,7 @@ from api.dto import (
 from api.handlers import MAX_OFFSET, READER, WRITE_ERRORS, AnyId, reads, registry_of, writes
 from api.routes_checks import CHECK_ROUTES
 from api.routes_jobs import check_job_capacity
+from api.routes_recipes import RECIPE_ROUTES
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import AdaptConfig
 from generator.experts import candidate_records
@@ -452,4 +453,5 @@ ROUTES = [
     unpin_generator,
     train_generator,
     *CHECK_ROUTES,  # GET /v1/adapters/{id}/check (api/routes_checks.py)
+    *RECIPE_ROUTES,  # materialise, generator delete (api/routes_recipes.py)
 ]

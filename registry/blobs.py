@@ -19,7 +19,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -48,6 +48,14 @@ class BlobStore(Protocol):
     def restore(self, token: str) -> None: ...
 
     def purge(self, token: str) -> None: ...
+
+    def keys(self) -> Iterator[str]:
+        """Every stored blob's key (for ``loramint gc``)."""
+        ...
+
+    def size(self, key: str) -> int:
+        """Bytes of a stored blob (0 when it is gone)."""
+        ...
 
     def recover(self, referenced: Callable[[str], bool]) -> dict[str, int]:
         """Settle interrupted writes and deletes; counts of what it did."""
@@ -116,6 +124,23 @@ class LocalBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def keys(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for fan in sorted(self.root.iterdir()):
+            if len(fan.name) != 2 or not fan.is_dir():
+                continue  # .retired and anything else that is no blob
+            for path in sorted(fan.iterdir()):
+                key = fan.name + path.name
+                if len(key) == 64 and all(c in "0123456789abcdef" for c in key):
+                    yield key
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from registry.blobs import BlobStore
 from registry.db import transaction
 from registry.errors import Conflict, GeneratorNotFound, InvalidInput
 from registry.models import BaseModelRow, GeneratorPinRow, GeneratorRow, utcnow
+from registry.recipes_store import refuse_if_needed, unmaterialised
 from registry.records import GeneratorRecord
 from registry.validation import NAME_RE, check_json
 
@@ -40,6 +41,12 @@ class _Host(Protocol):
     def _base_model_row(self, s: Session, name: str) -> BaseModelRow: ...
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None: ...
+
+    def recipe_adapters(
+        self, *, generator_id: int | None = None, parent_id: int | None = None
+    ) -> list[int]: ...
+
+    def materialise_recipes(self, adapter_ids: Sequence[int]) -> list[int]: ...
 
 
 class GeneratorStore:
@@ -217,20 +224,36 @@ class GeneratorStore:
             s.flush()
             return GeneratorRecord.of(row)
 
-    def delete_generator(self: _Host, generator_id: int) -> None:
+    def delete_generator(self: _Host, generator_id: int, *, materialise: bool = False) -> None:
         """Delete a generator and its checkpoint; a pinned one is refused (unpin it first,
-        so what clients are served never changes as a side effect)."""
+        so what clients are served never changes as a side effect). So is one that
+        adapters kept as recipes still need (``registry.recipes``), unless
+        ``materialise``: then their weights are stored first, and the delete goes on."""
+        with self._sessions() as s:
+            _refuse_pinned(s, _generator_row(s, generator_id))
+        if materialise:
+            self.materialise_recipes(self.recipe_adapters(generator_id=generator_id))
         with blob_refs.dropping(self.blobs) as retired, transaction(self._sessions) as s:
             blob_refs.lock(s)
             row = _generator_row(s, generator_id)
-            if s.scalar(sa.select(GeneratorPinRow).where(GeneratorPinRow.generator_id == row.id)):
-                raise Conflict(
-                    f"generator {generator_id} is pinned to serve {row.method} for "
-                    f"{row.base_model.name}; unpin it first"
-                )
+            _refuse_pinned(s, row)
+            refuse_if_needed(
+                unmaterialised(s, generator_id=generator_id),
+                f"generator {generator_id}",
+                "delete with materialise (`loramint generator delete ID --materialise`, "
+                "`DELETE /v1/generators/ID?materialise=true`) to store their weights first",
+            )
             key = row.blob_key
             s.delete(row)
             retired += blob_refs.retire(s, self.blobs, [key])
+
+
+def _refuse_pinned(s: Session, row: GeneratorRow) -> None:
+    if s.scalar(sa.select(GeneratorPinRow).where(GeneratorPinRow.generator_id == row.id)):
+        raise Conflict(
+            f"generator {row.id} is pinned to serve {row.method} for "
+            f"{row.base_model.name}; unpin it first"
+        )
 
 
 def _latest_row(s: Session, base_model: str, method: str) -> GeneratorRow | None:

@@ -314,6 +314,18 @@ def check_tensors(tensors: Tensors, expected: dict[str, tuple[int, int]]) -> Non
             raise InvalidAdapter(f"tensor {name!r} contains NaN or Inf values")
 
 
+def row_fields(spec: LoraSpec, expected: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The ``adapters`` columns an adapter's config decides."""
+    targets = spec.target_modules
+    return {
+        "peft_type": "LORA",
+        "rank": spec.rank,
+        "alpha": spec.alpha,
+        "target_modules": [targets] if isinstance(targets, str) else sorted(targets),
+        "layout_signature": layout_signature(expected),
+    }
+
+
 def layout_signature(expected: dict[str, tuple[int, int]]) -> str:
     """sha256 of the sorted (name, shape) list: same signature, same generator family."""
     items = sorted((name, list(shape)) for name, shape in expected.items())

@@ -1,6 +1,7 @@
 """SQLAlchemy 2 ORM models: the registry's source of truth.
 
-Tables: ``base_models``, ``adapters``, ``adapter_parents`` (lineage),
+Tables: ``base_models``, ``adapters``, ``adapter_recipes`` (how a generated
+adapter's weights are rebuilt), ``adapter_parents`` (lineage),
 ``description_embeddings``, ``generators`` (trained generator checkpoints),
 ``generator_pins`` (the generator that serves a base model and method),
 ``jobs`` and ``job_artifacts`` (offline work that workers claim), ``api_keys``
@@ -79,7 +80,10 @@ class BaseModelRow(Base):
 
 
 class AdapterRow(Base):
-    """One registered LoRA adapter. Its weights live in the blob store under ``blob_key``."""
+    """One registered LoRA adapter. Its weights live in the blob store under ``blob_key``,
+    or, for a generated adapter kept as a recipe (``AdapterRecipeRow``), nowhere:
+    ``blob_key`` is NULL and the weights are rebuilt when asked for; ``sha256`` is
+    always the weights' checksum."""
 
     __tablename__ = "adapters"
     __table_args__ = (
@@ -106,7 +110,7 @@ class AdapterRow(Base):
     # free-form provenance details: init scheme, seed, generator id, neighbours...
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     sha256: Mapped[str] = mapped_column(String(64))
-    blob_key: Mapped[str] = mapped_column(String(64), index=True)
+    blob_key: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -114,6 +118,22 @@ class AdapterRow(Base):
     embedding: Mapped[DescriptionEmbeddingRow | None] = relationship(
         back_populates="adapter", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class AdapterRecipeRow(Base):
+    """What rebuilds a generated adapter's weights: its generator (id and checkpoint
+    checksum) and seed; the description and its embedding are the adapter's own rows.
+    Kept after the weights are materialised (then only as history). ``generator_id``
+    is no foreign key: the record outlives the generator it names."""
+
+    __tablename__ = "adapter_recipes"
+
+    adapter_id: Mapped[int] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    generator_id: Mapped[int] = mapped_column(Integer, index=True)
+    generator_sha256: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
 
 
 class AdapterParentRow(Base):

@@ -69,6 +69,8 @@ class AdapterRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     parents: list[ParentLink] = field(default_factory=list)
+    # "weights": kept in the blob store; "recipe": rebuilt from its generator when asked for
+    stored: str = "weights"
 
     @classmethod
     def of(cls, row: AdapterRow, parents: list[ParentLink] | None = None) -> AdapterRecord:
@@ -90,6 +92,7 @@ class AdapterRecord:
             metrics=dict(row.metrics or {}),
             meta=dict(row.meta or {}),
             parents=parents or [],
+            stored="weights" if row.blob_key is not None else "recipe",
         )
 
 

@@ -10,7 +10,6 @@ base models in ``registry.base_models_store``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from registry.keys_store import KeyStore
 from registry.models import (
     AdapterArtifactRow,
     AdapterParentRow,
+    AdapterRecipeRow,
     AdapterRow,
     BaseModelRow,
     DescriptionEmbeddingRow,
@@ -39,10 +39,12 @@ from registry.models import (
     RegistryStateRow,
 )
 from registry.peft_format import PeftFiles
+from registry.recipes import RecipeBuilder, WeightCache
+from registry.recipes_store import RecipeStore, unmaterialised
 from registry.records import AdapterRecord, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
-from registry.validation import NAME_RE, check_json, keyword_slug
+from registry.validation import NAME_RE, check_json, default_adapter_name
 from registry.vector_index import VectorIndex
 
 MAX_K = 1000
@@ -57,7 +59,7 @@ class Parent:
     weight: float | None = None
 
 
-class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
+class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -65,12 +67,17 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
         engine: sa.Engine | None = None,
         blobs: BlobStore | None = None,
         embedder: Embedder | None = None,
+        builder: RecipeBuilder | None = None,
     ) -> None:
+        """``builder`` rebuilds recipe adapters (``registry.recipes``; default: the
+        installed generator package's)."""
         self.settings = settings or get_settings()
         self.engine = engine or open_database(self.settings.database_url)
         self._sessions = session_factory(self.engine)
         self.blobs: BlobStore = blobs or LocalBlobStore(self.settings.blob_dir)
         self._embedder = embedder
+        self._builder = builder
+        self.cache = WeightCache(self.settings.recipe_cache_bytes)
         self._indexes = DescriptionIndexes(
             self._sessions,
             self.settings,
@@ -158,7 +165,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
                 for p in parents:
                     if s.get(AdapterRow, p.adapter_id) is None:
                         raise AdapterNotFound(f"parent adapter {p.adapter_id} does not exist")
-                final_name = name or _default_name(description, key)
+                final_name = name or default_adapter_name(description, key)
                 if s.scalar(
                     sa.select(AdapterRow.id).where(
                         AdapterRow.base_model_id == bm_row.id, AdapterRow.name == final_name
@@ -173,15 +180,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
                     name=final_name,
                     description=description,
                     base_model=bm_row,
-                    peft_type="LORA",
-                    rank=spec.rank,
-                    alpha=spec.alpha,
-                    target_modules=(
-                        [spec.target_modules]
-                        if isinstance(spec.target_modules, str)
-                        else sorted(spec.target_modules)
-                    ),
-                    layout_signature=lora_spec.layout_signature(expected),
+                    **lora_spec.row_fields(spec, expected),
                     provenance=provenance.value,
                     config=files.config,
                     metrics=metrics or {},
@@ -238,10 +237,16 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
             return AdapterRecord.of(row, self._parents(s, adapter_id))
 
     def delete_adapter(self, adapter_id: int) -> None:
+        """Delete an adapter; the recipe adapters built from it (an expert) are
+        materialised first, since their rebuild would mix it."""
+        self.materialise_recipes(self.recipe_adapters(parent_id=adapter_id))
         with blob_refs.dropping(self.blobs) as retired, transaction(self._sessions) as s:
             blob_refs.lock(s)
             row = self._adapter_row(s, adapter_id)
-            keys = [row.blob_key] + list(
+            if unmaterialised(s, parent_id=adapter_id):
+                raise Conflict(f"adapters are being generated from adapter {adapter_id}; retry")
+            s.execute(sa.delete(AdapterRecipeRow).where(AdapterRecipeRow.adapter_id == adapter_id))
+            keys = [row.blob_key or ""] + list(
                 s.scalars(
                     sa.select(AdapterArtifactRow.blob_key).where(
                         AdapterArtifactRow.adapter_id == adapter_id
@@ -266,7 +271,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
             )
             s.delete(row)
             _bump_generation(s)
-            retired += blob_refs.retire(s, self.blobs, keys)
+            retired += blob_refs.retire(s, self.blobs, [k for k in keys if k])
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None:
         """Delete the blobs no adapter, artifact, generator or job artifact refers to (blobs
@@ -365,11 +370,13 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore):
             return int(s.scalar(query) or 0)
 
     def adapter_files(self, adapter_id: int) -> PeftFiles:
-        """Config and weight bytes of an adapter, the weights verified against their sha256."""
+        """Config and weight bytes of an adapter, the weights verified against their sha256
+        (a recipe adapter's rebuilt: ``registry.recipes``)."""
         with self._sessions() as s:
             row = self._adapter_row(s, adapter_id)
             config, key = dict(row.config), row.blob_key
-        return PeftFiles(config=config, weights=self.blobs.get(key))
+        weights = self.recipe_weights(adapter_id) if key is None else self.blobs.get(key)
+        return PeftFiles(config=config, weights=weights)
 
     def export_adapter(self, adapter_id: int, out: Path, *, overwrite: bool = False) -> Path:
         """Write the adapter as a PEFT folder (or a .zip) that PeftModel.from_pretrained
@@ -468,13 +475,6 @@ def _bump_generation(s: Session) -> None:
         .where(RegistryStateRow.id == 1)
         .values(generation=RegistryStateRow.generation + 1)
     )
-
-
-def _default_name(description: str, key: str) -> str:
-    """A readable slug of the description plus a digest of description and weights,
-    so two adapters differing in either get different names."""
-    digest = hashlib.sha256(f"{description}\0{key}".encode()).hexdigest()[:8]
-    return f"{keyword_slug(description, 48)}-{digest}"
 
 
 def open_registry(settings: Settings | None = None) -> Registry:

@@ -70,6 +70,12 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("LORAMINT_BATCH_MAX", "`32`", "largest generation batch"),
     Variable(
+        "LORAMINT_GENERATED_STORAGE",
+        "`recipe`",
+        "`recipe`: generated adapters kept as what rebuilds them; `weights`: as blobs",
+    ),
+    Variable("LORAMINT_RECIPE_CACHE_MB", "`256`", "rebuilt recipe weights kept in memory"),
+    Variable(
         "LORAMINT_SESSION_SECRET",
         "made once in `$LORAMINT_HOME/session_secret`",
         "admin UI session cookie secret (32+ characters; the same on every replica)",
@@ -230,6 +236,9 @@ class JobSettings:
         return cls(lease_seconds=env.number("LORAMINT_JOB_LEASE_S", 120.0))
 
 
+STORAGE = ("recipe", "weights")
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -244,6 +253,10 @@ class Settings:
     # Below this many vectors per base model the index is exact (flat inner
     # product); above it, HNSW. bench/search.py measures the crossover.
     exact_index_max: int = 20_000
+    # generated adapters: "recipe" (a few hundred bytes, weights rebuilt on download)
+    # or "weights" (stored like any adapter); registry.recipes
+    generated_storage: str = "recipe"
+    recipe_cache_bytes: int = 256 * 1024 * 1024
     api: ApiSettings = field(default_factory=ApiSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
@@ -253,6 +266,11 @@ class Settings:
             raise InvalidInput(f"max_adapter_bytes must be positive, got {self.max_adapter_bytes}")
         if self.exact_index_max < 0:
             raise InvalidInput(f"exact_index_max must be >= 0, got {self.exact_index_max}")
+        if self.generated_storage not in STORAGE:
+            raise InvalidInput(
+                f"LORAMINT_GENERATED_STORAGE must be one of {', '.join(STORAGE)}, "
+                f"got {self.generated_storage!r}"
+            )
 
     @property
     def blob_dir(self) -> Path:
@@ -284,6 +302,8 @@ class Settings:
             max_adapter_bytes=int(max_mb * 1024 * 1024),
             allow_hub=env.flag("LORAMINT_ALLOW_HUB"),
             exact_index_max=env.integer("LORAMINT_EXACT_INDEX_MAX", 20_000),
+            generated_storage=env.text("LORAMINT_GENERATED_STORAGE") or "recipe",
+            recipe_cache_bytes=int(env.number("LORAMINT_RECIPE_CACHE_MB", 256.0) * 1024 * 1024),
             api=ApiSettings.read(env),
             ui=UiSettings.read(env),
             jobs=JobSettings.read(env),
@@ -300,6 +320,8 @@ class Settings:
             "LORAMINT_ALLOW_HUB": "1" if self.allow_hub else "0",
             "LORAMINT_EXACT_INDEX_MAX": str(self.exact_index_max),
             "LORAMINT_JOB_LEASE_S": repr(self.jobs.lease_seconds),
+            "LORAMINT_GENERATED_STORAGE": self.generated_storage,
+            "LORAMINT_RECIPE_CACHE_MB": repr(self.recipe_cache_bytes / (1024 * 1024)),
         }
         return env
 

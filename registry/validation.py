@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -48,3 +49,10 @@ def check_json(what: str, value: dict[str, Any] | None) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} must be JSON-serialisable with finite numbers: {exc}") from exc
+
+
+def default_adapter_name(description: str, key: str) -> str:
+    """A readable slug of the description plus a digest of description and weights,
+    so two adapters differing in either get different names."""
+    digest = hashlib.sha256(f"{description}\0{key}".encode()).hexdigest()[:8]
+    return f"{keyword_slug(description, 48)}-{digest}"

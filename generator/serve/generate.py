@@ -14,10 +14,13 @@ from typing import Any
 from generator.hypernet.methods import SG_LORA, check_method
 from generator.serve.fewshot import adapt_generated
 from generator.serve.generator import Generated, Generator, Neighbour, Request
+from registry.embeddings import clean_description
 from registry.errors import Conflict, GeneratorNotFound
 from registry.lora_spec import weights_bytes
 from registry.models import Provenance
 from registry.peft_format import PeftFiles
+from registry.recipes import Recipe
+from registry.recipes_store import NewRecipe
 from registry.records import AdapterRecord, GeneratorRecord
 from registry.service import Parent, Registry
 from registry.validation import keyword_slug
@@ -41,15 +44,7 @@ def register(
     existing = registry.find_adapter(base_model, final)
     if existing is not None and name is None:
         return existing
-    meta: dict[str, Any] = {
-        "method": gen.method,
-        "generator_id": gen.generator_id,
-        "seed": gen.seed,
-        "examples": gen.examples,
-        "neighbours": [n.__dict__ for n in gen.neighbours],
-    }
-    if gen.fewshot is not None:
-        meta["fewshot"] = gen.fewshot
+    meta = _meta(gen)
     parents = [Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours]
     try:
         return registry.add_adapter(
@@ -67,6 +62,19 @@ def register(
         if again is not None and name is None:  # a concurrent identical request won
             return again
         raise
+
+
+def _meta(gen: Generated) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "method": gen.method,
+        "generator_id": gen.generator_id,
+        "seed": gen.seed,
+        "examples": gen.examples,
+        "neighbours": [n.__dict__ for n in gen.neighbours],
+    }
+    if gen.fewshot is not None:
+        meta["fewshot"] = gen.fewshot
+    return meta
 
 
 def generator_for(
@@ -134,17 +142,51 @@ def generate_adapters(
     if method is not None:
         check_method(method)
     generator = (loaded or LoadedGenerators(registry)).serving(base_model, method, generator_id)
+    limit = registry.settings.max_description_chars
+    requests = [
+        dataclasses.replace(r, description=clean_description(r.description, limit))
+        for r in requests
+    ]
     made = generator.generate(requests)
-    out = []
-    for request, gen in zip(requests, made, strict=True):
+    out: list[tuple[AdapterRecord, Generated] | None] = [None] * len(requests)
+    recipes: list[tuple[int, Generated, NewRecipe]] = []
+    for i, (request, gen) in enumerate(zip(requests, made, strict=True)):
+        if request.fewshot is None and _as_recipe(registry, generator):
+            recipes.append((i, gen, _new_recipe(gen, generator)))
+            continue
         if request.fewshot is not None:
             done = registry.find_adapter(base_model, adapter_name(gen))
             if done is not None:  # the same request again: its adapter as registered
                 gen = _as_registered(gen, done)
             else:
                 gen = adapt_generated(generator, request, gen, on_progress=on_progress)
-        out.append((register(registry, gen, base_model=base_model), gen))
-    return out
+        out[i] = (register(registry, gen, base_model=base_model), gen)
+    records = registry.add_recipes(base_model, [item for _, _, item in recipes])
+    for (i, gen, _), record in zip(recipes, records, strict=True):
+        out[i] = (record, gen)
+    return [pair for pair in out if pair is not None]
+
+
+def _as_recipe(registry: Registry, generator: Generator) -> bool:
+    """Zero-shot adapters of a registered generator are kept as recipes (unless the
+    registry is set to store weights): their decode is deterministic. Few-shot ones
+    are stored: their adaptation runs the base model, whose CPU kernels are not
+    bit-exact across thread counts."""
+    return registry.settings.generated_storage == "recipe" and generator.record is not None
+
+
+def _new_recipe(gen: Generated, generator: Generator) -> NewRecipe:
+    assert generator.record is not None and gen.embedding is not None
+    return NewRecipe(
+        name=adapter_name(gen),
+        description=gen.description,
+        config=gen.config,
+        weights=weights_bytes(gen.weights),
+        embedding=gen.embedding,
+        recipe=Recipe(generator.record.id, generator.record.sha256, gen.seed),
+        parents=[Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours],
+        meta=_meta(gen),
+    )
 
 
 def _as_registered(gen: Generated, record: AdapterRecord) -> Generated:

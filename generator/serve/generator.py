@@ -253,9 +253,12 @@ class Generator:
         used, mixture = guided_mixture(
             sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
         )
+        # the experts the gate compared but did not mix are neighbours too, at weight 0:
+        # the mixture depends on them (and a recipe adapter's rebuild on their being there)
+        weights = [float(a) for a in mixture.weights] + [0.0] * (len(experts) - used)
         neighbours = [
-            Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
-            for e, s, a in zip(experts[:used], sims[:used], mixture.weights, strict=True)
+            Neighbour(e.id, e.record.name, round(float(s), 5), round(a, 5))
+            for e, s, a in zip(experts, sims, weights, strict=True)
         ]
         return mixture, neighbours
 

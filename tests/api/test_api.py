@@ -262,7 +262,8 @@ def test_pinned_generator_serves_until_unpinned(client: TestClient[Any], world: 
     finally:
         if first.id in reg.pinned_generator_ids():
             reg.unpin_generator(first.id)
-        reg.delete_generator(newer.id)
+        # what it generated is kept as recipes: their weights are stored first
+        reg.delete_generator(newer.id, materialise=True)
 
 
 def test_auth_roles(client: TestClient[Any], world: KeyedWorld) -> None:

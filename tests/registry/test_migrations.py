@@ -176,8 +176,8 @@ def test_ended_sessions_migration(db_url: str) -> None:
     """0005 to 0006 adds the logged-out sessions' table, and back removes it."""
     engine = db.make_engine(db_url)
     db.upgrade(engine, "0005")
-    db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision(engine) == "0006"
+    db.upgrade(engine, "0006")
+    assert db.current_revision(engine) == "0006"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -186,6 +186,48 @@ def test_ended_sessions_migration(db_url: str) -> None:
         )
     downgrade(engine, "0005")
     assert "ended_sessions" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_adapter_recipes_migration(db_url: str) -> None:
+    """0006 to 0007 adds recipes and lets an adapter have no blob; back down is refused
+    while an adapter has only its recipe, and allowed once none has."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0006")
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine) == "0007"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into base_models (id, name, source, architecture, num_layers,"
+                " hidden_size, linear_shapes, created_at) values"
+                " (1, 'b', 's', 'llama', 2, 8, '{}', '2026-12-02 00:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "insert into adapters (id, name, description, base_model_id, peft_type, rank,"
+                " alpha, target_modules, layout_signature, provenance, config, metrics, meta,"
+                " sha256, blob_key, size_bytes, created_at) values (1, 'a', 'd', 1, 'LORA', 4,"
+                " 8, '[]', 'x', 'generated', '{}', '{}', '{}', 'h', NULL, 10,"
+                " '2026-12-02 00:00:00')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "insert into adapter_recipes (adapter_id, generator_id, generator_sha256, seed)"
+                " values (1, 7, 'g', 3)"
+            )
+        )
+    with pytest.raises(RuntimeError, match="materialise"):
+        downgrade(engine, "0006")
+    assert db.current_revision(engine) == "0007"
+    with engine.begin() as conn:
+        conn.execute(sa.text("update adapters set blob_key = 'h'"))
+    downgrade(engine, "0006")
+    assert "adapter_recipes" not in sa.inspect(engine).get_table_names()
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text("update adapters set blob_key = NULL"))
     engine.dispose()
 
 

@@ -1,0 +1,74 @@
+"""Rebuilding a recipe adapter's weights (``registry.recipes``): the registry's
+recipe builder, declared as the ``loramint.recipe_builders`` entry point.
+
+A recipe names its generator by id and checkpoint checksum; the rebuild loads
+that generator (a few are kept loaded per registry) and decodes the adapter's
+description embedding, as stored, with its seed: the same single-request decode
+the generation path ran. Builds are serialised (one decode at a time per
+registry), as the networks are not shared between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+
+from generator.serve.generator import Generator, Request
+from registry.errors import CorruptBlob, GeneratorNotFound
+from registry.lora_spec import weights_bytes
+from registry.recipes import Recipe, RecipeInput
+from registry.service import Registry
+
+KEEP_LOADED = 2  # generators a process keeps loaded for rebuilds
+
+
+class Rebuilder:
+    """Rebuilds recipe adapters of one registry (passed to each call: the registry
+    owns its rebuilder, not the other way round)."""
+
+    def __init__(self) -> None:
+        self._loaded: OrderedDict[int, Generator] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def generator(self, registry: Registry, recipe: Recipe) -> Generator:
+        loaded = self._loaded.get(recipe.generator_id)
+        if loaded is not None:
+            self._loaded.move_to_end(recipe.generator_id)
+            return loaded
+        try:
+            record = registry.get_generator(recipe.generator_id)
+        except GeneratorNotFound as exc:
+            raise CorruptBlob(
+                f"the recipe's generator {recipe.generator_id} is gone; its adapters "
+                "cannot be rebuilt"
+            ) from exc
+        if record.sha256 != recipe.generator_sha256:
+            raise CorruptBlob(
+                f"generator {record.id}'s checkpoint is not the one the recipe was made with"
+            )
+        loaded = Generator.from_registry(registry, record)
+        self._loaded[record.id] = loaded
+        while len(self._loaded) > KEEP_LOADED:
+            self._loaded.popitem(last=False)
+        return loaded
+
+    def __call__(self, registry: Registry, source: RecipeInput) -> bytes:
+        with self._lock:
+            generator = self.generator(registry, source.recipe)
+            request = Request(source.description, seed=source.recipe.seed)
+            [made] = generator.generate([request], vectors=source.embedding[None, :])
+            return weights_bytes(made.weights)
+
+
+_REBUILDERS: weakref.WeakKeyDictionary[Registry, Rebuilder] = weakref.WeakKeyDictionary()
+_GUARD = threading.Lock()
+
+
+def build(registry: Registry, source: RecipeInput) -> bytes:
+    """The entry point: ``source``'s weights as safetensors bytes."""
+    with _GUARD:
+        rebuilder = _REBUILDERS.get(registry)
+        if rebuilder is None:
+            rebuilder = _REBUILDERS[registry] = Rebuilder()
+    return rebuilder(registry, source)

@@ -1,0 +1,311 @@
+"""Generated adapters as recipes (``registry.recipes``): registered a micro-batch
+at a time, rebuilt on demand, materialised into stored weights on request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import blob_refs, lora_spec
+from registry.blobs import sha256_hex
+from registry.db import transaction
+from registry.embeddings import clean_description
+from registry.errors import Conflict, GeneratorNotFound, InvalidInput
+from registry.models import (
+    AdapterParentRow,
+    AdapterRecipeRow,
+    AdapterRow,
+    DescriptionEmbeddingRow,
+    GeneratorRow,
+    Provenance,
+)
+from registry.recipes import Recipe, RecipeBuilder, RecipeInput, WeightCache, checked, load_builder
+from registry.records import AdapterRecord, ParentLink
+from registry.validation import NAME_RE, check_json
+
+if TYPE_CHECKING:
+    from registry.blobs import BlobStore
+    from registry.embeddings import Embedder
+    from registry.models import AdapterRow as _Row
+    from registry.models import BaseModelRow
+    from registry.service import Parent, Registry
+    from registry.settings import Settings
+
+
+@dataclass(frozen=True)
+class NewRecipe:
+    """One generated adapter of a batch to register as a recipe. ``weights`` are the
+    safetensors bytes the generator decoded: validated, hashed and cached, not stored."""
+
+    name: str
+    description: str
+    config: dict[str, Any]
+    weights: bytes
+    embedding: np.ndarray
+    recipe: Recipe
+    parents: Sequence[Parent] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _Host(Protocol):
+    """What ``RecipeStore`` needs from the registry it is mixed into."""
+
+    _sessions: sessionmaker[Session]
+    _builder: RecipeBuilder | None
+    blobs: BlobStore
+    cache: WeightCache
+    settings: Settings
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    def _base_model_row(self, s: Session, name: str) -> BaseModelRow: ...
+
+    def _adapter_row(self, s: Session, adapter_id: int) -> _Row: ...
+
+    def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None: ...
+
+    def _insert_recipes(self, base_model: str, prepared: list[Any]) -> list[AdapterRecord]: ...
+
+    def get_adapter(self, adapter_id: int) -> AdapterRecord: ...
+
+    def recipe_weights(self, adapter_id: int) -> bytes: ...
+
+    def materialise_adapter(self, adapter_id: int) -> AdapterRecord: ...
+
+
+class RecipeStore:
+    """The recipe half of ``Registry``."""
+
+    _builder: RecipeBuilder | None
+    cache: WeightCache
+
+    def add_recipes(
+        self: _Host, base_model: str, items: Sequence[NewRecipe]
+    ) -> list[AdapterRecord]:
+        """Register generated adapters as recipes in one transaction. An item whose name
+        is already registered for ``base_model`` returns that adapter (the same request
+        again); everything is validated before anything is written."""
+        if not items:
+            return []
+        with self._sessions() as s:
+            bm = self._base_model_row(s, base_model)
+            shapes = dict(bm.linear_shapes)
+        checks: dict[str, tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]] = {}
+        prepared = []
+        for item in items:
+            limit = self.settings.max_description_chars
+            if clean_description(item.description, limit) != item.description:
+                raise InvalidInput("a recipe's description must be cleaned before it is embedded")
+            if not NAME_RE.match(item.name):
+                raise InvalidInput(f"adapter name {item.name!r} is not a simple name")
+            key = repr(sorted(item.config.items()))
+            if key not in checks:
+                spec = lora_spec.spec_from_config(item.config)
+                checks[key] = (spec.expected_shapes(shapes), spec)
+            expected, spec = checks[key]
+            lora_spec.check_tensors(lora_spec.parse_weights(item.weights), expected)
+            vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)
+            if vector.shape[0] != self.embedder.dim:
+                raise InvalidInput(
+                    f"embedding has {vector.shape[0]} numbers, not {self.embedder.dim}"
+                )
+            check_json("meta", item.meta)
+            prepared.append((item, spec, expected, vector, sha256_hex(item.weights)))
+        try:
+            records = self._insert_recipes(base_model, prepared)
+        except sa.exc.IntegrityError:  # a concurrent identical request won a name: again
+            records = self._insert_recipes(base_model, prepared)
+        for item, *_rest, sha in prepared:
+            self.cache.put(sha, item.weights)
+        return records
+
+    def _insert_recipes(self: _Host, base_model: str, prepared: list[Any]) -> list[AdapterRecord]:
+        from registry.service import _bump_generation
+
+        with transaction(self._sessions) as s:
+            bm = self._base_model_row(s, base_model)
+            names = [p[0].name for p in prepared]
+            existing = {
+                r.name: r
+                for r in s.scalars(
+                    sa.select(AdapterRow).where(
+                        AdapterRow.base_model_id == bm.id, AdapterRow.name.in_(names)
+                    )
+                )
+            }
+            generators = {p[0].recipe.generator_id for p in prepared}
+            for gid in generators:
+                if s.get(GeneratorRow, gid) is None:
+                    raise GeneratorNotFound(f"no generator with id {gid}")
+            out: list[AdapterRecord] = []
+            added = False
+            for item, spec, expected, vector, sha in prepared:
+                if item.name in existing:
+                    row = existing[item.name]
+                    out.append(AdapterRecord.of(row, _parents(s, row.id)))
+                    continue
+                row = AdapterRow(
+                    name=item.name,
+                    description=item.description,
+                    base_model=bm,
+                    **lora_spec.row_fields(spec, expected),
+                    provenance=Provenance.GENERATED.value,
+                    config=item.config,
+                    metrics={},
+                    meta=item.meta,
+                    sha256=sha,
+                    blob_key=None,
+                    size_bytes=len(item.weights),
+                )
+                s.add(row)
+                s.flush()
+                existing[item.name] = row
+                s.add(
+                    AdapterRecipeRow(
+                        adapter_id=row.id,
+                        generator_id=item.recipe.generator_id,
+                        generator_sha256=item.recipe.generator_sha256,
+                        seed=item.recipe.seed,
+                    )
+                )
+                s.add(
+                    DescriptionEmbeddingRow(
+                        adapter_id=row.id,
+                        model=self.embedder.name,
+                        dim=int(vector.shape[0]),
+                        vector=vector.tobytes(),
+                    )
+                )
+                for p in item.parents:
+                    s.add(
+                        AdapterParentRow(
+                            child_id=row.id, parent_id=p.adapter_id, role=p.role, weight=p.weight
+                        )
+                    )
+                added = True
+                out.append(
+                    AdapterRecord.of(
+                        row, [ParentLink(p.adapter_id, p.role, p.weight) for p in item.parents]
+                    )
+                )
+            if added:
+                _bump_generation(s)
+            s.flush()
+            return out
+
+    def recipe(self: _Host, adapter_id: int) -> Recipe | None:
+        """How adapter ``adapter_id`` is rebuilt (None: not a generated recipe)."""
+        with self._sessions() as s:
+            self._adapter_row(s, adapter_id)
+            row = s.get(AdapterRecipeRow, adapter_id)
+            return None if row is None else Recipe(row.generator_id, row.generator_sha256, row.seed)
+
+    def recipe_adapters(
+        self: _Host, *, generator_id: int | None = None, parent_id: int | None = None
+    ) -> list[int]:
+        """Adapters kept only as recipes (not materialised), of a generator or built from
+        an expert."""
+        with self._sessions() as s:
+            return unmaterialised(s, generator_id=generator_id, parent_id=parent_id)
+
+    def recipe_weights(self: _Host, adapter_id: int) -> bytes:
+        """Adapter ``adapter_id``'s weights rebuilt from its recipe (cached), checked
+        against its sha256."""
+        with self._sessions() as s:
+            row = self._adapter_row(s, adapter_id)
+            sha = row.sha256
+            cached = self.cache.get(sha)
+            if cached is not None:
+                return cached
+            recipe = s.get(AdapterRecipeRow, adapter_id)
+            emb = s.get(DescriptionEmbeddingRow, adapter_id)
+            if recipe is None or emb is None:
+                raise InvalidInput(f"adapter {adapter_id} has no recipe to rebuild it from")
+            source = RecipeInput(
+                adapter_id=adapter_id,
+                base_model=row.base_model.name,
+                description=row.description,
+                embedding=np.frombuffer(emb.vector, dtype=np.float32).copy(),
+                recipe=Recipe(recipe.generator_id, recipe.generator_sha256, recipe.seed),
+            )
+        builder = self._builder
+        if builder is None:
+            builder = self._builder = load_builder()
+        built = checked(builder(cast("Registry", self), source), sha, adapter_id)
+        self.cache.put(sha, built)
+        return built
+
+    def materialise_adapter(self: _Host, adapter_id: int) -> AdapterRecord:
+        """Store a recipe adapter's weights as a blob: from now on it no longer needs its
+        generator or experts. An adapter with stored weights is returned as it is."""
+        record = self.get_adapter(adapter_id)
+        if record.stored == "weights":
+            return record
+        weights = self.recipe_weights(adapter_id)
+        key = self.blobs.put(weights)
+        try:
+            with transaction(self._sessions) as s:
+                blob_refs.keep(s, self.blobs, {key: weights})
+                row = self._adapter_row(s, adapter_id)
+                row.blob_key = key
+                s.flush()
+                return AdapterRecord.of(row, _parents(s, adapter_id))
+        except BaseException:
+            self._drop_blobs_if_unused([key])
+            raise
+
+    def materialise_recipes(self: _Host, adapter_ids: Sequence[int]) -> list[int]:
+        """Materialise each of ``adapter_ids`` (deleted meanwhile: skipped)."""
+        from registry.errors import AdapterNotFound
+
+        done = []
+        for adapter_id in adapter_ids:
+            try:
+                self.materialise_adapter(adapter_id)
+            except AdapterNotFound:
+                continue
+            done.append(adapter_id)
+        return done
+
+
+def unmaterialised(
+    s: Session, *, generator_id: int | None = None, parent_id: int | None = None
+) -> list[int]:
+    """Adapters kept only as recipes, of a generator or built from an expert."""
+    query = (
+        sa.select(AdapterRecipeRow.adapter_id)
+        .join(AdapterRow, AdapterRow.id == AdapterRecipeRow.adapter_id)
+        .where(AdapterRow.blob_key.is_(None))
+    )
+    if generator_id is not None:
+        query = query.where(AdapterRecipeRow.generator_id == generator_id)
+    if parent_id is not None:
+        query = query.join(AdapterParentRow, AdapterParentRow.child_id == AdapterRow.id).where(
+            AdapterParentRow.parent_id == parent_id
+        )
+    return sorted(s.scalars(query))
+
+
+def refuse_if_needed(ids: list[int], what: str, fix: str) -> None:
+    if ids:
+        shown = ", ".join(map(str, ids[:20])) + (
+            f" and {len(ids) - 20} more" if len(ids) > 20 else ""
+        )
+        raise Conflict(
+            f"{len(ids)} generated adapters are kept as recipes that need {what} "
+            f"(ids {shown}): {fix}"
+        )
+
+
+def _parents(s: Session, adapter_id: int) -> list[ParentLink]:
+    rows = s.scalars(sa.select(AdapterParentRow).where(AdapterParentRow.child_id == adapter_id))
+    return [ParentLink(r.parent_id, r.role, r.weight) for r in rows]
+
+
+__all__ = ["NewRecipe", "RecipeStore"]

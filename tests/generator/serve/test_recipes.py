@@ -1,0 +1,136 @@
+"""Generated adapters kept as recipes (registry.recipes) on the sandbox world: the
+rebuilt weights are the generated ones, bit for bit, in another process with
+another thread count and alone instead of in a batch; generators and experts are
+never deleted from under a recipe; materialising stores the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.fit.config import GeneratorConfig
+from generator.fit.train import train_generator
+from generator.sandbox import SandboxWorld
+from generator.serve.generate import generate_adapters
+from generator.serve.generator import Generated, Request
+from registry.blobs import sha256_hex
+from registry.errors import Conflict
+from registry.records import AdapterRecord, GeneratorRecord
+from registry.service import Registry
+
+DESCRIPTIONS = [
+    "Does the text mention the moon? Answer yes or no.",
+    "Does the text mention a fish? Answer yes or no.",
+    "Is a cat named in this text? Answer yes or no.",
+    "Does it talk about a car or a tree? Answer yes or no.",
+    "Is the sun in the text? Answer yes or no.",
+]
+
+REBUILD = """
+import json, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from registry.service import Registry
+reg = Registry()
+ids = json.loads(sys.argv[2])
+print(json.dumps({i: __import__("hashlib").sha256(reg.adapter_files(i).weights).hexdigest()
+                  for i in ids}))
+"""
+
+
+@pytest.fixture(scope="module")
+def sg(world: SandboxWorld) -> GeneratorRecord:
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=20, eval_every=10, val_fraction=0.2)
+    rec, _ = train_generator(world.registry, world.base, cfg, name="recipes-sg")
+    return rec
+
+
+def generate(
+    reg: Registry, world: SandboxWorld, gen: GeneratorRecord, seeds: list[int]
+) -> list[tuple[AdapterRecord, Generated]]:
+    requests = [Request(d, seed=s) for d in DESCRIPTIONS for s in seeds]
+    return generate_adapters(
+        reg, requests, base_model=world.base, method="sg-lora", generator_id=gen.id
+    )
+
+
+def test_a_batch_is_kept_as_recipes_rebuilt_bit_exact_elsewhere(
+    world: SandboxWorld, sg: GeneratorRecord
+) -> None:
+    reg = world.registry
+    made = generate(reg, world, sg, [11, 12])
+    assert len(made) == 10 and {r.stored for r, _ in made} == {"recipe"}
+    recipe = reg.recipe(made[0][0].id)
+    assert recipe is not None and recipe.generator_id == sg.id and recipe.seed == 11
+    # in this process, from the cache, then rebuilt after the cache is emptied
+    for record, _ in made:
+        assert sha256_hex(reg.adapter_files(record.id).weights) == record.sha256
+    reg.cache = type(reg.cache)(reg.cache.capacity)
+    assert sha256_hex(reg.adapter_files(made[3][0].id).weights) == made[3][0].sha256
+    # in fresh processes, one decode per adapter, with one and with three threads
+    ids = [r.id for r, _ in made]
+    expected = {str(r.id): r.sha256 for r, _ in made}
+    for threads in ("1", "3"):
+        proc = subprocess.run(
+            [sys.executable, "-c", REBUILD, threads, json.dumps(ids)],
+            env=os.environ | world.environment(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_materialising_stores_the_same_bytes(world: SandboxWorld, sg: GeneratorRecord) -> None:
+    reg = world.registry
+    [(record, _)] = generate_adapters(
+        reg, [Request("Is there a bird here? Answer yes or no.", seed=5)],
+        base_model=world.base, method="sg-lora", generator_id=sg.id,
+    )  # fmt: skip
+    before = reg.adapter_zip(record.id)
+    kept = reg.materialise_adapter(record.id)
+    assert kept.stored == "weights" and kept.sha256 == record.sha256
+    assert reg.adapter_zip(record.id) == before  # the download does not change
+    assert reg.recipe(record.id) is not None  # the story stays
+
+
+def test_a_generator_with_recipes_is_deleted_only_after_materialising(
+    world: SandboxWorld, tmp_path: Path
+) -> None:
+    reg = world.registry
+    cfg = GeneratorConfig(hidden=32, latent=4, steps=10, val_fraction=0.2)
+    gen, _ = train_generator(reg, world.base, cfg, name="to-delete")
+    made = generate(reg, world, gen, [21])
+    with pytest.raises(Conflict, match="materialise") as refused:
+        reg.delete_generator(gen.id)
+    assert str(made[0][0].id) in str(refused.value)
+    assert reg.get_generator(gen.id).id == gen.id  # nothing changed
+    # a newer generator (a retrain) changes nothing for them either
+    newer, _ = train_generator(reg, world.base, cfg, name="retrained")
+    for record, _ in made:
+        assert sha256_hex(reg.adapter_files(record.id).weights) == record.sha256
+    reg.delete_generator(gen.id, materialise=True)
+    reg.cache = type(reg.cache)(reg.cache.capacity)
+    for record, _ in made:
+        again = reg.get_adapter(record.id)
+        assert again.stored == "weights"
+        assert sha256_hex(reg.adapter_files(record.id).weights) == record.sha256
+    reg.delete_generator(newer.id)
+
+
+def test_deleting_an_expert_materialises_what_was_built_from_it(
+    world: SandboxWorld, sg: GeneratorRecord
+) -> None:
+    """Delete-then-rebuild would mix one expert fewer: the children are stored first."""
+    reg = world.registry
+    made = generate(reg, world, sg, [31])
+    expert_id = made[0][0].parents[0].adapter_id
+    children = [r for r, _ in made if expert_id in {p.adapter_id for p in r.parents}]
+    assert children
+    reg.delete_adapter(expert_id)
+    reg.cache = type(reg.cache)(reg.cache.capacity)
+    for child in children:
+        assert reg.get_adapter(child.id).stored == "weights"
+        assert sha256_hex(reg.adapter_files(child.id).weights) == child.sha256
