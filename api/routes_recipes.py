@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import delete, post
 from litestar.datastructures import State
 from litestar.params import FromQuery
-from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from api.dto import AdapterOut
 from api.handlers import AnyId, registry_of, writes
@@ -17,6 +17,7 @@ from api.handlers import AnyId, registry_of, writes
     "/v1/adapters/{adapter_id:int}/materialise",
     "adapters",
     sync_to_thread=True,
+    status_code=HTTP_200_OK,
     summary="Store a generated adapter's weights",
     description=(
         "A generated adapter is kept as a recipe (its generator, description and seed) and "

@@ -7,7 +7,11 @@ On the registry in $LORAMINT_HOME, with its latest generator for the base
 model: one warm request at a time, timed through each stage a request goes
 through (description embedding, expert search + mixture, decode, serialisation
 to a PEFT zip), then batches of requests decoded together (one embedding call,
-one forward pass), reported as adapters per second. Nothing is registered.
+one forward pass), reported as adapters per second. Then, on a scratch copy of
+the registry (nothing reaches the real one): the whole generation path one
+request at a time (embedding + search + decode + recipe registration), and a
+download's build + zip for adapters kept as recipes (cache empty, and cached)
+beside the same adapters' once their weights are stored.
 The same table prints the zoo's mean training time per adapter (the oracle a
 generated adapter stands in for), so the speed-up factor is visible.
 
@@ -63,6 +67,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="timed single requests")
     parser.add_argument("--batches", default="1,8,32", help="batch sizes for throughput")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--downloads", type=int, default=20, help="downloads timed per kind")
     parser.add_argument("--fewshot", type=int, default=0, help="examples per few-shot request")
     parser.add_argument("--fewshot-requests", type=int, default=5, help="few-shot requests timed")
     args = parser.parse_args()
@@ -158,8 +163,75 @@ def main() -> None:
         )
     else:
         print("\nNo zoo adapters with a recorded training time: oracle comparison skipped.")
+    time_registered(registry.settings.home, base, args.method, args.requests, args.downloads)
     if args.fewshot:
         time_fewshot(registry, gen, base, args.fewshot, args.fewshot_requests)
+
+
+def time_registered(home: Path, base: str, method: str, requests: int, downloads: int) -> None:
+    """The generation path with registration, and downloads, on a scratch registry."""
+    import os
+    import tempfile
+
+    from bench.load import scratch_home
+    from generator.serve.generate import LoadedGenerators, generate_adapters
+    from generator.serve.generator import Request
+    from registry.recipes import WeightCache
+    from registry.service import Registry
+    from registry.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="loramint-generate-") as tmp:
+        scratch = Path(tmp) / "home"
+        scratch_home(home, scratch)
+        env = dict(os.environ) | {"LORAMINT_HOME": str(scratch)}
+        env.pop("LORAMINT_DATABASE_URL", None)
+        env.setdefault("LORAMINT_MODEL_CACHE", str(Settings.from_env().model_cache))
+        reg = Registry(Settings.from_env(env))
+        loaded = LoadedGenerators(reg)
+
+        def one(text: str) -> int:
+            [(rec, _)] = generate_adapters(
+                reg, [Request(text)], base_model=base, method=method, loaded=loaded
+            )
+            return rec.id
+
+        one("warm-up: is this about anything at all? Answer yes or no.")
+        rows: dict[str, list[float]] = {"generate + register (recipe)": []}
+        ids = []
+        for text in descriptions(requests):
+            t0 = time.perf_counter()
+            ids.append(one(text + " (registered)"))
+            rows["generate + register (recipe)"].append(time.perf_counter() - t0)
+        ids = ids[:downloads]
+        reg.adapter_zip(ids[0])  # loads the rebuild's generator once
+        cold, cached, stored = [], [], []
+        for adapter_id in ids:
+            reg.cache = WeightCache(reg.cache.capacity)
+            t0 = time.perf_counter()
+            reg.adapter_zip(adapter_id)
+            cold.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            reg.adapter_zip(adapter_id)
+            cached.append(time.perf_counter() - t0)
+        for adapter_id in ids:
+            reg.materialise_adapter(adapter_id)
+        for adapter_id in ids:
+            t0 = time.perf_counter()
+            reg.adapter_zip(adapter_id)
+            stored.append(time.perf_counter() - t0)
+        rows["download, recipe (build + zip)"] = cold
+        rows["download, recipe (cached) + zip"] = cached
+        rows["download, stored weights + zip"] = stored
+        reg.close()
+    print(f"\nRegistered generation and downloads ({requests} requests, {len(ids)} downloads):")
+    print("| path | p50 ms | p90 ms | mean ms |")
+    print("|---|---:|---:|---:|")
+    for name, xs in rows.items():
+        ms = [x * 1000 for x in xs]
+        print(
+            f"| {name} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.9):.1f} | "
+            f"{statistics.fmean(ms):.1f} |"
+        )
 
 
 def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int) -> None:

@@ -1,10 +1,13 @@
 """Load test of POST /v1/generate: N concurrent clients on loopback for D seconds,
-with and without micro-batching, in one run.
+in four modes in one run: without micro-batching and with it, each with generated
+adapters stored as weights (blobs) and as recipes (registry.recipes).
 
 For each mode it starts a real server (``loramint serve``) on a scratch copy of
 the registry (the database copied, the content-addressed blobs hard-linked, so
 the adapters the run registers never reach the real registry), waits for it,
-runs the clients, and reports requests/s, p50/p99 latency and errors.
+runs the clients (each request a new description and seed), and reports
+requests/s, p50/p99 latency, errors, and the bytes the registry grew by per
+generated adapter (database, with its write-ahead log checkpointed, plus blobs).
 
     .venv/bin/python bench/load.py [--clients 200] [--seconds 60] [--base-model M]
 
@@ -66,12 +69,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(home: Path, models: Path, window_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(
+    home: Path, models: Path, window_ms: float, storage: str
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
         "LORAMINT_MODEL_CACHE": str(models),
         "LORAMINT_BATCH_WINDOW_MS": str(window_ms),
+        "LORAMINT_GENERATED_STORAGE": storage,
         "LORAMINT_API_RATE": "100000",
         "LORAMINT_API_BURST": "100000",
     }
@@ -106,7 +112,8 @@ async def run_clients(url: str, key: str, base_model: str, clients: int, seconds
         async def one_client(i: int) -> None:
             n = 0
             while time.monotonic() < stop:
-                desc = rng.choice(DESCRIPTIONS).format(rng.choice(TOPICS))
+                topic = rng.choice(TOPICS)
+                desc = rng.choice(DESCRIPTIONS).format(topic) + f" (client {i}, request {n})"
                 body = {"description": desc, "base_model": base_model, "seed": i * 100_000 + n}
                 n += 1
                 t0 = time.perf_counter()
@@ -133,6 +140,16 @@ async def run_clients(url: str, key: str, base_model: str, clients: int, seconds
         "p99_ms": round(q[98] * 1000, 1),
         "wall_s": round(wall, 1),
     }
+
+
+def stored_bytes(home: Path) -> int:
+    """Bytes the registry under ``home`` takes: its database (write-ahead log folded in
+    first) and its blobs."""
+    db = sqlite3.connect(home / "registry.db")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    files = [home / "registry.db", home / "registry.db-wal", *(home / "blobs").rglob("*")]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def mean_batch(metrics: str) -> float | None:
@@ -163,12 +180,18 @@ def main() -> None:
         raise SystemExit("--clients and --seconds must be positive")
     models = Settings.from_env(dict(os.environ) | {"LORAMINT_HOME": str(args.home)}).model_cache
     results = {}
-    for mode, window in (("micro-batching", args.window_ms), ("no batching", 0.0)):
+    modes = [
+        ("no batching, weights", 0.0, "weights"),
+        ("no batching, recipes", 0.0, "recipe"),
+        ("micro-batching, weights", args.window_ms, "weights"),
+        ("micro-batching, recipes", args.window_ms, "recipe"),
+    ]
+    for mode, window, storage in modes:
         with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
             home = Path(tmp) / "home"
             scratch_home(args.home, home)
             key = reader_key(home)
-            proc, url = start_server(home, models, window)
+            proc, url = start_server(home, models, window, storage)
             try:
                 warm = httpx.post(
                     f"{url}/v1/generate",
@@ -177,6 +200,7 @@ def main() -> None:
                 )  # fmt: skip
                 if warm.status_code != 201:
                     raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}")
+                before = stored_bytes(home)
                 results[mode] = asyncio.run(
                     run_clients(url, key, args.base_model, args.clients, args.seconds)
                 )
@@ -184,16 +208,26 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
+            grown = stored_bytes(home) - before
+            results[mode]["bytes_per_adapter"] = round(grown / max(results[mode]["requests"], 1))
         print(mode, json.dumps(results[mode]), flush=True)
-    b, n = results["micro-batching"], results["no batching"]
-    print("\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors | mean batch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors | mean batch "
+        "| bytes per adapter |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, r in results.items():
         print(
             f"| {mode} | {args.clients} | {args.seconds:.0f} | {r['rps']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {sum(r['errors'].values())} | {r['mean_batch']} |"
+            f"{r['p99_ms']} | {sum(r['errors'].values())} | {r['mean_batch']} | "
+            f"{r['bytes_per_adapter']:,} |"
         )
-    print(f"\nthroughput ratio (micro-batching / none): {b['rps'] / max(n['rps'], 1e-9):.2f}x")
+    base = results["no batching, weights"]["rps"]
+    for mode in ("micro-batching, weights", "micro-batching, recipes"):
+        print(
+            f"throughput ratio ({mode} / no batching, weights): "
+            f"{results[mode]['rps'] / max(base, 1e-9):.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -164,14 +164,19 @@ def zip_bytes(
     config: dict[str, Any], weights: bytes, extra: Mapping[str, bytes] | None = None
 ) -> bytes:
     """A zip whose root holds the two adapter files and any ``extra`` ones (the model
-    card); stored, not deflated: weights do not compress and this keeps downloads cheap."""
+    card); stored, not deflated: weights do not compress and this keeps downloads cheap.
+    The same files give the same bytes (fixed timestamps), whenever they are zipped."""
     buf = io.BytesIO()
+    files = {CONFIG_NAME: config_bytes(config), WEIGHTS_NAME: weights, **(extra or {})}
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(CONFIG_NAME, config_bytes(config))
-        zf.writestr(WEIGHTS_NAME, weights)
-        for name, data in (extra or {}).items():
-            zf.writestr(name, data)
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
     return buf.getvalue()
+
+
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's epoch: no clock in the bytes
 
 
 def write_adapter(

@@ -59,6 +59,48 @@ def test_generate_download_and_load_with_peft(server: dict[str, Any], tmp_path: 
     assert any("lora_B" in n for n, _ in model.named_parameters())
 
 
+def test_recipe_adapters_survive_a_restart_and_a_generator_delete(
+    tmp_path: Path, tiny_base: Path, embedder: MiniLMEmbedder
+) -> None:
+    """Adapters kept as recipes download the same zip after the server restarts (an
+    empty cache, a fresh process); materialising keeps the zip; deleting their
+    generator is a 409 naming them, or with materialise=true stores them first."""
+    world = build_world(tmp_path / "world", embedder=embedder, base=tiny_base)
+    reg = world.registry
+    gen, _ = train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
+    admin = reg.create_api_key("ops", "admin")[1]
+    reg.close()
+    env = server_env(world.settings)
+    h = {"Authorization": f"Bearer {admin}"}
+    zips: dict[int, bytes] = {}
+    with live_server(env, tmp_path / "first.log", "--no-worker") as url:
+        for word in ("moon", "fish"):
+            body = {
+                "description": f"Is there a {word}? Answer yes or no.",
+                "base_model": world.base,
+            }
+            r = httpx.post(f"{url}/v1/generate", json=body, headers=h, timeout=120)
+            assert r.status_code == 201 and r.json()["adapter"]["stored"] == "recipe", r.text
+            adapter_id = r.json()["adapter"]["id"]
+            zips[adapter_id] = httpx.get(f"{url}{r.json()['download_url']}", headers=h).content
+    first, second = sorted(zips)
+    with live_server(env, tmp_path / "second.log", "--no-worker") as url:
+        for adapter_id, content in zips.items():
+            again = httpx.get(f"{url}/v1/adapters/{adapter_id}/download", headers=h, timeout=60)
+            assert again.status_code == 200 and again.content == content
+        r = httpx.post(f"{url}/v1/adapters/{first}/materialise", headers=h, timeout=60)
+        assert r.status_code == 200 and r.json()["stored"] == "weights", r.text
+        assert httpx.get(f"{url}/v1/adapters/{first}/download", headers=h).content == zips[first]
+        r = httpx.delete(f"{url}/v1/generators/{gen.id}", headers=h, timeout=60)
+        assert r.status_code == 409 and str(second) in r.json()["detail"], r.text
+        r = httpx.delete(f"{url}/v1/generators/{gen.id}?materialise=true", headers=h, timeout=60)
+        assert r.status_code == 204, r.text
+        assert httpx.get(f"{url}/v1/generators/{gen.id}", headers=h).status_code in (404, 405)
+        for adapter_id, content in zips.items():
+            got = httpx.get(f"{url}/v1/adapters/{adapter_id}/download", headers=h, timeout=60)
+            assert got.content == content
+
+
 def test_schemathesis_with_every_check_passes(server: dict[str, Any]) -> None:
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is a dev dependency"

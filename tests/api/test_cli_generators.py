@@ -67,3 +67,48 @@ def test_eval_scores_the_generators_asked_for(world: SandboxWorld) -> None:
         chosen_generators(reg, "smollm2-135m-instruct", str(a.id))
     with pytest.raises(GeneratorNotFound):
         chosen_generators(reg, base, "999999")
+
+
+def test_cli_materialise_generator_delete_and_gc(world: SandboxWorld) -> None:
+    """`adapters materialise`, `generator delete [--materialise]` and `gc [--apply]`,
+    with the errors a user meets on the way."""
+    from generator.serve.generate import generate_adapters
+    from generator.serve.generator import Request
+
+    reg: Registry = world.registry
+    gen, _ = train_generator(
+        reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10), name="cli-recipes"
+    )
+    made = generate_adapters(
+        reg, [Request(f"Is a {w} named? Answer yes or no.") for w in ("cat", "dog")],
+        base_model=world.base, method="sg-lora", generator_id=gen.id,
+    )  # fmt: skip
+    first, second = (r.id for r, _ in made)
+    env = os.environ | world.environment()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    done = cli("adapters", "materialise", str(first))
+    assert done.returncode == 0 and "bytes stored" in done.stdout, done.stderr
+    assert json.loads(cli("adapters", "show", str(first), "--json").stdout)["stored"] == "weights"
+    missing = cli("adapters", "materialise", "999999")
+    assert missing.returncode == 3 and missing.stderr.startswith("error: no adapter")
+
+    refused = cli("generator", "delete", str(gen.id), "--yes")
+    assert refused.returncode == 2 and f"ids {second}" in refused.stderr
+    assert reg.get_generator(gen.id).id == gen.id
+    deleted = cli("generator", "delete", str(gen.id), "--yes", "--materialise")
+    assert deleted.returncode == 0, deleted.stderr
+    assert reg.get_adapter(second).stored == "weights"
+
+    orphan = reg.blobs.put(b"written by an upload that was killed before its commit")
+    report = cli("gc", "--json")
+    assert report.returncode == 0 and orphan in json.loads(report.stdout)["orphans"]
+    assert reg.blobs.exists(orphan)  # without --apply nothing changes
+    applied = cli("gc", "--apply")
+    assert applied.returncode == 0 and "orphans" in applied.stdout
+    assert not reg.blobs.exists(orphan)
