@@ -189,6 +189,15 @@ async def delete_adapter(
     return Redirect("/ui/adapters", status_code=303)
 
 
+@post("/adapters/{adapter_id:int}/materialise", opt=ADMIN)
+async def materialise_adapter(
+    request: Request[Any, Any, Any], state: State, adapter_id: AnyId
+) -> Redirect:
+    rec = await anyio.to_thread.run_sync(_reg(state).materialise_adapter, adapter_id)
+    flash(request, f"Stored the weights of {rec.name} ({rec.size_bytes:,} bytes).")
+    return Redirect(f"/ui/adapters/{rec.id}", status_code=303)
+
+
 @post("/generators", opt=ADMIN)
 async def train_generator(request: Request[Any, Any, Any], state: State) -> Template | Redirect:
     form = await request.form()
@@ -255,6 +264,6 @@ async def unpin_generator(
 
 
 ACTIONS = [
-    login, logout, upload, generate, delete_adapter, train_generator, cancel_job,
-    pin_generator, unpin_generator,
+    login, logout, upload, generate, delete_adapter, materialise_adapter, train_generator,
+    cancel_job, pin_generator, unpin_generator,
 ]  # fmt: skip

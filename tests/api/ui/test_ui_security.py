@@ -84,7 +84,7 @@ def log_in(client: TestClient[Any], key: str) -> str:
 def snapshot(reg: Registry) -> tuple[Any, ...]:
     """Everything a UI form could change."""
     return (
-        [(a.id, a.name) for a in reg.list_adapters(limit=1000)],
+        [(a.id, a.name, a.stored) for a in reg.list_adapters(limit=1000)],
         [g.id for g in reg.list_generators()],
         [(j.id, j.state) for j in reg.list_jobs()],
         [(k.id, k.revoked_at) for k in reg.list_api_keys()],
@@ -99,6 +99,7 @@ def forms(world: dict[str, Any]) -> list[tuple[str, dict[str, str], dict[str, An
         ("/ui/generate", {"description": "Is it about the moon?", "base_model": world["base"],
                           "method": "sg-lora"}, None),
         (f"/ui/adapters/{world['adapter']}/delete", {"confirm": "yes"}, None),
+        (f"/ui/adapters/{world['adapter']}/materialise", {}, None),
         ("/ui/generators", {"base_model": world["base"], "method": "sg-lora", "steps": "3"}, None),
         (f"/ui/jobs/{world['job']}/cancel", {}, None),
     ]  # fmt: skip
