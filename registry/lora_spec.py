@@ -268,10 +268,67 @@ def spec_from_config(config: dict[str, Any]) -> LoraSpec:
 
 
 def weights_bytes(weights: Tensors) -> bytes:
-    """``adapter_model.safetensors`` of a state dict (PEFT's own ``{"format": "pt"}``)."""
-    from safetensors.torch import save
+    """``adapter_model.safetensors`` of a state dict (PEFT's own ``{"format": "pt"}``).
+    float32 state dicts (every generated adapter) are written in one pass: the
+    header, then the tensors by name in one contiguous copy; the same tensors always
+    give the same bytes."""
+    import torch
 
-    return save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
+    if not weights or any(t.dtype != torch.float32 for t in weights.values()):
+        from safetensors.torch import save
+
+        return save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
+    names = sorted(weights)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        size = weights[name].numel() * 4
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(weights[name].shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format's alignment padding
+    out = bytearray(8 + len(text) + offset)
+    out[:8] = len(text).to_bytes(8, "little")
+    out[8 : 8 + len(text)] = text
+    payload = torch.frombuffer(out, dtype=torch.uint8)[8 + len(text) :].view(torch.float32)
+    torch.cat([weights[n].reshape(-1) for n in names], out=payload)
+    return bytes(out)
+
+
+def check_weights_bytes(raw: bytes, expected: dict[str, tuple[int, int]]) -> None:
+    """``check_tensors`` on safetensors bytes; a float32 file is checked from its header
+    and one pass over its payload, without building its tensors."""
+    try:
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + size])
+        header.pop("__metadata__", None)
+        dtypes = {v["dtype"] for v in header.values()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        dtypes = set()
+    if dtypes != {"F32"}:
+        check_tensors(parse_weights(raw), expected)
+        return
+    import numpy as np
+
+    shapes = {name: tuple(v["shape"]) for name, v in header.items()}
+    spans = sorted(
+        (v["data_offsets"][0], v["data_offsets"][1], shapes[n]) for n, v in header.items()
+    )
+    payload = raw[8 + size :]
+    tiled = all(
+        start == (spans[i - 1][1] if i else 0) and end - start == 4 * math.prod(shape)
+        for i, (start, end, shape) in enumerate(spans)
+    )
+    if not spans or not tiled or spans[-1][1] != len(payload):
+        check_tensors(parse_weights(raw), expected)  # let the parser name the problem
+        return
+    _check_names_and_shapes(shapes, expected)
+    if not np.isfinite(np.frombuffer(payload, dtype=np.float32)).all():
+        check_tensors(parse_weights(raw), expected)  # names the tensor
 
 
 def parse_weights(raw: bytes) -> Tensors:
@@ -291,7 +348,19 @@ def check_tensors(tensors: Tensors, expected: dict[str, tuple[int, int]]) -> Non
     """Names, shapes, dtypes and finiteness, with the first problem named."""
     import torch
 
-    names = set(tensors)
+    _check_names_and_shapes({n: tuple(t.shape) for n, t in tensors.items()}, expected)
+    for name in expected:
+        t = tensors[name]
+        if str(t.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
+            raise InvalidAdapter(f"tensor {name!r} has dtype {t.dtype}, expected a float dtype")
+        if not bool(torch.isfinite(t).all()):
+            raise InvalidAdapter(f"tensor {name!r} contains NaN or Inf values")
+
+
+def _check_names_and_shapes(
+    shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, int]]
+) -> None:
+    names = set(shapes)
     # PEFT strips the adapter name on save; some tools leave ".default" in.
     missing = sorted(set(expected) - names)
     extra = sorted(names - set(expected))
@@ -302,16 +371,11 @@ def check_tensors(tensors: Tensors, expected: dict[str, tuple[int, int]]) -> Non
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InvalidAdapter(f"missing tensor {missing[0]!r}{more}")
     for name, shape in expected.items():
-        t = tensors[name]
-        if tuple(t.shape) != shape:
+        if tuple(shapes[name]) != shape:
             raise InvalidAdapter(
-                f"tensor {name!r} has shape {list(t.shape)}, "
+                f"tensor {name!r} has shape {list(shapes[name])}, "
                 f"expected {list(shape)} for this base model"
             )
-        if str(t.dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
-            raise InvalidAdapter(f"tensor {name!r} has dtype {t.dtype}, expected a float dtype")
-        if not bool(torch.isfinite(t).all()):
-            raise InvalidAdapter(f"tensor {name!r} contains NaN or Inf values")
 
 
 def row_fields(spec: LoraSpec, expected: dict[str, tuple[int, int]]) -> dict[str, Any]:

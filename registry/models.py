@@ -134,6 +134,8 @@ class AdapterRecipeRow(Base):
     generator_id: Mapped[int] = mapped_column(Integer, index=True)
     generator_sha256: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(BigInteger)
+    # the version of the decoding code (generator.serve.rebuild.DECODER)
+    decoder: Mapped[str] = mapped_column(String(40))
 
 
 class AdapterParentRow(Base):

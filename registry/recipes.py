@@ -44,6 +44,9 @@ class Recipe:
     generator_id: int
     generator_sha256: str
     seed: int
+    # the version of the code that decodes it: a change to the decode's arithmetic
+    # bumps it, and recipes of an older one are materialised before the upgrade
+    decoder: str
 
 
 @dataclass(frozen=True)

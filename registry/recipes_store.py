@@ -23,6 +23,7 @@ from registry.models import (
     DescriptionEmbeddingRow,
     GeneratorRow,
     Provenance,
+    utcnow,
 )
 from registry.recipes import Recipe, RecipeBuilder, RecipeInput, WeightCache, checked, load_builder
 from registry.records import AdapterRecord, ParentLink
@@ -109,7 +110,7 @@ class RecipeStore:
                 spec = lora_spec.spec_from_config(item.config)
                 checks[key] = (spec.expected_shapes(shapes), spec)
             expected, spec = checks[key]
-            lora_spec.check_tensors(lora_spec.parse_weights(item.weights), expected)
+            lora_spec.check_weights_bytes(item.weights, expected)
             vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)
             if vector.shape[0] != self.embedder.dim:
                 raise InvalidInput(
@@ -143,60 +144,67 @@ class RecipeStore:
             for gid in generators:
                 if s.get(GeneratorRow, gid) is None:
                     raise GeneratorNotFound(f"no generator with id {gid}")
-            out: list[AdapterRecord] = []
-            added = False
+            fresh = {}
             for item, spec, expected, vector, sha in prepared:
-                if item.name in existing:
-                    row = existing[item.name]
-                    out.append(AdapterRecord.of(row, _parents(s, row.id)))
-                    continue
-                row = AdapterRow(
-                    name=item.name,
-                    description=item.description,
-                    base_model=bm,
+                if item.name not in existing and item.name not in fresh:
+                    fresh[item.name] = (item, spec, expected, vector, sha)
+            now = utcnow()
+            rows = [
+                {
+                    "name": item.name,
+                    "description": item.description,
+                    "base_model_id": bm.id,
                     **lora_spec.row_fields(spec, expected),
-                    provenance=Provenance.GENERATED.value,
-                    config=item.config,
-                    metrics={},
-                    meta=item.meta,
-                    sha256=sha,
-                    blob_key=None,
-                    size_bytes=len(item.weights),
-                )
-                s.add(row)
-                s.flush()
-                existing[item.name] = row
-                s.add(
-                    AdapterRecipeRow(
-                        adapter_id=row.id,
-                        generator_id=item.recipe.generator_id,
-                        generator_sha256=item.recipe.generator_sha256,
-                        seed=item.recipe.seed,
-                    )
-                )
-                s.add(
-                    DescriptionEmbeddingRow(
-                        adapter_id=row.id,
-                        model=self.embedder.name,
-                        dim=int(vector.shape[0]),
-                        vector=vector.tobytes(),
-                    )
-                )
-                for p in item.parents:
-                    s.add(
-                        AdapterParentRow(
-                            child_id=row.id, parent_id=p.adapter_id, role=p.role, weight=p.weight
-                        )
-                    )
-                added = True
-                out.append(
-                    AdapterRecord.of(
-                        row, [ParentLink(p.adapter_id, p.role, p.weight) for p in item.parents]
-                    )
-                )
-            if added:
+                    "provenance": Provenance.GENERATED.value,
+                    "config": item.config,
+                    "metrics": {},
+                    "meta": item.meta,
+                    "sha256": sha,
+                    "blob_key": None,
+                    "size_bytes": len(item.weights),
+                    "created_at": now,
+                }
+                for item, spec, expected, vector, sha in fresh.values()
+            ]
+            made: dict[str, AdapterRecord] = {}
+            if rows:  # one INSERT ... RETURNING per table, not one round trip per adapter
+                ids = s.scalars(
+                    sa.insert(AdapterRow).returning(AdapterRow.id, sort_by_parameter_order=True),
+                    rows,
+                ).all()
+                model = self.embedder.name
+                recipes, vectors, links = [], [], []
+                for adapter_id, row, (item, _, _, vector, _) in zip(
+                    ids, rows, fresh.values(), strict=True
+                ):
+                    r = item.recipe
+                    recipes.append(
+                        {"adapter_id": adapter_id, "generator_id": r.generator_id,
+                         "generator_sha256": r.generator_sha256, "seed": r.seed,
+                         "decoder": r.decoder}
+                    )  # fmt: skip
+                    vectors.append(
+                        {"adapter_id": adapter_id, "model": model, "dim": int(vector.shape[0]),
+                         "vector": vector.tobytes()}
+                    )  # fmt: skip
+                    links += [
+                        {"child_id": adapter_id, "parent_id": p.adapter_id, "role": p.role,
+                         "weight": p.weight}
+                        for p in item.parents
+                    ]  # fmt: skip
+                    made[item.name] = _record(adapter_id, base_model, row, item.parents)
+                s.execute(sa.insert(AdapterRecipeRow), recipes)
+                s.execute(sa.insert(DescriptionEmbeddingRow), vectors)
+                if links:
+                    s.execute(sa.insert(AdapterParentRow), links)
                 _bump_generation(s)
-            s.flush()
+            out = []
+            for item, *_ in prepared:
+                if item.name in made:
+                    out.append(made[item.name])
+                else:
+                    old = existing[item.name]
+                    out.append(AdapterRecord.of(old, _parents(s, old.id)))
             return out
 
     def recipe(self: _Host, adapter_id: int) -> Recipe | None:
@@ -204,7 +212,7 @@ class RecipeStore:
         with self._sessions() as s:
             self._adapter_row(s, adapter_id)
             row = s.get(AdapterRecipeRow, adapter_id)
-            return None if row is None else Recipe(row.generator_id, row.generator_sha256, row.seed)
+            return None if row is None else _recipe_of(row)
 
     def recipe_adapters(
         self: _Host, *, generator_id: int | None = None, parent_id: int | None = None
@@ -232,7 +240,7 @@ class RecipeStore:
                 base_model=row.base_model.name,
                 description=row.description,
                 embedding=np.frombuffer(emb.vector, dtype=np.float32).copy(),
-                recipe=Recipe(recipe.generator_id, recipe.generator_sha256, recipe.seed),
+                recipe=_recipe_of(recipe),
             )
         builder = self._builder
         if builder is None:
@@ -301,6 +309,36 @@ def refuse_if_needed(ids: list[int], what: str, fix: str) -> None:
             f"{len(ids)} generated adapters are kept as recipes that need {what} "
             f"(ids {shown}): {fix}"
         )
+
+
+def _recipe_of(row: AdapterRecipeRow) -> Recipe:
+    return Recipe(row.generator_id, row.generator_sha256, row.seed, row.decoder)
+
+
+def _record(
+    adapter_id: int, base_model: str, row: dict[str, Any], parents: Sequence[Parent]
+) -> AdapterRecord:
+    """The record of a row inserted from ``row`` (no round trip to read it back)."""
+    return AdapterRecord(
+        id=adapter_id,
+        name=row["name"],
+        description=row["description"],
+        base_model=base_model,
+        peft_type=row["peft_type"],
+        rank=row["rank"],
+        alpha=row["alpha"],
+        target_modules=list(row["target_modules"]),
+        layout_signature=row["layout_signature"],
+        provenance=row["provenance"],
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        created_at=row["created_at"],
+        config=dict(row["config"]),
+        metrics={},
+        meta=dict(row["meta"]),
+        parents=[ParentLink(p.adapter_id, p.role, p.weight) for p in parents],
+        stored="recipe",
+    )
 
 
 def _parents(s: Session, adapter_id: int) -> list[ParentLink]:

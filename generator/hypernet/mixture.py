@@ -82,6 +82,8 @@ def mix(
     if len(means) != K or (variances is not None and len(variances) != K):
         raise ValueError(f"need {K} experts' means (and variances), got {len(means)}")
     modules = list(means[0])
+    if not weights.requires_grad:
+        return _mix_in_place(weights, means, variances)
     w = weights.view(K, 1, 1)
     mean, var = {}, {}
     for m in modules:
@@ -94,6 +96,26 @@ def mix(
             else torch.zeros_like(mu)
         )
         mean[m], var[m] = mu, within + spread
+    return Mixture(weights=weights, mean=mean, var=var)
+
+
+def _mix_in_place(
+    weights: torch.Tensor, means: Sequence[Rows], variances: Sequence[Rows] | None
+) -> Mixture:
+    """``mix`` without the (K, L, d) stacks (serving: no gradient), accumulating in place."""
+    ws = [float(a) for a in weights]
+    mean, var = {}, {}
+    for m in means[0]:
+        mu = means[0][m] * ws[0]
+        for w, e in zip(ws[1:], means[1:], strict=True):
+            mu.add_(e[m], alpha=w)
+        total = torch.zeros_like(mu)
+        for k, w in enumerate(ws):
+            if variances is not None:
+                total.add_(variances[k][m], alpha=w)
+            diff = means[k][m] - mu
+            total.addcmul_(diff, diff, value=w)
+        mean[m], var[m] = mu, total
     return Mixture(weights=weights, mean=mean, var=var)
 
 

@@ -67,8 +67,8 @@ def to_tokens(layout: LoraLayout, norm: BlockNormaliser, rows: Sequence[Rows]) -
     shapes = {s.module: s for s in module_shapes(layout)}
     out = {}
     for m in layout.modules:
-        x = torch.stack([r[m] for r in rows])  # (N, L, d)
-        x = (x - norm.mean[m]) / norm.scale(layout, m)
+        x = torch.stack([r[m] for r in rows])  # (N, L, d), a copy: changed in place
+        x.sub_(norm.mean[m]).div_(norm.scale(layout, m))
         out[m] = rows_to_tokens(x, shapes[m])
     return out
 
@@ -80,9 +80,9 @@ def var_tokens(
     shapes = {s.module: s for s in module_shapes(layout)}
     out = {}
     for m in layout.modules:
-        v = torch.stack([r[m] for r in var])  # (N, L, d)
-        v = v / norm.scale(layout, m).pow(2)
-        out[m] = rows_to_tokens(((v + VAR_FLOOR).log() - shift) / scale, shapes[m])
+        v = torch.stack([r[m] for r in var])  # (N, L, d), a copy: changed in place
+        v.div_(norm.scale(layout, m).pow(2)).add_(VAR_FLOOR).log_().sub_(shift).div_(scale)
+        out[m] = rows_to_tokens(v, shapes[m])
     return out
 
 

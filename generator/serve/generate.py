@@ -13,7 +13,7 @@ from typing import Any
 
 from generator.hypernet.methods import SG_LORA, check_method
 from generator.serve.fewshot import adapt_generated
-from generator.serve.generator import Generated, Generator, Neighbour, Request
+from generator.serve.generator import DECODER, Generated, Generator, Neighbour, Request
 from registry.embeddings import clean_description
 from registry.errors import Conflict, GeneratorNotFound
 from registry.lora_spec import weights_bytes
@@ -183,7 +183,7 @@ def _new_recipe(gen: Generated, generator: Generator) -> NewRecipe:
         config=gen.config,
         weights=weights_bytes(gen.weights),
         embedding=gen.embedding,
-        recipe=Recipe(generator.record.id, generator.record.sha256, gen.seed),
+        recipe=Recipe(generator.record.id, generator.record.sha256, gen.seed, DECODER),
         parents=[Parent(n.adapter_id, "expert", n.weight) for n in gen.neighbours],
         meta=_meta(gen),
     )

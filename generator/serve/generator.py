@@ -37,6 +37,13 @@ from registry.lora_spec import Tensors
 from registry.records import GeneratorRecord
 from registry.service import Registry
 
+# The version of ``Generator.generate``'s arithmetic, recorded in every recipe
+# (registry.recipes). Bump it with any change that can move a decoded bit (the
+# mixture, the tokens, the networks' use, the serialisation); recipes made before
+# then cannot be rebuilt and must be materialised first (`loramint adapters
+# materialise`), which `generator.serve.rebuild` says when it meets one.
+DECODER = "1"
+
 
 @dataclass(frozen=True)
 class Neighbour:
@@ -253,9 +260,11 @@ class Generator:
         used, mixture = guided_mixture(
             sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
         )
-        # the experts the gate compared but did not mix are neighbours too, at weight 0:
-        # the mixture depends on them (and a recipe adapter's rebuild on their being there)
-        weights = [float(a) for a in mixture.weights] + [0.0] * (len(experts) - used)
+        # when the gate serves the nearest expert alone, the runner-up it was compared with
+        # is a neighbour too, at weight 0: the choice (and a recipe's rebuild) depends on it
+        compared = min(len(experts), max(used, 2 if gate is not None else 1))
+        weights = [float(a) for a in mixture.weights] + [0.0] * (compared - used)
+        experts, sims = experts[:compared], sims[:compared]
         neighbours = [
             Neighbour(e.id, e.record.name, round(float(s), 5), round(a, 5))
             for e, s, a in zip(experts, sims, weights, strict=True)

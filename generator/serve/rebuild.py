@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections import OrderedDict
 
-from generator.serve.generator import Generator, Request
+from generator.serve.generator import DECODER, Generator, Request
 from registry.errors import CorruptBlob, GeneratorNotFound
 from registry.lora_spec import weights_bytes
 from registry.recipes import Recipe, RecipeInput
@@ -54,6 +54,12 @@ class Rebuilder:
         return loaded
 
     def __call__(self, registry: Registry, source: RecipeInput) -> bytes:
+        if source.recipe.decoder != DECODER:
+            raise CorruptBlob(
+                f"adapter {source.adapter_id} was decoded by decoder version "
+                f"{source.recipe.decoder!r}, this loramint has {DECODER!r}: materialise such "
+                "adapters with the loramint that made them before upgrading"
+            )
         with self._lock:
             generator = self.generator(registry, source.recipe)
             request = Request(source.description, seed=source.recipe.seed)

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("generator_id", sa.Integer(), nullable=False),
         sa.Column("generator_sha256", sa.String(length=64), nullable=False),
         sa.Column("seed", sa.BigInteger(), nullable=False),
+        sa.Column("decoder", sa.String(length=40), nullable=False),
         sa.ForeignKeyConstraint(["adapter_id"], ["adapters.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("adapter_id"),
     )

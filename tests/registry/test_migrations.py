@@ -215,8 +215,8 @@ def test_adapter_recipes_migration(db_url: str) -> None:
         )
         conn.execute(
             sa.text(
-                "insert into adapter_recipes (adapter_id, generator_id, generator_sha256, seed)"
-                " values (1, 7, 'g', 3)"
+                "insert into adapter_recipes (adapter_id, generator_id, generator_sha256, seed,"
+                " decoder) values (1, 7, 'g', 3, 'sg-lora/1')"
             )
         )
     with pytest.raises(RuntimeError, match="materialise"):

@@ -68,7 +68,7 @@ def recipes(
             config=config,
             weights=(loras[seed] / "adapter_model.safetensors").read_bytes(),
             embedding=reg.embedder.encode([f"made with seed {seed}"])[0],
-            recipe=Recipe(gen_id, sha, seed),
+            recipe=Recipe(gen_id, sha, seed, "test/1"),
             parents=[Parent(expert_id, "expert", 1.0)],
             meta={"seed": seed},
         )

@@ -196,5 +196,9 @@ def test_the_similarity_gate_reaches_generation(world: SandboxWorld) -> None:
     assert len(plain) == 3 and sum(n.weight for n in plain) == pytest.approx(1.0, abs=1e-4)
     # the nearest leads by more than 0: it alone makes the adapter; no lead passes 2
     gated = made[0.0].neighbours
-    assert [(n.adapter_id, n.weight) for n in gated] == [(plain[0].adapter_id, 1.0)]
+    # the nearest alone, and the runner-up the gate compared it with, at weight 0
+    assert [(n.adapter_id, n.weight) for n in gated] == [
+        (plain[0].adapter_id, 1.0),
+        (plain[1].adapter_id, 0.0),
+    ]
     assert made[2.0].neighbours == plain

@@ -134,3 +134,25 @@ def test_deleting_an_expert_materialises_what_was_built_from_it(
     for child in children:
         assert reg.get_adapter(child.id).stored == "weights"
         assert sha256_hex(reg.adapter_files(child.id).weights) == child.sha256
+
+
+def test_a_recipe_of_another_decoder_version_says_what_to_do(
+    world: SandboxWorld, sg: GeneratorRecord
+) -> None:
+    import sqlalchemy as sa
+
+    from registry.errors import CorruptBlob
+
+    reg = world.registry
+    [(record, _)] = generate_adapters(
+        reg, [Request("Does a tree appear? Answer yes or no.", seed=9)],
+        base_model=world.base, method="sg-lora", generator_id=sg.id,
+    )  # fmt: skip
+    with reg.engine.begin() as conn:
+        conn.execute(
+            sa.text("update adapter_recipes set decoder = '0' where adapter_id = :i"),
+            {"i": record.id},
+        )
+    reg.cache = type(reg.cache)(reg.cache.capacity)
+    with pytest.raises(CorruptBlob, match="materialise"):
+        reg.adapter_files(record.id)
