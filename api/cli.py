@@ -322,9 +322,18 @@ def adapters_delete(
     adapter_id: int,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove an adapter (its row, embedding and, when unused, its blob)."""
+    """Remove an adapter (its row, embedding and, when unused, its blob). Adapters built
+    from it keep a record of it; those kept as recipes get their weights stored first."""
     reg = _registry()
     rec = reg.get_adapter(adapter_id)
+    children = reg.children(adapter_id)
+    if children:
+        err.print(
+            f"{len(children)} adapters were built from {rec.name} "
+            f"({', '.join(str(c.adapter_id) for c in children[:10])}"
+            f"{', ...' if len(children) > 10 else ''}): they keep a record of it, and those "
+            "kept as recipes get their weights stored first"
+        )
     if not yes and sys.stdin.isatty():
         typer.confirm(f"delete adapter {rec.id} ({rec.name})?", abort=True)
     reg.delete_adapter(adapter_id)

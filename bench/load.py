@@ -82,10 +82,11 @@ def start_server(
         "LORAMINT_API_BURST": "100000",
     }
     env.pop("LORAMINT_DATABASE_URL", None)
+    log = (home.parent / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-worker",
          "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -199,7 +200,8 @@ def main() -> None:
                     headers={"Authorization": f"Bearer {key}"}, timeout=300,
                 )  # fmt: skip
                 if warm.status_code != 201:
-                    raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}")
+                    tail = (home.parent / "server.log").read_text()[-3000:]
+                    raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}\n{tail}")
                 before = stored_bytes(home)
                 results[mode] = asyncio.run(
                     run_clients(url, key, args.base_model, args.clients, args.seconds)

@@ -19,7 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from registry import blob_refs, lora_spec, model_card, peft_format
+from registry import blob_refs, lineage, lora_spec, model_card, peft_format
 from registry.base_models_store import BaseModelStore
 from registry.blobs import BlobStore, LocalBlobStore
 from registry.db import open_database, session_factory, transaction
@@ -41,7 +41,7 @@ from registry.models import (
 from registry.peft_format import PeftFiles
 from registry.recipes import RecipeBuilder, WeightCache
 from registry.recipes_store import RecipeStore, unmaterialised
-from registry.records import AdapterRecord, ParentLink, SearchHit
+from registry.records import AdapterRecord, GeneratorRecord, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes
 from registry.settings import Settings, get_settings
 from registry.validation import NAME_RE, check_json, default_adapter_name
@@ -246,6 +246,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
             if unmaterialised(s, parent_id=adapter_id):
                 raise Conflict(f"adapters are being generated from adapter {adapter_id}; retry")
             s.execute(sa.delete(AdapterRecipeRow).where(AdapterRecipeRow.adapter_id == adapter_id))
+            lineage.remember_deleted_parent(s, row)
             keys = [row.blob_key or ""] + list(
                 s.scalars(
                     sa.select(AdapterArtifactRow.blob_key).where(
@@ -272,6 +273,17 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
             s.delete(row)
             _bump_generation(s)
             retired += blob_refs.retire(s, self.blobs, [k for k in keys if k])
+
+    def children(self, adapter_id: int) -> list[lineage.Child]:
+        """The adapters built from this one (its lineage the other way)."""
+        with self._sessions() as s:
+            self._adapter_row(s, adapter_id)
+            return lineage.children_of(s, adapter_id)
+
+    def derived_generators(self, adapter_id: int) -> list[GeneratorRecord]:
+        """The generators trained with this adapter among their experts."""
+        with self._sessions() as s:
+            return lineage.generators_trained_on(s, adapter_id)
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None:
         """Delete the blobs no adapter, artifact, generator or job artifact refers to (blobs

@@ -13,6 +13,7 @@ from typing import Any
 
 from api.ui.weight_chart import NormChart, norm_chart, weight_norms
 from registry.errors import InvalidInput, NotFound
+from registry.lineage import Child
 from registry.models import JobState, Provenance
 from registry.records import AdapterRecord, BaseModelRecord, GeneratorRecord, JobRecord
 from registry.service import Registry
@@ -125,6 +126,7 @@ class Lineage:
     name: str | None  # None: the parent was deleted
     role: str
     weight: float | None
+    deleted: bool = False  # the parent was deleted; ``name`` is what it was called
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class AdapterPage:
     generator: GeneratorRecord | None
     artifacts: list[str]
     config_json: str
+    children: list[Child]  # the adapters built from this one
+    derived_generators: list[GeneratorRecord]  # generators trained with it as an expert
 
 
 def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
@@ -149,6 +153,10 @@ def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
         except NotFound:
             name = None
         parents.append(Lineage(p.adapter_id, name, p.role, p.weight))
+    for gone in rec.meta.get("deleted_parents", []):
+        parents.append(
+            Lineage(gone["adapter_id"], gone["name"], gone["role"], gone["weight"], deleted=True)
+        )
     generator = None
     gen_id = rec.meta.get("generator_id")
     if isinstance(gen_id, int):
@@ -164,6 +172,8 @@ def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
         generator=generator,
         artifacts=reg.artifact_names(adapter_id),
         config_json=json.dumps(rec.config, indent=2, sort_keys=True),
+        children=reg.children(adapter_id),
+        derived_generators=reg.derived_generators(adapter_id),
     )
 
 

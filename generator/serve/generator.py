@@ -45,6 +45,12 @@ from registry.service import Registry
 DECODER = "1"
 
 
+def adapter_config(template: dict[str, Any]) -> dict[str, Any]:
+    """A generated adapter's ``adapter_config.json``: the generator's template without
+    its null entries (PEFT reads a missing key as its default, which is null)."""
+    return {k: v for k, v in template.items() if v is not None}
+
+
 @dataclass(frozen=True)
 class Neighbour:
     adapter_id: int
@@ -242,7 +248,7 @@ class Generator:
                 method=self.method,
                 generator_id=self.id,
                 seed=r.seed,
-                config=dict(self.ckpt.template),
+                config=adapter_config(self.ckpt.template),
                 weights=layout.unflatten(row),
                 neighbours=neighbours[i],
                 examples=len(r.examples),

@@ -51,7 +51,9 @@ def world(
     builder = SeedBuilder(loras)
     reg = Registry(settings_for(db_url), embedder=embedder, builder=builder)
     expert = reg.add_adapter(loras[0], base_model=str(tiny_base), description="an expert")
-    gen = reg.add_generator(b"checkpoint", base_model=str(tiny_base), method="sg-lora")
+    gen = reg.add_generator(
+        b"checkpoint", base_model=str(tiny_base), method="sg-lora", training_adapter_ids=[expert.id]
+    )
     yield reg, builder, expert.id, gen.id
     reg.close()
 
@@ -123,11 +125,21 @@ def test_generator_and_expert_deletes_never_strand_a_recipe(
     with pytest.raises(Conflict, match=f"ids {made[0].id}, {made[1].id}"):
         reg.delete_generator(gen)
     assert reg.get_adapter(made[0].id).stored == "recipe"  # the refusal changed nothing
-    # deleting the expert they mix stores their weights first
+    # lineage the other way: the expert lists what was built from it
+    assert [(c.adapter_id, c.role, c.stored) for c in reg.children(expert)] == [
+        (made[0].id, "expert", "recipe"),
+        (made[1].id, "expert", "recipe"),
+    ]
+    assert [g.id for g in reg.derived_generators(expert)] == [gen]
+    # deleting the expert they mix stores their weights first, and they remember it
+    name = reg.get_adapter(expert).name
     reg.delete_adapter(expert)
     for rec in made:
-        assert reg.get_adapter(rec.id).stored == "weights"
-        assert reg.recipe(rec.id) is not None
+        child = reg.get_adapter(rec.id)
+        assert child.stored == "weights" and reg.recipe(rec.id) is not None
+        assert child.parents == []
+        [gone] = child.meta["deleted_parents"]
+        assert (gone["adapter_id"], gone["name"], gone["role"]) == (expert, name, "expert")
     reg.delete_generator(gen)  # nothing needs it now
 
 

@@ -221,6 +221,17 @@ def test_admin_uploads_finds_generates_downloads_deletes(
         page.get_by_role("link", name="Download PEFT zip").click()
     again.value.save_as(tmp_path / "stored.zip")
     assert (tmp_path / "stored.zip").read_bytes() == saved.read_bytes()
+    generated_name = page.get_by_role("heading", level=1).inner_text()
+
+    # lineage the other way: the first expert lists it, and its delete form warns
+    lineage = page.get_by_role("region", name="Lineage")
+    lineage.get_by_role("table").get_by_role("link").first.click()
+    built = page.get_by_role("table", name="Adapters built from this one")
+    assert generated_name in built.inner_text()
+    assert "Expert of generator" in page.get_by_role("region", name="Lineage").inner_text()
+    warning = page.get_by_role("note")
+    assert "built from this one" in warning.inner_text()
+    shoot(page, shots, "expert-lineage")
 
     # delete the uploaded one
     page.goto(pirate_url)
