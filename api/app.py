@@ -107,6 +107,12 @@ class Metrics:
         self.errors = Counter(
             "loramint_http_errors_total", "Error responses", ["status"], registry=self.registry
         )
+        self.cache = Gauge(
+            "loramint_recipe_cache",
+            "Rebuilt recipe weights in memory: bytes, items, hits and misses since start",
+            ["what"],
+            registry=self.registry,
+        )
 
 
 # the project's errors as HTTP statuses, most specific first (registry/errors.py)
@@ -281,6 +287,9 @@ def metrics(state: State) -> Response[bytes]:
     """Prometheus metrics."""
     m: Metrics = state.metrics
     m.queue_depth.set(state.batcher.queue_depth)
+    reg: Registry = state.registry
+    for what, value in reg.cache.describe().items():
+        m.cache.labels(what).set(value)
     return Response(generate_latest(m.registry), media_type="text/plain; version=0.0.4")
 
 

@@ -88,6 +88,8 @@ def test_recipe_adapters_survive_a_restart_and_a_generator_delete(
         for adapter_id, content in zips.items():
             again = httpx.get(f"{url}/v1/adapters/{adapter_id}/download", headers=h, timeout=60)
             assert again.status_code == 200 and again.content == content
+        metrics = httpx.get(f"{url}/metrics").text  # both rebuilt: the cache was empty
+        assert 'loramint_recipe_cache{what="misses"} 2.0' in metrics, metrics[-2000:]
         r = httpx.post(f"{url}/v1/adapters/{first}/materialise", headers=h, timeout=60)
         assert r.status_code == 200 and r.json()["stored"] == "weights", r.text
         assert httpx.get(f"{url}/v1/adapters/{first}/download", headers=h).content == zips[first]
