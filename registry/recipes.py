@@ -25,14 +25,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from registry.errors import CorruptBlob, InvalidInput
-
-if TYPE_CHECKING:
-    from registry.service import Registry
 
 ENTRY_POINT_GROUP = "loramint.recipe_builders"
 
@@ -60,7 +57,9 @@ class RecipeInput:
     recipe: Recipe
 
 
-RecipeBuilder = Callable[["Registry", RecipeInput], bytes]
+# (the registry, the recipe) -> the weights' safetensors bytes; the registry is typed
+# Any here because it is the registry that imports this module
+RecipeBuilder = Callable[[Any, RecipeInput], bytes]
 
 
 def load_builder() -> RecipeBuilder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import sqlalchemy as sa
@@ -26,7 +26,8 @@ from registry.models import (
     utcnow,
 )
 from registry.recipes import Recipe, RecipeBuilder, RecipeInput, WeightCache, checked, load_builder
-from registry.records import AdapterRecord, ParentLink
+from registry.records import AdapterRecord, Parent, ParentLink
+from registry.search_index import bump_generation
 from registry.validation import NAME_RE, check_json
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from registry.embeddings import Embedder
     from registry.models import AdapterRow as _Row
     from registry.models import BaseModelRow
-    from registry.service import Parent, Registry
     from registry.settings import Settings
 
 
@@ -127,8 +127,6 @@ class RecipeStore:
         return records
 
     def _insert_recipes(self: _Host, base_model: str, prepared: list[Any]) -> list[AdapterRecord]:
-        from registry.service import _bump_generation
-
         with transaction(self._sessions) as s:
             bm = self._base_model_row(s, base_model)
             names = [p[0].name for p in prepared]
@@ -197,7 +195,7 @@ class RecipeStore:
                 s.execute(sa.insert(DescriptionEmbeddingRow), vectors)
                 if links:
                     s.execute(sa.insert(AdapterParentRow), links)
-                _bump_generation(s)
+                bump_generation(s)
             out = []
             for item, *_ in prepared:
                 if item.name in made:
@@ -245,7 +243,7 @@ class RecipeStore:
         builder = self._builder
         if builder is None:
             builder = self._builder = load_builder()
-        built = checked(builder(cast("Registry", self), source), sha, adapter_id)
+        built = checked(builder(self, source), sha, adapter_id)
         self.cache.put(sha, built)
         return built
 

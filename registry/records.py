@@ -44,6 +44,15 @@ class BaseModelRecord:
 
 
 @dataclass(frozen=True)
+class Parent:
+    """A lineage link given when registering a generated or transferred adapter."""
+
+    adapter_id: int
+    role: str = "parent"
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
 class ParentLink:
     adapter_id: int
     role: str

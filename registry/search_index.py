@@ -173,3 +173,13 @@ class DescriptionIndexes:
             write_atomic(meta_path, json.dumps(meta).encode())
         except OSError:
             pass  # a read-only home still serves searches from memory
+
+
+def bump_generation(s: Session) -> None:
+    """Mark every process's derived index stale (in ``s``'s transaction): the set of
+    embedded adapters changed."""
+    s.execute(
+        sa.update(RegistryStateRow)
+        .where(RegistryStateRow.id == 1)
+        .values(generation=RegistryStateRow.generation + 1)
+    )

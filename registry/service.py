@@ -11,7 +11,6 @@ base models in ``registry.base_models_store``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +35,17 @@ from registry.models import (
     BaseModelRow,
     DescriptionEmbeddingRow,
     Provenance,
-    RegistryStateRow,
 )
 from registry.peft_format import PeftFiles
 from registry.recipes import RecipeBuilder, WeightCache
 from registry.recipes_store import RecipeStore, unmaterialised
-from registry.records import AdapterRecord, GeneratorRecord, ParentLink, SearchHit
-from registry.search_index import DescriptionIndexes
+from registry.records import AdapterRecord, GeneratorRecord, Parent, ParentLink, SearchHit
+from registry.search_index import DescriptionIndexes, bump_generation
 from registry.settings import Settings, get_settings
 from registry.validation import NAME_RE, check_json, default_adapter_name
 from registry.vector_index import VectorIndex
 
 MAX_K = 1000
-
-
-@dataclass(frozen=True)
-class Parent:
-    """A lineage link given when registering a generated or transferred adapter."""
-
-    adapter_id: int
-    role: str = "parent"
-    weight: float | None = None
 
 
 class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
@@ -214,7 +203,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
                             size_bytes=len(artifacts[art_name]),
                         )
                     )
-                _bump_generation(s)
+                bump_generation(s)
                 s.flush()
                 record = AdapterRecord.of(
                     row, [ParentLink(p.adapter_id, p.role, p.weight) for p in parents]
@@ -271,7 +260,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
                 )
             )
             s.delete(row)
-            _bump_generation(s)
+            bump_generation(s)
             retired += blob_refs.retire(s, self.blobs, [k for k in keys if k])
 
     def children(self, adapter_id: int) -> list[lineage.Child]:
@@ -479,14 +468,6 @@ def check_provenance(value: Provenance | str) -> Provenance:
     except ValueError as exc:
         allowed = ", ".join(p.value for p in Provenance)
         raise InvalidInput(f"provenance must be one of {allowed}, got {value!r}") from exc
-
-
-def _bump_generation(s: Session) -> None:
-    s.execute(
-        sa.update(RegistryStateRow)
-        .where(RegistryStateRow.id == 1)
-        .values(generation=RegistryStateRow.generation + 1)
-    )
 
 
 def open_registry(settings: Settings | None = None) -> Registry:

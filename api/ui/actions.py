@@ -19,11 +19,13 @@ from litestar.response import Redirect, Template
 from api.dto import MAX_JSON_INT, Example, GenerateIn, Method, TrainGeneratorIn
 from api.handlers import AnyId
 from api.routes import serve_generation, serving_warnings, submit_generator_training, uploaded_files
+from api.routes_jobs import check_job_capacity
 from api.ui import views
 from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
 from api.ui.sessions import authenticate_key, log_in, log_out
 from generator.hypernet.methods import METHODS
+from generator.transfer.source import submit_request, transfer_request
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput, LoramintError
 from registry.service import Registry
@@ -198,6 +200,39 @@ async def materialise_adapter(
     return Redirect(f"/ui/adapters/{rec.id}", status_code=303)
 
 
+@post("/adapters/{adapter_id:int}/transfer", opt=ADMIN)
+async def start_transfer(
+    request: Request[Any, Any, Any], state: State, adapter_id: AnyId
+) -> Template | Redirect:
+    form = await request.form()
+    values = {f: _text(form, f).strip() for f in ("target_base_model", "samples")}
+    reg = _reg(state)
+    try:
+        samples = _whole(values["samples"], "samples") if values["samples"] else None
+        asked = await anyio.to_thread.run_sync(
+            lambda: transfer_request(reg, adapter_id, values["target_base_model"], samples=samples)
+        )
+        check_job_capacity(state)
+        job = await anyio.to_thread.run_sync(submit_request, reg, asked)
+    except (LoramintError, HTTPException) as exc:
+        status = exc.status_code if isinstance(exc, HTTPException) else state.ui_status_for(exc)
+        message = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
+        view = await anyio.to_thread.run_sync(views.adapter_page, reg, adapter_id)
+        return page(
+            request, "adapter.html", status=status, nav="adapters", view=view,
+            transfer_error=message, transfer_values=values,
+        )  # fmt: skip
+    flash(request, f"Queued the transfer to {asked.target_base_model} as job {job.id}.")
+    return Redirect(f"/ui/jobs/{job.id}", status_code=303)
+
+
+def _whole(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be a whole number, got {text!r}") from exc
+
+
 @post("/generators", opt=ADMIN)
 async def train_generator(request: Request[Any, Any, Any], state: State) -> Template | Redirect:
     form = await request.form()
@@ -264,6 +299,6 @@ async def unpin_generator(
 
 
 ACTIONS = [
-    login, logout, upload, generate, delete_adapter, materialise_adapter, train_generator,
-    cancel_job, pin_generator, unpin_generator,
+    login, logout, upload, generate, delete_adapter, materialise_adapter, start_transfer,
+    train_generator, cancel_job, pin_generator, unpin_generator,
 ]  # fmt: skip

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.ui.weight_chart import NormChart, norm_chart, weight_norms
+from generator.zoo.artifacts import SEEDS
+from registry.base_models import OFFLINE_MODELS
 from registry.errors import InvalidInput, NotFound
 from registry.lineage import Child
 from registry.models import JobState, Provenance
@@ -140,6 +142,7 @@ class AdapterPage:
     config_json: str
     children: list[Child]  # the adapters built from this one
     derived_generators: list[GeneratorRecord]  # generators trained with it as an expert
+    transfer_targets: list[str]  # base models to suggest for a transfer (it has seeds)
 
 
 def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
@@ -174,7 +177,17 @@ def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
         config_json=json.dumps(rec.config, indent=2, sort_keys=True),
         children=reg.children(adapter_id),
         derived_generators=reg.derived_generators(adapter_id),
+        transfer_targets=transfer_targets(reg, rec),
     )
+
+
+def transfer_targets(reg: Registry, rec: AdapterRecord) -> list[str]:
+    """Base models an adapter could move to: none without seed examples, else every
+    offline and registered one but its own."""
+    if SEEDS not in reg.artifact_names(rec.id):
+        return []
+    names = set(OFFLINE_MODELS) | {b.name for b in reg.list_base_models()}
+    return sorted(names - {rec.base_model})
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,45 @@ def test_rest_transfer_returns_202_and_the_job(transfer: TransferWorld) -> None:
     reg.cancel_job(job["id"])
 
 
+def test_the_admin_ui_starts_a_transfer_and_its_job_page_follows_it(
+    transfer: TransferWorld,
+) -> None:
+    """The adapter page's transfer form queues the job and lands on its page; bad input
+    re-renders the form with the reason and queues nothing."""
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from registry.settings import ApiSettings
+    from tests.api.ui.test_ui_security import log_in
+
+    reg: Registry = transfer.registry
+    admin = reg.create_api_key("ui-ops", "admin")[1]
+    before = len(reg.list_jobs())
+    with TestClient(create_app(reg, ApiSettings())) as client:
+        token = log_in(client, admin)
+        page = client.get(f"/ui/adapters/{transfer.source_id}")
+        assert "Transfer to another base model" in page.text and "gemma3-270m" in page.text
+        url = f"/ui/adapters/{transfer.source_id}/transfer"
+        for bad, status, reason in [
+            ({"target_base_model": "no-such-model", "samples": "3"}, 404, "no-such-model"),
+            ({"target_base_model": transfer.target, "samples": "many"}, 400, "whole number"),
+            ({"target_base_model": transfer.base, "samples": "3"}, 400, "already an adapter"),
+        ]:
+            r = client.post(url, data={**bad, "csrf_token": token}, follow_redirects=False)
+            assert r.status_code == status and reason in r.text, (bad, r.status_code)
+            assert 'role="alert"' in r.text or "form-error" in r.text
+        assert len(reg.list_jobs()) == before  # nothing queued
+        body = {"target_base_model": transfer.target, "samples": "3", "csrf_token": token}
+        r = client.post(url, data=body, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/jobs/"), r.text
+        job_id = int(r.headers["location"].rsplit("/", 1)[1])
+        job = reg.get_job(job_id)
+        assert job.kind == "transfer" and job.params["samples"] == 3
+        followed = client.get(r.headers["location"])
+        assert "Queued the transfer" in followed.text and "transfer" in followed.text
+    reg.cancel_job(job_id)
+
+
 def test_ray_engine_runs_each_job_as_a_ray_task(transfer: TransferWorld) -> None:
     ray = pytest.importorskip("ray")
     from api.engines import RayEngine
