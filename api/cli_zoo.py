@@ -204,7 +204,8 @@ def eval_adapter(
     suite: SuiteOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Accuracy of adapter ID on task NAME's test split, and of the bare base model."""
+    """Accuracy of adapter ID on task NAME's test split, and of the bare base model; both
+    are recorded in the adapter's metrics (its page, list row and model card show them)."""
     if ctx.invoked_subcommand is not None:
         return
     if adapter is None or task is None:
@@ -231,6 +232,11 @@ def eval_adapter(
         "base_accuracy": bare.accuracy,
         "seconds": round(bare.seconds + tuned.seconds, 2),
     }
+    reg.update_metrics(
+        adapter,
+        {"accuracy": round(tuned.accuracy, 4), "base_accuracy": round(bare.accuracy, 4),
+         "eval_n": tuned.n, "eval_task": task},
+    )  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -180,13 +180,24 @@ def _provenance_lines(facts: CardFacts) -> list[str]:
     return lines
 
 
-def _evaluation_lines(rec: AdapterRecord) -> list[str]:
-    metrics, rows = rec.metrics, []
+@dataclass(frozen=True)
+class Measured:
+    """One measurement of an adapter's quality, beside the bare model's on the same data."""
+
+    where: str
+    adapter: float
+    bare: float | None
+
+
+def measurements(rec: AdapterRecord) -> list[Measured]:
+    """What was measured of ``rec`` (the card and the admin UI's quality panel show it):
+    its test-split accuracy, and a few-shot adaptation's cross-validated estimate."""
+    metrics, out = rec.metrics, []
     accuracy, bare = metrics.get("accuracy"), metrics.get("base_accuracy")
     if isinstance(accuracy, int | float):
         n = metrics.get("eval_n")
         where = "the task's test split" + (f" ({n} examples)" if n else "")
-        rows.append(f"| {where} | {accuracy:.3f} | {_score(bare)} |")
+        out.append(Measured(where, float(accuracy), _number(bare)))
     fewshot = rec.meta.get("fewshot")
     estimate = fewshot.get("estimate") if isinstance(fewshot, dict) else None
     adapter = estimate.get("adapter") if isinstance(estimate, dict) else None
@@ -196,7 +207,17 @@ def _evaluation_lines(rec: AdapterRecord) -> list[str]:
         and isinstance(adapter, int | float)
     ):
         where = f"held-back examples ({fewshot.get('metric', 'accuracy')}, cross-validated)"
-        rows.append(f"| {where} | {adapter:.3f} | {_score(estimate.get('bare'))} |")
+        out.append(Measured(where, float(adapter), _number(estimate.get("bare"))))
+    return out
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _evaluation_lines(rec: AdapterRecord) -> list[str]:
+    metrics = rec.metrics
+    rows = [f"| {m.where} | {m.adapter:.3f} | {_score(m.bare)} |" for m in measurements(rec)]
     lines = []
     if rows:
         lines += ["| measured on | this adapter | bare model |", "|---|---:|---:|", *rows]

@@ -16,6 +16,7 @@ from generator.zoo.artifacts import SEEDS
 from registry.base_models import OFFLINE_MODELS
 from registry.errors import InvalidInput, NotFound
 from registry.lineage import Child
+from registry.model_card import Measured, measurements
 from registry.models import JobState, Provenance
 from registry.records import AdapterRecord, BaseModelRecord, GeneratorRecord, JobRecord
 from registry.service import Registry
@@ -140,6 +141,7 @@ class AdapterPage:
     generator: GeneratorRecord | None
     artifacts: list[str]
     config_json: str
+    quality: list[Measured]  # what was measured of it, beside the bare model
     children: list[Child]  # the adapters built from this one
     derived_generators: list[GeneratorRecord]  # generators trained with it as an expert
     transfer_targets: list[str]  # base models to suggest for a transfer (it has seeds)
@@ -175,6 +177,7 @@ def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
         generator=generator,
         artifacts=reg.artifact_names(adapter_id),
         config_json=json.dumps(rec.config, indent=2, sort_keys=True),
+        quality=measurements(rec),
         children=reg.children(adapter_id),
         derived_generators=reg.derived_generators(adapter_id),
         transfer_targets=transfer_targets(reg, rec),

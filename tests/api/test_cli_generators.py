@@ -112,3 +112,27 @@ def test_cli_materialise_generator_delete_and_gc(world: SandboxWorld) -> None:
     applied = cli("gc", "--apply")
     assert applied.returncode == 0 and "orphans" in applied.stdout
     assert not reg.blobs.exists(orphan)
+
+
+def test_eval_records_the_accuracy_the_adapter_page_and_card_show(world: SandboxWorld) -> None:
+    """`loramint eval --adapter ID --task T` prints both accuracies and records them: the
+    admin UI's quality panel and the model card read them back."""
+    from registry.model_card import measurements
+
+    reg: Registry = world.registry
+    target = reg.find_adapter(world.base, "zoo-cat")
+    assert target is not None
+    run = subprocess.run(
+        [sys.executable, "-m", "api.cli", "eval", "--adapter", str(target.id), "--task", "cat",
+         "--suite", str(world.suite.root), "--json"],
+        env=os.environ | world.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    rec = reg.get_adapter(target.id)
+    assert rec.metrics["accuracy"] == round(printed["accuracy"], 4)
+    assert rec.metrics["base_accuracy"] == round(printed["base_accuracy"], 4)
+    assert rec.metrics["eval_task"] == "cat"
+    [measured] = measurements(rec)
+    assert measured.bare == rec.metrics["base_accuracy"] and "test split" in measured.where
+    assert f"{rec.metrics['accuracy']:.3f}" in reg.model_card(target.id)

@@ -231,7 +231,13 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     assert "Expert of generator" in page.get_by_role("region", name="Lineage").inner_text()
     warning = page.get_by_role("note")
     assert "built from this one" in warning.inner_text()
+    # the zoo evaluated it: its quality panel compares it with the bare model
+    quality = page.get_by_role("table", name="Measured quality")
+    assert "test split" in quality.inner_text()
+    assert quality.get_by_role("meter").count() == 2
     shoot(page, shots, "expert-lineage")
+    page.goto("/ui/adapters")
+    assert "Accuracy" in page.get_by_role("table").first.inner_text()
 
     # delete the uploaded one
     page.goto(pirate_url)
