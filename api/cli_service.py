@@ -163,7 +163,7 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id.")]) -> None:
 
 
 def _job_row(j: Any) -> dict[str, Any]:
-    from api.dto import job_timing
+    from api.dto import job_timing, live_text
 
     return {
         "id": j.id,
@@ -172,6 +172,7 @@ def _job_row(j: Any) -> dict[str, Any]:
         "stage": j.stage,
         "progress": round(j.progress, 3),
         "timing": job_timing(j)[2],
+        "training": live_text(j.live),
         "attempts": j.attempts,
         "error": j.error,
         "result": j.result,

@@ -266,6 +266,8 @@ class JobOut(msgspec.Struct):
     elapsed_s: float | None = None  # since the job started (to its end, once it ended)
     eta_s: float | None = None  # a running job's time left, from its progress so far
     timing: str = ""  # the two in words ("running for 2 min 10 s, about 3 min left")
+    live: dict[str, Any] | None = None  # the latest training figures: step, steps, loss
+    live_text: str = ""  # the same in words ("step 12/40, loss 0.233")
 
     @classmethod
     def of(cls, rec: JobRecord) -> JobOut:
@@ -288,7 +290,18 @@ class JobOut(msgspec.Struct):
             elapsed_s=elapsed,
             eta_s=eta,
             timing=timing,
+            live=rec.live,
+            live_text=live_text(rec.live),
         )
+
+
+def live_text(live: dict[str, Any] | None) -> str:
+    """A job's live figures in words: "step 12/40, loss 0.2330"."""
+    if not live or live.get("step") is None:
+        return ""
+    steps = f"/{live['steps']}" if live.get("steps") else ""
+    loss = live.get("loss")
+    return f"step {live['step']}{steps}" + (f", loss {loss:.4f}" if loss is not None else "")
 
 
 def job_timing(

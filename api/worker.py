@@ -44,8 +44,10 @@ class JobContext:
         stage: str | None = None,
         log_line: str | None = None,
         force: bool = False,
+        live: dict[str, Any] | None = None,
     ) -> None:
-        """Report progress (at most every few seconds unless ``force``); renews the lease."""
+        """Report progress (at most every few seconds unless ``force``); renews the lease.
+        ``live``: the latest training figures (``{"step", "steps", "loss"}``)."""
         now = time.monotonic()
         quiet = not force and stage is None and log_line is None
         if quiet and now - self._last < HEARTBEAT_SECONDS:
@@ -58,6 +60,7 @@ class JobContext:
             stage=stage,
             log=log_line,
             lease_seconds=self.lease,
+            live=live,
         )
 
     def artifact(self, name: str) -> bytes | None:
@@ -87,9 +90,10 @@ def train_generator_job(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.0, stage="loading experts")
 
     def on_step(step: int, total: int, loss: float) -> None:
+        live = {"step": step, "steps": total, "loss": loss}
         if step == 1:
-            ctx.progress(0.0, stage="training", force=True)
-        ctx.progress(step / total)
+            ctx.progress(0.0, stage="training", force=True, live=live)
+        ctx.progress(step / total, live=live, force=step == total)
 
     rec, metrics = train_generator(
         ctx.registry,
@@ -143,7 +147,8 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(i / n, stage=stage, log_line=f"task {i + 1}/{n}: {task.name}")
 
     def on_step(step: int, loss: float) -> None:
-        ctx.progress((at["task"] + (step + 1) / steps) / at["of"])
+        live = {"step": step + 1, "steps": steps, "loss": loss}
+        ctx.progress((at["task"] + (step + 1) / steps) / at["of"], live=live)
 
     entries = build_zoo(
         ctx.registry,

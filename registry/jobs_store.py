@@ -19,6 +19,7 @@ the race reads the next candidate. Leases are measured on the workers' clocks
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -177,8 +178,10 @@ class JobStore:
         stage: str | None = None,
         log: str | None = None,
         lease_seconds: float = 60,
+        live: dict[str, Any] | None = None,
     ) -> JobRecord:
-        """Renew ``worker``'s lease on a job and record how far it got.
+        """Renew ``worker``'s lease on a job and record how far it got (``live``: the
+        latest training figures, ``{"step", "steps", "loss"}``).
 
         ``Conflict`` means the worker no longer holds the job (it was cancelled,
         or taken over after the lease ran out): the worker should stop. A late
@@ -192,6 +195,8 @@ class JobStore:
             values["stage"] = check_stage(stage)
         if log is not None and not isinstance(log, str):
             raise InvalidInput("a job log entry must be a string")
+        if live is not None:
+            values["live"] = check_live(live)
 
         def change(held: sa.Row[*tuple[Any, ...]], now: datetime) -> dict[str, Any]:
             new = {**values, "lease_expires_at": now + lease, "updated_at": now}
@@ -469,3 +474,24 @@ def _artifact_names(s: Session, job_ids: Sequence[int]) -> dict[int, list[str]]:
         ):
             names[job_id].append(name)
     return names
+
+
+LIVE_KEYS = {"step": int, "steps": int, "loss": float}
+
+
+def check_live(live: dict[str, Any]) -> dict[str, Any]:
+    """A job's live figures: only ``step``, ``steps`` (whole numbers) and ``loss``."""
+    if not isinstance(live, dict) or set(live) - set(LIVE_KEYS):
+        raise InvalidInput(f"a job's live figures are {', '.join(LIVE_KEYS)}, got {live!r}")
+    out: dict[str, Any] = {}
+    for key, kind in LIVE_KEYS.items():
+        value = live.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput(f"a job's {key} must be a number, got {value!r}")
+        if kind is float:
+            out[key] = round(float(value), 6) if math.isfinite(value) else None
+        else:
+            out[key] = int(value)
+    return out

@@ -231,6 +231,8 @@ class JobRow(Base):
     log: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text, default=None)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # the latest figures of a running job's training: {"step", "steps", "loss"}
+    live: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # claims so far, the re-claim of a lost worker's job included
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

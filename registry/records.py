@@ -154,6 +154,7 @@ class JobRecord:
     finished_at: datetime | None
     updated_at: datetime
     artifacts: list[str] = field(default_factory=list)  # names, sorted
+    live: dict[str, Any] | None = None  # the latest {"step", "steps", "loss"} it reported
 
     @classmethod
     def of(cls, row: JobRow, artifacts: list[str] | None = None) -> JobRecord:
@@ -176,6 +177,7 @@ class JobRecord:
             finished_at=_utc_or_none(row.finished_at),
             updated_at=_utc(row.updated_at),
             artifacts=sorted(artifacts or []),
+            live=None if row.live is None else dict(row.live),
         )
 
 

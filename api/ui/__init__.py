@@ -28,7 +28,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from api.dto import job_timing
+from api.dto import job_timing, live_text
 from api.ui.actions import ACTIONS
 from api.ui.pages import PAGES
 from api.ui.render import SECURITY_HEADERS, http_error, project_error_handler, unexpected
@@ -52,6 +52,7 @@ def root() -> Redirect:
 def _filters(engine: JinjaTemplateEngine) -> None:
     """Template filters: ``job | timing`` (elapsed and time left, in words)."""
     engine.engine.filters["timing"] = lambda job: job_timing(job)[2]
+    engine.engine.filters["live_text"] = live_text
 
 
 class AdminUi(InitPlugin):

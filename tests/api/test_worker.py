@@ -42,6 +42,9 @@ def test_killed_worker_job_resumes_with_one_result(
         first.wait()
     killed = reg.get_job(job.id)
     assert killed.state == "running" and killed.attempts == 1
+    # the step and loss it had reached (the job page and `jobs show` print them)
+    assert killed.live is not None and killed.live["steps"] == 600
+    assert 1 <= killed.live["step"] <= 600 and killed.live["loss"] is not None
     assert reg.list_generators(base_model=world.base) == []
     # a new worker takes the job over once the dead worker's lease (4 s) runs out
     second = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)

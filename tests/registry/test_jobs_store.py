@@ -62,6 +62,14 @@ def test_submit_claim_heartbeat_finish(registry: Registry) -> None:
     beat = registry.heartbeat(job.id, "w1", progress=0.5, log="step 5\nstep 6\n")
     assert beat.stage == "loading experts" and beat.log == "12 experts\nstep 5\nstep 6\n"
     assert registry.heartbeat(job.id, "w1").progress == 0.5  # a bare heartbeat renews only
+    # live training figures: kept until the next ones, checked, never free-form
+    beat = registry.heartbeat(job.id, "w1", live={"step": 6, "steps": 10, "loss": 0.25})
+    assert beat.live == {"step": 6, "steps": 10, "loss": 0.25}
+    assert registry.heartbeat(job.id, "w1").live == beat.live
+    for bad in ({"step": "six"}, {"epoch": 1}, {"loss": True}):
+        with pytest.raises(InvalidInput):
+            registry.heartbeat(job.id, "w1", live=bad)
+    assert registry.get_job(job.id).live == beat.live
 
     done = registry.finish_job(job.id, "w1", result={"generator_id": 7})
     assert done.state == "succeeded" and done.result == {"generator_id": 7}

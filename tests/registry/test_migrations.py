@@ -194,8 +194,8 @@ def test_adapter_recipes_migration(db_url: str) -> None:
     while an adapter has only its recipe, and allowed once none has."""
     engine = db.make_engine(db_url)
     db.upgrade(engine, "0006")
-    db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision(engine) == "0007"
+    db.upgrade(engine, "0007")
+    assert db.current_revision(engine) == "0007"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -228,6 +228,28 @@ def test_adapter_recipes_migration(db_url: str) -> None:
     assert "adapter_recipes" not in sa.inspect(engine).get_table_names()
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(sa.text("update adapters set blob_key = NULL"))
+    engine.dispose()
+
+
+def test_job_live_figures_migration(db_url: str) -> None:
+    """0007 to 0008 gives jobs their live training figures, and back removes them."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0007")
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision(engine) == "0008"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "insert into jobs (id, kind, params, state, progress, log, attempts,"
+                " max_attempts, created_at, updated_at, live) values (1, 'k', '{}', 'queued',"
+                " 0, '', 0, 3, '2026-12-02 00:00:00', '2026-12-02 00:00:00',"
+                " '{\"step\": 3}')"
+            )
+        )
+    downgrade(engine, "0007")
+    assert "live" not in {c["name"] for c in sa.inspect(engine).get_columns("jobs")}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select kind from jobs")).scalar() == "k"
     engine.dispose()
 
 

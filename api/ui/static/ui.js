@@ -7,7 +7,8 @@
   function show(el, job) {
     const pct = Math.round(job.progress * 100) + "%";
     const values = {state: job.state, stage: job.stage || "", percent: pct,
-                    log_tail: job.log_tail, error: job.error || "", timing: job.timing || ""};
+                    log_tail: job.log_tail, error: job.error || "", timing: job.timing || "",
+                    live: job.live_text || ""};
     for (const f of el.querySelectorAll("[data-field]")) {
       const name = f.dataset.field;
       if (name === "progress") { f.value = job.progress; f.textContent = pct; }

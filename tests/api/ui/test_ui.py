@@ -274,6 +274,7 @@ def test_admin_uploads_finds_generates_downloads_deletes(
         assert polls, "the job page did not poll its status"
     assert page.locator("progress[data-field=progress]").evaluate("p => p.value") == 1
     assert page.get_by_role("link", name="The generator it trained").is_visible()
+    assert re.search(r"step (\d+)/\1, loss \d", page.locator("[data-field=live]").inner_text())
     shoot(page, shots, "job")
     page.goto("/ui/jobs")
     shoot(page, shots, "jobs")
