@@ -238,6 +238,11 @@ def test_admin_uploads_finds_generates_downloads_deletes(
     shoot(page, shots, "expert-lineage")
     page.goto("/ui/adapters")
     assert "Accuracy" in page.get_by_role("table").first.inner_text()
+    # a favicon of its own (nothing fetched from elsewhere) and the way to the REST API
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon == "/ui/static/favicon.svg" and page.request.get(icon).status == 200
+    api_docs = page.get_by_role("contentinfo").get_by_role("link", name="its OpenAPI document")
+    assert api_docs.get_attribute("href") == "/schema/openapi.json"
 
     # delete the uploaded one
     page.goto(pirate_url)
