@@ -41,6 +41,16 @@ def percentile(xs: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def latency_table(header: str, rows: dict[str, list[float]], quantiles: tuple[float, ...]) -> None:
+    """A markdown table of seconds as milliseconds: the quantiles, then the mean."""
+    print(header)
+    print("|---|" + "---:|" * (len(quantiles) + 1))
+    for name, xs in rows.items():
+        ms = [x * 1000 for x in xs]
+        cells = [f"{percentile(ms, q):.1f}" for q in quantiles] + [f"{statistics.fmean(ms):.1f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 DESCRIPTIONS = [
     "Is this dictionary definition about a kind of {}? Answer yes or no.",
     "Does this news article report on {}? Answer yes or no.",
@@ -120,14 +130,7 @@ def main() -> None:
         stages["total"].append(t3 - t0)
 
     print(f"\nOne warm request at a time ({args.requests} requests), milliseconds:")
-    print("| stage | p50 | p90 | p99 | mean |")
-    print("|---|---:|---:|---:|---:|")
-    for name, xs in stages.items():
-        ms = [x * 1000 for x in xs]
-        print(
-            f"| {name} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.9):.1f} | "
-            f"{percentile(ms, 0.99):.1f} | {statistics.fmean(ms):.1f} |"
-        )
+    latency_table("| stage | p50 | p90 | p99 | mean |", stages, (0.5, 0.9, 0.99))
 
     print("\nBatched (one embedding call and one decode per batch, plus each zip):")
     print("| batch | seconds per batch | adapters/s | vs batch 1 |")
@@ -224,14 +227,7 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
         rows["download, stored weights + zip"] = stored
         reg.close()
     print(f"\nRegistered generation and downloads ({requests} requests, {len(ids)} downloads):")
-    print("| path | p50 ms | p90 ms | mean ms |")
-    print("|---|---:|---:|---:|")
-    for name, xs in rows.items():
-        ms = [x * 1000 for x in xs]
-        print(
-            f"| {name} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.9):.1f} | "
-            f"{statistics.fmean(ms):.1f} |"
-        )
+    latency_table("| path | p50 ms | p90 ms | mean ms |", rows, (0.5, 0.9))
 
 
 def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int) -> None:
