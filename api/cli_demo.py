@@ -3,7 +3,8 @@
 Each step is skipped when its result is already in ``$LORAMINT_HOME``, so a
 second run goes straight to the server:
 
-1. prepare the offline base models and the default task suite;
+1. prepare the demo's base model and the default task suite (the other offline
+   models are converted when a transfer or ``loramint models prepare`` asks);
 2. train a demo zoo (a few WordNet topic tasks, ~15 minutes on 2 CPU cores;
    ``--full`` trains and evaluates the whole suite);
 3. train an SG-LoRA and an ICM-LoRA generator on it;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,25 +66,39 @@ def demo_command(
     if zoo_steps < 1:
         raise InvalidInput(f"--zoo-steps must be at least 1, got {zoo_steps}")
     reg = Registry()
+    started = lap = time.monotonic()
+
+    def took(step: str) -> None:
+        nonlocal lap
+        now = time.monotonic()
+        out.print(f"  [dim]{step} took {now - lap:.0f} s[/]")
+        lap = now
+
     out.print(f"[bold]1/5[/] registry {reg.engine.url.render_as_string(hide_password=True)}")
-    for name in OFFLINE_MODELS:
-        with err.status(f"preparing {name} (converted once)..."):
-            rec = reg.prepare_base_model(name, on_progress=lambda m: err.print(f"  {m}"))
-        out.print(f"  base model {rec.name}: {rec.architecture}, {rec.num_layers} layers")
+    with err.status(f"preparing {BASE_MODEL} (converted once)..."):
+        rec = reg.prepare_base_model(BASE_MODEL, on_progress=lambda m: err.print(f"  {m}"))
+    out.print(f"  base model {rec.name}: {rec.architecture}, {rec.num_layers} layers")
+    others = ", ".join(name for name in OFFLINE_MODELS if name != BASE_MODEL)
+    out.print(f"  {others}: converted on first use (a transfer, `loramint models prepare`)")
     suite = open_suite(None)
     out.print(f"  task suite: {len(suite.names())} tasks in {suite.root}")
+    took("models and task suite")
 
     tasks = list(suite) if full else suite.select(list(DEMO_TASKS))
     if not full:
         tasks = [t for t in tasks if not t.held_out]
     _zoo(reg, tasks, full=full, steps=zoo_steps)
+    took("zoo")
     generators = _generators(reg)
+    took("generators")
     _generated(reg, suite.load(DEMO_HELD_OUT), generators["sg-lora"])
+    took("generate and score")
     secret = _admin_key(reg)
     reg.close()
     url = f"http://{host}:{port}"
     out.print(f"[bold]5/5[/] admin UI: [bold]{url}/ui[/]   admin key: [bold]{secret}[/]")
     out.print(f"  REST: {url}/v1 (OpenAPI {url}/schema); key kept in $LORAMINT_HOME/{KEY_FILE}")
+    out.print(f"  [dim]ready after {time.monotonic() - started:.0f} s[/]")
     if serve:
         from api.cli_service import serve_command
 
