@@ -234,20 +234,28 @@ def adapters_list(
     ] = None,
     limit: int = 50,
     offset: int = 0,
+    sort: Annotated[
+        str, typer.Option(help="id | name | rank | provenance | created | accuracy")
+    ] = "id",
+    desc: Annotated[bool, typer.Option("--desc", help="Largest (or newest) first.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List registered adapters."""
+    """List registered adapters (accuracy: what an evaluation measured; unmeasured last)."""
     recs = _registry().list_adapters(
-        base_model=base_model, provenance=provenance, limit=limit, offset=offset
-    )
+        base_model=base_model, provenance=provenance, limit=limit, offset=offset,
+        sort=sort, descending=desc,
+    )  # fmt: skip
     if as_json:
         _print_json([_summary(r) for r in recs])
         return
-    table = Table("id", "name", "base model", "r", "provenance", "description")
+    table = Table("id", "name", "base model", "r", "provenance", "accuracy", "description")
     for r in recs:
+        accuracy = r.metrics.get("accuracy")
+        shown = f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "-"
         table.add_row(
-            str(r.id), r.name, r.base_model, str(r.rank), r.provenance, _short(r.description)
-        )
+            str(r.id), r.name, r.base_model, str(r.rank), r.provenance, shown,
+            _short(r.description),
+        )  # fmt: skip
     out.print(table)
 
 

@@ -11,7 +11,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 import msgspec
@@ -191,8 +191,14 @@ def list_adapters(
     k: Annotated[int, QueryParameter(ge=1, le=1000)] = 10,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+    sort: Annotated[
+        Literal["id", "name", "rank", "provenance", "created", "accuracy"],
+        QueryParameter(description="Order of a listing (not of a search); unmeasured last."),
+    ] = "id",
+    order: FromQuery[Literal["asc", "desc"]] = "asc",
 ) -> AdapterPage | SearchPage:
-    """List adapters (filters, pagination) or, with `q`, search them by meaning."""
+    """List adapters (filters, pagination, `sort` and `order`) or, with `q`, search them
+    by meaning."""
     reg = registry_of(state)
     if k > state.api_settings.max_k:  # checked with or without q, as the OpenAPI says
         raise InvalidInput(f"k must be at most {state.api_settings.max_k}")
@@ -202,9 +208,10 @@ def list_adapters(
             hits = [h for h in hits if h.adapter.provenance == provenance.value]
         return SearchPage(q, [SearchHitOut(AdapterOut.of(h.adapter), h.score) for h in hits])
     items = reg.list_adapters(
-        base_model=base_model, provenance=provenance, limit=limit, offset=offset
-    )
-    total = reg.count_adapters(base_model=base_model) if provenance is None else None
+        base_model=base_model, provenance=provenance, limit=limit, offset=offset,
+        sort=sort, descending=order == "desc",
+    )  # fmt: skip
+    total = reg.count_adapters(base_model=base_model, provenance=provenance)
     return AdapterPage([AdapterOut.of(r) for r in items], total, limit, offset)
 
 

@@ -27,6 +27,7 @@ from registry.errors import AdapterNotFound, Conflict, InvalidInput, NotFound
 from registry.generators_store import GeneratorStore
 from registry.jobs_store import JobStore
 from registry.keys_store import KeyStore
+from registry.listing import adapter_order
 from registry.models import (
     AdapterArtifactRow,
     AdapterParentRow,
@@ -349,12 +350,16 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
         provenance: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        sort: str = "id",
+        descending: bool = False,
     ) -> list[AdapterRecord]:
+        """A page of adapters in ``sort`` order (``registry.listing.SORTS``)."""
         if limit < 1 or limit > 10_000:
             raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
         if offset < 0:
             raise InvalidInput(f"offset must be >= 0, got {offset}")
-        query = sa.select(AdapterRow).join(BaseModelRow).order_by(AdapterRow.id)
+        order = adapter_order(self.engine.dialect.name, sort, descending)
+        query = sa.select(AdapterRow).join(BaseModelRow).order_by(*order)
         if base_model:
             query = query.where(BaseModelRow.name == base_model)
         if provenance:
@@ -363,10 +368,14 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
             rows = s.scalars(query.limit(limit).offset(offset)).all()
             return [AdapterRecord.of(r) for r in rows]
 
-    def count_adapters(self, *, base_model: str | None = None) -> int:
+    def count_adapters(
+        self, *, base_model: str | None = None, provenance: str | None = None
+    ) -> int:
         query = sa.select(sa.func.count(AdapterRow.id)).join(BaseModelRow)
         if base_model:
             query = query.where(BaseModelRow.name == base_model)
+        if provenance:
+            query = query.where(AdapterRow.provenance == check_provenance(provenance).value)
         with self._sessions() as s:
             return int(s.scalar(query) or 0)
 
