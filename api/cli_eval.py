@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from api.cli_zoo import BaseOpt, SuiteOpt, eval_app, open_suite
+from api.cli_zoo import BaseOpt, DeviceOpt, SuiteOpt, eval_app, open_suite
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -69,6 +69,7 @@ def eval_generators(
     dest: Annotated[
         Path | None, typer.Option("--out", help="Also write the markdown table here.")
     ] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Held-out accuracy of every generator and baseline, relative to the oracle."""
     from generator.experts import ExpertBank
@@ -93,7 +94,7 @@ def eval_generators(
     ids = next(iter(gens.values())).ckpt.expert_ids
     with err.status("loading experts and the base model..."):
         bank = ExpertBank.from_registry(reg, base_model, ids=ids)
-        evaluator = Evaluator.from_path(reg.base_model_path(base_model))
+        evaluator = Evaluator.from_path(reg.base_model_path(base_model), device=device)
     k, tau = settings if settings else (4, 0.05)
     report = evaluate(
         reg,

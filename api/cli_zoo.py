@@ -26,6 +26,12 @@ SuiteOpt = Annotated[
 BaseOpt = Annotated[
     str, typer.Option("--base-model", "-m", help="Base model name, folder or HF id.")
 ]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", help="Where the base model runs: auto (a CUDA GPU if visible), cpu, cuda[:N]."
+    ),
+]
 
 
 def open_suite(path: Path | None, *, build: bool = True) -> Any:
@@ -138,9 +144,11 @@ def zoo_build(
     as_job: Annotated[
         bool, typer.Option("--as-job", help="Queue it as a job for a worker instead.")
     ] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
 
+    from generator.device import resolve_device
     from generator.zoo.build import build_zoo, write_report
     from generator.zoo.trainer import TrainConfig
     from registry.service import Registry
@@ -149,12 +157,14 @@ def zoo_build(
     s = open_suite(suite)
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
     selected = s.select(names)
+    if not as_job:
+        resolve_device(device)  # a missing GPU is refused before anything else
     reg = Registry()
     if as_job:
         params = {
             "tasks": [t.name for t in selected], "base_model": base_model,
             "suite": str(s.root.resolve()), "steps": steps, "batch_size": batch_size,
-            "lr": lr, "rank": rank, "evaluate": not no_eval,
+            "lr": lr, "rank": rank, "evaluate": not no_eval, "device": device,
         }  # fmt: skip
         job = reg.submit_job("build-zoo", params)
         out.print(f"zoo build job {job.id} queued ({len(selected)} tasks): run `loramint worker`")
@@ -170,6 +180,7 @@ def zoo_build(
         on_task=bars.on_task,
         on_step=bars.on_step,
         on_progress=lambda m: err.print(m),
+        device=device,
     )
     bars.close()
     trained = sum(e.trained_now for e in entries)
@@ -203,6 +214,7 @@ def eval_adapter(
     task: Annotated[str | None, typer.Option("--task", help="Task name.")] = None,
     suite: SuiteOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Accuracy of adapter ID on task NAME's test split, and of the bare base model; both
     are recorded in the adapter's metrics (its page, list row and model card show them)."""
@@ -220,7 +232,7 @@ def eval_adapter(
     from registry.lora_spec import parse_weights
 
     with err.status(f"loading {rec.base_model}..."):
-        evaluator = Evaluator.from_path(reg.base_model_path(rec.base_model))
+        evaluator = Evaluator.from_path(reg.base_model_path(rec.base_model), device=device)
     with err.status(f"scoring {len(t.test)} test examples..."):
         bare = evaluator.accuracy(t)
         tuned = evaluator.accuracy(t, (files.config, parse_weights(files.weights)))

@@ -159,6 +159,7 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
         on_task=on_task,
         on_step=on_step,
         on_progress=lambda m: ctx.progress(log_line=m),
+        device=str(p.get("device", "auto")),
     )
     ctx.progress(1.0, stage="registered", log_line=f"{len(entries)} zoo adapters")
     return {

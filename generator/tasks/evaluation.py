@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from generator.device import resolve_device
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.scoring import label_logprobs
 from generator.tasks.task import Example, Task
@@ -33,11 +34,15 @@ class EvalResult:
     predictions: tuple[str, ...]
 
 
-def load_base(path: Path) -> tuple[torch.nn.Module, Any]:
+def load_base(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
+    """The base model (float32, in eval mode, on ``device``: ``generator.device``) and
+    its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    where = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    torch.nn.Module.to(model, where)  # transformers types .to() for dtypes only
     model.eval()
     return model, tokenizer
 
@@ -62,8 +67,8 @@ class Evaluator:
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
     @classmethod
-    def from_path(cls, path: Path, *, batch_size: int = 16) -> Evaluator:
-        model, tokenizer = load_base(path)
+    def from_path(cls, path: Path, *, batch_size: int = 16, device: str = "cpu") -> Evaluator:
+        model, tokenizer = load_base(path, device)
         return cls(model, tokenizer, batch_size=batch_size)
 
     def accuracy(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from generator.device import model_device
 from generator.tasks.prompting import shared_prefix
 
 
@@ -26,8 +27,9 @@ def label_logprobs(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """(N, L) total log-probability of each of the L label token sequences after each prompt."""
-    lab, lab_mask = label_tensor(labels, pad_id)
-    out = torch.empty((len(prompts), lab.shape[0]))
+    device = model_device(model)
+    lab, lab_mask = (t.to(device) for t in label_tensor(labels, pad_id))
+    out = torch.empty((len(prompts), lab.shape[0]))  # on the CPU, whatever the model's device
     n_prefix = shared_prefix(prompts)
     prefix = list(prompts[0][:n_prefix]) if prompts else []
     # longest first: similar lengths share a batch, so little padding
@@ -35,7 +37,7 @@ def label_logprobs(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         own = [prompts[i][n_prefix:] for i in idx]
-        out[idx] = score_batch(model, prefix, own, lab, lab_mask, pad_id)
+        out[idx] = score_batch(model, prefix, own, lab, lab_mask, pad_id).cpu()
     return out
 
 
@@ -63,23 +65,27 @@ def score_batch(
     """(B, L) log-probability of each label after ``prefix + prompts[b]``.
 
     Differentiable (``label_logprobs`` wraps it in ``no_grad``): distillation
-    trains through it. ``prompts`` hold each prompt's own tokens after ``prefix``.
+    trains through it. ``prompts`` hold each prompt's own tokens after ``prefix``. The
+    model runs on ``lab``'s device (the result stays there).
     """
     B, L, M = len(prompts), lab.shape[0], lab.shape[1]
     P = max(len(p) for p in prompts)
+    device = lab.device
     ids = torch.full((B, P), pad_id, dtype=torch.long)
     mask = torch.zeros((B, P), dtype=torch.long)
     for b, p in enumerate(prompts):  # left padding: every prompt ends at column P-1
         ids[b, P - len(p) :] = torch.tensor(p)
         mask[b, P - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0) + len(prefix)  # (B, P)
     cache = None
     if prefix:
         cache = model(
-            input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1
+            input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1
         ).past_key_values
         cache.batch_repeat_interleave(B)
-        mask = torch.cat([torch.ones((B, len(prefix)), dtype=torch.long), mask], dim=1)
+        ones = torch.ones((B, len(prefix)), dtype=torch.long, device=device)
+        mask = torch.cat([ones, mask], dim=1)
     res = model(
         input_ids=ids,
         attention_mask=mask,
@@ -95,11 +101,10 @@ def score_batch(
     cache = res.past_key_values
     cache.batch_repeat_interleave(L)  # (B*L, ...) one copy of each prompt per label
     cont = lab[:, :-1].repeat(B, 1)  # (B*L, M-1) label tokens fed after the prompt
-    cont_mask = torch.cat(
-        [mask.repeat_interleave(L, dim=0), torch.ones((B * L, M - 1), dtype=torch.long)], dim=1
-    )  # (B*L, P+M-1)
+    tail = torch.ones((B * L, M - 1), dtype=torch.long, device=device)
+    cont_mask = torch.cat([mask.repeat_interleave(L, dim=0), tail], dim=1)  # (B*L, P+M-1)
     start = mask.sum(-1).repeat_interleave(L)[:, None]  # (B*L, 1) next position per prompt
-    cont_pos = start + torch.arange(M - 1)[None, :]  # (B*L, M-1)
+    cont_pos = start + torch.arange(M - 1, device=device)[None, :]  # (B*L, M-1)
     res2 = model(
         input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from generator.device import model_device
 from generator.tasks.prompting import PromptFormat
 
 
@@ -29,7 +30,9 @@ class TaskVectorizer:
             ids = self.format.prompt_ids(description, text) + self.format.answer_ids(output)
             ids = ids[-self.max_tokens :]
             out = self.model(
-                input_ids=torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1
+                input_ids=torch.tensor([ids], device=model_device(self.model)),
+                output_hidden_states=True,
+                logits_to_keep=1,
             )
-            states.append(out.hidden_states[-1][0, -1].float())  # (H,)
+            states.append(out.hidden_states[-1][0, -1].float().cpu())  # (H,)
         return torch.stack(states).mean(0)

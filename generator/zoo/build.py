@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from generator.device import model_device
 from generator.tasks.evaluation import Evaluator, load_base
 from generator.tasks.task import Task
 from generator.zoo.artifacts import SEEDS, TRAJECTORY, seeds_bytes, trajectory_bytes
@@ -58,8 +59,10 @@ def build_zoo(
     on_task: Callable[[Task, int, int], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> list[ZooEntry]:
-    """Train, evaluate and register one adapter per task; skip tasks already in the registry."""
+    """Train, evaluate and register one adapter per task; skip tasks already in the registry.
+    The base model runs on ``device`` (``generator.device``)."""
     bm = registry.prepare_base_model(base_model, on_progress=on_progress)
     todo = []
     entries: dict[str, ZooEntry] = {}
@@ -70,7 +73,7 @@ def build_zoo(
         else:
             entries[task.name] = _entry(task, rec.id, rec.metrics, trained_now=False)
     if todo:
-        model, tokenizer = load_base(registry.base_model_path(bm.name))
+        model, tokenizer = load_base(registry.base_model_path(bm.name), device)
         evaluator = Evaluator(model, tokenizer)
         for i, task in enumerate(todo):
             if on_task:
@@ -105,6 +108,7 @@ def _train_one(
         "tokens_per_second": round(result.tokens_per_second, 1),
         "final_loss": round(sum(result.losses[-5:]) / len(result.losses[-5:]), 4),
         "task": task.name,
+        "device": model_device(evaluator.model).type,
     }
     if acc is not None:
         metrics.update(accuracy=acc, base_accuracy=base_acc, eval_n=len(task.test))

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from generator.device import model_device
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.task import Example
 from registry.errors import InvalidInput
@@ -112,7 +113,8 @@ def attach_lora(model: torch.nn.Module, config: TrainConfig) -> Any:
 def lora_state(peft_model: Any) -> Tensors:
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().clone().float() for k, v in get_peft_model_state_dict(peft_model).items()}
+    state = get_peft_model_state_dict(peft_model)
+    return {k: v.detach().float().cpu().clone() for k, v in state.items()}  # CPU, any device
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ def forward_with_prefix(
 
     The prefix runs once; its cache is repeated for the batch (gradients from
     every row flow back into the one prefix computation). ``ids`` are left
-    padded, ``pos`` counts from 0 at each row's first real token.
+    padded, ``pos`` counts from 0 at each row's first real token; the model runs
+    on ``ids``' device.
     """
     B, P = ids.shape[0], len(prefix)
     if P == 0:
@@ -162,10 +165,14 @@ def forward_with_prefix(
             input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=logits_to_keep
         )
         return out.logits
-    pre = model(input_ids=torch.tensor([list(prefix)]), use_cache=True, logits_to_keep=1)
+    device = ids.device
+    pre = model(
+        input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1
+    )
     cache = pre.past_key_values
     cache.batch_repeat_interleave(B)
-    full_mask = torch.cat([torch.ones((B, P), dtype=mask.dtype), mask], dim=1)  # (B, P+S)
+    ones = torch.ones((B, P), dtype=mask.dtype, device=device)
+    full_mask = torch.cat([ones, mask], dim=1)  # (B, P+S)
     out = model(
         input_ids=ids,
         attention_mask=full_mask,
@@ -194,8 +201,11 @@ def batches(
     return out
 
 
-def collate(batch: list[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Left-padded ids, mask, positions, targets (B, K-1) and target mask for the last K columns."""
+def collate(
+    batch: list[Encoded], pad_id: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Left-padded ids, mask, positions, targets (B, K-1) and target mask for the last K
+    columns (on ``device``, else the CPU)."""
     T = max(len(x) for x in batch)
     K = max(len(x.answer) for x in batch) + 1
     B = len(batch)
@@ -209,7 +219,8 @@ def collate(batch: list[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
         tgt_mask[b, K - 1 - len(x.answer) :] = True
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     targets = ids[:, T - K + 1 :]  # (B, K-1): the tokens the last K-1 logits predict
-    return ids, mask, pos, targets, tgt_mask
+    out = (ids, mask, pos, targets, tgt_mask)
+    return out if device is None else tuple(t.to(device) for t in out)
 
 
 @dataclass(frozen=True)
@@ -325,6 +336,7 @@ def _train(
     early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
+    device = model_device(peft_model)
     best: tuple[float, int, Tensors] | None = None  # (validation loss, step, weights)
     checks: list[list[float]] = []  # [step, validation loss]; step 0: before training
 
@@ -359,7 +371,7 @@ def _train(
     t0 = time.perf_counter()
     for step in range(config.steps):
         prefix, batch = next_batch()
-        ids, mask, pos, targets, tgt_mask = collate(batch, pad_id)
+        ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, device)
         K = targets.shape[1] + 1
         # (B, K-1, V): each logit predicts the next column's token
         logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, K)[:, :-1]
@@ -430,7 +442,7 @@ def _validator(
         total, count = 0.0, 0
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            ids, mask, pos, targets, tgt_mask = collate(batch, pad_id)
+            ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, model_device(model))
             logits = forward_with_prefix(model, prefix, ids, mask, pos, targets.shape[1] + 1)
             picked = logits[:, :-1][tgt_mask].float()
             total += float(F.cross_entropy(picked, targets[tgt_mask], reduction="sum"))

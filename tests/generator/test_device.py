@@ -1,0 +1,86 @@
+"""Where the base model runs (``--device``): ``auto`` takes a CUDA GPU when torch sees
+one; asking for a GPU that is not there is refused before anything is trained or
+registered; and, on a machine with a GPU, a zoo adapter trained and scored there
+matches the CPU's within float rounding (skipped, saying so, without one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from generator.device import model_device, resolve_device
+from generator.sandbox import ZOO_CONFIG, tiny_task
+from generator.tasks.evaluation import Evaluator, load_base
+from generator.zoo.trainer import train_lora
+from registry.errors import InvalidInput
+from registry.service import Registry
+from tests.worlds import sqlite_settings
+
+GPU = torch.cuda.is_available()
+
+
+def test_auto_takes_a_gpu_only_when_there_is_one() -> None:
+    assert resolve_device("auto").type == ("cuda" if GPU else "cpu")
+    assert resolve_device("").type == resolve_device("auto").type
+    assert resolve_device(" CPU ") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("tpu", "auto, cpu, cuda or cuda:N"), ("cuda:x", "cuda:N"), ("cuda:99", "CUDA GPU")],
+)
+def test_a_device_that_cannot_be_had_is_refused(name: str, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(GPU, reason="this machine has a GPU: asking for one is not an error")
+def test_asking_for_a_missing_gpu_changes_nothing(tmp_path: Path, tiny_base: Path) -> None:
+    settings = sqlite_settings(tmp_path)
+    suite = tmp_path / "suite"
+    from generator.tasks.task import TaskSuite
+
+    TaskSuite(suite).write_all([tiny_task("cat", "cat")])
+    run = subprocess.run(
+        [sys.executable, "-m", "api.cli", "zoo", "build", "--base-model", str(tiny_base),
+         "--suite", str(suite), "--steps", "2", "--device", "cuda"],
+        env=os.environ | settings.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0 and "no CUDA GPU" in run.stderr, run.stderr
+    reg = Registry(settings)
+    try:
+        assert reg.count_adapters() == 0 and reg.list_base_models() == []
+    finally:
+        reg.close()
+
+
+def test_the_cpu_path_keeps_weights_and_scores_on_the_cpu(tiny_base: Path) -> None:
+    model, tokenizer = load_base(tiny_base, "cpu")
+    evaluator = Evaluator(model, tokenizer)
+    task = tiny_task("cat", "cat")
+    result = train_lora(model, evaluator.format, task.description, task.train, ZOO_CONFIG)
+    assert {t.device.type for t in result.weights.values()} == {"cpu"}
+    assert model_device(model).type == "cpu"
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_a_gpu_trains_and_scores_like_the_cpu(tiny_base: Path) -> None:
+    task = tiny_task("cat", "cat")
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model, tokenizer = load_base(tiny_base, device)
+        evaluator = Evaluator(model, tokenizer)
+        result = train_lora(model, evaluator.format, task.description, task.train, ZOO_CONFIG)
+        scores = evaluator.label_scores(task, (result.peft_config, result.weights))
+        runs[device] = (result, scores)
+    cpu, gpu = runs["cpu"], runs["cuda"]
+    assert {t.device.type for t in gpu[0].weights.values()} == {"cpu"}  # back on the CPU
+    for name, weight in cpu[0].weights.items():
+        torch.testing.assert_close(gpu[0].weights[name], weight, atol=2e-3, rtol=2e-2)
+    torch.testing.assert_close(gpu[1], cpu[1], atol=2e-3, rtol=1e-3)
+    assert (gpu[1].argmax(-1) == cpu[1].argmax(-1)).float().mean() >= 0.95
