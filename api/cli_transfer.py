@@ -18,22 +18,6 @@ err = Console(stderr=True)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` transfer settings; values are JSON (numbers) or plain text."""
-    from registry.errors import InvalidInput
-
-    settings: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"--set takes KEY=VALUE, got {pair!r}")
-        try:
-            settings[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key.strip()] = value
-    return settings
-
-
 def transfer_command(
     adapter_id: Annotated[int, typer.Argument(help="Registered adapter to transfer.")],
     to: Annotated[str, typer.Option("--to", help="Target base model name, folder or HF id.")],
@@ -58,6 +42,7 @@ def transfer_command(
     command runs it, or follows it when a worker has it already.
     """
     from api.engines import Resources
+    from generator.transfer.config import parse_settings
     from generator.transfer.source import submit_transfer
     from registry.service import Registry
 

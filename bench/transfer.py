@@ -373,10 +373,9 @@ def main() -> None:
     if args.max_rounds < 0 or args.min_kept < 0:
         ap.error("--max-rounds and --min-kept must be >= 0")
 
-    from api.cli_transfer import parse_settings
     from api.cli_zoo import open_suite
     from generator.tasks.evaluation import Evaluator
-    from generator.transfer.config import TransferConfig
+    from generator.transfer.config import TransferConfig, parse_settings
     from registry.blobs import write_atomic
     from registry.errors import InvalidInput
     from registry.service import Registry

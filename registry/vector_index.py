@@ -75,6 +75,19 @@ class VectorIndex:
             return all_ids
         return all_ids[~np.isin(all_ids, np.fromiter(self.tombstones, np.int64))]
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(M,) live ids -> their (M, D) float32 vectors as stored (flat and HNSW indexes
+        keep them exactly); a missing id is a ValueError."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for row, i in enumerate(ids):
+            if int(i) in self.tombstones:
+                raise ValueError(f"id {int(i)} was removed from the index")
+            try:
+                out[row] = self.index.reconstruct(int(i))
+            except RuntimeError as exc:  # faiss: the id is not in the map
+                raise ValueError(f"id {int(i)} is not in the index") from exc
+        return out
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         # ids: (M,) int64; vectors: (M, D) float32
         if len(ids) == 0:

@@ -62,6 +62,13 @@ def transfer_world(
     return TransferWorld(reg, settings, entry.adapter_id, str(tiny_base), str(tiny_gemma), task)
 
 
+def sqlite_settings(root: Path) -> Settings:
+    """A registry under ``root``: its home, a SQLite file and a model cache."""
+    return Settings(
+        home=root / "home", database_url=f"sqlite:///{root}/r.db", model_cache=root / "models"
+    )
+
+
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     """This process's environment pointed at ``settings``' registry (for a subprocess)."""
     return dict(os.environ) | settings.environment() | extra

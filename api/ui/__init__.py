@@ -11,6 +11,7 @@ Bearer keys and its JSON errors are untouched.
     sessions.py  login sessions, roles, CSRF
     render.py    page rendering and error pages
     weight_chart.py  per-layer weight norms as an SVG bar chart
+    space_map.py     the adapter-space map: PCA of descriptions and of weights, as SVG
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from api.ui.pages import ADMIN, safe_next
 from api.ui.render import flash, page
 from api.ui.sessions import authenticate_key, log_in, log_out
 from generator.hypernet.methods import METHODS
+from generator.transfer.config import parse_settings
 from generator.transfer.source import submit_request, transfer_request
 from generator.zoo.artifacts import seed_artifacts
 from registry.errors import InvalidInput, LoramintError
@@ -205,12 +206,16 @@ async def start_transfer(
     request: Request[Any, Any, Any], state: State, adapter_id: AnyId
 ) -> Template | Redirect:
     form = await request.form()
-    values = {f: _text(form, f).strip() for f in ("target_base_model", "samples")}
+    values = {f: _text(form, f).strip() for f in ("target_base_model", "samples", "settings")}
     reg = _reg(state)
     try:
         samples = _whole(values["samples"], "samples") if values["samples"] else None
+        lines = [line.strip() for line in values["settings"].splitlines() if line.strip()]
+        settings = parse_settings(lines)
         asked = await anyio.to_thread.run_sync(
-            lambda: transfer_request(reg, adapter_id, values["target_base_model"], samples=samples)
+            lambda: transfer_request(
+                reg, adapter_id, values["target_base_model"], samples=samples, config=settings
+            )
         )
         check_job_capacity(state)
         job = await anyio.to_thread.run_sync(submit_request, reg, asked)

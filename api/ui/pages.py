@@ -11,7 +11,9 @@ from litestar.response import Redirect, Template
 
 from api.dto import JobOut
 from api.handlers import AnyId
-from api.ui import views
+from api.ui import space_map, views
+from api.ui.compare import compare_view
+from api.ui.heldout_view import heldout_reports
 from api.ui.render import page
 from api.ui.sessions import viewer_of
 from generator.hypernet.methods import METHODS
@@ -63,8 +65,10 @@ def adapters(
     provenance: FromQuery[str] = "",
     k: FromQuery[str] = "10",
     offset: FromQuery[str] = "0",
+    sort: FromQuery[str] = "id",
+    order: FromQuery[str] = "asc",
 ) -> Template:
-    query = views.AdapterQuery(q, base_model, provenance, k, offset)
+    query = views.AdapterQuery(q, base_model, provenance, k, offset, sort, order)
     reg = _reg(state)
     try:
         listing = views.adapter_list(reg, query, max_k=state.api_settings.max_k)
@@ -77,6 +81,24 @@ def adapters(
             listing=empty, error=str(exc),
         )  # fmt: skip
     return page(request, "adapters.html", nav="adapters", query=query, listing=listing)
+
+
+@get("/compare", opt=READER, sync_to_thread=True)
+def compare(
+    request: Request[Any, Any, Any],
+    state: State,
+    ids: FromQuery[list[str] | None] = None,
+    task: FromQuery[str] = "",
+) -> Template:
+    """Two or more adapters side by side, and their accuracy on one task."""
+    try:
+        view = compare_view(_reg(state), ids or [], task)
+    except LoramintError as exc:
+        return page(
+            request, "compare.html", status=state.ui_status_for(exc), nav="adapters",
+            view=None, error=str(exc),
+        )  # fmt: skip
+    return page(request, "compare.html", nav="adapters", view=view)
 
 
 @get("/adapters/{adapter_id:int}", opt=READER, sync_to_thread=True)
@@ -112,12 +134,22 @@ def generate_page(request: Request[Any, Any, Any], state: State) -> Template:
 
 @get("/generators", opt=READER, sync_to_thread=True)
 def generators(request: Request[Any, Any, Any], state: State) -> Template:
-    gens = _reg(state).list_generators(limit=200)
+    reg = _reg(state)
+    gens = reg.list_generators(limit=200)
+    models = [b.name for b in reg.list_base_models()]
     return page(
         request, "generators.html", nav="generators", values={}, form=views.generator_form(),
-        base_models=_names(state), generators=gens,
-        roles=views.generator_roles(_reg(state), gens),
+        base_models=_names(state), generators=gens, roles=views.generator_roles(reg, gens),
+        heldout=heldout_reports(reg.settings.results_dir, models),
     )  # fmt: skip
+
+
+@get("/map", opt=READER, sync_to_thread=True)
+def adapter_map(
+    request: Request[Any, Any, Any], state: State, base_model: FromQuery[str] = ""
+) -> Template:
+    view = space_map.space_map(_reg(state), base_model)
+    return page(request, "map.html", nav="map", view=view)
 
 
 @get("/jobs", opt=READER, sync_to_thread=True)
@@ -156,11 +188,13 @@ PAGES = [
     login_page,
     dashboard,
     adapters,
+    compare,
     adapter_detail,
     download,
     upload_page,
     generate_page,
     generators,
+    adapter_map,
     jobs,
     job_detail,
     job_status,

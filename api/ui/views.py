@@ -8,9 +8,11 @@ limits), so a bad filter reads the same in both.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
+from api.ui.compare import Oracle, Oracles
 from api.ui.weight_chart import NormChart, norm_chart, weight_norms
 from generator.zoo.artifacts import SEEDS
 from registry.base_models import OFFLINE_MODELS
@@ -78,6 +80,21 @@ class AdapterQuery:
     provenance: str = ""
     k: str = "10"
     offset: str = "0"
+    sort: str = "id"
+    order: str = "asc"
+
+    def sorted_by(self, column: str) -> str:
+        """The list's address sorted by ``column``: a second click reverses the order."""
+        flip = "desc" if self.sort == column and self.order == "asc" else "asc"
+        return "/ui/adapters?" + urlencode(
+            {"base_model": self.base_model, "provenance": self.provenance,
+             "sort": column, "order": flip}
+        )  # fmt: skip
+
+    def aria_sort(self, column: str) -> str:
+        if self.sort != column:
+            return "none"
+        return "descending" if self.order == "desc" else "ascending"
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,7 @@ class AdapterList:
     prev_offset: int | None
     base_models: list[str]
     provenances: tuple[str, ...] = PROVENANCES
+    oracles: dict[int, Oracle] = field(default_factory=dict)  # adapter id -> its task's oracle
 
 
 def adapter_list(reg: Registry, query: AdapterQuery, *, max_k: int) -> AdapterList:
@@ -106,21 +124,33 @@ def adapter_list(reg: Registry, query: AdapterQuery, *, max_k: int) -> AdapterLi
             for h in hits
             if provenance is None or h.adapter.provenance == provenance
         ]
-        return AdapterList(items, None, 0, None, None, names)
+        shown = [a for a, _ in items]
+        return AdapterList(items, None, 0, None, None, names, oracles=_oracles(reg, shown))
     offset = parse_int("offset", query.offset, 0, 2**31)
+    if query.order not in ("asc", "desc"):
+        raise InvalidInput(f"order must be asc or desc, got {query.order!r}")
     records = reg.list_adapters(
-        base_model=base_model, provenance=provenance, limit=PAGE_SIZE + 1, offset=offset
-    )
-    total = reg.count_adapters(base_model=base_model) if provenance is None else None
+        base_model=base_model, provenance=provenance, limit=PAGE_SIZE + 1, offset=offset,
+        sort=query.sort, descending=query.order == "desc",
+    )  # fmt: skip
+    total = reg.count_adapters(base_model=base_model, provenance=provenance)
     more = len(records) > PAGE_SIZE
+    shown = records[:PAGE_SIZE]
     return AdapterList(
-        [(r, None) for r in records[:PAGE_SIZE]],
+        [(r, None) for r in shown],
         total,
         offset,
         offset + PAGE_SIZE if more else None,
         max(0, offset - PAGE_SIZE) if offset > 0 else None,
         names,
+        oracles=_oracles(reg, shown),
     )
+
+
+def _oracles(reg: Registry, records: list[AdapterRecord]) -> dict[int, Oracle]:
+    lookups = Oracles(reg)
+    found = {r.id: lookups.beside(r) for r in records}
+    return {i: o for i, o in found.items() if o is not None}
 
 
 @dataclass(frozen=True)
@@ -145,6 +175,7 @@ class AdapterPage:
     children: list[Child]  # the adapters built from this one
     derived_generators: list[GeneratorRecord]  # generators trained with it as an expert
     transfer_targets: list[str]  # base models to suggest for a transfer (it has seeds)
+    oracle: Oracle | None  # the oracle of the task its accuracy was measured on
 
 
 def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
@@ -181,6 +212,7 @@ def adapter_page(reg: Registry, adapter_id: int) -> AdapterPage:
         children=reg.children(adapter_id),
         derived_generators=reg.derived_generators(adapter_id),
         transfer_targets=transfer_targets(reg, rec),
+        oracle=Oracles(reg).beside(rec),
     )
 
 

@@ -99,17 +99,24 @@ def test_the_admin_ui_starts_a_transfer_and_its_job_page_follows_it(
             ({"target_base_model": "no-such-model", "samples": "3"}, 404, "no-such-model"),
             ({"target_base_model": transfer.target, "samples": "many"}, 400, "whole number"),
             ({"target_base_model": transfer.base, "samples": "3"}, 400, "already an adapter"),
+            ({"target_base_model": transfer.target, "settings": "colour=red"}, 400, "colour"),
+            ({"target_base_model": transfer.target, "settings": "steps"}, 400, "KEY=VALUE"),
         ]:
             r = client.post(url, data={**bad, "csrf_token": token}, follow_redirects=False)
             assert r.status_code == status and reason in r.text, (bad, r.status_code)
             assert 'role="alert"' in r.text or "form-error" in r.text
         assert len(reg.list_jobs()) == before  # nothing queued
-        body = {"target_base_model": transfer.target, "samples": "3", "csrf_token": token}
+        body = {
+            "target_base_model": transfer.target, "samples": "3", "csrf_token": token,
+            "settings": "distill_steps=7\n\n soft_filter=false",
+        }  # fmt: skip
         r = client.post(url, data=body, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/ui/jobs/"), r.text
         job_id = int(r.headers["location"].rsplit("/", 1)[1])
         job = reg.get_job(job_id)
         assert job.kind == "transfer" and job.params["samples"] == 3
+        assert job.params["config"]["distill_steps"] == 7
+        assert job.params["config"]["soft_filter"] is False
         followed = client.get(r.headers["location"])
         assert "Queued the transfer" in followed.text and "transfer" in followed.text
     reg.cancel_job(job_id)

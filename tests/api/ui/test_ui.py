@@ -13,7 +13,10 @@ installs the Debian package); without it these tests are skipped, saying so.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from generator.sandbox import build_world
 from registry.embeddings import MiniLMEmbedder
 from registry.settings import Settings, ToolSettings
 from tests.conftest import make_lora
-from tests.worlds import live_server, server_env
+from tests.worlds import FAST, live_server, server_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -44,12 +47,32 @@ MOON = "Does the text mention the moon? Answer yes or no."
 
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_base: Path, embedder: MiniLMEmbedder
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_base: Path,
+    tiny_gemma: Path,
+    embedder: MiniLMEmbedder,
 ) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("ui")
     world = build_world(root, embedder=embedder, base=tiny_base)
     reg = world.registry
     train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
+    # an adapter measured on the held-out task, to compare with that task's oracle
+    oracle = reg.find_adapter(world.base, "zoo-moon")
+    assert oracle is not None and oracle.metrics.get("base_accuracy") is not None
+    bare = oracle.metrics["base_accuracy"]
+    candidate = reg.add_adapter(
+        make_lora(tiny_base, root / "candidate", seed=5), base_model=world.base,
+        description="Is the moon in this text?", name="moon-candidate",
+        metrics={"accuracy": (bare + oracle.metrics["accuracy"]) / 2, "base_accuracy": bare,
+                 "eval_task": "moon", "eval_n": 8},
+    )  # fmt: skip
+    # the held-out evaluation the generators page charts, by the real command
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "api.cli", "eval", "generators", "--base-model", world.base,
+         "--suite", str(world.suite.root), "--device", "cpu"],
+        env=os.environ | world.environment(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
     # a job for the worker to finish at start-up, so the jobs pages have one to show
     first_job = reg.submit_job(
         "train-generator", {"base_model": world.base, "config": {"steps": 3}}
@@ -65,6 +88,7 @@ def server(
         yield {
             "url": url, "admin": admin, "reader": reader, "base": world.base,
             "root": root, "lora": lora, "job": first_job.id, "home": settings.home,
+            "gemma": str(tiny_gemma), "oracle": oracle.id, "candidate": candidate.id,
         }  # fmt: skip
 
 
@@ -336,6 +360,7 @@ def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
     page = new_page(browser, server, PHONE)
     # keyboard only: skip link first, then the key field; Enter submits
     page.goto("/ui/login")
+    shoot(page, shots, "login")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     page.keyboard.press("Enter")
@@ -354,7 +379,10 @@ def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
         "generators": "/ui/generators",
         "jobs": "/ui/jobs",
         "job": f"/ui/jobs/{server['job']}",
+        "compare": f"/ui/compare?ids={server['candidate']},{server['oracle']},1",
+        "map": "/ui/map",
         "error": "/ui/adapters/999999",
+        "not-found": "/ui/keys",
     }
     for name, url in pages.items():
         page.goto(url)
@@ -365,6 +393,84 @@ def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(re.compile(r"/ui/login$"))
     assert page.evaluate(UNLABELLED) == []
+    page.context.close()
+
+
+def test_compare_sort_and_a_transfer_watched_live(
+    server: dict[str, Any], browser: Any, shots: Path
+) -> None:
+    """Adapters sorted by accuracy, two ticked and compared on a task beside the bare
+    model and the oracle; then a transfer started from an adapter's page, its job page
+    followed live to the adapter it made."""
+    for viewport in (DESKTOP, PHONE):
+        page = new_page(browser, server, viewport)
+        log_in(page, server["admin"])
+        page.goto("/ui/adapters")
+        accuracy = page.get_by_role("columnheader", name=re.compile("^Accuracy"))
+        accuracy.get_by_role("link").click()
+        page.wait_for_url(re.compile(r"sort=accuracy&order=asc"))
+        page.get_by_role("columnheader", name=re.compile("^Accuracy")).get_by_role("link").click()
+        page.wait_for_url(re.compile(r"sort=accuracy&order=desc"))
+        header = page.get_by_role("columnheader", name=re.compile("^Accuracy"))
+        assert header.get_attribute("aria-sort") == "descending"
+        shown = page.locator("table.adapters tbody tr td:nth-child(6)").all_inner_texts()
+        measured = [float(t.split()[0]) for t in shown if t.strip() not in ("", "–")]
+        assert measured and measured == sorted(measured, reverse=True), shown
+        shoot(page, shots, "adapters-sorted")
+        page.get_by_label("Compare moon-candidate").check()
+        page.get_by_label("Compare zoo-moon").check()
+        page.get_by_role("button", name="Compare ticked adapters").click()
+        page.wait_for_url(re.compile(r"/ui/compare\?"))
+        assert page.get_by_role("heading", level=1).inner_text() == "Compare adapters"
+        bars = page.locator("figure.accuracy rect.bar")
+        kinds = bars.evaluate_all("bs => bs.map(b => b.classList[1])")
+        assert kinds == ["bare", "adapter", "oracle"], kinds
+        side = page.get_by_role("table", name="The adapters side by side")
+        assert "moon-candidate" in side.inner_text() and "zoo-moon" in side.inner_text()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the compare view is {overflow}px wider than the screen"
+        shoot(page, shots, "compare")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Map").click()
+        for figure in ("Description space", "Weight space"):
+            plot = page.get_by_role("img", name=re.compile(figure))
+            assert plot.locator("circle").count() >= 3, figure
+        shoot(page, shots, "map")
+        page.goto("/ui/generators")
+        heldout = page.get_by_role("region", name="Held-out tasks")
+        chart = heldout.get_by_role("img", name=re.compile("^Mean accuracy over 1 held-out task,"))
+        kinds = chart.locator("rect.bar").evaluate_all("bs => bs.map(b => b.classList[1])")
+        assert kinds[0] == "bare" and kinds[-1] == "oracle" and "method" in kinds, kinds
+        shoot(page, shots, "generators-heldout")
+        page.context.close()
+
+    page = new_page(browser, server, DESKTOP)
+    log_in(page, server["admin"])
+    page.goto(f"/ui/adapters/{server['oracle']}")
+    page.get_by_label("Target base model").fill(server["gemma"])
+    page.get_by_label("Synthetic samples").fill("4")
+    settings = "\n".join(f"{k}={v}" for k, v in FAST.items() if k != "samples")
+    page.get_by_label(re.compile("^Other settings")).fill(settings)
+    seen: list[str] = []
+
+    def status(response: Any) -> None:
+        if response.url.endswith("/status") and response.ok:
+            seen.append(str(response.json().get("stage") or ""))
+
+    page.on("response", status)
+    page.get_by_role("button", name="Start transfer").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/\d+$"))
+    assert "Queued the transfer" in page.get_by_role("status").inner_text()
+    shoot(page, shots, "transfer-job-running")
+    page.locator("[data-field=state]").filter(has_text="succeeded").wait_for(timeout=180_000)
+    stages = [s for s in seen if s]
+    assert stages, "the job page showed no stage while the transfer ran"
+    assert page.locator("progress[data-field=progress]").evaluate("p => p.value") == 1
+    shoot(page, shots, "transfer-job-done")
+    page.get_by_role("link", name="The adapter it made").click()
+    lineage = page.get_by_role("region", name="Lineage")
+    assert "zoo-moon" in lineage.inner_text()
+    assert "transferred" in page.get_by_role("region", name="Adapter", exact=True).inner_text()
+    shoot(page, shots, "transferred-adapter")
     page.context.close()
 
 

@@ -4,6 +4,7 @@ or with a reader's session changes nothing; the same request done right does."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import stat
@@ -67,6 +68,14 @@ def csrf_of(html: str) -> str:
     found = CSRF_RE.search(html)
     assert found, "the page has no CSRF field"
     return found.group(1)
+
+
+@contextlib.contextmanager
+def logged_in_client(reg: Registry, key: str) -> Iterator[TestClient[Any]]:
+    """A TestClient on the real app over ``reg``, logged in to the UI with ``key``."""
+    with TestClient(create_app(reg, ApiSettings())) as client:
+        log_in(client, key)
+        yield client
 
 
 def log_in(client: TestClient[Any], key: str) -> str:
