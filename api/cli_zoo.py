@@ -148,7 +148,7 @@ def zoo_build(
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
 
-    from generator.device import resolve_device
+    from generator.tasks.device import resolve_device
     from generator.zoo.build import build_zoo, write_report
     from generator.zoo.trainer import TrainConfig
     from registry.service import Registry

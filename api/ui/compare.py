@@ -153,9 +153,10 @@ def _chart(task: str, on_task: list[Compared], oracles: Oracles) -> AccuracyChar
         suffix = f" ({base_model})" if several else ""
         if bare is not None:
             rows.append(Row(f"bare model{suffix}", bare, "bare"))
-        for c in mine:
+        oracle_id = oracle.adapter.id if oracle is not None else None
+        for c in sorted(mine, key=lambda c: c.adapter.id == oracle_id):  # the oracle last
             assert c.accuracy is not None  # measured on the task
-            is_oracle = oracle is not None and oracle.adapter.id == c.adapter.id
+            is_oracle = c.adapter.id == oracle_id
             share = None if oracle is None or is_oracle else oracle.share_of_gain(c.accuracy, bare)
             note = f"{share:.0%} of the oracle's gain" if share is not None else ""
             kind = "oracle" if is_oracle else "adapter"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from generator.device import resolve_device
+from generator.tasks.device import resolve_device
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.scoring import label_logprobs
 from generator.tasks.task import Example, Task
@@ -35,7 +35,7 @@ class EvalResult:
 
 
 def load_base(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
-    """The base model (float32, in eval mode, on ``device``: ``generator.device``) and
+    """The base model (float32, in eval mode, on ``device``: ``generator.tasks.device``) and
     its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from generator.device import model_device
+from generator.tasks.device import model_device
 from generator.tasks.prompting import shared_prefix
 
 

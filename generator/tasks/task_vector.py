@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from generator.device import model_device
+from generator.tasks.device import model_device
 from generator.tasks.prompting import PromptFormat
 
 

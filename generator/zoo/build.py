@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from generator.device import model_device
+from generator.tasks.device import model_device
 from generator.tasks.evaluation import Evaluator, load_base
 from generator.tasks.task import Task
 from generator.zoo.artifacts import SEEDS, TRAJECTORY, seeds_bytes, trajectory_bytes
@@ -62,7 +62,7 @@ def build_zoo(
     device: str = "auto",
 ) -> list[ZooEntry]:
     """Train, evaluate and register one adapter per task; skip tasks already in the registry.
-    The base model runs on ``device`` (``generator.device``)."""
+    The base model runs on ``device`` (``generator.tasks.device``)."""
     bm = registry.prepare_base_model(base_model, on_progress=on_progress)
     todo = []
     entries: dict[str, ZooEntry] = {}

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from generator.device import model_device
+from generator.tasks.device import model_device
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.task import Example
 from registry.errors import InvalidInput

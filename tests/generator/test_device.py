@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from generator.device import model_device, resolve_device
 from generator.sandbox import ZOO_CONFIG, tiny_task
+from generator.tasks.device import model_device, resolve_device
 from generator.tasks.evaluation import Evaluator, load_base
 from generator.zoo.trainer import train_lora
 from registry.errors import InvalidInput

@@ -381,8 +381,8 @@ def test_every_page_fits_a_phone_labels_controls_and_works_by_keyboard(
         "job": f"/ui/jobs/{server['job']}",
         "compare": f"/ui/compare?ids={server['candidate']},{server['oracle']},1",
         "map": "/ui/map",
-        "error": "/ui/adapters/999999",
         "not-found": "/ui/keys",
+        "error": "/ui/adapters/999999",
     }
     for name, url in pages.items():
         page.goto(url)
