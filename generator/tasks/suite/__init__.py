@@ -107,7 +107,8 @@ SUITES: dict[str, Callable[..., list[Task]]] = {
 
 
 def build_suite(name: str, root: Path, *, seed: int = 0) -> list[Task]:
-    """Build the suite called ``name`` (a key of SUITES) into ``root``."""
+    """Build the suite called ``name`` (a key of SUITES) into ``root``; an unknown name
+    is refused before anything is written."""
     if name not in SUITES:
         raise InvalidInput(f"unknown task suite {name!r}; choose one of: {', '.join(SUITES)}")
     return SUITES[name](Path(root), seed=seed)

@@ -186,6 +186,9 @@ def test_a_bad_suite_name_lists_the_choices_and_writes_nothing(tmp_path: Path) -
     assert done.returncode == 2
     assert "unknown task suite 'v9'" in done.stderr and "default, v2" in done.stderr
     assert not dest.exists() and not any(home.iterdir())
+    done = _cli("tasks", "build", "--suite", "v9", home=home)
+    assert done.returncode == 2 and "choose one of: default, v2" in done.stderr
+    assert not any(home.iterdir())
 
 
 def test_readme_table_is_the_one_the_code_prints(built: tuple[Path, list[Task]]) -> None:
