@@ -42,7 +42,8 @@ def load_base(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     where = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    torch.nn.Module.to(model, where)  # transformers types .to() for dtypes only
+    if where.type != "cpu":  # loaded on the CPU; moving there again can meet meta buffers
+        torch.nn.Module.to(model, where)  # transformers types .to() for dtypes only
     model.eval()
     return model, tokenizer
 
