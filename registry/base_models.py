@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ from filelock import FileLock
 
 from registry.errors import UnknownBaseModel
 from registry.settings import Settings
+
+# One model load at a time in a process: transformers' loading swaps process-wide
+# functions while it runs (weight initialisers, weight tying, torch.linspace), so two
+# loads in parallel threads can leave a later model's new or tied parameters unset
+# (seen: a transfer target's tied lm_head left on the meta device). Every loader of
+# a transformers or sentence-transformers model holds this lock.
+MODEL_LOADING = threading.RLock()
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MARKER = "loramint-model.json"
@@ -180,10 +188,11 @@ def _convert_gguf(gguf: Path, target: Path, model: OfflineModel) -> None:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        with MODEL_LOADING:
+            lm = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The weights are dequantised to float32 on load; drop the GGUF
         # quantiser so the folder saves and reloads as a plain float model.
         setattr(lm, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)

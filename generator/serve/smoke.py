@@ -24,6 +24,7 @@ import torch
 
 from generator.tasks.evaluation import load_base
 from generator.tasks.prompting import PromptFormat
+from registry.base_models import MODEL_LOADING
 from registry.peft_format import write_adapter
 from registry.service import Registry
 from registry.serving import TARGETS, ServingCheck, Target, check_registered
@@ -65,7 +66,8 @@ def smoke_test(
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_adapter(Path(tmp) / "adapter", loaded_config, weights)
         try:
-            adapted_model = PeftModel.from_pretrained(model, str(folder))
+            with MODEL_LOADING:
+                adapted_model = PeftModel.from_pretrained(model, str(folder))
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return SmokeResult(

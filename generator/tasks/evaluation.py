@@ -21,6 +21,7 @@ from generator.tasks.device import resolve_device
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.scoring import label_logprobs
 from generator.tasks.task import Example, Task
+from registry.base_models import MODEL_LOADING
 from registry.errors import InvalidInput
 from registry.lora_spec import Adapter, Tensors
 
@@ -40,8 +41,9 @@ def load_base(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with MODEL_LOADING:  # transformers' loading is not safe in parallel threads
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     if where.type != "cpu":  # loaded on the CPU; moving there again can meet meta buffers
         torch.nn.Module.to(model, where)  # transformers types .to() for dtypes only
     model.eval()
@@ -144,7 +146,8 @@ class _Attached:
     def __enter__(self) -> Any:
         from peft import get_peft_model, set_peft_model_state_dict
 
-        self.peft_model = get_peft_model(self.model, lora_config_from(self.config))  # type: ignore[arg-type]
+        with MODEL_LOADING:  # LoRA init must not meet another thread's model load
+            self.peft_model = get_peft_model(self.model, lora_config_from(self.config))  # type: ignore[arg-type]
         result = set_peft_model_state_dict(self.peft_model, self.weights)
         missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
         if missing:
@@ -170,7 +173,8 @@ class FunctionalLora:
     def __enter__(self) -> FunctionalLora:
         from peft import get_peft_model
 
-        self.peft_model = get_peft_model(self.model, lora_config_from(self.config))  # type: ignore[arg-type]
+        with MODEL_LOADING:
+            self.peft_model = get_peft_model(self.model, lora_config_from(self.config))  # type: ignore[arg-type]
         self.names = {n for n, _ in self.peft_model.named_parameters()}
         return self
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from generator.tasks.device import model_device
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.task import Example
+from registry.base_models import MODEL_LOADING
 from registry.errors import InvalidInput
 from registry.lora_spec import Tensors
 
@@ -103,10 +104,11 @@ def attach_lora(model: torch.nn.Module, config: TrainConfig) -> Any:
     """Wrap ``model`` in a PEFT LoRA whose A matrices depend only on ``init_seed``."""
     from peft import get_peft_model
 
-    state = torch.random.get_rng_state()
-    torch.manual_seed(config.init_seed)
-    peft_model = get_peft_model(model, config.lora_config())  # type: ignore[arg-type]
-    torch.random.set_rng_state(state)
+    with MODEL_LOADING:  # LoRA init must not meet another thread's model load
+        state = torch.random.get_rng_state()
+        torch.manual_seed(config.init_seed)
+        peft_model = get_peft_model(model, config.lora_config())  # type: ignore[arg-type]
+        torch.random.set_rng_state(state)
     return peft_model
 
 
