@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 def start_server(
-    home: Path, models: Path, window_ms: float, storage: str
+    home: Path, models: Path, window_ms: float, storage: str = "recipe"
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {

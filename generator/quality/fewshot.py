@@ -80,14 +80,39 @@ def draw(task: Task, k: int, index: int, seed: int = 0) -> FewShot:
     return FewShot(tuple(rng.sample(task.train, k)), task.labels)
 
 
-class Cells:
-    """The scored cells of one run, saved to ``path`` after every new one."""
+# What a cell's figure depends on besides its key: a file made under other values cannot
+# be resumed (ks, draws and methods only choose which cells are scored).
+BINDING = (
+    "refine_steps", "refine_lr", "scratch_lr", "weighting_steps", "lorahub_experts",
+    "lorahub_budget", "seed",
+)  # fmt: skip
 
-    def __init__(self, path: Path, settings: FewShotSettings) -> None:
+
+class Cells:
+    """The scored cells of one run, saved to ``path`` after every new one. ``made_by``
+    names what else the figures depend on (the generators); a file made under other
+    settings or generators is refused rather than mixed into."""
+
+    def __init__(
+        self, path: Path, settings: FewShotSettings, made_by: dict[str, Any] | None = None
+    ) -> None:
         self.path = path
         data = json.loads(path.read_text()) if path.exists() else {}
         self.cells: dict[str, dict[str, float]] = data.get("cells", {})
         self.settings = settings
+        self.made_by = made_by or {}
+        if self.cells:
+            before = {k: data.get("settings", {}).get(k) for k in BINDING}
+            now = {k: getattr(settings, k) for k in BINDING}
+            before |= {f"generator {k}": v for k, v in data.get("made_by", {}).items()}
+            now |= {f"generator {k}": v for k, v in self.made_by.items()}
+            differ = sorted(k for k in now if before.get(k) != now[k])
+            if differ:
+                shown = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in differ)
+                raise InvalidInput(
+                    f"{path} holds cells made with other settings ({shown}): move it away "
+                    "to start a new run, or run with the settings it was made with"
+                )
 
     @staticmethod
     def key(task: str, k: int | None, index: int | None, method: str) -> str:
@@ -98,7 +123,7 @@ class Cells:
 
     def put(self, key: str, accuracy: float, seconds: float) -> None:
         self.cells[key] = {"accuracy": round(accuracy, 4), "seconds": round(seconds, 2)}
-        payload = {"settings": asdict(self.settings), "cells": self.cells}
+        payload = {"settings": asdict(self.settings), "made_by": self.made_by, "cells": self.cells}
         write_atomic(self.path, json.dumps(payload, indent=1).encode())
 
 
@@ -115,7 +140,8 @@ def evaluate_fewshot(
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every missing cell into ``path``; returns the summary (``summarise``)."""
-    cells = Cells(path, settings)
+    made_by = {"sg-lora": sg.id} | ({"icm-lora": icm.id} if icm is not None else {})
+    cells = Cells(path, settings, made_by)
 
     def cell(key: str, make: Callable[[], Adapter | None], task: Task) -> None:
         if cells.get(key) is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
@@ -36,7 +37,10 @@ def server(
     reg.close()
     env = server_env(world.settings)
     with live_server(env, root / "server.log", "--no-worker") as url:
-        yield {"url": url, "admin": admin, "base": world.base, "root": root, "env": env}
+        yield {
+            "url": url, "admin": admin, "base": world.base, "root": root, "env": env,
+            "world": world,
+        }  # fmt: skip
 
 
 def test_generate_download_and_load_with_peft(server: dict[str, Any], tmp_path: Path) -> None:
@@ -57,6 +61,69 @@ def test_generate_download_and_load_with_peft(server: dict[str, Any], tmp_path: 
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(server["base"]), out)
     assert any("lora_B" in n for n, _ in model.named_parameters())
+
+
+def test_sixteen_examples_over_http_give_the_estimate_and_the_harness_adapter(
+    server: dict[str, Any], tmp_path: Path
+) -> None:
+    """Few-shot generation through the real server: the response carries the choice and
+    its held-back estimate, and the zip, loaded with PEFT, holds the weights the
+    evaluation harness makes from the same examples and scores what it scores."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from generator.quality.fewshot import FewShotSettings, draw, method_makers
+    from generator.serve.generate import generator_for
+    from generator.serve.generator import Generator, Request
+    from generator.tasks.evaluation import Evaluator
+    from registry.service import Registry
+
+    world = server["world"]
+    task = world.held_out()
+    shots = draw(task, 16, 0)
+    body = {
+        "description": task.description, "base_model": server["base"], "method": "sg-lora",
+        "seed": 0, "labels": list(task.labels), "refine_steps": 3, "time_budget_s": 600,
+        "examples": [{"input": e.input, "output": e.output} for e in shots.examples],
+    }  # fmt: skip
+    h = {"Authorization": f"Bearer {server['admin']}"}
+    r = httpx.post(f"{server['url']}/v1/generate", json=body, headers=h, timeout=300)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert out["job"] is None
+    report = out["fewshot"]
+    assert report["examples"] == 16 and report["method"] == "selection+refine"
+    estimate = report["estimate"]
+    assert estimate["adapter"] is not None and 0.0 <= estimate["adapter"] <= 1.0
+    assert estimate["bare"] == report["candidates"]["none"]
+    z = httpx.get(server["url"] + out["download_url"], headers=h, timeout=60)
+    folder = tmp_path / "adapter"
+    zipfile.ZipFile(io.BytesIO(z.content)).extractall(folder)
+
+    reg = Registry(world.settings)
+    try:
+        evaluator = Evaluator.from_path(Path(server["base"]))
+        sg = Generator.from_registry(
+            reg, generator_for(reg, server["base"], "sg-lora"), base=evaluator
+        )
+        zero_shot = sg.generate([Request(task.description, seed=0)])[0]
+        settings = FewShotSettings(ks=(16,), refine_steps=3)
+        makers = method_makers(
+            evaluator, sg, None, task, shots, zero_shot, dict(zero_shot.config), [], settings
+        )
+        harness = makers["refine"]()
+    finally:
+        reg.close()
+    assert harness is not None
+    served = load_file(str(folder / "adapter_model.safetensors"))
+    assert sorted(served) == sorted(harness[1])
+    for name, tensor in harness[1].items():
+        assert torch.equal(served[name], tensor.to(served[name].dtype)), name
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(server["base"]), folder)
+    peft_eval = Evaluator(model.eval(), AutoTokenizer.from_pretrained(server["base"]))
+    with torch.no_grad():
+        assert peft_eval.accuracy(task).accuracy == evaluator.accuracy(task, harness).accuracy
 
 
 def test_recipe_adapters_survive_a_restart_and_a_generator_delete(
