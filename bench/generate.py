@@ -252,8 +252,10 @@ def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int
         task = tasks[i % len(tasks)]
         shots = draw(task, k, i // len(tasks))
         zero_shot = gen.generate([Request(task.description)])[0]
-        query = zero_shot.embedding
-        experts, _ = gen.neighbours(query / (query**2).sum() ** 0.5, settings.lorahub_experts)
+        query = registry.embedder.encode([task.description])[0]
+        experts, _ = gen.neighbours(
+            query / float((query**2).sum()) ** 0.5, settings.lorahub_experts
+        )
         hub = [gen.ckpt.layout.unflatten(e.weights) for e in experts]
         makers = method_makers(
             evaluator, gen, None, task, shots, zero_shot, dict(zero_shot.config), hub, settings

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -71,7 +72,7 @@ def free_port() -> int:
 
 def start_server(
     home: Path, models: Path, window_ms: float, storage: str = "recipe"
-) -> tuple[subprocess.Popen, str]:
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
@@ -100,7 +101,9 @@ def start_server(
     raise SystemExit("server did not start")
 
 
-async def run_clients(url: str, key: str, base_model: str, clients: int, seconds: float) -> dict:
+async def run_clients(
+    url: str, key: str, base_model: str, clients: int, seconds: float
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop = time.monotonic() + seconds

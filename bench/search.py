@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -42,7 +43,7 @@ def clustered(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarr
     idx = rng.integers(0, centres.shape[0], size=n)
     x = centres[idx] + rng.standard_normal((n, DIM), dtype=np.float32) * 0.06
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
+    return np.asarray(x, dtype=np.float32)
 
 
 def timed_queries(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -60,7 +61,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
 
 
-def bench_size(n: int, n_queries: int, rng: np.random.Generator) -> list[dict]:
+def bench_size(n: int, n_queries: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     centres = rng.standard_normal((max(n // 40, 50), DIM), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     data = clustered(n, rng, centres)
@@ -103,7 +104,7 @@ def bench_size(n: int, n_queries: int, rng: np.random.Generator) -> list[dict]:
     return rows
 
 
-def bench_ingest(n: int) -> dict:
+def bench_ingest(n: int) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -152,7 +153,7 @@ def bench_ingest(n: int) -> dict:
         get_peft_model(
             LlamaForCausalLM(cfg),
             LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-        ).save_pretrained(tmp / "adapter")
+        ).save_pretrained(str(tmp / "adapter"))
         reg = Registry(
             Settings(
                 home=tmp / "home",

@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ def baseline(path: Path, fmt: Any, task: Any, steps: int, batch_size: int) -> tu
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     torch.manual_seed(0)
     model = get_peft_model(
-        model,
+        loaded,
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     rows = []
@@ -115,13 +116,14 @@ def main() -> None:
     task = suite.load(args.task or suite.names()[0])
     fmt = PromptFormat.for_tokenizer(AutoTokenizer.from_pretrained(str(path)))
     rows = []
-    for name, run in (
+    runs: list[tuple[str, Callable[[], tuple[float, int]]]] = [
         (
             "transformers.Trainer + peft (baseline)",
             lambda: baseline(path, fmt, task, args.steps, args.batch_size),
         ),
         ("loramint trainer", lambda: ours(path, task, args.steps, args.batch_size)),
-    ):
+    ]
+    for name, run in runs:
         seconds, tokens = run()
         rows.append((name, seconds, tokens, tokens / seconds))
         print(
