@@ -155,7 +155,7 @@ def zoo_build(
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
 
-    from generator.tasks.device import resolve_device
+    from generator.tasks.device import check_device_name, resolve_device
     from generator.zoo.build import build_zoo, write_report
     from generator.zoo.trainer import TrainConfig
     from registry.service import Registry
@@ -164,7 +164,9 @@ def zoo_build(
     s = open_suite(suite)
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
     selected = s.select(names)
-    if not as_job:
+    if as_job:
+        device = check_device_name(device)  # the worker may have the GPU this machine lacks
+    else:
         resolve_device(device)  # a missing GPU is refused before anything else
     reg = Registry()
     if as_job:

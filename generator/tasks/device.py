@@ -19,17 +19,28 @@ from registry.errors import InvalidInput
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def check_device_name(name: str) -> str:
+    """``name`` normalised (auto, cpu, cuda or cuda:N) without looking for the device: a
+    job may run on a worker with GPUs this machine lacks. ``InvalidInput`` otherwise."""
+    text = (name or "auto").strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    if text.startswith("cuda:"):
+        if not text.partition(":")[2].isdigit():
+            raise InvalidInput(f"device {name!r}: write cuda or cuda:N, N a GPU's number")
+        return text
+    raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """The device ``name`` stands for; ``InvalidInput`` for a GPU that is not there."""
-    text = (name or "auto").strip().lower()
+    text = check_device_name(name)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text == "cpu":
         return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
+    if text.startswith("cuda"):
         index = text.partition(":")[2]
-        if index and not index.isdigit():
-            raise InvalidInput(f"device {name!r}: write cuda or cuda:N, N a GPU's number")
         if not torch.cuda.is_available():
             raise InvalidInput(
                 f"device {name!r} asked for, but this machine has no CUDA GPU that torch can "
@@ -38,8 +49,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         if index and int(index) >= torch.cuda.device_count():
             count = torch.cuda.device_count()
             raise InvalidInput(f"device {name!r}: this machine has {count} CUDA GPU(s)")
-        return torch.device(text)
-    raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return torch.device(text)
 
 
 def model_device(model: Any) -> torch.device:

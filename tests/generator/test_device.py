@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from generator.sandbox import ZOO_CONFIG, tiny_task
-from generator.tasks.device import model_device, resolve_device
+from generator.tasks.device import check_device_name, model_device, resolve_device
 from generator.tasks.evaluation import Evaluator, load_base
 from generator.zoo.trainer import train_lora
 from registry.errors import InvalidInput
@@ -37,6 +37,35 @@ def test_auto_takes_a_gpu_only_when_there_is_one() -> None:
 def test_a_device_that_cannot_be_had_is_refused(name: str, reason: str) -> None:
     with pytest.raises(InvalidInput, match=reason):
         resolve_device(name)
+
+
+def test_a_job_names_a_device_without_this_machine_having_it(tmp_path: Path) -> None:
+    """A queued zoo build may ask for a GPU this machine lacks (its worker may have one),
+    but a misspelt device is refused at once and nothing is queued."""
+    assert check_device_name(" CUDA:1 ") == "cuda:1" and check_device_name("") == "auto"
+    settings = sqlite_settings(tmp_path)
+    suite = tmp_path / "suite"
+    from generator.tasks.task import TaskSuite
+
+    TaskSuite(suite).write_all([tiny_task("cat", "cat")])
+
+    def queue(device: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", "zoo", "build", "--suite", str(suite), "--as-job",
+             "--device", device],
+            env=os.environ | settings.environment(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    bad = queue("gpu0")
+    assert bad.returncode != 0 and "auto, cpu, cuda or cuda:N" in bad.stderr, bad.stderr
+    good = queue("cuda:1")
+    assert good.returncode == 0, good.stderr
+    reg = Registry(settings)
+    try:
+        [job] = reg.list_jobs()
+        assert job.params["device"] == "cuda:1"
+    finally:
+        reg.close()
 
 
 @pytest.mark.skipif(GPU, reason="this machine has a GPU: asking for one is not an error")
