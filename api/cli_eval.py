@@ -178,12 +178,22 @@ def eval_fewshot(
             rec = reg.find_adapter(base_model, adapter_name(task))
             m = rec.metrics if rec is not None else {}
             gain = (m.get("accuracy") or 0.0) - (m.get("base_accuracy") or 0.0)
-            if rec is not None and gain >= min_gain:
+            if rec is None:
+                err.print(
+                    f"skipped {task.name}: no zoo adapter (`loramint zoo build --tasks "
+                    f"{task.name}`)"
+                )
+            elif m.get("accuracy") is None or m.get("base_accuracy") is None:
+                err.print(
+                    f"skipped {task.name}: its zoo adapter was not evaluated (`loramint eval "
+                    f"--adapter {rec.id} --task {task.name}` measures it)"
+                )
+            elif gain >= min_gain:
                 selected.append(task)
             else:
                 err.print(f"skipped {task.name}: oracle gain {gain:+.3f} < {min_gain}")
     if not selected:
-        raise InvalidInput("no tasks to evaluate: build their zoo adapters first")
+        raise InvalidInput("no tasks to evaluate: every held-out task was skipped (see above)")
     try:
         wanted = tuple(int(k) for k in ks.split(",") if k.strip())
     except ValueError:

@@ -136,3 +136,28 @@ def test_eval_records_the_accuracy_the_adapter_page_and_card_show(world: Sandbox
     [measured] = measurements(rec)
     assert measured.bare == rec.metrics["base_accuracy"] and "test split" in measured.where
     assert f"{rec.metrics['accuracy']:.3f}" in reg.model_card(target.id)
+
+
+def test_cli_eval_fewshot_writes_its_table_and_names_what_it_skipped(world: SandboxWorld) -> None:
+    """`loramint eval fewshot` on the sandbox: the held-out task scored (one draw of two
+    examples, selection only), its table printed and written beside the cells; without
+    ``--tasks``, a held-out task whose oracle gains too little is skipped, saying so."""
+    settings: Settings = world.settings
+    reg: Registry = world.registry
+    if reg.latest_generator(world.base, "sg-lora") is None:
+        train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
+    env = os.environ | settings.environment()
+    cli = [sys.executable, "-m", "api.cli", "eval", "fewshot", "--base-model", world.base,
+           "--suite", str(world.suite.root), "--ks", "2", "--draws", "1", "--methods", "selection"]  # fmt: skip
+    run = subprocess.run(
+        [*cli, "--tasks", "moon"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stderr
+    assert "**k = 2**" in run.stdout and "| selection |" in run.stdout
+    results = settings.home / "results" / f"fewshot-{world.base.replace('/', '_')}.json"
+    assert results.with_suffix(".md").read_text() in run.stdout
+    strict = subprocess.run(
+        [*cli, "--min-gain", "2"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert strict.returncode != 0 and "skipped moon: oracle gain" in strict.stderr
+    assert "no tasks to evaluate" in strict.stderr
