@@ -23,7 +23,7 @@ def check_device_name(name: str) -> str:
     """``name`` normalised (auto, cpu, cuda or cuda:N) without looking for the device: a
     job may run on a worker with GPUs this machine lacks. ``InvalidInput`` otherwise."""
     text = (name or "auto").strip().lower()
-    if text in ("auto", "cpu", "cuda"):
+    if text in DEVICES:
         return text
     if text.startswith("cuda:"):
         if not text.partition(":")[2].isdigit():
