@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
-from litestar.params import FromQuery, QueryParameter
+from litestar.exceptions import NotFoundException
+from litestar.params import FromQuery, PathParameter, QueryParameter
 from litestar.response import Redirect, Template
 
 from api.dto import JobOut
@@ -180,6 +181,16 @@ def job_status(state: State, job_id: AnyId) -> JobOut:
     return JobOut.of(_reg(state).get_job(job_id))
 
 
+@get(["/{rest:path}"], sync_to_thread=False, include_in_schema=False)
+def no_page(rest: Annotated[str, PathParameter()]) -> None:
+    """An address under /ui that no page's path starts like: the styled 404, with the
+    session's navigation (the guards have run, so a logged-in visitor still sees who
+    they are and can log out). An address that fails inside a page's path (a
+    non-numeric id) is refused by the router before any guard, and shows the anonymous
+    navigation."""
+    raise NotFoundException("Not found")
+
+
 def _names(state: State) -> list[str]:
     return views.base_model_names(_reg(state))
 
@@ -198,4 +209,5 @@ PAGES = [
     jobs,
     job_detail,
     job_status,
+    no_page,
 ]

@@ -82,7 +82,9 @@ def upload_limit(max_bytes: int) -> str:
 
 
 def error_page(request: Request[Any, Any, Any], status: int, message: str) -> Template:
-    return page(
+    """The UI's error page; an exception's response skips the router's headers, so the
+    security headers are set here."""
+    template = page(
         request,
         "error.html",
         status=status,
@@ -90,6 +92,8 @@ def error_page(request: Request[Any, Any, Any], status: int, message: str) -> Te
         message=message,
         status_code=status,
     )
+    template.headers.update(SECURITY_HEADERS)
+    return template
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -312,3 +312,14 @@ def test_an_address_no_ui_route_matches_is_a_styled_404(client: TestClient[Any],
     assert "There is no page at this address." in r.text and "<nav" in r.text
     api = client.get("/v1/nothing-here")
     assert api.status_code == 404 and api.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("url", ["/ui/x/y", "/ui/keys"])
+def test_a_logged_in_visitor_at_an_unknown_address_can_still_log_out(
+    world: dict[str, Any], url: str
+) -> None:
+    with logged_in_client(world["registry"], world["admin"]) as c:
+        r = c.get(url, follow_redirects=False)
+    assert r.status_code == 404 and "There is no page at this address." in r.text
+    assert "Log out" in r.text and "ui-admin" in r.text
+    assert r.headers["x-frame-options"] == "DENY"  # the UI's headers, not the API's
