@@ -336,8 +336,6 @@ def show_fewshot(report: dict[str, Any]) -> None:
         f"  {report['method']}: chose {report['chosen']} on {report['examples']} examples "
         f"({metric}; {estimate['how']})"
     )
-    if report.get("precision"):
-        out.print(f"  candidates scored in {report['precision']}")
     for name, value in sorted(report["candidates"].items(), key=lambda kv: -kv[1]):
         out.print(f"    {name}: {value:.3f}")
 

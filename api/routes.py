@@ -159,7 +159,6 @@ async def serve_generation(
         len(report.get("candidates", {})),
         len(request.examples),
         request.adapt,
-        report.get("precision", "float32"),
     )
     if forecast > data.time_budget_s:
         check_job_capacity(state)

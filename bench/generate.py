@@ -18,21 +18,17 @@ generated adapter stands in for), so the speed-up factor is visible.
 With ``--fewshot K`` (e.g. 16) it also times few-shot generation: for
 ``--fewshot-requests`` draws of K examples from the held-out tasks' training
 splits (default suite), each method's time to its adapter, one after the
-other on the same examples: selection as served (candidates scored in bfloat16
-where the CPU has it natively), the same selection scored in float32 (the
-baseline), fitted mixture weights and refinement (one run each, no estimate),
-beside the LoraHub baseline and a LoRA trained from scratch with refinement's
-steps.
+other on the same examples: selection as served (with its estimate), fitted
+mixture weights and refinement (one run each, no estimate), beside the LoraHub
+baseline and a LoRA trained from scratch with refinement's steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -236,9 +232,7 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
 
 def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int) -> None:
     """Each few-shot method's seconds to its adapter, p50 over ``requests`` draws."""
-    from generator.adapt.pipeline import AdaptConfig
     from generator.quality.fewshot import FewShotSettings, draw, method_makers
-    from generator.serve.fewshot import adapt_generated
     from generator.serve.generator import Generator, Request
     from generator.tasks.task import TaskSuite
     from registry.service import Registry
@@ -253,11 +247,7 @@ def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int
         ks=(k,), methods=("selection", "weighting", "refine", "lorahub", "scratch")
     )
     evaluator = gen.evaluator()
-    screen = evaluator.screening()  # made once per process, before the first request
-    precision = str(next(screen.model.parameters()).dtype).removeprefix("torch.")
-    fp32 = "selection, float32"
-    order = (settings.methods[0], fp32, *settings.methods[1:])
-    times: dict[str, list[float]] = {m: [] for m in order}
+    times: dict[str, list[float]] = {m: [] for m in settings.methods}
     for i in range(requests):
         task = tasks[i % len(tasks)]
         shots = draw(task, k, i // len(tasks))
@@ -267,24 +257,18 @@ def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int
             query / float((query**2).sum()) ** 0.5, settings.lorahub_experts
         )
         hub = [gen.ckpt.layout.unflatten(e.weights) for e in experts]
-        makers: dict[str, Callable[[], object]] = dict(
-            method_makers(
-                evaluator, gen, None, task, shots, zero_shot, dict(zero_shot.config), hub, settings
-            )
+        makers = method_makers(
+            evaluator, gen, None, task, shots, zero_shot, dict(zero_shot.config), hub, settings
         )
-        config = AdaptConfig(estimate=False, seed=settings.seed, precision="float32")
-        request = Request(task.description, seed=settings.seed, fewshot=shots, adapt=config)
-        makers[fp32] = functools.partial(adapt_generated, gen, request, zero_shot)
-        for method in times:
+        for method in settings.methods:
             t0 = time.perf_counter()
             makers[method]()
             times[method].append(time.perf_counter() - t0)
         print(
             f"  request {i + 1}/{requests} ({task.name}): "
-            + ", ".join(f"{m} {times[m][-1]:.1f} s" for m in times)
+            + ", ".join(f"{m} {times[m][-1]:.1f} s" for m in settings.methods)
         )
-    print(f"\nFew-shot generation with {k} examples ({requests} requests), seconds to the adapter")
-    print(f"(candidates scored in {precision} unless the row says float32):")
+    print(f"\nFew-shot generation with {k} examples ({requests} requests), seconds to the adapter:")
     print("| method | p50 | min | max |")
     print("|---|---:|---:|---:|")
     for method, xs in times.items():

@@ -12,10 +12,6 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    further on the examples, early-stopped on a held-back share of them
    (``generator.adapt.refine``).
 
-Candidates are compared (and estimates scored) in bfloat16 where the hardware
-multiplies it natively (``AdaptConfig.precision``, ``Evaluator.screening``);
-training runs in float32.
-
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
 choice; with weighting or refinement the whole pipeline is run again on all
@@ -37,7 +33,6 @@ from generator.adapt.refine import refine
 from generator.adapt.scoring import score
 from generator.adapt.selection import FOLDS, Selection, select
 from generator.adapt.weighting import fit_weights
-from generator.tasks.device import PRECISIONS
 from generator.tasks.evaluation import Evaluator
 from registry.errors import InvalidInput
 from registry.lora_spec import Adapter, Tensors
@@ -65,11 +60,8 @@ class AdaptConfig:
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
-    precision: str = "auto"  # what candidates are scored in: auto, float32 or bfloat16
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}")
         if not 0 <= self.refine_steps <= 10_000:
             raise InvalidInput(f"refine_steps must be in [0, 10000], got {self.refine_steps}")
         if not 1 <= self.weighting_steps <= 10_000:
@@ -110,8 +102,7 @@ def adapt(
     if NONE not in candidates:
         candidates = {**candidates, NONE: None}
     t0 = time.perf_counter()
-    screen = evaluator.screening(config.precision)
-    scored = {name: score(screen, description, fewshot, a) for name, a in candidates.items()}
+    scored = {name: score(evaluator, description, fewshot, a) for name, a in candidates.items()}
     folds = fewshot.folds(config.folds, config.seed)
     selection = select(scored, folds)
     seconds = {"selection": round(time.perf_counter() - t0, 2)}
@@ -121,9 +112,7 @@ def adapt(
     if config.trains:
 
         def run(part: FewShot) -> tuple[Adapter | None, dict[str, Any]]:
-            return _train(
-                evaluator, screen, description, part, candidates, template, experts, config
-            )
+            return _train(evaluator, description, part, candidates, template, experts, config)
 
         t1 = time.perf_counter()
         if on_progress:
@@ -135,14 +124,13 @@ def adapt(
         seconds["training"] = round(time.perf_counter() - t1, 2)
         estimate = None
         if config.estimate and len(folds) > 1:
-            estimate = _cross_validate(screen, description, fewshot, folds, run, on_progress)
+            estimate = _cross_validate(evaluator, description, fewshot, folds, run, on_progress)
             seconds["estimate"] = round(time.perf_counter() - t1 - seconds["training"], 2)
     report = {
         "method": method,
         "chosen": selection.chosen,
         "candidates": selection.scores,
         "examples": len(fewshot),
-        "precision": str(next(screen.model.parameters()).dtype).removeprefix("torch."),
         "metric": "accuracy" if fewshot.is_classification else "answer log-likelihood",
         "estimate": {
             "adapter": estimate,
@@ -159,7 +147,6 @@ def adapt(
 
 def _train(
     evaluator: Evaluator,
-    screen: Evaluator,
     description: str,
     part: FewShot,
     candidates: dict[str, Adapter | None],
@@ -167,8 +154,7 @@ def _train(
     experts: Sequence[Expert],
     config: AdaptConfig,
 ) -> tuple[Adapter | None, dict[str, Any]]:
-    """Selection (or weighting) then refinement, on ``part`` only; candidates are
-    compared with ``screen``, training runs on ``evaluator``."""
+    """Selection (or weighting) then refinement, on ``part`` only."""
     details: dict[str, Any] = {}
     if config.weighting:
         if not experts:
@@ -184,7 +170,7 @@ def _train(
             e.name: round(float(w), 4) for e, w in zip(experts, shown, strict=True)
         }
     else:
-        scored = {n: score(screen, description, part, a) for n, a in candidates.items()}
+        scored = {n: score(evaluator, description, part, a) for n, a in candidates.items()}
         start = candidates[select(scored, [list(range(len(part)))]).chosen]
     if not config.refine_steps:
         return start, details

@@ -39,7 +39,6 @@ from generator.quality.heldout import oracle_weights
 from generator.quality.lorahub import lorahub
 from generator.serve.fewshot import adapt_generated
 from generator.serve.generator import Generator, Request
-from generator.tasks.device import model_device, scoring_dtype
 from generator.tasks.evaluation import Evaluator
 from generator.tasks.task import Task
 from registry.blobs import write_atomic
@@ -91,8 +90,8 @@ BINDING = (
 
 class Cells:
     """The scored cells of one run, saved to ``path`` after every new one. ``made_by``
-    names what else the figures depend on (the generators, the precision candidates are
-    scored in); a file made under other settings is refused rather than mixed into."""
+    names what else the figures depend on (the generators); a file made under other
+    settings or generators is refused rather than mixed into."""
 
     def __init__(
         self, path: Path, settings: FewShotSettings, made_by: dict[str, Any] | None = None
@@ -105,8 +104,8 @@ class Cells:
         if self.cells:
             before = {k: data.get("settings", {}).get(k) for k in BINDING}
             now = {k: getattr(settings, k) for k in BINDING}
-            before |= {f"made by {k}": v for k, v in data.get("made_by", {}).items()}
-            now |= {f"made by {k}": v for k, v in self.made_by.items()}
+            before |= {f"generator {k}": v for k, v in data.get("made_by", {}).items()}
+            now |= {f"generator {k}": v for k, v in self.made_by.items()}
             differ = sorted(k for k in now if before.get(k) != now[k])
             if differ:
                 shown = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in differ)
@@ -141,11 +140,7 @@ def evaluate_fewshot(
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every missing cell into ``path``; returns the summary (``summarise``)."""
-    made_by: dict[str, Any] = {"sg-lora": sg.id}
-    if icm is not None:
-        made_by["icm-lora"] = icm.id
-    # candidates are compared in this precision (``AdaptConfig.precision`` "auto")
-    made_by["scoring"] = str(scoring_dtype("auto", model_device(evaluator.model)))
+    made_by = {"sg-lora": sg.id} | ({"icm-lora": icm.id} if icm is not None else {})
     cells = Cells(path, settings, made_by)
 
     def cell(key: str, make: Callable[[], Adapter | None], task: Task) -> None:

@@ -27,8 +27,6 @@ EXPERTS = 3  # the nearest experts offered alone
 MIXTURES = (2, 4, 8)  # the top-K mixtures offered
 WEIGHTED = 8  # the experts a weighting mixes
 GENERATED = "generated"
-# float32 / bfloat16 time of scoring candidates on a CPU with AVX512-BF16 (docs/experiments.md)
-BFLOAT16_SPEEDUP = 2.5
 
 
 def adapt_generated(
@@ -110,19 +108,11 @@ def _weights(result: Adapted, made: Generated) -> dict[str, torch.Tensor]:
 
 
 def training_seconds(
-    selection_seconds: float,
-    candidates: int,
-    examples: int,
-    config: AdaptConfig,
-    precision: str = "float32",
+    selection_seconds: float, candidates: int, examples: int, config: AdaptConfig
 ) -> float:
     """A rough forecast of the training a request asks for, from how long scoring its
-    candidates took (in ``precision``; training runs in float32, about
-    ``BFLOAT16_SPEEDUP`` times slower a pass than bfloat16 scoring where that is
-    native): a training step on a batch costs about three forward passes."""
+    candidates took: a training step on a batch costs about three forward passes."""
     per_example = selection_seconds / max(1, candidates * examples)
-    if precision == "bfloat16":
-        per_example *= BFLOAT16_SPEEDUP
     batch = min(16, examples)
     steps = (config.weighting_steps if config.weighting else 0) + config.refine_steps
     runs = 1 + (config.folds if config.estimate else 0)

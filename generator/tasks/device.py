@@ -57,34 +57,3 @@ def model_device(model: Any) -> torch.device:
     for parameter in model.parameters():
         return torch.device(parameter.device)
     return torch.device("cpu")
-
-
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-def native_bfloat16(device: torch.device, cpu_flags: str | None = None) -> bool:
-    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that says so, or
-    a CPU with AVX512-BF16, AMX or Arm's BF16 (``cpu_flags``: /proc/cpuinfo's text,
-    read when not given; a CPU without them emulates bfloat16, slower than float32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    if cpu_flags is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpu_flags = f.read()
-        except OSError:
-            return False
-    words = set(cpu_flags.replace(":", " ").split())
-    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def scoring_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype candidates are compared in: ``auto`` is bfloat16 where ``device`` has
-    it natively (2-3x faster on such CPUs), float32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bfloat16" or (precision == "auto" and native_bfloat16(device)):
-        return torch.bfloat16
-    return torch.float32

@@ -8,9 +8,7 @@ score and removed after it, so evaluating many adapters costs one load.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from typing import Any
 
 import torch
 
-from generator.tasks.device import model_device, resolve_device, scoring_dtype
+from generator.tasks.device import resolve_device
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.scoring import label_logprobs
 from generator.tasks.task import Example, Task
@@ -70,27 +68,11 @@ class Evaluator:
         self.batch_size = batch_size
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
-        self._screens: dict[torch.dtype, Evaluator] = {}
-        self._screens_lock = threading.Lock()
 
     @classmethod
     def from_path(cls, path: Path, *, batch_size: int = 16, device: str = "cpu") -> Evaluator:
         model, tokenizer = load_base(path, device)
         return cls(model, tokenizer, batch_size=batch_size)
-
-    def screening(self, precision: str = "auto") -> Evaluator:
-        """The evaluator candidates are compared with (``generator.tasks.device.
-        scoring_dtype``): this one in float32, else one on a bfloat16 copy of the model,
-        made once. Accuracy on a test split is always scored by this one."""
-        dtype = scoring_dtype(precision, model_device(self.model))
-        if dtype == next(self.model.parameters()).dtype:
-            return self
-        with self._screens_lock:
-            if dtype not in self._screens:
-                with MODEL_LOADING:
-                    model = copy.deepcopy(self.model).to(dtype)
-                self._screens[dtype] = Evaluator(model, self.tokenizer, batch_size=self.batch_size)
-            return self._screens[dtype]
 
     def accuracy(
         self,

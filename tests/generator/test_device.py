@@ -14,13 +14,7 @@ import pytest
 import torch
 
 from generator.sandbox import ZOO_CONFIG, tiny_task
-from generator.tasks.device import (
-    check_device_name,
-    model_device,
-    native_bfloat16,
-    resolve_device,
-    scoring_dtype,
-)
+from generator.tasks.device import check_device_name, model_device, resolve_device
 from generator.tasks.evaluation import Evaluator, load_base
 from generator.zoo.trainer import train_lora
 from registry.errors import InvalidInput
@@ -119,19 +113,3 @@ def test_a_gpu_trains_and_scores_like_the_cpu(tiny_base: Path) -> None:
         torch.testing.assert_close(gpu[0].weights[name], weight, atol=2e-3, rtol=2e-2)
     torch.testing.assert_close(gpu[1], cpu[1], atol=2e-3, rtol=1e-3)
     assert (gpu[1].argmax(-1) == cpu[1].argmax(-1)).float().mean() >= 0.95
-
-
-def test_bfloat16_scoring_is_chosen_only_where_the_hardware_multiplies_it() -> None:
-    """``auto`` scores few-shot candidates in bfloat16 on a CPU with AVX512-BF16, AMX or
-    Arm BF16 (an emulated bfloat16 is slower than float32); an explicit choice holds."""
-    zen4 = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni"
-    skylake = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni"
-    graviton = "Features\t: fp asimd sve bf16 i8mm"
-    cpu = torch.device("cpu")
-    assert native_bfloat16(cpu, zen4) and native_bfloat16(cpu, graviton)
-    assert not native_bfloat16(cpu, skylake) and not native_bfloat16(cpu, "")
-    assert scoring_dtype("float32", cpu) == torch.float32
-    assert scoring_dtype("bfloat16", cpu) == torch.bfloat16
-    assert scoring_dtype("auto", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else torch.float32)
-    with pytest.raises(InvalidInput, match="precision must be one of"):
-        scoring_dtype("fp8", cpu)

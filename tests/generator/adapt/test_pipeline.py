@@ -49,13 +49,6 @@ def test_selection_chooses_among_candidates_and_reports_a_held_back_estimate(
     assert report["estimate"]["nearest"] == report["candidates"]["oracle"]
     assert 0.0 <= report["estimate"]["adapter"] <= 1.0 and report["metric"] == "accuracy"
     assert result.adapter is (oracle if result.selection.chosen == "oracle" else None)
-    for precision in ("float32", "bfloat16"):  # "auto" picks one of them by the hardware
-        config = AdaptConfig(precision=precision)
-        again = adapt(evaluator, moon.description, shots, {"oracle": oracle}, {}, config=config)
-        assert again.report["precision"] == precision
-        assert set(again.report["candidates"]) == {"oracle", NONE}
-    with pytest.raises(InvalidInput, match="precision"):
-        AdaptConfig(precision="fp16")
 
 
 def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWorld) -> None:

@@ -74,7 +74,7 @@ def test_a_results_file_made_with_other_settings_is_refused(tmp_path: Path) -> N
     assert again.get(Cells.key("a", None, None, "base")) == {"accuracy": 0.5, "seconds": 0.0}
     with pytest.raises(InvalidInput, match="refine_steps 20 -> 30"):
         Cells(path, FewShotSettings(refine_steps=30), {"sg-lora": 3})
-    with pytest.raises(InvalidInput, match="made by sg-lora 3 -> 4"):
+    with pytest.raises(InvalidInput, match="generator sg-lora 3 -> 4"):
         Cells(path, FewShotSettings(refine_steps=20), {"sg-lora": 4})
     assert json.loads(path.read_text())["cells"]  # refusing changed nothing
 

@@ -78,22 +78,3 @@ def test_free_form_tasks_are_refused(evaluator: Evaluator) -> None:
     task = Task("gen", "Write.", "f", (), (Example("a", "b"),), (Example("c", "d"),), "s", "l")
     with pytest.raises(InvalidInput, match="no label set"):
         evaluator.accuracy(task)
-
-
-def test_screening_scores_in_bfloat16_on_a_copy_and_leaves_the_model_as_it_was(
-    evaluator: Evaluator,
-) -> None:
-    """The bfloat16 evaluator few-shot candidates are compared with is a copy, made
-    once; the float32 one stays the harness's, and float32 screening is itself."""
-    before = {k: v.clone() for k, v in evaluator.model.state_dict().items()}
-    screen = evaluator.screening("bfloat16")
-    assert screen is evaluator.screening("bfloat16") and screen is not evaluator
-    assert evaluator.screening("float32") is evaluator
-    assert next(screen.model.parameters()).dtype == torch.bfloat16
-    assert all(torch.equal(v, evaluator.model.state_dict()[k]) for k, v in before.items())
-    task = _task(["yes", "no"] * 5)
-    full, fast = evaluator.label_scores(task), screen.label_scores(task)
-    assert fast.dtype == torch.float32 and fast.shape == full.shape
-    assert torch.allclose(fast, full, atol=0.5)  # bfloat16 keeps ~3 significant digits
-    with pytest.raises(InvalidInput, match="precision"):
-        evaluator.screening("half")
