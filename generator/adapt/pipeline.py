@@ -3,7 +3,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
 
 1. Selection: every candidate (the zero-shot generated adapter, the nearest
    experts' own weights, mixtures of the top experts, no adapter) is scored on
-   the examples in one batched pass each; the best is chosen
+   the examples, all of them in the same batched passes; the best is chosen
    (``generator.adapt.selection``).
 2. Weighting (optional): the mixture weights of the nearest experts are fitted
    on the examples (``generator.adapt.weighting``); the result replaces the
@@ -30,7 +30,7 @@ import torch
 
 from generator.adapt.examples import FewShot
 from generator.adapt.refine import refine
-from generator.adapt.scoring import score
+from generator.adapt.scoring import score, score_all
 from generator.adapt.selection import FOLDS, Selection, select
 from generator.adapt.weighting import fit_weights
 from generator.tasks.evaluation import Evaluator
@@ -102,7 +102,7 @@ def adapt(
     if NONE not in candidates:
         candidates = {**candidates, NONE: None}
     t0 = time.perf_counter()
-    scored = {name: score(evaluator, description, fewshot, a) for name, a in candidates.items()}
+    scored = score_all(evaluator, description, fewshot, candidates)
     folds = fewshot.folds(config.folds, config.seed)
     selection = select(scored, folds)
     seconds = {"selection": round(time.perf_counter() - t0, 2)}
@@ -170,7 +170,7 @@ def _train(
             e.name: round(float(w), 4) for e, w in zip(experts, shown, strict=True)
         }
     else:
-        scored = {n: score(evaluator, description, part, a) for n, a in candidates.items()}
+        scored = score_all(evaluator, description, part, candidates)
         start = candidates[select(scored, [list(range(len(part)))]).chosen]
     if not config.refine_steps:
         return start, details

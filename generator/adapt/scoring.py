@@ -1,5 +1,9 @@
 """How well an adapter (or the bare model) does on a caller's examples, per example.
 
+Candidates that share one plain LoRA config (all of a request's do) are
+scored together, each row of a batch under its own candidate
+(``generator.tasks.multi_lora``); the figures are those of scoring each alone.
+
 Classification: whether the label the adapter ranks first is right, and the
 log-probability of the right label normalised over the labels (which breaks
 ties between candidates that get the same examples right). Free-form: the mean
@@ -9,6 +13,7 @@ score is better, and ``Scores.mean`` is what candidates are compared by.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +21,7 @@ import torch
 
 from generator.adapt.examples import FewShot
 from generator.tasks.evaluation import Evaluator
+from generator.tasks.multi_lora import MultiLora, label_logprobs_many
 from registry.lora_spec import Adapter
 
 
@@ -50,3 +56,33 @@ def score(
     gold = torch.tensor([task.labels.index(e.output) for e in fewshot.examples])
     logp = torch.log_softmax(logits, dim=-1)[torch.arange(len(gold)), gold]  # (N,)
     return Scores((logits.argmax(-1) == gold).float(), logp)
+
+
+def score_all(
+    evaluator: Evaluator,
+    description: str,
+    fewshot: FewShot,
+    candidates: dict[str, Adapter | None],
+) -> dict[str, Scores]:
+    """``score`` of every candidate (None: the bare model), in the candidates' order."""
+    configs = {json.dumps(a[0], sort_keys=True) for a in candidates.values() if a is not None}
+    config = next((a[0] for a in candidates.values() if a is not None), None)
+    together = fewshot.is_classification and len(candidates) > 1 and len(configs) == 1
+    if config is None or not together or not MultiLora.supports(config):
+        return {name: score(evaluator, description, fewshot, a) for name, a in candidates.items()}
+    task = fewshot.task(description)
+    fmt = evaluator.format
+    logits = label_logprobs_many(
+        evaluator.model,
+        config,
+        [None if a is None else a[1] for a in candidates.values()],
+        [fmt.prompt_ids(task.description, e.input) for e in fewshot.examples],
+        [fmt.answer_ids(label) for label in task.labels],
+        pad_id=evaluator.pad_id,
+    )  # (C, N, L)
+    gold = torch.tensor([task.labels.index(e.output) for e in fewshot.examples])
+    out = {}
+    for c, name in enumerate(candidates):
+        logp = torch.log_softmax(logits[c], dim=-1)[torch.arange(len(gold)), gold]
+        out[name] = Scores((logits[c].argmax(-1) == gold).float(), logp)
+    return out
