@@ -20,7 +20,9 @@ With ``--fewshot K`` (e.g. 16) it also times few-shot generation: for
 splits (default suite), each method's time to its adapter, one after the
 other on the same examples: selection as served (with its estimate), fitted
 mixture weights and refinement (one run each, no estimate), beside the LoraHub
-baseline and a LoRA trained from scratch with refinement's steps.
+baseline and a LoRA trained from scratch with refinement's steps; then the
+scoring of selection's candidates alone, all together (as served) and one
+adapter at a time (the baseline), which must agree.
 """
 
 from __future__ import annotations
@@ -230,9 +232,16 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
     latency_table("| path | p50 ms | p90 ms | mean ms |", rows, (0.5, 0.9))
 
 
+TOGETHER = "selection's scoring: candidates together"
+ALONE = "selection's scoring: one adapter at a time"
+
+
 def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int) -> None:
     """Each few-shot method's seconds to its adapter, p50 over ``requests`` draws."""
+    from generator.adapt.pipeline import NONE
+    from generator.adapt.scoring import score, score_all
     from generator.quality.fewshot import FewShotSettings, draw, method_makers
+    from generator.serve.fewshot import candidates_for
     from generator.serve.generator import Generator, Request
     from generator.tasks.task import TaskSuite
     from registry.service import Registry
@@ -247,7 +256,7 @@ def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int
         ks=(k,), methods=("selection", "weighting", "refine", "lorahub", "scratch")
     )
     evaluator = gen.evaluator()
-    times: dict[str, list[float]] = {m: [] for m in settings.methods}
+    times: dict[str, list[float]] = {m: [] for m in (*settings.methods, TOGETHER, ALONE)}
     for i in range(requests):
         task = tasks[i % len(tasks)]
         shots = draw(task, k, i // len(tasks))
@@ -264,9 +273,20 @@ def time_fewshot(registry: object, gen: object, base: str, k: int, requests: int
             t0 = time.perf_counter()
             makers[method]()
             times[method].append(time.perf_counter() - t0)
+        # the baseline of selection's scoring: the same candidates, one adapter at a time
+        found = {**candidates_for(gen, zero_shot).adapters, NONE: None}
+        t0 = time.perf_counter()
+        alone = {n: score(evaluator, task.description, shots, a) for n, a in found.items()}
+        times[ALONE].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        together = score_all(evaluator, task.description, shots, found)
+        times[TOGETHER].append(time.perf_counter() - t0)
+        worst = max(float((alone[n].margin - together[n].margin).abs().max()) for n in found)
+        if worst > 1e-3:
+            raise SystemExit(f"candidates scored together differ from alone by {worst:.2e}")
         print(
             f"  request {i + 1}/{requests} ({task.name}): "
-            + ", ".join(f"{m} {times[m][-1]:.1f} s" for m in settings.methods)
+            + ", ".join(f"{m} {times[m][-1]:.1f} s" for m in times)
         )
     print(f"\nFew-shot generation with {k} examples ({requests} requests), seconds to the adapter:")
     print("| method | p50 | min | max |")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,54 @@ WEIGHTED = 8  # the experts a weighting mixes
 GENERATED = "generated"
 
 
+@dataclass
+class Candidates:
+    """What a few-shot request chooses among, and where each candidate came from."""
+
+    adapters: dict[str, Adapter | None]  # name -> (config, weights); None: no adapter
+    mixed: dict[str, list[Neighbour]]  # name -> the experts it mixes, with their weights
+    experts: list[Expert]  # the nearest experts a weighting mixes
+    by_name: dict[str, Any]  # expert name -> its ExpertBank entry
+    nearest: str | None  # the candidate that is the nearest expert
+
+
+def candidates_for(generator: Generator, made: Generated) -> Candidates:
+    """The candidates for ``made`` (a zero-shot adapter of ``generator``): itself and,
+    for SG-LoRA, the nearest experts alone and mixed (module docstring)."""
+    config = made.config
+    mixed = {GENERATED: made.neighbours, NONE: []}
+    out = Candidates({GENERATED: (config, made.weights)}, mixed, [], {}, None)
+    if generator.method != SG_LORA or made.embedding is None:
+        return out
+    layout = generator.ckpt.layout
+    tau = float(generator.ckpt.hyper["tau"])
+    query = np.asarray(made.embedding, dtype=np.float32)
+    query = query / max(float(np.linalg.norm(query)), 1e-12)
+    found, sims = generator.neighbours(query, max(WEIGHTED, *MIXTURES))
+    for e, s in list(zip(found, sims, strict=True))[:EXPERTS]:
+        name = f"expert:{e.record.name}"
+        out.adapters[name] = (config, layout.unflatten(e.weights))
+        out.mixed[name] = [Neighbour(e.id, e.record.name, round(float(s), 5), 1.0)]
+    out.nearest = f"expert:{found[0].record.name}"
+    for k in MIXTURES:
+        if k > len(found):
+            continue
+        w = softmax_weights(sims[:k], tau)
+        rows = mix(w, [e.weights for e in found[:k]]).mean
+        name = f"mixture:top-{k}"
+        out.adapters[name] = (config, layout.unflatten(rows))
+        out.mixed[name] = [
+            Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
+            for e, s, a in zip(found[:k], sims[:k], w, strict=True)
+        ]
+    out.experts = [
+        Expert(e.record.name, layout.unflatten(e.weights), float(s))
+        for e, s in zip(found[:WEIGHTED], sims[:WEIGHTED], strict=True)
+    ]
+    out.by_name = {e.record.name: e for e in found[:WEIGHTED]}
+    return out
+
+
 def adapt_generated(
     generator: Generator,
     request: Request,
@@ -38,58 +87,27 @@ def adapt_generated(
 ) -> Generated:
     """``made`` adapted to ``request.fewshot`` (the request must carry examples)."""
     assert request.fewshot is not None
-    config = made.config
-    candidates: dict[str, Adapter | None] = {GENERATED: (config, made.weights)}
-    mixed: dict[str, list[Neighbour]] = {GENERATED: made.neighbours, NONE: []}
-    experts: list[Expert] = []
-    by_name: dict[str, Any] = {}
-    nearest = None
-    if generator.method == SG_LORA and made.embedding is not None:
-        layout = generator.ckpt.layout
-        tau = float(generator.ckpt.hyper["tau"])
-        query = np.asarray(made.embedding, dtype=np.float32)
-        query = query / max(float(np.linalg.norm(query)), 1e-12)
-        found, sims = generator.neighbours(query, max(WEIGHTED, *MIXTURES))
-        for e, s in list(zip(found, sims, strict=True))[:EXPERTS]:
-            name = f"expert:{e.record.name}"
-            candidates[name] = (config, layout.unflatten(e.weights))
-            mixed[name] = [Neighbour(e.id, e.record.name, round(float(s), 5), 1.0)]
-        nearest = f"expert:{found[0].record.name}"
-        for k in MIXTURES:
-            if k > len(found):
-                continue
-            w = softmax_weights(sims[:k], tau)
-            rows = mix(w, [e.weights for e in found[:k]]).mean
-            name = f"mixture:top-{k}"
-            candidates[name] = (config, layout.unflatten(rows))
-            mixed[name] = [
-                Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
-                for e, s, a in zip(found[:k], sims[:k], w, strict=True)
-            ]
-        experts = [
-            Expert(e.record.name, layout.unflatten(e.weights), float(s))
-            for e, s in zip(found[:WEIGHTED], sims[:WEIGHTED], strict=True)
-        ]
-        by_name = {e.record.name: e for e in found[:WEIGHTED]}
+    found = candidates_for(generator, made)
     result = adapt(
         generator.evaluator(),
         request.description,
         request.fewshot,
-        candidates,
-        dict(config),
-        experts=experts,
-        nearest=nearest,
+        found.adapters,
+        dict(made.config),
+        experts=found.experts,
+        nearest=found.nearest,
         config=request.adapt,
         on_progress=on_progress,
     )
     if result.method.startswith("weighting"):
         learned = result.report.get("weighting", {})
         neighbours = [
-            Neighbour(by_name[e.name].id, e.name, round(e.similarity, 5), learned.get(e.name, 0.0))
-            for e in experts
-        ]
+            Neighbour(found.by_name[e.name].id, e.name, round(e.similarity, 5),
+                      learned.get(e.name, 0.0))
+            for e in found.experts
+        ]  # fmt: skip
     else:
-        neighbours = mixed.get(result.selection.chosen, [])
+        neighbours = found.mixed.get(result.selection.chosen, [])
     return dataclasses.replace(
         made,
         weights=_weights(result, made),
