@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import NONE, AdaptConfig, Expert, adapt
 from generator.adapt.refine import refine
+from generator.adapt.scoring import score, score_all
 from generator.adapt.weighting import fit_weights
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
@@ -49,6 +51,21 @@ def test_selection_chooses_among_candidates_and_reports_a_held_back_estimate(
     assert report["estimate"]["nearest"] == report["candidates"]["oracle"]
     assert 0.0 <= report["estimate"]["adapter"] <= 1.0 and report["metric"] == "accuracy"
     assert result.adapter is (oracle if result.selection.chosen == "oracle" else None)
+
+
+def test_candidates_scored_together_score_as_each_alone(world: SandboxWorld) -> None:
+    moon = world.held_out()
+    evaluator = Evaluator.from_path(Path(world.base))
+    oracle = oracle_weights(world.registry, world.base, moon)
+    halved = (oracle[0], {k: v * 0.5 if ".lora_B." in k else v for k, v in oracle[1].items()})
+    candidates = {"oracle": oracle, "halved": halved, NONE: None}
+    together = score_all(evaluator, moon.description, shots_of(world), candidates)
+    assert list(together) == list(candidates)
+    for name, adapter in candidates.items():
+        alone = score(evaluator, moon.description, shots_of(world), adapter)
+        assert together[name].mean()[0] == alone.mean()[0], name
+        assert torch.allclose(together[name].margin, alone.margin, atol=1e-4), name
+    assert not torch.allclose(together["oracle"].margin, together[NONE].margin, atol=1e-3)
 
 
 def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWorld) -> None:
