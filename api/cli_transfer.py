@@ -80,18 +80,28 @@ def transfer_command(
         raise SystemExit(1)
 
 
-def follow(reg: Any, job_id: int, *, quiet: bool = False, poll: float = 0.5) -> Any:
+def follow(
+    reg: Any,
+    job_id: int,
+    *,
+    quiet: bool = False,
+    poll: float = 0.5,
+    handlers: dict[str, Any] | None = None,
+) -> Any:
     """Run job ``job_id`` in a thread of this process (unless a worker holds it) and show
-    its stage and progress until it ends. Ctrl-C leaves it to resume in a worker."""
+    its stage and progress until it ends, or until a run here fails in a way a worker may
+    retry (the job is queued again; its error says why). Ctrl-C leaves it to resume in a
+    worker."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from api.worker import HANDLERS, run_one, worker_name
 
     failure: list[BaseException] = []
+    ran: list[Any] = []  # what run_one returned: None when another worker holds the job
 
     def work() -> None:
         try:
-            run_one(reg, worker_name(), HANDLERS, job_id=job_id)
+            ran.append(run_one(reg, worker_name(), handlers or HANDLERS, job_id=job_id))
         except BaseException as exc:  # shown after the bar; the job itself records its error
             failure.append(exc)
 
@@ -113,6 +123,10 @@ def follow(reg: Any, job_id: int, *, quiet: bool = False, poll: float = 0.5) -> 
                 break
             if failure and not runner.is_alive():
                 raise failure[0]
+            if ran and ran[0] is not None:  # it ran here, failed, and waits for a retry
+                job = reg.get_job(job_id)
+                if job.state not in TERMINAL:
+                    break
             time.sleep(poll)
     runner.join(timeout=5)
     return job
@@ -121,7 +135,8 @@ def follow(reg: Any, job_id: int, *, quiet: bool = False, poll: float = 0.5) -> 
 def show(job: Any) -> None:
     """A finished transfer: its result adapter and every stage's figures."""
     if job.state != "succeeded":
-        err.print(f"job {job.id} {job.state}: {job.error or ''}".rstrip())
+        retry = "" if job.state in TERMINAL else " (a worker retries it: `loramint worker`)"
+        err.print(f"job {job.id} {job.state}{retry}: {job.error or ''}".rstrip())
         return
     result = job.result or {}
     out.print(

@@ -123,9 +123,8 @@ def score_batch(
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0) + len(prefix)  # (B, P)
     if prefix:
-        if not cache_rows:
-            one = prefix_cache(model, prefix, device) if cache is None else cache
-            cache = copy.deepcopy(one)
+        if not cache_rows:  # a shared cache is copied; a new one may carry gradients
+            cache = prefix_cache(model, prefix, device) if cache is None else copy.deepcopy(cache)
             cache.batch_repeat_interleave(B)
         ones = torch.ones((B, len(prefix)), dtype=torch.long, device=device)
         mask = torch.cat([ones, mask], dim=1)

@@ -79,6 +79,20 @@ def test_a_job_that_keeps_failing_ends_failed_with_the_reason(registry: Registry
     assert calls == [1, 2]
 
 
+def test_following_a_job_stops_when_its_run_here_fails_and_waits_for_a_retry(
+    registry: Registry,
+) -> None:
+    from api.cli_transfer import follow
+
+    def broken(ctx: JobContext) -> dict[str, Any]:
+        raise RuntimeError("disk on fire")
+
+    job = registry.submit_job("transfer", {"x": 1}, max_attempts=3)
+    final = follow(registry, job.id, quiet=True, poll=0.05, handlers={"transfer": broken})
+    assert final.state == "queued" and final.attempts == 1  # not followed forever
+    assert "disk on fire" in (final.error or "")
+
+
 def test_bad_parameters_fail_at_once(registry: Registry) -> None:
     job = registry.submit_job("train-generator", {"config": {"method": "nonsense"}})
     run_one(registry, "w1", HANDLERS)
