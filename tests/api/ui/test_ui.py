@@ -109,6 +109,21 @@ def shots(server: dict[str, Any]) -> Path:
     return out
 
 
+# What each page shows as (state, stage), noted at load and at each change, kept in
+# sessionStorage across the job page's reloads.
+WATCH_STAGES = """addEventListener("DOMContentLoaded", () => {
+  const text = (f) => (document.querySelector(`[data-field=${f}]`) || {}).textContent || "";
+  const note = () => {
+    const shown = JSON.parse(sessionStorage.getItem("stagesShown") || "[]");
+    shown.push([text("state").trim(), text("stage").trim()]);
+    sessionStorage.setItem("stagesShown", JSON.stringify(shown));
+  };
+  note();
+  new MutationObserver(note).observe(document.body,
+    {subtree: true, childList: true, characterData: true});
+});"""
+
+
 def new_page(browser: Any, server: dict[str, Any], viewport: dict[str, int]) -> Any:
     context = browser.new_context(base_url=server["url"], viewport=viewport, accept_downloads=True)
     context.set_default_timeout(30_000)
@@ -450,20 +465,15 @@ def test_compare_sort_and_a_transfer_watched_live(
     page.get_by_label("Synthetic samples").fill("4")
     settings = "\n".join(f"{k}={v}" for k, v in FAST.items() if k != "samples")
     page.get_by_label(re.compile("^Other settings")).fill(settings)
-    seen: list[str] = []
-
-    def status(response: Any) -> None:
-        if response.url.endswith("/status") and response.ok:
-            seen.append(str(response.json().get("stage") or ""))
-
-    page.on("response", status)
+    page.add_init_script(WATCH_STAGES)
     page.get_by_role("button", name="Start transfer").click()
     page.wait_for_url(re.compile(r"/ui/jobs/\d+$"))
     assert "Queued the transfer" in page.get_by_role("status").inner_text()
     shoot(page, shots, "transfer-job-running")
     page.locator("[data-field=state]").filter(has_text="succeeded").wait_for(timeout=180_000)
-    stages = [s for s in seen if s]
-    assert stages, "the job page showed no stage while the transfer ran"
+    shown = page.evaluate("() => JSON.parse(sessionStorage.getItem('stagesShown') || '[]')")
+    live = [stage for state, stage in shown if stage and state != "succeeded"]
+    assert live, f"the job page showed no stage while the transfer ran: {shown}"
     assert page.locator("progress[data-field=progress]").evaluate("p => p.value") == 1
     shoot(page, shots, "transfer-job-done")
     page.get_by_role("link", name="The adapter it made").click()
