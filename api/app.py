@@ -317,6 +317,7 @@ def create_app(
         max_batch=settings.batch_max,
         batching=use_batching,
         on_batch=on_batch,
+        threads=settings.generation_threads,
     )
 
     background: dict[str, Any] = {}

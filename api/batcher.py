@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from generator.serve.generate import LoadedGenerators, generate_adapters
 from generator.serve.generator import Generated, Request
@@ -50,9 +53,13 @@ class GenerationBatcher:
         batching: bool = True,
         idle: float = IDLE_SECONDS,
         on_batch: Callable[[int, float], None] | None = None,
+        threads: int | None = None,
     ) -> None:
+        """``threads``: torch threads of a zero-shot batch (None: the process's); a batch
+        with labelled examples (minutes of scoring and training) uses the process's."""
         self.registry = registry
         self.window, self.max_batch, self.batching = window, max_batch, batching
+        self.threads = threads
         self.idle = idle
         self.on_batch = on_batch
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
@@ -127,14 +134,16 @@ class GenerationBatcher:
         """On the generator thread: the one generation path (decode, then register)."""
         t0 = time.perf_counter()
         base_model, method, generator_id = key
-        results = generate_adapters(
-            self.registry,
-            requests,
-            base_model=base_model,
-            method=method,
-            generator_id=generator_id,
-            loaded=self._loaded,
-        )
+        zero_shot = all(r.fewshot is None for r in requests)
+        with torch_threads(self.threads if zero_shot else None):
+            results = generate_adapters(
+                self.registry,
+                requests,
+                base_model=base_model,
+                method=method,
+                generator_id=generator_id,
+                loaded=self._loaded,
+            )
         self.stats.batches += 1
         self.stats.requests += len(requests)
         self.stats.sizes.append(len(requests))
@@ -148,4 +157,23 @@ class GenerationBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
-        return {"window_s": self.window, "max_batch": self.max_batch, "batching": self.batching}
+        return {
+            "window_s": self.window,
+            "max_batch": self.max_batch,
+            "batching": self.batching,
+            "threads": self.threads,
+        }
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` torch threads (None: as is), then restore the count."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

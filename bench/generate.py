@@ -96,6 +96,7 @@ def main() -> None:
 
     from generator.serve.generate import generator_for
     from generator.serve.generator import Generator, Request
+    from generator.serve.rebuild import decode_v1
     from generator.zoo.build import zoo_records
     from registry.errors import LoramintError
     from registry.lora_spec import weights_bytes
@@ -118,6 +119,8 @@ def main() -> None:
     # embedding (search + mixture + decode + de-normalise + unflatten), then the zip.
     stages: dict[str, list[float]] = {n: [] for n in ("embed", "search+decode", "serialise")}
     stages["total"] = []
+    previous: list[float] = []  # the previous decoder's arithmetic on the same request
+    worst = 0.0
     for text in descriptions(args.requests):
         t0 = time.perf_counter()
         vec = gen.embed([text])
@@ -130,9 +133,20 @@ def main() -> None:
         stages["search+decode"].append(t2 - t1)
         stages["serialise"].append(t3 - t2)
         stages["total"].append(t3 - t0)
+        if gen.decoder is not None:
+            t4 = time.perf_counter()
+            old = decode_v1(gen, vec[0], 0)
+            previous.append(time.perf_counter() - t4)
+            worst = max(worst, max(float((old[k] - out.weights[k]).abs().max()) for k in old))
+    if previous:
+        stages["search+decode, previous decoder (baseline)"] = previous
 
     print(f"\nOne warm request at a time ({args.requests} requests), milliseconds:")
     latency_table("| stage | p50 | p90 | p99 | mean |", stages, (0.5, 0.9, 0.99))
+    if previous:
+        print(f"largest difference from the previous decoder's weights: {worst:.2e}")
+        if worst > 1e-4:
+            sys.exit("error: the decoders disagree")
 
     print("\nBatched (one embedding call and one decode per batch, plus each zip):")
     print("| batch | seconds per batch | adapters/s | vs batch 1 |")

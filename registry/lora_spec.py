@@ -15,6 +15,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from registry.errors import InvalidAdapter
@@ -267,6 +268,24 @@ def spec_from_config(config: dict[str, Any]) -> LoraSpec:
         raise InvalidAdapter(f"adapter_config.json is invalid: {exc}") from exc
 
 
+@lru_cache(maxsize=16)
+def _f32_header(tensors: tuple[tuple[str, tuple[int, ...]], ...]) -> bytes:
+    """The safetensors header (padded) of float32 tensors (name, shape), in that order:
+    the same for every adapter of one layout, so it is built once."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in tensors:
+        size = math.prod(shape) * 4
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return text + b" " * (-len(text) % 8)  # the format's alignment padding
+
+
 def weights_bytes(weights: Tensors) -> bytes:
     """``adapter_model.safetensors`` of a state dict (PEFT's own ``{"format": "pt"}``).
     float32 state dicts (every generated adapter) are written in one pass: the
@@ -279,18 +298,8 @@ def weights_bytes(weights: Tensors) -> bytes:
 
         return save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
     names = sorted(weights)
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name in names:
-        size = weights[name].numel() * 4
-        header[name] = {
-            "dtype": "F32",
-            "shape": list(weights[name].shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the format's alignment padding
+    text = _f32_header(tuple((n, tuple(weights[n].shape)) for n in names))
+    offset = sum(weights[n].numel() * 4 for n in names)
     out = bytearray(8 + len(text) + offset)
     out[:8] = len(text).to_bytes(8, "little")
     out[8 : 8 + len(text)] = text

@@ -142,6 +142,12 @@ class RecipeStore:
             for gid in generators:
                 if s.get(GeneratorRow, gid) is None:
                     raise GeneratorNotFound(f"no generator with id {gid}")
+            parents = {link.adapter_id for p in prepared for link in p[0].parents}
+            if parents:
+                found = s.scalars(sa.select(AdapterRow.id).where(AdapterRow.id.in_(parents)))
+                gone = sorted(parents - set(found))
+                if gone:  # a recipe that mixed them could not be rebuilt
+                    raise Conflict(f"experts {gone} were deleted while generating; retry")
             fresh = {}
             for item, spec, expected, vector, sha in prepared:
                 if item.name not in existing and item.name not in fresh:

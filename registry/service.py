@@ -334,6 +334,13 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
             row = self._adapter_row(s, adapter_id)
             return AdapterRecord.of(row, self._parents(s, adapter_id))
 
+    def live_adapter_ids(self, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` are registered adapters (one query)."""
+        if not ids:
+            return set()
+        with self._sessions() as s:
+            return set(s.scalars(sa.select(AdapterRow.id).where(AdapterRow.id.in_(list(ids)))))
+
     def find_adapter(self, base_model: str, name: str) -> AdapterRecord | None:
         with self._sessions() as s:
             row = s.scalar(

@@ -70,6 +70,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("LORAMINT_BATCH_MAX", "`32`", "largest generation batch"),
     Variable(
+        "LORAMINT_BATCH_THREADS",
+        "CPUs - 1 (at least 1)",
+        "torch threads of a zero-shot generation batch; the rest serve HTTP meanwhile",
+    ),
+    Variable(
         "LORAMINT_GENERATED_STORAGE",
         "`recipe`",
         "`recipe`: generated adapters kept as what rebuilds them; `weights`: as blobs",
@@ -170,6 +175,9 @@ class ApiSettings:
     max_k: int = 100
     batch_window: float = 0.01  # seconds
     batch_max: int = 32
+    # torch threads a zero-shot generation batch runs with; 0: one fewer than the CPUs
+    # (at least one), so the event loop keeps a core while a batch decodes
+    batch_threads: int = 0
 
     @classmethod
     def read(cls, env: _Env) -> ApiSettings:
@@ -181,7 +189,15 @@ class ApiSettings:
             max_k=env.integer("LORAMINT_API_MAX_K", 100, minimum=1),
             batch_window=env.number("LORAMINT_BATCH_WINDOW_MS", 10.0) / 1000,
             batch_max=env.integer("LORAMINT_BATCH_MAX", 32, minimum=1),
+            batch_threads=env.integer("LORAMINT_BATCH_THREADS", 0, minimum=0),
         )
+
+    @property
+    def generation_threads(self) -> int:
+        """The torch threads of a zero-shot generation batch (``batch_threads``, or auto)."""
+        if self.batch_threads:
+            return self.batch_threads
+        return max(1, (os.cpu_count() or 1) - 1)
 
     @property
     def auth_mode(self) -> str:

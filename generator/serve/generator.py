@@ -27,9 +27,10 @@ from generator.adapt.pipeline import AdaptConfig
 from generator.experts import Expert, load_expert
 from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.methods import SG_LORA
-from generator.hypernet.mixture import Mixture, experts_needed, guided_mixture
+from generator.hypernet.mixture import Mixture, experts_needed, gate_fires, mix, softmax_weights
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
-from generator.hypernet.tokens import from_tokens, to_tokens, var_tokens
+from generator.hypernet.tokens import from_tokens
+from generator.serve.decode import ExpertTerms, SGDecoder
 from generator.tasks.evaluation import Evaluator
 from generator.tasks.task_vector import TaskVectorizer
 from registry.errors import AdapterNotFound, InvalidInput
@@ -39,10 +40,12 @@ from registry.service import Registry
 
 # The version of ``Generator.generate``'s arithmetic, recorded in every recipe
 # (registry.recipes). Bump it with any change that can move a decoded bit (the
-# mixture, the tokens, the networks' use, the serialisation); recipes made before
-# then cannot be rebuilt and must be materialised first (`loramint adapters
-# materialise`), which `generator.serve.rebuild` says when it meets one.
-DECODER = "1"
+# mixture, the decoder, the serialisation), and keep the previous version's
+# arithmetic for rebuilds (``generator.serve.rebuild.decode_v1`` for "1"); recipes
+# of a version no longer kept must be materialised (`loramint adapters
+# materialise`) by the loramint that made them, which the rebuild says when it
+# meets one.
+DECODER = "2"
 
 
 def adapter_config(template: dict[str, Any]) -> dict[str, Any]:
@@ -109,15 +112,27 @@ class Generator:
         experts: Callable[[int], Expert | None] | None = None,
         base: Callable[[], Evaluator] | None = None,
         record: GeneratorRecord | None = None,
+        alive: Callable[[Sequence[int]], set[int]] | None = None,
     ) -> None:
         self.ckpt, self.embed, self.record = checkpoint, embed, record
         self._experts = experts
+        self._alive = alive
         self._base_factory = base
         self._base: Evaluator | None = None
         self._vectorizer: TaskVectorizer | None = None
         self._cache: dict[int, Expert | None] = {}
+        self._terms: dict[int, ExpertTerms] = {}
         self.index: Any = None
+        self.decoder: SGDecoder | None = None
         if checkpoint.method == SG_LORA:
+            assert isinstance(checkpoint.net, SGLoraNet)
+            self.decoder = SGDecoder(
+                checkpoint.net,
+                checkpoint.layout,
+                checkpoint.normaliser,
+                logvar_shift=float(checkpoint.hyper["logvar_shift"]),
+                logvar_scale=float(checkpoint.hyper["logvar_scale"]),
+            )
             import faiss
 
             emb = checkpoint.expert_embeddings
@@ -154,7 +169,14 @@ class Generator:
                 return base
             return Evaluator.from_path(registry.base_model_path(record.base_model))
 
-        return cls(ckpt, embed=registry.embedder.encode, experts=expert, base=load, record=record)
+        return cls(
+            ckpt,
+            embed=registry.embedder.encode,
+            experts=expert,
+            base=load,
+            record=record,
+            alive=registry.live_adapter_ids,
+        )
 
     def evaluator(self) -> Evaluator:
         """The base model (loaded on first use): for task vectors and few-shot scoring."""
@@ -163,6 +185,17 @@ class Generator:
                 raise InvalidInput("this generator cannot read examples (no base model)")
             self._base = self._base_factory()
         return self._base
+
+    def forget_deleted(self) -> None:
+        """Drop the loaded experts deleted since (by any process): a generator kept
+        loaded must mix what a fresh one would, or its recipes would not rebuild."""
+        loaded = [i for i, e in self._cache.items() if e is not None]
+        if self._alive is None or not loaded:
+            return
+        live = self._alive(loaded)
+        for adapter_id in set(loaded) - live:
+            self._cache[adapter_id] = None
+            self._terms.pop(adapter_id, None)
 
     def expert(self, index: int) -> Expert | None:
         adapter_id = self.ckpt.expert_ids[index]
@@ -199,10 +232,13 @@ class Generator:
     def generate(
         self, requests: Sequence[Request], *, vectors: np.ndarray | None = None
     ) -> list[Generated]:
-        """Decode a batch of requests in one forward pass; ``vectors`` are the
-        descriptions' embeddings when the caller already has them."""
+        """Decode a batch of requests (SG-LoRA: each on its own with ``SGDecoder``, so an
+        adapter's bits do not depend on its batch; ICM-LoRA: in one forward pass);
+        ``vectors`` are the descriptions' embeddings when the caller already has them."""
         if not requests:
             return []
+        if self.method == SG_LORA:
+            self.forget_deleted()
         if vectors is None:
             vectors = self.embed([r.description for r in requests])  # (N, D)
         elif len(vectors) != len(requests):
@@ -217,22 +253,12 @@ class Generator:
         )  # (N, Z)
         layout, norm = self.ckpt.layout, self.ckpt.normaliser
         neighbours: list[list[Neighbour]] = [[] for _ in requests]
-        if self.method == SG_LORA:
-            assert isinstance(self.ckpt.net, SGLoraNet)
-            means, variances = [], []
+        if self.decoder is not None:
+            rows = []
             for i, vec in enumerate(vectors):
-                mixture, neighbours[i] = self.mixture(np.asarray(vec))
-                means.append(mixture.mean)
-                variances.append(mixture.var)
-            mean_t = to_tokens(layout, norm, means)
-            logvar_t = var_tokens(
-                layout,
-                norm,
-                variances,
-                float(self.ckpt.hyper["logvar_shift"]),
-                float(self.ckpt.hyper["logvar_scale"]),
-            )
-            tokens = self.ckpt.net.sample(mean_t, logvar_t, eps)
+                experts, weights, neighbours[i] = self.choose(np.asarray(vec))
+                terms = [self.terms(e) for e in experts]
+                rows.append(self.decoder.rows(self.decoder.decode(weights, terms, eps[i])))
         else:
             assert isinstance(self.ckpt.net, ICMLoraNet)
             hidden = int(self.ckpt.hyper["hidden_size"])
@@ -240,8 +266,7 @@ class Generator:
             for r, vec in zip(requests, vectors, strict=True):
                 tv = self.task_vector(r) if r.examples else None
                 conds.append(icm_condition(torch.as_tensor(np.asarray(vec)), tv, hidden))
-            tokens = self.ckpt.net.sample(torch.stack(conds), eps)
-        rows = from_tokens(layout, norm, tokens)
+            rows = from_tokens(layout, norm, self.ckpt.net.sample(torch.stack(conds), eps))
         return [
             Generated(
                 description=r.description,
@@ -258,24 +283,40 @@ class Generator:
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
 
-    def mixture(self, query: np.ndarray) -> tuple[Mixture, list[Neighbour]]:
-        """SG-LoRA's mixture for a (D,) unit query: mu*, sigma*^2 and the experts in it."""
+    def choose(self, query: np.ndarray) -> tuple[list[Expert], list[float], list[Neighbour]]:
+        """SG-LoRA's experts for a (D,) unit query, their mixture weights, and the
+        neighbours a client is told about."""
         hyper = self.ckpt.hyper
         k, tau, gate = int(hyper["k"]), float(hyper["tau"]), hyper.get("gate")
         experts, sims = self.neighbours(query, experts_needed(k, gate))
-        used, mixture = guided_mixture(
-            sims, [e.mean for e in experts], [e.var for e in experts], k=k, tau=tau, gate=gate
-        )
+        if gate_fires(sims, gate):
+            weights = [1.0]
+        else:
+            weights = [float(a) for a in softmax_weights(sims[:k], tau)]
+        used = len(weights)
         # when the gate serves the nearest expert alone, the runner-up it was compared with
         # is a neighbour too, at weight 0: the choice (and a recipe's rebuild) depends on it
         compared = min(len(experts), max(used, 2 if gate is not None else 1))
-        weights = [float(a) for a in mixture.weights] + [0.0] * (compared - used)
-        experts, sims = experts[:compared], sims[:compared]
+        shown = weights + [0.0] * (compared - used)
         neighbours = [
             Neighbour(e.id, e.record.name, round(float(s), 5), round(a, 5))
-            for e, s, a in zip(experts, sims, weights, strict=True)
+            for e, s, a in zip(experts[:compared], sims[:compared], shown, strict=True)
         ]
+        return experts[:used], weights, neighbours
+
+    def mixture(self, query: np.ndarray) -> tuple[Mixture, list[Neighbour]]:
+        """SG-LoRA's mixture for a (D,) unit query: mu*, sigma*^2 and the experts in it."""
+        experts, weights, neighbours = self.choose(query)
+        mixture = mix(torch.tensor(weights), [e.mean for e in experts], [e.var for e in experts])
         return mixture, neighbours
+
+    def terms(self, expert: Expert) -> ExpertTerms:
+        """What the decoder reads of ``expert`` (computed on its first use)."""
+        assert self.decoder is not None
+        found = self._terms.get(expert.id)
+        if found is None:
+            found = self._terms[expert.id] = self.decoder.expert_terms(expert.mean, expert.var)
+        return found
 
     def task_vector(self, request: Request) -> torch.Tensor:
         if self._vectorizer is None:

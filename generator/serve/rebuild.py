@@ -4,8 +4,11 @@ recipe builder, declared as the ``loramint.recipe_builders`` entry point.
 A recipe names its generator by id and checkpoint checksum; the rebuild loads
 that generator (a few are kept loaded per registry) and decodes the adapter's
 description embedding, as stored, with its seed: the same single-request decode
-the generation path ran. Builds are serialised (one decode at a time per
-registry), as the networks are not shared between threads.
+the generation path ran. Recipes of the previous decoder version ("1": the
+network's batched sampling pass, before ``SGDecoder``) are rebuilt with that
+version's arithmetic (``decode_v1``), so an upgrade loses none. Builds are
+serialised (one decode at a time per registry), as the networks are not shared
+between threads.
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ import threading
 import weakref
 from collections import OrderedDict
 
+import numpy as np
+import torch
+
+from generator.hypernet.networks import SGLoraNet
+from generator.hypernet.tokens import from_tokens, to_tokens, var_tokens
 from generator.serve.generator import DECODER, Generator, Request
 from registry.errors import CorruptBlob, GeneratorNotFound
-from registry.lora_spec import weights_bytes
+from registry.lora_spec import Tensors, weights_bytes
 from registry.recipes import Recipe, RecipeInput
 from registry.service import Registry
 
@@ -54,7 +62,7 @@ class Rebuilder:
         return loaded
 
     def __call__(self, registry: Registry, source: RecipeInput) -> bytes:
-        if source.recipe.decoder != DECODER:
+        if source.recipe.decoder not in (DECODER, "1"):
             raise CorruptBlob(
                 f"adapter {source.adapter_id} was decoded by decoder version "
                 f"{source.recipe.decoder!r}, this loramint has {DECODER!r}: materialise such "
@@ -62,9 +70,29 @@ class Rebuilder:
             )
         with self._lock:
             generator = self.generator(registry, source.recipe)
+            if source.recipe.decoder == "1":
+                return weights_bytes(decode_v1(generator, source.embedding, source.recipe.seed))
             request = Request(source.description, seed=source.recipe.seed)
             [made] = generator.generate([request], vectors=source.embedding[None, :])
             return weights_bytes(made.weights)
+
+
+@torch.no_grad()
+def decode_v1(generator: Generator, vector: np.ndarray, seed: int) -> Tensors:
+    """An SG-LoRA adapter as decoder version "1" computed it, bit for bit: the
+    mixture read as tokens, the network's sampling pass, then de-normalisation."""
+    ckpt = generator.ckpt
+    if not isinstance(ckpt.net, SGLoraNet):
+        raise CorruptBlob("decoder version 1 recipes are SG-LoRA's only")
+    eps = torch.randn(ckpt.net.config.latent, generator=torch.Generator().manual_seed(seed))
+    generator.forget_deleted()
+    mixture, _ = generator.mixture(np.asarray(vector))
+    layout, norm = ckpt.layout, ckpt.normaliser
+    mean_t = to_tokens(layout, norm, [mixture.mean])
+    shift, scale = float(ckpt.hyper["logvar_shift"]), float(ckpt.hyper["logvar_scale"])
+    logvar_t = var_tokens(layout, norm, [mixture.var], shift, scale)
+    tokens = ckpt.net.sample(mean_t, logvar_t, eps[None])
+    return layout.unflatten(from_tokens(layout, norm, tokens)[0])
 
 
 _REBUILDERS: weakref.WeakKeyDictionary[Registry, Rebuilder] = weakref.WeakKeyDictionary()

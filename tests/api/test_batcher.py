@@ -25,3 +25,19 @@ def test_idle_keys_are_dropped(registry: Registry) -> None:
         await batcher.close()
 
     asyncio.run(run())
+
+
+def test_a_batch_runs_with_its_thread_count_and_gives_the_rest_back() -> None:
+    import torch
+
+    from api.batcher import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(before + 2):
+        raise RuntimeError("a failed batch")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -123,3 +123,12 @@ def test_layout_signature_depends_on_shapes_only(shapes: dict[str, list[int]]) -
     c = lora_spec.spec_from_config({**BASE, "r": 8}).expected_shapes(shapes)
     assert lora_spec.layout_signature(a) == lora_spec.layout_signature(b)
     assert lora_spec.layout_signature(a) != lora_spec.layout_signature(c)
+
+
+def test_float32_weights_are_written_as_safetensors_writes_them() -> None:
+    """weights_bytes builds the header once per layout: the bytes stay safetensors' own,
+    for every adapter of the layout and for another layout after it."""
+    torch.manual_seed(0)
+    for shapes in ({"b.w": (3, 4), "a.w": (5,)}, {"b.w": (3, 4), "a.w": (5,)}, {"c": (2, 2)}):
+        tensors = {n: torch.randn(s) for n, s in shapes.items()}
+        assert lora_spec.weights_bytes(tensors) == save(tensors, metadata={"format": "pt"})

@@ -41,6 +41,7 @@ def test_overrides(tmp_path: Path) -> None:
         ({"LORAMINT_API_OPEN": "maybe"}, "LORAMINT_API_OPEN must be 0 or 1"),
         ({"LORAMINT_API_RATE": "0"}, "LORAMINT_API_RATE must be at least"),
         ({"LORAMINT_BATCH_MAX": "many"}, "LORAMINT_BATCH_MAX must be an integer"),
+        ({"LORAMINT_BATCH_THREADS": "-1"}, "LORAMINT_BATCH_THREADS must be at least 0"),
         ({"LORAMINT_UI_SECURE_COOKIE": "maybe"}, "LORAMINT_UI_SECURE_COOKIE"),
         ({"LORAMINT_SESSION_SECRET": "short"}, "LORAMINT_SESSION_SECRET must be at least 32"),
         ({"LORAMINT_JOB_LEASE_S": "1"}, "LORAMINT_JOB_LEASE_S must be above 2 s"),
@@ -100,3 +101,11 @@ def test_every_loramint_variable_is_declared_and_read_only_by_the_settings_modul
             readers += [f"{path.relative_to(ROOT)}: {m}" for m in reader.findall(text)]
     assert not undeclared, f"LORAMINT_* names not in registry.settings.VARIABLES: {undeclared}"
     assert not readers, f"read outside registry/settings.py: {readers}"
+
+
+def test_generation_threads_leave_the_event_loop_a_core() -> None:
+    import os
+
+    auto = Settings.from_env({}).api.generation_threads
+    assert auto == max(1, (os.cpu_count() or 1) - 1)
+    assert Settings.from_env({"LORAMINT_BATCH_THREADS": "3"}).api.generation_threads == 3

@@ -17,11 +17,11 @@ from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
 from generator.sandbox import SandboxWorld
 from generator.serve.generate import generate_adapters
-from generator.serve.generator import Generated, Request
+from generator.serve.generator import DECODER, Generated, Request
 from registry.blobs import sha256_hex
 from registry.errors import Conflict
 from registry.records import AdapterRecord, GeneratorRecord
-from registry.service import Registry
+from registry.service import Parent, Registry
 
 DESCRIPTIONS = [
     "Does the text mention the moon? Answer yes or no.",
@@ -34,7 +34,7 @@ DESCRIPTIONS = [
 REBUILD = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from registry.service import Registry
+from registry.service import Parent, Registry
 reg = Registry()
 ids = json.loads(sys.argv[2])
 print(json.dumps({i: __import__("hashlib").sha256(reg.adapter_files(i).weights).hexdigest()
@@ -156,3 +156,87 @@ def test_a_recipe_of_another_decoder_version_says_what_to_do(
     reg.cache = type(reg.cache)(reg.cache.capacity)
     with pytest.raises(CorruptBlob, match="materialise"):
         reg.adapter_files(record.id)
+    with reg.engine.begin() as conn:  # back as made, for the tests that delete experts
+        conn.execute(
+            sa.text("update adapter_recipes set decoder = :d where adapter_id = :i"),
+            {"d": DECODER, "i": record.id},
+        )
+
+
+def test_a_recipe_of_the_previous_decoder_is_rebuilt_with_its_arithmetic(
+    world: SandboxWorld, sg: GeneratorRecord
+) -> None:
+    import sqlalchemy as sa
+    import torch
+
+    from generator.serve.generate import LoadedGenerators
+    from generator.serve.rebuild import decode_v1
+    from registry.lora_spec import weights_bytes
+
+    reg = world.registry
+    [(record, made)] = generate_adapters(
+        reg, [Request("Is a bicycle mentioned? Answer yes or no.", seed=4)],
+        base_model=world.base, method="sg-lora", generator_id=sg.id,
+    )  # fmt: skip
+    generator = LoadedGenerators(reg).serving(world.base, "sg-lora", sg.id)
+    assert made.embedding is not None
+    old = decode_v1(generator, made.embedding, 4)
+    # both versions compute the same function; only their rounding may differ
+    for key, tensor in old.items():
+        assert torch.allclose(tensor, made.weights[key], rtol=0, atol=1e-6)
+    # the row as decoder "1" left it: its version and the bytes it decoded to
+    with reg.engine.begin() as conn:
+        conn.execute(
+            sa.text("update adapter_recipes set decoder = '1' where adapter_id = :i"),
+            {"i": record.id},
+        )
+        conn.execute(
+            sa.text("update adapters set sha256 = :s where id = :i"),
+            {"s": sha256_hex(weights_bytes(old)), "i": record.id},
+        )
+    reg.cache = type(reg.cache)(reg.cache.capacity)
+    assert reg.adapter_files(record.id).weights == weights_bytes(old)
+
+
+def test_a_generator_kept_loaded_stops_mixing_an_expert_deleted_elsewhere(
+    world: SandboxWorld, sg: GeneratorRecord
+) -> None:
+    """A server keeps its generator loaded; an expert deleted by another process (here,
+    another Registry on the same database) must drop out of its mixtures, or its
+    recipes would not rebuild anywhere else."""
+    from generator.serve.generate import LoadedGenerators
+    from registry.recipes_store import NewRecipe
+
+    reg = world.registry
+    loaded = LoadedGenerators(reg)
+    request = [Request("Is a lamp in this text? Answer yes or no.", seed=3)]
+    [(first, _)] = generate_adapters(
+        reg, request, base_model=world.base, method="sg-lora", generator_id=sg.id, loaded=loaded
+    )  # fmt: skip
+    expert_id = first.parents[0].adapter_id
+    other = Registry(reg.settings)
+    try:
+        other.delete_adapter(expert_id)
+    finally:
+        other.close()
+    [(again, made)] = generate_adapters(
+        reg, [Request("Is a lamp in this text? Answer yes or no.", seed=4)],
+        base_model=world.base, method="sg-lora", generator_id=sg.id, loaded=loaded,
+    )  # fmt: skip
+    assert expert_id not in {p.adapter_id for p in again.parents}
+    assert again.stored == "recipe"
+    reg.cache = type(reg.cache)(reg.cache.capacity)
+    assert sha256_hex(reg.adapter_files(again.id).weights) == again.sha256
+    # a recipe that still names the deleted expert is refused, and nothing is written
+    recipe = reg.recipe(again.id)
+    assert recipe is not None and made.embedding is not None
+    before = reg.count_adapters()
+    stale = NewRecipe(
+        name="stale-parent", description="Is a lamp in this text? Answer yes or no.",
+        config=made.config, weights=reg.adapter_files(again.id).weights,
+        embedding=made.embedding, recipe=recipe, parents=[Parent(expert_id, "expert", 1.0)],
+        meta={},
+    )  # fmt: skip
+    with pytest.raises(Conflict, match=f"experts \\[{expert_id}\\] were deleted"):
+        reg.add_recipes(world.base, [stale])
+    assert reg.count_adapters() == before
