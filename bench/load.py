@@ -1,13 +1,16 @@
 """Load test of POST /v1/generate: N concurrent clients on loopback for D seconds,
-in four modes in one run: without micro-batching and with it, each with generated
-adapters stored as weights (blobs) and as recipes (registry.recipes).
+in five modes in one run: without micro-batching and with it, each with generated
+adapters stored as weights (blobs) and as recipes (registry.recipes); then
+micro-batching with recipes again, the batches given every CPU's torch threads
+instead of the default one fewer (LORAMINT_BATCH_THREADS).
 
 For each mode it starts a real server (``loramint serve``) on a scratch copy of
 the registry (the database copied, the content-addressed blobs hard-linked, so
 the adapters the run registers never reach the real registry), waits for it,
 runs the clients (each request a new description and seed), and reports
-requests/s, p50/p99 latency, errors, and the bytes the registry grew by per
-generated adapter (database, with its write-ahead log checkpointed, plus blobs).
+requests/s, p50/p99 latency, errors, the bytes the registry grew by per
+generated adapter (database, with its write-ahead log checkpointed, plus blobs),
+and the cores the clients themselves took (they share the machine).
 
     .venv/bin/python bench/load.py [--clients 200] [--seconds 60] [--base-model M]
 
@@ -71,13 +74,15 @@ def free_port() -> int:
 
 
 def start_server(
-    home: Path, models: Path, window_ms: float, storage: str = "recipe"
+    home: Path, models: Path, window_ms: float, storage: str = "recipe", threads: int = 0
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``threads``: LORAMINT_BATCH_THREADS (0: the service's default)."""
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
         "LORAMINT_MODEL_CACHE": str(models),
         "LORAMINT_BATCH_WINDOW_MS": str(window_ms),
+        "LORAMINT_BATCH_THREADS": str(threads),
         "LORAMINT_GENERATED_STORAGE": storage,
         "LORAMINT_API_RATE": "100000",
         "LORAMINT_API_BURST": "100000",
@@ -168,6 +173,49 @@ def mean_batch(metrics: str) -> float | None:
     return round(values["_sum"] / values["_count"], 2)
 
 
+MODES = {  # name -> (batching, storage, LORAMINT_BATCH_THREADS; 0: the default)
+    "no batching, weights": (False, "weights", 0),
+    "no batching, recipes": (False, "recipe", 0),
+    "micro-batching, weights": (True, "weights", 0),
+    "micro-batching, recipes": (True, "recipe", 0),
+    # the default leaves the HTTP side a core; this mode gives the batch every one
+    "micro-batching, recipes, every CPU for the batch": (True, "recipe", os.cpu_count() or 1),
+}
+
+
+def run_mode(args: argparse.Namespace, models: Path, mode: str) -> dict[str, Any]:
+    """One mode: a fresh scratch registry and server, the clients, what it measured."""
+    batching, storage, threads = MODES[mode]
+    with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
+        home = Path(tmp) / "home"
+        scratch_home(args.home, home)
+        key = reader_key(home)
+        window = args.window_ms if batching else 0.0
+        proc, url = start_server(home, models, window, storage, threads)
+        try:
+            warm = httpx.post(
+                f"{url}/v1/generate",
+                json={"description": "warm up", "base_model": args.base_model},
+                headers={"Authorization": f"Bearer {key}"}, timeout=300,
+            )  # fmt: skip
+            if warm.status_code != 201:
+                tail = (home.parent / "server.log").read_text()[-3000:]
+                raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}\n{tail}")
+            before = stored_bytes(home)
+            cpu0, t0 = os.times(), time.perf_counter()
+            result = asyncio.run(run_clients(url, key, args.base_model, args.clients, args.seconds))
+            cpu1, wall = os.times(), time.perf_counter() - t0
+            used = cpu1.user - cpu0.user + cpu1.system - cpu0.system
+            result["client_cpu"] = round(used / wall, 2)  # cores the clients took
+            result["mean_batch"] = mean_batch(httpx.get(f"{url}/metrics").text)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        grown = stored_bytes(home) - before
+        result["bytes_per_adapter"] = round(grown / max(result["requests"], 1))
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=200)
@@ -175,64 +223,54 @@ def main() -> None:
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
     ap.add_argument("--window-ms", type=float, default=10)
     ap.add_argument(
+        "--mode",
+        action="append",
+        choices=list(MODES),
+        help="run only these modes (repeatable; default: all five)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run the modes this many times, alternating"
+    )
+    ap.add_argument(
         "--home",
         type=Path,
         default=Settings.from_env().home,
     )
     args = ap.parse_args()
-    if args.clients < 1 or args.seconds <= 0:
-        raise SystemExit("--clients and --seconds must be positive")
+    if args.clients < 1 or args.seconds <= 0 or args.repeat < 1:
+        raise SystemExit("--clients, --seconds and --repeat must be positive")
     models = Settings.from_env(dict(os.environ) | {"LORAMINT_HOME": str(args.home)}).model_cache
-    results = {}
-    modes = [
-        ("no batching, weights", 0.0, "weights"),
-        ("no batching, recipes", 0.0, "recipe"),
-        ("micro-batching, weights", args.window_ms, "weights"),
-        ("micro-batching, recipes", args.window_ms, "recipe"),
-    ]
-    for mode, window, storage in modes:
-        with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
-            home = Path(tmp) / "home"
-            scratch_home(args.home, home)
-            key = reader_key(home)
-            proc, url = start_server(home, models, window, storage)
-            try:
-                warm = httpx.post(
-                    f"{url}/v1/generate",
-                    json={"description": "warm up", "base_model": args.base_model},
-                    headers={"Authorization": f"Bearer {key}"}, timeout=300,
-                )  # fmt: skip
-                if warm.status_code != 201:
-                    tail = (home.parent / "server.log").read_text()[-3000:]
-                    raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}\n{tail}")
-                before = stored_bytes(home)
-                results[mode] = asyncio.run(
-                    run_clients(url, key, args.base_model, args.clients, args.seconds)
-                )
-                results[mode]["mean_batch"] = mean_batch(httpx.get(f"{url}/metrics").text)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=60)
-            grown = stored_bytes(home) - before
-            results[mode]["bytes_per_adapter"] = round(grown / max(results[mode]["requests"], 1))
-        print(mode, json.dumps(results[mode]), flush=True)
+    modes = args.mode or list(MODES)
+    runs: list[tuple[str, str, dict[str, Any]]] = []  # (mode, row name, result)
+    for rep in range(args.repeat):
+        for mode in modes:
+            result = run_mode(args, models, mode)
+            name = mode if args.repeat == 1 else f"{mode} (run {rep + 1})"
+            runs.append((mode, name, result))
+            print(name, json.dumps(result), flush=True)
     print(
         "\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors | mean batch "
-        "| bytes per adapter |"
+        "| bytes per adapter | client CPU |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, r in results.items():
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for _, name, r in runs:
         print(
-            f"| {mode} | {args.clients} | {args.seconds:.0f} | {r['rps']} | {r['p50_ms']} | "
+            f"| {name} | {args.clients} | {args.seconds:.0f} | {r['rps']} | {r['p50_ms']} | "
             f"{r['p99_ms']} | {sum(r['errors'].values())} | {r['mean_batch']} | "
-            f"{r['bytes_per_adapter']:,} |"
+            f"{r['bytes_per_adapter']:,} | {r['client_cpu']} |"
         )
-    base = results["no batching, weights"]["rps"]
-    for mode in ("micro-batching, weights", "micro-batching, recipes"):
-        print(
-            f"throughput ratio ({mode} / no batching, weights): "
-            f"{results[mode]['rps'] / max(base, 1e-9):.2f}x"
-        )
+    mean = {mode: statistics.fmean(r["rps"] for m, _, r in runs if m == mode) for mode in modes}
+    if "no batching, weights" in mean:
+        base = mean["no batching, weights"]
+        for mode in ("micro-batching, weights", "micro-batching, recipes"):
+            if mode in mean:
+                print(
+                    f"throughput ratio ({mode} / no batching, weights): "
+                    f"{mean[mode] / max(base, 1e-9):.2f}x"
+                )
+    if args.repeat > 1:
+        for mode in modes:
+            print(f"mean requests/s over {args.repeat} runs, {mode}: {mean[mode]:.2f}")
 
 
 if __name__ == "__main__":
