@@ -4,8 +4,10 @@ One worker thread owns the loaded generators (``LoadedGenerators``) and is the
 only thread that runs their networks. Requests for the same (base model,
 method, requested generator) that arrive within ``window`` seconds of the
 first go through ``generate_adapters``, the same generation path as the CLI
-and the Python API, as one batched decode; the event loop only awaits
-futures, so it never blocks on torch.
+and the Python API, as one batch (one embedding call, one registration
+transaction); the event loop only awaits futures, so it never blocks on torch.
+A zero-shot batch runs with ``threads`` torch threads (the service leaves the
+event loop a core), a batch with labelled examples with the process's.
 """
 
 from __future__ import annotations

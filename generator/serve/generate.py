@@ -134,7 +134,7 @@ def generate_adapters(
     loaded: LoadedGenerators | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> list[tuple[AdapterRecord, Generated]]:
-    """Generate and register one adapter per request (one batched decode) with
+    """Generate and register one adapter per request (one decode call) with
     ``generator_for``'s choice: ``generator_id``, else the pinned, else the newest; a
     request with labelled examples is then adapted to them (``serve.fewshot``).
     ``loaded`` keeps generators loaded between calls (the REST service's); without

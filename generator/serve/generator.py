@@ -1,7 +1,8 @@
 """Generating adapters from descriptions with a trained generator.
 
 ``Generator`` owns one checkpoint's network; ``generate`` decodes a batch of
-descriptions in one forward pass (the REST API's micro-batches land here).
+descriptions (the REST API's micro-batches land here): SG-LoRA each on its own
+with ``SGDecoder``, ICM-LoRA in one forward pass.
 SG-LoRA finds its top-K experts in a FAISS inner-product index over the
 experts' description embeddings, mixes their late-trajectory statistics,
 and samples z from the learned prior; ICM-LoRA samples z ~ N(0, I) given the
