@@ -119,11 +119,6 @@ class SGDecoder:
                 row, tok = row + d, tok + t
             self.start = torch.cat(positions)  # (T, h)
         self.size = row
-        self.mean = torch.cat([norm.mean[s.module].reshape(-1) for s in shapes])  # (D,)
-
-    def flat(self, rows: Rows) -> torch.Tensor:
-        """{module: (L, d)} -> (D,) (a copy)."""
-        return torch.cat([rows[m.shape.module].reshape(-1) for m in self.modules])
 
     def rows(self, flat: torch.Tensor) -> Rows:
         """(D,) -> {module: (L, d)} views of ``flat``."""
@@ -132,13 +127,14 @@ class SGDecoder:
     @torch.no_grad()
     def expert_terms(self, mean: Rows, var: Rows) -> ExpertTerms:
         """An expert's rows and read mean (computed once per expert)."""
-        flat_mean = self.flat(mean)
-        normalised = (flat_mean - self.mean) * self.inv_scale()
         parts = []
         for m in self.modules:
             s = m.shape
+            normalised = (mean[s.module] - self.norm.mean[s.module]) / self.norm.scale(
+                self.layout, s.module
+            )
             reader = _reader(self.net, "mean", s.module)
-            a, b = self._halves(normalised[m.rows], s)
+            a, b = self._halves(normalised.reshape(-1), s)
             w = reader.weight
             read = a @ w[:, : s.fan_in].T + b.transpose(1, 2) @ w[:, s.fan_in :].T + reader.bias
             parts.append(read.reshape(-1, read.shape[-1]))
@@ -147,10 +143,6 @@ class SGDecoder:
     @staticmethod
     def _view(flat: torch.Tensor, m: _Module) -> torch.Tensor:
         return flat[m.rows].view(m.shape.layers, -1)
-
-    def inv_scale(self) -> torch.Tensor:
-        """(D,) 1 / S, the normaliser's per-block scale."""
-        return torch.cat([m.inv_var_scale.sqrt().reshape(-1) for m in self.modules])
 
     @staticmethod
     def _halves(flat: torch.Tensor, s: ModuleShape) -> tuple[torch.Tensor, torch.Tensor]:

@@ -244,14 +244,7 @@ class Generator:
             vectors = self.embed([r.description for r in requests])  # (N, D)
         elif len(vectors) != len(requests):
             raise InvalidInput(f"{len(vectors)} embeddings for {len(requests)} requests")
-        eps = torch.stack(
-            [
-                torch.randn(
-                    self.ckpt.net.config.latent, generator=torch.Generator().manual_seed(r.seed)
-                )
-                for r in requests
-            ]
-        )  # (N, Z)
+        eps = torch.stack([self.noise(r.seed) for r in requests])  # (N, Z)
         layout, norm = self.ckpt.layout, self.ckpt.normaliser
         neighbours: list[list[Neighbour]] = [[] for _ in requests]
         if self.decoder is not None:
@@ -283,6 +276,12 @@ class Generator:
             )
             for i, (r, row) in enumerate(zip(requests, rows, strict=True))
         ]
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The latent noise (Z,) a seed fixes."""
+        return torch.randn(
+            self.ckpt.net.config.latent, generator=torch.Generator().manual_seed(seed)
+        )
 
     def choose(self, query: np.ndarray) -> tuple[list[Expert], list[float], list[Neighbour]]:
         """SG-LoRA's experts for a (D,) unit query, their mixture weights, and the

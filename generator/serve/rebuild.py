@@ -84,7 +84,7 @@ def decode_v1(generator: Generator, vector: np.ndarray, seed: int) -> Tensors:
     ckpt = generator.ckpt
     if not isinstance(ckpt.net, SGLoraNet):
         raise CorruptBlob("decoder version 1 recipes are SG-LoRA's only")
-    eps = torch.randn(ckpt.net.config.latent, generator=torch.Generator().manual_seed(seed))
+    eps = generator.noise(seed)
     generator.forget_deleted()
     mixture, _ = generator.mixture(np.asarray(vector))
     layout, norm = ckpt.layout, ckpt.normaliser

@@ -58,6 +58,24 @@ def generate(
     )
 
 
+def mark_decoded_by(
+    reg: Registry, adapter_id: int, decoder: str, *, sha256: str | None = None
+) -> None:
+    """Make a recipe row look as another decoder version left it (and its checksum)."""
+    import sqlalchemy as sa
+
+    with reg.engine.begin() as conn:
+        conn.execute(
+            sa.text("update adapter_recipes set decoder = :d where adapter_id = :i"),
+            {"d": decoder, "i": adapter_id},
+        )
+        if sha256 is not None:
+            conn.execute(
+                sa.text("update adapters set sha256 = :s where id = :i"),
+                {"s": sha256, "i": adapter_id},
+            )
+
+
 def test_a_batch_is_kept_as_recipes_rebuilt_bit_exact_elsewhere(
     world: SandboxWorld, sg: GeneratorRecord
 ) -> None:
@@ -139,7 +157,6 @@ def test_deleting_an_expert_materialises_what_was_built_from_it(
 def test_a_recipe_of_another_decoder_version_says_what_to_do(
     world: SandboxWorld, sg: GeneratorRecord
 ) -> None:
-    import sqlalchemy as sa
 
     from registry.errors import CorruptBlob
 
@@ -148,25 +165,16 @@ def test_a_recipe_of_another_decoder_version_says_what_to_do(
         reg, [Request("Does a tree appear? Answer yes or no.", seed=9)],
         base_model=world.base, method="sg-lora", generator_id=sg.id,
     )  # fmt: skip
-    with reg.engine.begin() as conn:
-        conn.execute(
-            sa.text("update adapter_recipes set decoder = '0' where adapter_id = :i"),
-            {"i": record.id},
-        )
+    mark_decoded_by(reg, record.id, "0")
     reg.cache = type(reg.cache)(reg.cache.capacity)
     with pytest.raises(CorruptBlob, match="materialise"):
         reg.adapter_files(record.id)
-    with reg.engine.begin() as conn:  # back as made, for the tests that delete experts
-        conn.execute(
-            sa.text("update adapter_recipes set decoder = :d where adapter_id = :i"),
-            {"d": DECODER, "i": record.id},
-        )
+    mark_decoded_by(reg, record.id, DECODER)  # back as made, for the tests that delete experts
 
 
 def test_a_recipe_of_the_previous_decoder_is_rebuilt_with_its_arithmetic(
     world: SandboxWorld, sg: GeneratorRecord
 ) -> None:
-    import sqlalchemy as sa
     import torch
 
     from generator.serve.generate import LoadedGenerators
@@ -185,15 +193,7 @@ def test_a_recipe_of_the_previous_decoder_is_rebuilt_with_its_arithmetic(
     for key, tensor in old.items():
         assert torch.allclose(tensor, made.weights[key], rtol=0, atol=1e-6)
     # the row as decoder "1" left it: its version and the bytes it decoded to
-    with reg.engine.begin() as conn:
-        conn.execute(
-            sa.text("update adapter_recipes set decoder = '1' where adapter_id = :i"),
-            {"i": record.id},
-        )
-        conn.execute(
-            sa.text("update adapters set sha256 = :s where id = :i"),
-            {"s": sha256_hex(weights_bytes(old)), "i": record.id},
-        )
+    mark_decoded_by(reg, record.id, "1", sha256=sha256_hex(weights_bytes(old)))
     reg.cache = type(reg.cache)(reg.cache.capacity)
     assert reg.adapter_files(record.id).weights == weights_bytes(old)
 
