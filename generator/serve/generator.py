@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,20 @@ class Generator:
         for adapter_id in set(loaded) - live:
             self._cache[adapter_id] = None
             self._terms.pop(adapter_id, None)
+
+    @contextmanager
+    def without(self, adapter_ids: Iterable[int]) -> Iterator[None]:
+        """Mix as if ``adapter_ids`` had been deleted, inside the block: a leave-one-out
+        study scores a training task with its own expert out of reach."""
+        hidden = {int(i) for i in adapter_ids}
+        for adapter_id in hidden:
+            self._cache[adapter_id] = None
+            self._terms.pop(adapter_id, None)
+        try:
+            yield
+        finally:
+            for adapter_id in hidden:
+                self._cache.pop(adapter_id, None)  # loaded again (if alive) when next needed
 
     def expert(self, index: int) -> Expert | None:
         adapter_id = self.ckpt.expert_ids[index]

@@ -240,3 +240,27 @@ def test_a_generator_kept_loaded_stops_mixing_an_expert_deleted_elsewhere(
     with pytest.raises(Conflict, match=f"experts \\[{expert_id}\\] were deleted"):
         reg.add_recipes(world.base, [stale])
     assert reg.count_adapters() == before
+
+
+def test_a_generator_without_an_expert_mixes_the_others_and_takes_it_back_after(
+    world: SandboxWorld, sg: GeneratorRecord
+) -> None:
+    """``Generator.without`` (the leave-one-out study of few-shot settings) serves as
+    though the expert were deleted inside the block, and as before after it."""
+    import numpy as np
+
+    from generator.serve.generator import Generator
+
+    gen = Generator.from_registry(world.registry, sg)
+    request = Request("Is a lamp in this text? Answer yes or no.", seed=3)
+    [before] = gen.generate([request])
+    nearest = before.neighbours[0].adapter_id
+    with gen.without([nearest]):
+        [inside] = gen.generate([request])
+        assert nearest not in {n.adapter_id for n in inside.neighbours}
+        query = np.asarray(inside.embedding) / np.linalg.norm(np.asarray(inside.embedding))
+        assert nearest not in {e.id for e in gen.neighbours(query, 3)[0]}
+    [after] = gen.generate([request])
+    assert [n.adapter_id for n in after.neighbours] == [n.adapter_id for n in before.neighbours]
+    for name, tensor in before.weights.items():
+        assert after.weights[name].equal(tensor)
