@@ -56,7 +56,7 @@ class AdaptConfig:
     weighting_lr: float = 0.1
     per_block: bool = False
     refine_steps: int = 0
-    refine_lr: float = 1e-3
+    refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0

@@ -61,7 +61,7 @@ def refine(
     template: dict[str, Any],
     *,
     steps: int,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
