@@ -5,7 +5,9 @@ scratch, from the layout's shared A and a zero B), with early stopping: a
 share of the examples (every label represented) is held back, its
 answer-token loss checked every few steps, and the weights of the best check
 returned, the starting weights included, so refinement never returns an
-adapter worse than it started on them.
+adapter worse than it started on them. With ``refit`` the step early stopping
+chose is then trained again from the start on all the examples, the held-back
+ones included (the same schedule, stopped at that step).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Refined:
     adapter: Adapter
     best_step: int
     steps_run: int
+    refit: bool  # the returned weights were trained on all the examples
     val_losses: list[list[float]]
     seconds: float
 
@@ -65,10 +68,11 @@ def refine(
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
+    refit: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Refined:
     """Train ``start`` (None: a fresh LoRA of ``template``) on ``fewshot``, early-stopped
-    on a held-back share of it."""
+    on a held-back share of it; with ``refit``, again on all of it up to the chosen step."""
     if steps < 1:
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
@@ -87,11 +91,21 @@ def refine(
         initial=None if start is None else start[1],
         early_stop=EarlyStop(fewshot.subset(val).examples, every=every, patience=patience),
     )
-    config_out = dict(template)
+    best_step = int(result.extra["best_step"])
+    weights, seconds = result.weights, result.seconds
+    refit = refit and best_step > 0  # step 0 is the start itself: nothing to train again
+    if refit:
+        again = train_lora(
+            evaluator.model, evaluator.format, description, fewshot.examples,
+            train_config(template, steps, lr, min(16, len(fewshot)), seed),
+            initial=None if start is None else start[1], stop_after=best_step,
+        )  # fmt: skip
+        weights, seconds = again.weights, seconds + again.seconds
     return Refined(
-        adapter=(config_out, result.weights),
-        best_step=int(result.extra["best_step"]),
+        adapter=(dict(template), weights),
+        best_step=best_step,
         steps_run=int(result.extra["steps_run"]),
+        refit=refit,
         val_losses=result.extra["val_losses"],
-        seconds=round(result.seconds, 2),
+        seconds=round(seconds, 2),
     )

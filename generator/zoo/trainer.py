@@ -253,16 +253,18 @@ def train_lora(
     on_step: Callable[[int, float], None] | None = None,
     initial: Tensors | None = None,
     early_stop: EarlyStop | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train one LoRA on ``examples`` (loss on the answer tokens only) and return its weights
     with the late-trajectory statistics; from ``initial`` weights (PEFT names) when given,
-    else from the layout's shared A and a zero B. ``model`` is left as it was (the LoRA is
+    else from the layout's shared A and a zero B. ``stop_after`` ends training after that
+    many steps of ``config``'s schedule. ``model`` is left as it was (the LoRA is
     removed)."""
     if not examples:
         raise InvalidInput("no training examples")
     return train_multitask(
         model, fmt, [(description, examples)], config, on_step=on_step, initial=initial,
-        early_stop=early_stop,
+        early_stop=early_stop, stop_after=stop_after,
     )  # fmt: skip
 
 
@@ -275,6 +277,7 @@ def train_multitask(
     on_step: Callable[[int, float], None] | None = None,
     initial: Tensors | None = None,
     early_stop: EarlyStop | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train one LoRA on several tasks, each (description, examples): every batch comes
     from one task (its shared prompt prefix runs once) and the tasks take turns in a
@@ -285,6 +288,8 @@ def train_multitask(
         raise InvalidInput("no training examples")
     if early_stop is not None and len(groups) != 1:
         raise InvalidInput("early stopping validates one task")
+    if stop_after is not None and not 1 <= stop_after <= config.steps:
+        raise InvalidInput(f"stop_after must be in [1, {config.steps}], got {stop_after}")
     pad_id = fmt.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = fmt.tokenizer.eos_token_id or 0
@@ -311,7 +316,9 @@ def train_multitask(
     try:
         if initial is not None:
             _load_weights(peft_model, initial)
-        return _train(peft_model, next_batch, config, pad_id, on_step, validate, early_stop)
+        return _train(
+            peft_model, next_batch, config, pad_id, on_step, validate, early_stop, stop_after
+        )
     finally:
         peft_model.unload()  # back to the bare base model for the next task
 
@@ -336,6 +343,7 @@ def _train(
     on_step: Callable[[int, float], None] | None,
     validate: Callable[[Any], float] | None = None,
     early_stop: EarlyStop | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     device = model_device(peft_model)
@@ -371,7 +379,7 @@ def _train(
     tokens = 0
     peft_model.train()
     t0 = time.perf_counter()
-    for step in range(config.steps):
+    for step in range(config.steps if stop_after is None else stop_after):
         prefix, batch = next_batch()
         ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, device)
         K = targets.shape[1] + 1
