@@ -463,7 +463,9 @@ def test_compare_sort_and_a_transfer_watched_live(
     page.goto(f"/ui/adapters/{server['oracle']}")
     page.get_by_label("Target base model").fill(server["gemma"])
     page.get_by_label("Synthetic samples").fill("4")
-    settings = "\n".join(f"{k}={v}" for k, v in FAST.items() if k != "samples")
+    # long enough (a few seconds) that the page, polling each second, sees it run
+    slow = FAST | {"distill_steps": 150}
+    settings = "\n".join(f"{k}={v}" for k, v in slow.items() if k != "samples")
     page.get_by_label(re.compile("^Other settings")).fill(settings)
     page.add_init_script(WATCH_STAGES)
     page.get_by_role("button", name="Start transfer").click()
