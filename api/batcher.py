@@ -6,8 +6,9 @@ method, requested generator) that arrive within ``window`` seconds of the
 first go through ``generate_adapters``, the same generation path as the CLI
 and the Python API, as one batch (one embedding call, one registration
 transaction); the event loop only awaits futures, so it never blocks on torch.
-A zero-shot batch runs with ``threads`` torch threads (the service leaves the
-event loop a core), a batch with labelled examples with the process's.
+A zero-shot batch runs with ``threads`` torch threads (the service's
+``LORAMINT_BATCH_THREADS``, every CPU by default), a batch with labelled examples
+with the process's.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LORAMINT_BATCH_MAX", "`32`", "largest generation batch"),
     Variable(
         "LORAMINT_BATCH_THREADS",
-        "CPUs - 1 (at least 1)",
-        "torch threads of a zero-shot generation batch; the rest serve HTTP meanwhile",
+        "the CPUs",
+        "torch threads of a zero-shot generation batch (fewer leaves cores to other work)",
     ),
     Variable(
         "LORAMINT_GENERATED_STORAGE",
@@ -175,8 +175,8 @@ class ApiSettings:
     max_k: int = 100
     batch_window: float = 0.01  # seconds
     batch_max: int = 32
-    # torch threads a zero-shot generation batch runs with; 0: one fewer than the CPUs
-    # (at least one), so the event loop keeps a core while a batch decodes
+    # torch threads a zero-shot generation batch runs with; 0: every CPU (the HTTP side,
+    # on uvloop and httptools, takes a few percent of a core under load)
     batch_threads: int = 0
 
     @classmethod
@@ -195,9 +195,7 @@ class ApiSettings:
     @property
     def generation_threads(self) -> int:
         """The torch threads of a zero-shot generation batch (``batch_threads``, or auto)."""
-        if self.batch_threads:
-            return self.batch_threads
-        return max(1, (os.cpu_count() or 1) - 1)
+        return self.batch_threads or os.cpu_count() or 1
 
     @property
     def auth_mode(self) -> str:

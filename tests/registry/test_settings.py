@@ -103,9 +103,9 @@ def test_every_loramint_variable_is_declared_and_read_only_by_the_settings_modul
     assert not readers, f"read outside registry/settings.py: {readers}"
 
 
-def test_generation_threads_leave_the_event_loop_a_core() -> None:
+def test_generation_threads_default_to_every_cpu() -> None:
     import os
 
     auto = Settings.from_env({}).api.generation_threads
-    assert auto == max(1, (os.cpu_count() or 1) - 1)
+    assert auto == os.cpu_count()
     assert Settings.from_env({"LORAMINT_BATCH_THREADS": "3"}).api.generation_threads == 3
