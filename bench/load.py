@@ -108,9 +108,9 @@ def start_server(
 
 class Connection:
     """One client's keep-alive HTTP/1.1 connection, written by hand: the clients share
-    the two cores with the server, and httpx spent about 16 ms of CPU a request, a
-    quarter of what the server had. This one writes a prepared request and reads the
-    status line, the headers and a Content-Length or chunked body."""
+    the machine with the server, and httpx took about 16 ms of CPU a request. This one
+    writes a prepared request and reads the status line, the headers and a
+    Content-Length or chunked body."""
 
     def __init__(self, host: str, port: int, key: str) -> None:
         self.host, self.port = host, port

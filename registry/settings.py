@@ -175,8 +175,8 @@ class ApiSettings:
     max_k: int = 100
     batch_window: float = 0.01  # seconds
     batch_max: int = 32
-    # torch threads a zero-shot generation batch runs with; 0: every CPU (the HTTP side,
-    # on uvloop and httptools, takes a few percent of a core under load)
+    # torch threads a zero-shot generation batch runs with; 0: every CPU (the HTTP side
+    # takes a few percent of a core under load, docs/experiments.md)
     batch_threads: int = 0
 
     @classmethod

@@ -81,6 +81,7 @@ def refine(
     val = folds[0]
     train = [i for fold in folds[1:] for i in fold]
     config = train_config(template, steps, lr, min(16, len(train)), seed)
+    initial = None if start is None else start[1]
     result = train_lora(
         evaluator.model,
         evaluator.format,
@@ -88,7 +89,7 @@ def refine(
         fewshot.subset(train).examples,
         config,
         on_step=on_step,
-        initial=None if start is None else start[1],
+        initial=initial,
         early_stop=EarlyStop(fewshot.subset(val).examples, every=every, patience=patience),
     )
     best_step = int(result.extra["best_step"])
@@ -98,7 +99,7 @@ def refine(
         again = train_lora(
             evaluator.model, evaluator.format, description, fewshot.examples,
             train_config(template, steps, lr, min(16, len(fewshot)), seed),
-            initial=None if start is None else start[1], stop_after=best_step,
+            initial=initial, stop_after=best_step,
         )  # fmt: skip
         weights, seconds = again.weights, seconds + again.seconds
     return Refined(
