@@ -9,7 +9,9 @@ through (description embedding, expert search + mixture, decode, serialisation
 to a PEFT zip), then batches of requests decoded together (one embedding call,
 one forward pass), reported as adapters per second. Then, on a scratch copy of
 the registry (nothing reaches the real one): the whole generation path one
-request at a time (embedding + search + decode + recipe registration), and a
+request at a time (embedding + search + decode + recipe registration), first
+while the weight cache fills (a new process: each adapter it keeps takes fresh
+memory) and again once it is full (a server that has run a while), and a
 download's build + zip for adapters kept as recipes (cache empty, and cached)
 beside the same adapters' once their weights are stored.
 The same table prints the zoo's mean training time per adapter (the oracle a
@@ -28,6 +30,7 @@ adapter at a time (the baseline), which must agree.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -59,17 +62,19 @@ DESCRIPTIONS = [
     "Decide whether the text talks about {}. Answer yes or no.",
     "Is the following quote about {}? Answer yes or no.",
 ]
+FILL_LIMIT = 2000  # requests spent filling the weight cache, at most
 TOPICS = ["fish", "tools", "weather", "music", "birds", "sports", "cooking", "vehicles", "money"]
 
 
+def description(i: int) -> str:
+    """The i-th of the bench's distinct descriptions (distinct so no cache can help)."""
+    template = DESCRIPTIONS[i % len(DESCRIPTIONS)]
+    topic = TOPICS[(i // len(DESCRIPTIONS)) % len(TOPICS)]
+    return template.format(topic) + f" (request {i})"
+
+
 def descriptions(n: int) -> list[str]:
-    """n distinct descriptions (distinct so no cache can help)."""
-    out = []
-    for i in range(n):
-        template = DESCRIPTIONS[i % len(DESCRIPTIONS)]
-        topic = TOPICS[(i // len(DESCRIPTIONS)) % len(TOPICS)]
-        out.append(template.format(topic) + f" (request {i})")
-    return out
+    return [description(i) for i in range(n)]
 
 
 def main() -> None:
@@ -215,12 +220,29 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
             return rec.id
 
         one("warm-up: is this about anything at all? Answer yes or no.")
-        rows: dict[str, list[float]] = {"generate + register (recipe)": []}
+        # A new process's cache takes fresh memory for every adapter it keeps, whose
+        # first touch costs page faults; once full it reuses what it evicts.
+        filling, full = [], []
         ids = []
-        for text in descriptions(requests):
+        texts = (description(i) + " (registered)" for i in itertools.count())
+        for text in itertools.islice(texts, requests):
             t0 = time.perf_counter()
-            ids.append(one(text + " (registered)"))
-            rows["generate + register (recipe)"].append(time.perf_counter() - t0)
+            ids.append(one(text))
+            filling.append(time.perf_counter() - t0)
+        size = reg.cache.size // max(1, len(ids))
+        for text in itertools.islice(texts, FILL_LIMIT):
+            if reg.cache.size + size > reg.cache.capacity:
+                break
+            one(text)
+        for text in itertools.islice(texts, requests):
+            t0 = time.perf_counter()
+            one(text)
+            full.append(time.perf_counter() - t0)
+        state = "full" if reg.cache.size + size > reg.cache.capacity else "not full"
+        rows = {
+            "generate + register (recipe), cache filling": filling,
+            f"generate + register (recipe), cache {state}": full,
+        }
         ids = ids[:downloads]
         reg.adapter_zip(ids[0])  # loads the rebuild's generator once
         cold, cached, stored = [], [], []
