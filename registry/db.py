@@ -97,10 +97,44 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def _upgrade(engine: Engine, revision: str) -> None:
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
+    with _migrating(engine) as (conn, cfg):
         command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Run Alembic migrations down to ``revision`` on ``engine``."""
+    with migration_lock(engine), _migrating(engine) as (_conn, cfg):
+        command.downgrade(cfg, revision)
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[tuple[sa.Connection, Config]]:
+    """A connection and Alembic config to migrate with, in one transaction. On SQLite,
+    foreign keys are off meanwhile: a migration that rebuilds a table drops the old one,
+    and with them on the drop would first delete every row that references it (ON
+    DELETE CASCADE: an adapter's lineage, artifacts, embedding and recipe). Whether the
+    rows still hold together is checked before the transaction commits."""
+    cfg = alembic_config(engine)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # only outside a transaction does SQLite take this pragma
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                yield conn, cfg
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(
+                            f"the migration left {len(broken)} rows whose references are "
+                            f"gone, e.g. in table {broken[0][0]!r}; nothing was committed"
+                        )
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 @contextmanager
