@@ -25,6 +25,7 @@ class BaseModelStore:
 
     settings: Settings
     _sessions: sessionmaker[Session]
+    _base_models: dict[str, tuple[int, dict[str, list[int]]]]
 
     def prepare_base_model(
         self, name: str, *, on_progress: Callable[[str], None] | None = None
@@ -82,6 +83,15 @@ class BaseModelStore:
             raise UnknownBaseModel(f"base model {name!r} is not registered")
         return row
 
+    def _base_model_shapes(self, name: str) -> tuple[int, dict[str, list[int]]]:
+        """A registered base model's id and linear shapes, read once per registry: its
+        row never changes once written (base models are never deleted)."""
+        known = self._base_models.get(name)
+        if known is None:
+            with self._sessions() as s:
+                row = self._base_model_row(s, name)
+                known = self._base_models[name] = (row.id, dict(row.linear_shapes))
+        return known[0], dict(known[1])
+
     def linear_shapes(self, base_model: str) -> dict[str, list[int]]:
-        with self._sessions() as s:
-            return dict(self._base_model_row(s, base_model).linear_shapes)
+        return self._base_model_shapes(base_model)[1]

@@ -138,8 +138,13 @@ class GeneratorStore:
     def serving_generator(self: _Host, base_model: str, method: str) -> GeneratorRecord | None:
         """What generation uses: the pinned generator, else the newest of ``method``."""
         with self._sessions() as s:
-            row = _pinned_row(s, base_model, method) or _latest_row(s, base_model, method)
-            return None if row is None else GeneratorRecord.of(row)
+            found = s.scalar(_serving_id(base_model, method))
+            return None if found is None else GeneratorRecord.of(_generator_row(s, found))
+
+    def serving_generator_id(self: _Host, base_model: str, method: str) -> int | None:
+        """``serving_generator``'s id alone: what a generation request asks first."""
+        with self._sessions() as s:
+            return s.scalar(_serving_id(base_model, method))
 
     def pinned_generator_ids(self: _Host) -> set[int]:
         with self._sessions() as s:
@@ -262,6 +267,24 @@ def _latest_row(s: Session, base_model: str, method: str) -> GeneratorRow | None
         .join(BaseModelRow)
         .where(BaseModelRow.name == base_model, GeneratorRow.method == method)
         .order_by(GeneratorRow.id.desc())
+        .limit(1)
+    )
+
+
+def _serving_id(base_model: str, method: str) -> sa.Select[int]:
+    """The pinned generator's id, else the newest's, in one query."""
+    pin = GeneratorPinRow
+    return (
+        sa.select(GeneratorRow.id)
+        .join(BaseModelRow)
+        .outerjoin(
+            pin,
+            (pin.generator_id == GeneratorRow.id)
+            & (pin.base_model_id == GeneratorRow.base_model_id)
+            & (pin.method == GeneratorRow.method),
+        )
+        .where(BaseModelRow.name == base_model, GeneratorRow.method == method)
+        .order_by(pin.generator_id.is_(None), GeneratorRow.id.desc())
         .limit(1)
     )
 

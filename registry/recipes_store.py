@@ -67,11 +67,15 @@ class _Host(Protocol):
 
     def _base_model_row(self, s: Session, name: str) -> BaseModelRow: ...
 
+    def _base_model_shapes(self, name: str) -> tuple[int, dict[str, list[int]]]: ...
+
     def _adapter_row(self, s: Session, adapter_id: int) -> _Row: ...
 
     def _drop_blobs_if_unused(self, keys: Sequence[str]) -> None: ...
 
-    def _insert_recipes(self, base_model: str, prepared: list[Any]) -> list[AdapterRecord]: ...
+    def _insert_recipes(
+        self, base_model: str, base_model_id: int, prepared: list[Any], *, checked: bool
+    ) -> list[AdapterRecord]: ...
 
     def get_adapter(self, adapter_id: int) -> AdapterRecord: ...
 
@@ -94,9 +98,7 @@ class RecipeStore:
         again); everything is validated before anything is written."""
         if not items:
             return []
-        with self._sessions() as s:
-            bm = self._base_model_row(s, base_model)
-            shapes = dict(bm.linear_shapes)
+        base_model_id, shapes = self._base_model_shapes(base_model)
         checks: dict[str, tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]] = {}
         prepared = []
         for item in items:
@@ -119,31 +121,41 @@ class RecipeStore:
             check_json("meta", item.meta)
             prepared.append((item, spec, expected, vector, sha256_hex(item.weights)))
         try:
-            records = self._insert_recipes(base_model, prepared)
-        except sa.exc.IntegrityError:  # a concurrent identical request won a name: again
-            records = self._insert_recipes(base_model, prepared)
+            records = self._insert_recipes(base_model, base_model_id, prepared, checked=False)
+        except sa.exc.IntegrityError:
+            # a concurrent identical request won a name, or what the rows point to went
+            # (base model, experts): again, with each reference checked so it is named
+            records = self._insert_recipes(base_model, base_model_id, prepared, checked=True)
         for item, *_rest, sha in prepared:
             self.cache.put(sha, item.weights)
         return records
 
-    def _insert_recipes(self: _Host, base_model: str, prepared: list[Any]) -> list[AdapterRecord]:
+    def _insert_recipes(
+        self: _Host, base_model: str, base_model_id: int, prepared: list[Any], *, checked: bool
+    ) -> list[AdapterRecord]:
+        """The rows of ``prepared`` in one transaction. Unchecked, a base model or expert
+        deleted meanwhile fails a foreign key (IntegrityError); ``checked`` looks them up
+        first and says which is gone."""
         with transaction(self._sessions) as s:
-            bm = self._base_model_row(s, base_model)
+            if checked:
+                base_model_id = self._base_model_row(s, base_model).id
             names = [p[0].name for p in prepared]
             existing = {
                 r.name: r
                 for r in s.scalars(
                     sa.select(AdapterRow).where(
-                        AdapterRow.base_model_id == bm.id, AdapterRow.name.in_(names)
+                        AdapterRow.base_model_id == base_model_id, AdapterRow.name.in_(names)
                     )
                 )
             }
+            # no foreign key (a recipe's record outlives its generator): looked up
             generators = {p[0].recipe.generator_id for p in prepared}
-            for gid in generators:
-                if s.get(GeneratorRow, gid) is None:
-                    raise GeneratorNotFound(f"no generator with id {gid}")
+            there = s.scalars(sa.select(GeneratorRow.id).where(GeneratorRow.id.in_(generators)))
+            missing = sorted(generators - set(there))
+            if missing:
+                raise GeneratorNotFound(f"no generator with id {missing[0]}")
             parents = {link.adapter_id for p in prepared for link in p[0].parents}
-            if parents:
+            if parents and checked:
                 found = s.scalars(sa.select(AdapterRow.id).where(AdapterRow.id.in_(parents)))
                 gone = sorted(parents - set(found))
                 if gone:  # a recipe that mixed them could not be rebuilt
@@ -157,7 +169,7 @@ class RecipeStore:
                 {
                     "name": item.name,
                     "description": item.description,
-                    "base_model_id": bm.id,
+                    "base_model_id": base_model_id,
                     **lora_spec.row_fields(spec, expected),
                     "provenance": Provenance.GENERATED.value,
                     "config": item.config,

@@ -68,6 +68,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
         self._embedder = embedder
         self._builder = builder
         self.cache = WeightCache(self.settings.recipe_cache_bytes)
+        self._base_models: dict[str, tuple[int, dict[str, list[int]]]] = {}
         self._indexes = DescriptionIndexes(
             self._sessions,
             self.settings,

@@ -114,13 +114,20 @@ class LoadedGenerators:
         self._serving: dict[tuple[str, str | None, int | None], int] = {}
 
     def serving(self, base_model: str, method: str | None, generator_id: int | None) -> Generator:
-        record = generator_for(self.registry, base_model, method, generator_id)
-        self._serving[(base_model, method, generator_id)] = record.id
+        serving = None  # every request asks: the id alone is one light query
+        if generator_id is None:
+            serving = self.registry.serving_generator_id(base_model, method or SG_LORA)
+        record = None
+        if serving is None or serving not in self._by_id:  # load it, or name what is wrong
+            record = generator_for(self.registry, base_model, method, generator_id)
+            serving = record.id
+        self._serving[(base_model, method, generator_id)] = serving
         for gid in set(self._by_id) - set(self._serving.values()):
             del self._by_id[gid]
-        loaded = self._by_id.get(record.id)
+        loaded = self._by_id.get(serving)
         if loaded is None:
-            loaded = self._by_id[record.id] = Generator.from_registry(self.registry, record)
+            assert record is not None  # a generator not loaded yet was looked up above
+            loaded = self._by_id[serving] = Generator.from_registry(self.registry, record)
         return loaded
 
 

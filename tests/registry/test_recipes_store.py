@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from registry import gc
 from registry.embeddings import MiniLMEmbedder
-from registry.errors import Conflict, CorruptBlob
+from registry.errors import Conflict, CorruptBlob, GeneratorNotFound
 from registry.recipes import Recipe, RecipeInput
 from registry.recipes_store import NewRecipe
 from registry.service import Parent, Registry
@@ -141,6 +141,26 @@ def test_generator_and_expert_deletes_never_strand_a_recipe(
         [gone] = child.meta["deleted_parents"]
         assert (gone["adapter_id"], gone["name"], gone["role"]) == (expert, name, "expert")
     reg.delete_generator(gen)  # nothing needs it now
+
+
+def test_recipes_naming_a_deleted_expert_or_generator_are_refused_by_name(
+    world: tuple[Registry, SeedBuilder, int, int], loras: list[Path], tiny_base: Path
+) -> None:
+    reg, _, expert, gen = world
+    [item] = recipes(reg, loras, gen, expert, [1])
+    other = reg.add_adapter(loras[2], base_model=str(tiny_base), description="another expert")
+    reg.delete_adapter(other.id)  # deleted while the batch was being generated
+    before = reg.count_adapters()
+    stale = NewRecipe(
+        **{**item.__dict__, "name": "stale", "parents": [Parent(other.id, "expert", 0.5)]}
+    )
+    with pytest.raises(Conflict, match=f"experts \\[{other.id}\\] were deleted"):
+        reg.add_recipes(str(tiny_base), [item, stale])
+    lost = Recipe(gen + 1000, item.recipe.generator_sha256, 1, "test/1")
+    with pytest.raises(GeneratorNotFound, match=f"no generator with id {gen + 1000}$"):
+        reg.add_recipes(str(tiny_base), [NewRecipe(**{**item.__dict__, "recipe": lost})])
+    assert reg.count_adapters() == before
+    assert reg.find_adapter(str(tiny_base), item.name) is None
 
 
 def test_gc_reports_then_settles_orphans_and_missing_blobs(
