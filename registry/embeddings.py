@@ -11,7 +11,7 @@ import threading
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +24,9 @@ class Embedder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, rows L2-normalised."""
+
+
+BATCH = 64  # descriptions a forward pass takes
 
 
 class MiniLMEmbedder:
@@ -42,15 +45,35 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()  # the tokenizer is not safe across threads
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            vecs = self._model.encode(
-                list(texts),
-                batch_size=64,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        """What ``SentenceTransformer.encode(..., normalize_embeddings=True)`` gives,
+        computed with the model's own tokenizer and BERT called directly (the same
+        bits, without about 1.5 ms of wrapping a call on 2 CPU cores): the mean of the
+        last hidden states over the real tokens, longest texts first in batches of 64,
+        L2-normalised twice as ``encode`` does (the model's Normalize module, then the
+        flag), so vectors match the ones registries already hold."""
+        import torch
+        import torch.nn.functional as F
+
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts])
+        tokenizer = self._model.tokenizer
+        bert: Any = self._model[0].auto_model
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(texts), BATCH):
+                rows = order[start : start + BATCH]
+                features = tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation="longest_first",
+                    max_length=self._model.max_seq_length,
+                    return_tensors="pt",
+                )
+                hidden = bert(**features).last_hidden_state
+                mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                out[rows] = F.normalize(F.normalize(mean, p=2, dim=1), p=2, dim=1).numpy()
+        return out
 
 
 @lru_cache(maxsize=1)
