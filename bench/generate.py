@@ -197,6 +197,8 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
     import os
     import tempfile
 
+    import sqlalchemy as sa
+
     from bench.load import scratch_home
     from generator.serve.generate import LoadedGenerators, generate_adapters
     from generator.serve.generator import Request
@@ -234,10 +236,18 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
             if reg.cache.size + size > reg.cache.capacity:
                 break
             one(text)
+        statements = 0
+
+        def count(*_: object) -> None:
+            nonlocal statements
+            statements += 1
+
+        sa.event.listen(reg.engine, "before_cursor_execute", count)
         for text in itertools.islice(texts, requests):
             t0 = time.perf_counter()
             one(text)
             full.append(time.perf_counter() - t0)
+        sa.event.remove(reg.engine, "before_cursor_execute", count)
         state = "full" if reg.cache.size + size > reg.cache.capacity else "not full"
         rows = {
             "generate + register (recipe), cache filling": filling,
@@ -266,6 +276,7 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
         reg.close()
     print(f"\nRegistered generation and downloads ({requests} requests, {len(ids)} downloads):")
     latency_table("| path | p50 ms | p90 ms | mean ms |", rows, (0.5, 0.9))
+    print(f"SQL statements per registered request: {statements / requests:.1f}")
 
 
 TOGETHER = "selection's scoring: candidates together"
