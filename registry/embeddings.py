@@ -68,11 +68,11 @@ class MiniLMEmbedder:
                     truncation="longest_first",
                     max_length=self._model.max_seq_length,
                     return_tensors="pt",
-                )
+                ).to(bert.device)
                 hidden = bert(**features).last_hidden_state
                 mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                out[rows] = F.normalize(F.normalize(mean, p=2, dim=1), p=2, dim=1).numpy()
+                out[rows] = F.normalize(F.normalize(mean, p=2, dim=1), p=2, dim=1).cpu().numpy()
         return out
 
 
