@@ -97,7 +97,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def _upgrade(engine: Engine, revision: str) -> None:
-    with _migrating(engine) as (conn, cfg):
+    with _migrating(engine) as (_conn, cfg):
         command.upgrade(cfg, revision)
 
 
