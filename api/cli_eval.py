@@ -66,19 +66,29 @@ def eval_generators(
     ] = None,
     suite: SuiteOpt = None,
     seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    min_gain: Annotated[
+        float,
+        typer.Option(
+            help="Drop (and list) tasks whose oracle gains less than this over the bare model."
+        ),
+    ] = 0.1,
     dest: Annotated[
         Path | None, typer.Option("--out", help="Also write the markdown table here.")
     ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Held-out accuracy of every generator and baseline, relative to the oracle."""
+    """Held-out accuracy of every generator and baseline, and each one's share of the
+    oracle's gain over the bare model with bootstrap intervals, per split."""
     from generator.experts import ExpertBank
+    from generator.quality import multitask
     from generator.quality.heldout import evaluate, sg_guidance, sg_settings, write
     from generator.serve.generator import Generator
     from generator.tasks.evaluation import Evaluator
     from registry.errors import InvalidInput
     from registry.service import Registry
 
+    if not 0 < min_gain <= 1:
+        raise InvalidInput(f"--min-gain must be in (0, 1], got {min_gain}")
     reg = Registry()
     s = open_suite(suite)
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
@@ -106,6 +116,8 @@ def eval_generators(
         k=k,
         tau=tau,
         guidance=sg_guidance(gens),
+        multitask=multitask.load(reg, base_model),
+        min_gain=min_gain,
         seed=seed,
         on_task=lambda name: err.print(f"scoring {name}"),
     )

@@ -216,6 +216,58 @@ def zoo_report(
     sys.stdout.write(path.with_suffix(".md").read_text())
 
 
+@zoo_app.command("multitask")
+def zoo_multitask(
+    base_model: BaseOpt = "smollm2-135m-instruct",
+    suite: SuiteOpt = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="Comma-separated task names (default: every training task)."),
+    ] = None,
+    steps_per_task: Annotated[
+        int | None,
+        typer.Option(
+            "--steps-per-task",
+            help="Training steps per task, in total over the tasks (default: the zoo's, the "
+            "compute of the zoo a generator learns from).",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the multi-task LoRA baseline (one adapter on every training task, descriptions
+    in the prompt); `loramint eval generators` scores it beside the generators."""
+    from tqdm import tqdm
+
+    from generator.quality.multitask import NAME, train, zoo_config
+    from generator.tasks.device import resolve_device
+    from registry.service import Registry
+
+    resolve_device(device)  # a missing GPU is refused before anything else
+    s = open_suite(suite)
+    names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
+    selected = s.select(names) if names else s.select(held_out=False)
+    reg = Registry()
+    per_task = steps_per_task or zoo_config(reg, base_model).steps
+    with tqdm(total=per_task * len(selected), desc="multi-task LoRA", unit="step") as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        rec, trained = train(
+            reg, base_model, selected, steps_per_task=steps_per_task, device=device,
+            on_step=on_step, on_progress=lambda m: err.print(m),
+        )  # fmt: skip
+    if not trained:
+        out.print(f"{NAME} of {base_model} is already registered: adapter {rec.id} (delete it "
+                  "to train it again)")  # fmt: skip
+        return
+    out.print(
+        f"registered adapter {rec.id} ({NAME}, {len(selected)} tasks, "
+        f"{rec.meta['train_config']['steps']} steps, {rec.metrics['train_seconds']:.0f} s)"
+    )
+
+
 @eval_app.callback(invoke_without_command=True)
 def eval_adapter(
     ctx: typer.Context,

@@ -60,7 +60,8 @@ def peft_template(record: AdapterRecord) -> dict[str, Any]:
 
 
 def candidate_records(registry: Registry, base_model: str) -> list[AdapterRecord]:
-    """Every adapter of ``base_model`` that may be an expert (not held out, not generated)."""
+    """Every adapter of ``base_model`` that may be an expert (not held out, not generated,
+    not a baseline such as the multi-task LoRA)."""
     out: list[AdapterRecord] = []
     for provenance in EXPERT_PROVENANCE:
         offset = 0
@@ -68,7 +69,7 @@ def candidate_records(registry: Registry, base_model: str) -> list[AdapterRecord
             page = registry.list_adapters(
                 base_model=base_model, provenance=provenance, limit=500, offset=offset
             )
-            out += [r for r in page if not r.meta.get("held_out")]
+            out += [r for r in page if not r.meta.get("held_out") and not r.meta.get("baseline")]
             if len(page) < 500:
                 break
             offset += 500

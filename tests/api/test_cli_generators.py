@@ -69,6 +69,39 @@ def test_eval_scores_the_generators_asked_for(world: SandboxWorld) -> None:
         chosen_generators(reg, base, "999999")
 
 
+def test_cli_multitask_baseline_and_eval_generators_report(world: SandboxWorld) -> None:
+    """`loramint zoo multitask` trains and registers the baseline once; `loramint eval
+    generators` scores it as a column and prints each method's share of the oracle's gain
+    with its interval; a --min-gain above every task's gain is refused by name."""
+    reg: Registry = world.registry
+    if reg.latest_generator(world.base, "sg-lora") is None:
+        train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
+    env = os.environ | world.environment()
+    common = ["--base-model", world.base, "--suite", str(world.suite.root)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+
+    bad = cli("zoo", "multitask", *common, "--tasks", "moon")
+    assert bad.returncode != 0 and "held out" in bad.stderr
+    trained = cli("zoo", "multitask", *common, "--steps-per-task", "1")
+    assert trained.returncode == 0, trained.stderr
+    assert "baseline-multitask" in trained.stdout and "5 tasks, 5 steps" in trained.stdout
+    again = cli("zoo", "multitask", *common)
+    assert again.returncode == 0 and "already registered" in again.stdout
+    run = cli("eval", "generators", *common)
+    assert run.returncode == 0, run.stderr
+    assert "| multi-task |" in run.stdout and "share of its gain" in run.stdout
+    assert "sg-lora - nearest" in run.stdout and "sg-lora - multi-task" in run.stdout
+    strict = cli("eval", "generators", *common, "--min-gain", "0.9")
+    assert strict.returncode != 0 and "moon dropped" in strict.stderr
+    zero = cli("eval", "generators", *common, "--min-gain", "0")
+    assert zero.returncode != 0 and "--min-gain must be in (0, 1]" in zero.stderr
+
+
 def test_cli_materialise_generator_delete_and_gc(world: SandboxWorld) -> None:
     """`adapters materialise`, `generator delete [--materialise]` and `gc [--apply]`,
     with the errors a user meets on the way."""
