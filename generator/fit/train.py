@@ -104,15 +104,17 @@ def train_generator(
     *,
     name: str | None = None,
     tasks: Sequence[Task] | None = None,
+    expert_ids: Sequence[int] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> tuple[GeneratorRecord, dict[str, Any]]:
-    """Train a generator on every eligible expert of ``base_model`` and register it."""
+    """Train a generator on every eligible expert of ``base_model`` (or on exactly
+    ``expert_ids``, eligible ones only) and register it."""
     check_method(config.method)
     bm = registry.prepare_base_model(base_model, on_progress=on_progress)
     if on_progress:
         on_progress(f"loading the expert adapters of {bm.name}")
-    bank = ExpertBank.from_registry(registry, bm.name)
+    bank = ExpertBank.from_registry(registry, bm.name, ids=expert_ids)
     result = fit(registry, bank, config, tasks=tasks, on_progress=on_progress, on_step=on_step)
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
     record = registry.add_generator(
