@@ -95,8 +95,22 @@ def load_expert(registry: Registry, record: AdapterRecord, layout: LoraLayout) -
     return Expert(record, weights, mean, var, snaps, seeds)
 
 
+def wordings_of(record: AdapterRecord) -> list[str]:
+    """The descriptions of an expert's task: its own, then the paraphrases the zoo kept
+    (``meta["paraphrases"]``, suite v2's), each once."""
+    out = [record.description]
+    kept = record.meta.get("paraphrases")
+    if isinstance(kept, list):
+        out += [p for p in kept if isinstance(p, str) and p.strip() and p not in out]
+    return out
+
+
 class ExpertBank:
-    """Experts of one base model and layout, with their description embeddings."""
+    """Experts of one base model and layout, with their description embeddings.
+
+    An expert whose task has several wordings is keyed by the normalised mean of their
+    embeddings (``embeddings``: where retrieval looks), and keeps each wording's
+    (``wordings``) for generators that train on every wording."""
 
     def __init__(
         self,
@@ -105,11 +119,13 @@ class ExpertBank:
         template: dict[str, Any],
         experts: list[Expert],
         embeddings: torch.Tensor,  # (E, D), unit norm
+        wordings: list[torch.Tensor] | None = None,  # per expert (P, D), unit norm
     ) -> None:
         if not experts:
             raise InvalidInput(f"no expert adapters for base model {base_model}")
         self.base_model, self.layout, self.template = base_model, layout, template
         self.experts, self.embeddings = experts, embeddings
+        self.wordings = wordings or [embeddings[i : i + 1] for i in range(len(experts))]
 
     @classmethod
     def from_registry(
@@ -142,9 +158,14 @@ class ExpertBank:
             experts.append(load_expert(registry, rec, layout))
             if on_progress:
                 on_progress(i + 1, len(records))
-        vectors = registry.embedder.encode([r.description for r in records])
-        emb = torch.nn.functional.normalize(torch.as_tensor(vectors).float(), dim=-1)
-        return cls(base_model, layout, peft_template(records[0]), experts, emb)
+        texts = [wordings_of(r) for r in records]
+        vectors = registry.embedder.encode([t for ts in texts for t in ts])
+        flat = torch.nn.functional.normalize(torch.as_tensor(vectors).float(), dim=-1)
+        wordings = list(torch.split(flat, [len(ts) for ts in texts]))
+        # one wording: its own vector, bit for bit; several: their mean, normalised
+        normalize = torch.nn.functional.normalize
+        emb = torch.stack([w[0] if len(w) == 1 else normalize(w.mean(0), dim=-1) for w in wordings])
+        return cls(base_model, layout, peft_template(records[0]), experts, emb, wordings)
 
     @property
     def ids(self) -> list[int]:

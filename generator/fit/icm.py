@@ -41,17 +41,25 @@ def fit_icm(
     t0 = time.perf_counter()
     layout = bank.layout
     norm = BlockNormaliser.fit(layout, [s for e in bank.experts for s in e.snapshots])
+    # one condition per (expert, wording): the network trains on every wording of a
+    # task (suite v2's paraphrases), one drawn per sample and step; validation uses the
+    # expert's key, as a request's description would be
+    counts = torch.tensor([len(w) for w in bank.wordings])
+    offsets = torch.cumsum(counts, 0) - counts
     with_tv = torch.stack(
         [
-            icm_condition(
-                bank.embeddings[t], None if task_vectors is None else task_vectors[t], hidden_size
-            )
+            icm_condition(w, None if task_vectors is None else task_vectors[t], hidden_size)
             for t in range(len(bank))
+            for w in bank.wordings[t]
         ]
-    )  # (E, C)
+    )  # (W, C)
     without_tv = torch.stack(
+        [icm_condition(w, None, hidden_size) for t in range(len(bank)) for w in bank.wordings[t]]
+    )
+    keys = torch.stack(
         [icm_condition(bank.embeddings[t], None, hidden_size) for t in range(len(bank))]
     )
+    several = bool((counts > 1).any())
     train_idx, val_idx = split_experts(len(bank), config.val_fraction, config.seed)
     samples = [(t, s) for t in train_idx for s in bank.experts[t].snapshots]
     targets = to_tokens(layout, norm, [s for _, s in samples])
@@ -63,12 +71,15 @@ def fit_icm(
     drop = config.task_vector_dropout if has_tv else 1.0
 
     def val_error() -> float:
-        return validation_error(net, bank, norm, val_idx, lambda: net.sample(without_tv[val_idx]))
+        return validation_error(net, bank, norm, val_idx, lambda: net.sample(keys[val_idx]))
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
         tasks = owner[batch]
         keep = (torch.rand(len(batch)) >= drop)[:, None]
-        cond = torch.where(keep, with_tv[tasks], without_tv[tasks])
+        rows = offsets[tasks]
+        if several:  # one wording each: no draw, so the random stream is as it always was
+            rows = rows + (torch.rand(len(batch)) * counts[tasks]).long()
+        cond = torch.where(keep, with_tv[rows], without_tv[rows])
         recon, kl = net(take(targets, batch), cond)
         return cvae_loss(recon, take(targets, batch), kl, config.beta)
 

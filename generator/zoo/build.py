@@ -131,6 +131,8 @@ def _train_one(
             "labels": list(task.labels),
             "source": task.source,
             "licence": task.licence,
+            # every training wording of the task (suite v2): generators train on each
+            "paraphrases": list(task.meta.get("paraphrases") or [task.description]),
             "init": {"scheme": "shared-A", "init_seed": cfg.init_seed},
             "train_config": dataclasses.asdict(cfg),
         },
