@@ -78,6 +78,10 @@ class QualityReport:
     generators: dict[str, int]  # column -> generator id
     settings: dict[str, Any]
     dropped: list[TaskRow] = field(default_factory=list)  # the oracle gained < min_gain
+    # the bootstrap, run once: the JSON, the table and the plot all read it
+    _summaries: dict[str, Summary] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def mean(self, column: str) -> float:
         return float(np.mean([r.scores[column] for r in self.rows]))
@@ -104,14 +108,17 @@ class QualityReport:
     def summaries(self) -> dict[str, Summary]:
         """Per split, the bootstrap summary of the kept tasks (seeded: the same report
         gives the same intervals)."""
-        seed = int(self.settings.get("bootstrap_seed", 0))
-        out = {}
-        for split in self.splits:
-            rows = [r for r in self.rows if r.split == split]
-            out[split] = summarise(
-                [r.outcomes() for r in rows], [*self.methods, "oracle"], self.pairs(), seed=seed
-            )
-        return out
+        if self._summaries is None:
+            seed = int(self.settings.get("bootstrap_seed", 0))
+            out = {}
+            for split in self.splits:
+                rows = [r for r in self.rows if r.split == split]
+                out[split] = summarise(
+                    [r.outcomes() for r in rows], [*self.methods, "oracle"], self.pairs(),
+                    seed=seed,
+                )  # fmt: skip
+            self._summaries = out
+        return self._summaries
 
     def to_json(self) -> dict[str, Any]:
         return {
