@@ -289,14 +289,13 @@ def eval_adapter(
     t = open_suite(suite).load(task)
     reg = Registry()
     rec = reg.get_adapter(adapter)
-    files = reg.adapter_files(adapter)
-    from registry.lora_spec import parse_weights
+    adapter_weights = reg.adapter_files(adapter).parsed()
 
     with err.status(f"loading {rec.base_model}..."):
         evaluator = Evaluator.from_path(reg.base_model_path(rec.base_model), device=device)
     with err.status(f"scoring {len(t.test)} test examples..."):
         bare = evaluator.accuracy(t)
-        tuned = evaluator.accuracy(t, (files.config, parse_weights(files.weights)))
+        tuned = evaluator.accuracy(t, adapter_weights)
     result = {
         "adapter": adapter,
         "task": task,

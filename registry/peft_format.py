@@ -22,6 +22,7 @@ from typing import Any
 
 from registry.blobs import write_atomic
 from registry.errors import Conflict, InvalidAdapter, TooLarge
+from registry.lora_spec import Tensors, parse_weights
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -34,6 +35,10 @@ class PeftFiles:
 
     config: dict[str, Any]
     weights: bytes
+
+    def parsed(self) -> tuple[dict[str, Any], Tensors]:
+        """(config, tensors): the weights parsed (safetensors, no pickle), ready to attach."""
+        return self.config, parse_weights(self.weights)
 
 
 def read_adapter(path: Path, *, max_bytes: int) -> PeftFiles:

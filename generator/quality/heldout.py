@@ -40,7 +40,7 @@ from generator.tasks.task import Task
 from generator.zoo.build import ZOO_PREFIX
 from registry.blobs import write_atomic
 from registry.errors import InvalidInput
-from registry.lora_spec import Adapter, parse_weights
+from registry.lora_spec import Adapter
 from registry.service import Registry
 
 BASELINES = ("base", "nearest", "weighted-mean", "sg-mixture-mean")
@@ -173,8 +173,7 @@ def oracle_weights(registry: Registry, base_model: str, task: Task) -> Adapter:
         raise InvalidInput(
             f"no zoo adapter for task {task.name}: run `loramint zoo build --tasks {task.name}`"
         )
-    files = registry.adapter_files(rec.id)
-    return files.config, parse_weights(files.weights)
+    return registry.adapter_files(rec.id).parsed()
 
 
 def evaluate(

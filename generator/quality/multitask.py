@@ -31,7 +31,7 @@ from generator.tasks.task import Task
 from generator.zoo.build import zoo_records
 from generator.zoo.trainer import TrainConfig, train_multitask
 from registry.errors import InvalidInput
-from registry.lora_spec import Adapter, parse_weights, weights_bytes
+from registry.lora_spec import Adapter, weights_bytes
 from registry.models import Provenance
 from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord
@@ -65,8 +65,7 @@ def load(registry: Registry, base_model: str, name: str = NAME) -> Adapter | Non
     rec = find(registry, base_model, name)
     if rec is None:
         return None
-    files = registry.adapter_files(rec.id)
-    return files.config, parse_weights(files.weights)
+    return registry.adapter_files(rec.id).parsed()
 
 
 def train(

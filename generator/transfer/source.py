@@ -33,7 +33,7 @@ from generator.zoo.artifacts import SEEDS, read_seeds
 from generator.zoo.trainer import TrainConfig
 from registry import base_models
 from registry.errors import InvalidInput, UnknownBaseModel
-from registry.lora_spec import Adapter, parse_weights
+from registry.lora_spec import Adapter
 from registry.records import AdapterRecord, JobRecord
 from registry.service import Registry
 from registry.validation import NAME_RE
@@ -79,8 +79,7 @@ def source_task(registry: Registry, adapter_id: int, *, weights: bool = True) ->
 
 def registered_adapter(registry: Registry, adapter_id: int) -> Adapter:
     """A registered adapter's config and weights, ready to attach."""
-    files = registry.adapter_files(adapter_id)
-    return files.config, parse_weights(files.weights)
+    return registry.adapter_files(adapter_id).parsed()
 
 
 @dataclass(frozen=True)

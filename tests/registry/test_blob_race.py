@@ -14,7 +14,7 @@ from typing import Any
 from registry.service import Registry
 from tests.conftest import make_lora
 
-ROUNDS = 500  # per database: 1,000 interleavings with SQLite and PostgreSQL
+ROUNDS = 200  # per database: 400 interleavings; the defect hit 2 of 80, so old code fails here
 
 
 def race(

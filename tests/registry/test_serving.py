@@ -13,7 +13,7 @@ import torch
 
 from registry import base_models, serving
 from registry.errors import InvalidInput
-from registry.lora_spec import Tensors, parse_weights
+from registry.lora_spec import Tensors
 from registry.peft_format import read_adapter
 from registry.service import Registry
 from registry.serving import Finding, TargetCheck, check_serving
@@ -26,8 +26,7 @@ def llama(tiny_base: Path) -> base_models.ModelShapes:
 
 
 def load(folder: Path) -> tuple[dict[str, Any], Tensors]:
-    files = read_adapter(folder, max_bytes=2**30)
-    return files.config, parse_weights(files.weights)
+    return read_adapter(folder, max_bytes=2**30).parsed()
 
 
 def run(

@@ -159,3 +159,24 @@ def test_the_generators_page_charts_the_last_held_out_evaluation(
     ]  # fmt: skip
     assert "81% of the oracle" in r.text
     assert re.search(r'<th scope="row">boat</th><td>0.400</td><td>0.800</td>', r.text)
+    assert "Share of the oracle&#39;s gain" not in r.text  # an older report has no splits
+
+    def estimate(value: float, low: float, high: float) -> dict[str, float]:
+        return {"value": value, "low": low, "high": high}
+
+    report["splits"] = {
+        "held_out": {
+            "tasks": 2,
+            "gain_share": {"base": estimate(0, 0, 0), "nearest": estimate(0.625, 0.5, 0.75),
+                           "sg-lora": estimate(0.25, -0.1, 0.5), "oracle": estimate(1, 1, 1)},
+            "differences": [{"method": "sg-lora", "against": "nearest",
+                             **estimate(-0.375, -0.6, -0.25)}],
+        },
+        "new_family": {"tasks": 1, "gain_share": {"nearest": estimate(0.1, 0.0, 0.2)}},
+    }  # fmt: skip
+    path.write_text(json.dumps(report))
+    r = client.get("/ui/generators")
+    assert "on 2 tasks within the training families" in r.text
+    assert '<th scope="row">nearest</th><td>62 [50, 75] %</td>' in r.text
+    assert '<th scope="row">sg-lora - nearest</th><td>-37.5 [-60.0, -25.0] points</td>' in r.text
+    assert "on 1 task of a family with no training task" in r.text
