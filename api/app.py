@@ -318,6 +318,7 @@ def create_app(
         batching=use_batching,
         on_batch=on_batch,
         threads=settings.generation_threads,
+        workers=settings.generation_workers,
     )
 
     background: dict[str, Any] = {}

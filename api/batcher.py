@@ -1,19 +1,26 @@
 """Micro-batching of generation requests.
 
-One worker thread owns the loaded generators (``LoadedGenerators``) and is the
-only thread that runs their networks. Requests for the same (base model,
-method, requested generator) that arrive within ``window`` seconds of the
-first go through ``generate_adapters``, the same generation path as the CLI
-and the Python API, as one batch (one embedding call, one registration
-transaction); the event loop only awaits futures, so it never blocks on torch.
-A zero-shot batch runs with ``threads`` torch threads (the service's
-``LORAMINT_BATCH_THREADS``, every CPU by default), a batch with labelled examples
-with the process's.
+Requests for the same (base model, method, requested generator) that arrive
+within ``window`` seconds of the first go through ``generate_adapters``, the
+same generation path as the CLI and the Python API, as one batch (one
+embedding call, one registration transaction). Up to ``workers`` batches
+(``LORAMINT_BATCH_WORKERS``, one per CPU by default) are generated at once,
+each on a thread of its own with ``threads`` torch threads
+(``LORAMINT_BATCH_THREADS``, the CPUs shared among the workers by default):
+a batch's small products use one core better than two, so on a busy server
+two batches side by side beat one batch on two threads (docs/experiments.md).
+The loaded generators (``LoadedGenerators``) are shared; the requests that
+arrive while every worker is busy wait in the queue and form the next batch.
+A batch with labelled examples runs the base model, with the process's torch
+threads, one such batch at a time. The event loop only awaits futures, so it
+never blocks on torch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,17 +64,29 @@ class GenerationBatcher:
         idle: float = IDLE_SECONDS,
         on_batch: Callable[[int, float], None] | None = None,
         threads: int | None = None,
+        workers: int = 1,
+        generate: Callable[..., list[Result]] = generate_adapters,
     ) -> None:
         """``threads``: torch threads of a zero-shot batch (None: the process's); a batch
-        with labelled examples (minutes of scoring and training) uses the process's."""
+        with labelled examples (minutes of scoring and training) uses the process's.
+        ``workers``: batches generated at once, each on its own thread. ``generate``:
+        what generates a batch (``generate_adapters``; a test injects another)."""
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.registry = registry
         self.window, self.max_batch, self.batching = window, max_batch, batching
         self.threads = threads
+        self.workers = workers
+        self._generate = generate
         self.idle = idle
         self.on_batch = on_batch
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generator")
+        self._slots: asyncio.Semaphore | None = None  # made on the event loop
         self._queues: dict[Key, asyncio.Queue[_Pending]] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._base_model_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
         self._loaded = LoadedGenerators(registry)
         self.stats = BatchStats()
 
@@ -107,7 +126,13 @@ class GenerationBatcher:
                 # and here, so no request can have joined the queue meanwhile)
                 del self._queues[key], self._tasks[key]
                 return
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.workers)
+            # wait for a free worker first: the requests that come meanwhile join this batch
+            await self._slots.acquire()
             batch = [first]
+            while len(batch) < self.max_batch and not queue.empty():  # they waited already
+                batch.append(queue.get_nowait())
             deadline = loop.time() + self.window
             while len(batch) < self.max_batch:
                 remaining = deadline - loop.time()
@@ -119,27 +144,42 @@ class GenerationBatcher:
                     break
             live = [p for p in batch if not p.future.done()]  # a cancelled client left
             if not live:
+                self._slots.release()
                 continue
-            try:
-                results = await loop.run_in_executor(
-                    self.executor, self._run, key, [p.request for p in live]
-                )
-            except Exception as exc:  # the whole batch fails alike (e.g. no generator)
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, r in zip(live, results, strict=True):
+            task = asyncio.create_task(self._dispatch(key, live))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _dispatch(self, key: Key, live: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self.executor, self._run, key, [p.request for p in live]
+            )
+        except Exception as exc:  # the whole batch fails alike (e.g. no generator)
+            for p in live:
                 if not p.future.done():
-                    p.future.set_result(r)
+                    p.future.set_exception(exc)
+            return
+        finally:
+            assert self._slots is not None
+            self._slots.release()
+        for p, r in zip(live, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(r)
 
     def _run(self, key: Key, requests: list[Request]) -> list[Result]:
         """On the generator thread: the one generation path (decode, then register)."""
         t0 = time.perf_counter()
         base_model, method, generator_id = key
         zero_shot = all(r.fewshot is None for r in requests)
-        with torch_threads(self.threads if zero_shot else None):
-            results = generate_adapters(
+        # a batch with examples runs the base model (one per process, adapters attached
+        # to it in turn): one such batch at a time; zero-shot batches never touch it
+        with (
+            contextlib.nullcontext() if zero_shot else self._base_model_lock,
+            torch_threads(self.threads if zero_shot else None),
+        ):
+            results = self._generate(
                 self.registry,
                 requests,
                 base_model=base_model,
@@ -147,9 +187,10 @@ class GenerationBatcher:
                 generator_id=generator_id,
                 loaded=self._loaded,
             )
-        self.stats.batches += 1
-        self.stats.requests += len(requests)
-        self.stats.sizes.append(len(requests))
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.requests += len(requests)
+            self.stats.sizes.append(len(requests))
         if self.on_batch:
             self.on_batch(len(requests), time.perf_counter() - t0)
         return results
@@ -165,6 +206,7 @@ class GenerationBatcher:
             "max_batch": self.max_batch,
             "batching": self.batching,
             "threads": self.threads,
+            "workers": self.workers,
         }
 
 

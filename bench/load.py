@@ -1,8 +1,9 @@
 """Load test of POST /v1/generate: N concurrent clients on loopback for D seconds,
 in five modes in one run: without micro-batching and with it, each with generated
-adapters stored as weights (blobs) and as recipes (registry.recipes); then
-micro-batching with recipes again, the batches given one torch thread fewer than
-the CPUs instead of the default every CPU (LORAMINT_BATCH_THREADS).
+adapters stored as weights (blobs) and as recipes (registry.recipes), all with the
+service's defaults; then micro-batching with recipes again, one batch at a time on
+every CPU (LORAMINT_BATCH_WORKERS=1) instead of the default one batch per CPU at
+once.
 
 For each mode it starts a real server (``loramint serve``) on a scratch copy of
 the registry (the database copied, the content-addressed blobs hard-linked, so
@@ -74,15 +75,15 @@ def free_port() -> int:
 
 
 def start_server(
-    home: Path, models: Path, window_ms: float, storage: str = "recipe", threads: int = 0
+    home: Path, models: Path, window_ms: float, storage: str = "recipe", workers: int = 0
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``threads``: LORAMINT_BATCH_THREADS (0: the service's default)."""
+    """``workers``: LORAMINT_BATCH_WORKERS (0: the service's default)."""
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
         "LORAMINT_MODEL_CACHE": str(models),
         "LORAMINT_BATCH_WINDOW_MS": str(window_ms),
-        "LORAMINT_BATCH_THREADS": str(threads),
+        "LORAMINT_BATCH_WORKERS": str(workers),
         "LORAMINT_GENERATED_STORAGE": storage,
         "LORAMINT_API_RATE": "100000",
         "LORAMINT_API_BURST": "100000",
@@ -234,29 +235,25 @@ def mean_batch(metrics: str) -> float | None:
     return round(values["_sum"] / values["_count"], 2)
 
 
-MODES = {  # name -> (batching, storage, LORAMINT_BATCH_THREADS; 0: the default)
+MODES = {  # name -> (batching, storage, LORAMINT_BATCH_WORKERS; 0: the default)
     "no batching, weights": (False, "weights", 0),
     "no batching, recipes": (False, "recipe", 0),
     "micro-batching, weights": (True, "weights", 0),
     "micro-batching, recipes": (True, "recipe", 0),
-    # the default gives the batch every CPU; this mode leaves the HTTP side one
-    "micro-batching, recipes, one CPU fewer for the batch": (
-        True,
-        "recipe",
-        max(1, (os.cpu_count() or 1) - 1),
-    ),
+    # the default generates one batch per CPU at once; this mode one batch on every CPU
+    "micro-batching, recipes, one batch at a time": (True, "recipe", 1),
 }
 
 
 def run_mode(args: argparse.Namespace, models: Path, mode: str) -> dict[str, Any]:
     """One mode: a fresh scratch registry and server, the clients, what it measured."""
-    batching, storage, threads = MODES[mode]
+    batching, storage, workers = MODES[mode]
     with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
         home = Path(tmp) / "home"
         scratch_home(args.home, home)
         key = reader_key(home)
         window = args.window_ms if batching else 0.0
-        proc, url = start_server(home, models, window, storage, threads)
+        proc, url = start_server(home, models, window, storage, workers)
         try:
             warm = httpx.post(
                 f"{url}/v1/generate",

@@ -59,16 +59,17 @@ class MiniLMEmbedder:
         order = np.argsort([-len(t) for t in texts])
         tokenizer = self._model.tokenizer
         bert: Any = self._model[0].auto_model
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             for start in range(0, len(texts), BATCH):
                 rows = order[start : start + BATCH]
-                features = tokenizer(
-                    [texts[i] for i in rows],
-                    padding=True,
-                    truncation="longest_first",
-                    max_length=self._model.max_seq_length,
-                    return_tensors="pt",
-                ).to(bert.device)
+                with self._lock:  # the model itself runs on several threads at once
+                    features = tokenizer(
+                        [texts[i] for i in rows],
+                        padding=True,
+                        truncation="longest_first",
+                        max_length=self._model.max_seq_length,
+                        return_tensors="pt",
+                    ).to(bert.device)
                 hidden = bert(**features).last_hidden_state
                 mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -70,8 +70,13 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("LORAMINT_BATCH_MAX", "`32`", "largest generation batch"),
     Variable(
-        "LORAMINT_BATCH_THREADS",
+        "LORAMINT_BATCH_WORKERS",
         "the CPUs",
+        "generation batches run at once, each on its own thread",
+    ),
+    Variable(
+        "LORAMINT_BATCH_THREADS",
+        "the CPUs / workers",
         "torch threads of a zero-shot generation batch (fewer leaves cores to other work)",
     ),
     Variable(
@@ -178,6 +183,8 @@ class ApiSettings:
     # torch threads a zero-shot generation batch runs with; 0: every CPU (the HTTP side
     # takes a few percent of a core under load, docs/experiments.md)
     batch_threads: int = 0
+    # batches generated at once, each on its own thread; 0: one per CPU
+    batch_workers: int = 0
 
     @classmethod
     def read(cls, env: _Env) -> ApiSettings:
@@ -190,12 +197,19 @@ class ApiSettings:
             batch_window=env.number("LORAMINT_BATCH_WINDOW_MS", 10.0) / 1000,
             batch_max=env.integer("LORAMINT_BATCH_MAX", 32, minimum=1),
             batch_threads=env.integer("LORAMINT_BATCH_THREADS", 0, minimum=0),
+            batch_workers=env.integer("LORAMINT_BATCH_WORKERS", 0, minimum=0),
         )
 
     @property
+    def generation_workers(self) -> int:
+        """Generation batches run at once (``batch_workers``, or one per CPU)."""
+        return self.batch_workers or os.cpu_count() or 1
+
+    @property
     def generation_threads(self) -> int:
-        """The torch threads of a zero-shot generation batch (``batch_threads``, or auto)."""
-        return self.batch_threads or os.cpu_count() or 1
+        """The torch threads of a zero-shot generation batch (``batch_threads``, or the
+        CPUs shared among the workers)."""
+        return self.batch_threads or max(1, (os.cpu_count() or 1) // self.generation_workers)
 
     @property
     def auth_mode(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -105,15 +106,22 @@ class LoadedGenerators:
     """Generators loaded once per process: a request gets the generator that serves
     it now (``generator_for``), loaded on first use. When another generator comes to
     serve (a newer one, or a pin) it is loaded, and one that no longer serves any
-    request seen is dropped. Not thread-safe: one thread generates (the REST
-    micro-batcher's)."""
+    request seen is dropped. Safe across threads (the REST micro-batcher generates
+    several batches at once): one thread loads a generator, the others wait for it."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._by_id: dict[int, Generator] = {}
         self._serving: dict[tuple[str, str | None, int | None], int] = {}
+        self._lock = threading.Lock()
 
     def serving(self, base_model: str, method: str | None, generator_id: int | None) -> Generator:
+        with self._lock:  # one thread loads a generator; the others wait for it
+            return self._serving_now(base_model, method, generator_id)
+
+    def _serving_now(
+        self, base_model: str, method: str | None, generator_id: int | None
+    ) -> Generator:
         serving = None  # every request asks: the id alone is one light query
         if generator_id is None:
             serving = self.registry.serving_generator_id(base_model, method or SG_LORA)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ class Generator:
         self._vectorizer: TaskVectorizer | None = None
         self._cache: dict[int, Expert | None] = {}
         self._terms: dict[int, ExpertTerms] = {}
+        # the experts loaded and their terms: several threads generate with one generator
+        self._lock = threading.RLock()
         self.index: Any = None
         self.decoder: SGDecoder | None = None
         if checkpoint.method == SG_LORA:
@@ -191,34 +194,39 @@ class Generator:
     def forget_deleted(self) -> None:
         """Drop the loaded experts deleted since (by any process): a generator kept
         loaded must mix what a fresh one would, or its recipes would not rebuild."""
-        loaded = [i for i, e in self._cache.items() if e is not None]
+        with self._lock:
+            loaded = [i for i, e in self._cache.items() if e is not None]
         if self._alive is None or not loaded:
             return
         live = self._alive(loaded)
-        for adapter_id in set(loaded) - live:
-            self._cache[adapter_id] = None
-            self._terms.pop(adapter_id, None)
+        with self._lock:
+            for adapter_id in set(loaded) - live:
+                self._cache[adapter_id] = None
+                self._terms.pop(adapter_id, None)
 
     @contextmanager
     def without(self, adapter_ids: Iterable[int]) -> Iterator[None]:
         """Mix as if ``adapter_ids`` had been deleted, inside the block: a leave-one-out
         study scores a training task with its own expert out of reach."""
         hidden = {int(i) for i in adapter_ids}
-        for adapter_id in hidden:
-            self._cache[adapter_id] = None
-            self._terms.pop(adapter_id, None)
+        with self._lock:
+            for adapter_id in hidden:
+                self._cache[adapter_id] = None
+                self._terms.pop(adapter_id, None)
         try:
             yield
         finally:
-            for adapter_id in hidden:
-                self._cache.pop(adapter_id, None)  # loaded again (if alive) when next needed
+            with self._lock:
+                for adapter_id in hidden:
+                    self._cache.pop(adapter_id, None)  # loaded again (if alive) when needed
 
     def expert(self, index: int) -> Expert | None:
         adapter_id = self.ckpt.expert_ids[index]
-        if adapter_id not in self._cache:
-            assert self._experts is not None
-            self._cache[adapter_id] = self._experts(adapter_id)
-        return self._cache[adapter_id]
+        with self._lock:
+            if adapter_id not in self._cache:
+                assert self._experts is not None
+                self._cache[adapter_id] = self._experts(adapter_id)
+            return self._cache[adapter_id]
 
     def neighbours(
         self, query: np.ndarray, k: int | None = None
@@ -328,10 +336,12 @@ class Generator:
     def terms(self, expert: Expert) -> ExpertTerms:
         """What the decoder reads of ``expert`` (computed on its first use)."""
         assert self.decoder is not None
-        found = self._terms.get(expert.id)
-        if found is None:
-            found = self._terms[expert.id] = self.decoder.expert_terms(expert.mean, expert.var)
-        return found
+        with self._lock:
+            found = self._terms.get(expert.id)
+            if found is None:
+                terms = self.decoder.expert_terms(expert.mean, expert.var)
+                found = self._terms[expert.id] = terms
+            return found
 
     def task_vector(self, request: Request) -> torch.Tensor:
         if self._vectorizer is None:

@@ -4,6 +4,7 @@ caller who sends a new base-model string with every request cannot grow it."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -41,3 +42,67 @@ def test_a_batch_runs_with_its_thread_count_and_gives_the_rest_back() -> None:
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+class Recorder:
+    """A batch generator that takes ``seconds`` and records how many ran at once: the
+    batcher's scheduling under test, without a model."""
+
+    def __init__(self, seconds: float) -> None:
+        import threading
+
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.now = self.most = self.most_with_examples = 0
+        self.with_examples = 0
+        self.sizes: list[int] = []
+
+    def __call__(self, registry: Registry, requests: list[Request], **_: object) -> list[Any]:
+        import time
+
+        examples = any(r.fewshot is not None for r in requests)
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.with_examples += examples
+            self.most_with_examples = max(self.most_with_examples, self.with_examples)
+            self.sizes.append(len(requests))
+        time.sleep(self.seconds)
+        with self.lock:
+            self.now -= 1
+            self.with_examples -= examples
+        return [(r.description, r.seed) for r in requests]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_up_to_workers_batches_run_at_once_and_each_caller_gets_its_own(
+    registry: Registry, workers: int
+) -> None:
+    from generator.adapt.examples import FewShot
+
+    shots = FewShot.parse([("a cat", "yes"), ("a car", "no")], None)
+    recorder = Recorder(0.15)
+
+    async def run() -> None:
+        batcher = GenerationBatcher(
+            registry, window=0.0, max_batch=2, workers=workers, generate=recorder
+        )
+        # 12 zero-shot requests at once (batches of two), then 4 with examples
+        plain = [Request(f"task {i}", seed=i) for i in range(12)]
+        results: list[Any] = await asyncio.gather(
+            *(batcher.generate(r, base_model="m", method=None) for r in plain)
+        )
+        assert results == [(r.description, r.seed) for r in plain]
+        fewshot = [Request(f"shot {i}", seed=i, fewshot=shots) for i in range(4)]
+        await asyncio.gather(*(batcher.generate(r, base_model="m", method=None) for r in fewshot))
+        await batcher.close()
+
+    asyncio.run(run())
+    assert recorder.most == workers  # every worker busy, never more
+    assert recorder.most_with_examples == 1  # the base model runs one batch at a time
+    assert max(recorder.sizes) == 2 and sum(recorder.sizes) == 16
+
+
+def test_a_batcher_needs_a_worker(registry: Registry) -> None:
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        GenerationBatcher(registry, workers=0)

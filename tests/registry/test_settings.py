@@ -42,6 +42,7 @@ def test_overrides(tmp_path: Path) -> None:
         ({"LORAMINT_API_RATE": "0"}, "LORAMINT_API_RATE must be at least"),
         ({"LORAMINT_BATCH_MAX": "many"}, "LORAMINT_BATCH_MAX must be an integer"),
         ({"LORAMINT_BATCH_THREADS": "-1"}, "LORAMINT_BATCH_THREADS must be at least 0"),
+        ({"LORAMINT_BATCH_WORKERS": "two"}, "LORAMINT_BATCH_WORKERS must be an integer"),
         ({"LORAMINT_UI_SECURE_COOKIE": "maybe"}, "LORAMINT_UI_SECURE_COOKIE"),
         ({"LORAMINT_SESSION_SECRET": "short"}, "LORAMINT_SESSION_SECRET must be at least 32"),
         ({"LORAMINT_JOB_LEASE_S": "1"}, "LORAMINT_JOB_LEASE_S must be above 2 s"),
@@ -103,9 +104,14 @@ def test_every_loramint_variable_is_declared_and_read_only_by_the_settings_modul
     assert not readers, f"read outside registry/settings.py: {readers}"
 
 
-def test_generation_threads_default_to_every_cpu() -> None:
+def test_one_generation_batch_per_cpu_shares_the_cpus_by_default() -> None:
     import os
 
-    auto = Settings.from_env({}).api.generation_threads
-    assert auto == os.cpu_count()
+    cpus = os.cpu_count() or 1
+    auto = Settings.from_env({}).api
+    assert auto.generation_workers == cpus and auto.generation_threads == 1
+    one = Settings.from_env({"LORAMINT_BATCH_WORKERS": "1"}).api
+    assert one.generation_workers == 1 and one.generation_threads == cpus
+    both = Settings.from_env({"LORAMINT_BATCH_WORKERS": "3", "LORAMINT_BATCH_THREADS": "2"}).api
+    assert both.generation_workers == 3 and both.generation_threads == 2
     assert Settings.from_env({"LORAMINT_BATCH_THREADS": "3"}).api.generation_threads == 3
