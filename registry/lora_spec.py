@@ -327,7 +327,7 @@ def check_weights_bytes(raw: bytes, expected: dict[str, tuple[int, int]]) -> Non
     spans = sorted(
         (v["data_offsets"][0], v["data_offsets"][1], shapes[n]) for n, v in header.items()
     )
-    payload = raw[8 + size :]
+    payload = memoryview(raw)[8 + size :]  # a view: the weights are not copied
     tiled = all(
         start == (spans[i - 1][1] if i else 0) and end - start == 4 * math.prod(shape)
         for i, (start, end, shape) in enumerate(spans)
