@@ -196,7 +196,7 @@ class GenerationBatcher:
         return results
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        for task in [*self._tasks.values(), *self._running]:
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
