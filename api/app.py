@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -318,6 +319,7 @@ def create_app(
         batching=use_batching,
         on_batch=on_batch,
         threads=settings.generation_threads,
+        cpus=os.cpu_count() or 1,
         workers=settings.generation_workers,
     )
 

@@ -6,9 +6,10 @@ same generation path as the CLI and the Python API, as one batch (one
 embedding call, one registration transaction). Up to ``workers`` batches
 (``LORAMINT_BATCH_WORKERS``, one per CPU by default) are generated at once,
 each on a thread of its own with ``threads`` torch threads
-(``LORAMINT_BATCH_THREADS``, the CPUs shared among the workers by default):
-a batch's small products use one core better than two, so on a busy server
-two batches side by side beat one batch on two threads (docs/experiments.md).
+(``LORAMINT_BATCH_THREADS``; by default the CPUs shared among the batches
+running when it starts, so a batch alone gets them all): a batch's small
+products use one core better than two, so on a busy server two batches side
+by side beat one batch on two threads (docs/experiments.md).
 The loaded generators (``LoadedGenerators``) are shared; the requests that
 arrive while every worker is busy wait in the queue and form the next batch.
 A batch with labelled examples runs the base model, with the process's torch
@@ -64,19 +65,23 @@ class GenerationBatcher:
         idle: float = IDLE_SECONDS,
         on_batch: Callable[[int, float], None] | None = None,
         threads: int | None = None,
+        cpus: int | None = None,
         workers: int = 1,
         generate: Callable[..., list[Result]] = generate_adapters,
     ) -> None:
-        """``threads``: torch threads of a zero-shot batch (None: the process's); a batch
-        with labelled examples (minutes of scoring and training) uses the process's.
+        """``threads``: torch threads of a zero-shot batch; None: ``cpus`` shared among the
+        batches running when it starts (a batch alone gets them all), or the process's
+        without ``cpus``. A batch with labelled examples (minutes of scoring and
+        training) uses the process's.
         ``workers``: batches generated at once, each on its own thread. ``generate``:
         what generates a batch (``generate_adapters``; a test injects another)."""
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.registry = registry
         self.window, self.max_batch, self.batching = window, max_batch, batching
-        self.threads = threads
+        self.threads, self.cpus = threads, cpus
         self.workers = workers
+        self._busy = 0  # batches running
         self._generate = generate
         self.idle = idle
         self.on_batch = on_batch
@@ -173,20 +178,29 @@ class GenerationBatcher:
         t0 = time.perf_counter()
         base_model, method, generator_id = key
         zero_shot = all(r.fewshot is None for r in requests)
+        with self._stats_lock:
+            self._busy += 1
+            threads = self.threads
+            if threads is None and self.cpus:
+                threads = max(1, self.cpus // self._busy)
         # a batch with examples runs the base model (one per process, adapters attached
         # to it in turn): one such batch at a time; zero-shot batches never touch it
-        with (
-            contextlib.nullcontext() if zero_shot else self._base_model_lock,
-            torch_threads(self.threads if zero_shot else None),
-        ):
-            results = self._generate(
-                self.registry,
-                requests,
-                base_model=base_model,
-                method=method,
-                generator_id=generator_id,
-                loaded=self._loaded,
-            )
+        try:
+            with (
+                contextlib.nullcontext() if zero_shot else self._base_model_lock,
+                torch_threads(threads if zero_shot else None),
+            ):
+                results = self._generate(
+                    self.registry,
+                    requests,
+                    base_model=base_model,
+                    method=method,
+                    generator_id=generator_id,
+                    loaded=self._loaded,
+                )
+        finally:
+            with self._stats_lock:
+                self._busy -= 1
         with self._stats_lock:
             self.stats.batches += 1
             self.stats.requests += len(requests)
@@ -206,6 +220,7 @@ class GenerationBatcher:
             "max_batch": self.max_batch,
             "batching": self.batching,
             "threads": self.threads,
+            "cpus": self.cpus,
             "workers": self.workers,
         }
 

@@ -76,7 +76,7 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "LORAMINT_BATCH_THREADS",
-        "the CPUs / workers",
+        "the CPUs / batches running",
         "torch threads of a zero-shot generation batch (fewer leaves cores to other work)",
     ),
     Variable(
@@ -180,8 +180,8 @@ class ApiSettings:
     max_k: int = 100
     batch_window: float = 0.01  # seconds
     batch_max: int = 32
-    # torch threads a zero-shot generation batch runs with; 0: every CPU (the HTTP side
-    # takes a few percent of a core under load, docs/experiments.md)
+    # torch threads a zero-shot generation batch runs with; 0: the CPUs shared among the
+    # batches running when it starts (the HTTP side takes a few percent of a core)
     batch_threads: int = 0
     # batches generated at once, each on its own thread; 0: one per CPU
     batch_workers: int = 0
@@ -206,10 +206,10 @@ class ApiSettings:
         return self.batch_workers or os.cpu_count() or 1
 
     @property
-    def generation_threads(self) -> int:
-        """The torch threads of a zero-shot generation batch (``batch_threads``, or the
-        CPUs shared among the workers)."""
-        return self.batch_threads or max(1, (os.cpu_count() or 1) // self.generation_workers)
+    def generation_threads(self) -> int | None:
+        """The torch threads of a zero-shot generation batch (``batch_threads``), or None:
+        the CPUs shared among the batches running when it starts."""
+        return self.batch_threads or None
 
     @property
     def auth_mode(self) -> str:

@@ -56,9 +56,12 @@ class Recorder:
         self.now = self.most = self.most_with_examples = 0
         self.with_examples = 0
         self.sizes: list[int] = []
+        self.threads: list[int] = []  # torch threads each batch ran with
 
     def __call__(self, registry: Registry, requests: list[Request], **_: object) -> list[Any]:
         import time
+
+        import torch
 
         examples = any(r.fewshot is not None for r in requests)
         with self.lock:
@@ -67,6 +70,7 @@ class Recorder:
             self.with_examples += examples
             self.most_with_examples = max(self.most_with_examples, self.with_examples)
             self.sizes.append(len(requests))
+            self.threads.append(torch.get_num_threads())
         time.sleep(self.seconds)
         with self.lock:
             self.now -= 1
@@ -106,3 +110,22 @@ def test_up_to_workers_batches_run_at_once_and_each_caller_gets_its_own(
 def test_a_batcher_needs_a_worker(registry: Registry) -> None:
     with pytest.raises(ValueError, match="workers must be at least 1"):
         GenerationBatcher(registry, workers=0)
+
+
+def test_a_batch_alone_gets_every_cpu_and_batches_side_by_side_share_them(
+    registry: Registry,
+) -> None:
+    recorder = Recorder(0.15)
+
+    async def run() -> None:
+        batcher = GenerationBatcher(
+            registry, window=0.0, max_batch=1, workers=2, cpus=4, generate=recorder
+        )
+        await batcher.generate(Request("alone"), base_model="m", method=None)
+        together = [Request(f"task {i}") for i in range(2)]
+        await asyncio.gather(*(batcher.generate(r, base_model="m", method=None) for r in together))
+        await batcher.close()
+
+    asyncio.run(run())
+    assert recorder.threads[0] == 4  # alone: all four
+    assert sorted(recorder.threads[1:]) == [2, 4]  # the second to start shares with the first

@@ -109,9 +109,9 @@ def test_one_generation_batch_per_cpu_shares_the_cpus_by_default() -> None:
 
     cpus = os.cpu_count() or 1
     auto = Settings.from_env({}).api
-    assert auto.generation_workers == cpus and auto.generation_threads == 1
+    assert auto.generation_workers == cpus and auto.generation_threads is None  # shared
     one = Settings.from_env({"LORAMINT_BATCH_WORKERS": "1"}).api
-    assert one.generation_workers == 1 and one.generation_threads == cpus
+    assert one.generation_workers == 1 and one.generation_threads is None
     both = Settings.from_env({"LORAMINT_BATCH_WORKERS": "3", "LORAMINT_BATCH_THREADS": "2"}).api
     assert both.generation_workers == 3 and both.generation_threads == 2
     assert Settings.from_env({"LORAMINT_BATCH_THREADS": "3"}).api.generation_threads == 3
