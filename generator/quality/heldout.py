@@ -37,7 +37,7 @@ from generator.quality.stats import Outcomes, Summary, summarise
 from generator.serve.generator import Generator, Request
 from generator.tasks.evaluation import EvalResult, Evaluator
 from generator.tasks.task import Task
-from generator.zoo.build import ZOO_PREFIX
+from generator.zoo.build import MIN_GAIN, ZOO_PREFIX
 from registry.blobs import write_atomic
 from registry.errors import InvalidInput
 from registry.lora_spec import Adapter
@@ -45,7 +45,6 @@ from registry.service import Registry
 
 BASELINES = ("base", "nearest", "weighted-mean", "sg-mixture-mean")
 MULTITASK = "multi-task"
-MIN_GAIN = 0.1  # the oracle's least gain over the bare model for a task to count
 SPLITS = ("held_out", "new_family")
 
 

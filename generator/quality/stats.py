@@ -10,7 +10,7 @@ Every column of a task is scored on the same drawn examples, so the
 difference between two methods is paired: its interval carries what the two
 share (the task's difficulty, the examples drawn) only once. The normaliser
 o_t - b_t stays at its measured value in every resample: the harness keeps
-only tasks whose oracle gains at least 0.1 (``heldout.MIN_GAIN``), and
+only tasks whose oracle gains at least 0.1 (``zoo.build.MIN_GAIN``), and
 dividing by a resampled gain a few examples from zero would put the
 interval's width in the oracle's noise rather than the method's.
 """

@@ -25,6 +25,8 @@ from registry.models import Provenance
 from registry.peft_format import PeftFiles
 from registry.service import Registry
 
+MIN_GAIN = 0.1  # the oracle's least gain over the bare model for a held-out task to count
+
 ZOO_PREFIX = "zoo-"
 
 
@@ -128,6 +130,8 @@ def _train_one(
             "task": task.name,
             "family": task.family,
             "held_out": task.held_out,
+            # suite v2: train, held_out (within its family) or new_family; and the label format
+            **{k: task.meta[k] for k in ("split", "format") if k in task.meta},
             "labels": list(task.labels),
             "source": task.source,
             "licence": task.licence,
@@ -169,7 +173,10 @@ def zoo_records(registry: Registry, base_model: str) -> list[Any]:
 
 
 def write_report(registry: Registry, base_model: str, *, extra: Any = None) -> Any:
-    """Write ``results/zoo-<base>.json`` and ``.md`` under LORAMINT_HOME; return the json path."""
+    """Write ``results/zoo-<base>.json`` and ``.md`` under LORAMINT_HOME; return the json path.
+    Held-out tasks are grouped by split (suite v2: ``held_out`` within a training family,
+    ``new_family``); those whose oracle gains less than ``MIN_GAIN`` over the bare model
+    are listed as dropped, as ``loramint eval generators`` drops them."""
     from pathlib import Path
 
     from registry.blobs import write_atomic
@@ -177,11 +184,13 @@ def write_report(registry: Registry, base_model: str, *, extra: Any = None) -> A
     rows = []
     for rec in zoo_records(registry, base_model):
         m = rec.metrics
+        held_out = bool(rec.meta.get("held_out"))
         rows.append(
             {
                 "task": rec.meta.get("task", rec.name[len(ZOO_PREFIX) :]),
                 "family": rec.meta.get("family", ""),
-                "held_out": bool(rec.meta.get("held_out")),
+                "held_out": held_out,
+                "split": rec.meta.get("split") or ("held_out" if held_out else "train"),
                 "adapter_id": rec.id,
                 "base_accuracy": m.get("base_accuracy"),
                 "accuracy": m.get("accuracy"),
@@ -189,37 +198,52 @@ def write_report(registry: Registry, base_model: str, *, extra: Any = None) -> A
                 "tokens_per_second": m.get("tokens_per_second"),
             }
         )
-    rows.sort(key=lambda r: (not r["held_out"], r["family"], r["task"]))
+    order = {"held_out": 0, "new_family": 1, "train": 2}
+    rows.sort(key=lambda r: (order.get(r["split"], 3), r["family"], r["task"]))
     scored = [r for r in rows if r["accuracy"] is not None and r["base_accuracy"] is not None]
     held = [r for r in scored if r["held_out"]]
 
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
+    def gain(r: dict[str, Any]) -> float:
+        return float(r["accuracy"] - r["base_accuracy"])
+
+    splits: dict[str, Any] = {}
+    for split in dict.fromkeys(r["split"] for r in held):
+        of = [r for r in held if r["split"] == split]
+        kept = [r for r in of if gain(r) >= MIN_GAIN]
+        splits[split] = {
+            "tasks": len(of),
+            "kept": [r["task"] for r in kept],
+            "dropped": {r["task"]: round(gain(r), 4) for r in of if gain(r) < MIN_GAIN},
+            "mean_base_kept": mean([r["base_accuracy"] for r in kept]),
+            "mean_oracle_kept": mean([r["accuracy"] for r in kept]),
+        }
     summary: dict[str, Any] = {
         "base_model": base_model,
         "adapters": len(rows),
         "held_out": len(held),
-        "mean_gain_held_out": mean([r["accuracy"] - r["base_accuracy"] for r in held]),
-        "mean_gain_all": mean([r["accuracy"] - r["base_accuracy"] for r in scored]),
+        "mean_gain_held_out": mean([gain(r) for r in held]),
+        "mean_gain_all": mean([gain(r) for r in scored]),
         "mean_base_held_out": mean([r["base_accuracy"] for r in held]),
         "mean_oracle_held_out": mean([r["accuracy"] for r in held]),
-        # a gain under 5 points is inside the noise of a 100-example test split
-        "no_clear_gain": [r["task"] for r in scored if r["accuracy"] - r["base_accuracy"] < 0.05],
+        "min_gain": MIN_GAIN,
+        "splits": splits,
         "total_train_seconds": round(sum(r["train_seconds"] or 0 for r in rows), 1),
     }
     lines = [
         f"Zoo on `{base_model}`: {len(rows)} adapters, {len(held)} held out.",
         "",
-        "| task | family | held out | base acc | oracle acc | gain | train s | tokens/s |",
-        "|---|---|:-:|---:|---:|---:|---:|---:|",
+        "| task | family | split | base acc | oracle acc | gain | train s | tokens/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         acc, base = r["accuracy"], r["base_accuracy"]
-        gain = f"{acc - base:+.3f}" if acc is not None and base is not None else "-"
+        change = f"{acc - base:+.3f}" if acc is not None and base is not None else "-"
         lines.append(
-            f"| {r['task']} | {r['family']} | {'yes' if r['held_out'] else ''} | "
-            f"{_fmt(base)} | {_fmt(acc)} | {gain} | {_fmt(r['train_seconds'], 0)} | "
+            f"| {r['task']} | {r['family']} | {r['split'].replace('_', ' ')} | "
+            f"{_fmt(base)} | {_fmt(acc)} | {change} | {_fmt(r['train_seconds'], 0)} | "
             f"{_fmt(r['tokens_per_second'], 0)} |"
         )
     lines += [
@@ -227,10 +251,15 @@ def write_report(registry: Registry, base_model: str, *, extra: Any = None) -> A
         f"Held-out mean: base {_fmt(summary['mean_base_held_out'])}, oracle "
         f"{_fmt(summary['mean_oracle_held_out'])}, gain {_fmt(summary['mean_gain_held_out'])}; "
         f"all tasks mean gain {_fmt(summary['mean_gain_all'])}.",
-        f"Tasks where the oracle gains less than 0.05 over the bare model: "
-        f"{', '.join(summary['no_clear_gain']) or 'none'}.",
-        f"Total training time: {summary['total_train_seconds']} s.",
     ]
+    for split, info in splits.items():
+        dropped = ", ".join(f"{t} ({g:+.3f})" for t, g in info["dropped"].items())
+        lines.append(
+            f"Split {split}: {len(info['kept'])} of {info['tasks']} tasks kept for evaluation "
+            f"(oracle gain at least {MIN_GAIN}; base {_fmt(info['mean_base_kept'])}, oracle "
+            f"{_fmt(info['mean_oracle_kept'])} on them); dropped: {dropped or 'none'}."
+        )
+    lines.append(f"Total training time: {summary['total_train_seconds']} s.")
     root = registry.settings.results_dir
     slug = base_model.replace("/", "_")
     json_path = Path(root) / f"zoo-{slug}.json"

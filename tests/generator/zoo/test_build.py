@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from generator.sandbox import tiny_task
 from generator.tasks.task import TaskSuite
 from generator.zoo.artifacts import SEEDS, TRAJECTORY, load_trajectory
-from generator.zoo.build import build_zoo, write_report
+from generator.zoo.build import MIN_GAIN, build_zoo, write_report
 from generator.zoo.trainer import TrainConfig
 from registry.service import Registry
 
@@ -25,7 +26,15 @@ from registry.service import Registry
 def suite(tmp_path: Path) -> TaskSuite:
     s = TaskSuite(tmp_path / "suite")
     s.write_all(
-        [tiny_task("cat", "cat"), tiny_task("dog", "dog"), tiny_task("fish", "fish", held_out=True)]
+        [
+            tiny_task("cat", "cat"),
+            tiny_task("dog", "dog"),
+            # a suite-v2 task of a family no training task has
+            dataclasses.replace(
+                tiny_task("fish", "fish", held_out=True),
+                meta={"split": "new_family", "format": "yes_no"},
+            ),
+        ]
     )
     return s
 
@@ -50,7 +59,9 @@ def test_build_registers_evaluates_and_skips(
     assert (
         rec.meta["init"] == {"scheme": "shared-A", "init_seed": 0} and rec.meta["held_out"] is False
     )
-    assert registry.get_adapter(entries[1].adapter_id).meta["held_out"] is True
+    fish = registry.get_adapter(entries[1].adapter_id).meta
+    assert fish["held_out"] is True and (fish["split"], fish["format"]) == ("new_family", "yes_no")
+    assert "split" not in rec.meta  # a task without one (the default suite) records none
     traj = load_trajectory(registry.artifact(rec.id, TRAJECTORY))
     assert len(traj.snapshots) == 3 and traj.mean.keys() == traj.var.keys()
     seeds = [json.loads(line) for line in registry.artifact(rec.id, SEEDS).decode().splitlines()]
@@ -65,8 +76,18 @@ def test_build_registers_evaluates_and_skips(
 
     report = write_report(registry, str(tiny_base))
     data = json.loads(report.read_text())
-    assert data["summary"]["adapters"] == 3 and data["summary"]["held_out"] == 1
-    assert "| fish | mentions | yes |" in report.with_suffix(".md").read_text()
+    summary = data["summary"]
+    assert summary["adapters"] == 3 and summary["held_out"] == 1
+    fish_row = next(r for r in data["tasks"] if r["task"] == "fish")
+    split = summary["splits"]["new_family"]
+    fish_gain = fish_row["accuracy"] - fish_row["base_accuracy"]
+    # kept for evaluation exactly when its oracle gains at least MIN_GAIN
+    assert split["tasks"] == 1 and (split["kept"] == ["fish"]) == (fish_gain >= MIN_GAIN)
+    assert ("fish" in split["dropped"]) == (fish_gain < MIN_GAIN)
+    assert [r["split"] for r in data["tasks"]] == ["new_family", "train", "train"]
+    md = report.with_suffix(".md").read_text()
+    assert "| fish | mentions | new family |" in md and "| cat | mentions | train |" in md
+    assert "Split new_family: " in md and "Split held_out" not in md
 
 
 def _adapter_names(db: Path) -> list[str]:
