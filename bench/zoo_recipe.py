@@ -119,6 +119,22 @@ def report(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def v2_suite(given: Path | None, root: Path) -> Any:
+    """The task suite at ``given``, which must exist; else suite v2 at ``root``, built
+    there (seed 0) when missing."""
+    from generator.tasks.task import TaskSuite
+
+    suite = TaskSuite(root)
+    if not suite.exists():
+        if given is not None:
+            raise SystemExit(f"no task suite at {root} (it needs a manifest.json)")
+        from generator.tasks.suite.v2 import build_suite_v2
+
+        print(f"building task suite v2 in {root}", flush=True)
+        build_suite_v2(root, seed=0)
+    return suite
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
@@ -147,7 +163,6 @@ def main() -> None:
 
     from generator.tasks.device import resolve_device
     from generator.tasks.evaluation import Evaluator, load_base
-    from generator.tasks.task import TaskSuite
     from generator.zoo.build import task_seed
     from generator.zoo.trainer import TrainConfig, train_lora
     from registry.errors import LoramintError
@@ -155,14 +170,7 @@ def main() -> None:
 
     try:
         device = resolve_device(args.device)
-        suite = TaskSuite(root)
-        if not suite.exists():
-            if args.suite is not None:
-                raise SystemExit(f"no task suite at {root} (it needs a manifest.json)")
-            from generator.tasks.suite.v2 import build_suite_v2
-
-            print(f"building task suite v2 in {root}", flush=True)
-            build_suite_v2(root, seed=0)
+        suite = v2_suite(args.suite, root)
         reg = Registry(settings)
         bm = reg.prepare_base_model(args.base_model)
         model, tokenizer = load_base(reg.base_model_path(bm.name), str(device))

@@ -84,6 +84,12 @@ VARIABLES: tuple[Variable, ...] = (
         "`recipe`",
         "`recipe`: generated adapters kept as what rebuilds them; `weights`: as blobs",
     ),
+    Variable(
+        "LORAMINT_EMBED_PRECISION",
+        "`auto`",
+        "description embedder: `auto` runs it in bfloat16 where the CPU has native bfloat16 "
+        "products (vectors within 0.003 of float32's similarities), `float32` everywhere",
+    ),
     Variable("LORAMINT_RECIPE_CACHE_MB", "`256`", "rebuilt recipe weights kept in memory"),
     Variable(
         "LORAMINT_SESSION_SECRET",
@@ -265,6 +271,7 @@ class JobSettings:
 
 
 STORAGE = ("recipe", "weights")
+EMBED_PRECISIONS = ("auto", "float32")  # the description embedder's (registry.embeddings)
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,7 @@ class Settings:
     max_description_chars: int = MAX_DESCRIPTION_CHARS
     allow_hub: bool = False
     embedder: str = "all-minilm-l6-v2"
+    embed_precision: str = "auto"  # the description embedder's, registry.embeddings
     # Below this many vectors per base model the index is exact (flat inner
     # product); above it, HNSW. bench/search.py measures the crossover.
     exact_index_max: int = 20_000
@@ -298,6 +306,11 @@ class Settings:
             raise InvalidInput(
                 f"LORAMINT_GENERATED_STORAGE must be one of {', '.join(STORAGE)}, "
                 f"got {self.generated_storage!r}"
+            )
+        if self.embed_precision not in EMBED_PRECISIONS:
+            raise InvalidInput(
+                f"LORAMINT_EMBED_PRECISION must be one of {', '.join(EMBED_PRECISIONS)}, "
+                f"got {self.embed_precision!r}"
             )
 
     @property
@@ -331,6 +344,7 @@ class Settings:
             allow_hub=env.flag("LORAMINT_ALLOW_HUB"),
             exact_index_max=env.integer("LORAMINT_EXACT_INDEX_MAX", 20_000),
             generated_storage=env.text("LORAMINT_GENERATED_STORAGE") or "recipe",
+            embed_precision=env.text("LORAMINT_EMBED_PRECISION") or "auto",
             recipe_cache_bytes=int(env.number("LORAMINT_RECIPE_CACHE_MB", 256.0) * 1024 * 1024),
             api=ApiSettings.read(env),
             ui=UiSettings.read(env),
@@ -349,6 +363,7 @@ class Settings:
             "LORAMINT_EXACT_INDEX_MAX": str(self.exact_index_max),
             "LORAMINT_JOB_LEASE_S": repr(self.jobs.lease_seconds),
             "LORAMINT_GENERATED_STORAGE": self.generated_storage,
+            "LORAMINT_EMBED_PRECISION": self.embed_precision,
             "LORAMINT_RECIPE_CACHE_MB": repr(self.recipe_cache_bytes / (1024 * 1024)),
         }
         return env

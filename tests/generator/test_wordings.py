@@ -44,9 +44,11 @@ def test_paraphrases_are_kept_keyed_by_their_mean_and_trained_on(
     mean = torch.nn.functional.normalize(each.mean(0), dim=-1)
     assert torch.allclose(bank.embeddings[0], mean, atol=1e-6)
     assert torch.allclose(bank.wordings[0], each, atol=1e-6)
-    # one wording: the description's own embedding, bit for bit
+    # one wording: its own vector as key, with no mean taken; that vector is the
+    # description's embedding (to bfloat16 rounding, which depends on the batch it ran in)
+    assert torch.equal(bank.embeddings[2], bank.wordings[2][0])
     own = reg.embedder.encode([tasks[2].description])[0]
-    assert np.array_equal(bank.embeddings[2].numpy(), own.astype(np.float32))
+    assert float(np.abs(bank.embeddings[2].numpy() - own).max()) < 3e-3
 
     # ICM-LoRA trains on every wording: the same bank with only the first wordings
     # trains another network

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
-from registry.embeddings import BATCH, MiniLMEmbedder
+from registry.embeddings import BATCH, MiniLMEmbedder, native_bf16
+from registry.errors import InvalidInput
+from registry.settings import Settings
+
+TEXTS = [f"Is this text about topic {i}?" + " Answer yes or no." * (i % 4) for i in range(70)]
+TEXTS += ["word " * 400, "é ü ß 漢字", "", "x"]  # truncated, non-ASCII, empty, one token
 
 
-def test_vectors_are_sentence_transformers_bit_for_bit(embedder: MiniLMEmbedder) -> None:
-    """Registries hold vectors SentenceTransformer.encode made; the direct call must give
-    the same bits, alone, in a padded batch and across batches of mixed lengths."""
-    texts = [f"Is this text about topic {i}?" + " Answer yes or no." * (i % 4) for i in range(70)]
-    texts += ["word " * 400, "é ü ß 漢字", "", "x"]  # truncated, non-ASCII, empty, one token
+@pytest.fixture(scope="module")
+def float32() -> MiniLMEmbedder:
+    return MiniLMEmbedder(precision="float32")
+
+
+def test_float32_vectors_are_sentence_transformers_bit_for_bit(float32: MiniLMEmbedder) -> None:
+    """In float32 the direct call gives SentenceTransformer.encode's bits, alone, in a
+    padded batch and across batches of mixed lengths."""
+    embedder = float32
+    assert not embedder.bfloat16
+    texts = TEXTS
     for chosen in (texts[:1], texts[:9], texts):
         reference = embedder._model.encode(
             chosen, batch_size=BATCH, convert_to_numpy=True, normalize_embeddings=True
@@ -20,3 +34,42 @@ def test_vectors_are_sentence_transformers_bit_for_bit(embedder: MiniLMEmbedder)
         assert vectors.dtype == np.float32 and vectors.shape == (len(chosen), embedder.dim)
         assert np.array_equal(vectors, reference)
     assert embedder.encode([]).shape == (0, embedder.dim)
+
+
+def test_default_runs_in_bfloat16_only_where_the_cpu_has_it(
+    embedder: MiniLMEmbedder, float32: MiniLMEmbedder
+) -> None:
+    """``auto`` (the default) autocasts to bfloat16 on a CPU with native bfloat16
+    products; its unit vectors stay within 0.003 of float32's similarities."""
+    assert embedder.bfloat16 == native_bf16()
+    ours, reference = embedder.encode(TEXTS), float32.encode(TEXTS)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    sims, ref_sims = ours @ reference.T, reference @ reference.T
+    assert np.abs(sims - ref_sims).max() < 0.003
+    if embedder.bfloat16:  # autocast is on: not float32's bits
+        assert not np.array_equal(ours, reference)
+    else:
+        assert np.array_equal(ours, reference)
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not native_bf16(info)
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bf16(info)
+    info.write_text("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert native_bf16(info)
+    assert not native_bf16(tmp_path / "missing")
+
+
+def test_a_wrong_precision_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="precision must be one of auto, float32"):
+        MiniLMEmbedder(precision="bfloat16")
+    env = {"LORAMINT_HOME": str(tmp_path), "LORAMINT_EMBED_PRECISION": "fp16"}
+    with pytest.raises(InvalidInput, match="LORAMINT_EMBED_PRECISION must be one of"):
+        Settings.from_env(env)
+    assert Settings.from_env(env | {"LORAMINT_EMBED_PRECISION": "float32"}).embed_precision == (
+        "float32"
+    )
