@@ -23,11 +23,16 @@ suite="$LORAMINT_HOME/tasks/v2"
 "$bin/loramint" db upgrade
 "$bin/loramint" models prepare smollm2-135m-instruct
 [ -f "$suite/manifest.json" ] || "$bin/loramint" tasks build --suite v2
-names() {  # suite v2's tasks with held_out == $1, in $jobs comma-separated lines
+names() {  # suite v2's tasks with held_out == $1, in $jobs comma-separated lines, taking
+  # the families in turn so that a run stopped early has covered every family alike
   "$bin/python" - "$suite" "$1" "$jobs" <<'PY'
-import json, sys
+import itertools, json, sys
 root, held, jobs = sys.argv[1], sys.argv[2] == "true", int(sys.argv[3])
-tasks = [t["name"] for t in json.load(open(f"{root}/manifest.json"))["tasks"] if t["held_out"] == held]
+families = {}
+for t in json.load(open(f"{root}/manifest.json"))["tasks"]:
+    if t["held_out"] == held:
+        families.setdefault(t["family"], []).append(t["name"])
+tasks = [n for turn in itertools.zip_longest(*families.values()) for n in turn if n]
 for part in range(jobs):
     if tasks[part::jobs]:
         print(",".join(tasks[part::jobs]))
