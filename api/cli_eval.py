@@ -176,7 +176,7 @@ def eval_fewshot(
     from generator.serve.generate import generator_for
     from generator.serve.generator import Generator
     from generator.tasks.evaluation import Evaluator
-    from generator.zoo.build import adapter_name
+    from generator.zoo.build import adapter_name, gains_enough
     from registry.errors import GeneratorNotFound, InvalidInput
     from registry.service import Registry
 
@@ -200,7 +200,7 @@ def eval_fewshot(
                     f"skipped {task.name}: its zoo adapter was not evaluated (`loramint eval "
                     f"--adapter {rec.id} --task {task.name}` measures it)"
                 )
-            elif gain >= min_gain:
+            elif gains_enough(gain, min_gain):
                 selected.append(task)
             else:
                 err.print(f"skipped {task.name}: oracle gain {gain:+.3f} < {min_gain}")

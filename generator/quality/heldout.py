@@ -37,7 +37,7 @@ from generator.quality.stats import Outcomes, Summary, summarise
 from generator.serve.generator import Generator, Request
 from generator.tasks.evaluation import EvalResult, Evaluator
 from generator.tasks.task import Task
-from generator.zoo.build import MIN_GAIN, ZOO_PREFIX
+from generator.zoo.build import MIN_GAIN, ZOO_PREFIX, gains_enough
 from registry.blobs import write_atomic
 from registry.errors import InvalidInput
 from registry.lora_spec import Adapter
@@ -212,7 +212,7 @@ def evaluate(
         row.oracle = _score(row, "oracle", evaluator.accuracy(task, oracle_weights(
             registry, base_model, task)), task)  # fmt: skip
         _score(row, "base", evaluator.accuracy(task), task)
-        if row.gain < min_gain:
+        if not gains_enough(row.gain, min_gain):
             dropped.append(row)
             continue
         q = torch.as_tensor(registry.embedder.encode([row.description])[0])

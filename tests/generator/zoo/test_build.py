@@ -17,7 +17,7 @@ import pytest
 from generator.sandbox import tiny_task
 from generator.tasks.task import TaskSuite
 from generator.zoo.artifacts import SEEDS, TRAJECTORY, load_trajectory
-from generator.zoo.build import MIN_GAIN, build_zoo, write_report
+from generator.zoo.build import MIN_GAIN, build_zoo, gains_enough, write_report
 from generator.zoo.trainer import TrainConfig
 from registry.service import Registry
 
@@ -82,8 +82,8 @@ def test_build_registers_evaluates_and_skips(
     split = summary["splits"]["new_family"]
     fish_gain = fish_row["accuracy"] - fish_row["base_accuracy"]
     # kept for evaluation exactly when its oracle gains at least MIN_GAIN
-    assert split["tasks"] == 1 and (split["kept"] == ["fish"]) == (fish_gain >= MIN_GAIN)
-    assert ("fish" in split["dropped"]) == (fish_gain < MIN_GAIN)
+    assert split["tasks"] == 1 and (split["kept"] == ["fish"]) == gains_enough(fish_gain)
+    assert ("fish" in split["dropped"]) == (not gains_enough(fish_gain))
     assert [r["split"] for r in data["tasks"]] == ["new_family", "train", "train"]
     md = report.with_suffix(".md").read_text()
     assert "| fish | mentions | new family |" in md and "| cat | mentions | train |" in md
@@ -147,3 +147,9 @@ def test_killed_build_resumes_without_duplicates(
     for rec in reg.list_adapters():
         reg.adapter_files(rec.id)  # blob present and sha256-verified
         assert reg.artifact_names(rec.id) == [SEEDS, TRAJECTORY]
+
+
+def test_a_gain_that_prints_as_the_threshold_reaches_it() -> None:
+    assert MIN_GAIN > 0.64 - 0.54 and gains_enough(0.64 - 0.54)  # 0.09999999999999998
+    assert not gains_enough(0.099) and gains_enough(0.3) and not gains_enough(-0.2)
+    assert gains_enough(0.05, 0.05) and not gains_enough(0.04, 0.05)
