@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,7 +51,6 @@ class _Pending:
 class BatchStats:
     batches: int = 0
     requests: int = 0
-    sizes: list[int] = field(default_factory=list)
 
 
 class GenerationBatcher:
@@ -204,7 +203,6 @@ class GenerationBatcher:
         with self._stats_lock:
             self.stats.batches += 1
             self.stats.requests += len(requests)
-            self.stats.sizes.append(len(requests))
         if self.on_batch:
             self.on_batch(len(requests), time.perf_counter() - t0)
         return results
