@@ -35,13 +35,16 @@ BATCH = 32
 
 
 def mixture(sims: np.ndarray, k: int, tau: float) -> np.ndarray:
-    """SG-LoRA's mixture per row as a dense (rows, experts) matrix: softmax(sim / tau)
-    over the row's top k, zero elsewhere."""
+    """SG-LoRA's mixture per row as a dense (rows, experts) matrix: its softmax weights
+    (``softmax_weights``) over the row's top k, zero elsewhere."""
+    import torch
+
+    from generator.hypernet.mixture import softmax_weights
+
     top = np.argsort(-sims, axis=1)[:, :k]
-    chosen = np.take_along_axis(sims, top, 1) / tau
-    w = np.exp(chosen - chosen.max(1, keepdims=True))
     dense = np.zeros_like(sims)
-    np.put_along_axis(dense, top, w / w.sum(1, keepdims=True), 1)
+    for row, idx in enumerate(top):
+        dense[row, idx] = softmax_weights(torch.as_tensor(sims[row, idx]), tau).numpy()
     return dense
 
 
