@@ -16,6 +16,7 @@ from generator.tasks.suite import build_default_suite
 from generator.tasks.suite.v2 import (
     FORMATS,
     HELD_SHARE,
+    TRAIN_ONLY,
     build_suite_v2,
     split_table,
     v2_tasks,
@@ -123,8 +124,12 @@ def test_held_out_draw_is_stratified_and_one_family_is_new(built: tuple[Path, li
     assert sum(c["held_out"] for c in by_family.values()) >= 30
     for family, counts in by_family.items():
         n = counts["train"] + counts["held_out"]
+        if family in TRAIN_ONLY:
+            assert set(counts) == {"train"}, (family, counts)
+            continue
         assert set(counts) == {"train", "held_out"}, (family, counts)
         assert counts["held_out"] == max(1, round(HELD_SHARE * n)), (family, counts)
+    assert sum(c["train"] for c in by_family.values()) >= 200
 
 
 def test_manifest_lists_every_task_with_its_split_and_reads_back(
