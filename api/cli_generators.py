@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from api.cli_zoo import BaseOpt, SuiteOpt, open_suite
+from api.cli_zoo import BaseOpt, DeviceOpt, SuiteOpt, open_suite
 from generator.fit.config import FinetuneConfig, GeneratorConfig
 
 generator_app = typer.Typer(help="Generators (SG-LoRA, ICM-LoRA).", no_args_is_help=True)
@@ -84,6 +84,7 @@ def generator_train(
     suite: SuiteOpt = None,
     name: Annotated[str | None, typer.Option(help="Generator name.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Train a generator on the base model's registered (not held-out) adapters."""
     from tqdm import tqdm
@@ -111,6 +112,7 @@ def generator_train(
         tasks=tasks,
         on_progress=lambda m: err.print(m),
         on_step=on_step,
+        device=device,
     )
     if "bar" in bar:
         bar["bar"].close()
@@ -141,6 +143,7 @@ def generator_finetune(
     generator_id: Annotated[int, typer.Argument(help="Generator id to start from.")],
     suite: SuiteOpt = None,
     name: Annotated[str | None, typer.Option(help="Name of the new generator.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Fine-tune a generator end to end through the base model's task loss (new generator)."""
     from tqdm import tqdm
@@ -158,7 +161,7 @@ def generator_finetune(
 
     rec = finetune_generator(
         reg, generator_id, tasks, config, name=name,
-        on_progress=lambda m: err.print(m), on_step=on_step,
+        on_progress=lambda m: err.print(m), on_step=on_step, device=device,
     )  # fmt: skip
     bar.close()
     m = rec.hyperparameters

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         config = GeneratorConfig(method=args.method, select=args.select, steps=args.steps)
         gen_rec = found[0] if found else train_generator(
             reg, bm.name, config, name=name, tasks=subset,
-            expert_ids=[ids[t.name] for t in subset],
+            expert_ids=[ids[t.name] for t in subset], device=args.device,
         )[0]  # fmt: skip
         print(f"{n} training tasks: the multi-task LoRA", flush=True)
         mt_name = multitask.NAME if n == len(training) else f"{multitask.NAME}-{n}"

@@ -30,6 +30,7 @@ from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.methods import SG_LORA
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import Tokens, from_tokens, to_tokens, var_tokens
+from generator.tasks.device import model_device
 from generator.tasks.evaluation import FunctionalLora
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.task import Task
@@ -37,8 +38,11 @@ from generator.zoo.trainer import collate, encode, forward_with_prefix, split_pr
 from registry.errors import InvalidInput
 
 
-def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tokens]:
-    """A closure decoding (at the prior mean) the adapter expert ``index``'s task would get."""
+def _decoder(
+    ckpt: Checkpoint, bank: ExpertBank, index: int, device: torch.device
+) -> Callable[[], Tokens]:
+    """A closure decoding (at the prior mean, on ``device``) the adapter expert ``index``'s
+    task would get."""
     layout, norm = ckpt.layout, ckpt.normaliser
     e = bank.experts[index]
     if ckpt.method == SG_LORA:
@@ -46,7 +50,7 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
         assert isinstance(net, SGLoraNet)
         k, tau, gate = int(ckpt.hyper["k"]), float(ckpt.hyper["tau"]), ckpt.hyper.get("gate")
         mixture = loo_mixture(bank, index, k, tau, gate)
-        mean = to_tokens(layout, norm, [mixture.mean])
+        mean = _to(to_tokens(layout, norm, [mixture.mean]), device)
         logvar = var_tokens(
             layout,
             norm,
@@ -54,12 +58,18 @@ def _decoder(ckpt: Checkpoint, bank: ExpertBank, index: int) -> Callable[[], Tok
             float(ckpt.hyper["logvar_shift"]),
             float(ckpt.hyper["logvar_scale"]),
         )
+        logvar = _to(logvar, device)
         return lambda: net.sample(mean, logvar)
     icm = ckpt.net
     assert isinstance(icm, ICMLoraNet)
     cond = icm_condition(bank.embeddings[index], None, int(ckpt.hyper["hidden_size"]))[None]
+    cond = cond.to(device)
     del e
     return lambda: icm.sample(cond)
+
+
+def _to(tokens: Tokens, device: torch.device) -> Tokens:
+    return {m: t.to(device) for m, t in tokens.items()}
 
 
 def finetune(
@@ -79,6 +89,9 @@ def finetune(
     the generator decodes their adapters and their task loss is measured; the
     state with the lowest validation loss is kept, the untuned one included,
     so the stage cannot make unseen tasks worse than it found them.
+
+    The generator runs where ``model`` is (a GPU, say); the normaliser's statistics,
+    the experts and the returned network stay on the CPU.
     """
     if not tasks:
         raise InvalidInput("end-to-end fine-tuning needs the training experts' tasks")
@@ -94,7 +107,9 @@ def finetune(
     fmt = PromptFormat.for_tokenizer(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     layout, norm = ckpt.layout, ckpt.normaliser
-    decoders = {i: _decoder(ckpt, bank, i) for i in tasks}
+    device = model_device(model)
+    net = ckpt.net.to(device)
+    decoders = {i: _decoder(ckpt, bank, i, device) for i in tasks}
     encoded = {
         i: split_prefix(encode(fmt, t.description, t.train, config.max_prompt_tokens))
         for i, t in tasks.items()
@@ -102,16 +117,15 @@ def finetune(
     anchors = {i: to_tokens(layout, norm, [bank.experts[i].mean]) for i in tasks}
     stack = contextlib.ExitStack()  # the LoRA stays attached until the loop ends
     lora = stack.enter_context(FunctionalLora(model, ckpt.template))
-    net = ckpt.net
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     order: list[int] = []
     losses: list[float] = []
     val_batches = {i: encoded[i][1][: 2 * batch_size] for i in val_ids}
 
     def task_loss_of(i: int, batch: list[Any]) -> tuple[torch.Tensor, Tokens]:
-        tokens = decoders[i]()  # {m: (1, L, r, w)}
-        weights = layout.unflatten(from_tokens(layout, norm, tokens)[0])
-        ids, mask, pos, targets, tgt_mask = collate(batch, pad)
+        tokens = _to(decoders[i](), torch.device("cpu"))  # {m: (1, L, r, w)}, where norm is
+        weights = _to(layout.unflatten(from_tokens(layout, norm, tokens)[0]), device)
+        ids, mask, pos, targets, tgt_mask = collate(batch, pad, device)
         call = lora.bind(weights)
         prefix = encoded[i][0]
         logits = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)[:, :-1]
@@ -165,6 +179,7 @@ def finetune(
                 checkpoint_val(step)
     finally:
         stack.close()
+        net.to("cpu")
     net.eval()
     stats: dict[str, Any] = {}
     if best is not None:

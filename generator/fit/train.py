@@ -54,11 +54,13 @@ def fit(
     tasks: Sequence[Task] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
+    device: str = "auto",
 ) -> FitResult:
     """Fit ``config.method`` on ``bank``. For SG-LoRA, the training experts' tasks
     (``tasks``, default: the default suite's) let it choose K, tau and the gate by
     task accuracy (``config.select`` "task") and check its learned correction on the
-    validation experts' tasks; without them both fall back to update space."""
+    validation experts' tasks; without them both fall back to update space. That
+    scoring runs the base model on ``device``; the generator trains on the CPU."""
     if config.method == ICM_LORA:
         vectors, hidden = expert_task_vectors(registry, bank, on_progress)
         return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
@@ -75,7 +77,7 @@ def fit(
             fallback = ", K and tau by weight-space error" if by_task else ""
             on_progress(f"no expert's task at hand: no task check of the correction{fallback}")
         return fit_sg(bank, config, on_step=on_step)
-    evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model))
+    evaluator = Evaluator.from_path(registry.base_model_path(bank.base_model), device=device)
     choice = None
     if config.select == "task" and (config.k is None or config.tau is None):
         if on_progress:
@@ -107,15 +109,20 @@ def train_generator(
     expert_ids: Sequence[int] | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
+    device: str = "auto",
 ) -> tuple[GeneratorRecord, dict[str, Any]]:
     """Train a generator on every eligible expert of ``base_model`` (or on exactly
-    ``expert_ids``, eligible ones only) and register it."""
+    ``expert_ids``, eligible ones only) and register it. ``device``: where SG-LoRA's
+    task scoring runs the base model (``fit``)."""
     check_method(config.method)
     bm = registry.prepare_base_model(base_model, on_progress=on_progress)
     if on_progress:
         on_progress(f"loading the expert adapters of {bm.name}")
     bank = ExpertBank.from_registry(registry, bm.name, ids=expert_ids)
-    result = fit(registry, bank, config, tasks=tasks, on_progress=on_progress, on_step=on_step)
+    result = fit(
+        registry, bank, config, tasks=tasks, on_progress=on_progress, on_step=on_step,
+        device=device,
+    )  # fmt: skip
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
     record = registry.add_generator(
         result.checkpoint.to_bytes(),
@@ -138,10 +145,12 @@ def finetune_generator(
     name: str | None = None,
     on_progress: Callable[[str], None] | None = None,
     on_step: StepCallback | None = None,
+    device: str = "auto",
 ) -> GeneratorRecord:
     """Fine-tune generator ``generator_id`` end to end on its experts' tasks and register
     the result as a new generator (the original stays as it was). ``val_fraction``
-    of the tasks are only validated on; the best validation state is kept."""
+    of the tasks are only validated on; the best validation state is kept. The base
+    model and the generator run on ``device`` (``generator.tasks.device``)."""
     config = config or FinetuneConfig()
     from generator.fit.finetune import finetune
     from generator.hypernet.checkpoint import Checkpoint
@@ -155,7 +164,7 @@ def finetune_generator(
     tasks = bank.tasks_of(suite_tasks)
     if on_progress:
         on_progress(f"fine-tuning through {rec.base_model} on {len(tasks)} training tasks")
-    model, tokenizer = load_base(registry.base_model_path(rec.base_model))
+    model, tokenizer = load_base(registry.base_model_path(rec.base_model), device)
     stats = finetune(ckpt, bank, tasks, model, tokenizer, config, on_step=on_step)
     ckpt.hyper = {**ckpt.hyper, "finetuned_from": rec.id, **stats}
     return registry.add_generator(

@@ -211,7 +211,7 @@ class ICMLoraNet(nn.Module):
     def sample(self, condition: torch.Tensor, eps: torch.Tensor | None = None) -> Tokens:
         """Inference: z = eps ~ N(0, I); eps (N, Z), None = the prior mean 0."""
         c = self.cond(condition)  # (N, h)
-        z = torch.zeros((c.shape[0], self.config.latent)) if eps is None else eps
+        z = torch.zeros((c.shape[0], self.config.latent), device=c.device) if eps is None else eps
         return self.decode(z, c)
 
 

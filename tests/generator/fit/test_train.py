@@ -47,6 +47,39 @@ def test_end_to_end_finetune_moves_the_generator_and_registers_a_new_one(
     assert cols["sg-lora+e2e"].id == tuned.id and cols["sg-lora"].id == rec.id
 
 
+@pytest.mark.parametrize("method", ["sg-lora", "icm-lora"])
+def test_end_to_end_finetune_runs_where_asked_and_returns_to_the_cpu(
+    world: SandboxWorld, method: str
+) -> None:
+    """``device`` moves the base model and the generator there for the run; the new
+    generator's tensors come back on the CPU. With a GPU the two runs agree within
+    float rounding (AdamW amplifies it on near-zero gradients, hence the loose bound on
+    the weights and the tight one on the loss)."""
+    from generator.fit.train import finetune_generator
+
+    reg: Registry = world.registry
+    rec, _ = train_generator(
+        reg, world.base,
+        GeneratorConfig(method=method, hidden=32, latent=4, steps=10, val_fraction=0.0),
+        name=f"plain-{method}",
+    )  # fmt: skip
+    config = FinetuneConfig(steps=4, lr=1e-2, batch_size=4, val_fraction=0.0)
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    runs = {}
+    for device in devices:
+        tuned = finetune_generator(
+            reg, rec.id, list(world.suite), config, device=device, name=f"tuned-{method}-{device}"
+        )
+        net = Checkpoint.from_bytes(reg.generator_checkpoint(tuned.id)).net
+        assert {p.device.type for p in net.parameters()} == {"cpu"}
+        runs[device] = (tuned.hyperparameters, net.state_dict())
+    if "cuda" in runs:
+        (cpu_h, cpu_w), (gpu_h, gpu_w) = runs["cpu"], runs["cuda"]
+        assert gpu_h["e2e_loss_first10"] == pytest.approx(cpu_h["e2e_loss_first10"], rel=1e-3)
+        for name, weight in cpu_w.items():
+            torch.testing.assert_close(gpu_w[name], weight, atol=5e-2, rtol=0)
+
+
 def test_end_to_end_finetune_keeps_its_best_validation_state(world: SandboxWorld) -> None:
     from generator.fit.train import finetune_generator
 
