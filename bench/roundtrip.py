@@ -1,6 +1,7 @@
 """A generated adapter, downloaded as a zip over HTTP, scores what the harness reported.
 
     .venv/bin/python bench/roundtrip.py [--method sg-lora] [--tasks a,b] [--base-model M]
+        [--suite PATH]
     .venv/bin/python bench/roundtrip.py --fewshot 16 [--fewshot-method refine]
 
 Zero-shot (the default): reads the quality report `loramint eval generators`
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="", help="comma-separated (default: all in the report)")
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
     ap.add_argument("--home", type=Path, default=Settings.from_env().home)
+    ap.add_argument("--suite", type=Path, help="task suite folder (default: HOME/tasks/default)")
     ap.add_argument("--fewshot", type=int, default=0, help="examples per request (0: none)")
     ap.add_argument(
         "--fewshot-method", default="refine", choices=FEWSHOT_METHODS,
@@ -70,6 +72,7 @@ def main() -> None:
     if args.fewshot < 0:
         raise SystemExit("--fewshot must be at least 0")
     os.environ.setdefault("LORAMINT_HOME", str(args.home))
+    args.suite = args.suite or args.home / "tasks" / "default"
     cases = fewshot_cases(args) if args.fewshot else zero_shot_cases(args)
     sys.exit(1 if run(args, cases) else 0)
 
@@ -99,7 +102,7 @@ def zero_shot_cases(args: argparse.Namespace) -> list[Case]:
     columns = {int(i): c for c, i in report["generators"].items()}
     seed = int(report["settings"]["seed"])
     rows = {r["task"]: r for r in report["tasks"]}
-    suite = TaskSuite(args.home / "tasks" / "default")
+    suite = TaskSuite(args.suite)
 
     def expected(row: dict[str, Any]) -> Callable[[dict[str, Any]], tuple[float, str]]:
         def read(response: dict[str, Any]) -> tuple[float, str]:
@@ -117,7 +120,8 @@ def zero_shot_cases(args: argparse.Namespace) -> list[Case]:
         Case(
             task,
             {
-                "description": suite.load(task).description,
+                # the wording the harness generated from (suite v2: the evaluation one)
+                "description": rows[task].get("description") or suite.load(task).description,
                 "base_model": args.base_model,
                 "method": args.method,
                 "seed": seed,
@@ -140,7 +144,7 @@ def fewshot_cases(args: argparse.Namespace) -> list[Case]:
     scored = sorted(
         {key.split("|")[0] for key in cells if key.endswith(f"|{args.fewshot}|0|{method}")}
     )
-    suite = TaskSuite(args.home / "tasks" / "default")
+    suite = TaskSuite(args.suite)
     cases = []
     for task_name in chosen(args, scored):
         task = suite.load(task_name)
@@ -185,7 +189,7 @@ def run(args: argparse.Namespace, cases: list[Case]) -> int:
     from generator.tasks.task import TaskSuite
     from registry.service import Registry
 
-    suite = TaskSuite(args.home / "tasks" / "default")
+    suite = TaskSuite(args.suite)
     base_path = Registry().base_model_path(args.base_model)
     models = Settings.from_env(dict(os.environ) | {"LORAMINT_HOME": str(args.home)}).model_cache
     failures = 0
