@@ -34,7 +34,7 @@ from registry.lora_spec import KEY_PREFIX, Tensors, check_tensors, spec_from_con
 ROWS_PER_BATCH = 128  # (candidate, prompt) rows in one pass at most
 
 
-class _Rows:
+class Rows:
     """The candidate of each row of the batch the model runs next, shared by every
     wrapped layer. A batch k times as long holds each row k times in a row (the
     label pass of ``score_batch`` repeats every prompt once per label)."""
@@ -49,11 +49,11 @@ class _Rows:
         return self.index if batch == n else self.index.repeat_interleave(batch // n)
 
 
-class _RowLora(torch.nn.Module):
+class RowLora(torch.nn.Module):
     """A linear layer plus, for each row, the low-rank update of that row's candidate."""
 
     def __init__(
-        self, base: torch.nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float, rows: _Rows
+        self, base: torch.nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float, rows: Rows
     ) -> None:
         super().__init__()
         self.base, self.scale, self.rows = base, scale, rows
@@ -75,7 +75,7 @@ class MultiLora:
     ) -> None:
         if not self.supports(config):
             raise ValueError("MultiLora takes plain LoRA configs only (see MultiLora.supports)")
-        self.model, self.rows = model, _Rows()
+        self.model, self.rows = model, Rows()
         spec = spec_from_config(config)
         linear = {
             name: [m.in_features, m.out_features]
@@ -111,7 +111,7 @@ class MultiLora:
                 base = getattr(parent, name)
                 a = self._stack(f"{KEY_PREFIX}{path}.lora_A.weight", device)
                 b = self._stack(f"{KEY_PREFIX}{path}.lora_B.weight", device)
-                setattr(parent, name, _RowLora(base, a, b, self.scale, self.rows))
+                setattr(parent, name, RowLora(base, a, b, self.scale, self.rows))
                 self.swapped.append((parent, name, base))
         except BaseException:
             self.__exit__()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from generator.tasks.device import model_device
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.task import Example
+from generator.zoo.trajectory import Trajectory
 from registry.base_models import MODEL_LOADING
 from registry.errors import InvalidInput
 from registry.lora_spec import Tensors
@@ -290,9 +291,7 @@ def train_multitask(
         raise InvalidInput("early stopping validates one task")
     if stop_after is not None and not 1 <= stop_after <= config.steps:
         raise InvalidInput(f"stop_after must be in [1, {config.steps}], got {stop_after}")
-    pad_id = fmt.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = fmt.tokenizer.eos_token_id or 0
+    pad_id = pad_id_of(fmt)
     encoded = [split_prefix(encode(fmt, d, ex, config.max_prompt_tokens)) for d, ex in groups]
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
@@ -321,6 +320,11 @@ def train_multitask(
         )
     finally:
         peft_model.unload()  # back to the bare base model for the next task
+
+
+def pad_id_of(fmt: PromptFormat) -> int:
+    pad_id = fmt.tokenizer.pad_token_id
+    return int(pad_id) if pad_id is not None else int(fmt.tokenizer.eos_token_id or 0)
 
 
 def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -365,16 +369,7 @@ def _train(
         check(0)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config))
-    start = int(config.steps * config.trajectory_start)
-    late = config.steps - start
-    snap_at = {
-        start + round(i * (late - 1) / max(1, config.snapshots - 1))
-        for i in range(config.snapshots)
-    }
-    mean: Tensors = {}
-    m2: Tensors = {}
-    count = 0
-    snapshots: list[Tensors] = []
+    trajectory = Trajectory(config.steps, config.trajectory_start, config.snapshots)
     losses: list[float] = []
     tokens = 0
     peft_model.train()
@@ -393,24 +388,14 @@ def _train(
         sched.step()
         tokens += int(mask.sum()) + len(prefix) * ids.shape[0]  # tokens the batch stands for
         losses.append(loss.item())
-        if step >= start:
-            count += 1
-            for k, v in lora_state(peft_model).items():
-                if k not in mean:
-                    mean[k], m2[k] = v.clone(), torch.zeros_like(v)
-                else:  # Welford's running mean and sum of squared deviations
-                    delta = v - mean[k]
-                    mean[k] += delta / count
-                    m2[k] += delta * (v - mean[k])
-            if step in snap_at:
-                snapshots.append(lora_state(peft_model))
+        if step >= trajectory.start:
+            trajectory.add(step, lora_state(peft_model))
         if on_step:
             on_step(step, losses[-1])
         if early_stop is not None and (step + 1) % early_stop.every == 0 and check(step + 1):
             break
     seconds = time.perf_counter() - t0
     peft_model.eval()
-    var = {k: m2[k] / max(1, count - 1) for k in m2}
     extra: dict[str, Any] = {}
     weights = lora_state(peft_model)
     if best is not None:
@@ -419,9 +404,9 @@ def _train(
     return TrainResult(
         peft_config=peft_config_dict(peft_model),
         weights=weights,
-        mean=mean,
-        var=var,
-        snapshots=snapshots,
+        mean=trajectory.mean,
+        var=trajectory.var(),
+        snapshots=trajectory.snapshots,
         losses=losses,
         seconds=seconds,
         tokens=tokens,

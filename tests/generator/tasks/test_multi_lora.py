@@ -72,7 +72,7 @@ def test_scores_equal_each_adapter_attached_alone(
     assert not torch.allclose(got[0], got[1], atol=1e-3)  # the candidates do differ
     # the model is left as it was
     assert torch.equal(label_logprobs(evaluator.model, prompts, labels, pad_id=0), before)
-    assert not any(isinstance(m, multi_lora._RowLora) for m in evaluator.model.modules())
+    assert not any(isinstance(m, multi_lora.RowLora) for m in evaluator.model.modules())
 
 
 def test_small_batches_and_no_shared_prefix(
@@ -94,7 +94,7 @@ def test_bad_weights_are_refused_and_change_nothing(evaluator: Evaluator) -> Non
     bad.pop(next(iter(bad)))
     with pytest.raises(InvalidAdapter, match="missing tensor"):
         label_logprobs_many(evaluator.model, CONFIG, [good, bad], [[4, 5]], [[5], [6]], pad_id=0)
-    assert not any(isinstance(m, multi_lora._RowLora) for m in evaluator.model.modules())
+    assert not any(isinstance(m, multi_lora.RowLora) for m in evaluator.model.modules())
     assert not MultiLora.supports({**CONFIG, "rank_pattern": {"q_proj": 2}})
     with pytest.raises(ValueError, match="plain LoRA"):
         MultiLora(evaluator.model, {**CONFIG, "alpha_pattern": {"q_proj": 2.0}}, [good])
