@@ -18,7 +18,9 @@
 # step resumes where a killed run stopped, except a multi-task LoRA or a
 # generator that was training. On 2 CPU cores the zoo alone takes about 7 hours
 # (254 adapters at about 97 s) and the multi-task LoRAs about as long again: a
-# GPU job (one H200, JOBS=8 DEVICE=cuda: the zoo in 10 minutes).
+# GPU job (one H200, JOBS=8 DEVICE=cuda: the zoo in 10 minutes). Building the suite
+# needs Debian's wordnet-base; on a machine without it, copy $LORAMINT_HOME/tasks/v2
+# from one that built it (the build is deterministic) and this script keeps it.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$repo/.venv/bin"
@@ -88,7 +90,7 @@ stage serving the best generator
 read -r best method tasks < <("$bin/python" - "$LORAMINT_HOME/results" <<'PY'
 import glob, json, sys
 report = json.load(open(sorted(glob.glob(f"{sys.argv[1]}/quality-*.json"))[0]))
-rows = [t for t in report["tasks"] if t["split"] == "held_out"]
+rows = [t for t in report["tasks"] if t["split"] == "held_out"] or report["tasks"]
 share = {c: sum(t["gain_share"][c] for t in rows) / len(rows) for c in report["generators"]}
 best = max(share, key=share.get)
 print(report["generators"][best], best.split("+")[0], ",".join(t["task"] for t in rows[:5]))
