@@ -90,8 +90,8 @@ def finetune(
     state with the lowest validation loss is kept, the untuned one included,
     so the stage cannot make unseen tasks worse than it found them.
 
-    The generator runs where ``model`` is (a GPU, say); the normaliser's statistics,
-    the experts and the returned network stay on the CPU.
+    The generator runs where ``model`` is (a GPU, say); the experts and the returned
+    network stay on the CPU.
     """
     if not tasks:
         raise InvalidInput("end-to-end fine-tuning needs the training experts' tasks")
@@ -109,12 +109,13 @@ def finetune(
     layout, norm = ckpt.layout, ckpt.normaliser
     device = model_device(model)
     net = ckpt.net.to(device)
+    on_device = norm.to(device)  # the decoded adapters are de-normalised where they are
     decoders = {i: _decoder(ckpt, bank, i, device) for i in tasks}
     encoded = {
         i: split_prefix(encode(fmt, t.description, t.train, config.max_prompt_tokens))
         for i, t in tasks.items()
     }
-    anchors = {i: to_tokens(layout, norm, [bank.experts[i].mean]) for i in tasks}
+    anchors = {i: _to(to_tokens(layout, norm, [bank.experts[i].mean]), device) for i in tasks}
     stack = contextlib.ExitStack()  # the LoRA stays attached until the loop ends
     lora = stack.enter_context(FunctionalLora(model, ckpt.template))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
@@ -123,8 +124,8 @@ def finetune(
     val_batches = {i: encoded[i][1][: 2 * batch_size] for i in val_ids}
 
     def task_loss_of(i: int, batch: list[Any]) -> tuple[torch.Tensor, Tokens]:
-        tokens = _to(decoders[i](), torch.device("cpu"))  # {m: (1, L, r, w)}, where norm is
-        weights = _to(layout.unflatten(from_tokens(layout, norm, tokens)[0]), device)
+        tokens = decoders[i]()  # {m: (1, L, r, w)}
+        weights = layout.unflatten(from_tokens(layout, on_device, tokens)[0])
         ids, mask, pos, targets, tgt_mask = collate(batch, pad, device)
         call = lora.bind(weights)
         prefix = encoded[i][0]

@@ -163,6 +163,13 @@ class BlockNormaliser:
     def denormalise(self, layout: LoraLayout, rows: Rows) -> Rows:
         return {m: rows[m] * self.scale(layout, m) + self.mean[m] for m in layout.modules}
 
+    def to(self, device: torch.device | str) -> BlockNormaliser:
+        """The same statistics on ``device`` (this one, where they already are)."""
+        return BlockNormaliser(
+            {m: v.to(device) for m, v in self.mean.items()},
+            {m: v.to(device) for m, v in self.std.items()},
+        )
+
     def state_dict(self) -> Tensors:
         out = {f"mean.{m}": v for m, v in self.mean.items()}
         out.update({f"std.{m}": v for m, v in self.std.items()})

@@ -66,6 +66,39 @@ class RowLora(torch.nn.Module):
         return self.base(x) + torch.bmm(low, self.b[idx].transpose(1, 2)) * self.scale
 
 
+Swapped = list[tuple[torch.nn.Module, str, torch.nn.Module]]  # (parent, name, the layer)
+
+
+def attach_rows(
+    model: torch.nn.Module, stacked: dict[str, torch.Tensor], scale: float, rows: Rows
+) -> Swapped:
+    """Swap every linear layer ``stacked`` names (PEFT state-dict names -> (C, ...) A and
+    B of every candidate) for a ``RowLora``; returns what ``detach_rows`` puts back. On
+    an error nothing stays swapped."""
+    swapped: Swapped = []
+    modules = sorted({k[len(KEY_PREFIX) :].rsplit(".lora_", 1)[0] for k in stacked})
+    try:
+        for path in modules:
+            parent_path, _, name = path.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            base = getattr(parent, name)
+            a = stacked[f"{KEY_PREFIX}{path}.lora_A.weight"]
+            b = stacked[f"{KEY_PREFIX}{path}.lora_B.weight"]
+            setattr(parent, name, RowLora(base, a, b, scale, rows))
+            swapped.append((parent, name, base))
+    except BaseException:
+        detach_rows(swapped)
+        raise
+    return swapped
+
+
+def detach_rows(swapped: Swapped) -> None:
+    """Put back the layers ``attach_rows`` swapped out."""
+    while swapped:
+        parent, name, base = swapped.pop()
+        setattr(parent, name, base)
+
+
 class MultiLora:
     """Context manager: ``model`` with the candidates' LoRAs attached row by row
     (``weights[c]`` is candidate c's PEFT state dict; None is no adapter)."""
@@ -89,7 +122,7 @@ class MultiLora:
         denominator = math.sqrt(spec.rank) if config.get("use_rslora") else spec.rank
         self.scale = spec.alpha / denominator
         self.weights = list(weights)
-        self.swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+        self.swapped: Swapped = []
 
     @staticmethod
     def supports(config: dict[str, Any]) -> bool:
@@ -103,19 +136,8 @@ class MultiLora:
 
     def __enter__(self) -> MultiLora:
         device = model_device(self.model)
-        modules = sorted({k[len(KEY_PREFIX) :].rsplit(".lora_", 1)[0] for k in self.expected})
-        try:
-            for path in modules:
-                parent_path, _, name = path.rpartition(".")
-                parent = self.model.get_submodule(parent_path)
-                base = getattr(parent, name)
-                a = self._stack(f"{KEY_PREFIX}{path}.lora_A.weight", device)
-                b = self._stack(f"{KEY_PREFIX}{path}.lora_B.weight", device)
-                setattr(parent, name, RowLora(base, a, b, self.scale, self.rows))
-                self.swapped.append((parent, name, base))
-        except BaseException:
-            self.__exit__()
-            raise
+        stacked = {key: self._stack(key, device) for key in self.expected}
+        self.swapped = attach_rows(self.model, stacked, self.scale, self.rows)
         return self
 
     def _stack(self, key: str, device: torch.device) -> torch.Tensor:
@@ -125,9 +147,7 @@ class MultiLora:
         ).to(device)  # (C, *shape)
 
     def __exit__(self, *exc: object) -> None:
-        while self.swapped:
-            parent, name, base = self.swapped.pop()
-            setattr(parent, name, base)
+        detach_rows(self.swapped)
 
     def __call__(self, rows: torch.Tensor, **kwargs: Any) -> Any:
         """The model on a batch whose row i is scored with candidate ``rows[i]``."""

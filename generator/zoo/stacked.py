@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.tasks.device import model_device
-from generator.tasks.multi_lora import RowLora, Rows
+from generator.tasks.multi_lora import Rows, attach_rows, detach_rows
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.task import Example
 from generator.zoo.trainer import (
@@ -43,7 +43,7 @@ from generator.zoo.trainer import (
 )
 from generator.zoo.trajectory import Trajectory
 from registry.errors import InvalidInput
-from registry.lora_spec import KEY_PREFIX, Tensors
+from registry.lora_spec import Tensors
 
 
 class _Task:
@@ -111,31 +111,14 @@ class _Layers:
     def __init__(self, model: torch.nn.Module, init: Tensors, k: int, scale: float) -> None:
         device = model_device(model)
         self.rows = Rows()
-        self.params: dict[str, torch.nn.Parameter] = {}
-        self.swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
-        modules = sorted({n[len(KEY_PREFIX) :].rsplit(".lora_", 1)[0] for n in init})
-        try:
-            for path in modules:
-                parent_path, _, name = path.rpartition(".")
-                parent = model.get_submodule(parent_path)
-                base = getattr(parent, name)
-                a, b = (
-                    torch.nn.Parameter(init[f"{KEY_PREFIX}{path}.lora_{m}.weight"].to(device)
-                                       .expand(k, -1, -1).clone())
-                    for m in "AB"
-                )  # fmt: skip
-                self.params[f"{KEY_PREFIX}{path}.lora_A.weight"] = a
-                self.params[f"{KEY_PREFIX}{path}.lora_B.weight"] = b
-                setattr(parent, name, RowLora(base, a, b, scale, self.rows))
-                self.swapped.append((parent, name, base))
-        except BaseException:
-            self.remove()
-            raise
+        self.params = {
+            n: torch.nn.Parameter(t.to(device).expand(k, -1, -1).clone())
+            for n, t in sorted(init.items())
+        }
+        self.swapped = attach_rows(model, dict(self.params), scale, self.rows)
 
     def remove(self) -> None:
-        while self.swapped:
-            parent, name, base = self.swapped.pop()
-            setattr(parent, name, base)
+        detach_rows(self.swapped)
 
     def stacked(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.params.items()}
