@@ -32,14 +32,6 @@ DeviceOpt = Annotated[
         "--device", help="Where the base model runs: auto (a CUDA GPU if visible), cpu, cuda[:N]."
     ),
 ]
-PrecisionOpt = Annotated[
-    str,
-    typer.Option(
-        "--precision",
-        help="The base model's products in training: auto (bfloat16 on a GPU, float32 on the "
-        "CPU), float32 or bfloat16.",
-    ),
-]
 
 
 def open_suite(path: Path | None, *, build: bool = True) -> Any:
@@ -160,39 +152,28 @@ def zoo_build(
         bool, typer.Option("--as-job", help="Queue it as a job for a worker instead.")
     ] = False,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
 
-    import torch
-
-    from generator.tasks.device import check_device_name, resolve_device, resolve_precision
+    from generator.tasks.device import check_device_name, resolve_device
     from generator.zoo.build import build_zoo, write_report
     from generator.zoo.trainer import TrainConfig
     from registry.service import Registry
 
-    if as_job:
-        device = check_device_name(device)  # the worker may have the GPU this machine lacks
-        # checked here, resolved where the job runs
-        precision = (precision or "auto").strip().lower()
-        resolved = resolve_precision(precision, torch.device("cpu"))
-    else:
-        # a missing GPU or a bad precision is refused before anything else
-        resolved = precision = resolve_precision(precision, resolve_device(device))
-    config = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, rank=rank, alpha=2.0 * rank,
-        precision=resolved,
-    )  # fmt: skip
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, alpha=2.0 * rank)
     s = open_suite(suite)
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
     selected = s.select(names)
+    if as_job:
+        device = check_device_name(device)  # the worker may have the GPU this machine lacks
+    else:
+        resolve_device(device)  # a missing GPU is refused before anything else
     reg = Registry()
     if as_job:
         params = {
             "tasks": [t.name for t in selected], "base_model": base_model,
             "suite": str(s.root.resolve()), "steps": steps, "batch_size": batch_size,
             "lr": lr, "rank": rank, "evaluate": not no_eval, "device": device,
-            "precision": precision,
         }  # fmt: skip
         job = reg.submit_job("build-zoo", params)
         out.print(f"zoo build job {job.id} queued ({len(selected)} tasks): run `loramint worker`")

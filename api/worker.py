@@ -118,13 +118,11 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
     """A zoo build; resumable by construction (a task whose adapter is registered is skipped)."""
     from pathlib import Path
 
-    from generator.tasks.device import resolve_device, resolve_precision
     from generator.tasks.task import TaskSuite
     from generator.zoo.build import build_zoo
     from generator.zoo.trainer import TrainConfig
 
     p = ctx.job.params
-    device = str(p.get("device", "auto"))
     try:
         steps, rank = int(p.get("steps", 40)), int(p.get("rank", 8))
         config = TrainConfig(
@@ -133,7 +131,6 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
             lr=float(p.get("lr", 2e-3)),
             rank=rank,
             alpha=2.0 * rank,
-            precision=resolve_precision(str(p.get("precision", "auto")), resolve_device(device)),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"bad zoo build parameters: {exc}") from None
@@ -162,7 +159,7 @@ def build_zoo_job(ctx: JobContext) -> dict[str, Any]:
         on_task=on_task,
         on_step=on_step,
         on_progress=lambda m: ctx.progress(log_line=m),
-        device=device,
+        device=str(p.get("device", "auto")),
     )
     ctx.progress(1.0, stage="registered", log_line=f"{len(entries)} zoo adapters")
     return {

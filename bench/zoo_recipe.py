@@ -1,7 +1,7 @@
 """Which recipe should a large zoo train with? Expert quality against cost, on training tasks.
 
     .venv/bin/python bench/zoo_recipe.py [--suite PATH] [--count 10]
-        [--recipes 40x16,20x16,40x8,20x8,40x16@bf16] [--seed 0] [--device auto] [--report]
+        [--recipes 40x16,20x16,40x8,20x8] [--seed 0] [--device auto] [--report]
 
 A zoo of hundreds of tasks costs hundreds of trainings: at the zoo's recipe
 (40 steps of 16 examples, prompts cut at 320 tokens) one adapter takes 1.5-3.5
@@ -9,9 +9,8 @@ min on 2 CPU cores. This measures what cheaper recipes lose. For a stratified
 random sample of the suite's *training* tasks (round robin over the families,
 ``--seed`` fixing the order; default suite: v2 under ``$LORAMINT_HOME/tasks/v2``,
 built when missing), each recipe ``STEPSxBATCH`` (or ``STEPSxBATCH:TOKENS``, the
-prompt cut; a ``@bf16`` suffix runs the base model's products in bfloat16)
-trains the task's LoRA as ``loramint zoo build`` would (the same rank,
-learning rate, warm-up, shared A and per-task data order), and the
+prompt cut) trains the task's LoRA as ``loramint zoo build`` would (the same
+rank, learning rate, warm-up, shared A and per-task data order), and the
 adapter is scored on the task's test split beside the bare model. Nothing is
 registered. Held-out tasks are never touched.
 
@@ -39,24 +38,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fewshot_settings import bootstrap, stratified  # noqa: E402
 
-# steps, batch size, prompt cut (None: the zoo's), precision of the base model's products
-Recipe = tuple[int, int, int | None, str]
-RECIPE = re.compile(r"^(\d+)x(\d+)(?::(\d+))?(?:@(bf16|fp32))?$")
+Recipe = tuple[int, int, int | None]  # steps, batch size, prompt cut (None: the zoo's)
+RECIPE = re.compile(r"^(\d+)x(\d+)(?::(\d+))?$")
 
 
 def parse_recipes(text: str) -> list[Recipe]:
-    """``40x16,20x8:128,40x16@bf16`` -> [(40, 16, None, "float32"), (20, 8, 128, "float32"),
-    (40, 16, None, "bfloat16")]; the first is the reference."""
+    """``40x16,20x8:128`` -> [(40, 16, None), (20, 8, 128)]; the first is the reference."""
     out: list[Recipe] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         m = RECIPE.match(part)
         if m is None:
-            raise SystemExit(f"a recipe is STEPSxBATCH[:TOKENS][@bf16], got {part!r}")
+            raise SystemExit(f"a recipe is STEPSxBATCH or STEPSxBATCH:TOKENS, got {part!r}")
         steps, batch = int(m[1]), int(m[2])
         tokens = int(m[3]) if m[3] else None
         if steps < 1 or batch < 1 or (tokens is not None and tokens < 9):
             raise SystemExit(f"{part!r}: steps and batch must be >= 1, tokens >= 9")
-        out.append((steps, batch, tokens, "bfloat16" if m[4] == "bf16" else "float32"))
+        out.append((steps, batch, tokens))
     if not out:
         raise SystemExit("--recipes names no recipe")
     if len(set(out)) != len(out):
@@ -65,15 +62,14 @@ def parse_recipes(text: str) -> list[Recipe]:
 
 
 def label(recipe: Recipe) -> str:
-    steps, batch, tokens, precision = recipe
-    text = f"{steps}x{batch}" + (f":{tokens}" if tokens is not None else "")
-    return text + ("@bf16" if precision == "bfloat16" else "")
+    steps, batch, tokens = recipe
+    return f"{steps}x{batch}" + (f":{tokens}" if tokens is not None else "")
 
 
 def report(data: dict[str, Any]) -> str:
     """The table of kept cells: tasks where every recipe and the bare model are scored."""
     cells: dict[str, dict[str, float]] = data["cells"]
-    recipes = [label((r[0], r[1], r[2], r[3])) for r in data["recipes"]]
+    recipes = [label((r[0], r[1], r[2])) for r in data["recipes"]]
     tasks = [
         t
         for t in data["tasks"]
@@ -205,10 +201,8 @@ def main() -> None:
             key = f"{task.name}|{label(recipe)}"
             if key in data["cells"]:
                 continue
-            steps, batch, tokens, precision = recipe
-            config = TrainConfig(
-                steps=steps, batch_size=batch, seed=task_seed(task, 0), precision=precision
-            )
+            steps, batch, tokens = recipe
+            config = TrainConfig(steps=steps, batch_size=batch, seed=task_seed(task, 0))
             if tokens is not None:
                 config = dataclasses.replace(config, max_prompt_tokens=tokens)
             result = train_lora(

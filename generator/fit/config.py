@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generator.hypernet.methods import METHODS, SG_LORA
-from generator.tasks.device import PRECISIONS
 from registry.errors import InvalidInput
 
 SELECT_BY = ("weights", "task")
@@ -222,13 +221,6 @@ class FinetuneConfig:
         256, "Longer prompts keep their end.", "Prompt tokens", low=9, high=100_000
     )
     seed: int = option(0, "Task order and validation split seed.", "Seed", low=0, high=2**53 - 1)
-    precision: str = option(
-        "auto",
-        "The base model's products: auto (bfloat16 on a GPU, float32 on the CPU), float32 "
-        "or bfloat16.",
-        "Precision",
-        choices=("auto", *PRECISIONS),
-    )
 
     def __post_init__(self) -> None:
         check_options(self)

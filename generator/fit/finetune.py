@@ -30,7 +30,7 @@ from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.methods import SG_LORA
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import Tokens, from_tokens, to_tokens, var_tokens
-from generator.tasks.device import autocast, model_device, resolve_precision
+from generator.tasks.device import model_device
 from generator.tasks.evaluation import FunctionalLora
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.task import Task
@@ -108,7 +108,6 @@ def finetune(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     layout, norm = ckpt.layout, ckpt.normaliser
     device = model_device(model)
-    precision = resolve_precision(config.precision, device)
     net = ckpt.net.to(device)
     on_device = norm.to(device)  # the decoded adapters are de-normalised where they are
     decoders = {i: _decoder(ckpt, bank, i, device) for i in tasks}
@@ -130,9 +129,7 @@ def finetune(
         ids, mask, pos, targets, tgt_mask = collate(batch, pad, device)
         call = lora.bind(weights)
         prefix = encoded[i][0]
-        with autocast(device, precision):
-            logits = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)
-        logits = logits[:, :-1]
+        logits = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)[:, :-1]
         return F.cross_entropy(logits[tgt_mask].float(), targets[tgt_mask]), tokens
 
     @torch.no_grad()
@@ -201,7 +198,6 @@ def finetune(
         "e2e_lr": lr,
         "e2e_batch_size": batch_size,
         "e2e_recon_weight": recon_weight,
-        "e2e_precision": precision,
         "e2e_tasks": len(train_ids),
         "e2e_loss_first10": round(sum(losses[:10]) / len(losses[:10]), 4),
         "e2e_loss_last10": round(sum(losses[-10:]) / len(losses[-10:]), 4),

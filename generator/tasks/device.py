@@ -4,11 +4,8 @@ the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 Tensors that feed a model are made on the model's device (``model_device``);
 what leaves a computation (LoRA weights, scores) comes back to the CPU, so the
 registry, the recipes and every file written are the same wherever it ran.
-Weights stay float32 on every device. Training may run the base model's
-products in bfloat16 (``--precision``; ``auto`` picks bfloat16 on a GPU and
-float32 on the CPU): the LoRA weights, their gradients and the optimiser stay
-float32, and the adapters differ from float32 training by about what another
-data order gives (docs/experiments.md).
+Weights stay float32 on every device: a GPU's results differ from the CPU's
+only by float rounding.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import torch
 from registry.errors import InvalidInput
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("float32", "bfloat16")  # what a training run records
 
 
 def check_device_name(name: str) -> str:
@@ -61,20 +57,3 @@ def model_device(model: Any) -> torch.device:
     for parameter in model.parameters():
         return torch.device(parameter.device)
     return torch.device("cpu")
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` (bfloat16 on a GPU, float32 on the CPU), ``float32`` or ``bfloat16``;
-    ``InvalidInput`` otherwise."""
-    text = (name or "auto").strip().lower()
-    if text == "auto":
-        return "bfloat16" if device.type == "cuda" else "float32"
-    if text not in PRECISIONS:
-        raise InvalidInput(f"precision must be auto, float32 or bfloat16, got {name!r}")
-    return text
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """The context a forward pass runs in: bfloat16 autocast on ``device`` for
-    ``precision`` bfloat16, else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")

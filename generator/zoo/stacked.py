@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from generator.tasks.device import autocast, model_device
+from generator.tasks.device import model_device
 from generator.tasks.multi_lora import Rows, attach_rows, detach_rows
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.task import Example
@@ -155,8 +155,7 @@ def _train(
         )
         layers.rows.index = owner
         width = targets.shape[1] + 1
-        with autocast(device, config.precision):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=width)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=width)
         logits = out.logits[:, :-1].float()  # (B, K-1, V): each predicts the next column
         per_token = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"

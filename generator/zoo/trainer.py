@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from generator.tasks.device import PRECISIONS, autocast, model_device
+from generator.tasks.device import model_device
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.task import Example
 from generator.zoo.trajectory import Trajectory
@@ -54,9 +54,6 @@ class TrainConfig:
     # sort batches by length (little padding); off where every batch must mix examples of
     # all kinds (a discriminator whose classes differ in length would see one-class batches)
     length_buckets: bool = True
-    # the base model's products: float32, or bfloat16 under autocast (the LoRA weights,
-    # their gradients and the optimiser stay float32 either way)
-    precision: str = "float32"
 
     def __post_init__(self) -> None:
         # name -> (lowest, highest) allowed; the upper bounds stop absurd job parameters
@@ -73,10 +70,6 @@ class TrainConfig:
             raise InvalidInput(f"trajectory_start must be in [0, 1), got {self.trajectory_start}")
         if not self.target_modules:
             raise InvalidInput("target_modules is empty")
-        if self.precision not in PRECISIONS:
-            raise InvalidInput(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
 
     def lora_config(self) -> Any:
         from peft import LoraConfig
@@ -317,7 +310,7 @@ def train_multitask(
     validate = None
     if early_stop is not None:
         val = split_prefix(encode(fmt, groups[0][0], early_stop.examples, config.max_prompt_tokens))
-        validate = _validator(val, config.batch_size, pad_id, config.precision)
+        validate = _validator(val, config.batch_size, pad_id)
     peft_model = attach_lora(model, config)
     try:
         if initial is not None:
@@ -386,8 +379,7 @@ def _train(
         ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, device)
         K = targets.shape[1] + 1
         # (B, K-1, V): each logit predicts the next column's token
-        with autocast(device, config.precision):
-            logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, K)[:, :-1]
+        logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, K)[:, :-1]
         loss = F.cross_entropy(logits[tgt_mask].float(), targets[tgt_mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -433,7 +425,7 @@ def _load_weights(peft_model: Any, weights: Tensors) -> None:
 
 
 def _validator(
-    data: tuple[list[int], list[Encoded]], batch_size: int, pad_id: int, precision: str
+    data: tuple[list[int], list[Encoded]], batch_size: int, pad_id: int
 ) -> Callable[[Any], float]:
     """The mean answer-token loss of ``data`` (prefix, examples) under a model."""
     prefix, examples = data
@@ -445,10 +437,8 @@ def _validator(
         total, count = 0.0, 0
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            device = model_device(model)
-            ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, device)
-            with autocast(device, precision):
-                logits = forward_with_prefix(model, prefix, ids, mask, pos, targets.shape[1] + 1)
+            ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, model_device(model))
+            logits = forward_with_prefix(model, prefix, ids, mask, pos, targets.shape[1] + 1)
             picked = logits[:, :-1][tgt_mask].float()
             total += float(F.cross_entropy(picked, targets[tgt_mask], reduction="sum"))
             count += int(tgt_mask.sum())

@@ -14,12 +14,7 @@ import pytest
 import torch
 
 from generator.sandbox import ZOO_CONFIG, tiny_task
-from generator.tasks.device import (
-    check_device_name,
-    model_device,
-    resolve_device,
-    resolve_precision,
-)
+from generator.tasks.device import check_device_name, model_device, resolve_device
 from generator.tasks.evaluation import Evaluator, load_base
 from generator.zoo.trainer import train_lora
 from registry.errors import InvalidInput
@@ -44,17 +39,6 @@ def test_a_device_that_cannot_be_had_is_refused(name: str, reason: str) -> None:
         resolve_device(name)
 
 
-def test_precision_auto_is_bfloat16_on_a_gpu_and_float32_on_the_cpu() -> None:
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert resolve_precision("auto", cpu) == "float32" and resolve_precision("", cpu) == "float32"
-    assert resolve_precision(" AUTO ", gpu) == "bfloat16"
-    assert resolve_precision("bfloat16", cpu) == "bfloat16"
-    assert resolve_precision("float32", gpu) == "float32"
-    for bad in ("float16", "bf16", "fp32"):
-        with pytest.raises(InvalidInput, match="auto, float32 or bfloat16"):
-            resolve_precision(bad, cpu)
-
-
 def test_a_job_names_a_device_without_this_machine_having_it(tmp_path: Path) -> None:
     """A queued zoo build may ask for a GPU this machine lacks (its worker may have one),
     but a misspelt device is refused at once and nothing is queued."""
@@ -65,23 +49,21 @@ def test_a_job_names_a_device_without_this_machine_having_it(tmp_path: Path) -> 
 
     TaskSuite(suite).write_all([tiny_task("cat", "cat")])
 
-    def queue(device: str, precision: str = "auto") -> subprocess.CompletedProcess[str]:
+    def queue(device: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "api.cli", "zoo", "build", "--suite", str(suite), "--as-job",
-             "--device", device, "--precision", precision],
+             "--device", device],
             env=os.environ | settings.environment(), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
 
     bad = queue("gpu0")
     assert bad.returncode != 0 and "auto, cpu, cuda or cuda:N" in bad.stderr, bad.stderr
-    bad = queue("cuda:1", "half")
-    assert bad.returncode != 0 and "auto, float32 or bfloat16" in bad.stderr, bad.stderr
-    good = queue("cuda:1", " Auto")  # resolved where the job runs, by its device
+    good = queue("cuda:1")
     assert good.returncode == 0, good.stderr
     reg = Registry(settings)
     try:
         [job] = reg.list_jobs()
-        assert job.params["device"] == "cuda:1" and job.params["precision"] == "auto"
+        assert job.params["device"] == "cuda:1"
     finally:
         reg.close()
 
@@ -131,22 +113,3 @@ def test_a_gpu_trains_and_scores_like_the_cpu(tiny_base: Path) -> None:
         torch.testing.assert_close(gpu[0].weights[name], weight, atol=2e-3, rtol=2e-2)
     torch.testing.assert_close(gpu[1], cpu[1], atol=2e-3, rtol=1e-3)
     assert (gpu[1].argmax(-1) == cpu[1].argmax(-1)).float().mean() >= 0.95
-
-
-@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-def test_a_gpu_trains_in_bfloat16_near_the_cpus_float32(tiny_base: Path) -> None:
-    """``auto`` precision on a GPU: bfloat16 products, float32 LoRA weights on the CPU."""
-    import dataclasses
-
-    task = tiny_task("cat", "cat")
-    runs = {}
-    for device, precision in (("cpu", "float32"), ("cuda", "bfloat16")):
-        model, tokenizer = load_base(tiny_base, device)
-        fmt = Evaluator(model, tokenizer).format
-        config = dataclasses.replace(ZOO_CONFIG, precision=precision)
-        runs[device] = train_lora(model, fmt, task.description, task.train, config)
-    cpu, gpu = runs["cpu"], runs["cuda"]
-    assert {(t.device.type, t.dtype) for t in gpu.weights.values()} == {("cpu", torch.float32)}
-    assert gpu.losses[0] == pytest.approx(cpu.losses[0], rel=2e-2)
-    for name, weight in cpu.weights.items():
-        assert (gpu.weights[name] - weight).norm() < 0.5 * weight.norm(), name
