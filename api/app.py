@@ -305,6 +305,9 @@ def create_app(
     registry's (``registry.settings``), ``api_settings`` standing in for its API part."""
     reg = registry or Registry()
     settings = api_settings or reg.settings.api
+    from generator.tasks.device import resolve_device
+
+    resolve_device(reg.settings.device)  # LORAMINT_DEVICE names a GPU this machine has
     metrics_ = Metrics()
     use_batching = settings.batch_window > 0 if batching is None else batching
 

@@ -161,6 +161,7 @@ def eval_fewshot(
     ] = None,
     suite: SuiteOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws and the methods.")] = 0,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Few-shot quality on the held-out tasks: every method beside the bare model, the
     nearest expert, zero-shot SG-LoRA and the oracle, for each k over several draws of
@@ -175,11 +176,13 @@ def eval_fewshot(
     )
     from generator.serve.generate import generator_for
     from generator.serve.generator import Generator
+    from generator.tasks.device import resolve_device
     from generator.tasks.evaluation import Evaluator
     from generator.zoo.build import adapter_name, gains_enough
     from registry.errors import GeneratorNotFound, InvalidInput
     from registry.service import Registry
 
+    resolve_device(device)  # a missing GPU is refused before anything else
     reg = Registry()
     s = open_suite(suite)
     if tasks:
@@ -215,7 +218,7 @@ def eval_fewshot(
         ks=wanted, draws=draws, methods=chosen, refine_steps=refine_steps, seed=seed
     )
     with err.status("loading the base model and the generators..."):
-        evaluator = Evaluator.from_path(reg.base_model_path(base_model))
+        evaluator = Evaluator.from_path(reg.base_model_path(base_model), device=device)
         sg_rec = generator_for(reg, base_model, "sg-lora", generator_id)
         sg = Generator.from_registry(reg, sg_rec, base=evaluator)
         try:

@@ -92,10 +92,14 @@ def worker_command(
 
     if engine not in ENGINES:
         raise InvalidInput(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    reg = Registry()
+    if engine == "local":  # a Ray worker's node checks its own LORAMINT_DEVICE
+        from generator.tasks.device import resolve_device
+
+        resolve_device(reg.settings.device)
     configure_logging()
     name = worker_name()
     err.print(f"worker {name} ({engine} engine) polling for jobs")
-    reg = Registry()
     settled = reg.recover_blobs()  # what killed writes and deletes left behind
     if any(settled.values()):
         err.print(f"blob store recovered: {settled}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from registry.devices import check_device_name
 from registry.errors import InvalidInput
 
 # a description (of an adapter, a generation request, a search) is at most this long
@@ -91,6 +92,13 @@ VARIABLES: tuple[Variable, ...] = (
         "products (vectors within 0.003 of float32's similarities), `float32` everywhere",
     ),
     Variable("LORAMINT_RECIPE_CACHE_MB", "`256`", "rebuilt recipe weights kept in memory"),
+    Variable(
+        "LORAMINT_DEVICE",
+        "`auto`",
+        "where the service and the worker run the base model for examples (few-shot "
+        "generation, ICM-LoRA's task vectors): `auto` (a CUDA GPU if torch sees one), `cpu`, "
+        "`cuda`, `cuda:N`",
+    ),
     Variable(
         "LORAMINT_SESSION_SECRET",
         "made once in `$LORAMINT_HOME/session_secret`",
@@ -293,6 +301,7 @@ class Settings:
     # or "weights" (stored like any adapter); registry.recipes
     generated_storage: str = "recipe"
     recipe_cache_bytes: int = 256 * 1024 * 1024
+    device: str = "auto"  # the base model's for examples (registry.devices)
     api: ApiSettings = field(default_factory=ApiSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
@@ -307,6 +316,10 @@ class Settings:
                 f"LORAMINT_GENERATED_STORAGE must be one of {', '.join(STORAGE)}, "
                 f"got {self.generated_storage!r}"
             )
+        try:
+            object.__setattr__(self, "device", check_device_name(self.device))
+        except InvalidInput as exc:
+            raise InvalidInput(f"LORAMINT_DEVICE: {exc}") from None
         if self.embed_precision not in EMBED_PRECISIONS:
             raise InvalidInput(
                 f"LORAMINT_EMBED_PRECISION must be one of {', '.join(EMBED_PRECISIONS)}, "
@@ -346,6 +359,7 @@ class Settings:
             generated_storage=env.text("LORAMINT_GENERATED_STORAGE") or "recipe",
             embed_precision=env.text("LORAMINT_EMBED_PRECISION") or "auto",
             recipe_cache_bytes=int(env.number("LORAMINT_RECIPE_CACHE_MB", 256.0) * 1024 * 1024),
+            device=env.text("LORAMINT_DEVICE") or "auto",
             api=ApiSettings.read(env),
             ui=UiSettings.read(env),
             jobs=JobSettings.read(env),
@@ -365,6 +379,7 @@ class Settings:
             "LORAMINT_GENERATED_STORAGE": self.generated_storage,
             "LORAMINT_EMBED_PRECISION": self.embed_precision,
             "LORAMINT_RECIPE_CACHE_MB": repr(self.recipe_cache_bytes / (1024 * 1024)),
+            "LORAMINT_DEVICE": self.device,
         }
         return env
 

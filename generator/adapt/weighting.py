@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from generator.tasks.device import model_device
 from generator.tasks.evaluation import Evaluator, FunctionalLora
 from generator.tasks.task import Example
 from generator.zoo.trainer import collate, encode, forward_with_prefix, split_prefix
@@ -63,13 +64,16 @@ def fit_weights(
     max_prompt_tokens: int = 256,
     seed: int = 0,
 ) -> Weighted:
-    """Fit the mixing weights of ``experts`` (their registered weights) on ``examples``."""
+    """Fit the mixing weights of ``experts`` (their registered weights) on ``examples``,
+    on the base model's device; the mixed adapter and its weights come back on the CPU."""
     if not experts or len(experts) != len(similarities):
         raise InvalidInput("weighting needs the experts and their similarities")
     if steps < 1 or not lr > 0 or not examples:
         raise InvalidInput("weighting needs examples, steps >= 1 and a positive lr")
     blocks = sorted({block_of(k) for k in experts[0]})
-    start = torch.log_softmax(similarities.float() / tau, dim=0)  # (K,)
+    device = model_device(evaluator.model)  # the fit runs where the base model is
+    experts = [{k: v.to(device) for k, v in e.items()} for e in experts]
+    start = torch.log_softmax(similarities.float().to(device) / tau, dim=0)  # (K,)
     logits = (start if not per_block else start.repeat(len(blocks), 1)).clone()
     logits.requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
@@ -80,7 +84,7 @@ def fit_weights(
     with FunctionalLora(evaluator.model, dict(template)) as lora:
         for _ in range(steps):
             batch = rng.sample(data, min(batch_size, len(data)))
-            ids, mask, pos, targets, tgt_mask = collate(batch, evaluator.pad_id)
+            ids, mask, pos, targets, tgt_mask = collate(batch, evaluator.pad_id, device)
             call = lora.bind(mix(experts, torch.softmax(logits, dim=-1), blocks))
             out = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)
             loss = F.cross_entropy(out[:, :-1][tgt_mask].float(), targets[tgt_mask])
@@ -89,5 +93,5 @@ def fit_weights(
             opt.step()
             losses.append(round(loss.item(), 5))
     weights = torch.softmax(logits.detach(), dim=-1)
-    mixed = {k: v.detach().contiguous() for k, v in mix(experts, weights, blocks).items()}
-    return Weighted((dict(template), mixed), weights, losses)
+    mixed = {k: v.detach().cpu().contiguous() for k, v in mix(experts, weights, blocks).items()}
+    return Weighted((dict(template), mixed), weights.cpu(), losses)

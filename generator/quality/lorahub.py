@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from generator.tasks.device import model_device
 from generator.tasks.evaluation import Evaluator, FunctionalLora
 from generator.tasks.task import Example
 from generator.zoo.trainer import collate, encode, forward_with_prefix, split_prefix
@@ -64,13 +65,15 @@ def lorahub(
         raise InvalidInput("LoraHub needs experts and examples")
     prefix, data = split_prefix(encode(evaluator.format, description, examples, max_prompt_tokens))
     batches = [data[i : i + 16] for i in range(0, len(data), 16)]
+    device = model_device(evaluator.model)  # the search scores where the base model is
+    on_device = [{k: v.to(device) for k, v in e.items()} for e in experts]
     with FunctionalLora(evaluator.model, dict(template)) as lora:
 
         def loss(w: np.ndarray) -> float:
-            call = lora.bind(combine(experts, [float(x) for x in w]))
+            call = lora.bind(combine(on_device, [float(x) for x in w]))
             total, count = 0.0, 0
             for batch in batches:
-                ids, mask, pos, targets, tgt_mask = collate(batch, evaluator.pad_id)
+                ids, mask, pos, targets, tgt_mask = collate(batch, evaluator.pad_id, device)
                 out = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)
                 picked = out[:, :-1][tgt_mask].float()
                 total += float(F.cross_entropy(picked, targets[tgt_mask], reduction="sum"))

@@ -172,7 +172,8 @@ class Generator:
         def load() -> Evaluator:
             if base is not None:
                 return base
-            return Evaluator.from_path(registry.base_model_path(record.base_model))
+            path = registry.base_model_path(record.base_model)
+            return Evaluator.from_path(path, device=registry.settings.device)
 
         return cls(
             ckpt,

@@ -14,22 +14,10 @@ from typing import Any
 
 import torch
 
+from registry.devices import DEVICES, check_device_name
 from registry.errors import InvalidInput
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def check_device_name(name: str) -> str:
-    """``name`` normalised (auto, cpu, cuda or cuda:N) without looking for the device: a
-    job may run on a worker with GPUs this machine lacks. ``InvalidInput`` otherwise."""
-    text = (name or "auto").strip().lower()
-    if text in DEVICES:
-        return text
-    if text.startswith("cuda:"):
-        if not text.partition(":")[2].isdigit():
-            raise InvalidInput(f"device {name!r}: write cuda or cuda:N, N a GPU's number")
-        return text
-    raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+__all__ = ["DEVICES", "check_device_name", "model_device", "resolve_device"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -5,6 +5,7 @@ matches the CPU's within float rounding (skipped, saying so, without one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -88,6 +89,33 @@ def test_asking_for_a_missing_gpu_changes_nothing(tmp_path: Path, tiny_base: Pat
         reg.close()
 
 
+@pytest.mark.skipif(GPU, reason="this machine has a GPU: asking for one is not an error")
+def test_a_service_or_worker_set_to_a_missing_gpu_does_not_start(tmp_path: Path) -> None:
+    """``LORAMINT_DEVICE=cuda`` on a machine without one: the app and the worker refuse
+    to start with the reason, before any job is claimed."""
+    from api.app import create_app
+
+    settings = dataclasses.replace(sqlite_settings(tmp_path), device="cuda")
+    reg = Registry(settings)
+    try:
+        with pytest.raises(InvalidInput, match="no CUDA GPU"):
+            create_app(reg)
+        reg.submit_job("build-zoo", {"tasks": []})
+    finally:
+        reg.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "api.cli", "worker", "--once"],
+        env=os.environ | settings.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0 and "no CUDA GPU" in run.stderr, run.stderr
+    reg = Registry(sqlite_settings(tmp_path))
+    try:
+        [job] = reg.list_jobs()
+        assert job.state == "queued" and job.attempts == 0  # nothing claimed it
+    finally:
+        reg.close()
+
+
 def test_the_cpu_path_keeps_weights_and_scores_on_the_cpu(tiny_base: Path) -> None:
     model, tokenizer = load_base(tiny_base, "cpu")
     evaluator = Evaluator(model, tokenizer)
@@ -113,3 +141,37 @@ def test_a_gpu_trains_and_scores_like_the_cpu(tiny_base: Path) -> None:
         torch.testing.assert_close(gpu[0].weights[name], weight, atol=2e-3, rtol=2e-2)
     torch.testing.assert_close(gpu[1], cpu[1], atol=2e-3, rtol=1e-3)
     assert (gpu[1].argmax(-1) == cpu[1].argmax(-1)).float().mean() >= 0.95
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_few_shot_weighting_and_lorahub_run_on_a_gpu_like_on_the_cpu(tiny_base: Path) -> None:
+    """Few-shot adaptation where the base model is on a GPU (``LORAMINT_DEVICE``, ``eval
+    fewshot --device``): the mixture fit and LoraHub's search run there, and what they
+    return is on the CPU, close to the CPU's."""
+    from generator.adapt.weighting import fit_weights
+    from generator.quality.lorahub import lorahub
+
+    task = tiny_task("cat", "cat")
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model, tokenizer = load_base(tiny_base, device)
+        evaluator = Evaluator(model, tokenizer)
+        experts = [
+            train_lora(model, evaluator.format, tiny_task(n, n).description,
+                       tiny_task(n, n).train, ZOO_CONFIG)
+            for n in ("cat", "dog")
+        ]  # fmt: skip
+        template = experts[0].peft_config
+        weights = [e.weights for e in experts]
+        fitted = fit_weights(
+            evaluator, task.description, task.train[:8], template, weights,
+            torch.tensor([0.6, 0.4]), steps=3,
+        )  # fmt: skip
+        hub = lorahub(evaluator, task.description, task.train[:8], template, weights, budget=4)
+        runs[device] = (fitted, hub)
+    (cpu_fit, cpu_hub), (gpu_fit, gpu_hub) = runs["cpu"], runs["cuda"]
+    for tensors in (gpu_fit.adapter[1], gpu_hub.adapter[1]):
+        assert {t.device.type for t in tensors.values()} == {"cpu"}
+    assert gpu_fit.weights.device.type == "cpu"
+    torch.testing.assert_close(gpu_fit.weights, cpu_fit.weights, atol=2e-2, rtol=0)
+    assert gpu_hub.loss == pytest.approx(cpu_hub.loss, rel=5e-2)

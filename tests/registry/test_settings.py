@@ -47,6 +47,8 @@ def test_overrides(tmp_path: Path) -> None:
         ({"LORAMINT_SESSION_SECRET": "short"}, "LORAMINT_SESSION_SECRET must be at least 32"),
         ({"LORAMINT_JOB_LEASE_S": "1"}, "LORAMINT_JOB_LEASE_S must be above 2 s"),
         ({"LORAMINT_JOB_LEASE_S": "soon"}, "LORAMINT_JOB_LEASE_S must be a number"),
+        ({"LORAMINT_DEVICE": "gpu"}, "LORAMINT_DEVICE: device must be auto, cpu, cuda or cuda:N"),
+        ({"LORAMINT_DEVICE": "cuda:one"}, "LORAMINT_DEVICE: device 'cuda:one'"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -63,8 +65,10 @@ def test_every_concern_is_read_in_one_go(tmp_path: Path) -> None:
             "LORAMINT_UI_SECURE_COOKIE": "1",
             "LORAMINT_SESSION_SECRET": "s" * 40,
             "LORAMINT_JOB_LEASE_S": "30",
+            "LORAMINT_DEVICE": " CUDA:1 ",
         }
     )
+    assert s.device == "cuda:1"  # checked and normalised, not looked for: a worker's GPU
     assert s.api.open_access and s.api.batch_window == 0.0 and s.api.max_k == 100
     assert s.ui.secure_cookie and s.ui.session_secret == "s" * 40
     assert s.jobs.lease_seconds == 30.0
@@ -74,6 +78,7 @@ def test_every_concern_is_read_in_one_go(tmp_path: Path) -> None:
         s.home, s.database_url, s.model_cache,
     )  # fmt: skip
     assert again.max_adapter_bytes == s.max_adapter_bytes and again.jobs == s.jobs
+    assert again.device == "cuda:1"
     tools = ToolSettings.from_env({"LORAMINT_NOTEBOOK_SMALL": "1"})
     assert tools.notebook_small and tools.notebook_world is None
 
