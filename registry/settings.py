@@ -95,9 +95,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "LORAMINT_DEVICE",
         "`auto`",
-        "where the service and the worker run the base model for examples (few-shot "
-        "generation, ICM-LoRA's task vectors): `auto` (a CUDA GPU if torch sees one), `cpu`, "
-        "`cuda`, `cuda:N`",
+        "where the service and the worker run base models: few-shot generation, ICM-LoRA's "
+        "task vectors, transfers; `auto` (a CUDA GPU if torch sees one), `cpu`, `cuda`, "
+        "`cuda:N`",
     ),
     Variable(
         "LORAMINT_SESSION_SECRET",
@@ -301,7 +301,7 @@ class Settings:
     # or "weights" (stored like any adapter); registry.recipes
     generated_storage: str = "recipe"
     recipe_cache_bytes: int = 256 * 1024 * 1024
-    device: str = "auto"  # the base model's for examples (registry.devices)
+    device: str = "auto"  # the service's and worker's base models (registry.devices)
     api: ApiSettings = field(default_factory=ApiSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     jobs: JobSettings = field(default_factory=JobSettings)

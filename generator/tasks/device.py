@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from registry.devices import DEVICES, check_device_name
+from registry.devices import check_device_name
 from registry.errors import InvalidInput
 
-__all__ = ["DEVICES", "check_device_name", "model_device", "resolve_device"]
+__all__ = ["check_device_name", "model_device", "resolve_device"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

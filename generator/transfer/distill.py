@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from generator.tasks.device import model_device
 from generator.tasks.evaluation import Evaluator
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.scoring import label_logprobs, label_tensor, score_batch
@@ -108,15 +109,17 @@ def teacher_answers(
             for b, p in enumerate(chunk):  # left padding
                 ids[b, T - len(p) :] = torch.tensor(p)
                 mask[b, T - len(p) :] = 1
+            device = model_device(model)
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop or None,
                 pad_token_id=teacher.pad_id,
             )  # (B, T + new)
-            out += [t.strip() for t in tok.batch_decode(gen[:, T:], skip_special_tokens=True)]
+            answers = tok.batch_decode(gen[:, T:].cpu(), skip_special_tokens=True)
+            out += [t.strip() for t in answers]
     return out
 
 
@@ -176,7 +179,12 @@ def distill_labels(
     prompts = [e.prompt for e in encode(fmt, description, examples, config.max_prompt_tokens)]
     n = shared_prefix(prompts)
     prefix, own = prompts[0][:n], [p[n:] for p in prompts]
-    lab, lab_mask = label_tensor([fmt.answer_ids(label) for label in labels], pad_id)  # (L, M)
+    device = model_device(model)  # the student trains where the target model is
+    lab, lab_mask = (
+        t.to(device) for t in label_tensor([fmt.answer_ids(label) for label in labels], pad_id)
+    )  # (L, M)
+    targets = teacher.to(device)
+    weights = weights.to(device) if weights is not None else None
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     drawer = torch.Generator().manual_seed(config.seed)
@@ -202,7 +210,7 @@ def distill_labels(
             scores = score_batch(peft_model, prefix, [own[i] for i in idx], lab, lab_mask, pad_id)
             log_student = F.log_softmax(scores / T, dim=-1)  # (B, L)
             # KL(teacher || student); T^2 keeps gradients comparable across temperatures
-            kl = F.kl_div(log_student, teacher[idx], reduction="none").sum(-1)  # (B,)
+            kl = F.kl_div(log_student, targets[idx], reduction="none").sum(-1)  # (B,)
             w = weights[idx] if weights is not None else torch.ones_like(kl)
             loss = (w * kl).sum() / w.sum() * (T * T)
             opt.zero_grad(set_to_none=True)

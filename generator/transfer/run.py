@@ -85,18 +85,23 @@ def summary(stage: str, figures: dict[str, Any]) -> str:
 
 class Models:
     """The source and target base models, each loaded on first use (a resumed
-    job that only registers loads neither)."""
+    job that only registers loads neither), where ``LORAMINT_DEVICE`` says."""
 
     def __init__(self, registry: Registry, source: str, target: str) -> None:
         self.registry, self.source_name, self.target_name = registry, source, target
 
     @cached_property
     def source(self) -> Evaluator:
-        return Evaluator.from_path(self.registry.base_model_path(self.source_name))
+        return self._load(self.source_name)
 
     @cached_property
     def target(self) -> Evaluator:
-        return Evaluator.from_path(self.registry.base_model_path(self.target_name))
+        return self._load(self.target_name)
+
+    def _load(self, name: str) -> Evaluator:
+        """On the worker's ``LORAMINT_DEVICE``: a GPU when one is visible, by default."""
+        path = self.registry.base_model_path(name)
+        return Evaluator.from_path(path, device=self.registry.settings.device)
 
 
 @dataclass

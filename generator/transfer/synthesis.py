@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from generator.tasks.device import model_device
 from generator.transfer.config import TransferConfig
 from registry.errors import InvalidInput
 
@@ -115,9 +116,10 @@ def sample_completions(
         ids[b, T - len(e) :] = torch.tensor(e)
         mask[b, T - len(e) :] = 1
     torch.manual_seed(seed)
+    device = model_device(model)
     out = model.generate(  # type: ignore[operator]
-        input_ids=ids,
-        attention_mask=mask,
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
         do_sample=True,
         temperature=float(config.temperature),
         top_p=float(config.top_p),
@@ -126,7 +128,7 @@ def sample_completions(
         eos_token_id=line_end_ids(tokenizer),  # a row stops at its first line break
         pad_token_id=pad,
     )  # (B, T + new)
-    texts = tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(out[:, T:].cpu(), skip_special_tokens=True)
     return [str(t).split("\n", 1)[0] for t in texts]
 
 

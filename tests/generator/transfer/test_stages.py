@@ -314,3 +314,48 @@ def test_free_form_tasks_distil_the_teachers_answers(
     answers = [a or "yes" for a in answers]  # a random teacher may say nothing
     out = distill_answers(target.model, target.format, task.description, inputs, answers, train)
     assert out.mode == "answers" and out.examples == 3 and len(out.losses) == cfg.distill_steps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_transfer_runs_its_models_on_a_gpu(
+    transfer: TransferWorld, tiny_base: Path, tiny_gemma: Path
+) -> None:
+    """With both base models on a GPU (a worker's ``LORAMINT_DEVICE``): sampling, the
+    teacher's answers and label distillation run there and hand back text and CPU
+    tensors; distillation's losses match the CPU's within float rounding."""
+    from generator.transfer.distill import distill_labels, teacher_answers
+
+    cpu = {"source": Evaluator.from_path(tiny_base), "target": Evaluator.from_path(tiny_gemma)}
+    gpu = {
+        "source": Evaluator.from_path(tiny_base, device="cuda"),
+        "target": Evaluator.from_path(tiny_gemma, device="cuda"),
+    }
+    task = source_task(transfer.registry, transfer.source_id)
+    inputs = [e.input for e in transfer.task.train[:12]]
+    prompts = [fewshot_prompt("Mentions a cat?", ["cat dog sun", "moon fish tree"])] * 3
+    target = gpu["target"]
+    texts = sample_completions(target.model, target.tokenizer, prompts, TransferConfig(), seed=5)
+    assert len(texts) == 3 and all(isinstance(t, str) and "\n" not in t for t in texts)
+    answers = teacher_answers(gpu["source"], task.adapter, task.description, inputs[:3],
+                              max_new_tokens=5)  # fmt: skip
+    assert answers == teacher_answers(
+        cpu["source"], task.adapter, task.description, inputs[:3], max_new_tokens=5
+    )
+    teacher = teacher_label_probs(cpu["source"], task.adapter, task.description, inputs,
+                                  task.labels)  # fmt: skip
+    train = student_config(task.record, TransferConfig(**FAST), ("q_proj", "v_proj"))
+    runs = {
+        name: distill_labels(
+            m["target"].model,
+            m["target"].format,
+            task.description,
+            inputs,
+            task.labels,
+            teacher,
+            train,
+            weights=torch.linspace(0.5, 2.0, 12),
+        )  # fmt: skip
+        for name, m in (("cpu", cpu), ("gpu", gpu))
+    }
+    assert {t.device.type for t in runs["gpu"].weights.values()} == {"cpu"}
+    assert runs["gpu"].losses == pytest.approx(runs["cpu"].losses, rel=1e-3, abs=1e-5)
