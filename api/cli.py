@@ -21,6 +21,7 @@ import api.cli_eval  # noqa: F401  (registers `eval generators` and `eval fewsho
 from api.cli_check import check_command
 from api.cli_demo import demo_command
 from api.cli_generators import generate_command, generator_app
+from api.cli_info import info_command
 from api.cli_recipes import gc_command, generator_delete_command, materialise_command
 from api.cli_service import jobs_app, keys_app, serve_command, worker_command
 from api.cli_transfer import transfer_command
@@ -49,6 +50,7 @@ app.command("serve")(serve_command)
 app.command("demo")(demo_command)
 app.command("worker")(worker_command)
 app.command("transfer")(transfer_command)
+app.command("info")(info_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
 
