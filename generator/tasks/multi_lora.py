@@ -40,13 +40,27 @@ class Rows:
     label pass of ``score_batch`` repeats every prompt once per label)."""
 
     def __init__(self) -> None:
-        self.index = torch.zeros(0, dtype=torch.long)
+        self._index = torch.zeros(0, dtype=torch.long)
+        self._repeated: dict[int, torch.Tensor] = {}
+
+    @property
+    def index(self) -> torch.Tensor:
+        return self._index
+
+    @index.setter
+    def index(self, value: torch.Tensor) -> None:
+        """Set where the model runs (every wrapped layer reads it on each pass)."""
+        self._index, self._repeated = value, {}
 
     def of(self, batch: int) -> torch.Tensor:
-        n = len(self.index)
+        n = len(self._index)
         if n == 0 or batch % n:
             raise RuntimeError(f"a batch of {batch} rows does not match {n} row candidates")
-        return self.index if batch == n else self.index.repeat_interleave(batch // n)
+        if batch == n:
+            return self._index
+        if batch not in self._repeated:  # once per pass, not once per layer
+            self._repeated[batch] = self._index.repeat_interleave(batch // n)
+        return self._repeated[batch]
 
 
 class RowLora(torch.nn.Module):
@@ -151,7 +165,7 @@ class MultiLora:
 
     def __call__(self, rows: torch.Tensor, **kwargs: Any) -> Any:
         """The model on a batch whose row i is scored with candidate ``rows[i]``."""
-        self.rows.index = rows
+        self.rows.index = rows.to(model_device(self.model))  # once, not in every layer
         return self.model(**kwargs)
 
 

@@ -39,7 +39,6 @@ from generator.zoo.trainer import (
     lr_schedule,
     pad_id_of,
     peft_config_dict,
-    split_prefix,
 )
 from generator.zoo.trajectory import Trajectory
 from registry.errors import InvalidInput
@@ -48,11 +47,12 @@ from registry.lora_spec import Tensors
 
 class _Task:
     """One task's data in ``train_lora``'s order: batches drawn from its own
-    ``Random(seed)`` over its examples with the shared prefix split off."""
+    ``Random(seed)``. ``train_lora`` draws them with the shared prefix split off; every
+    example is then shorter by the same count, so the length order and the batches
+    are the same with the prefix kept on, as the stacked passes need it."""
 
-    def __init__(self, data: tuple[list[int], list[Encoded]], config: TrainConfig) -> None:
-        self.prefix, self.data = data
-        self.config = config
+    def __init__(self, data: list[Encoded], config: TrainConfig) -> None:
+        self.data, self.config = data, config
         self.rng = random.Random(config.seed)
         self.queue: list[list[Encoded]] = []
 
@@ -60,7 +60,7 @@ class _Task:
         if not self.queue:
             c = self.config
             self.queue = batches(self.data, c.batch_size, self.rng, buckets=c.length_buckets)
-        return [Encoded(self.prefix + e.prompt, e.answer) for e in self.queue.pop()]
+        return self.queue.pop()
 
 
 def train_stacked(
@@ -80,9 +80,7 @@ def train_stacked(
     if empty:
         raise InvalidInput(f"task {empty[0]!r} has no training examples")
     pad_id = pad_id_of(fmt)
-    data = [
-        _Task(split_prefix(encode(fmt, d, ex, config.max_prompt_tokens)), config) for d, ex in tasks
-    ]
+    data = [_Task(encode(fmt, d, ex, config.max_prompt_tokens), config) for d, ex in tasks]
     torch.manual_seed(config.seed)
     peft_model = attach_lora(model, config)  # the layout's shared A, its names and config
     try:
@@ -149,20 +147,19 @@ def _train(
     t0 = time.perf_counter()
     for step in range(config.steps):
         drawn = [task.next_batch() for task in data]
-        owner = torch.tensor([k for k, batch in enumerate(drawn) for _ in batch])
+        owner = torch.tensor([k for k, batch in enumerate(drawn) for _ in batch], device=device)
         ids, mask, pos, targets, tgt_mask = collate(
             [e for batch in drawn for e in batch], pad_id, device
         )
-        layers.rows.index = owner
+        layers.rows.index = owner  # on the model's device: no copy in every layer
         width = targets.shape[1] + 1
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=width)
         logits = out.logits[:, :-1].float()  # (B, K-1, V): each predicts the next column
         per_token = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
         ).view(targets.shape)
-        on = owner.to(device)
-        sums = torch.zeros(K, device=device).index_add(0, on, (per_token * tgt_mask).sum(1))
-        counts = torch.zeros(K, device=device).index_add(0, on, tgt_mask.sum(1).float())
+        sums = torch.zeros(K, device=device).index_add(0, owner, (per_token * tgt_mask).sum(1))
+        counts = torch.zeros(K, device=device).index_add(0, owner, tgt_mask.sum(1).float())
         loss = sums / counts  # (K,): each task's mean answer-token loss
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
