@@ -3,16 +3,20 @@
     .venv/bin/python bench/zoo_recipe.py [--suite PATH] [--count 10]
         [--recipes 40x16,20x16,40x8,20x8] [--seed 0] [--device auto] [--report]
 
+    .venv/bin/python bench/zoo_recipe.py --device cuda --recipes 40x16,40x16@tf32
+
 A zoo of hundreds of tasks costs hundreds of trainings: at the zoo's recipe
 (40 steps of 16 examples, prompts cut at 320 tokens) one adapter takes 1.5-3.5
 min on 2 CPU cores. This measures what cheaper recipes lose. For a stratified
 random sample of the suite's *training* tasks (round robin over the families,
 ``--seed`` fixing the order; default suite: v2 under ``$LORAMINT_HOME/tasks/v2``,
 built when missing), each recipe ``STEPSxBATCH`` (or ``STEPSxBATCH:TOKENS``, the
-prompt cut) trains the task's LoRA as ``loramint zoo build`` would (the same
-rank, learning rate, warm-up, shared A and per-task data order), and the
-adapter is scored on the task's test split beside the bare model. Nothing is
-registered. Held-out tasks are never touched.
+prompt cut; a trailing ``@tf32`` lets a CUDA device multiply float32 on its
+TF32 tensor cores while that recipe trains) trains the task's LoRA as
+``loramint zoo build`` would (the same rank, learning rate, warm-up, shared A
+and per-task data order), and the adapter is scored on the task's test split,
+in full float32, beside the bare model. Nothing is registered. Held-out tasks
+are never touched.
 
 The report gives each recipe's mean accuracy, its share of the first recipe's
 gain over the bare model, its paired difference to the first recipe with a
@@ -25,35 +29,40 @@ stopped run resumes); ``--report`` prints the table of that file again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fewshot_settings import bootstrap, stratified  # noqa: E402
 
-Recipe = tuple[int, int, int | None]  # steps, batch size, prompt cut (None: the zoo's)
-RECIPE = re.compile(r"^(\d+)x(\d+)(?::(\d+))?$")
+# steps, batch size, prompt cut (None: the zoo's), TF32 products on a CUDA device
+Recipe = tuple[int, int, int | None, bool]
+RECIPE = re.compile(r"^(\d+)x(\d+)(?::(\d+))?(@tf32)?$")
 
 
 def parse_recipes(text: str) -> list[Recipe]:
-    """``40x16,20x8:128`` -> [(40, 16, None), (20, 8, 128)]; the first is the reference."""
+    """``40x16,20x8:128@tf32`` -> [(40, 16, None, False), (20, 8, 128, True)]; the first is
+    the reference."""
     out: list[Recipe] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         m = RECIPE.match(part)
         if m is None:
-            raise SystemExit(f"a recipe is STEPSxBATCH or STEPSxBATCH:TOKENS, got {part!r}")
+            raise SystemExit(f"a recipe is STEPSxBATCH[:TOKENS][@tf32], got {part!r}")
         steps, batch = int(m[1]), int(m[2])
         tokens = int(m[3]) if m[3] else None
         if steps < 1 or batch < 1 or (tokens is not None and tokens < 9):
             raise SystemExit(f"{part!r}: steps and batch must be >= 1, tokens >= 9")
-        out.append((steps, batch, tokens))
+        out.append((steps, batch, tokens, m[4] is not None))
     if not out:
         raise SystemExit("--recipes names no recipe")
     if len(set(out)) != len(out):
@@ -62,14 +71,38 @@ def parse_recipes(text: str) -> list[Recipe]:
 
 
 def label(recipe: Recipe) -> str:
-    steps, batch, tokens = recipe
-    return f"{steps}x{batch}" + (f":{tokens}" if tokens is not None else "")
+    steps, batch, tokens, tf32 = recipe
+    return f"{steps}x{batch}" + (f":{tokens}" if tokens is not None else "") + "@tf32" * tf32
+
+
+def kept_recipe(fields: list[Any]) -> Recipe:
+    """A recipe as the results file keeps it (files from before ``@tf32``: three fields)."""
+    steps, batch, tokens, *rest = fields
+    return (int(steps), int(batch), tokens, bool(rest and rest[0]))
+
+
+@contextlib.contextmanager
+def products(recipe: Recipe, device: torch.device) -> Iterator[None]:
+    """The float32 products a recipe trains with: TF32 on a CUDA device for ``@tf32``
+    recipes, full float32 otherwise; the process's setting is restored after."""
+    if not recipe[3]:
+        yield
+        return
+    if device.type != "cuda":
+        raise SystemExit(f"{label(recipe)}: TF32 needs a CUDA device (--device cuda)")
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
 
 
 def report(data: dict[str, Any]) -> str:
     """The table of kept cells: tasks where every recipe and the bare model are scored."""
     cells: dict[str, dict[str, float]] = data["cells"]
-    recipes = [label((r[0], r[1], r[2])) for r in data["recipes"]]
+    recipes = [label(kept_recipe(r)) for r in data["recipes"]]
     tasks = [
         t
         for t in data["tasks"]
@@ -170,6 +203,10 @@ def main() -> None:
 
     try:
         device = resolve_device(args.device)
+        if device.type != "cuda" and any(r[3] for r in recipes):
+            raise SystemExit(
+                f"@tf32 recipes need a CUDA device; --device {args.device} is {device}"
+            )
         suite = v2_suite(args.suite, root)
         reg = Registry(settings)
         bm = reg.prepare_base_model(args.base_model)
@@ -201,13 +238,14 @@ def main() -> None:
             key = f"{task.name}|{label(recipe)}"
             if key in data["cells"]:
                 continue
-            steps, batch, tokens = recipe
+            steps, batch, tokens, _ = recipe
             config = TrainConfig(steps=steps, batch_size=batch, seed=task_seed(task, 0))
             if tokens is not None:
                 config = dataclasses.replace(config, max_prompt_tokens=tokens)
-            result = train_lora(
-                evaluator.model, evaluator.format, task.description, task.train, config
-            )
+            with products(recipe, device):  # scoring below stays full float32
+                result = train_lora(
+                    evaluator.model, evaluator.format, task.description, task.train, config
+                )
             acc = evaluator.accuracy(task, (result.peft_config, result.weights)).accuracy
             keep(key, {"accuracy": round(acc, 4), "seconds": round(result.seconds, 2)})
     sys.stdout.write(report(data))

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from bench.zoo_recipe import label, parse_recipes, report
+from bench.zoo_recipe import kept_recipe, label, parse_recipes, products, report
 
 
-def test_recipes_are_steps_by_batch_with_an_optional_prompt_cut() -> None:
-    assert parse_recipes("40x16, 20x8:128") == [(40, 16, None), (20, 8, 128)]
-    assert [label(r) for r in parse_recipes("40x16,20x8:128")] == ["40x16", "20x8:128"]
-    for bad in ("", "40", "40x", "x16", "0x16", "40x0", "40x16:4", "40x16,40x16", "40*16"):
+def test_recipes_are_steps_by_batch_with_an_optional_prompt_cut_and_tf32() -> None:
+    assert parse_recipes("40x16, 20x8:128, 40x16@tf32") == [
+        (40, 16, None, False), (20, 8, 128, False), (40, 16, None, True),
+    ]  # fmt: skip
+    text = "40x16,20x8:128,20x8:128@tf32"
+    assert [label(r) for r in parse_recipes(text)] == text.split(",")
+    bad_ones = ("", "40", "40x", "x16", "0x16", "40x0", "40x16:4", "40x16,40x16", "40*16",
+                "40x16@bf16", "40x16@tf32@tf32", "40x16@tf32,40x16@tf32")  # fmt: skip
+    for bad in bad_ones:
         with pytest.raises(SystemExit):
             parse_recipes(bad)
 
@@ -35,3 +41,24 @@ def test_the_report_pairs_each_recipe_with_the_first_over_complete_tasks() -> No
     )
     assert "| d |" not in text
     assert report({**data, "tasks": ["d"]}) == "no task has every recipe scored yet\n"
+
+
+def test_tf32_is_switched_on_only_while_its_recipe_trains_and_only_on_cuda() -> None:
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    plain, tf32 = parse_recipes("40x16,40x16@tf32")
+    cpu = torch.device("cpu")
+    with products(plain, cpu):
+        assert matmul.fp32_precision == before
+    with pytest.raises(SystemExit, match="TF32 needs a CUDA device"), products(tf32, cpu):
+        pass
+    # the setting exists without a GPU, and an error inside still restores it
+    with pytest.raises(RuntimeError, match="boom"), products(tf32, torch.device("cuda")):
+        assert matmul.fp32_precision == "tf32"
+        raise RuntimeError("boom")
+    assert matmul.fp32_precision == before
+
+
+def test_results_from_before_tf32_keep_their_three_field_recipes() -> None:
+    assert kept_recipe([40, 16, None]) == (40, 16, None, False)
+    assert kept_recipe([40, 16, 128, True]) == (40, 16, 128, True)
