@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from generator.tasks.device import model_device
+from generator.tasks.kv_cache import returned
 from generator.tasks.prompting import shared_prefix
 from generator.tasks.scoring import PER_BATCH, label_tensor, length_batches, score_batch
 from registry.lora_spec import KEY_PREFIX, Tensors, check_tensors, spec_from_config
@@ -194,9 +195,7 @@ def label_logprobs_many(
         cache = None
         if prefix:  # every candidate's own prefix cache, row c for candidate c
             ids = torch.tensor([prefix] * C, device=device)
-            cache = lora(
-                torch.arange(C), input_ids=ids, use_cache=True, logits_to_keep=1
-            ).past_key_values
+            cache = returned(lora(torch.arange(C), input_ids=ids, use_cache=True, logits_to_keep=1))
         rows = [(c, i) for c in range(C) for i in range(N)]
         lengths = [len(own[i]) for _, i in rows]
         for batch in length_batches(lengths, ROWS_PER_BATCH, PER_BATCH):

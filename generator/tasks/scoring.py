@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.tasks.device import model_device
+from generator.tasks.kv_cache import passing, returned
 from generator.tasks.prompting import shared_prefix
 
 PER_BATCH = 16  # a forward pass's fixed cost, in prompt tokens (see length_batches)
@@ -77,7 +78,7 @@ def prefix_cache(model: Callable[..., Any], prefix: list[int], device: torch.dev
     if not prefix:
         return None
     ids = torch.tensor([prefix], device=device)
-    return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    return returned(model(input_ids=ids, use_cache=True, logits_to_keep=1))
 
 
 def label_tensor(labels: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,24 +133,22 @@ def score_batch(
         input_ids=ids,
         attention_mask=mask,
         position_ids=pos,
-        past_key_values=cache,
         use_cache=M > 1,
+        **passing(cache),
         logits_to_keep=1,
     )
     first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # (B, V)
     total = first[:, lab[:, 0]]  # (B, L)
     if M == 1:
         return total
-    cache = res.past_key_values
+    cache = returned(res)
     cache.batch_repeat_interleave(L)  # (B*L, ...) one copy of each prompt per label
     cont = lab[:, :-1].repeat(B, 1)  # (B*L, M-1) label tokens fed after the prompt
     tail = torch.ones((B * L, M - 1), dtype=torch.long, device=device)
     cont_mask = torch.cat([mask.repeat_interleave(L, dim=0), tail], dim=1)  # (B*L, P+M-1)
     start = mask.sum(-1).repeat_interleave(L)[:, None]  # (B*L, 1) next position per prompt
     cont_pos = start + torch.arange(M - 1, device=device)[None, :]  # (B*L, M-1)
-    res2 = model(
-        input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache
-    )
+    res2 = model(input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, **passing(cache))
     logp = F.log_softmax(res2.logits.float(), dim=-1)  # (B*L, M-1, V)
     target = lab[:, 1:].repeat(B, 1)  # (B*L, M-1)
     picked = logp.gather(-1, target[..., None])[..., 0] * lab_mask[:, 1:].repeat(B, 1)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.tasks.device import model_device
+from generator.tasks.kv_cache import passing, returned
 from generator.tasks.prompting import PromptFormat, shared_prefix
 from generator.tasks.task import Example
 from generator.zoo.trajectory import Trajectory
@@ -172,7 +173,7 @@ def forward_with_prefix(
     pre = model(
         input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1
     )
-    cache = pre.past_key_values
+    cache = returned(pre)
     cache.batch_repeat_interleave(B)
     ones = torch.ones((B, P), dtype=mask.dtype, device=device)
     full_mask = torch.cat([ones, mask], dim=1)  # (B, P+S)
@@ -180,8 +181,8 @@ def forward_with_prefix(
         input_ids=ids,
         attention_mask=full_mask,
         position_ids=pos + P,
-        past_key_values=cache,
         logits_to_keep=logits_to_keep,
+        **passing(cache),
     )
     return out.logits
 
