@@ -5,9 +5,10 @@ The model loads once per process (``get_embedder``); anything with the same
 ``name`` / ``dim`` / ``encode`` shape can be injected instead.
 
 On a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX), the model runs
-under bfloat16 autocast by default (``LORAMINT_EMBED_PRECISION=auto``): a short
-description costs about a quarter less and a batch about half, and the vectors
-stay within 0.003 of float32's in every similarity (``bench/embed_precision.py``,
+under bfloat16 autocast by default (``LORAMINT_EMBED_PRECISION=auto``), with its
+linear layers stored in bfloat16 once so that autocast does not cast them on every
+call: a short description and a batch both cost less, and the vectors stay within
+0.003 of float32's in every similarity (``bench/embed_precision.py``,
 docs/experiments.md). ``float32`` gives ``SentenceTransformer.encode``'s bits.
 """
 
@@ -68,6 +69,8 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()  # the tokenizer is not safe across threads
         # bfloat16 products (float32 sums) where the CPU has them: see the module's doc
         self.bfloat16 = precision == "auto" and (device or "cpu") == "cpu" and native_bf16()
+        if self.bfloat16:
+            _linears_to_bfloat16(self._model[0].auto_model)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """What ``SentenceTransformer.encode(..., normalize_embeddings=True)`` gives,
@@ -75,8 +78,8 @@ class MiniLMEmbedder:
         same bits, without about 1.5 ms of wrapping a call on 2 CPU cores): the mean of
         the last hidden states over the real tokens, longest texts first in batches of
         64, L2-normalised twice as ``encode`` does (the model's Normalize module, then
-        the flag). With ``bfloat16`` the model runs under autocast and the pooling in
-        float32."""
+        the flag). With ``bfloat16`` the model runs under autocast (its linear layers
+        already stored in bfloat16) and the pooling in float32."""
         import torch
         import torch.nn.functional as F
 
@@ -102,6 +105,18 @@ class MiniLMEmbedder:
                 mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 out[rows] = F.normalize(F.normalize(mean, p=2, dim=1), p=2, dim=1).cpu().numpy()
         return out
+
+
+def _linears_to_bfloat16(model: Any) -> None:
+    """Store the linear layers' weights and biases in bfloat16, rounded as autocast
+    rounds them: autocast then has nothing to cast, where it would otherwise cast
+    every layer's float32 weights again on every call (most of a short description's
+    time). The vectors keep their bits; the other layers stay float32."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
 
 
 @lru_cache(maxsize=1)

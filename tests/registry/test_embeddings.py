@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from registry.embeddings import BATCH, MiniLMEmbedder, native_bf16
 from registry.errors import InvalidInput
@@ -51,6 +53,22 @@ def test_default_runs_in_bfloat16_only_where_the_cpu_has_it(
         assert not np.array_equal(ours, reference)
     else:
         assert np.array_equal(ours, reference)
+
+
+def test_bfloat16_weights_stored_once_give_autocasts_bits(embedder: MiniLMEmbedder) -> None:
+    """Storing the linear layers in bfloat16 changes no bit of what autocast over the
+    float32 weights gives; it only saves casting them on every call."""
+    if not embedder.bfloat16:
+        pytest.skip("this CPU has no native bfloat16 products: the default is float32")
+    autocast_over_float32 = MiniLMEmbedder(precision="float32")
+    autocast_over_float32.bfloat16 = True  # autocast on, the weights left in float32
+    bert: Any = embedder._model[0].auto_model
+    linears = [m for m in bert.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    norms = [m for m in bert.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    for chosen in (TEXTS[:1], TEXTS):
+        assert np.array_equal(embedder.encode(chosen), autocast_over_float32.encode(chosen))
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
