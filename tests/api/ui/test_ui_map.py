@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from litestar.testing import TestClient
 
 from api.ui.space_map import (
@@ -24,6 +25,7 @@ from api.ui.space_map import (
 from generator.sandbox import SandboxWorld
 from registry.embeddings import MiniLMEmbedder
 from registry.lora_spec import parse_weights
+from registry.models import DescriptionEmbeddingRow
 from registry.service import Registry
 from tests.api.ui.test_ui_security import logged_in_client
 from tests.conftest import make_lora
@@ -210,7 +212,17 @@ def test_the_maps_are_the_pca_of_the_stored_embeddings_and_of_the_updates(
     assert view.description is not None and view.weights is not None
     reg: Registry = mapped["registry"]
     on_map = [reg.get_adapter(p.adapter_id) for p in view.description.points]
-    coords, share = dense_pca(embedder.encode([a.description for a in on_map]).astype(np.float64))
+    with reg.engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                sa.select(DescriptionEmbeddingRow.adapter_id, DescriptionEmbeddingRow.vector)
+            ).all()
+        )
+    stored = np.stack([np.frombuffer(rows[a.id], dtype=np.float32) for a in on_map])
+    # the stored vectors are the descriptions' embeddings (to bfloat16 rounding, which
+    # depends on the batch they were embedded in)
+    assert np.abs(stored - embedder.encode([a.description for a in on_map])).max() < 3e-3
+    coords, share = dense_pca(stored.astype(np.float64))
     got = np.array([[p.x, p.y] for p in view.description.points])
     assert np.allclose(got, coords * np.sign((got * coords).sum(axis=0)), atol=1e-4)
     assert np.allclose(view.description.share, share[:2], atol=1e-4)
