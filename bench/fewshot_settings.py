@@ -25,7 +25,9 @@ The report gives each method's mean accuracy and share of the oracle's gain
 over the bare model, and each configuration's paired difference to the first
 one, with a 95 % bootstrap interval over the (task, draw) pairs. Cells are kept
 in ``$LORAMINT_HOME/results/fewshot-settings-<base>.json`` after each one (a
-stopped run resumes); ``--report`` prints the table of that file again.
+stopped run resumes); ``--report`` prints the table of that file again. Runs
+of disjoint ``--tasks`` lists may share the file side by side (each cell is
+merged in under a lock).
 """
 
 from __future__ import annotations
@@ -149,6 +151,27 @@ def report(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keep(path: Path, data: dict[str, Any], key: str, accuracy: float) -> None:
+    """Add a cell to the results file, merged with what other runs of the same binding
+    (``--tasks`` parts side by side) kept there meanwhile: their cells, and their tasks
+    after ours. The file is locked while it is read and rewritten (atomically)."""
+    import fcntl
+
+    from registry.blobs import write_atomic
+
+    data["cells"][key] = accuracy
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            kept = json.loads(path.read_text())
+            if kept.get("binding") == data["binding"]:
+                data["cells"] = kept["cells"] | data["cells"]
+                data["tasks"] += [t for t in kept["tasks"] if t not in data["tasks"]]
+                data["families"] = kept["families"] | data["families"]
+        write_atomic(path, json.dumps(data, indent=1).encode())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
@@ -164,7 +187,6 @@ def main() -> None:
         raise SystemExit("--count and --draws must be >= 1, --k >= 2")
     configs = parse_configs(args.configs)
 
-    from registry.blobs import write_atomic
     from registry.settings import get_settings
 
     path = get_settings().results_dir / f"fewshot-settings-{args.base_model}.json"
@@ -220,9 +242,9 @@ def main() -> None:
         t0 = time.perf_counter()
         adapter = make()
         made = time.perf_counter() - t0
-        data["cells"][key] = round(evaluator.accuracy(task, adapter).accuracy, 4)
-        write_atomic(path, json.dumps(data, indent=1).encode())
-        print(f"{key}: {data['cells'][key]:.3f} ({made:.1f} s to the adapter)", flush=True)
+        accuracy = round(evaluator.accuracy(task, adapter).accuracy, 4)
+        keep(path, data, key, accuracy)
+        print(f"{key}: {accuracy:.3f} ({made:.1f} s to the adapter)", flush=True)
 
     for task in chosen:
         with sg.without([own[task.name]]):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from bench.fewshot_settings import bootstrap, parse_configs, report, stratified
+from bench.fewshot_settings import bootstrap, keep, parse_configs, report, stratified
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,29 @@ def test_the_bootstrap_interval_holds_the_mean_and_shrinks_to_it_without_spread(
     lo, hi = bootstrap(np.array([0.1, -0.1, 0.3, 0.0]), seed=0)
     assert lo < 0.075 < hi
     assert bootstrap(np.array([0.2, 0.2]), seed=0) == pytest.approx((0.2, 0.2))
+
+
+def test_parts_side_by_side_share_the_results_file(tmp_path: Path) -> None:
+    """Two runs of disjoint task lists keep their cells in one file; a file of another
+    binding is replaced, not merged."""
+    path = tmp_path / "results" / "fewshot-settings-m.json"
+    binding = {"generator": 1, "k": 16, "seed": 0}
+
+    def run(tasks: list[str]) -> dict[str, Any]:
+        return {
+            "binding": binding,
+            "cells": {},
+            "tasks": tasks,
+            "families": {t: "f" for t in tasks},
+        }
+
+    a, b = run(["t1", "t2"]), run(["t3"])
+    keep(path, a, "t1|-|bare", 0.5)
+    keep(path, b, "t3|-|bare", 0.6)
+    keep(path, a, "t2|-|bare", 0.7)
+    kept = json.loads(path.read_text())
+    assert kept["cells"] == {"t1|-|bare": 0.5, "t3|-|bare": 0.6, "t2|-|bare": 0.7}
+    assert kept["tasks"] == ["t1", "t2", "t3"] and set(kept["families"]) == {"t1", "t2", "t3"}
+    other = run(["t9"]) | {"binding": {**binding, "k": 8}}
+    keep(path, other, "t9|-|bare", 0.1)
+    assert json.loads(path.read_text())["cells"] == {"t9|-|bare": 0.1}
