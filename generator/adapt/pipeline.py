@@ -57,7 +57,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    refine_refit: bool = False
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -177,12 +176,11 @@ def _train(
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, seed=config.seed, refit=config.refine_refit,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,
         "steps_run": refined.steps_run,
-        "refit": refined.refit,
         "val_losses": refined.val_losses,
     }
     return refined.adapter, details

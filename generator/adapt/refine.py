@@ -5,9 +5,7 @@ scratch, from the layout's shared A and a zero B), with early stopping: a
 share of the examples (every label represented) is held back, its
 answer-token loss checked every few steps, and the weights of the best check
 returned, the starting weights included, so refinement never returns an
-adapter worse than it started on them. With ``refit`` the step early stopping
-chose is then trained again from the start on all the examples, the held-back
-ones included (the same schedule, stopped at that step).
+adapter worse than it started on them.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ class Refined:
     adapter: Adapter
     best_step: int
     steps_run: int
-    refit: bool  # the returned weights were trained on all the examples
     val_losses: list[list[float]]
     seconds: float
 
@@ -68,11 +65,10 @@ def refine(
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
-    refit: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Refined:
     """Train ``start`` (None: a fresh LoRA of ``template``) on ``fewshot``, early-stopped
-    on a held-back share of it; with ``refit``, again on all of it up to the chosen step."""
+    on a held-back share of it."""
     if steps < 1:
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
@@ -92,21 +88,10 @@ def refine(
         initial=initial,
         early_stop=EarlyStop(fewshot.subset(val).examples, every=every, patience=patience),
     )
-    best_step = int(result.extra["best_step"])
-    weights, seconds = result.weights, result.seconds
-    refit = refit and best_step > 0  # step 0 is the start itself: nothing to train again
-    if refit:
-        again = train_lora(
-            evaluator.model, evaluator.format, description, fewshot.examples,
-            train_config(template, steps, lr, min(16, len(fewshot)), seed),
-            initial=initial, stop_after=best_step,
-        )  # fmt: skip
-        weights, seconds = again.weights, seconds + again.seconds
     return Refined(
-        adapter=(dict(template), weights),
-        best_step=best_step,
+        adapter=(dict(template), result.weights),
+        best_step=int(result.extra["best_step"]),
         steps_run=int(result.extra["steps_run"]),
-        refit=refit,
         val_losses=result.extra["val_losses"],
-        seconds=round(seconds, 2),
+        seconds=round(result.seconds, 2),
     )

@@ -132,7 +132,6 @@ def training_seconds(
     candidates took: a training step on a batch costs about three forward passes."""
     per_example = selection_seconds / max(1, candidates * examples)
     batch = min(16, examples)
-    refits = 2 if config.refine_refit else 1  # a refit trains up to the chosen step again
-    steps = (config.weighting_steps if config.weighting else 0) + config.refine_steps * refits
+    steps = (config.weighting_steps if config.weighting else 0) + config.refine_steps
     runs = 1 + (config.folds if config.estimate else 0)
     return 3 * per_example * batch * steps * runs

@@ -255,18 +255,16 @@ def train_lora(
     on_step: Callable[[int, float], None] | None = None,
     initial: Tensors | None = None,
     early_stop: EarlyStop | None = None,
-    stop_after: int | None = None,
 ) -> TrainResult:
     """Train one LoRA on ``examples`` (loss on the answer tokens only) and return its weights
     with the late-trajectory statistics; from ``initial`` weights (PEFT names) when given,
-    else from the layout's shared A and a zero B. ``stop_after`` ends training after that
-    many steps of ``config``'s schedule. ``model`` is left as it was (the LoRA is
+    else from the layout's shared A and a zero B. ``model`` is left as it was (the LoRA is
     removed)."""
     if not examples:
         raise InvalidInput("no training examples")
     return train_multitask(
         model, fmt, [(description, examples)], config, on_step=on_step, initial=initial,
-        early_stop=early_stop, stop_after=stop_after,
+        early_stop=early_stop,
     )  # fmt: skip
 
 
@@ -279,7 +277,6 @@ def train_multitask(
     on_step: Callable[[int, float], None] | None = None,
     initial: Tensors | None = None,
     early_stop: EarlyStop | None = None,
-    stop_after: int | None = None,
 ) -> TrainResult:
     """Train one LoRA on several tasks, each (description, examples): every batch comes
     from one task (its shared prompt prefix runs once) and the tasks take turns in a
@@ -290,8 +287,6 @@ def train_multitask(
         raise InvalidInput("no training examples")
     if early_stop is not None and len(groups) != 1:
         raise InvalidInput("early stopping validates one task")
-    if stop_after is not None and not 1 <= stop_after <= config.steps:
-        raise InvalidInput(f"stop_after must be in [1, {config.steps}], got {stop_after}")
     pad_id = pad_id_of(fmt)
     encoded = [split_prefix(encode(fmt, d, ex, config.max_prompt_tokens)) for d, ex in groups]
     rng = random.Random(config.seed)
@@ -316,9 +311,7 @@ def train_multitask(
     try:
         if initial is not None:
             _load_weights(peft_model, initial)
-        return _train(
-            peft_model, next_batch, config, pad_id, on_step, validate, early_stop, stop_after
-        )
+        return _train(peft_model, next_batch, config, pad_id, on_step, validate, early_stop)
     finally:
         peft_model.unload()  # back to the bare base model for the next task
 
@@ -348,7 +341,6 @@ def _train(
     on_step: Callable[[int, float], None] | None,
     validate: Callable[[Any], float] | None = None,
     early_stop: EarlyStop | None = None,
-    stop_after: int | None = None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     device = model_device(peft_model)
@@ -375,7 +367,7 @@ def _train(
     tokens = 0
     peft_model.train()
     t0 = time.perf_counter()
-    for step in range(config.steps if stop_after is None else stop_after):
+    for step in range(config.steps):
         prefix, batch = next_batch()
         ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, device)
         K = targets.shape[1] + 1

@@ -22,7 +22,6 @@ from generator.sandbox import SandboxWorld
 from generator.serve.generate import generate_adapters
 from generator.serve.generator import Request
 from generator.tasks.evaluation import Evaluator
-from generator.zoo.trainer import TrainConfig, train_lora
 from registry.errors import InvalidInput
 from registry.lora_spec import parse_weights
 
@@ -82,37 +81,6 @@ def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWor
     assert set(fresh.adapter[1]) == set(start[1])  # a LoRA from scratch: the same tensors
     with pytest.raises(InvalidInput, match="at least 2 examples"):
         refine(evaluator, moon.description, shots_of(world, 1), start, dict(start[0]), steps=2)
-
-
-def test_a_refit_trains_the_chosen_step_again_on_every_example(world: SandboxWorld) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    template = dict(oracle_weights(world.registry, world.base, moon)[0])
-    args = (evaluator, moon.description, shots_of(world), None, template)
-    plain = refine(*args, steps=6, lr=3e-2)
-    refit = refine(*args, steps=6, lr=3e-2, refit=True)
-    assert plain.best_step == refit.best_step > 0  # from scratch, training helps at once
-    assert refit.refit and not plain.refit
-    differ = [
-        k for k in plain.adapter[1] if not torch.equal(plain.adapter[1][k], refit.adapter[1][k])
-    ]
-    assert differ  # the held-back examples were trained on too
-
-
-def test_training_can_stop_part_way_through_its_schedule(world: SandboxWorld) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    config = TrainConfig(rank=4, alpha=8, steps=5, batch_size=4, lr=1e-2, snapshots=1)
-    examples = shots_of(world).examples
-    full = train_lora(evaluator.model, evaluator.format, moon.description, examples, config)
-    part = train_lora(
-        evaluator.model, evaluator.format, moon.description, examples, config, stop_after=2
-    )
-    assert part.losses == full.losses[:2]  # the same steps, the same schedule, two of them
-    with pytest.raises(InvalidInput, match="stop_after"):
-        train_lora(
-            evaluator.model, evaluator.format, moon.description, examples, config, stop_after=6
-        )
 
 
 def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
