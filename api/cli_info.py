@@ -37,7 +37,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     from generator.tasks.device import resolve_device
-    from registry.embeddings import native_bf16
+    from registry.embeddings import native_bf16, runs_in_bfloat16
     from registry.errors import InvalidInput
     from registry.settings import get_settings
 
@@ -47,7 +47,6 @@ def machine_info() -> dict[str, Any]:
         service: dict[str, Any] = {"device": str(resolve_device(settings.device))}
     except InvalidInput as exc:
         service = {"device": None, "problem": str(exc)}
-    bf16 = native_bf16()
     try:
         import faiss
 
@@ -61,12 +60,12 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_gpus": gpus,
-        "cpu_native_bfloat16": bf16,
+        "cpu_native_bfloat16": native_bf16(),
         "training_device": str(resolve_device("auto")),  # --device auto
         "service_device": {"setting": settings.device, **service},  # LORAMINT_DEVICE
         "embedder_precision": {
             "setting": settings.embed_precision,
-            "runs_in": "bfloat16" if settings.embed_precision == "auto" and bf16 else "float32",
+            "runs_in": "bfloat16" if runs_in_bfloat16(settings.embed_precision) else "float32",
         },
         "faiss": {"version": _version("faiss-cpu") or _version("faiss-gpu"), "gpus": faiss_gpus},
         "home": str(settings.home),

@@ -49,6 +49,12 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", text) is not None
 
 
+def runs_in_bfloat16(precision: str, device: str | None = None) -> bool:
+    """Whether the embedder with this ``LORAMINT_EMBED_PRECISION`` runs in bfloat16 on
+    ``device`` (None: the CPU): ``auto`` on a CPU with native bfloat16 products."""
+    return precision == "auto" and (device or "cpu") == "cpu" and native_bf16()
+
+
 class MiniLMEmbedder:
     name = "all-minilm-l6-v2"
     dim = 384
@@ -68,7 +74,7 @@ class MiniLMEmbedder:
             self._model = SentenceTransformer(path, device=device or "cpu")
         self._lock = threading.Lock()  # the tokenizer is not safe across threads
         # bfloat16 products (float32 sums) where the CPU has them: see the module's doc
-        self.bfloat16 = precision == "auto" and (device or "cpu") == "cpu" and native_bf16()
+        self.bfloat16 = runs_in_bfloat16(precision, device)
         if self.bfloat16:
             _linears_to_bfloat16(self._model[0].auto_model)
 
