@@ -213,6 +213,12 @@ def check_peft_fields(config: dict[str, Any]) -> None:
         )
     ):
         raise InvalidAdapter(f"layers_pattern must be a name or a list of names, got {pattern!r}")
+    if isinstance(config.get("target_modules"), str):  # a regex chooses the layers itself
+        for field in ("layers_to_transform", "layers_pattern"):
+            if config.get(field) is not None:
+                raise InvalidAdapter(f"{field} cannot be used when target_modules is a regex")
+    if pattern and layers is None:
+        raise InvalidAdapter("layers_pattern needs layers_to_transform (the layers it picks)")
     dropout = config.get("lora_dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise InvalidAdapter(f"lora_dropout must be a number in [0, 1), got {dropout!r}")

@@ -61,6 +61,16 @@ BASE = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj
         ({"use_dora": True}, "use_dora"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"bias": "all"}, "bias"),
+        # PEFT's own rules on which layers a LoRA covers
+        ({"layers_pattern": "layers"}, "layers_pattern needs layers_to_transform"),
+        (
+            {"target_modules": ".*q_proj", "layers_to_transform": [0]},
+            "layers_to_transform cannot be used when target_modules is a regex",
+        ),
+        (
+            {"target_modules": ".*q_proj", "layers_pattern": "layers"},
+            "layers_pattern cannot be used when target_modules is a regex",
+        ),
     ],
 )
 def test_bad_configs(change: dict[str, Any], message: str) -> None:
