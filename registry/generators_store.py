@@ -138,13 +138,13 @@ class GeneratorStore:
     def serving_generator(self: _Host, base_model: str, method: str) -> GeneratorRecord | None:
         """What generation uses: the pinned generator, else the newest of ``method``."""
         with self._sessions() as s:
-            found = s.scalar(_serving_id(base_model, method))
+            found = s.scalar(_SERVING_ID, {"base_model": base_model, "method": method})
             return None if found is None else GeneratorRecord.of(_generator_row(s, found))
 
     def serving_generator_id(self: _Host, base_model: str, method: str) -> int | None:
         """``serving_generator``'s id alone: what a generation request asks first."""
         with self._sessions() as s:
-            return s.scalar(_serving_id(base_model, method))
+            return s.scalar(_SERVING_ID, {"base_model": base_model, "method": method})
 
     def pinned_generator_ids(self: _Host) -> set[int]:
         with self._sessions() as s:
@@ -271,8 +271,9 @@ def _latest_row(s: Session, base_model: str, method: str) -> GeneratorRow | None
     )
 
 
-def _serving_id(base_model: str, method: str) -> sa.Select[int]:
-    """The pinned generator's id, else the newest's, in one query."""
+def _serving_id() -> sa.Select[int]:
+    """The pinned generator's id, else the newest's, in one query (parameters
+    ``base_model`` and ``method``)."""
     pin = GeneratorPinRow
     return (
         sa.select(GeneratorRow.id)
@@ -283,10 +284,17 @@ def _serving_id(base_model: str, method: str) -> sa.Select[int]:
             & (pin.base_model_id == GeneratorRow.base_model_id)
             & (pin.method == GeneratorRow.method),
         )
-        .where(BaseModelRow.name == base_model, GeneratorRow.method == method)
+        .where(
+            BaseModelRow.name == sa.bindparam("base_model"),
+            GeneratorRow.method == sa.bindparam("method"),
+        )
         .order_by(pin.generator_id.is_(None), GeneratorRow.id.desc())
         .limit(1)
     )
+
+
+# built once: every generation request runs it, and building it costs more than that
+_SERVING_ID = _serving_id()
 
 
 def _pinned_row(s: Session, base_model: str, method: str) -> GeneratorRow | None:

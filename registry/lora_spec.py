@@ -295,23 +295,21 @@ def _f32_header(tensors: tuple[tuple[str, tuple[int, ...]], ...]) -> bytes:
 def weights_bytes(weights: Tensors) -> bytes:
     """``adapter_model.safetensors`` of a state dict (PEFT's own ``{"format": "pt"}``).
     float32 state dicts (every generated adapter) are written in one pass: the
-    header, then the tensors by name in one contiguous copy; the same tensors always
-    give the same bytes."""
+    header, then each tensor's memory by name, joined in one copy; the same tensors
+    always give the same bytes."""
     import torch
 
     if not weights or any(t.dtype != torch.float32 for t in weights.values()):
         from safetensors.torch import save
 
         return save({k: v.contiguous() for k, v in weights.items()}, metadata={"format": "pt"})
+    import numpy as np
+
     names = sorted(weights)
     text = _f32_header(tuple((n, tuple(weights[n].shape)) for n in names))
-    offset = sum(weights[n].numel() * 4 for n in names)
-    out = bytearray(8 + len(text) + offset)
-    out[:8] = len(text).to_bytes(8, "little")
-    out[8 : 8 + len(text)] = text
-    payload = torch.frombuffer(out, dtype=torch.uint8)[8 + len(text) :].view(torch.float32)
-    torch.cat([weights[n].reshape(-1) for n in names], out=payload)
-    return bytes(out)
+    parts = [memoryview(len(text).to_bytes(8, "little")), memoryview(text)]
+    parts += [np.ascontiguousarray(weights[n].numpy(force=True)).data for n in names]
+    return b"".join(parts)
 
 
 def check_weights_bytes(raw: bytes, expected: dict[str, tuple[int, int]]) -> None:

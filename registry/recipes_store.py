@@ -3,9 +3,9 @@ at a time, rebuilt on demand, materialised into stored weights on request."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -58,6 +58,7 @@ class _Host(Protocol):
 
     _sessions: sessionmaker[Session]
     _builder: RecipeBuilder | None
+    _recipe_layouts: dict[tuple[str, str], tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]]
     blobs: BlobStore
     cache: WeightCache
     settings: Settings
@@ -84,10 +85,18 @@ class _Host(Protocol):
     def materialise_adapter(self, adapter_id: int) -> AdapterRecord: ...
 
 
+# built once: every registration runs it
+_GENERATORS_THERE = sa.select(GeneratorRow.id).where(
+    GeneratorRow.id.in_(sa.bindparam("ids", expanding=True))
+)
+_LAYOUTS_KEPT = 64  # (base model, adapter config) pairs whose expected shapes are kept
+
+
 class RecipeStore:
     """The recipe half of ``Registry``."""
 
     _builder: RecipeBuilder | None
+    _recipe_layouts: dict[tuple[str, str], tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]]
     cache: WeightCache
 
     def add_recipes(
@@ -99,7 +108,6 @@ class RecipeStore:
         if not items:
             return []
         base_model_id, shapes = self._base_model_shapes(base_model)
-        checks: dict[str, tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]] = {}
         prepared = []
         for item in items:
             limit = self.settings.max_description_chars
@@ -107,11 +115,15 @@ class RecipeStore:
                 raise InvalidInput("a recipe's description must be cleaned before it is embedded")
             if not NAME_RE.match(item.name):
                 raise InvalidInput(f"adapter name {item.name!r} is not a simple name")
-            key = repr(sorted(item.config.items()))
-            if key not in checks:
+            key = (base_model, repr(sorted(item.config.items())))
+            known = self._recipe_layouts.get(key)
+            if known is None:  # a base model's shapes never change: worked out once
                 spec = lora_spec.spec_from_config(item.config)
-                checks[key] = (spec.expected_shapes(shapes), spec)
-            expected, spec = checks[key]
+                known = (spec.expected_shapes(shapes), spec)
+                if len(self._recipe_layouts) >= _LAYOUTS_KEPT:
+                    self._recipe_layouts.clear()
+                self._recipe_layouts[key] = known
+            expected, spec = known
             lora_spec.check_weights_bytes(item.weights, expected)
             vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)
             if vector.shape[0] != self.embedder.dim:
@@ -133,24 +145,26 @@ class RecipeStore:
     def _insert_recipes(
         self: _Host, base_model: str, base_model_id: int, prepared: list[Any], *, checked: bool
     ) -> list[AdapterRecord]:
-        """The rows of ``prepared`` in one transaction. Unchecked, a base model or expert
-        deleted meanwhile fails a foreign key (IntegrityError); ``checked`` looks them up
-        first and says which is gone."""
+        """The rows of ``prepared`` in one transaction, written with Core statements (one
+        per table). Unchecked, a name already registered, or a base model or expert
+        deleted meanwhile, fails a constraint (IntegrityError); ``checked`` looks them
+        up first, returns the adapters already registered and says which is gone."""
         with transaction(self._sessions) as s:
+            existing: dict[str, AdapterRow] = {}
             if checked:
                 base_model_id = self._base_model_row(s, base_model).id
-            names = [p[0].name for p in prepared]
-            existing = {
-                r.name: r
-                for r in s.scalars(
-                    sa.select(AdapterRow).where(
-                        AdapterRow.base_model_id == base_model_id, AdapterRow.name.in_(names)
+                names = [p[0].name for p in prepared]
+                existing = {
+                    r.name: r
+                    for r in s.scalars(
+                        sa.select(AdapterRow).where(
+                            AdapterRow.base_model_id == base_model_id, AdapterRow.name.in_(names)
+                        )
                     )
-                )
-            }
+                }
             # no foreign key (a recipe's record outlives its generator): looked up
             generators = {p[0].recipe.generator_id for p in prepared}
-            there = s.scalars(sa.select(GeneratorRow.id).where(GeneratorRow.id.in_(generators)))
+            there = s.scalars(_GENERATORS_THERE, {"ids": sorted(generators)})
             missing = sorted(generators - set(there))
             if missing:
                 raise GeneratorNotFound(f"no generator with id {missing[0]}")
@@ -164,56 +178,7 @@ class RecipeStore:
             for item, spec, expected, vector, sha in prepared:
                 if item.name not in existing and item.name not in fresh:
                     fresh[item.name] = (item, spec, expected, vector, sha)
-            now = utcnow()
-            rows = [
-                {
-                    "name": item.name,
-                    "description": item.description,
-                    "base_model_id": base_model_id,
-                    **lora_spec.row_fields(spec, expected),
-                    "provenance": Provenance.GENERATED.value,
-                    "config": item.config,
-                    "metrics": {},
-                    "meta": item.meta,
-                    "sha256": sha,
-                    "blob_key": None,
-                    "size_bytes": len(item.weights),
-                    "created_at": now,
-                }
-                for item, spec, expected, vector, sha in fresh.values()
-            ]
-            made: dict[str, AdapterRecord] = {}
-            if rows:  # one INSERT ... RETURNING per table, not one round trip per adapter
-                ids = s.scalars(
-                    sa.insert(AdapterRow).returning(AdapterRow.id, sort_by_parameter_order=True),
-                    rows,
-                ).all()
-                model = self.embedder.name
-                recipes, vectors, links = [], [], []
-                for adapter_id, row, (item, _, _, vector, _) in zip(
-                    ids, rows, fresh.values(), strict=True
-                ):
-                    r = item.recipe
-                    recipes.append(
-                        {"adapter_id": adapter_id, "generator_id": r.generator_id,
-                         "generator_sha256": r.generator_sha256, "seed": r.seed,
-                         "decoder": r.decoder}
-                    )  # fmt: skip
-                    vectors.append(
-                        {"adapter_id": adapter_id, "model": model, "dim": int(vector.shape[0]),
-                         "vector": vector.tobytes()}
-                    )  # fmt: skip
-                    links += [
-                        {"child_id": adapter_id, "parent_id": p.adapter_id, "role": p.role,
-                         "weight": p.weight}
-                        for p in item.parents
-                    ]  # fmt: skip
-                    made[item.name] = _record(adapter_id, base_model, row, item.parents)
-                s.execute(sa.insert(AdapterRecipeRow), recipes)
-                s.execute(sa.insert(DescriptionEmbeddingRow), vectors)
-                if links:
-                    s.execute(sa.insert(AdapterParentRow), links)
-                bump_generation(s)
+            made = _insert_rows(s, base_model, base_model_id, self.embedder.name, fresh.values())
             out = []
             for item, *_ in prepared:
                 if item.name in made:
@@ -325,6 +290,67 @@ def refuse_if_needed(ids: list[int], what: str, fix: str) -> None:
             f"{len(ids)} generated adapters are kept as recipes that need {what} "
             f"(ids {shown}): {fix}"
         )
+
+
+def _insert_rows(
+    s: Session, base_model: str, base_model_id: int, model: str, fresh: Iterable[Any]
+) -> dict[str, AdapterRecord]:
+    """Insert the rows of new recipes (``prepared`` tuples): one INSERT per table (the
+    adapters' with RETURNING), through the connection rather than the ORM's bulk
+    path, which costs more per statement than a single-adapter request's SQL."""
+    fresh = list(fresh)
+    if not fresh:
+        return {}
+    now = utcnow()
+    rows = [
+        {
+            "name": item.name,
+            "description": item.description,
+            "base_model_id": base_model_id,
+            **lora_spec.row_fields(spec, expected),
+            "provenance": Provenance.GENERATED.value,
+            "config": item.config,
+            "metrics": {},
+            "meta": item.meta,
+            "sha256": sha,
+            "blob_key": None,
+            "size_bytes": len(item.weights),
+            "created_at": now,
+        }
+        for item, spec, expected, vector, sha in fresh
+    ]
+    conn = s.connection()
+    adapters = _table(AdapterRow)
+    insert = sa.insert(adapters).returning(adapters.c.id, sort_by_parameter_order=True)
+    ids = conn.execute(insert, rows).scalars().all()
+    made: dict[str, AdapterRecord] = {}
+    recipes, vectors, links = [], [], []
+    for adapter_id, row, (item, _, _, vector, _) in zip(ids, rows, fresh, strict=True):
+        r = item.recipe
+        recipes.append(
+            {"adapter_id": adapter_id, "generator_id": r.generator_id,
+             "generator_sha256": r.generator_sha256, "seed": r.seed, "decoder": r.decoder}
+        )  # fmt: skip
+        vectors.append(
+            {"adapter_id": adapter_id, "model": model, "dim": int(vector.shape[0]),
+             "vector": vector.tobytes()}
+        )  # fmt: skip
+        links += [
+            {"child_id": adapter_id, "parent_id": p.adapter_id, "role": p.role,
+             "weight": p.weight}
+            for p in item.parents
+        ]  # fmt: skip
+        made[item.name] = _record(adapter_id, base_model, row, item.parents)
+    conn.execute(sa.insert(_table(AdapterRecipeRow)), recipes)
+    conn.execute(sa.insert(_table(DescriptionEmbeddingRow)), vectors)
+    if links:
+        conn.execute(sa.insert(_table(AdapterParentRow)), links)
+    bump_generation(s)
+    return made
+
+
+def _table(row_class: type[Any]) -> sa.Table:
+    return cast("sa.Table", row_class.__table__)
 
 
 def _recipe_of(row: AdapterRecipeRow) -> Recipe:

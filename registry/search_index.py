@@ -178,8 +178,12 @@ class DescriptionIndexes:
 def bump_generation(s: Session) -> None:
     """Mark every process's derived index stale (in ``s``'s transaction): the set of
     embedded adapters changed."""
-    s.execute(
-        sa.update(RegistryStateRow)
-        .where(RegistryStateRow.id == 1)
-        .values(generation=RegistryStateRow.generation + 1)
-    )
+    s.execute(_BUMP)
+
+
+# built once: every registration runs it
+_BUMP = (
+    sa.update(RegistryStateRow)
+    .where(RegistryStateRow.id == 1)
+    .values(generation=RegistryStateRow.generation + 1)
+)

@@ -69,6 +69,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
         self._builder = builder
         self.cache = WeightCache(self.settings.recipe_cache_bytes)
         self._base_models: dict[str, tuple[int, dict[str, list[int]]]] = {}
+        self._recipe_layouts = {}
         self._indexes = DescriptionIndexes(
             self._sessions,
             self.settings,
@@ -340,7 +341,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
         if not ids:
             return set()
         with self._sessions() as s:
-            return set(s.scalars(sa.select(AdapterRow.id).where(AdapterRow.id.in_(list(ids)))))
+            return set(s.scalars(_LIVE_IDS, {"ids": list(ids)}))
 
     def find_adapter(self, base_model: str, name: str) -> AdapterRecord | None:
         with self._sessions() as s:
@@ -458,6 +459,10 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
     def index_for(self, base_model_id: int) -> VectorIndex:
         """The FAISS index of one base model's descriptions, up to date with the database."""
         return self._indexes.get(base_model_id)
+
+
+# built once: a loaded generator runs it before every decode (``forget_deleted``)
+_LIVE_IDS = sa.select(AdapterRow.id).where(AdapterRow.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 def _refuse_twin(s: Session, bm_row: BaseModelRow, sha256: str) -> None:

@@ -142,3 +142,19 @@ def test_float32_weights_are_written_as_safetensors_writes_them() -> None:
     for shapes in ({"b.w": (3, 4), "a.w": (5,)}, {"b.w": (3, 4), "a.w": (5,)}, {"c": (2, 2)}):
         tensors = {n: torch.randn(s) for n, s in shapes.items()}
         assert lora_spec.weights_bytes(tensors) == save(tensors, metadata={"format": "pt"})
+
+
+def test_float32_views_and_tensors_that_need_grad_are_written_as_safetensors_does() -> None:
+    """The generator's tensors are views of one flat decode, in another order than the
+    names'; a transposed view, a strided one and a tensor that needs grad are written
+    from their values too."""
+    flat = torch.randn(40)
+    views = {"z.w": flat[:12].view(3, 4), "a.w": flat[12:20].view(2, 4), "m.w": flat[20:]}
+    odd = {
+        "t": torch.randn(4, 6).T,
+        "s": torch.randn(9)[::2],
+        "g": torch.randn(3, requires_grad=True),
+    }
+    for tensors in (views, odd):
+        plain = {n: t.detach().contiguous() for n, t in tensors.items()}
+        assert lora_spec.weights_bytes(tensors) == save(plain, metadata={"format": "pt"})

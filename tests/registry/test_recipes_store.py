@@ -91,6 +91,14 @@ def test_recipes_are_registered_in_one_go_and_rebuilt_on_download(
     # the same batch again returns the same adapters, writing nothing
     again = reg.add_recipes(str(tiny_base), recipes(reg, loras, gen, expert, [1, 2]))
     assert [r.id for r in again] == [r.id for r in made]
+    # a batch that repeats one registered adapter registers only the new one
+    mixed = reg.add_recipes(str(tiny_base), recipes(reg, loras, gen, expert, [2, 3, 3]))
+    assert mixed[0].id == made[1].id and mixed[1].id == mixed[2].id
+    assert mixed[1].id not in {r.id for r in made} and mixed[1].parents == made[0].parents
+    with reg.engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from adapter_recipes")).scalar() == 3
+        embedded = "select count(*) from description_embeddings"
+        assert conn.execute(sa.text(embedded)).scalar() == 4  # the expert's and three
     # fresh from registration the weights are cached; an empty cache rebuilds them
     assert (
         reg.adapter_files(made[0].id).weights
