@@ -119,9 +119,7 @@ class KeyStore:
         """Whether key ``key_id`` exists and is not revoked: one primary-key read, cheap
         enough for every request (a revocation holds from the next request on)."""
         with self._sessions() as s:
-            revoked = s.execute(
-                sa.select(ApiKeyRow.revoked_at).where(ApiKeyRow.id == key_id)
-            ).first()
+            revoked = s.execute(_REVOKED_AT, {"key_id": key_id}).first()
             return revoked is not None and revoked[0] is None
 
     def revoke_api_key(self: _Host, key_id: int) -> ApiKeyRecord:
@@ -154,6 +152,10 @@ class KeyStore:
         """Whether UI session ``sid`` was ended by logging out (one primary-key read)."""
         with self._sessions() as s:
             return s.get(EndedSessionRow, sid) is not None
+
+
+# built once: every authenticated request runs it
+_REVOKED_AT = sa.select(ApiKeyRow.revoked_at).where(ApiKeyRow.id == sa.bindparam("key_id"))
 
 
 def _digest(secret: str) -> str:
