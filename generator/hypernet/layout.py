@@ -110,7 +110,9 @@ class LoraLayout:
         return out
 
     def unflatten(self, rows: Rows) -> Tensors:
-        """{module: (L_module, d_module)} -> PEFT state dict (float32, contiguous)."""
+        """{module: (L_module, d_module)} -> PEFT state dict (float32, contiguous): views
+        of ``rows`` (of a contiguous copy where a module's rows are not contiguous), made
+        a module at a time, as this runs for every generated adapter."""
         state: Tensors = {}
         for module in self.modules:
             blocks = self.of(module)
@@ -120,9 +122,19 @@ class LoraLayout:
                     f"{module}: expected rows of shape {(len(blocks), blocks[0].size)}, "
                     f"got {tuple(x.shape)}"
                 )
-            for b, row in zip(blocks, x, strict=True):
-                state[b.key_a] = row[: b.size_a].reshape(b.rank, b.fan_in).contiguous()
-                state[b.key_b] = row[b.size_a :].reshape(b.fan_out, b.rank).contiguous()
+            x = x.contiguous()
+            first = blocks[0]
+            shape = (first.rank, first.fan_in, first.fan_out)
+            if any((b.rank, b.fan_in, b.fan_out) != shape for b in blocks):
+                for block, row in zip(blocks, x, strict=True):  # same size, other shapes
+                    state[block.key_a] = row[: block.size_a].view(block.rank, block.fan_in)
+                    state[block.key_b] = row[block.size_a :].view(block.fan_out, block.rank)
+                continue
+            a = x[:, : first.size_a].unflatten(1, (first.rank, first.fan_in)).unbind(0)
+            b = x[:, first.size_a :].unflatten(1, (first.fan_out, first.rank)).unbind(0)
+            for block, block_a, block_b in zip(blocks, a, b, strict=True):
+                state[block.key_a] = block_a
+                state[block.key_b] = block_b
         return state
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from generator.hypernet.layout import BlockNormaliser, LoraLayout
+from generator.hypernet.layout import Block, BlockNormaliser, LoraLayout
 from registry import base_models, lora_spec
 from tests.conftest import make_lora
 
@@ -52,6 +52,27 @@ def test_flatten_unflatten_is_exact(adapter: tuple[LoraLayout, dict[str, torch.T
     assert all(torch.equal(back[k], state[k]) for k in state)
     with pytest.raises(ValueError, match="expected rows of shape"):
         layout.unflatten({"q_proj": rows["q_proj"][:1], "v_proj": rows["v_proj"]})
+
+
+def test_unflatten_gives_contiguous_tensors_for_any_rows(
+    adapter: tuple[LoraLayout, dict[str, torch.Tensor]],
+) -> None:
+    """Rows that are not contiguous, and a module whose blocks share a size but not their
+    shapes, unflatten to each block's own contiguous tensors."""
+    layout, state = adapter
+    strided = {m: r.T.contiguous().T for m, r in layout.flatten(state).items()}
+    assert not strided["q_proj"].is_contiguous()
+    back = layout.unflatten(strided)
+    assert all(torch.equal(back[k], state[k]) and back[k].is_contiguous() for k in state)
+    # 4 x 32 + 32 x 4 = 4 x 16 + 48 x 4 = 256 numbers a block
+    mixed = LoraLayout((Block(0, "q", "m.0.q", 4, 32, 32), Block(1, "q", "m.1.q", 4, 16, 48)))
+    flat = torch.arange(512, dtype=torch.float32)
+    out = mixed.unflatten({"q": flat.view(2, 256)})
+    a0, b0, a1, b1 = (
+        out[f"base_model.model.m.{i}.q.lora_{h}.weight"] for i in (0, 1) for h in "AB"
+    )
+    assert torch.equal(a0, flat[:128].view(4, 32)) and torch.equal(b0, flat[128:256].view(32, 4))
+    assert torch.equal(a1, flat[256:320].view(4, 16)) and torch.equal(b1, flat[320:].view(48, 4))
 
 
 def test_normaliser_round_trip_and_statistics(
