@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import base_models
+from registry import base_models, lora_spec
 from registry.db import transaction
 from registry.errors import UnknownBaseModel
 from registry.models import BaseModelRow
 from registry.records import BaseModelRecord
 from registry.settings import Settings
+
+Expected = dict[str, tuple[int, int]]  # tensor name -> shape (``LoraSpec.expected_shapes``)
+LAYOUTS_KEPT = 64  # (base model, adapter config) pairs whose layouts are kept
 
 
 class BaseModelStore:
@@ -26,6 +30,7 @@ class BaseModelStore:
     settings: Settings
     _sessions: sessionmaker[Session]
     _base_models: dict[str, tuple[int, dict[str, list[int]]]]
+    _layouts: dict[tuple[str, str], tuple[Expected, lora_spec.LoraSpec]]
 
     def prepare_base_model(
         self, name: str, *, on_progress: Callable[[str], None] | None = None
@@ -92,6 +97,22 @@ class BaseModelStore:
                 row = self._base_model_row(s, name)
                 known = self._base_models[name] = (row.id, dict(row.linear_shapes))
         return known[0], dict(known[1])
+
+    def _adapter_layout(
+        self, base_model: str, config: dict[str, Any]
+    ) -> tuple[Expected, lora_spec.LoraSpec]:
+        """The tensor shapes and spec an adapter of ``config`` has on a registered base
+        model: worked out once per (base model, config), as the base model's shapes
+        never change (up to ``LAYOUTS_KEPT`` pairs are kept)."""
+        key = (base_model, repr(sorted(config.items())))
+        known = self._layouts.get(key)
+        if known is None:
+            spec = lora_spec.spec_from_config(config)
+            shapes = self._base_model_shapes(base_model)[1]
+            known = self._layouts[key] = (spec.expected_shapes(shapes), spec)
+            if len(self._layouts) > LAYOUTS_KEPT:
+                self._layouts.clear()
+        return known
 
     def linear_shapes(self, base_model: str) -> dict[str, list[int]]:
         return self._base_model_shapes(base_model)[1]

@@ -58,7 +58,6 @@ class _Host(Protocol):
 
     _sessions: sessionmaker[Session]
     _builder: RecipeBuilder | None
-    _recipe_layouts: dict[tuple[str, str], tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]]
     blobs: BlobStore
     cache: WeightCache
     settings: Settings
@@ -69,6 +68,10 @@ class _Host(Protocol):
     def _base_model_row(self, s: Session, name: str) -> BaseModelRow: ...
 
     def _base_model_shapes(self, name: str) -> tuple[int, dict[str, list[int]]]: ...
+
+    def _adapter_layout(
+        self, base_model: str, config: dict[str, Any]
+    ) -> tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]: ...
 
     def _adapter_row(self, s: Session, adapter_id: int) -> _Row: ...
 
@@ -89,14 +92,12 @@ class _Host(Protocol):
 _GENERATORS_THERE = sa.select(GeneratorRow.id).where(
     GeneratorRow.id.in_(sa.bindparam("ids", expanding=True))
 )
-_LAYOUTS_KEPT = 64  # (base model, adapter config) pairs whose expected shapes are kept
 
 
 class RecipeStore:
     """The recipe half of ``Registry``."""
 
     _builder: RecipeBuilder | None
-    _recipe_layouts: dict[tuple[str, str], tuple[dict[str, tuple[int, int]], lora_spec.LoraSpec]]
     cache: WeightCache
 
     def add_recipes(
@@ -107,7 +108,7 @@ class RecipeStore:
         again); everything is validated before anything is written."""
         if not items:
             return []
-        base_model_id, shapes = self._base_model_shapes(base_model)
+        base_model_id = self._base_model_shapes(base_model)[0]
         prepared = []
         for item in items:
             limit = self.settings.max_description_chars
@@ -115,15 +116,7 @@ class RecipeStore:
                 raise InvalidInput("a recipe's description must be cleaned before it is embedded")
             if not NAME_RE.match(item.name):
                 raise InvalidInput(f"adapter name {item.name!r} is not a simple name")
-            key = (base_model, repr(sorted(item.config.items())))
-            known = self._recipe_layouts.get(key)
-            if known is None:  # a base model's shapes never change: worked out once
-                spec = lora_spec.spec_from_config(item.config)
-                known = (spec.expected_shapes(shapes), spec)
-                if len(self._recipe_layouts) >= _LAYOUTS_KEPT:
-                    self._recipe_layouts.clear()
-                self._recipe_layouts[key] = known
-            expected, spec = known
+            expected, spec = self._adapter_layout(base_model, item.config)
             lora_spec.check_weights_bytes(item.weights, expected)
             vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)
             if vector.shape[0] != self.embedder.dim:

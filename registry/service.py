@@ -69,7 +69,7 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
         self._builder = builder
         self.cache = WeightCache(self.settings.recipe_cache_bytes)
         self._base_models: dict[str, tuple[int, dict[str, list[int]]]] = {}
-        self._recipe_layouts = {}
+        self._layouts = {}
         self._indexes = DescriptionIndexes(
             self._sessions,
             self.settings,
