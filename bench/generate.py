@@ -62,6 +62,7 @@ DESCRIPTIONS = [
     "Decide whether the text talks about {}. Answer yes or no.",
     "Is the following quote about {}? Answer yes or no.",
 ]
+PREVIOUS = "2"  # the decoder version the current one is timed against
 FILL_LIMIT = 2000  # requests spent filling the weight cache, at most
 TOPICS = ["fish", "tools", "weather", "music", "birds", "sports", "cooking", "vehicles", "money"]
 
@@ -101,7 +102,6 @@ def main() -> None:
 
     from generator.serve.generate import generator_for
     from generator.serve.generator import Generator, Request
-    from generator.serve.rebuild import decode_v1
     from generator.zoo.build import zoo_records
     from registry.errors import LoramintError
     from registry.lora_spec import weights_bytes
@@ -140,16 +140,16 @@ def main() -> None:
         stages["total"].append(t3 - t0)
         if gen.decoder is not None:
             t4 = time.perf_counter()
-            old = decode_v1(gen, vec[0], 0)
+            old = gen.generate([Request(text)], vectors=vec, decoder=PREVIOUS)[0].weights
             previous.append(time.perf_counter() - t4)
             worst = max(worst, max(float((old[k] - out.weights[k]).abs().max()) for k in old))
     if previous:
-        stages["search+decode, previous decoder (baseline)"] = previous
+        stages[f"search+decode, decoder version {PREVIOUS} (baseline)"] = previous
 
     print(f"\nOne warm request at a time ({args.requests} requests), milliseconds:")
     latency_table("| stage | p50 | p90 | p99 | mean |", stages, (0.5, 0.9, 0.99))
     if previous:
-        print(f"largest difference from the previous decoder's weights: {worst:.2e}")
+        print(f"largest difference from decoder version {PREVIOUS}'s weights: {worst:.2e}")
         if worst > 1e-4:
             sys.exit("error: the decoders disagree")
 

@@ -22,6 +22,11 @@ three rearrangements that follow from linearity:
   stay in cache, instead of a batch's (N, L, d) stacks, which are fresh
   allocations of tens of megabytes each time. It also makes an adapter's bits
   independent of the batch it was decoded in, which a recipe's rebuild needs.
+
+The mixture's moments (the mean and the log-variance condition over the K experts'
+rows) are computed by one compiled pass (``generator.serve.mixing``, decoder version
+"3"); version "2" computed them with tensor operations, about 35 passes over the
+adapter's numbers, and is kept so that its recipes rebuild bit for bit.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from torch import nn
 from generator.hypernet.layout import BlockNormaliser, LoraLayout, Rows
 from generator.hypernet.networks import SGLoraNet
 from generator.hypernet.tokens import VAR_FLOOR, ModuleShape, module_shapes
+
+VERSIONS = ("2", "3")  # the decoder versions (recipes' rounding) ``SGDecoder`` computes
 
 
 @dataclass(frozen=True)
@@ -153,21 +160,18 @@ class SGDecoder:
         b = rows[:, split:].view(s.layers, s.fan_out, s.rank)
         return a, b
 
-    @torch.no_grad()
-    def decode(
-        self, weights: Sequence[float], experts: Sequence[ExpertTerms], eps: torch.Tensor
-    ) -> torch.Tensor:
-        """One adapter: mixture ``weights`` (summing to one) over ``experts`` and the
-        latent noise ``eps`` (Z,) -> its flat de-normalised rows (D,)."""
-        if len(weights) != len(experts) or not experts:
-            raise ValueError(f"{len(weights)} weights for {len(experts)} experts")
-        net = self.net
-        # the mixture, module by module: mu* = sum a_k mu_k and
-        # var* = sum a_k (var_k + (mu_k - mu*)^2)
-        out = torch.empty(self.size)
-        var = torch.empty(self.size)
+    def _moments_v2(
+        self,
+        weights: Sequence[float],
+        experts: Sequence[ExpertTerms],
+        out: torch.Tensor,
+        logvar: torch.Tensor,
+    ) -> None:
+        """Decoder version 2's mixture, module by module with tensor operations:
+        mu* = sum a_k mu_k into ``out``, var* = sum a_k (var_k + (mu_k - mu*)^2) into
+        ``logvar``, then log(var* / S^2 + floor) there."""
         for m in self.modules:
-            name, mu, total = m.shape.module, self._view(out, m), self._view(var, m)
+            name, mu, total = m.shape.module, self._view(out, m), self._view(logvar, m)
             torch.mul(experts[0].mean[name], weights[0], out=mu)
             for a, e in zip(weights[1:], experts[1:], strict=True):
                 mu.add_(e.mean[name], alpha=a)
@@ -178,15 +182,53 @@ class SGDecoder:
                     total.add_(e.var[name], alpha=a)
                 torch.sub(e.mean[name], mu, out=diff)
                 total.addcmul_(diff, diff, value=a)
+            total.mul_(m.inv_var_scale).add_(VAR_FLOOR).log_()
+
+    @torch.no_grad()
+    def decode(
+        self,
+        weights: Sequence[float],
+        experts: Sequence[ExpertTerms],
+        eps: torch.Tensor,
+        *,
+        version: str = "3",
+    ) -> torch.Tensor:
+        """One adapter: mixture ``weights`` (summing to one) over ``experts`` and the
+        latent noise ``eps`` (Z,) -> its flat de-normalised rows (D,). ``version`` is
+        the decoder version whose rounding to follow (``VERSIONS``): "3" computes the
+        mixture's moments in one compiled pass (``generator.serve.mixing``), "2" with
+        tensor operations, expert by expert; everything after them is shared."""
+        if len(weights) != len(experts) or not experts:
+            raise ValueError(f"{len(weights)} weights for {len(experts)} experts")
+        if version not in VERSIONS:
+            raise ValueError(f"decoder version {version!r} is not one of {VERSIONS}")
+        net = self.net
+        out = torch.empty(self.size)
+        # the log-variance condition log(var* / S^2 + floor), made in place
+        logvar = torch.empty(self.size)
+        if version == "3":
+            from generator.serve.mixing import mixture_moments
+
+            for m in self.modules:
+                name = m.shape.module
+                mixture_moments(
+                    weights,
+                    [e.mean[name] for e in experts],
+                    [e.var[name] for e in experts],
+                    m.inv_var_scale,
+                    VAR_FLOOR,
+                    out[m.rows],
+                    logvar[m.rows],
+                )
+            logvar.log_()
+        else:
+            self._moments_v2(weights, experts, out, logvar)
         cond = self.start.clone()
         for a, e in zip(weights, experts, strict=True):
             cond.add_(e.read_mean, alpha=a)
-        # the log-variance condition: log(var* / S^2 + floor), read in place
         for m in self.modules:
             s = m.shape
-            v = var[m.rows].view(s.layers, -1)
-            v.mul_(m.inv_var_scale).add_(VAR_FLOOR).log_()
-            a_rows, b_rows = self._halves(var[m.rows], s)
+            a_rows, b_rows = self._halves(logvar[m.rows], s)
             part = cond[m.tokens].view(s.layers, s.rank, -1)
             part.add_(a_rows @ m.read_a).add_(b_rows.transpose(1, 2) @ m.read_b)
         cond = cond + net.cond(cond)  # (T, h)

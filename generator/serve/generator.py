@@ -44,11 +44,11 @@ from registry.service import Registry
 # The version of ``Generator.generate``'s arithmetic, recorded in every recipe
 # (registry.recipes). Bump it with any change that can move a decoded bit (the
 # mixture, the decoder, the serialisation), and keep the previous version's
-# arithmetic for rebuilds (``generator.serve.rebuild.decode_v1`` for "1"); recipes
-# of a version no longer kept must be materialised (`loramint adapters
-# materialise`) by the loramint that made them, which the rebuild says when it
-# meets one.
-DECODER = "2"
+# arithmetic for rebuilds (``SGDecoder.decode(version="2")`` for "2",
+# ``generator.serve.rebuild.decode_v1`` for "1"); recipes of a version no longer kept
+# must be materialised (`loramint adapters materialise`) by the loramint that made
+# them, which the rebuild says when it meets one.
+DECODER = "3"
 
 
 def adapter_config(template: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +138,12 @@ class Generator:
                 logvar_shift=float(checkpoint.hyper["logvar_shift"]),
                 logvar_scale=float(checkpoint.hyper["logvar_scale"]),
             )
+            from generator.serve.mixing import prepare
+
+            # the mixture pass for k experts, and for the nearest one alone when a gate
+            # can serve it: compiled or loaded now rather than in the first request
+            gated = checkpoint.hyper.get("gate") is not None
+            prepare([int(checkpoint.hyper["k"])] + ([1] if gated else []))
             import faiss
 
             emb = checkpoint.expert_embeddings
@@ -255,11 +261,16 @@ class Generator:
 
     @torch.no_grad()
     def generate(
-        self, requests: Sequence[Request], *, vectors: np.ndarray | None = None
+        self,
+        requests: Sequence[Request],
+        *,
+        vectors: np.ndarray | None = None,
+        decoder: str = DECODER,
     ) -> list[Generated]:
         """Decode a batch of requests (SG-LoRA: each on its own with ``SGDecoder``, so an
         adapter's bits do not depend on its batch; ICM-LoRA: in one forward pass);
-        ``vectors`` are the descriptions' embeddings when the caller already has them."""
+        ``vectors`` are the descriptions' embeddings when the caller already has them;
+        ``decoder`` the SG-LoRA decoder version whose rounding to follow (a rebuild's)."""
         if not requests:
             return []
         if self.method == SG_LORA:
@@ -276,7 +287,8 @@ class Generator:
             for i, vec in enumerate(vectors):
                 experts, weights, neighbours[i] = self.choose(np.asarray(vec))
                 terms = [self.terms(e) for e in experts]
-                rows.append(self.decoder.rows(self.decoder.decode(weights, terms, eps[i])))
+                flat = self.decoder.decode(weights, terms, eps[i], version=decoder)
+                rows.append(self.decoder.rows(flat))
         else:
             assert isinstance(self.ckpt.net, ICMLoraNet)
             hidden = int(self.ckpt.hyper["hidden_size"])

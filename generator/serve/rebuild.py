@@ -4,9 +4,9 @@ recipe builder, declared as the ``loramint.recipe_builders`` entry point.
 A recipe names its generator by id and checkpoint checksum; the rebuild loads
 that generator (a few are kept loaded per registry) and decodes the adapter's
 description embedding, as stored, with its seed: the same single-request decode
-the generation path ran. Recipes of the previous decoder version ("1": the
-network's batched sampling pass, before ``SGDecoder``) are rebuilt with that
-version's arithmetic (``decode_v1``), so an upgrade loses none. Builds are
+the generation path ran, with the rounding of the decoder version the recipe
+records: "3" (the current one) and "2" by ``SGDecoder``, "1" (the network's batched
+sampling pass, before ``SGDecoder``) by ``decode_v1``, so an upgrade loses none. Builds are
 serialised (one decode at a time per registry), as the networks are not shared
 between threads.
 """
@@ -22,6 +22,7 @@ import torch
 
 from generator.hypernet.networks import SGLoraNet
 from generator.hypernet.tokens import from_tokens, to_tokens, var_tokens
+from generator.serve.decode import VERSIONS
 from generator.serve.generator import DECODER, Generator, Request
 from registry.errors import CorruptBlob, GeneratorNotFound
 from registry.lora_spec import Tensors, weights_bytes
@@ -62,7 +63,7 @@ class Rebuilder:
         return loaded
 
     def __call__(self, registry: Registry, source: RecipeInput) -> bytes:
-        if source.recipe.decoder not in (DECODER, "1"):
+        if source.recipe.decoder not in (*VERSIONS, "1"):
             raise CorruptBlob(
                 f"adapter {source.adapter_id} was decoded by decoder version "
                 f"{source.recipe.decoder!r}, this loramint has {DECODER!r}: materialise such "
@@ -73,7 +74,9 @@ class Rebuilder:
             if source.recipe.decoder == "1":
                 return weights_bytes(decode_v1(generator, source.embedding, source.recipe.seed))
             request = Request(source.description, seed=source.recipe.seed)
-            [made] = generator.generate([request], vectors=source.embedding[None, :])
+            [made] = generator.generate(
+                [request], vectors=source.embedding[None, :], decoder=source.recipe.decoder
+            )
             return weights_bytes(made.weights)
 
 

@@ -53,17 +53,20 @@ def reference(
         return from_tokens(layout, norm, net.sample(mean_t, logvar_t, eps[None]))[0]
 
 
+@pytest.mark.parametrize("version", ["2", "3"])
 @pytest.mark.parametrize(
     "weights", [[1.0], [0.5, 0.3, 0.2], [0.1, 0.2, 0.3, 0.4]], ids=["gate", "three", "four"]
 )
-def test_the_serving_decode_computes_the_networks_sample(weights: list[float]) -> None:
+def test_the_serving_decode_computes_the_networks_sample(
+    weights: list[float], version: str
+) -> None:
     layout, norm, net, means, variances = random_world(0)
     decoder = SGDecoder(net, layout, norm, logvar_shift=SHIFT, logvar_scale=SCALE)
     k = len(weights)
     terms = [decoder.expert_terms(means[i], variances[i]) for i in range(k)]
     eps = torch.randn(4)
     want = reference(layout, norm, net, weights, means[:k], variances[:k], eps)
-    got = decoder.rows(decoder.decode(weights, terms, eps))
+    got = decoder.rows(decoder.decode(weights, terms, eps, version=version))
     mixture = mix(torch.tensor(weights), means[:k], variances[:k]).mean
     for m in layout.modules:
         correction = (want[m] - mixture[m]).abs().max()
@@ -93,3 +96,5 @@ def test_bad_mixtures_are_refused() -> None:
         decoder.decode([0.5, 0.5], terms, torch.randn(4))
     with pytest.raises(ValueError, match="0 weights for 0 experts"):
         decoder.decode([], [], torch.randn(4))
+    with pytest.raises(ValueError, match="decoder version '9'"):
+        decoder.decode([1.0], terms, torch.randn(4), version="9")

@@ -172,8 +172,9 @@ def test_a_recipe_of_another_decoder_version_says_what_to_do(
     mark_decoded_by(reg, record.id, DECODER)  # back as made, for the tests that delete experts
 
 
-def test_a_recipe_of_the_previous_decoder_is_rebuilt_with_its_arithmetic(
-    world: SandboxWorld, sg: GeneratorRecord
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_recipe_of_an_earlier_decoder_is_rebuilt_with_its_arithmetic(
+    world: SandboxWorld, sg: GeneratorRecord, version: str
 ) -> None:
     import torch
 
@@ -182,18 +183,26 @@ def test_a_recipe_of_the_previous_decoder_is_rebuilt_with_its_arithmetic(
     from registry.lora_spec import weights_bytes
 
     reg = world.registry
+    seed = 4 + int(version)
     [(record, made)] = generate_adapters(
-        reg, [Request("Is a bicycle mentioned? Answer yes or no.", seed=4)],
+        reg, [Request(f"Is a bicycle mentioned ({version})? Answer yes or no.", seed=seed)],
         base_model=world.base, method="sg-lora", generator_id=sg.id,
     )  # fmt: skip
     generator = LoadedGenerators(reg).serving(world.base, "sg-lora", sg.id)
     assert made.embedding is not None
-    old = decode_v1(generator, made.embedding, 4)
-    # both versions compute the same function; only their rounding may differ
+    if version == "1":
+        old = decode_v1(generator, made.embedding, seed)
+    else:
+        request = Request(made.description, seed=seed)
+        [again] = generator.generate([request], vectors=made.embedding[None, :], decoder=version)
+        old = again.weights
+    # the versions compute the same function; only their rounding differs, so only the
+    # recorded version gives the recipe's bytes
     for key, tensor in old.items():
         assert torch.allclose(tensor, made.weights[key], rtol=0, atol=1e-6)
-    # the row as decoder "1" left it: its version and the bytes it decoded to
-    mark_decoded_by(reg, record.id, "1", sha256=sha256_hex(weights_bytes(old)))
+    assert weights_bytes(old) != weights_bytes(made.weights)
+    # the row as that version left it: its version and the bytes it decoded to
+    mark_decoded_by(reg, record.id, version, sha256=sha256_hex(weights_bytes(old)))
     reg.cache = type(reg.cache)(reg.cache.capacity)
     assert reg.adapter_files(record.id).weights == weights_bytes(old)
 
