@@ -62,7 +62,6 @@ DESCRIPTIONS = [
     "Decide whether the text talks about {}. Answer yes or no.",
     "Is the following quote about {}? Answer yes or no.",
 ]
-PREVIOUS = "2"  # the decoder version the current one is timed against
 FILL_LIMIT = 2000  # requests spent filling the weight cache, at most
 TOPICS = ["fish", "tools", "weather", "music", "birds", "sports", "cooking", "vehicles", "money"]
 
@@ -100,6 +99,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from generator.serve.decode import VERSIONS
     from generator.serve.generate import generator_for
     from generator.serve.generator import Generator, Request
     from generator.zoo.build import zoo_records
@@ -125,6 +125,7 @@ def main() -> None:
     stages: dict[str, list[float]] = {n: [] for n in ("embed", "search+decode", "serialise")}
     stages["total"] = []
     previous: list[float] = []  # the previous decoder's arithmetic on the same request
+    previous_version = VERSIONS[-2]
     worst = 0.0
     for text in descriptions(args.requests):
         t0 = time.perf_counter()
@@ -140,16 +141,16 @@ def main() -> None:
         stages["total"].append(t3 - t0)
         if gen.decoder is not None:
             t4 = time.perf_counter()
-            old = gen.generate([Request(text)], vectors=vec, decoder=PREVIOUS)[0].weights
+            old = gen.generate([Request(text)], vectors=vec, decoder=previous_version)[0].weights
             previous.append(time.perf_counter() - t4)
             worst = max(worst, max(float((old[k] - out.weights[k]).abs().max()) for k in old))
     if previous:
-        stages[f"search+decode, decoder version {PREVIOUS} (baseline)"] = previous
+        stages[f"search+decode, decoder version {previous_version} (baseline)"] = previous
 
     print(f"\nOne warm request at a time ({args.requests} requests), milliseconds:")
     latency_table("| stage | p50 | p90 | p99 | mean |", stages, (0.5, 0.9, 0.99))
     if previous:
-        print(f"largest difference from decoder version {PREVIOUS}'s weights: {worst:.2e}")
+        print(f"largest difference from decoder version {previous_version}'s weights: {worst:.2e}")
         if worst > 1e-4:
             sys.exit("error: the decoders disagree")
 

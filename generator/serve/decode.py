@@ -41,7 +41,9 @@ from generator.hypernet.layout import BlockNormaliser, LoraLayout, Rows
 from generator.hypernet.networks import SGLoraNet
 from generator.hypernet.tokens import VAR_FLOOR, ModuleShape, module_shapes
 
-VERSIONS = ("2", "3")  # the decoder versions (recipes' rounding) ``SGDecoder`` computes
+# the decoder versions (recipes' rounding) ``SGDecoder`` computes, oldest first; the
+# last is the one new adapters are made with (``generator.serve.generator.DECODER``)
+VERSIONS = ("2", "3")
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ class SGDecoder:
         experts: Sequence[ExpertTerms],
         eps: torch.Tensor,
         *,
-        version: str = "3",
+        version: str = VERSIONS[-1],
     ) -> torch.Tensor:
         """One adapter: mixture ``weights`` (summing to one) over ``experts`` and the
         latent noise ``eps`` (Z,) -> its flat de-normalised rows (D,). ``version`` is

@@ -33,7 +33,7 @@ from generator.hypernet.methods import SG_LORA
 from generator.hypernet.mixture import Mixture, experts_needed, gate_fires, mix, softmax_weights
 from generator.hypernet.networks import ICMLoraNet, SGLoraNet, icm_condition
 from generator.hypernet.tokens import from_tokens
-from generator.serve.decode import ExpertTerms, SGDecoder
+from generator.serve.decode import VERSIONS, ExpertTerms, SGDecoder
 from generator.tasks.evaluation import Evaluator
 from generator.tasks.task_vector import TaskVectorizer
 from registry.errors import AdapterNotFound, InvalidInput
@@ -42,13 +42,14 @@ from registry.records import GeneratorRecord
 from registry.service import Registry
 
 # The version of ``Generator.generate``'s arithmetic, recorded in every recipe
-# (registry.recipes). Bump it with any change that can move a decoded bit (the
-# mixture, the decoder, the serialisation), and keep the previous version's
-# arithmetic for rebuilds (``SGDecoder.decode(version="2")`` for "2",
-# ``generator.serve.rebuild.decode_v1`` for "1"); recipes of a version no longer kept
-# must be materialised (`loramint adapters materialise`) by the loramint that made
-# them, which the rebuild says when it meets one.
-DECODER = "3"
+# (registry.recipes): the newest of ``SGDecoder``'s versions. Add a version there with
+# any change that can move a decoded bit (the mixture, the decoder, the
+# serialisation), and keep the previous versions' arithmetic for rebuilds
+# (``SGDecoder.decode(version="2")`` for "2", ``generator.serve.rebuild.decode_v1``
+# for "1"); recipes of a version no longer kept must be materialised (`loramint
+# adapters materialise`) by the loramint that made them, which the rebuild says when
+# it meets one.
+DECODER = VERSIONS[-1]
 
 
 def adapter_config(template: dict[str, Any]) -> dict[str, Any]:
