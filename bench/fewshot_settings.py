@@ -167,6 +167,28 @@ def keep(path: Path, data: dict[str, Any], key: str, accuracy: float) -> None:
         write_atomic(path, json.dumps(data, indent=1).encode())
 
 
+def open_serving(base_model: str) -> tuple[Any, Any, Any, Any, dict[str, int]]:
+    """The registry, the default suite, the base model's evaluator, the serving SG-LoRA
+    generator, and every suite task's registered zoo adapter id by task name."""
+    from api.cli_zoo import open_suite
+    from generator.serve.generate import generator_for
+    from generator.serve.generator import Generator
+    from generator.tasks.evaluation import Evaluator
+    from generator.zoo.build import adapter_name
+    from registry.service import Registry
+
+    reg = Registry()
+    suite = open_suite(None, build=False)
+    evaluator = Evaluator.from_path(reg.base_model_path(base_model))
+    sg = Generator.from_registry(reg, generator_for(reg, base_model, "sg-lora"), base=evaluator)
+    registered: dict[str, int] = {}
+    for t in suite:
+        rec = reg.find_adapter(base_model, adapter_name(t))
+        if rec is not None:
+            registered[t.name] = rec.id
+    return reg, suite, evaluator, sg, registered
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
@@ -191,27 +213,14 @@ def main() -> None:
         sys.stdout.write(report(json.loads(path.read_text())))
         return
 
-    from api.cli_zoo import open_suite
     from generator.adapt.pipeline import AdaptConfig
     from generator.quality.fewshot import draw
     from generator.quality.heldout import oracle_weights
     from generator.serve.fewshot import adapt_generated
-    from generator.serve.generate import generator_for
-    from generator.serve.generator import Generator, Request
-    from generator.tasks.evaluation import Evaluator
-    from generator.zoo.build import adapter_name
-    from registry.service import Registry
+    from generator.serve.generator import Request
 
-    reg = Registry()
-    suite = open_suite(None, build=False)
-    evaluator = Evaluator.from_path(reg.base_model_path(args.base_model))
-    serving = generator_for(reg, args.base_model, "sg-lora")
-    sg = Generator.from_registry(reg, serving, base=evaluator)
-    own: dict[str, int] = {}
-    for t in suite:
-        rec = reg.find_adapter(args.base_model, adapter_name(t))
-        if rec is not None and rec.id in sg.ckpt.expert_ids:
-            own[t.name] = rec.id
+    reg, suite, evaluator, sg, registered = open_serving(args.base_model)
+    own = {n: i for n, i in registered.items() if i in sg.ckpt.expert_ids}
     pool = [t for t in suite if not t.held_out and t.is_classification and t.name in own]
     if args.tasks:
         names = [n.strip() for n in args.tasks.split(",") if n.strip()]
