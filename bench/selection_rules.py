@@ -164,7 +164,10 @@ def main() -> None:
     if args.report:
         if not path.exists():
             raise SystemExit(f"{path} does not exist: run without --report first")
-        sys.stdout.write(report(json.loads(path.read_text()), args.k, args.draws))
+        data = json.loads(path.read_text())
+        if args.k >= int(data["pool"]):
+            raise SystemExit(f"--k must be below the pool of {data['pool']} the file was scored on")
+        sys.stdout.write(report(data, args.k, args.draws))
         return
 
     from generator.adapt.examples import FewShot

@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from bench.selection_rules import RULES, SERVED, choose, expected, report, served, wider
+from generator.adapt.scoring import Scores
+from generator.adapt.selection import best
 
 
 def candidate(test: float, right: list[int], p: list[float]) -> dict[str, Any]:
@@ -95,3 +98,28 @@ def test_extra_experts_join_after_the_served_ones_and_get_their_own_row() -> Non
     assert "+0.100 [+0.100, +0.100]" in rows[f"selection by {SERVED}, the 2 nearest experts alone"]
     # the best candidate is the best the service offers, not the extra expert
     assert rows["best candidate on the test split"].split("|")[2].strip() == "0.800"
+
+
+def test_the_served_rule_is_the_one_the_service_chooses_by() -> None:
+    """The bench's "accuracy, then log-likelihood" picks what ``selection.best`` picks,
+    ties included, so the study measures the rule the service runs."""
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        names = [f"c{i}" for i in range(5)]
+        right = rng.integers(0, 2, size=(5, 12))
+        logp = np.round(np.log(rng.uniform(0.05, 1, size=(5, 12))), 1)  # ties happen
+        if trial % 5 == 0:
+            right[3], logp[3] = right[1], logp[1]  # an exact tie: the first listed wins
+        scored = {
+            n: Scores(torch.tensor(right[i], dtype=torch.float32), torch.tensor(logp[i]))
+            for i, n in enumerate(names)
+        }
+        t = {
+            "name": "t",
+            "candidates": {
+                n: {"test": 0.0, "pool_right": right[i].tolist(), "pool_logp": logp[i].tolist()}
+                for i, n in enumerate(names)
+            },
+        }
+        idx = np.sort(rng.choice(12, size=6, replace=False))
+        assert choose(t, idx, RULES[SERVED], names) == best(scored, idx.tolist())
