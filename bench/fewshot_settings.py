@@ -167,6 +167,26 @@ def keep(path: Path, data: dict[str, Any], key: str, accuracy: float) -> None:
         write_atomic(path, json.dumps(data, indent=1).encode())
 
 
+def named(pool: list[Any], text: str, what: str) -> list[Any]:
+    """The tasks of ``pool`` named in the comma-separated ``text``; a name that is not
+    in ``pool`` stops the run, naming ``what`` the tasks had to be."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    chosen = [t for t in pool if t.name in names]
+    missing = sorted(set(names) - {t.name for t in chosen})
+    if missing:
+        raise SystemExit(f"not {what}: {missing}")
+    return chosen
+
+
+def bound(path: Path, binding: dict[str, Any], entries: str) -> dict[str, Any]:
+    """The results kept at ``path`` (empty ``entries`` if none); a file whose entries
+    were made under another ``binding`` stops the run rather than be mixed into."""
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {entries: {}}
+    if data[entries] and data.get("binding") != binding:
+        raise SystemExit(f"{path} was made with {data.get('binding')}, not {binding}: move it away")
+    return data
+
+
 def open_serving(base_model: str) -> tuple[Any, Any, Any, Any, dict[str, int]]:
     """The registry, the default suite, the base model's evaluator, the serving SG-LoRA
     generator, and every suite task's registered zoo adapter id by task name."""
@@ -223,17 +243,11 @@ def main() -> None:
     own = {n: i for n, i in registered.items() if i in sg.ckpt.expert_ids}
     pool = [t for t in suite if not t.held_out and t.is_classification and t.name in own]
     if args.tasks:
-        names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-        chosen = [t for t in pool if t.name in names]
-        missing = sorted(set(names) - {t.name for t in chosen})
-        if missing:
-            raise SystemExit(f"not training tasks with an expert of the generator: {missing}")
+        chosen = named(pool, args.tasks, "training tasks with an expert of the generator")
     else:
         chosen = stratified(pool, args.count, args.seed)
     binding = {"generator": sg.id, "k": args.k, "seed": args.seed}
-    data = json.loads(path.read_text()) if path.exists() else {"cells": {}}
-    if data["cells"] and data.get("binding") != binding:
-        raise SystemExit(f"{path} was made with {data.get('binding')}, not {binding}: move it away")
+    data = bound(path, binding, "cells")
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
         configs=[list(c) for c in configs], tasks=[t.name for t in chosen],

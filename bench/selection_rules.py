@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fewshot_settings import bootstrap, open_serving, stratified  # noqa: E402
+from bench.fewshot_settings import bootstrap, bound, named, open_serving, stratified  # noqa: E402
 
 # A rule maps one candidate's (right, log p(right label)) on the drawn examples to a key;
 # the candidate with the largest key wins, ties going to the one listed first.
@@ -185,20 +185,14 @@ def main() -> None:
         and (args.held_out or own[t.name] in experts) and len(t.train) > args.pool
     ]  # fmt: skip
     if args.tasks:
-        names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-        chosen = [t for t in pool if t.name in names]
-        missing = sorted(set(names) - {t.name for t in chosen})
-        if missing:
-            raise SystemExit(f"not {'held-out' if args.held_out else 'training'} tasks "
-                             f"with a registered adapter: {missing}")  # fmt: skip
+        kind = "held-out" if args.held_out else "training"
+        chosen = named(pool, args.tasks, f"{kind} tasks with a registered adapter")
     elif args.held_out:
         chosen = pool
     else:
         chosen = stratified(pool, args.count, args.seed)
     binding = {"generator": sg.id, "pool": args.pool, "seed": args.seed}
-    data = json.loads(path.read_text()) if path.exists() else {"tasks": {}}
-    if data["tasks"] and data.get("binding") != binding:
-        raise SystemExit(f"{path} was made with {data.get('binding')}, not {binding}: move it away")
+    data = bound(path, binding, "tasks")
     data.update(binding=binding, pool=args.pool, seed=args.seed, held_out=args.held_out)
 
     def scored(adapters: dict[str, Any], task: Any) -> dict[str, dict[str, Any]]:
