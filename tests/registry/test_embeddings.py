@@ -55,20 +55,52 @@ def test_default_runs_in_bfloat16_only_where_the_cpu_has_it(
         assert np.array_equal(ours, reference)
 
 
-def test_bfloat16_weights_stored_once_give_autocasts_bits(embedder: MiniLMEmbedder) -> None:
-    """Storing the linear layers in bfloat16 changes no bit of what autocast over the
-    float32 weights gives; it only saves casting them on every call."""
+def _bert_model_vectors(embedder: MiniLMEmbedder, texts: list[str], autocast: bool) -> np.ndarray:
+    """What ``encode`` gives when transformers' ``BertModel`` itself runs the forward
+    (under bfloat16 autocast with ``autocast``), pooled the same way."""
+    model = embedder._model
+    bert: Any = model[0].auto_model
+    features = model.tokenizer(texts, padding=True, truncation="longest_first",
+                               max_length=model.max_seq_length, return_tensors="pt")  # fmt: skip
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        hidden = bert(**features).last_hidden_state.float()
+    mask = features["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    unit = torch.nn.functional.normalize(mean, p=2, dim=1)
+    return torch.nn.functional.normalize(unit, p=2, dim=1).numpy()
+
+
+def test_bfloat16_vectors_are_bert_models_under_autocast_bit_for_bit(
+    embedder: MiniLMEmbedder, float32: MiniLMEmbedder
+) -> None:
+    """The written-out forward with the linear layers stored in bfloat16 gives what
+    ``BertModel`` under bfloat16 autocast over the float32 weights gives, bit for bit:
+    storing the weights once and skipping the library's wrapping change nothing."""
     if not embedder.bfloat16:
         pytest.skip("this CPU has no native bfloat16 products: the default is float32")
-    autocast_over_float32 = MiniLMEmbedder(precision="float32")
-    autocast_over_float32.bfloat16 = True  # autocast on, the weights left in float32
     bert: Any = embedder._model[0].auto_model
     linears = [m for m in bert.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
     norms = [m for m in bert.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(m.weight.dtype == torch.float32 for m in norms)
-    for chosen in (TEXTS[:1], TEXTS):
-        assert np.array_equal(embedder.encode(chosen), autocast_over_float32.encode(chosen))
+    for chosen in (TEXTS[:1], TEXTS[:9], TEXTS[60:]):  # alone, padded, truncated and odd
+        ordered = sorted(chosen, key=len, reverse=True)  # encode's order within a batch
+        reference = _bert_model_vectors(float32, ordered, autocast=True)
+        assert np.array_equal(embedder.encode(ordered), reference)
+
+
+def test_the_written_out_forward_refuses_what_it_does_not_cover() -> None:
+    from transformers import BertConfig, BertModel
+
+    from registry.bert import BertEncoder
+
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=16, hidden_act="relu")  # fmt: skip
+    config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match="hidden_act is 'relu'"):
+        BertEncoder(BertModel(config))
+    config.hidden_act = "gelu"
+    BertEncoder(BertModel(config))  # MiniLM's configuration is accepted
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
