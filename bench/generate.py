@@ -6,7 +6,9 @@
 On the registry in $LORAMINT_HOME, with its latest generator for the base
 model: one warm request at a time, timed through each stage a request goes
 through (description embedding, expert search + mixture, decode, serialisation
-to a PEFT zip), then batches of requests decoded together (one embedding call,
+to a PEFT zip), with two baselines on the same request: the embedding by
+transformers' ``BertModel`` and the previous decoder version (each must agree),
+then batches of requests decoded together (one embedding call,
 one forward pass), reported as adapters per second. Then, on a scratch copy of
 the registry (nothing reaches the real one): the whole generation path one
 request at a time (embedding + search + decode + recipe registration), first
@@ -36,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -127,6 +130,10 @@ def main() -> None:
     previous: list[float] = []  # the previous decoder's arithmetic on the same request
     previous_version = VERSIONS[-2]
     worst = 0.0
+    # the description embedding by transformers' BertModel itself, on the same request
+    library_encode = getattr(registry.embedder, "library_encode", None)
+    library: list[float] = []
+    embeddings_agree = True
     for text in descriptions(args.requests):
         t0 = time.perf_counter()
         vec = gen.embed([text])
@@ -139,16 +146,27 @@ def main() -> None:
         stages["search+decode"].append(t2 - t1)
         stages["serialise"].append(t3 - t2)
         stages["total"].append(t3 - t0)
+        if library_encode is not None:
+            t4 = time.perf_counter()
+            embeddings_agree &= bool(np.array_equal(library_encode([text]), vec))
+            library.append(time.perf_counter() - t4)
         if gen.decoder is not None:
             t4 = time.perf_counter()
             old = gen.generate([Request(text)], vectors=vec, decoder=previous_version)[0].weights
             previous.append(time.perf_counter() - t4)
             worst = max(worst, max(float((old[k] - out.weights[k]).abs().max()) for k in old))
+    if library:
+        stages["embed, transformers' BertModel (baseline)"] = library
     if previous:
         stages[f"search+decode, decoder version {previous_version} (baseline)"] = previous
 
     print(f"\nOne warm request at a time ({args.requests} requests), milliseconds:")
     latency_table("| stage | p50 | p90 | p99 | mean |", stages, (0.5, 0.9, 0.99))
+    if library:
+        agree = "yes" if embeddings_agree else "no"
+        print(f"embeddings equal to BertModel's, bit for bit: {agree}")
+        if not embeddings_agree:
+            sys.exit("error: the written-out embedder and BertModel disagree")
     if previous:
         print(f"largest difference from decoder version {previous_version}'s weights: {worst:.2e}")
         if worst > 1e-4:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +89,28 @@ class MiniLMEmbedder:
         L2-normalised twice as ``encode`` does (the model's Normalize module, then the
         flag). With ``bfloat16`` the linear layers' products run in bfloat16 (their
         weights stored so), as autocast would run them, and the rest in float32."""
+        return self._pooled(texts, self._encoder)
+
+    def library_encode(self, texts: Sequence[str], *, autocast: bool | None = None) -> np.ndarray:
+        """``encode`` with transformers' ``BertModel`` itself running the forward, under
+        bfloat16 autocast when the embedder runs in bfloat16 (or as ``autocast`` says):
+        the reference the written-out forward is checked against (its tests, and
+        ``bench/generate.py``'s baseline row)."""
+        import torch
+
+        bert: Any = self._model[0].auto_model
+        enabled = self.bfloat16 if autocast is None else autocast
+
+        def forward(ids: Any, mask: Any, types: Any) -> Any:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                out = bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state.float()
+
+        return self._pooled(texts, forward)
+
+    def _pooled(self, texts: Sequence[str], forward: Callable[..., Any]) -> np.ndarray:
+        """Tokenise, run ``forward`` (ids, mask, token types) -> (n, t, H) float32 hidden
+        states, mean-pool over the real tokens and normalise, as ``encode`` says."""
         import torch
         import torch.nn.functional as F
 
@@ -96,7 +118,7 @@ class MiniLMEmbedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts])
         tokenizer = self._model.tokenizer
-        bert: Any = self._model[0].auto_model
+        device = self._model[0].auto_model.device
         with torch.inference_mode():
             for start in range(0, len(texts), BATCH):
                 rows = order[start : start + BATCH]
@@ -107,8 +129,8 @@ class MiniLMEmbedder:
                         truncation="longest_first",
                         max_length=self._model.max_seq_length,
                         return_tensors="pt",
-                    ).to(bert.device)
-                hidden = self._encoder(
+                    ).to(device)
+                hidden = forward(
                     features["input_ids"], features["attention_mask"], features["token_type_ids"]
                 )
                 mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
