@@ -83,8 +83,8 @@ class MiniLMEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """What ``SentenceTransformer.encode(..., normalize_embeddings=True)`` gives,
         computed with the model's own tokenizer and its BERT's operations written out
-        (``registry.bert``: in float32 the same bits, without the libraries' wrapping,
-        which costs a lone description about as much as its products): the mean of the
+        (``registry.bert``: in float32 the same bits, without the library's wrapping,
+        about a fifth of a lone description's time): the mean of the
         last hidden states over the real tokens, longest texts first in batches of 64,
         L2-normalised twice as ``encode`` does (the model's Normalize module, then the
         flag). With ``bfloat16`` the linear layers' products run in bfloat16 (their
