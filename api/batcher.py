@@ -3,7 +3,9 @@
 Requests for the same (base model, method, requested generator) that arrive
 within ``window`` seconds of the first go through ``generate_adapters``, the
 same generation path as the CLI and the Python API, as one batch (one
-embedding call, one registration transaction). Up to ``workers`` batches
+embedding call, one registration transaction). The window is waited only while
+another batch is running: a request to an idle generator starts at once with
+whatever has already queued. Up to ``workers`` batches
 (``LORAMINT_BATCH_WORKERS``, one per CPU by default) are generated at once,
 each on a thread of its own with ``threads`` torch threads
 (``LORAMINT_BATCH_THREADS``; by default the CPUs shared among the batches
@@ -137,7 +139,10 @@ class GenerationBatcher:
             batch = [first]
             while len(batch) < self.max_batch and not queue.empty():  # they waited already
                 batch.append(queue.get_nowait())
-            deadline = loop.time() + self.window
+            # the window only while another batch runs: on an idle generator, waiting
+            # would delay these requests and let nothing else run meanwhile; the
+            # requests that arrive while they run form the next batch
+            deadline = loop.time() + (self.window if self._running else 0.0)
             while len(batch) < self.max_batch:
                 remaining = deadline - loop.time()
                 if remaining <= 0:

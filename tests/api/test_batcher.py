@@ -129,3 +129,32 @@ def test_a_batch_alone_gets_every_cpu_and_batches_side_by_side_share_them(
     asyncio.run(run())
     assert recorder.threads[0] == 4  # alone: all four
     assert sorted(recorder.threads[1:]) == [2, 4]  # the second to start shares with the first
+
+
+def test_the_window_is_waited_only_while_another_batch_runs(registry: Registry) -> None:
+    """A lone request to an idle generator starts at once, not after the window (here
+    30 s); requests that arrive while a batch runs wait for the window (or a full batch)
+    and go together."""
+    recorder = Recorder(1.0)
+
+    async def started(count: int) -> None:
+        while len(recorder.sizes) < count:
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        batcher = GenerationBatcher(registry, window=30.0, max_batch=3, workers=2,
+                                    generate=recorder)  # fmt: skip
+        lone = asyncio.create_task(batcher.generate(Request("lone"), base_model="m", method=None))
+        await asyncio.wait_for(started(1), 10)  # far less than the window
+        assert recorder.sizes == [1]
+        later = []
+        for i in range(3):  # while the lone batch runs: they wait and fill one batch
+            later.append(
+                asyncio.create_task(batcher.generate(Request(f"r{i}"), base_model="m", method=None))
+            )
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(asyncio.gather(lone, *later), 10)
+        assert recorder.sizes == [1, 3]
+        await batcher.close()
+
+    asyncio.run(run())
