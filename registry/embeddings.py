@@ -130,8 +130,12 @@ class MiniLMEmbedder:
                         max_length=self._model.max_seq_length,
                         return_tensors="pt",
                     ).to(device)
+                ids = features["input_ids"]
+                types = features.get("token_type_ids")  # BERT's tokenizer gives them (zeros)
                 hidden = forward(
-                    features["input_ids"], features["attention_mask"], features["token_type_ids"]
+                    ids,
+                    features["attention_mask"],
+                    torch.zeros_like(ids) if types is None else types,
                 )
                 mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
