@@ -75,13 +75,13 @@ class BertEncoder:
             for layer in bert.encoder.layer
         ]
 
-    @torch.inference_mode()
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
         """The last hidden states, float32 (n, t, H). The linear layers' products run in
         their weights' dtype, as autocast runs them when the weights are bfloat16;
-        layer norms and residual sums in float32, as autocast keeps them."""
+        layer norms and residual sums in float32, as autocast keeps them. Call it under
+        ``torch.inference_mode()``, as the embedder's pooling loop does once per call."""
         n, t = input_ids.shape
         x = self.word(input_ids) + self.token_type(token_type_ids)
         x = self.norm(x + self.position.weight[:t])
