@@ -3,14 +3,18 @@
 transformers' ``BertModel`` wraps every layer in output capturing, keyword
 handling, mask building and attention dispatch: on a lone short description
 that wrapping is about a fifth of the call (``bench/generate.py`` times both
-on every request). ``BertEncoder``
-runs the same operations on the same weights, in the same order and the same
-dtypes, as ``BertModel`` does with SDPA attention in evaluation mode (under
-bfloat16 autocast when its linear layers are stored in bfloat16), and so gives
-the same bits (``tests/registry/test_embeddings.py`` compares the two), with
-none of the wrapping. It covers what all-MiniLM-L6-v2 uses: absolute
-positions, GELU, no cache, no cross-attention; any other configuration is
-refused when it is built.
+on every request). ``BertEncoder`` runs the same operations on the same weights,
+in the same order and the same dtypes, as ``BertModel`` does with SDPA attention
+in evaluation mode (under bfloat16 autocast when its linear layers are stored in
+bfloat16), with none of the wrapping, and one rearrangement: each layer's query,
+key and value products run as one product over their stacked weights (three
+calls become one; on a lone description a call costs about as much as its
+arithmetic). Every output is still the sum of the same products, which the
+matrix library adds in the same order either way: the vectors are the same bits
+(``tests/registry/test_embeddings.py`` compares the two in float32 and bfloat16,
+and ``bench/generate.py`` on every request it times). It covers what
+all-MiniLM-L6-v2 uses: absolute positions, GELU, no cache, no cross-attention;
+any other configuration is refused when it is built.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class _Layer:
-    query: torch.nn.Linear
-    key: torch.nn.Linear
-    value: torch.nn.Linear
+    qkv_weight: torch.Tensor  # (3H, H): the query, key and value weights stacked
+    qkv_bias: torch.Tensor  # (3H,)
     attention_out: torch.nn.Linear
     attention_norm: torch.nn.LayerNorm
     intermediate: torch.nn.Linear
@@ -35,7 +38,9 @@ class _Layer:
 
 
 class BertEncoder:
-    """``BertModel(...).last_hidden_state`` for a loaded (eval-mode) BERT: (n, t, H)."""
+    """``BertModel(...).last_hidden_state`` for a loaded (eval-mode) BERT: (n, t, H).
+    The stacked query, key and value weights are copied when it is built: build it
+    after any change to the model's dtype or device."""
 
     def __init__(self, bert: Any) -> None:
         config = bert.config
@@ -63,9 +68,8 @@ class BertEncoder:
         self.scaling = self.head_size**-0.5
         self.layers = [
             _Layer(
-                query=layer.attention.self.query,
-                key=layer.attention.self.key,
-                value=layer.attention.self.value,
+                qkv_weight=torch.cat([lin.weight.detach() for lin in _qkv(layer)]),
+                qkv_bias=torch.cat([lin.bias.detach() for lin in _qkv(layer)]),
                 attention_out=layer.attention.output.dense,
                 attention_norm=layer.attention.output.LayerNorm,
                 intermediate=layer.intermediate.dense,
@@ -88,11 +92,8 @@ class BertEncoder:
         # SDPA's boolean mask (True: attend), or none when no row is padded, as BertModel
         mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
         for layer in self.layers:
-            low = x.to(layer.query.weight.dtype)
-            q, k, v = (
-                lin(low).view(n, t, self.heads, self.head_size).transpose(1, 2)
-                for lin in (layer.query, layer.key, layer.value)
-            )
+            qkv = F.linear(x.to(layer.qkv_weight.dtype), layer.qkv_weight, layer.qkv_bias)
+            q, k, v = qkv.view(n, t, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
             attended = attended.transpose(1, 2).reshape(n, t, -1)
             x = layer.attention_norm(layer.attention_out(attended).float() + x)
@@ -100,3 +101,8 @@ class BertEncoder:
             x = layer.output_norm(layer.output(hidden).float() + x)
         out: torch.Tensor = x
         return out
+
+
+def _qkv(layer: Any) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]:
+    attention = layer.attention.self
+    return attention.query, attention.key, attention.value
