@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -99,9 +98,7 @@ def main() -> None:
         parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
     if not batches or min(batches) < 1:
         parser.error("--batches must be positive integers")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    # torch loads through these, after ``registry`` set the service's OpenMP spin
     from generator.serve.decode import VERSIONS
     from generator.serve.generate import generator_for
     from generator.serve.generator import Generator, Request
@@ -111,6 +108,10 @@ def main() -> None:
     from registry.peft_format import zip_bytes
     from registry.service import open_registry
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         registry = open_registry()
         base = args.base_model
