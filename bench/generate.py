@@ -13,7 +13,9 @@ one forward pass), reported as adapters per second. Then, on a scratch copy of
 the registry (nothing reaches the real one): the whole generation path one
 request at a time (embedding + search + decode + recipe registration), first
 while the weight cache fills (a new process: each adapter it keeps takes fresh
-memory) and again once it is full (a server that has run a while), and a
+memory) and again once it is full (a server that has run a while), then with
+the weights hashed on a helper thread (as served) and by the registering thread
+(the baseline), alternating request by request, and a
 download's build + zip for adapters kept as recipes (cache empty, and cached)
 beside the same adapters' once their weights are stored.
 The same table prints the zoo's mean training time per adapter (the oracle a
@@ -269,10 +271,27 @@ def time_registered(home: Path, base: str, method: str, requests: int, downloads
             one(text)
             full.append(time.perf_counter() - t0)
         sa.event.remove(reg.engine, "before_cursor_execute", count)
+        # the baseline, alternating request by request: the weights hashed on the
+        # registering thread instead of a helper
+        helpers = reg.hashing
+        inline: list[float] = []
+        threaded: list[float] = []
+        for i, text in enumerate(itertools.islice(texts, 2 * requests)):
+            reg.hashing = None if i % 2 else helpers
+            t0 = time.perf_counter()
+            one(text)
+            (inline if i % 2 else threaded).append(time.perf_counter() - t0)
+        reg.hashing = helpers
         state = "full" if reg.cache.size + size > reg.cache.capacity else "not full"
         rows = {
             "generate + register (recipe), cache filling": filling,
             f"generate + register (recipe), cache {state}": full,
+            f"the same, alternating: weights hashed on a helper (as served), cache {state}": (
+                threaded
+            ),
+            f"the same, alternating: weights hashed by the caller (baseline), cache {state}": (
+                inline
+            ),
         }
         ids = ids[:downloads]
         reg.adapter_zip(ids[0])  # loads the rebuild's generator once

@@ -4,6 +4,7 @@ at a time, rebuilt on demand, materialised into stored weights on request."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -60,6 +61,7 @@ class _Host(Protocol):
     _builder: RecipeBuilder | None
     blobs: BlobStore
     cache: WeightCache
+    hashing: ThreadPoolExecutor | None
     settings: Settings
 
     @property
@@ -88,6 +90,12 @@ class _Host(Protocol):
     def materialise_adapter(self, adapter_id: int) -> AdapterRecord: ...
 
 
+# The weights' sha256 (about 1 ms an adapter) runs here while the registering thread
+# validates them and opens its transaction: hashlib releases the GIL, so a lone
+# request waits for the longer of the two instead of both. Two threads: several
+# micro-batches may register at once.
+_HASHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
+
 # built once: every registration runs it
 _GENERATORS_THERE = sa.select(GeneratorRow.id).where(
     GeneratorRow.id.in_(sa.bindparam("ids", expanding=True))
@@ -99,6 +107,9 @@ class RecipeStore:
 
     _builder: RecipeBuilder | None
     cache: WeightCache
+    # where the weights are hashed; None: on the registering thread (``bench/generate.py``
+    # times that beside the helpers, request by request)
+    hashing: ThreadPoolExecutor | None = _HASHING
 
     def add_recipes(
         self: _Host, base_model: str, items: Sequence[NewRecipe]
@@ -109,8 +120,9 @@ class RecipeStore:
         if not items:
             return []
         base_model_id = self._base_model_shapes(base_model)[0]
+        digests = [_hash(self.hashing, item.weights) for item in items]
         prepared = []
-        for item in items:
+        for item, digest in zip(items, digests, strict=True):
             limit = self.settings.max_description_chars
             if clean_description(item.description, limit) != item.description:
                 raise InvalidInput("a recipe's description must be cleaned before it is embedded")
@@ -124,24 +136,25 @@ class RecipeStore:
                     f"embedding has {vector.shape[0]} numbers, not {self.embedder.dim}"
                 )
             check_json("meta", item.meta)
-            prepared.append((item, spec, expected, vector, sha256_hex(item.weights)))
+            prepared.append((item, spec, expected, vector, digest))
         try:
             records = self._insert_recipes(base_model, base_model_id, prepared, checked=False)
         except sa.exc.IntegrityError:
             # a concurrent identical request won a name, or what the rows point to went
             # (base model, experts): again, with each reference checked so it is named
             records = self._insert_recipes(base_model, base_model_id, prepared, checked=True)
-        for item, *_rest, sha in prepared:
-            self.cache.put(sha, item.weights)
+        for item, *_rest, digest in prepared:
+            self.cache.put(digest.result(), item.weights)
         return records
 
     def _insert_recipes(
         self: _Host, base_model: str, base_model_id: int, prepared: list[Any], *, checked: bool
     ) -> list[AdapterRecord]:
         """The rows of ``prepared`` in one transaction, written with Core statements (one
-        per table). Unchecked, a name already registered, or a base model or expert
-        deleted meanwhile, fails a constraint (IntegrityError); ``checked`` looks them
-        up first, returns the adapters already registered and says which is gone."""
+        per table); each item's sha256 is its last element, a ``Future``. Unchecked, a
+        name already registered, or a base model or expert deleted meanwhile, fails a
+        constraint (IntegrityError); ``checked`` looks them up first, returns the
+        adapters already registered and says which is gone."""
         with transaction(self._sessions) as s:
             existing: dict[str, AdapterRow] = {}
             if checked:
@@ -168,9 +181,9 @@ class RecipeStore:
                 if gone:  # a recipe that mixed them could not be rebuilt
                     raise Conflict(f"experts {gone} were deleted while generating; retry")
             fresh = {}
-            for item, spec, expected, vector, sha in prepared:
+            for item, spec, expected, vector, digest in prepared:
                 if item.name not in existing and item.name not in fresh:
-                    fresh[item.name] = (item, spec, expected, vector, sha)
+                    fresh[item.name] = (item, spec, expected, vector, digest)
             made = _insert_rows(s, base_model, base_model_id, self.embedder.name, fresh.values())
             out = []
             for item, *_ in prepared:
@@ -305,12 +318,12 @@ def _insert_rows(
             "config": item.config,
             "metrics": {},
             "meta": item.meta,
-            "sha256": sha,
+            "sha256": digest.result(),
             "blob_key": None,
             "size_bytes": len(item.weights),
             "created_at": now,
         }
-        for item, spec, expected, vector, sha in fresh
+        for item, spec, expected, vector, digest in fresh
     ]
     conn = s.connection()
     adapters = _table(AdapterRow)
@@ -340,6 +353,14 @@ def _insert_rows(
         conn.execute(sa.insert(_table(AdapterParentRow)), links)
     bump_generation(s)
     return made
+
+
+def _hash(pool: ThreadPoolExecutor | None, data: bytes) -> Future[str]:
+    if pool is not None:
+        return pool.submit(sha256_hex, data)
+    done: Future[str] = Future()
+    done.set_result(sha256_hex(data))
+    return done
 
 
 def _table(row_class: type[Any]) -> sa.Table:
