@@ -121,22 +121,15 @@ class RecipeStore:
             return []
         base_model_id = self._base_model_shapes(base_model)[0]
         digests = [_hash(self.hashing, item.weights) for item in items]
-        prepared = []
-        for item, digest in zip(items, digests, strict=True):
-            limit = self.settings.max_description_chars
-            if clean_description(item.description, limit) != item.description:
-                raise InvalidInput("a recipe's description must be cleaned before it is embedded")
-            if not NAME_RE.match(item.name):
-                raise InvalidInput(f"adapter name {item.name!r} is not a simple name")
-            expected, spec = self._adapter_layout(base_model, item.config)
-            lora_spec.check_weights_bytes(item.weights, expected)
-            vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)
-            if vector.shape[0] != self.embedder.dim:
-                raise InvalidInput(
-                    f"embedding has {vector.shape[0]} numbers, not {self.embedder.dim}"
-                )
-            check_json("meta", item.meta)
-            prepared.append((item, spec, expected, vector, digest))
+        try:
+            prepared = [
+                _validated(self, base_model, item, digest)
+                for item, digest in zip(items, digests, strict=True)
+            ]
+        except BaseException:
+            for digest in digests:  # an item was refused: nothing is registered
+                digest.cancel()
+            raise
         try:
             records = self._insert_recipes(base_model, base_model_id, prepared, checked=False)
         except sa.exc.IntegrityError:
@@ -353,6 +346,25 @@ def _insert_rows(
         conn.execute(sa.insert(_table(AdapterParentRow)), links)
     bump_generation(s)
     return made
+
+
+def _validated(
+    host: _Host, base_model: str, item: NewRecipe, digest: Future[str]
+) -> tuple[NewRecipe, lora_spec.LoraSpec, dict[str, tuple[int, int]], np.ndarray, Future[str]]:
+    """``item`` checked for registration as a recipe of ``base_model``, with its layout,
+    embedding vector and digest: ``add_recipes``'s ``prepared`` tuple."""
+    limit = host.settings.max_description_chars
+    if clean_description(item.description, limit) != item.description:
+        raise InvalidInput("a recipe's description must be cleaned before it is embedded")
+    if not NAME_RE.match(item.name):
+        raise InvalidInput(f"adapter name {item.name!r} is not a simple name")
+    expected, spec = host._adapter_layout(base_model, item.config)
+    lora_spec.check_weights_bytes(item.weights, expected)
+    vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != host.embedder.dim:
+        raise InvalidInput(f"embedding has {vector.shape[0]} numbers, not {host.embedder.dim}")
+    check_json("meta", item.meta)
+    return item, spec, expected, vector, digest
 
 
 def _hash(pool: ThreadPoolExecutor | None, data: bytes) -> Future[str]:

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from registry import gc
+from registry.blobs import sha256_hex
 from registry.embeddings import MiniLMEmbedder
 from registry.errors import Conflict, CorruptBlob, GeneratorNotFound
 from registry.recipes import Recipe, RecipeInput
@@ -213,3 +214,21 @@ def test_recipes_validate_before_writing(
     with pytest.raises(Exception, match="embedding"):
         reg.add_recipes(str(tiny_base), bad)
     assert reg.count_adapters() == before
+
+
+@pytest.mark.parametrize("helpers", [True, False], ids=["helper-threads", "registering-thread"])
+def test_each_recipe_records_its_own_weights_sha256(
+    world: tuple[Registry, SeedBuilder, int, int],
+    loras: list[Path],
+    tiny_base: Path,
+    helpers: bool,
+) -> None:
+    """Hashed on the helper threads (as served) or by the registering thread (the
+    bench's baseline), each row gets the sha256 of its own weights, in batch order."""
+    reg, _, expert, gen = world
+    if not helpers:
+        reg.hashing = None
+    batch = recipes(reg, loras, gen, expert, [3, 1, 2])
+    made = reg.add_recipes(str(tiny_base), batch)
+    assert [r.sha256 for r in made] == [sha256_hex(item.weights) for item in batch]
+    assert len({r.sha256 for r in made}) == 3
