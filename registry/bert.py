@@ -68,8 +68,7 @@ class BertEncoder:
         self.scaling = self.head_size**-0.5
         self.layers = [
             _Layer(
-                qkv_weight=torch.cat([lin.weight.detach() for lin in _qkv(layer)]),
-                qkv_bias=torch.cat([lin.bias.detach() for lin in _qkv(layer)]),
+                *_stacked_qkv(layer),
                 attention_out=layer.attention.output.dense,
                 attention_norm=layer.attention.output.LayerNorm,
                 intermediate=layer.intermediate.dense,
@@ -103,6 +102,10 @@ class BertEncoder:
         return out
 
 
-def _qkv(layer: Any) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]:
-    attention = layer.attention.self
-    return attention.query, attention.key, attention.value
+def _stacked_qkv(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BERT layer's query, key and value weights (3H, H) and biases (3H,), stacked."""
+    linears = (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value)
+    return (
+        torch.cat([lin.weight.detach() for lin in linears]),
+        torch.cat([lin.bias.detach() for lin in linears]),
+    )

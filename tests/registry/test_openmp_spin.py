@@ -19,13 +19,19 @@ PROBE = (
 )
 
 
-def _probe(package: str, **extra: str) -> list[str]:
+def _run(code: str, **extra: str) -> list[str]:
+    """What ``code`` prints in a fresh interpreter without our GOMP_SPINCOUNT (plus
+    ``extra``), word by word."""
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | extra
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(package=package)],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        check=True,
     ).stdout  # fmt: skip
     return out.split()
+
+
+def _probe(package: str, **extra: str) -> list[str]:
+    return _run(PROBE.format(package=package), **extra)
 
 
 @pytest.mark.parametrize("package", ["registry", "generator", "api"])
@@ -51,12 +57,7 @@ WATCH = (
 def test_torch_loads_with_the_spin_already_set(module: str) -> None:
     """Modules that import torch at their top: their package imported ``registry``
     before them."""
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    out = subprocess.run(
-        [sys.executable, "-c", WATCH.format(package=module)],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert out.split() == [registry.SPIN]
+    assert _run(WATCH.format(package=module)) == [registry.SPIN]
 
 
 def test_an_operators_own_spin_is_kept() -> None:
