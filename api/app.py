@@ -73,6 +73,13 @@ from registry.service import Registry
 from registry.settings import ApiSettings, Settings, apply_offline_environment
 
 log = logging.getLogger("loramint.api")
+_PROCESS_IDS: dict[int, str] = {}
+
+
+def process_id() -> str:
+    """A random id of this server process (a forked child gets its own): /health says
+    which process answered, which tells the processes of ``serve --workers`` apart."""
+    return _PROCESS_IDS.setdefault(os.getpid(), uuid.uuid4().hex[:12])
 
 
 def _version() -> str:
@@ -252,8 +259,8 @@ OPEN: list[dict[str, list[str]]] = [{}]
 
 @get("/health", tags=["ops"], sync_to_thread=False, security=OPEN)
 def health() -> Health:
-    """Liveness: the process answers."""
-    return Health("ok", _version())
+    """Liveness: the process answers (``process``: which one, under ``serve --workers``)."""
+    return Health("ok", _version(), process_id())
 
 
 @get(
@@ -300,9 +307,15 @@ def create_app(
     *,
     batching: bool | None = None,
     worker: bool = False,
+    cpus: int | None = None,
+    warm: bool = False,
 ) -> Litestar:
     """The app; with ``worker`` it also runs jobs in a background thread. Settings: the
-    registry's (``registry.settings``), ``api_settings`` standing in for its API part."""
+    registry's (``registry.settings``), ``api_settings`` standing in for its API part.
+    ``cpus``: the CPUs this process generates on, one batch worker each unless
+    ``LORAMINT_BATCH_WORKERS`` says (default: all of them; ``loramint serve --workers N``
+    gives each process its share). ``warm``: load the
+    serving generators before the first request (``GenerationBatcher.warm``), at start-up."""
     reg = registry or Registry()
     settings = api_settings or reg.settings.api
     from generator.tasks.device import resolve_device
@@ -315,15 +328,15 @@ def create_app(
         metrics_.batch_size.observe(size)
         metrics_.generation.observe(seconds)
 
+    cpus = cpus or os.cpu_count() or 1
     batcher = GenerationBatcher(
         reg,
         window=settings.batch_window,
         max_batch=settings.batch_max,
         batching=use_batching,
         on_batch=on_batch,
-        threads=settings.generation_threads,
-        cpus=os.cpu_count() or 1,
-        workers=settings.generation_workers,
+        threads=settings.batch_threads,
+        workers=settings.generation_workers(cpus),
     )
 
     background: dict[str, Any] = {}
@@ -333,6 +346,16 @@ def create_app(
         settled = reg.recover_blobs()  # what killed writes and deletes left behind
         if any(settled.values()):
             log.info("blob store recovered: %s", settled)
+        if warm:  # before this process takes connections: none waits for the loading
+            t0 = time.perf_counter()
+            try:
+                warmed = batcher.warm()
+            except Exception:  # a request that needs it names the problem
+                log.exception("warming the generators failed")
+            else:
+                log.info(
+                    "warm in %.1f s: %s", time.perf_counter() - t0, ", ".join(warmed) or "nothing"
+                )
         if worker:
             from api.worker import start_background_worker
 
@@ -424,10 +447,12 @@ class ServeOptions:
     settings: Settings
     worker: bool = True
     log_level: str = "INFO"
+    processes: int = 1  # HTTP worker processes: each one's batches share its part of the CPUs
 
 
 def serve_app(options: ServeOptions) -> Litestar:
     """The ASGI app factory ``loramint serve`` gives uvicorn (with ``options`` bound)."""
     configure_logging(options.log_level)
     apply_offline_environment(options.settings)
-    return create_app(Registry(options.settings), worker=options.worker)
+    cpus = max(1, (os.cpu_count() or 1) // options.processes)
+    return create_app(Registry(options.settings), worker=options.worker, cpus=cpus, warm=True)

@@ -8,10 +8,9 @@ another batch is running: a request to an idle generator starts at once with
 whatever has already queued. Up to ``workers`` batches
 (``LORAMINT_BATCH_WORKERS``, one per CPU by default) are generated at once,
 each on a thread of its own with ``threads`` torch threads
-(``LORAMINT_BATCH_THREADS``; by default the CPUs shared among the batches
-running when it starts, so a batch alone gets them all): a batch's small
-products use one core better than two, so on a busy server two batches side
-by side beat one batch on two threads (docs/experiments.md).
+(``LORAMINT_BATCH_THREADS``, one by default): a batch's small products use one
+core better than two, so on a busy server two batches side by side beat one
+batch on two threads, and a lone request is faster on one (docs/experiments.md).
 The loaded generators (``LoadedGenerators``) are shared; the requests that
 arrive while every worker is busy wait in the queue and form the next batch.
 A batch with labelled examples runs the base model, with the process's torch
@@ -23,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,12 +35,14 @@ import torch
 
 from generator.serve.generate import LoadedGenerators, generate_adapters
 from generator.serve.generator import Generated, Request
+from registry.errors import LoramintError
 from registry.records import AdapterRecord
 from registry.service import Registry
 
 Key = tuple[str, str | None, int | None]  # (base model, method, requested generator id)
 IDLE_SECONDS = 60.0  # a key's queue and collector go away after this long without requests
 Result = tuple[AdapterRecord, Generated]
+log = logging.getLogger("loramint.api")
 
 
 @dataclass
@@ -65,24 +67,19 @@ class GenerationBatcher:
         batching: bool = True,
         idle: float = IDLE_SECONDS,
         on_batch: Callable[[int, float], None] | None = None,
-        threads: int | None = None,
-        cpus: int | None = None,
+        threads: int = 1,
         workers: int = 1,
         generate: Callable[..., list[Result]] = generate_adapters,
     ) -> None:
-        """``threads``: torch threads of a zero-shot batch; None: ``cpus`` shared among the
-        batches running when it starts (a batch alone gets them all), or the process's
-        without ``cpus``. A batch with labelled examples (minutes of scoring and
-        training) uses the process's.
+        """``threads``: torch threads of a zero-shot batch. A batch with labelled examples
+        (minutes of scoring and training) uses the process's.
         ``workers``: batches generated at once, each on its own thread. ``generate``:
         what generates a batch (``generate_adapters``; a test injects another)."""
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+        if workers < 1 or threads < 1:
+            raise ValueError(f"workers and threads must be at least 1, got {workers}, {threads}")
         self.registry = registry
         self.window, self.max_batch, self.batching = window, max_batch, batching
-        self.threads, self.cpus = threads, cpus
-        self.workers = workers
-        self._busy = 0  # batches running
+        self.threads, self.workers = threads, workers
         self._generate = generate
         self.idle = idle
         self.on_batch = on_batch
@@ -182,35 +179,45 @@ class GenerationBatcher:
         t0 = time.perf_counter()
         base_model, method, generator_id = key
         zero_shot = all(r.fewshot is None for r in requests)
-        with self._stats_lock:
-            self._busy += 1
-            threads = self.threads
-            if threads is None and self.cpus:
-                threads = max(1, self.cpus // self._busy)
         # a batch with examples runs the base model (one per process, adapters attached
         # to it in turn): one such batch at a time; zero-shot batches never touch it
-        try:
-            with (
-                contextlib.nullcontext() if zero_shot else self._base_model_lock,
-                torch_threads(threads if zero_shot else None),
-            ):
-                results = self._generate(
-                    self.registry,
-                    requests,
-                    base_model=base_model,
-                    method=method,
-                    generator_id=generator_id,
-                    loaded=self._loaded,
-                )
-        finally:
-            with self._stats_lock:
-                self._busy -= 1
+        with (
+            contextlib.nullcontext() if zero_shot else self._base_model_lock,
+            torch_threads(self.threads if zero_shot else None),
+        ):
+            results = self._generate(
+                self.registry,
+                requests,
+                base_model=base_model,
+                method=method,
+                generator_id=generator_id,
+                loaded=self._loaded,
+            )
         with self._stats_lock:
             self.stats.batches += 1
             self.stats.requests += len(requests)
         if self.on_batch:
             self.on_batch(len(requests), time.perf_counter() - t0)
         return results
+
+    def warm(self) -> list[str]:
+        """Load the generator that serves each base model's default (SG-LoRA) requests,
+        with the description embedder, and decode one adapter with it (nothing is
+        registered), so that a first request waits for none of it. What cannot be
+        loaded is left to the request that asks for it, which names the problem.
+        Returns what was warmed, as "base model: generator id"."""
+        warmed = []
+        base_models = sorted({g.base_model for g in self.registry.list_generators(limit=500)})
+        for base_model in base_models:
+            try:
+                generator = self._loaded.serving(base_model, None, None)
+                with torch_threads(self.threads):
+                    generator.generate([Request("warm up")])
+            except LoramintError as exc:  # no SG-LoRA generator, experts deleted...
+                log.info("not warmed for %s: %s", base_model, exc)
+                continue
+            warmed.append(f"{base_model}: generator {generator.id}")
+        return warmed
 
     async def close(self) -> None:
         for task in [*self._tasks.values(), *self._running]:
@@ -223,7 +230,6 @@ class GenerationBatcher:
             "max_batch": self.max_batch,
             "batching": self.batching,
             "threads": self.threads,
-            "cpus": self.cpus,
             "workers": self.workers,
         }
 

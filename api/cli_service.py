@@ -48,7 +48,7 @@ def serve_command(
     reg.close()
     # each HTTP worker process builds its app from these options (uvicorn pickles them
     # into the processes it spawns): nothing travels through the environment
-    options = ServeOptions(settings, worker=worker, log_level=log_level.upper())
+    options = ServeOptions(settings, worker=worker, log_level=log_level.upper(), processes=workers)
     config = uvicorn.Config(
         functools.partial(serve_app, options),
         factory=True,

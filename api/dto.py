@@ -337,6 +337,7 @@ def duration(seconds: float) -> str:
 class Health(msgspec.Struct):
     status: str
     version: str
+    process: str  # a random id of the server process that answered
 
 
 class Ready(msgspec.Struct):

@@ -1,9 +1,10 @@
 """Load test of POST /v1/generate: N concurrent clients on loopback for D seconds,
-in five modes in one run: without micro-batching and with it, each with generated
+in six modes in one run: without micro-batching and with it, each with generated
 adapters stored as weights (blobs) and as recipes (registry.recipes), all with the
 service's defaults; then micro-batching with recipes again, one batch at a time on
 every CPU (LORAMINT_BATCH_WORKERS=1) instead of the default one batch per CPU at
-once.
+once, and with one server process per CPU (``serve --workers``), each generating
+one batch at a time on its CPU.
 
 For each mode it starts a real server (``loramint serve``) on a scratch copy of
 the registry (the database copied, the content-addressed blobs hard-linked, so
@@ -75,9 +76,15 @@ def free_port() -> int:
 
 
 def start_server(
-    home: Path, models: Path, window_ms: float, storage: str = "recipe", workers: int = 0
+    home: Path,
+    models: Path,
+    window_ms: float,
+    storage: str = "recipe",
+    workers: int = 0,
+    processes: int = 1,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``workers``: LORAMINT_BATCH_WORKERS (0: the service's default)."""
+    """``workers``: LORAMINT_BATCH_WORKERS (0: the service's default); ``processes``:
+    ``serve --workers``. Returns once every process answers /health."""
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
@@ -92,17 +99,26 @@ def start_server(
     log = (home.parent / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-worker",
-         "--log-level", "warning"],
+         "--log-level", "warning", "--workers", str(processes)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
+    seen: set[str] = set()
     while time.monotonic() < deadline:
+        # each on a new connection, which any process that has started may take: a
+        # process takes connections once it is warm, and the clients' connections,
+        # all opened at once, must find every process taking them
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
+            r = httpx.get(f"{url}/health", timeout=2)
+            if r.status_code == 200:
+                seen.add(r.json()["process"])
+                if len(seen) >= processes:
+                    return proc, url
+                continue
         except httpx.HTTPError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise SystemExit("server did not start")
 
@@ -235,25 +251,29 @@ def mean_batch(metrics: str) -> float | None:
     return round(values["_sum"] / values["_count"], 2)
 
 
-MODES = {  # name -> (batching, storage, LORAMINT_BATCH_WORKERS; 0: the default)
-    "no batching, weights": (False, "weights", 0),
-    "no batching, recipes": (False, "recipe", 0),
-    "micro-batching, weights": (True, "weights", 0),
-    "micro-batching, recipes": (True, "recipe", 0),
+CPUS = os.cpu_count() or 1
+# name -> (batching, storage, LORAMINT_BATCH_WORKERS (0: the default), serve --workers)
+MODES = {
+    "no batching, weights": (False, "weights", 0, 1),
+    "no batching, recipes": (False, "recipe", 0, 1),
+    "micro-batching, weights": (True, "weights", 0, 1),
+    "micro-batching, recipes": (True, "recipe", 0, 1),
     # the default generates one batch per CPU at once; this mode one batch on every CPU
-    "micro-batching, recipes, one batch at a time": (True, "recipe", 1),
+    "micro-batching, recipes, one batch at a time": (True, "recipe", 1, 1),
+    # one server process per CPU (serve --workers), each with one batch at a time
+    "micro-batching, recipes, a process per CPU": (True, "recipe", 0, CPUS),
 }
 
 
 def run_mode(args: argparse.Namespace, models: Path, mode: str) -> dict[str, Any]:
     """One mode: a fresh scratch registry and server, the clients, what it measured."""
-    batching, storage, workers = MODES[mode]
+    batching, storage, workers, processes = MODES[mode]
     with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
         home = Path(tmp) / "home"
         scratch_home(args.home, home)
         key = reader_key(home)
         window = args.window_ms if batching else 0.0
-        proc, url = start_server(home, models, window, storage, workers)
+        proc, url = start_server(home, models, window, storage, workers, processes)
         try:
             warm = httpx.post(
                 f"{url}/v1/generate",
@@ -288,7 +308,7 @@ def main() -> None:
         "--mode",
         action="append",
         choices=list(MODES),
-        help="run only these modes (repeatable; default: all five)",
+        help="run only these modes (repeatable; default: all six)",
     )
     ap.add_argument(
         "--repeat", type=int, default=1, help="run the modes this many times, alternating"

@@ -72,13 +72,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LORAMINT_BATCH_MAX", "`32`", "largest generation batch"),
     Variable(
         "LORAMINT_BATCH_WORKERS",
-        "the CPUs",
-        "generation batches run at once, each on its own thread",
+        "the process's CPUs",
+        "generation batches a server process runs at once, each on its own thread "
+        "(a process's CPUs: the CPUs / `serve --workers`)",
     ),
     Variable(
         "LORAMINT_BATCH_THREADS",
-        "the CPUs / batches running",
-        "torch threads of a zero-shot generation batch (fewer leaves cores to other work)",
+        "`1`",
+        "torch threads of a zero-shot generation batch",
     ),
     Variable(
         "LORAMINT_GENERATED_STORAGE",
@@ -194,10 +195,10 @@ class ApiSettings:
     max_k: int = 100
     batch_window: float = 0.01  # seconds
     batch_max: int = 32
-    # torch threads a zero-shot generation batch runs with; 0: the CPUs shared among the
-    # batches running when it starts (the HTTP side takes a few percent of a core)
-    batch_threads: int = 0
-    # batches generated at once, each on its own thread; 0: one per CPU
+    # torch threads a zero-shot generation batch runs with
+    batch_threads: int = 1
+    # batches a server process generates at once, each on its own thread; 0: one per
+    # CPU of the process's share
     batch_workers: int = 0
 
     @classmethod
@@ -210,20 +211,14 @@ class ApiSettings:
             max_k=env.integer("LORAMINT_API_MAX_K", 100, minimum=1),
             batch_window=env.number("LORAMINT_BATCH_WINDOW_MS", 10.0) / 1000,
             batch_max=env.integer("LORAMINT_BATCH_MAX", 32, minimum=1),
-            batch_threads=env.integer("LORAMINT_BATCH_THREADS", 0, minimum=0),
+            batch_threads=env.integer("LORAMINT_BATCH_THREADS", 1, minimum=1),
             batch_workers=env.integer("LORAMINT_BATCH_WORKERS", 0, minimum=0),
         )
 
-    @property
-    def generation_workers(self) -> int:
-        """Generation batches run at once (``batch_workers``, or one per CPU)."""
-        return self.batch_workers or os.cpu_count() or 1
-
-    @property
-    def generation_threads(self) -> int | None:
-        """The torch threads of a zero-shot generation batch (``batch_threads``), or None:
-        the CPUs shared among the batches running when it starts."""
-        return self.batch_threads or None
+    def generation_workers(self, cpus: int) -> int:
+        """Generation batches a process runs at once: ``batch_workers``, or one per CPU of
+        the ``cpus`` its batches share."""
+        return self.batch_workers or max(1, cpus)
 
     @property
     def auth_mode(self) -> str:

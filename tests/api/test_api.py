@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
+from api.app import create_app, process_id
 from api.worker import HANDLERS, run_one
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
@@ -64,7 +64,8 @@ def client(world: KeyedWorld) -> Iterator[TestClient[Any]]:
 
 
 def test_health_ready_and_request_ids(client: TestClient[Any]) -> None:
-    assert client.get("/health").json()["status"] == "ok"
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["process"] == process_id()
     ready = client.get("/ready", headers={"X-Request-ID": "abc123"})
     assert ready.status_code == 200 and ready.headers["x-request-id"] == "abc123"
     body = ready.json()
@@ -639,3 +640,15 @@ def test_an_upload_reports_what_serving_engines_would_object_to(
     assert r.status_code == 201, r.text
     warnings = r.json()["serving_warnings"]
     assert any(w.startswith("vllm:") and "64" in w for w in warnings), warnings
+
+
+def test_each_server_process_has_its_own_id() -> None:
+    """``serve --workers`` processes tell themselves apart on /health: a forked child
+    gets an id of its own, and a process keeps its id."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    parent = process_id()
+    with fork.Pool(1) as pool:
+        child = pool.apply(process_id)
+    assert child != parent and process_id() == parent and len(parent) == 12

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from api.batcher import GenerationBatcher
+from generator.sandbox import SandboxWorld, train_generators
 from generator.serve.generator import Request
 from registry.errors import LoramintError
 from registry.service import Registry
@@ -107,28 +108,44 @@ def test_up_to_workers_batches_run_at_once_and_each_caller_gets_its_own(
     assert max(recorder.sizes) == 2 and sum(recorder.sizes) == 16
 
 
-def test_a_batcher_needs_a_worker(registry: Registry) -> None:
-    with pytest.raises(ValueError, match="workers must be at least 1"):
+def test_a_batcher_needs_a_worker_and_a_thread(registry: Registry) -> None:
+    with pytest.raises(ValueError, match="workers and threads must be at least 1"):
         GenerationBatcher(registry, workers=0)
+    with pytest.raises(ValueError, match="workers and threads must be at least 1"):
+        GenerationBatcher(registry, threads=0)
 
 
-def test_a_batch_alone_gets_every_cpu_and_batches_side_by_side_share_them(
-    registry: Registry,
+@pytest.mark.parametrize("threads", [None, 3])
+def test_zero_shot_batches_run_on_their_threads_and_batches_with_examples_on_the_process(
+    registry: Registry, threads: int | None
 ) -> None:
+    """One torch thread by default, alone or side by side; a batch with examples runs the
+    base model with the process's threads; each gives its count back."""
+    import torch
+
+    from generator.adapt.examples import FewShot
+
+    before = torch.get_num_threads()
+    shots = FewShot.parse([("a cat", "yes"), ("a car", "no")], None)
     recorder = Recorder(0.15)
 
     async def run() -> None:
-        batcher = GenerationBatcher(
-            registry, window=0.0, max_batch=1, workers=2, cpus=4, generate=recorder
+        batcher = (
+            GenerationBatcher(registry, window=0.0, max_batch=1, workers=2, generate=recorder)
+            if threads is None  # the default
+            else GenerationBatcher(
+                registry, window=0.0, max_batch=1, workers=2, generate=recorder, threads=threads
+            )
         )
         await batcher.generate(Request("alone"), base_model="m", method=None)
         together = [Request(f"task {i}") for i in range(2)]
         await asyncio.gather(*(batcher.generate(r, base_model="m", method=None) for r in together))
+        await batcher.generate(Request("shot", fewshot=shots), base_model="m", method=None)
         await batcher.close()
 
     asyncio.run(run())
-    assert recorder.threads[0] == 4  # alone: all four
-    assert sorted(recorder.threads[1:]) == [2, 4]  # the second to start shares with the first
+    assert recorder.threads == [threads or 1] * 3 + [before]
+    assert torch.get_num_threads() == before
 
 
 def test_the_window_is_waited_only_while_another_batch_runs(registry: Registry) -> None:
@@ -158,3 +175,22 @@ def test_the_window_is_waited_only_while_another_batch_runs(registry: Registry) 
         await batcher.close()
 
     asyncio.run(run())
+
+
+def test_warming_loads_each_base_models_serving_generator_and_registers_nothing(
+    world: SandboxWorld,
+) -> None:
+    reg = world.registry
+    train_generators(world, ("sg-lora", "icm-lora"))
+    serving = reg.serving_generator(world.base, "sg-lora")
+    assert serving is not None
+    batcher = GenerationBatcher(reg)
+    before = reg.count_adapters()
+    assert batcher.warm() == [f"{world.base}: generator {serving.id}"]
+    assert list(batcher._loaded._by_id) == [serving.id]
+    assert reg.count_adapters() == before
+
+
+def test_warming_a_registry_without_generators_loads_nothing(registry: Registry) -> None:
+    batcher = GenerationBatcher(registry)
+    assert batcher.warm() == [] and batcher._loaded._by_id == {}

@@ -41,7 +41,7 @@ def test_overrides(tmp_path: Path) -> None:
         ({"LORAMINT_API_OPEN": "maybe"}, "LORAMINT_API_OPEN must be 0 or 1"),
         ({"LORAMINT_API_RATE": "0"}, "LORAMINT_API_RATE must be at least"),
         ({"LORAMINT_BATCH_MAX": "many"}, "LORAMINT_BATCH_MAX must be an integer"),
-        ({"LORAMINT_BATCH_THREADS": "-1"}, "LORAMINT_BATCH_THREADS must be at least 0"),
+        ({"LORAMINT_BATCH_THREADS": "0"}, "LORAMINT_BATCH_THREADS must be at least 1"),
         ({"LORAMINT_BATCH_WORKERS": "two"}, "LORAMINT_BATCH_WORKERS must be an integer"),
         ({"LORAMINT_UI_SECURE_COOKIE": "maybe"}, "LORAMINT_UI_SECURE_COOKIE"),
         ({"LORAMINT_SESSION_SECRET": "short"}, "LORAMINT_SESSION_SECRET must be at least 32"),
@@ -109,14 +109,11 @@ def test_every_loramint_variable_is_declared_and_read_only_by_the_settings_modul
     assert not readers, f"read outside registry/settings.py: {readers}"
 
 
-def test_one_generation_batch_per_cpu_shares_the_cpus_by_default() -> None:
-    import os
-
-    cpus = os.cpu_count() or 1
+def test_one_generation_batch_per_cpu_of_the_process_on_one_thread_by_default() -> None:
     auto = Settings.from_env({}).api
-    assert auto.generation_workers == cpus and auto.generation_threads is None  # shared
+    assert auto.generation_workers(4) == 4 and auto.batch_threads == 1
+    assert auto.generation_workers(1) == 1 and auto.generation_workers(0) == 1
     one = Settings.from_env({"LORAMINT_BATCH_WORKERS": "1"}).api
-    assert one.generation_workers == 1 and one.generation_threads is None
+    assert one.generation_workers(4) == 1
     both = Settings.from_env({"LORAMINT_BATCH_WORKERS": "3", "LORAMINT_BATCH_THREADS": "2"}).api
-    assert both.generation_workers == 3 and both.generation_threads == 2
-    assert Settings.from_env({"LORAMINT_BATCH_THREADS": "3"}).api.generation_threads == 3
+    assert both.generation_workers(1) == 3 and both.batch_threads == 2
