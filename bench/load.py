@@ -12,7 +12,8 @@ the adapters the run registers never reach the real registry), waits for it,
 runs the clients (each request a new description and seed), and reports
 requests/s, p50/p99 latency, errors, the bytes the registry grew by per
 generated adapter (database, with its write-ahead log checkpointed, plus blobs),
-and the cores the clients themselves took (they share the machine).
+the cores the clients themselves took (they share the machine), and the cores the
+server's processes took.
 
     .venv/bin/python bench/load.py [--clients 200] [--seconds 60] [--base-model M]
 
@@ -239,6 +240,31 @@ def stored_bytes(home: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by ``pid`` and the processes below it (the
+    server and its worker processes), read from /proc; None where there is none."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    proc = Path("/proc")
+    if not (proc / str(pid) / "stat").exists():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # from field 3, the state, on
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree.update(frontier)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
 def mean_batch(metrics: str) -> float | None:
     """Mean generation batch size from the server's Prometheus text."""
     values = {}
@@ -284,11 +310,15 @@ def run_mode(args: argparse.Namespace, models: Path, mode: str) -> dict[str, Any
                 tail = (home.parent / "server.log").read_text()[-3000:]
                 raise SystemExit(f"warm-up failed: {warm.status_code} {warm.text}\n{tail}")
             before = stored_bytes(home)
-            cpu0, t0 = os.times(), time.perf_counter()
+            cpu0, server0, t0 = os.times(), tree_cpu_seconds(proc.pid), time.perf_counter()
             result = asyncio.run(run_clients(url, key, args.base_model, args.clients, args.seconds))
-            cpu1, wall = os.times(), time.perf_counter() - t0
+            cpu1, server1 = os.times(), tree_cpu_seconds(proc.pid)
+            wall = time.perf_counter() - t0
             used = cpu1.user - cpu0.user + cpu1.system - cpu0.system
             result["client_cpu"] = round(used / wall, 2)  # cores the clients took
+            result["server_cpu"] = (  # cores the server's processes took
+                None if server0 is None or server1 is None else round((server1 - server0) / wall, 2)
+            )
             result["mean_batch"] = mean_batch(httpx.get(f"{url}/metrics").text)
         finally:
             proc.terminate()
@@ -332,19 +362,23 @@ def main() -> None:
             print(name, json.dumps(result), flush=True)
     print(
         "\n| mode | clients | s | requests/s | p50 ms | p99 ms | errors | mean batch "
-        "| bytes per adapter | client CPU |"
+        "| bytes per adapter | client CPU | server CPU |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for _, name, r in runs:
         print(
             f"| {name} | {args.clients} | {args.seconds:.0f} | {r['rps']} | {r['p50_ms']} | "
             f"{r['p99_ms']} | {sum(r['errors'].values())} | {r['mean_batch']} | "
-            f"{r['bytes_per_adapter']:,} | {r['client_cpu']} |"
+            f"{r['bytes_per_adapter']:,} | {r['client_cpu']} | {r['server_cpu']} |"
         )
     mean = {mode: statistics.fmean(r["rps"] for m, _, r in runs if m == mode) for mode in modes}
     if "no batching, weights" in mean:
         base = mean["no batching, weights"]
-        for mode in ("micro-batching, weights", "micro-batching, recipes"):
+        for mode in (
+            "micro-batching, weights",
+            "micro-batching, recipes",
+            "micro-batching, recipes, a process per CPU",
+        ):
             if mode in mean:
                 print(
                     f"throughput ratio ({mode} / no batching, weights): "
