@@ -83,9 +83,11 @@ def start_server(
     storage: str = "recipe",
     workers: int = 0,
     processes: int = 1,
+    threads: int = 0,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``workers``: LORAMINT_BATCH_WORKERS (0: the service's default); ``processes``:
-    ``serve --workers``. Returns once every process answers /health."""
+    """``workers``, ``threads``: LORAMINT_BATCH_WORKERS and LORAMINT_BATCH_THREADS (0: the
+    service's default, or the threads this environment sets); ``processes``: ``serve
+    --workers``. Returns once every process answers /health."""
     port = free_port()
     env = os.environ | {
         "LORAMINT_HOME": str(home),
@@ -97,6 +99,8 @@ def start_server(
         "LORAMINT_API_BURST": "100000",
     }
     env.pop("LORAMINT_DATABASE_URL", None)
+    if threads:
+        env["LORAMINT_BATCH_THREADS"] = str(threads)
     log = (home.parent / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--no-worker",
@@ -278,28 +282,30 @@ def mean_batch(metrics: str) -> float | None:
 
 
 CPUS = os.cpu_count() or 1
-# name -> (batching, storage, LORAMINT_BATCH_WORKERS (0: the default), serve --workers)
+# name -> (batching, storage, LORAMINT_BATCH_WORKERS and LORAMINT_BATCH_THREADS (0: the
+# defaults), serve --workers)
 MODES = {
-    "no batching, weights": (False, "weights", 0, 1),
-    "no batching, recipes": (False, "recipe", 0, 1),
-    "micro-batching, weights": (True, "weights", 0, 1),
-    "micro-batching, recipes": (True, "recipe", 0, 1),
-    # the default generates one batch per CPU at once; this mode one batch on every CPU
-    "micro-batching, recipes, one batch at a time": (True, "recipe", 1, 1),
+    "no batching, weights": (False, "weights", 0, 0, 1),
+    "no batching, recipes": (False, "recipe", 0, 0, 1),
+    "micro-batching, weights": (True, "weights", 0, 0, 1),
+    "micro-batching, recipes": (True, "recipe", 0, 0, 1),
+    # the default generates one batch per CPU at once, each on one thread; this mode one
+    # batch at a time on every CPU
+    "micro-batching, recipes, one batch at a time": (True, "recipe", 1, CPUS, 1),
     # one server process per CPU (serve --workers), each with one batch at a time
-    "micro-batching, recipes, a process per CPU": (True, "recipe", 0, CPUS),
+    "micro-batching, recipes, a process per CPU": (True, "recipe", 0, 0, CPUS),
 }
 
 
 def run_mode(args: argparse.Namespace, models: Path, mode: str) -> dict[str, Any]:
     """One mode: a fresh scratch registry and server, the clients, what it measured."""
-    batching, storage, workers, processes = MODES[mode]
+    batching, storage, workers, threads, processes = MODES[mode]
     with tempfile.TemporaryDirectory(prefix="loramint-load-") as tmp:
         home = Path(tmp) / "home"
         scratch_home(args.home, home)
         key = reader_key(home)
         window = args.window_ms if batching else 0.0
-        proc, url = start_server(home, models, window, storage, workers, processes)
+        proc, url = start_server(home, models, window, storage, workers, processes, threads)
         try:
             warm = httpx.post(
                 f"{url}/v1/generate",
