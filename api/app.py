@@ -454,5 +454,11 @@ def serve_app(options: ServeOptions) -> Litestar:
     """The ASGI app factory ``loramint serve`` gives uvicorn (with ``options`` bound)."""
     configure_logging(options.log_level)
     apply_offline_environment(options.settings)
-    cpus = max(1, (os.cpu_count() or 1) // options.processes)
+    cpus = process_cpus(options.processes)
     return create_app(Registry(options.settings), worker=options.worker, cpus=cpus, warm=True)
+
+
+def process_cpus(processes: int, cpus: int | None = None) -> int:
+    """The CPUs each of ``processes`` server processes generates on: its share of
+    ``cpus`` (default: this machine's), at least one."""
+    return max(1, (cpus or os.cpu_count() or 1) // processes)

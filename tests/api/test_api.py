@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app, process_id
+from api.app import create_app, process_cpus, process_id
 from api.worker import HANDLERS, run_one
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
@@ -652,3 +652,14 @@ def test_each_server_process_has_its_own_id() -> None:
     with fork.Pool(1) as pool:
         child = pool.apply(process_id)
     assert child != parent and process_id() == parent and len(parent) == 12
+
+
+def test_each_server_process_generates_on_its_share_of_the_cpus(world: KeyedWorld) -> None:
+    """``serve --workers N``: a process's CPUs are the machine's / N (at least one), and by
+    default it runs one generation batch worker on each."""
+    assert [process_cpus(n, cpus=4) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    for cpus in (1, 3):
+        app = create_app(world.registry, ApiSettings(), cpus=cpus)
+        assert app.state.batcher.workers == cpus and app.state.batcher.threads == 1
+    app = create_app(world.registry, ApiSettings(batch_workers=2, batch_threads=2), cpus=1)
+    assert (app.state.batcher.workers, app.state.batcher.threads) == (2, 2)
