@@ -328,7 +328,7 @@ def create_app(
         metrics_.batch_size.observe(size)
         metrics_.generation.observe(seconds)
 
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or process_cpus(1)
     batcher = GenerationBatcher(
         reg,
         window=settings.batch_window,

@@ -88,7 +88,10 @@ def server_env(settings: Settings) -> dict[str, str]:
 @contextlib.contextmanager
 def live_server(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str]:
     """``loramint serve ARGS`` on a free loopback port; yields its URL once /health
-    answers, and stops it on exit. Its output goes to ``log_path``."""
+    answers from every process (``--workers N`` in ARGS: N of them, each /health on a
+    new connection), and stops it on exit. Its output goes to ``log_path``."""
+    processes = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+    seen: set[str] = set()
     port = free_port()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -100,8 +103,11 @@ def live_server(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str
         try:
             while True:
                 try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
+                    r = httpx.get(f"{url}/health", timeout=2)
+                    if r.status_code == 200:
+                        seen.add(r.json()["process"])
+                        if len(seen) >= processes:
+                            break
                 except httpx.HTTPError:
                     pass
                 if proc.poll() is not None or time.monotonic() > deadline:

@@ -22,7 +22,7 @@ from generator.fit.train import train_generator
 from generator.sandbox import build_world
 from registry.embeddings import MiniLMEmbedder
 from registry.settings import ToolSettings
-from tests.worlds import live_server, server_env, wait_for
+from tests.worlds import live_server, server_env
 
 
 @pytest.fixture(scope="module")
@@ -212,13 +212,6 @@ def test_a_revoked_key_is_refused_on_the_next_request_by_every_worker(
     env = server_env(settings)
     headers = {"Authorization": f"Bearer {secret}"}
     with live_server(env, tmp_path / "server.log", "--no-worker", "--workers", "2") as url:
-        processes: set[str] = set()  # both answer (each /health on a new connection)
-
-        def both_up() -> bool:
-            processes.add(httpx.get(f"{url}/health", timeout=30).json()["process"])
-            return len(processes) == 2
-
-        wait_for(both_up, 120, "both server processes to answer")
         for _ in range(40):  # new connections: the kernel spreads them over both processes
             r = httpx.get(f"{url}/v1/adapters", headers=headers, timeout=30)
             assert r.status_code == 200, r.text
