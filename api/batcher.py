@@ -80,6 +80,9 @@ class GenerationBatcher:
         self.registry = registry
         self.window, self.max_batch, self.batching = window, max_batch, batching
         self.threads, self.workers = threads, workers
+        # a batch with examples runs on the process's torch threads, set on its worker:
+        # a worker thread keeps the count the last batch on it (or on another) left
+        self._process_threads = torch.get_num_threads()
         self._generate = generate
         self.idle = idle
         self.on_batch = on_batch
@@ -183,7 +186,7 @@ class GenerationBatcher:
         # to it in turn): one such batch at a time; zero-shot batches never touch it
         with (
             contextlib.nullcontext() if zero_shot else self._base_model_lock,
-            torch_threads(self.threads if zero_shot else None),
+            torch_threads(self.threads if zero_shot else self._process_threads),
         ):
             results = self._generate(
                 self.registry,
