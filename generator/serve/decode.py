@@ -23,6 +23,13 @@ three rearrangements that follow from linearity:
   allocations of tens of megabytes each time. It also makes an adapter's bits
   independent of the batch it was decoded in, which a recipe's rebuild needs.
 
+A network whose writers are exactly zero adds nothing to the mixture mean: an untrained
+one, or one whose learned correction did not beat the plain mixture on the validation
+experts, which keeps the untrained state (``generator.fit.sg``). Its decode
+(``mixture_only``) computes ``mu*`` alone and adds 0.0, as the whole decode would add
+the writers' exact zeros, so the bytes are the same without the readers, the network
+and the writers (``tests/generator/serve/test_decode.py``).
+
 The mixture's moments (the mean and the log-variance condition over the K experts'
 rows) are computed by one compiled pass (``generator.serve.mixing``, decoder version
 "3"); version "2" computed them with tensor operations, about 35 passes over the
@@ -98,12 +105,14 @@ class SGDecoder:
         self.modules: list[_Module] = []
         row, tok = 0, 0
         positions = []
+        writers = []
         with torch.no_grad():
             for i, s in enumerate(shapes):
                 d, t = s.layers * s.width * s.rank, s.layers * s.rank
                 reader = _reader(net, "logvar", s.module)
                 writer = codec.writers[s.module]
                 assert isinstance(writer, nn.Linear)
+                writers.append(writer)
                 w_read = reader.weight / logvar_scale  # (h, w)
                 w_write = torch.cat([writer.weight, writer.bias[:, None]], 1)  # (w, h + 1)
                 std = norm.std[s.module]  # (L, 2)
@@ -128,6 +137,10 @@ class SGDecoder:
                 row, tok = row + d, tok + t
             self.start = torch.cat(positions)  # (T, h)
         self.size = row
+        # a network whose writers are exactly zero adds nothing to the mixture mean (an
+        # untrained one, or one whose correction training did not keep): its decode is
+        # mu* + 0.0, computed without the network (``mixture_mean``, the same bits)
+        self.mixture_only = not any(bool(w.weight.any()) or bool(w.bias.any()) for w in writers)
 
     def rows(self, flat: torch.Tensor) -> Rows:
         """(D,) -> {module: (L, d)} views of ``flat``."""
@@ -206,6 +219,13 @@ class SGDecoder:
             raise ValueError(f"decoder version {version!r} is not one of {VERSIONS}")
         net = self.net
         out = torch.empty(self.size)
+        if self.mixture_only and version == "3":
+            from generator.serve.mixing import mixture_mean
+
+            for m in self.modules:
+                name = m.shape.module
+                mixture_mean(weights, [e.mean[name] for e in experts], out[m.rows])
+            return out
         # the log-variance condition log(var* / S^2 + floor), made in place
         logvar = torch.empty(self.size)
         if version == "3":

@@ -144,7 +144,8 @@ class Generator:
             # the mixture pass for k experts, and for the nearest one alone when a gate
             # can serve it: compiled or loaded now rather than in the first request
             gated = checkpoint.hyper.get("gate") is not None
-            prepare([int(checkpoint.hyper["k"])] + ([1] if gated else []))
+            counts = [int(checkpoint.hyper["k"])] + ([1] if gated else [])
+            prepare(counts, mean_only=self.decoder.mixture_only)
             import faiss
 
             emb = checkpoint.expert_embeddings

@@ -27,25 +27,30 @@ BLOCK = 1024  # numbers per block: a block of K experts' means and variances fit
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
+def _block_mean(weights, means, start, stop, mu):  # type: ignore[no-untyped-def]
+    # mu* over one block: the first expert's product, then each other one's added
+    a = weights[0]
+    row = means[0][start:stop]
+    for j in range(stop - start):
+        mu[j] = a * row[j]
+    for k in range(1, weights.shape[0]):
+        a = weights[k]
+        row = means[k][start:stop]
+        for j in range(stop - start):
+            mu[j] = mu[j] + a * row[j]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def _moments(weights, means, variances, inv_scale, floor, out_mean, out_ratio):  # type: ignore[no-untyped-def]
-    k_total = weights.shape[0]
     n = out_mean.shape[0]
     for start in range(0, n, BLOCK):
         stop = min(n, start + BLOCK)
         mu = out_mean[start:stop]
         total = out_ratio[start:stop]
-        a = weights[0]
-        row = means[0][start:stop]
-        for j in range(stop - start):
-            mu[j] = a * row[j]
-        for k in range(1, k_total):
-            a = weights[k]
-            row = means[k][start:stop]
-            for j in range(stop - start):
-                mu[j] = mu[j] + a * row[j]
+        _block_mean(weights, means, start, stop, mu)
         for j in range(stop - start):
             total[j] = np.float32(0.0)
-        for k in range(k_total):
+        for k in range(weights.shape[0]):
             a = weights[k]
             row = means[k][start:stop]
             var = variances[k][start:stop]
@@ -55,6 +60,19 @@ def _moments(weights, means, variances, inv_scale, floor, out_mean, out_ratio): 
         scale = inv_scale[start:stop]
         for j in range(stop - start):
             total[j] = total[j] * scale[j] + floor
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _mean(weights, means, out_mean):  # type: ignore[no-untyped-def]
+    # ``_moments``'s mean, then + 0.0 as the decode's (exactly zero) correction adds
+    # it: -0.0 becomes +0.0, every other number is kept
+    n = out_mean.shape[0]
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        mu = out_mean[start:stop]
+        _block_mean(weights, means, start, stop, mu)
+        for j in range(stop - start):
+            mu[j] = mu[j] + np.float32(0.0)
 
 
 def _flat(t: torch.Tensor) -> np.ndarray:
@@ -97,9 +115,32 @@ def mixture_moments(
     )
 
 
-def prepare(counts: Iterable[int]) -> None:
+def mixture_mean(
+    weights: Sequence[float], means: Sequence[torch.Tensor], out_mean: torch.Tensor
+) -> None:
+    """``mixture_moments``'s ``mu*`` alone, bit for bit, plus 0.0 (which turns a -0.0
+    into +0.0, as adding a correction of exact zeros does), reading only the means:
+    the decode of a generator whose network adds nothing (``SGDecoder.mixture_only``)."""
+    if len(weights) != len(means) or not weights:
+        raise ValueError(f"{len(weights)} weights for {len(means)} means")
+    if not out_mean.is_contiguous():
+        raise ValueError("the output must be contiguous")
+    n = out_mean.numel()
+    flat_means = tuple(_flat(t) for t in means)
+    if any(a.shape[0] != n for a in flat_means):
+        raise ValueError(f"every input must hold the output's {n} numbers")
+    _mean(np.asarray(weights, dtype=np.float32), flat_means, out_mean.view(-1).numpy())
+
+
+def prepare(counts: Iterable[int], *, mean_only: bool = False) -> None:
     """Compile (or load from numba's cache) the pass for each number of experts in
-    ``counts``, so that a generator's first request does not wait for it."""
+    ``counts`` (the mean alone with ``mean_only``), so that a generator's first
+    request does not wait for it."""
     for k in sorted(set(counts)):
         one = [torch.zeros(1) for _ in range(k)]
-        mixture_moments([1.0 / k] * k, one, one, torch.ones(1), 0.0, torch.empty(1), torch.empty(1))
+        if mean_only:
+            mixture_mean([1.0 / k] * k, one, torch.empty(1))
+        else:
+            mixture_moments(
+                [1.0 / k] * k, one, one, torch.ones(1), 0.0, torch.empty(1), torch.empty(1)
+            )

@@ -98,3 +98,40 @@ def test_bad_mixtures_are_refused() -> None:
         decoder.decode([], [], torch.randn(4))
     with pytest.raises(ValueError, match="decoder version '9'"):
         decoder.decode([1.0], terms, torch.randn(4), version="9")
+
+
+def test_a_network_that_adds_nothing_decodes_to_the_mixture_mean_with_the_same_bits() -> None:
+    """Writers of exact zeros (an untrained network, or a correction not kept): the
+    decode skips the network, and gives the bytes the whole decode gives."""
+    layout, norm, net, means, variances = random_world(3)
+    with torch.no_grad():
+        for writer in net.codec.writers.values():
+            for p in writer.parameters():
+                p.zero_()
+    module = layout.modules[0]
+    for e in means[:3]:  # where every expert is -0.0, the whole decode gives +0.0
+        e[module][0, :5] = -0.0
+    decoder = SGDecoder(net, layout, norm, logvar_shift=SHIFT, logvar_scale=SCALE)
+    assert decoder.mixture_only
+    terms = [decoder.expert_terms(means[i], variances[i]) for i in range(3)]
+    weights, eps = [0.5, 0.3, 0.2], torch.randn(4)
+    fast = decoder.decode(weights, terms, eps)
+    decoder.mixture_only = False  # the whole decode, network and all
+    whole = decoder.decode(weights, terms, eps)
+    assert fast.numpy().tobytes() == whole.numpy().tobytes()
+    assert not torch.signbit(decoder.rows(fast)[module][0, :5]).any()
+    mixture = mix(torch.tensor(weights), means[:3], variances[:3]).mean
+    got = decoder.rows(fast)
+    assert all(torch.allclose(got[m], mixture[m], rtol=1e-6, atol=0) for m in layout.modules)
+
+
+def test_a_network_with_any_nonzero_writer_runs_whole() -> None:
+    layout, norm, net, _, _ = random_world(4)
+    with torch.no_grad():
+        for writer in net.codec.writers.values():
+            for p in writer.parameters():
+                p.zero_()
+        writer = net.codec.writers[layout.modules[0]]
+        assert isinstance(writer, torch.nn.Linear)
+        writer.bias[3] = 1e-6
+    assert not SGDecoder(net, layout, norm, logvar_shift=SHIFT, logvar_scale=SCALE).mixture_only

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generator.serve.mixing import BLOCK, mixture_moments
+from generator.serve.mixing import BLOCK, mixture_mean, mixture_moments
 
 FLOOR = 1e-4
 
@@ -80,3 +80,24 @@ def test_prepare_compiles_the_pass_for_each_number_of_experts() -> None:
     prepare([6, 2, 6])
     counts = {sig[1].count for sig in _moments.signatures}  # type: ignore[attr-defined]
     assert {2, 6} <= counts
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_mean_alone_is_the_passs_mean_plus_zero(k: int) -> None:
+    n = 2 * BLOCK + 37
+    weights, means, variances = experts(k, n, seed=20 + k)
+    for m in means:
+        m[:9] = -0.0  # every expert -0.0 there: the pass's mean is -0.0, plus 0.0 is +0.0
+    out, _ = moments(weights, means, variances, torch.ones(n))
+    assert torch.signbit(out[:9]).all()
+    alone = torch.empty(n)
+    mixture_mean(weights, means, alone)
+    assert alone.numpy().tobytes() == (out + 0.0).numpy().tobytes()
+    assert not torch.signbit(alone[:9]).any()
+
+
+def test_the_mean_alone_refuses_mismatched_inputs() -> None:
+    with pytest.raises(ValueError, match="2 weights for 1 means"):
+        mixture_mean([0.5, 0.5], [torch.zeros(3)], torch.empty(3))
+    with pytest.raises(ValueError, match="output's 4 numbers"):
+        mixture_mean([1.0], [torch.zeros(3)], torch.empty(4))
