@@ -101,3 +101,10 @@ def test_the_mean_alone_refuses_mismatched_inputs() -> None:
         mixture_mean([0.5, 0.5], [torch.zeros(3)], torch.empty(3))
     with pytest.raises(ValueError, match="output's 4 numbers"):
         mixture_mean([1.0], [torch.zeros(3)], torch.empty(4))
+
+
+def test_prepare_compiles_the_mean_alone_when_asked() -> None:
+    from generator.serve.mixing import _mean, prepare
+
+    prepare([7], mean_only=True)
+    assert 7 in {sig[1].count for sig in _mean.signatures}  # type: ignore[attr-defined]
