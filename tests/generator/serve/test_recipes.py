@@ -49,6 +49,29 @@ def sg(world: SandboxWorld) -> GeneratorRecord:
     return rec
 
 
+@pytest.fixture(scope="module")
+def corrected(world: SandboxWorld, sg: GeneratorRecord) -> GeneratorRecord:
+    """``sg`` with a correction: its writers set to small random numbers, so that its
+    decode runs the whole network (``sg`` itself kept none on this world and decodes
+    its mixture mean alone)."""
+    import torch
+
+    from generator.hypernet.checkpoint import Checkpoint
+
+    reg = world.registry
+    ckpt = Checkpoint.from_bytes(reg.generator_checkpoint(sg.id))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for writer in ckpt.net.codec.writers.values():
+            for p in writer.parameters():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return reg.add_generator(
+        ckpt.to_bytes(), base_model=sg.base_model, method=sg.method, name="recipes-corrected",
+        training_adapter_ids=sg.training_adapter_ids, hyperparameters=ckpt.hyper,
+        metrics=sg.metrics,
+    )  # fmt: skip
+
+
 def generate(
     reg: Registry, world: SandboxWorld, gen: GeneratorRecord, seeds: list[int]
 ) -> list[tuple[AdapterRecord, Generated]]:
@@ -76,10 +99,17 @@ def mark_decoded_by(
             )
 
 
+@pytest.mark.parametrize("which", ["sg", "corrected"])
 def test_a_batch_is_kept_as_recipes_rebuilt_bit_exact_elsewhere(
-    world: SandboxWorld, sg: GeneratorRecord
+    world: SandboxWorld, which: str, request: pytest.FixtureRequest
 ) -> None:
+    """Both decodes: the mixture mean alone (``sg``) and the whole network (``corrected``)."""
+    from generator.serve.generator import Generator
+
     reg = world.registry
+    sg = request.getfixturevalue(which)
+    decoder = Generator.from_registry(reg, sg).decoder
+    assert decoder is not None and decoder.mixture_only == (which == "sg")
     made = generate(reg, world, sg, [11, 12])
     assert len(made) == 10 and {r.stored for r, _ in made} == {"recipe"}
     recipe = reg.recipe(made[0][0].id)
