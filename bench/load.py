@@ -108,24 +108,32 @@ def start_server(
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    if wait_serving(proc, url, processes, timeout=180):
+        return proc, url
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def wait_serving(proc: subprocess.Popen[Any], url: str, processes: int, timeout: float) -> bool:
+    """Whether all ``processes`` of the server ``proc`` at ``url`` answered /health within
+    ``timeout`` seconds (False as soon as ``proc`` exits). Each try is a new connection,
+    which any process that has started may take: a process takes connections once it is
+    warm, and clients' connections, all opened at once, must find every process taking
+    them (``/health`` names the process that answered)."""
+    deadline = time.monotonic() + timeout
     seen: set[str] = set()
-    while time.monotonic() < deadline:
-        # each on a new connection, which any process that has started may take: a
-        # process takes connections once it is warm, and the clients' connections,
-        # all opened at once, must find every process taking them
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
             r = httpx.get(f"{url}/health", timeout=2)
             if r.status_code == 200:
                 seen.add(r.json()["process"])
                 if len(seen) >= processes:
-                    return proc, url
-                continue
+                    return True
+                continue  # another connection may reach another process
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start")
+    return False
 
 
 class Connection:

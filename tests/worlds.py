@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-
+from bench.load import free_port, wait_serving
 from generator.sandbox import tiny_task
 from generator.tasks.task import Task
 from generator.transfer.run import artifact_name
@@ -74,12 +72,6 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     return dict(os.environ) | settings.environment() | extra
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment of a test server on ``settings``' registry (rate limits lifted)."""
     return cli_env(settings, LORAMINT_API_RATE="1000", LORAMINT_API_BURST="100000")
@@ -91,7 +83,6 @@ def live_server(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str
     answers from every process (``--workers N`` in ARGS: N of them, each /health on a
     new connection), and stops it on exit. Its output goes to ``log_path``."""
     processes = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
-    seen: set[str] = set()
     port = free_port()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -99,20 +90,9 @@ def live_server(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
         try:
-            while True:
-                try:
-                    r = httpx.get(f"{url}/health", timeout=2)
-                    if r.status_code == 200:
-                        seen.add(r.json()["process"])
-                        if len(seen) >= processes:
-                            break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log_path.read_text())
-                time.sleep(0.3)
+            if not wait_serving(proc, url, processes, timeout=120):
+                raise RuntimeError(log_path.read_text())
             yield url
         finally:
             proc.terminate()
