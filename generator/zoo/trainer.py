@@ -37,8 +37,6 @@ from registry.base_models import MODEL_LOADING
 from registry.errors import InvalidInput
 from registry.lora_spec import Tensors
 
-StepLoss = Callable[[Any], tuple[torch.Tensor, int]]  # model -> (a batch's loss, its tokens)
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -305,40 +303,15 @@ def train_multitask(
             queues[g] = batches(data, config.batch_size, rng, buckets=config.length_buckets)
         return prefix, queues[g].pop()
 
-    def step_loss(peft_model: Any) -> tuple[torch.Tensor, int]:
-        prefix, batch = next_batch()
-        ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, model_device(peft_model))
-        # (B, K-1, V): each logit predicts the next column's token
-        logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, targets.shape[1] + 1)
-        loss = F.cross_entropy(logits[:, :-1][tgt_mask].float(), targets[tgt_mask])
-        return loss, int(mask.sum()) + len(prefix) * ids.shape[0]  # tokens the batch stands for
-
     validate = None
     if early_stop is not None:
         val = split_prefix(encode(fmt, groups[0][0], early_stop.examples, config.max_prompt_tokens))
         validate = _validator(val, config.batch_size, pad_id)
-    return run_training(model, config, step_loss, on_step=on_step, initial=initial,
-                        validate=validate, early_stop=early_stop)  # fmt: skip
-
-
-def run_training(
-    model: torch.nn.Module,
-    config: TrainConfig,
-    step_loss: StepLoss,
-    *,
-    on_step: Callable[[int, float], None] | None = None,
-    initial: Tensors | None = None,
-    validate: Callable[[Any], float] | None = None,
-    early_stop: EarlyStop | None = None,
-) -> TrainResult:
-    """Attach a LoRA of ``config`` to ``model`` (from ``initial`` weights when given), take
-    ``config.steps`` steps of ``step_loss`` (early-stopped by ``validate``, a loss of the
-    whole model, when ``early_stop`` is given) and remove the LoRA again."""
     peft_model = attach_lora(model, config)
     try:
         if initial is not None:
             _load_weights(peft_model, initial)
-        return _train(peft_model, step_loss, config, on_step, validate, early_stop)
+        return _train(peft_model, next_batch, config, pad_id, on_step, validate, early_stop)
     finally:
         peft_model.unload()  # back to the bare base model for the next task
 
@@ -362,13 +335,15 @@ def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
 
 def _train(
     peft_model: Any,
-    step_loss: StepLoss,
+    next_batch: Callable[[], tuple[list[int], list[Encoded]]],  # -> (prefix, batch)
     config: TrainConfig,
+    pad_id: int,
     on_step: Callable[[int, float], None] | None,
     validate: Callable[[Any], float] | None = None,
     early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
+    device = model_device(peft_model)
     best: tuple[float, int, Tensors] | None = None  # (validation loss, step, weights)
     checks: list[list[float]] = []  # [step, validation loss]; step 0: before training
 
@@ -393,13 +368,18 @@ def _train(
     peft_model.train()
     t0 = time.perf_counter()
     for step in range(config.steps):
-        loss, batch_tokens = step_loss(peft_model)
+        prefix, batch = next_batch()
+        ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, device)
+        K = targets.shape[1] + 1
+        # (B, K-1, V): each logit predicts the next column's token
+        logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, K)[:, :-1]
+        loss = F.cross_entropy(logits[tgt_mask].float(), targets[tgt_mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        tokens += batch_tokens
+        tokens += int(mask.sum()) + len(prefix) * ids.shape[0]  # tokens the batch stands for
         losses.append(loss.item())
         if step >= trajectory.start:
             trajectory.add(step, lora_state(peft_model))

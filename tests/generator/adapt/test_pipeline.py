@@ -12,7 +12,7 @@ import torch
 
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import NONE, AdaptConfig, Expert, adapt
-from generator.adapt.refine import refine, train_config, train_on_labels
+from generator.adapt.refine import refine
 from generator.adapt.scoring import score, score_all
 from generator.adapt.weighting import fit_weights
 from generator.fit.config import GeneratorConfig
@@ -22,8 +22,6 @@ from generator.sandbox import SandboxWorld
 from generator.serve.generate import generate_adapters
 from generator.serve.generator import Request
 from generator.tasks.evaluation import Evaluator
-from generator.tasks.task import Example
-from generator.zoo.trainer import EarlyStop
 from registry.errors import InvalidInput
 from registry.lora_spec import parse_weights
 
@@ -83,43 +81,6 @@ def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWor
     assert set(fresh.adapter[1]) == set(start[1])  # a LoRA from scratch: the same tensors
     with pytest.raises(InvalidInput, match="at least 2 examples"):
         refine(evaluator, moon.description, shots_of(world, 1), start, dict(start[0]), steps=2)
-
-
-def test_the_labels_loss_is_rank_classification_s_and_training_lowers_it(
-    world: SandboxWorld,
-) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    start = oracle_weights(world.registry, world.base, moon)
-    shots = shots_of(world)
-    refined = refine(
-        evaluator, moon.description, shots, start, dict(start[0]), steps=4, loss="labels"
-    )
-    held = shots.subset(shots.folds(4)[0])
-    # its held-back loss is the mean -log p(right label | labels) the scorer gives
-    expected = -float(score(evaluator, moon.description, held, start).margin.mean())
-    assert refined.val_losses[0][1] == pytest.approx(expected, abs=1e-4)
-    assert refined.best_step == min(refined.val_losses, key=lambda c: (c[1], c[0]))[0]
-    # trained and checked on the same examples, the loss falls
-    config = train_config(dict(start[0]), steps=6, lr=1e-2, batch=8, seed=0)
-    trained = train_on_labels(
-        evaluator, moon.description, shots, config, EarlyStop(shots.examples, every=1, patience=6),
-        initial=start[1],
-    )  # fmt: skip
-    checks = trained.extra["val_losses"]
-    assert min(c[1] for c in checks[1:]) < checks[0][1]
-    before = score(evaluator, moon.description, shots, start).margin.mean()
-    after = score(evaluator, moon.description, shots, (dict(start[0]), trained.weights))
-    assert float(after.margin.mean()) > float(before)
-    # free-form examples train on their answer tokens; an unknown loss is refused
-    free = FewShot(
-        tuple(Example(e.input, f"{e.output} {i}") for i, e in enumerate(shots.examples)), ()
-    )
-    assert refine(evaluator, moon.description, free, start, dict(start[0]), steps=2, loss="labels")
-    with pytest.raises(InvalidInput, match="loss must be one of"):
-        refine(evaluator, moon.description, shots, start, dict(start[0]), steps=2, loss="kl")
-    with pytest.raises(InvalidInput, match="refine_loss must be one of"):
-        AdaptConfig(refine_loss="kl")
 
 
 def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
