@@ -37,6 +37,7 @@ from generator.adapt.pipeline import AdaptConfig
 from generator.adapt.refine import refine
 from generator.quality.heldout import oracle_weights
 from generator.quality.lorahub import lorahub
+from generator.quality.stats import LEVEL, RESAMPLES
 from generator.serve.fewshot import adapt_generated
 from generator.serve.generator import Generator, Request
 from generator.tasks.evaluation import Evaluator
@@ -247,8 +248,9 @@ def _unit(vector: Any) -> Any:
 def summarise(
     cells: dict[str, dict[str, float]], tasks: Sequence[Task], settings: FewShotSettings
 ) -> dict[str, Any]:
-    """Per k and method: per-task means and standard deviations over the draws, and the
-    average over tasks of accuracy, share of the oracle and share of its gain."""
+    """Per k and method: per-task means and standard deviations over the draws, the
+    average over tasks of accuracy, share of the oracle and share of its gain, and for
+    the few-shot methods the paired difference to the nearest expert (``vs_nearest``)."""
     columns = [*FIXED[:3], *settings.methods]
     out: dict[str, Any] = {"ks": {}, "tasks": [t.name for t in tasks]}
     for k in settings.ks:
@@ -283,8 +285,45 @@ def summarise(
                 )
             if rows:
                 per_method[method] = {"tasks": rows, **_means(rows)}
+                if method not in FIXED:
+                    versus = _versus_nearest(cells, tasks, k, method, settings.draws)
+                    if versus is not None:
+                        per_method[method]["vs_nearest"] = versus
         out["ks"][str(k)] = per_method
     return out
+
+
+def _versus_nearest(
+    cells: dict[str, dict[str, float]], tasks: Sequence[Task], k: int, method: str, draws: int
+) -> dict[str, float] | None:
+    """The method's mean accuracy over tasks minus the nearest expert's, with a 95 %
+    percentile interval: a resample draws the tasks with replacement and, within each
+    task, its draws of examples with replacement (the nearest expert, which sees no
+    examples, is the same in every draw). None unless every task has both."""
+    import numpy as np
+
+    scored, against = [], []
+    for task in tasks:
+        near = cells.get(Cells.key(task.name, None, None, "nearest"))
+        keys = [Cells.key(task.name, k, i, method) for i in range(draws)]
+        accs = [c["accuracy"] for key in keys if (c := cells.get(key)) is not None]
+        if near is None or not accs:
+            return None
+        scored.append(np.asarray(accs))
+        against.append(near["accuracy"])
+    rng = np.random.default_rng(0)
+    per_task = (
+        np.stack(
+            [a[rng.integers(0, len(a), size=(RESAMPLES, len(a)))].mean(axis=1) for a in scored]
+        )
+        - np.asarray(against)[:, None]
+    )  # (T, R)
+    picks = rng.integers(0, len(scored), size=(RESAMPLES, len(scored)))
+    means = per_task[picks, np.arange(RESAMPLES)[:, None]].mean(axis=1)
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    point = float(np.mean([a.mean() - b for a, b in zip(scored, against, strict=True)]))
+    return {"value": round(point, 4), "low": round(float(low), 4), "high": round(float(high), 4)}
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -310,8 +349,9 @@ def markdown(summary: dict[str, Any], oracle: dict[str, float]) -> str:
         lines += [
             f"**k = {k}** (mean ± std over draws)",
             "",
-            "| method | " + " | ".join(tasks) + " | accuracy | / oracle | share of gain | s |",
-            "|---|" + "---:|" * (len(tasks) + 4),
+            "| method | " + " | ".join(tasks) + " | accuracy | / oracle | share of gain | "
+            "vs nearest (95 % CI) | s |",
+            "|---|" + "---:|" * (len(tasks) + 5),
         ]
         for method, data in per_method.items():
             by_task = {r["task"]: r for r in data["tasks"]}
@@ -319,14 +359,20 @@ def markdown(summary: dict[str, Any], oracle: dict[str, float]) -> str:
                 f"{by_task[t]['accuracy']:.3f} ± {by_task[t]['std']:.3f}" if t in by_task else "-"
                 for t in tasks
             ]
+            versus = data.get("vs_nearest")
+            shown = (
+                f"{versus['value']:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}]"
+                if versus
+                else ""
+            )
             lines.append(
                 f"| {method} | " + " | ".join(cells) + f" | {_f(data['accuracy'])} | "
-                f"{_pct(data['share_of_oracle'])} | {_pct(data['share_of_gain'])} | "
+                f"{_pct(data['share_of_oracle'])} | {_pct(data['share_of_gain'])} | {shown} | "
                 f"{_f(data['seconds'], 1)} |"
             )
         lines.append(
             "| oracle | " + " | ".join(_f(oracle.get(t)) for t in tasks) + " | "
-            f"{_f(statistics.fmean(oracle.values()) if oracle else None)} | 100% | 100% | |"
+            f"{_f(statistics.fmean(oracle.values()) if oracle else None)} | 100% | 100% | | |"
         )
         lines.append("")
     return "\n".join(lines)

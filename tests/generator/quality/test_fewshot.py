@@ -14,6 +14,7 @@ from generator.quality.fewshot import (
     FewShotSettings,
     draw,
     evaluate_fewshot,
+    markdown,
     summarise,
     write,
 )
@@ -63,6 +64,33 @@ def test_summary_reports_share_of_oracle_and_of_its_gain_over_the_draws() -> Non
     assert row["seconds"] == pytest.approx(2.0)
     assert summary["ks"]["4"]["nearest"]["share_of_gain"] == pytest.approx(0.25)
     assert "sg-lora" not in summary["ks"]["4"]  # never scored: no column
+    # against the nearest expert: +0.1, the draws' spread around it (0.6 and 0.8 - 0.6)
+    versus = row["vs_nearest"]
+    assert versus["value"] == pytest.approx(0.1)
+    assert versus["low"] == pytest.approx(0.0) and versus["high"] == pytest.approx(0.2)
+    assert "vs_nearest" not in summary["ks"]["4"]["nearest"]
+    table = markdown(summary, {"a": 0.9})
+    assert "| +0.100 [+0.000, +0.200] |" in table
+    # a task without its nearest expert's cell: no paired difference
+    alone = {key: c for key, c in cells.items() if not key.endswith("nearest")}
+    assert "vs_nearest" not in summarise(alone, [_task("a")], settings)["ks"]["4"]["selection"]
+
+
+def test_the_paired_difference_resamples_tasks_and_draws() -> None:
+    """Two tasks, one where the method beats the nearest expert by 0.2 on every draw and
+    one where it loses 0.2: the interval spans both, and its centre is their mean."""
+    settings = FewShotSettings(ks=(4,), draws=3, methods=("selection",))
+    cells: dict[str, dict[str, float]] = {}
+    for name, near, acc in (("a", 0.5, 0.7), ("b", 0.7, 0.5)):
+        cells[Cells.key(name, None, None, "base")] = {"accuracy": 0.4, "seconds": 0}
+        cells[Cells.key(name, None, None, "oracle")] = {"accuracy": 0.9, "seconds": 0}
+        cells[Cells.key(name, None, None, "nearest")] = {"accuracy": near, "seconds": 0}
+        for d in range(3):
+            cells[Cells.key(name, 4, d, "selection")] = {"accuracy": acc, "seconds": 1}
+    versus = summarise(cells, [_task("a"), _task("b")], settings)["ks"]["4"]["selection"]
+    assert versus["vs_nearest"]["value"] == pytest.approx(0.0)
+    assert versus["vs_nearest"]["low"] == pytest.approx(-0.2)
+    assert versus["vs_nearest"]["high"] == pytest.approx(0.2)
 
 
 def test_a_results_file_made_with_other_settings_is_refused(tmp_path: Path) -> None:
