@@ -1,7 +1,7 @@
 """Which refinement settings should the few-shot path serve? Chosen on training tasks only.
 
     .venv/bin/python bench/fewshot_settings.py [--count 12] [--draws 1] [--k 16]
-        [--configs 20:3e-3,20:3e-3:accuracy] [--tasks a,b] [--seed 0] [--report]
+        [--configs 20:1e-3,20:3e-3] [--tasks a,b] [--seed 0] [--report]
 
 A leave-one-out study: for a stratified random sample of the suite's
 *training* tasks (round robin over the families, ``--seed`` fixing the
@@ -9,11 +9,10 @@ order), each task's own zoo adapter is put out of the serving SG-LoRA
 generator's reach (``Generator.without``: the request sees the other experts
 only, as a new task would), ``--k`` examples are drawn from the task's
 training split (the draws ``loramint eval fewshot`` makes), and the served
-few-shot path (selection, then refinement with each ``STEPS:LR[:STOP]`` of
-``--configs``; STOP ``loss`` by default, or ``accuracy``: what early stopping
-ranks its checks by) makes an adapter that is scored on the task's test split.
-The bare model, the nearest remaining expert, selection alone and the task's
-own adapter (its oracle) are scored beside them.
+few-shot path (selection, then refinement with each ``STEPS:LR`` of
+``--configs``) makes an adapter that is scored on the task's test split. The
+bare model, the nearest remaining expert, selection alone and the task's own
+adapter (its oracle) are scored beside them.
 
 Held-out tasks are never touched, so whatever this chooses can be measured on
 them afterwards without having been tuned on them. The generator network
@@ -46,24 +45,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-Config = tuple[int, float, str]  # (steps, learning rate, what early stopping ranks by)
+Config = tuple[int, float]  # (steps, learning rate)
 
 
 def parse_configs(text: str) -> list[Config]:
-    """ "20:1e-3,40:3e-3:accuracy" -> [(20, 0.001, "loss"), (40, 0.003, "accuracy")]."""
-    from generator.adapt.refine import STOP_BY
-
+    """ "20:1e-3,40:3e-3" -> [(20, 0.001), (40, 0.003)]."""
     out: list[Config] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         fields = part.split(":")
         try:
-            if len(fields) not in (2, 3) or (fields[2:] and fields[2] not in STOP_BY):
+            if len(fields) != 2:
                 raise ValueError(part)
-            out.append((int(fields[0]), float(fields[1]), (fields[2:] or ["loss"])[0]))
+            out.append((int(fields[0]), float(fields[1])))
         except ValueError:
-            raise SystemExit(
-                f"--configs takes STEPS:LR[:STOP], STOP one of {list(STOP_BY)}, got {part!r}"
-            ) from None
+            raise SystemExit(f"--configs takes STEPS:LR, got {part!r}") from None
         if out[-1][0] < 1 or not 0 < out[-1][1] < 1:
             raise SystemExit(f"--configs: steps must be >= 1 and 0 < lr < 1, got {part!r}")
     if not out:
@@ -72,9 +67,7 @@ def parse_configs(text: str) -> list[Config]:
 
 
 def label(config: Config) -> str:
-    """The cells' name of a configuration (the loss's as before stopping had a choice)."""
-    stop = "" if config[2] == "loss" else f" {config[2]}"
-    return f"refine {config[0]}:{config[1]:g}{stop}"
+    return f"refine {config[0]}:{config[1]:g}"
 
 
 def stratified(tasks: list[Any], count: int, seed: int) -> list[Any]:
@@ -106,12 +99,8 @@ def bootstrap(diffs: np.ndarray, seed: int, n: int = 4000) -> tuple[float, float
 
 def report(data: dict[str, Any]) -> str:
     cells: dict[str, float] = data["cells"]
-    # a third field names what early stopping ranks by; files made while refinement
-    # could refit held a flag there, or a loss: their plain configurations are reported
-    configs = [
-        (int(c[0]), float(c[1]), c[2] if c[2:] and c[2] in ("loss", "accuracy") else "loss")
-        for c in data["configs"] if not c[2:] or c[2] in ("loss", "accuracy") or c[2] is False
-    ]  # fmt: skip
+    # files made while refinement could refit (a third field) report their other configs
+    configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     methods = ["bare", "nearest", "selection", *(label(c) for c in configs), "oracle"]
 
@@ -227,7 +216,7 @@ def main() -> None:
     ap.add_argument("--tasks", help="comma-separated training tasks instead of a sample")
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--configs", default="20:3e-3,20:3e-3:accuracy")
+    ap.add_argument("--configs", default="20:1e-3,20:3e-3")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="print the kept results and stop")
     args = ap.parse_args()
@@ -299,7 +288,6 @@ def main() -> None:
                     runs[label(c)] = AdaptConfig(
                         refine_steps=c[0],
                         refine_lr=c[1],
-                        refine_stop=c[2],
                         estimate=False,
                         seed=args.seed,
                     )

@@ -5,9 +5,7 @@ scratch, from the layout's shared A and a zero B), with early stopping: a
 share of the examples (every label represented) is held back, its
 answer-token loss checked every few steps, and the weights of the best check
 returned, the starting weights included, so refinement never returns an
-adapter worse than it started on them. With ``stop_by="accuracy"`` (a
-classification), checks are ranked by their held-back accuracy first and the
-loss second.
+adapter worse than it started on them.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from registry.errors import InvalidInput
 from registry.lora_spec import Adapter
 
 VAL_SHARE = 0.25  # of the examples held back for early stopping
-STOP_BY = ("loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -68,13 +65,10 @@ def refine(
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
-    stop_by: str = "loss",
     on_step: Callable[[int, float], None] | None = None,
 ) -> Refined:
     """Train ``start`` (None: a fresh LoRA of ``template``) on ``fewshot``, early-stopped
-    on a held-back share of it (see the module docstring for ``stop_by``)."""
-    if stop_by not in STOP_BY:
-        raise InvalidInput(f"refinement stops by one of {list(STOP_BY)}, got {stop_by!r}")
+    on a held-back share of it."""
     if steps < 1:
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
@@ -92,12 +86,7 @@ def refine(
         config,
         on_step=on_step,
         initial=initial,
-        early_stop=EarlyStop(
-            fewshot.subset(val).examples,
-            every=every,
-            patience=patience,
-            labels=fewshot.labels if stop_by == "accuracy" else (),
-        ),  # fmt: skip
+        early_stop=EarlyStop(fewshot.subset(val).examples, every=every, patience=patience),
     )
     return Refined(
         adapter=(dict(template), result.weights),

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from generator.tasks.device import model_device
 from generator.tasks.kv_cache import passing, returned
 from generator.tasks.prompting import PromptFormat, shared_prefix
-from generator.tasks.scoring import label_logprobs
 from generator.tasks.task import Example
 from generator.zoo.trajectory import Trajectory
 from registry.base_models import MODEL_LOADING
@@ -233,16 +232,11 @@ class EarlyStop:
     """Validation while training: the answer-token loss on ``examples`` before the first
     step and every ``every`` steps; training stops after ``patience`` checks without a
     better loss, and the weights of the best check are the result (the starting
-    weights included, so training never returns worse than it started on them).
-
-    With ``labels`` (a classification's label set), a check is ranked first by its
-    rank-classification accuracy on ``examples``, then by the loss; an earlier check
-    wins a tie."""
+    weights included, so training never returns worse than it started on them)."""
 
     examples: Sequence[Example]
     every: int = 2
     patience: int = 3
-    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.examples:
@@ -313,10 +307,6 @@ def train_multitask(
     if early_stop is not None:
         val = split_prefix(encode(fmt, groups[0][0], early_stop.examples, config.max_prompt_tokens))
         validate = _validator(val, config.batch_size, pad_id)
-        if early_stop.labels:
-            validate = _ranked(
-                validate, fmt, groups[0][0], early_stop, config.max_prompt_tokens, pad_id
-            )
     peft_model = attach_lora(model, config)
     try:
         if initial is not None:
@@ -349,22 +339,22 @@ def _train(
     config: TrainConfig,
     pad_id: int,
     on_step: Callable[[int, float], None] | None,
-    validate: Callable[[Any], tuple[float, ...]] | None = None,
+    validate: Callable[[Any], float] | None = None,
     early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     device = model_device(peft_model)
-    best: tuple[tuple[float, ...], int, Tensors] | None = None  # (rank key, step, weights)
-    checks: list[list[float]] = []  # [step, validation loss(, accuracy)]; 0: before training
+    best: tuple[float, int, Tensors] | None = None  # (validation loss, step, weights)
+    checks: list[list[float]] = []  # [step, validation loss]; step 0: before training
 
     def check(step: int) -> bool:
         """Validate after ``step`` steps; True when training should stop."""
         nonlocal best
         assert validate is not None and early_stop is not None
-        key = validate(peft_model)  # (loss,) or (-accuracy, loss): lower is better
-        checks.append([step, round(key[-1], 5), *([round(-key[0], 5)] if len(key) > 1 else [])])
-        if best is None or key < best[0]:
-            best = (key, step, lora_state(peft_model))
+        loss = validate(peft_model)
+        checks.append([step, round(loss, 5)])
+        if best is None or loss < best[0]:
+            best = (loss, step, lora_state(peft_model))
         stale = (step - best[1]) // early_stop.every
         return stale >= early_stop.patience
 
@@ -427,42 +417,14 @@ def _load_weights(peft_model: Any, weights: Tensors) -> None:
         raise InvalidInput(f"starting weights are missing {missing[0]}")
 
 
-def _ranked(
-    validate: Callable[[Any], tuple[float, ...]],
-    fmt: PromptFormat,
-    description: str,
-    early_stop: EarlyStop,
-    max_prompt: int,
-    pad_id: int,
-) -> Callable[[Any], tuple[float, ...]]:
-    """``validate`` ranked first by rank-classification accuracy on ``early_stop``'s
-    examples: (-accuracy, loss)."""
-    labels = early_stop.labels
-    if stray := sorted({e.output for e in early_stop.examples} - set(labels)):
-        raise InvalidInput(f"validation outputs {stray[:3]} are not among the labels")
-    prompts = [e.prompt for e in encode(fmt, description, early_stop.examples, max_prompt)]
-    label_ids = [fmt.answer_ids(label) for label in labels]
-    gold = torch.tensor([labels.index(e.output) for e in early_stop.examples])
-
-    def key(model: Any) -> tuple[float, ...]:
-        was_training = model.training
-        model.eval()
-        scores = label_logprobs(model, prompts, label_ids, pad_id=pad_id)
-        model.train(was_training)
-        accuracy = float((scores.argmax(-1) == gold).float().mean())
-        return (-accuracy, *validate(model))
-
-    return key
-
-
 def _validator(
     data: tuple[list[int], list[Encoded]], batch_size: int, pad_id: int
-) -> Callable[[Any], tuple[float, ...]]:
-    """The mean answer-token loss of ``data`` (prefix, examples) under a model, as (loss,)."""
+) -> Callable[[Any], float]:
+    """The mean answer-token loss of ``data`` (prefix, examples) under a model."""
     prefix, examples = data
 
     @torch.no_grad()
-    def loss(model: Any) -> tuple[float, ...]:
+    def loss(model: Any) -> float:
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
@@ -475,7 +437,7 @@ def _validator(
             count += int(tgt_mask.sum())
         if was_training:
             model.train()
-        return (total / max(1, count),)
+        return total / max(1, count)
 
     return loss
 

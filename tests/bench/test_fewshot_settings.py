@@ -28,12 +28,9 @@ def test_the_sample_takes_every_family_before_a_second_task_of_one() -> None:
     assert stratified(tasks, 100, seed=1) and len(stratified(tasks, 100, seed=1)) == 13
 
 
-def test_configs_are_steps_rates_and_stops_and_bad_ones_stop_the_run() -> None:
-    assert parse_configs("20:1e-3, 40:3e-3:accuracy") == [
-        (20, 1e-3, "loss"), (40, 3e-3, "accuracy"),
-    ]  # fmt: skip
-    assert parse_configs("20:1e-3:loss") == [(20, 1e-3, "loss")]
-    for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:loss:x"):
+def test_configs_are_steps_and_rates_and_bad_ones_stop_the_run() -> None:
+    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3), (40, 3e-3)]
+    for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:refit"):
         with pytest.raises(SystemExit):
             parse_configs(bad)
 
@@ -43,25 +40,20 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     for i, t in enumerate(["t0", "t1", "t2"]):
         cells |= {f"{t}|-|bare": 0.5, f"{t}|-|nearest": 0.6, f"{t}|-|oracle": 0.9}
         cells |= {f"{t}|0|selection": 0.6, f"{t}|0|refine 20:0.001": 0.7}
-        cells |= {f"{t}|0|refine 40:0.003 accuracy": 0.8 + 0.01 * i}
+        cells |= {f"{t}|0|refine 40:0.003": 0.8 + 0.01 * i}
     data = {
-        "cells": cells, "configs": [[20, 1e-3, "loss"], [40, 3e-3, "accuracy"]],
-        "tasks": ["t0", "t1", "t2", "t3"],
+        "cells": cells, "configs": [[20, 1e-3], [40, 3e-3]], "tasks": ["t0", "t1", "t2", "t3"],
         "draws": 1, "k": 16, "seed": 0, "families": {"t0": "a", "t1": "a", "t2": "b"},
     }  # fmt: skip
     text = report(data)
     assert text.startswith("3 (task, draw) pairs over 3 training tasks")  # t3 has no cells
-    row = next(
-        line for line in text.splitlines() if line.startswith("| refine 40:0.003 accuracy |")
-    )
+    row = next(line for line in text.splitlines() if line.startswith("| refine 40:0.003 |"))
     assert row.split("|")[2:4] == [" 0.810 ", " 77.5% "]
     assert "+0.110 [+0.100, +0.120]" in row
     assert report({**data, "cells": {}}).startswith("no complete")
     # a file from when refinement could refit reports its other configurations
-    refit = [[20, 1e-3, False], [40, 3e-3, "accuracy"], [20, 1e-3, True]]
-    assert report({**data, "configs": refit}) == text
-    # so does one from before stopping had a choice (two fields: the loss)
-    assert report({**data, "configs": [[20, 1e-3], [40, 3e-3, "accuracy"]]}) == text
+    old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
+    assert old == text
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_shrinks_to_it_without_spread() -> None:

@@ -83,31 +83,6 @@ def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWor
         refine(evaluator, moon.description, shots_of(world, 1), start, dict(start[0]), steps=2)
 
 
-def test_refinement_can_rank_its_checks_by_held_back_accuracy(world: SandboxWorld) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    start = oracle_weights(world.registry, world.base, moon)
-    shots = shots_of(world)
-    refined = refine(
-        evaluator, moon.description, shots, start, dict(start[0]), steps=6, lr=1e-2,
-        stop_by="accuracy",
-    )  # fmt: skip
-    checks = refined.val_losses  # [step, loss, accuracy]
-    assert all(len(c) == 3 for c in checks) and checks[0][0] == 0
-    held = shots.subset(shots.folds(4)[0])
-    assert checks[0][2] == pytest.approx(
-        score(evaluator, moon.description, held, start).accuracy(), abs=1e-5
-    )
-    # the most accurate check wins, the lower loss breaks a tie, then the earlier step
-    assert refined.best_step == min(checks, key=lambda c: (-c[2], c[1], c[0]))[0]
-    plain = refine(evaluator, moon.description, shots, start, dict(start[0]), steps=6, lr=1e-2)
-    assert [c[:2] for c in checks[: len(plain.val_losses)]] == plain.val_losses[: len(checks)]
-    with pytest.raises(InvalidInput, match="stops by one of"):
-        refine(evaluator, moon.description, shots, start, dict(start[0]), steps=2, stop_by="f1")
-    with pytest.raises(InvalidInput, match="refine_stop must be one of"):
-        AdaptConfig(refine_stop="f1")
-
-
 def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
     import torch
 
