@@ -37,7 +37,7 @@ from generator.adapt.pipeline import AdaptConfig
 from generator.adapt.refine import refine
 from generator.quality.heldout import oracle_weights
 from generator.quality.lorahub import lorahub
-from generator.quality.stats import LEVEL, RESAMPLES
+from generator.quality.stats import difference_over_draws
 from generator.serve.fewshot import adapt_generated
 from generator.serve.generator import Generator, Request
 from generator.tasks.evaluation import Evaluator
@@ -257,20 +257,21 @@ def summarise(
         per_method: dict[str, Any] = {}
         for method in columns:
             rows = []
+            paired: list[tuple[list[float], float] | None] = []  # (draws, nearest) a task
             for task in tasks:
                 fixed = {m: cells.get(Cells.key(task.name, None, None, m)) for m in FIXED}
-                bare, best = fixed["base"], fixed["oracle"]
-                if bare is None or best is None:
-                    continue
-                base, oracle = bare["accuracy"], best["accuracy"]
                 if method in FIXED:
                     keys = [Cells.key(task.name, None, None, method)]
                 else:
                     keys = [Cells.key(task.name, k, i, method) for i in range(settings.draws)]
                 found = [c for key in keys if (c := cells.get(key)) is not None]
-                if not found:
-                    continue
                 accs = [c["accuracy"] for c in found]
+                near = fixed["nearest"]
+                paired.append((accs, near["accuracy"]) if accs and near else None)
+                bare, best = fixed["base"], fixed["oracle"]
+                if bare is None or best is None or not found:
+                    continue
+                base, oracle = bare["accuracy"], best["accuracy"]
                 gain = oracle - base
                 rows.append(
                     {
@@ -285,45 +286,18 @@ def summarise(
                 )
             if rows:
                 per_method[method] = {"tasks": rows, **_means(rows)}
-                if method not in FIXED:
-                    versus = _versus_nearest(cells, tasks, k, method, settings.draws)
-                    if versus is not None:
-                        per_method[method]["vs_nearest"] = versus
+                if method not in FIXED and all(p is not None for p in paired):
+                    complete = [p for p in paired if p is not None]
+                    versus = difference_over_draws(
+                        [d for d, _ in complete], [n for _, n in complete]
+                    )
+                    per_method[method]["vs_nearest"] = {
+                        "value": round(versus.value, 4),
+                        "low": round(versus.low, 4),
+                        "high": round(versus.high, 4),
+                    }
         out["ks"][str(k)] = per_method
     return out
-
-
-def _versus_nearest(
-    cells: dict[str, dict[str, float]], tasks: Sequence[Task], k: int, method: str, draws: int
-) -> dict[str, float] | None:
-    """The method's mean accuracy over tasks minus the nearest expert's, with a 95 %
-    percentile interval: a resample draws the tasks with replacement and, within each
-    task, its draws of examples with replacement (the nearest expert, which sees no
-    examples, is the same in every draw). None unless every task has both."""
-    import numpy as np
-
-    scored, against = [], []
-    for task in tasks:
-        near = cells.get(Cells.key(task.name, None, None, "nearest"))
-        keys = [Cells.key(task.name, k, i, method) for i in range(draws)]
-        accs = [c["accuracy"] for key in keys if (c := cells.get(key)) is not None]
-        if near is None or not accs:
-            return None
-        scored.append(np.asarray(accs))
-        against.append(near["accuracy"])
-    rng = np.random.default_rng(0)
-    per_task = (
-        np.stack(
-            [a[rng.integers(0, len(a), size=(RESAMPLES, len(a)))].mean(axis=1) for a in scored]
-        )
-        - np.asarray(against)[:, None]
-    )  # (T, R)
-    picks = rng.integers(0, len(scored), size=(RESAMPLES, len(scored)))
-    means = per_task[picks, np.arange(RESAMPLES)[:, None]].mean(axis=1)
-    tail = 100 * (1 - LEVEL) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    point = float(np.mean([a.mean() - b for a, b in zip(scored, against, strict=True)]))
-    return {"value": round(point, 4), "low": round(float(low), 4), "high": round(float(high), 4)}
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -139,3 +139,31 @@ def summarise(
     for a, b in pairs:
         differences[(a, b)] = estimate(share(point[a], point[b]), share(acc[a], acc[b]))
     return Summary(n_tasks, accuracy, of_oracle, gains, differences)
+
+
+def difference_over_draws(
+    draws: Sequence[Sequence[float]],
+    against: Sequence[float],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Estimate:
+    """Mean over tasks of a method's accuracy minus a fixed column's (``against``, one
+    value a task), when the method was scored on several independent draws of examples
+    per task: a resample draws the tasks with replacement and, within each task, its
+    draws with replacement. ``against`` sees no examples, so it is the same in every
+    draw and stays at its measured value."""
+    if not draws or len(draws) != len(against) or any(len(d) == 0 for d in draws):
+        raise ValueError("every task needs at least one draw and one value to compare with")
+    rng = np.random.default_rng(seed)
+    scored = [np.asarray(d, dtype=float) for d in draws]
+    inner = np.stack(
+        [a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1) for a in scored]
+    )
+    per_task = inner - np.asarray(against, dtype=float)[:, None]  # (T, R)
+    picks = rng.integers(0, len(scored), size=(resamples, len(scored)))
+    means = per_task[picks, np.arange(resamples)[:, None]].mean(axis=1)
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    point = float(np.mean([a.mean() - b for a, b in zip(scored, against, strict=True)]))
+    return Estimate(point, float(low), float(high))

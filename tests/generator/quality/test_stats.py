@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from generator.quality.stats import Outcomes, gain_shares, summarise
+from generator.quality.stats import Outcomes, difference_over_draws, gain_shares, summarise
 
 
 def task(name: str, rng: np.random.Generator, n: int, **p: float) -> Outcomes:
@@ -88,3 +88,23 @@ def test_tasks_without_an_oracle_gain_and_empty_input_are_refused() -> None:
         summarise([flat], ["m"])
     with pytest.raises(ValueError, match="no tasks"):
         summarise([], ["m"])
+
+
+def test_a_difference_over_draws_keeps_the_fixed_column_and_resamples_the_draws() -> None:
+    """One task whose draws score 0.6 and 0.8 against a fixed 0.6: the point is +0.1 and
+    the interval runs from both draws at 0.6 to both at 0.8."""
+    diff = difference_over_draws([[0.6, 0.8]], [0.6])
+    assert diff.value == pytest.approx(0.1)
+    assert diff.low == pytest.approx(0.0) and diff.high == pytest.approx(0.2)
+    # draws that agree within each task: the spread is the tasks' (+0.2 and -0.1)
+    tasks = difference_over_draws([[0.7, 0.7], [0.5]], [0.5, 0.6])
+    assert tasks.value == pytest.approx(0.05)
+    assert tasks.low == pytest.approx(-0.1) and tasks.high == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("draws, against", [([], []), ([[0.5]], []), ([[0.5], []], [0.1, 0.2])])
+def test_a_difference_over_draws_needs_a_draw_and_a_value_for_every_task(
+    draws: list[list[float]], against: list[float]
+) -> None:
+    with pytest.raises(ValueError, match="at least one draw"):
+        difference_over_draws(draws, against)
