@@ -1,7 +1,7 @@
 """Which refinement settings should the few-shot path serve? Chosen on training tasks only.
 
     .venv/bin/python bench/fewshot_settings.py [--count 12] [--draws 1] [--k 16]
-        [--configs 20:1e-3,20:3e-3] [--tasks a,b] [--seed 0] [--report]
+        [--configs 20:1e-3,20:3e-3] [--lorahub] [--tasks a,b] [--seed 0] [--report]
 
 A leave-one-out study: for a stratified random sample of the suite's
 *training* tasks (round robin over the families, ``--seed`` fixing the
@@ -12,7 +12,9 @@ training split (the draws ``loramint eval fewshot`` makes), and the served
 few-shot path (selection, then refinement with each ``STEPS:LR`` of
 ``--configs``) makes an adapter that is scored on the task's test split. The
 bare model, the nearest remaining expert, selection alone and the task's own
-adapter (its oracle) are scored beside them.
+adapter (its oracle) are scored beside them; with ``--lorahub``, so is the
+LoraHub baseline of ``loramint eval fewshot`` (its search over the 20 nearest
+remaining experts, on the same examples).
 
 Held-out tasks are never touched, so whatever this chooses can be measured on
 them afterwards without having been tuned on them. The generator network
@@ -102,7 +104,8 @@ def report(data: dict[str, Any]) -> str:
     # files made while refinement could refit (a third field) report their other configs
     configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
-    methods = ["bare", "nearest", "selection", *(label(c) for c in configs), "oracle"]
+    hub = ["lorahub"] if data.get("lorahub") else []
+    methods = ["bare", "nearest", "selection", *hub, *(label(c) for c in configs), "oracle"]
 
     def get(task: str, method: str, d: int) -> float | None:
         fixed = method in ("bare", "nearest", "oracle")
@@ -217,6 +220,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--configs", default="20:1e-3,20:3e-3")
+    ap.add_argument("--lorahub", action="store_true", help="score the LoraHub baseline too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="print the kept results and stop")
     args = ap.parse_args()
@@ -236,6 +240,7 @@ def main() -> None:
     from generator.adapt.pipeline import AdaptConfig
     from generator.quality.fewshot import draw
     from generator.quality.heldout import oracle_weights
+    from generator.quality.lorahub import lorahub
     from generator.serve.fewshot import adapt_generated
     from generator.serve.generator import Request
 
@@ -250,7 +255,7 @@ def main() -> None:
     data = bound(path, binding, "cells")
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
-        configs=[list(c) for c in configs], tasks=[t.name for t in chosen],
+        configs=[list(c) for c in configs], lorahub=args.lorahub, tasks=[t.name for t in chosen],
         families={t.name: t.family for t in chosen},
     )  # fmt: skip
 
@@ -268,7 +273,8 @@ def main() -> None:
         with sg.without([own[task.name]]):
             zero_shot = sg.generate([Request(task.description, seed=args.seed)])[0]
             query = np.asarray(zero_shot.embedding, dtype=np.float32)
-            nearest = sg.neighbours(query / np.linalg.norm(query), 1)[0][0]
+            experts = sg.neighbours(query / np.linalg.norm(query), 20)[0]
+            nearest = experts[0]
             template = dict(zero_shot.config)
             cell(f"{task.name}|-|bare", lambda: None, task)
             cell(
@@ -299,6 +305,19 @@ def main() -> None:
                         return (dict(made.config), made.weights)
 
                     cell(f"{task.name}|{d}|{method}", make, task)
+                if args.lorahub:
+
+                    def hub(
+                        t: Any = task, z: Any = zero_shot, s: Any = shots, near: Any = experts
+                    ) -> Any:
+                        found = lorahub(
+                            evaluator, t.description, s.examples, dict(z.config),
+                            [sg.ckpt.layout.unflatten(e.weights) for e in near],
+                            seed=args.seed,
+                        )  # fmt: skip
+                        return found.adapter
+
+                    cell(f"{task.name}|{d}|lorahub", hub, task)
     sys.stdout.write(report(data))
     print(f"results: {path}")
 

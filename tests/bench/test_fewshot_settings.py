@@ -54,6 +54,12 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     # a file from when refinement could refit reports its other configurations
     old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
     assert old == text
+    # with the LoraHub baseline, its row is paired with the first configuration too
+    hub = {f"{t}|0|lorahub": 0.65 for t in ("t0", "t1", "t2")}
+    text = report({**data, "cells": cells | hub, "lorahub": True})
+    row = next(line for line in text.splitlines() if line.startswith("| lorahub |"))
+    assert "-0.050 [-0.050, -0.050]" in row
+    assert report({**data, "lorahub": True}).startswith("no complete")  # its cells missing
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_shrinks_to_it_without_spread() -> None:
