@@ -292,9 +292,7 @@ def summarise(
                         [d for d, _ in complete], [n for _, n in complete]
                     )
                     per_method[method]["vs_nearest"] = {
-                        "value": round(versus.value, 4),
-                        "low": round(versus.low, 4),
-                        "high": round(versus.high, 4),
+                        key: round(x, 4) for key, x in versus.to_json().items()
                     }
         out["ks"][str(k)] = per_method
     return out

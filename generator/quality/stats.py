@@ -114,16 +114,12 @@ def summarise(
         for c in acc:
             acc[c][t] = o.correct[c][draw].mean(axis=1)
     picks = rng.integers(0, n_tasks, size=(resamples, n_tasks))  # tasks drawn per resample
-    cols = np.arange(resamples)[:, None]
     gain = np.array([o.gain for o in outcomes])
     oracle = np.array([o.accuracy("oracle") for o in outcomes])
     base = np.array([o.accuracy("base") for o in outcomes])
 
     def estimate(point: np.ndarray, boot: np.ndarray) -> Estimate:
-        tail = 100 * (1 - LEVEL) / 2
-        mean = boot[picks, cols].mean(axis=1)  # (R,): each resample's mean over its tasks
-        low, high = np.percentile(mean, [tail, 100 - tail])
-        return Estimate(float(point.mean()), float(low), float(high))
+        return _interval(float(point.mean()), boot, picks)
 
     def share(values: np.ndarray, base_values: np.ndarray) -> np.ndarray:
         normaliser = gain if values.ndim == 1 else gain[:, None]
@@ -162,8 +158,15 @@ def difference_over_draws(
     )
     per_task = inner - np.asarray(against, dtype=float)[:, None]  # (T, R)
     picks = rng.integers(0, len(scored), size=(resamples, len(scored)))
-    means = per_task[picks, np.arange(resamples)[:, None]].mean(axis=1)
+    point = float(np.mean([a.mean() - b for a, b in zip(scored, against, strict=True)]))
+    return _interval(point, per_task, picks)
+
+
+def _interval(point: float, per_task: np.ndarray, picks: np.ndarray) -> Estimate:
+    """``point`` with the percentile interval of the resampled means over tasks:
+    ``per_task`` is (T, R), each task's value in each resample, and ``picks`` (R, T) the
+    tasks each resample draws."""
+    means = per_task[picks, np.arange(picks.shape[0])[:, None]].mean(axis=1)
     tail = 100 * (1 - LEVEL) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
-    point = float(np.mean([a.mean() - b for a, b in zip(scored, against, strict=True)]))
     return Estimate(point, float(low), float(high))
