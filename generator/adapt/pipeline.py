@@ -10,9 +10,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    selected adapter.
 3. Refinement (optional, ``refine_steps``): the adapter so far is trained
    further on the examples, early-stopped on a held-back share of them
-   (``generator.adapt.refine``). With ``refine_from="lorahub"`` it starts
-   instead from LoraHub's gradient-free mixture of the nearest experts, searched
-   on the examples refinement trains on (``generator.quality.lorahub``).
+   (``generator.adapt.refine``).
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -31,7 +29,7 @@ from typing import Any
 import torch
 
 from generator.adapt.examples import FewShot
-from generator.adapt.refine import refine, split
+from generator.adapt.refine import refine
 from generator.adapt.scoring import score, score_all
 from generator.adapt.selection import FOLDS, Selection, select
 from generator.adapt.weighting import fit_weights
@@ -40,7 +38,6 @@ from registry.errors import InvalidInput
 from registry.lora_spec import Adapter, Tensors
 
 NONE = "none"  # the candidate that is no adapter: the base model as it is
-STARTS = ("selection", "lorahub")  # what refinement starts from
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    refine_from: str = "selection"
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -72,10 +68,6 @@ class AdaptConfig:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
         if not 1 <= self.folds <= 64:
             raise InvalidInput(f"folds must be in [1, 64], got {self.folds}")
-        if self.refine_from not in STARTS:
-            raise InvalidInput(f"refine_from must be one of {', '.join(STARTS)}")
-        if self.refine_from != "selection" and (self.weighting or not self.refine_steps):
-            raise InvalidInput(f"refine_from={self.refine_from} needs refine_steps, not weighting")
 
     @property
     def trains(self) -> bool:
@@ -99,14 +91,12 @@ def adapt(
     template: dict[str, Any],
     *,
     experts: Sequence[Expert] = (),
-    hub: Sequence[Expert] = (),
     nearest: str | None = None,
     config: AdaptConfig | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Adapted:
     """The adapter for ``description`` given ``fewshot``: the best of ``candidates``,
     optionally re-weighted from ``experts`` and refined (see the module docstring).
-    ``hub``: the experts a LoraHub start searches over.
     ``nearest`` names the candidate reported as "the nearest expert"."""
     config = config or AdaptConfig()
     if NONE not in candidates:
@@ -122,14 +112,15 @@ def adapt(
     if config.trains:
 
         def run(part: FewShot) -> tuple[Adapter | None, dict[str, Any]]:
-            return _train(evaluator, description, part, candidates, template, experts, hub, config)
+            return _train(evaluator, description, part, candidates, template, experts, config)
 
         t1 = time.perf_counter()
         if on_progress:
             on_progress("training on the examples")
         adapter, details = run(fewshot)
-        first = "weighting" if config.weighting else config.refine_from
-        method = first + ("+refine" if config.refine_steps else "")
+        method = ("weighting" if config.weighting else "selection") + (
+            "+refine" if config.refine_steps else ""
+        )
         seconds["training"] = round(time.perf_counter() - t1, 2)
         estimate = None
         if config.estimate and len(folds) > 1:
@@ -161,24 +152,11 @@ def _train(
     candidates: dict[str, Adapter | None],
     template: dict[str, Any],
     experts: Sequence[Expert],
-    hub: Sequence[Expert],
     config: AdaptConfig,
 ) -> tuple[Adapter | None, dict[str, Any]]:
-    """Selection (or weighting, or a LoraHub search) then refinement, on ``part`` only."""
+    """Selection (or weighting) then refinement, on ``part`` only."""
     details: dict[str, Any] = {}
-    if config.refine_from == "lorahub":
-        if not hub:
-            raise InvalidInput("a LoraHub start needs the nearest experts")
-        from generator.quality.lorahub import lorahub
-
-        train, _ = split(part, config.seed)  # searched on what refinement trains on
-        found = lorahub(
-            evaluator, description, part.subset(train).examples, template,
-            [e.weights for e in hub], seed=config.seed,
-        )  # fmt: skip
-        start: Adapter | None = found.adapter
-        details["lorahub"] = {e.name: round(w, 4) for e, w in zip(hub, found.weights, strict=True)}
-    elif config.weighting:
+    if config.weighting:
         if not experts:
             raise InvalidInput("weighting needs the nearest experts")
         weighted = fit_weights(
@@ -186,7 +164,7 @@ def _train(
             torch.tensor([e.similarity for e in experts]), steps=config.weighting_steps,
             lr=config.weighting_lr, per_block=config.per_block, seed=config.seed,
         )  # fmt: skip
-        start = weighted.adapter
+        start: Adapter | None = weighted.adapter
         shown = weighted.weights if weighted.weights.ndim == 1 else weighted.weights.mean(0)
         details["weighting"] = {
             e.name: round(float(w), 4) for e, w in zip(experts, shown, strict=True)

@@ -112,25 +112,6 @@ def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
     )  # fmt: skip
     assert result.method == "weighting" and set(result.report["weighting"]) == {"a", "b", "c"}
     assert result.estimate is not None and 0.0 <= result.estimate <= 1.0  # 2 folds, refitted
-    hub = adapt(
-        evaluator, moon.description, shots_of(world), {}, dict(template),
-        hub=[Expert(n, w, float(s)) for n, w, s in zip("abc", experts, sims, strict=True)],
-        config=AdaptConfig(refine_steps=2, refine_from="lorahub", estimate=False),
-    )  # fmt: skip
-    assert hub.method == "lorahub+refine" and set(hub.report["lorahub"]) == {"a", "b", "c"}
-    assert hub.report["refine"]["steps_run"] <= 2 and hub.adapter is not None
-    for bad in (
-        {"refine_from": "nearest", "refine_steps": 2},
-        {"refine_from": "lorahub"},  # nothing to refine
-        {"refine_from": "lorahub", "refine_steps": 2, "weighting": True},
-    ):
-        with pytest.raises(InvalidInput, match="refine_from"):
-            AdaptConfig(**bad)
-    with pytest.raises(InvalidInput, match="LoraHub start needs"):
-        adapt(
-            evaluator, moon.description, shots_of(world), {}, dict(template),
-            config=AdaptConfig(refine_steps=2, refine_from="lorahub", estimate=False),
-        )  # fmt: skip
 
 
 def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxWorld) -> None:
