@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from generator.adapt.examples import FewShot
-from generator.adapt.refine import BAGS, bagged
+from generator.adapt.refine import refine
 from generator.adapt.scoring import score, score_all
 from generator.adapt.selection import FOLDS, Selection, select
 from generator.adapt.weighting import fit_weights
@@ -57,7 +57,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    refine_bags: int = 1  # refinement runs averaged, each early-stopped on its own fold
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -67,8 +66,6 @@ class AdaptConfig:
             raise InvalidInput(f"refine_steps must be in [0, 10000], got {self.refine_steps}")
         if not 1 <= self.weighting_steps <= 10_000:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
-        if not 1 <= self.refine_bags <= BAGS:
-            raise InvalidInput(f"refine_bags must be in [1, {BAGS}], got {self.refine_bags}")
         if not 1 <= self.folds <= 64:
             raise InvalidInput(f"folds must be in [1, 64], got {self.folds}")
 
@@ -177,9 +174,9 @@ def _train(
         start = candidates[select(scored, [list(range(len(part)))]).chosen]
     if not config.refine_steps:
         return start, details
-    refined = bagged(
-        evaluator, description, part, start, template, bags=config.refine_bags,
-        steps=config.refine_steps, lr=config.refine_lr, seed=config.seed,
+    refined = refine(
+        evaluator, description, part, start, template, steps=config.refine_steps,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

@@ -15,16 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from generator.adapt.examples import FewShot
 from generator.tasks.evaluation import Evaluator
 from generator.zoo.trainer import EarlyStop, TrainConfig, train_lora
 from registry.errors import InvalidInput
-from registry.lora_spec import Adapter, Tensors
+from registry.lora_spec import Adapter
 
 VAL_SHARE = 0.25  # of the examples held back for early stopping
-BAGS = max(2, math.ceil(1 / VAL_SHARE))  # folds of the split: the most runs bagging averages
 
 
 @dataclass(frozen=True)
@@ -68,20 +65,17 @@ def refine(
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
-    held: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Refined:
     """Train ``start`` (None: a fresh LoRA of ``template``) on ``fewshot``, early-stopped
-    on a held-back share of it (fold ``held`` of the split)."""
+    on a held-back share of it."""
     if steps < 1:
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
         raise InvalidInput("refinement needs at least 2 examples: one is held back")
-    folds = fewshot.folds(BAGS, seed)
-    if not 0 <= held < len(folds):
-        raise InvalidInput(f"held-back fold {held} is not one of the {len(folds)} folds")
-    val = folds[held]
-    train = [i for f, fold in enumerate(folds) if f != held for i in fold]
+    folds = fewshot.folds(max(2, math.ceil(1 / VAL_SHARE)), seed)
+    val = folds[0]
+    train = [i for fold in folds[1:] for i in fold]
     config = train_config(template, steps, lr, min(16, len(train)), seed)
     initial = None if start is None else start[1]
     result = train_lora(
@@ -101,55 +95,3 @@ def refine(
         val_losses=result.extra["val_losses"],
         seconds=round(result.seconds, 2),
     )
-
-
-def bagged(
-    evaluator: Evaluator,
-    description: str,
-    fewshot: FewShot,
-    start: Adapter | None,
-    template: dict[str, Any],
-    *,
-    bags: int,
-    steps: int,
-    lr: float = 3e-3,
-    seed: int = 0,
-) -> Refined:
-    """Refinement run ``bags`` times, each holding back another fold of the split, and the
-    runs' adapters averaged (``average``): each run fits its own draw of the examples, and
-    their mean keeps what they agree on."""
-    if not 1 <= bags <= BAGS:
-        raise InvalidInput(f"refinement bags must be in [1, {BAGS}], got {bags}")
-    runs = [
-        refine(evaluator, description, fewshot, start, template, steps=steps, lr=lr,
-               seed=seed, held=h)
-        for h in range(min(bags, len(fewshot.folds(BAGS, seed))))
-    ]  # fmt: skip
-    if len(runs) == 1:
-        return runs[0]
-    weights = average([r.adapter[1] for r in runs], int(template["r"]))
-    return Refined(
-        adapter=(dict(template), weights),
-        best_step=round(sum(r.best_step for r in runs) / len(runs)),
-        steps_run=sum(r.steps_run for r in runs),
-        val_losses=[c for r in runs for c in r.val_losses],
-        seconds=round(sum(r.seconds for r in runs), 2),
-    )
-
-
-def average(adapters: list[Tensors], rank: int) -> Tensors:
-    """The LoRA of rank ``rank`` nearest (least squares, per block) to the mean of the
-    adapters' updates B @ A: the mean's leading singular directions, the singular values
-    split evenly between B and A."""
-    out: Tensors = {}
-    for key in adapters[0]:
-        if ".lora_A." not in key:
-            continue
-        b_key = key.replace(".lora_A.", ".lora_B.")
-        mean = torch.stack([a[b_key].double() @ a[key].double() for a in adapters]).mean(0)
-        u, s, vh = torch.linalg.svd(mean, full_matrices=False)
-        root = s[:rank].sqrt()
-        dtype = adapters[0][key].dtype
-        out[key] = (root[:, None] * vh[:rank]).to(dtype).contiguous()
-        out[b_key] = (u[:, :rank] * root).to(dtype).contiguous()
-    return out

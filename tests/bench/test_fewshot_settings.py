@@ -28,9 +28,9 @@ def test_the_sample_takes_every_family_before_a_second_task_of_one() -> None:
     assert stratified(tasks, 100, seed=1) and len(stratified(tasks, 100, seed=1)) == 13
 
 
-def test_configs_are_steps_rates_and_bags_and_bad_ones_stop_the_run() -> None:
-    assert parse_configs("20:1e-3, 40:3e-3:4") == [(20, 1e-3, 1), (40, 3e-3, 4)]
-    for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:0", "20:1e-3:5"):
+def test_configs_are_steps_and_rates_and_bad_ones_stop_the_run() -> None:
+    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3), (40, 3e-3)]
+    for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:refit"):
         with pytest.raises(SystemExit):
             parse_configs(bad)
 
@@ -51,14 +51,9 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     assert row.split("|")[2:4] == [" 0.810 ", " 77.5% "]
     assert "+0.110 [+0.100, +0.120]" in row
     assert report({**data, "cells": {}}).startswith("no complete")
-    # a configuration of an older option (a third field that is no count) is left out
-    old = report({**data, "configs": [[20, 1e-3], [40, 3e-3, 1], [20, 1e-3, "lorahub"]]})
+    # a file from when refinement could refit reports its other configurations
+    old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
     assert old == text
-    # bagged refinement has a row of its own
-    bag = {f"{t}|0|refine 20:0.003 x4 bagged": 0.75 for t in ("t0", "t1", "t2")}
-    text = report({**data, "cells": cells | bag, "configs": [[20, 1e-3], [20, 3e-3, 4]]})
-    row = next(line for line in text.splitlines() if line.startswith("| refine 20:0.003 x4"))
-    assert "+0.050 [+0.050, +0.050]" in row
     # with the LoraHub baseline, its row is paired with the first configuration too
     hub = {f"{t}|0|lorahub": 0.65 for t in ("t0", "t1", "t2")}
     text = report({**data, "cells": cells | hub, "lorahub": True})

@@ -12,7 +12,7 @@ import torch
 
 from generator.adapt.examples import FewShot
 from generator.adapt.pipeline import NONE, AdaptConfig, Expert, adapt
-from generator.adapt.refine import BAGS, average, bagged, refine
+from generator.adapt.refine import refine
 from generator.adapt.scoring import score, score_all
 from generator.adapt.weighting import fit_weights
 from generator.fit.config import GeneratorConfig
@@ -81,53 +81,6 @@ def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWor
     assert set(fresh.adapter[1]) == set(start[1])  # a LoRA from scratch: the same tensors
     with pytest.raises(InvalidInput, match="at least 2 examples"):
         refine(evaluator, moon.description, shots_of(world, 1), start, dict(start[0]), steps=2)
-
-
-def test_bagged_refinement_averages_one_run_per_held_back_fold(world: SandboxWorld) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    start = oracle_weights(world.registry, world.base, moon)
-    shots, template = shots_of(world), dict(start[0])
-    runs = [
-        refine(evaluator, moon.description, shots, start, template, steps=4, held=h)
-        for h in range(BAGS)
-    ]
-    bag = bagged(evaluator, moon.description, shots, start, template, bags=BAGS, steps=4)
-    assert bag.steps_run == sum(r.steps_run for r in runs)
-    assert len({tuple(map(tuple, r.val_losses)) for r in runs}) > 1  # each its own fold
-    expected = average([r.adapter[1] for r in runs], int(template["r"]))
-    assert set(bag.adapter[1]) == set(start[1])
-    for key, value in expected.items():
-        assert torch.allclose(bag.adapter[1][key], value, atol=1e-5), key
-    one = bagged(evaluator, moon.description, shots, start, template, bags=1, steps=4)
-    assert torch.equal(
-        one.adapter[1][next(iter(start[1]))], runs[0].adapter[1][next(iter(start[1]))]
-    )
-    for bad in (0, BAGS + 1):
-        with pytest.raises(InvalidInput, match="bags"):
-            bagged(evaluator, moon.description, shots, start, template, bags=bad, steps=4)
-    with pytest.raises(InvalidInput, match="refine_bags"):
-        AdaptConfig(refine_steps=2, refine_bags=BAGS + 1)
-
-
-def test_the_average_of_adapters_is_the_best_low_rank_fit_of_their_mean_update() -> None:
-    gen = torch.Generator().manual_seed(0)
-    key_a, key_b = "m.layers.0.q_proj.lora_A.weight", "m.layers.0.q_proj.lora_B.weight"
-    adapters = [
-        {key_a: torch.randn(2, 8, generator=gen), key_b: torch.randn(6, 2, generator=gen)}
-        for _ in range(3)
-    ]
-    mean = torch.stack([a[key_b] @ a[key_a] for a in adapters]).mean(0)
-    full = average(adapters, 6)  # rank enough for the whole mean: exact
-    assert torch.allclose(full[key_b] @ full[key_a], mean, atol=1e-5)
-    low = average(adapters, 2)
-    assert low[key_a].shape == (2, 8) and low[key_b].shape == (6, 2)
-    tail = torch.linalg.svdvals(mean)[2:].square().sum().sqrt()  # Eckart-Young
-    assert torch.linalg.norm(low[key_b] @ low[key_a] - mean) == pytest.approx(float(tail), rel=1e-4)
-    same = average([adapters[0]] * 2, 2)  # one adapter's own update comes back
-    assert torch.allclose(
-        same[key_b] @ same[key_a], adapters[0][key_b] @ adapters[0][key_a], atol=1e-5
-    )
 
 
 def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
