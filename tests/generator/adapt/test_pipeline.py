@@ -134,3 +134,12 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
     refined, refined_report = generate(shots_of(world), AdaptConfig(refine_steps=2, folds=2))
     assert refined not in (first, other) and refined_report["method"] == "selection+refine"
     assert refined_report["refine"]["steps_run"] <= 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}, {"refine_pull": 1.0}],
+)
+def test_adapt_config_names_the_setting_out_of_range(bad: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput, match=next(iter(bad))):
+        AdaptConfig(**bad)
