@@ -57,7 +57,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    refine_pull: float = 0.0  # share of the distance to the start taken back each step
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -67,8 +66,6 @@ class AdaptConfig:
             raise InvalidInput(f"refine_steps must be in [0, 10000], got {self.refine_steps}")
         if not 1 <= self.weighting_steps <= 10_000:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
-        if not 0 <= self.refine_pull < 1:
-            raise InvalidInput(f"refine_pull must be in [0, 1), got {self.refine_pull}")
         if not 1 <= self.folds <= 64:
             raise InvalidInput(f"folds must be in [1, 64], got {self.folds}")
 
@@ -179,7 +176,7 @@ def _train(
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, pull=config.refine_pull, seed=config.seed,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

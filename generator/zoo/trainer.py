@@ -55,9 +55,6 @@ class TrainConfig:
     # sort batches by length (little padding); off where every batch must mix examples of
     # all kinds (a discriminator whose classes differ in length would see one-class batches)
     length_buckets: bool = True
-    # after each step, this share of every weight's distance to where it started is taken
-    # back: the weights stay within about lr / pull of their start (0: no pull)
-    pull: float = 0.0
 
     def __post_init__(self) -> None:
         # name -> (lowest, highest) allowed; the upper bounds stop absurd job parameters
@@ -70,8 +67,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and low <= value <= high):
                 raise InvalidInput(f"{name} must be in [{low:g}, {high:g}], got {value}")
-        if not 0.0 <= self.pull < 1.0:
-            raise InvalidInput(f"pull must be in [0, 1), got {self.pull}")
         if not 0.0 <= self.trajectory_start < 1.0:
             raise InvalidInput(f"trajectory_start must be in [0, 1), got {self.trajectory_start}")
         if not self.target_modules:
@@ -365,7 +360,6 @@ def _train(
 
     if validate is not None:
         check(0)
-    anchor = [p.detach().clone() for p in params] if config.pull else []
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config))
     trajectory = Trajectory(config.steps, config.trajectory_start, config.snapshots)
@@ -384,10 +378,6 @@ def _train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if anchor:
-            with torch.no_grad():
-                for p, start in zip(params, anchor, strict=True):
-                    p.lerp_(start, config.pull)
         sched.step()
         tokens += int(mask.sum()) + len(prefix) * ids.shape[0]  # tokens the batch stands for
         losses.append(loss.item())

@@ -28,10 +28,9 @@ def test_the_sample_takes_every_family_before_a_second_task_of_one() -> None:
     assert stratified(tasks, 100, seed=1) and len(stratified(tasks, 100, seed=1)) == 13
 
 
-def test_configs_are_steps_rates_and_pulls_and_bad_ones_stop_the_run() -> None:
-    assert parse_configs("20:1e-3, 40:3e-3:0.2") == [(20, 1e-3, 0.0), (40, 3e-3, 0.2)]
-    bad_ones = ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:1", "20:1e-3:0.2:4")
-    for bad in bad_ones:
+def test_configs_are_steps_and_rates_and_bad_ones_stop_the_run() -> None:
+    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3), (40, 3e-3)]
+    for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:refit"):
         with pytest.raises(SystemExit):
             parse_configs(bad)
 
@@ -52,10 +51,6 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     assert row.split("|")[2:4] == [" 0.810 ", " 77.5% "]
     assert "+0.110 [+0.100, +0.120]" in row
     assert report({**data, "cells": {}}).startswith("no complete")
-    # a pulled configuration is named by its pull
-    pulled = cells | {f"{t}|0|refine 40:0.003 pull 0.2": 0.75 for t in ("t0", "t1", "t2")}
-    text_pull = report({**data, "cells": pulled, "configs": [[20, 1e-3], [40, 3e-3, 0.2]]})
-    assert "| refine 40:0.003 pull 0.2 | 0.750 |" in text_pull
     # a file from when refinement could refit reports its other configurations
     old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
     assert old == text

@@ -180,28 +180,9 @@ def test_one_lora_learns_several_tasks_from_their_descriptions(base: Base) -> No
         train_multitask(model, fmt, [("Empty.", [])], cfg)
 
 
-def test_pull_keeps_the_weights_near_their_start(base: Base) -> None:
-    """Each step takes back ``pull`` of every weight's distance to its start: the pulled
-    run ends nearer the start than the free one, and within lr / pull of it."""
-    model, fmt = base
-    cfg = TrainConfig(rank=4, alpha=8, steps=20, batch_size=8, lr=3e-2, warmup_steps=0)
-    start = train_lora(model, fmt, DESCRIPTION, examples(32), cfg).weights
-
-    def distance(pull: float) -> torch.Tensor:
-        run = TrainConfig(**{**cfg.__dict__, "seed": 1, "pull": pull})
-        got = train_lora(model, fmt, DESCRIPTION, examples(32, 1), run, initial=start).weights
-        return torch.cat([(got[k] - start[k]).flatten() for k in start]).abs()
-
-    free, pulled = distance(0.0), distance(0.5)
-    assert pulled.norm() < 0.5 * free.norm()
-    assert float(pulled.max()) <= 3e-2 / 0.5 + 1e-6
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"pull": 1.0}, "pull"),
-        ({"pull": -0.1}, "pull"),
         ({"rank": 0}, "rank"),
         ({"steps": 0}, "steps"),
         ({"lr": -1.0}, "lr"),
