@@ -10,10 +10,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    selected adapter.
 3. Refinement (optional, ``refine_steps``): the adapter so far is trained
    further on the examples, early-stopped on a held-back share of them
-   (``generator.adapt.refine``). With ``or_lorahub``, LoraHub's gradient-free
-   mixture of the nearest experts is searched on the examples refinement trains
-   on (``generator.quality.lorahub``), and whichever of the two scores better on
-   the examples refinement held back is returned.
+   (``generator.adapt.refine``).
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -32,7 +29,7 @@ from typing import Any
 import torch
 
 from generator.adapt.examples import FewShot
-from generator.adapt.refine import refine, split
+from generator.adapt.refine import refine
 from generator.adapt.scoring import score, score_all
 from generator.adapt.selection import FOLDS, Selection, select
 from generator.adapt.weighting import fit_weights
@@ -60,7 +57,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    or_lorahub: bool = False
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -72,8 +68,6 @@ class AdaptConfig:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
         if not 1 <= self.folds <= 64:
             raise InvalidInput(f"folds must be in [1, 64], got {self.folds}")
-        if self.or_lorahub and not self.refine_steps:
-            raise InvalidInput("or_lorahub chooses between refinement and LoraHub: refine_steps?")
 
     @property
     def trains(self) -> bool:
@@ -97,14 +91,12 @@ def adapt(
     template: dict[str, Any],
     *,
     experts: Sequence[Expert] = (),
-    hub: Sequence[Expert] = (),
     nearest: str | None = None,
     config: AdaptConfig | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Adapted:
     """The adapter for ``description`` given ``fewshot``: the best of ``candidates``,
     optionally re-weighted from ``experts`` and refined (see the module docstring).
-    ``hub``: the experts a LoraHub search (``or_lorahub``) mixes.
     ``nearest`` names the candidate reported as "the nearest expert"."""
     config = config or AdaptConfig()
     if NONE not in candidates:
@@ -120,7 +112,7 @@ def adapt(
     if config.trains:
 
         def run(part: FewShot) -> tuple[Adapter | None, dict[str, Any]]:
-            return _train(evaluator, description, part, candidates, template, experts, hub, config)
+            return _train(evaluator, description, part, candidates, template, experts, config)
 
         t1 = time.perf_counter()
         if on_progress:
@@ -129,8 +121,6 @@ def adapt(
         method = ("weighting" if config.weighting else "selection") + (
             "+refine" if config.refine_steps else ""
         )
-        if details.get("refine_or_lorahub", {}).get("chosen") == "lorahub":
-            method = "lorahub"
         seconds["training"] = round(time.perf_counter() - t1, 2)
         estimate = None
         if config.estimate and len(folds) > 1:
@@ -162,11 +152,9 @@ def _train(
     candidates: dict[str, Adapter | None],
     template: dict[str, Any],
     experts: Sequence[Expert],
-    hub: Sequence[Expert],
     config: AdaptConfig,
 ) -> tuple[Adapter | None, dict[str, Any]]:
-    """Selection (or weighting) then refinement, on ``part`` only; with ``or_lorahub``,
-    refinement or LoraHub's search, whichever does better on what refinement held back."""
+    """Selection (or weighting) then refinement, on ``part`` only."""
     details: dict[str, Any] = {}
     if config.weighting:
         if not experts:
@@ -195,45 +183,7 @@ def _train(
         "steps_run": refined.steps_run,
         "val_losses": refined.val_losses,
     }
-    if not config.or_lorahub:
-        return refined.adapter, details
-    return _or_lorahub(evaluator, description, part, refined.adapter, hub, config.seed, details)
-
-
-def _or_lorahub(
-    evaluator: Evaluator,
-    description: str,
-    part: FewShot,
-    refined: Adapter,
-    hub: Sequence[Expert],
-    seed: int,
-    details: dict[str, Any],
-) -> tuple[Adapter | None, dict[str, Any]]:
-    """LoraHub's mixture of ``hub``, searched on the examples refinement trained on, or
-    ``refined``: whichever scores better on the examples refinement held back. Ties go to
-    refinement, whose early stopping has seen those examples; so does the benefit of any
-    doubt, since its score on them is the best of its checks."""
-    if not hub:
-        raise InvalidInput("choosing LoraHub's mixture needs the nearest experts")
-    from generator.quality.lorahub import lorahub
-
-    train, held = split(part, seed)
-    found = lorahub(
-        evaluator, description, part.subset(train).examples, refined[0],
-        [e.weights for e in hub], seed=seed,
-    )  # fmt: skip
-    back = part.subset(held)
-    scores = {
-        "refine": score(evaluator, description, back, refined).mean(),
-        "lorahub": score(evaluator, description, back, found.adapter).mean(),
-    }
-    chosen = "lorahub" if scores["lorahub"] > scores["refine"] else "refine"
-    details["lorahub"] = {e.name: round(w, 4) for e, w in zip(hub, found.weights, strict=True)}
-    details["refine_or_lorahub"] = {
-        "chosen": chosen,
-        "held_back": {k: [round(x, 4) for x in v] for k, v in scores.items()},
-    }
-    return (found.adapter if chosen == "lorahub" else refined), details
+    return refined.adapter, details
 
 
 def _cross_validate(

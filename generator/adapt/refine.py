@@ -53,12 +53,6 @@ def train_config(
     )
 
 
-def split(fewshot: FewShot, seed: int = 0) -> tuple[list[int], list[int]]:
-    """The indices refinement trains on and those it holds back for early stopping."""
-    folds = fewshot.folds(max(2, math.ceil(1 / VAL_SHARE)), seed)
-    return [i for fold in folds[1:] for i in fold], folds[0]
-
-
 def refine(
     evaluator: Evaluator,
     description: str,
@@ -79,7 +73,9 @@ def refine(
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
         raise InvalidInput("refinement needs at least 2 examples: one is held back")
-    train, val = split(fewshot, seed)
+    folds = fewshot.folds(max(2, math.ceil(1 / VAL_SHARE)), seed)
+    val = folds[0]
+    train = [i for fold in folds[1:] for i in fold]
     config = train_config(template, steps, lr, min(16, len(train)), seed)
     initial = None if start is None else start[1]
     result = train_lora(

@@ -112,30 +112,6 @@ def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
     )  # fmt: skip
     assert result.method == "weighting" and set(result.report["weighting"]) == {"a", "b", "c"}
     assert result.estimate is not None and 0.0 <= result.estimate <= 1.0  # 2 folds, refitted
-    hub = [Expert(n, w, float(s)) for n, w, s in zip("abc", experts, sims, strict=True)]
-    chose = adapt(
-        evaluator, moon.description, shots_of(world), {}, dict(template), hub=hub,
-        config=AdaptConfig(refine_steps=2, or_lorahub=True, estimate=False),
-    )  # fmt: skip
-    choice = chose.report["refine_or_lorahub"]
-    scores = {k: tuple(v) for k, v in choice["held_back"].items()}
-    assert choice["chosen"] == ("lorahub" if scores["lorahub"] > scores["refine"] else "refine")
-    assert chose.method == ("lorahub" if choice["chosen"] == "lorahub" else "selection+refine")
-    assert set(chose.report["lorahub"]) == {"a", "b", "c"} and chose.adapter is not None
-    alone = adapt(
-        evaluator, moon.description, shots_of(world), {}, dict(template),
-        config=AdaptConfig(refine_steps=2, estimate=False),
-    )  # fmt: skip
-    assert alone.adapter is not None and "refine_or_lorahub" not in alone.report
-    same = all(torch.equal(v, alone.adapter[1][k]) for k, v in chose.adapter[1].items())
-    assert same == (choice["chosen"] == "refine")  # refinement's own adapter, or the mixture
-    with pytest.raises(InvalidInput, match="or_lorahub chooses"):
-        AdaptConfig(or_lorahub=True)  # nothing refined to choose against
-    with pytest.raises(InvalidInput, match="needs the nearest experts"):
-        adapt(
-            evaluator, moon.description, shots_of(world), {}, dict(template),
-            config=AdaptConfig(refine_steps=2, or_lorahub=True, estimate=False),
-        )  # fmt: skip
 
 
 def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxWorld) -> None:
