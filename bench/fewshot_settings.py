@@ -101,7 +101,8 @@ def bootstrap(diffs: np.ndarray, seed: int, n: int = 4000) -> tuple[float, float
 
 def report(data: dict[str, Any]) -> str:
     cells: dict[str, float] = data["cells"]
-    # files made while refinement could refit (a third field) report their other configs
+    # a truthy third field is an option since taken out (refit, bags, a pull, or-lorahub):
+    # files made with one report their other configurations
     configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     hub = ["lorahub"] if data.get("lorahub") else []
