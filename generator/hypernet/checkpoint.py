@@ -89,7 +89,12 @@ class Checkpoint:
         net: SGLoraNet | ICMLoraNet = (
             SGLoraNet(shapes, config)
             if method == SG_LORA
-            else ICMLoraNet(shapes, int(meta["cond_dim"]), config)
+            else ICMLoraNet(
+                shapes,
+                int(meta["cond_dim"]),
+                config,
+                tv_size=len(tensors["net.tv_mean"]) if "net.tv_mean" in tensors else 0,
+            )
         )
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         net.eval()
