@@ -225,7 +225,6 @@ class TrainGeneratorIn(msgspec.Struct, forbid_unknown_fields=True):
     val_fraction: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
     eval_every: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100
     task_vector_dropout: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
-    task_vector_mode: Literal["raw", "standardised"] = "raw"
     seed: Annotated[int, msgspec.Meta(ge=0, le=MAX_JSON_INT)] = 0
 
 

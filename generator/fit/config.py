@@ -21,7 +21,6 @@ from generator.hypernet.methods import METHODS, SG_LORA
 from registry.errors import InvalidInput
 
 SELECT_BY = ("weights", "task")
-TASK_VECTOR_MODES = ("raw", "standardised")
 
 
 @dataclass(frozen=True)
@@ -156,15 +155,6 @@ class GeneratorConfig:
         "Task-vector dropout",
         low=0,
         high=1,
-        advanced=True,
-    )
-    task_vector_mode: str = option(
-        "raw",
-        "ICM-LoRA: 'raw' task vectors, or 'standardised' by the training experts' mean and "
-        "spread, each trained from a random subset of its expert's seed examples, with the "
-        "decode validated with examples too.",
-        "Task-vector mode",
-        choices=TASK_VECTOR_MODES,
         advanced=True,
     )
     # 2**53 - 1: the largest integer every JSON parser carries exactly (REST, UI)

@@ -24,8 +24,7 @@ from registry.service import Registry
 def expert_task_vectors(
     registry: Registry, bank: ExpertBank, on_progress: Callable[[str], None] | None = None
 ) -> tuple[list[torch.Tensor | None], int]:
-    """Each expert's seed examples' states (n, H), whose mean is its task vector (None
-    without seeds)."""
+    """Each expert's task vector from its stored seed examples (None without seeds)."""
     from generator.tasks.evaluation import load_base
 
     if on_progress:
@@ -35,7 +34,7 @@ def expert_task_vectors(
     out: list[torch.Tensor | None] = []
     for e in bank.experts:
         pairs = [(s["input"], s["output"]) for s in e.seeds if s.get("input") and s.get("output")]
-        out.append(vectorize.states(e.record.description, pairs) if pairs else None)
+        out.append(vectorize(e.record.description, pairs) if pairs else None)
     return out, vectorize.hidden_size
 
 
@@ -63,8 +62,8 @@ def fit(
     validation experts' tasks; without them both fall back to update space. That
     scoring runs the base model on ``device``; the generator trains on the CPU."""
     if config.method == ICM_LORA:
-        states, hidden = expert_task_vectors(registry, bank, on_progress)
-        return fit_icm(bank, config, states, hidden_size=hidden, on_step=on_step)
+        vectors, hidden = expert_task_vectors(registry, bank, on_progress)
+        return fit_icm(bank, config, vectors, hidden_size=hidden, on_step=on_step)
     if len(bank) < 2:
         return fit_sg(bank, config, on_step=on_step)
     from generator.fit.selection import choose_k_tau_by_task, task_checker

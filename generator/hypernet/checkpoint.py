@@ -89,12 +89,7 @@ class Checkpoint:
         net: SGLoraNet | ICMLoraNet = (
             SGLoraNet(shapes, config)
             if method == SG_LORA
-            else ICMLoraNet(
-                shapes,
-                int(meta["cond_dim"]),
-                config,
-                tv_size=len(tensors["net.tv_mean"]) if "net.tv_mean" in tensors else 0,
-            )
+            else ICMLoraNet(shapes, int(meta["cond_dim"]), config)
         )
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         net.eval()

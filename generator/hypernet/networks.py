@@ -15,9 +15,7 @@ One global latent z per adapter (the task), pooled from all tokens.
   learned prior p(z | c), output = mu* + decoded correction (the correction's
   last layer starts at zero, so an untrained net returns the mixture mean).
 - ``ICMLoraNet``: condition = a vector (description embedding, optionally the
-  base model's in-context task vector), prior N(0, I). A network trained on
-  standardised task vectors keeps the training experts' mean and spread, so a
-  caller's raw vector is put in the same units (``standardise``).
+  base model's in-context task vector), prior N(0, I).
 
 Pure torch: tensors in, tensors out, no registry and no I/O.
 """
@@ -173,18 +171,10 @@ class SGLoraNet(nn.Module):
 class ICMLoraNet(nn.Module):
     """CVAE with prior N(0, I) conditioned on a task vector (ICM-LoRA)."""
 
-    def __init__(
-        self, shapes: list[ModuleShape], cond_dim: int, config: NetConfig, *, tv_size: int = 0
-    ) -> None:
-        """``tv_size`` > 0: the net standardises task vectors of that size by the
-        ``tv_mean`` and ``tv_scale`` buffers its training sets."""
+    def __init__(self, shapes: list[ModuleShape], cond_dim: int, config: NetConfig) -> None:
         super().__init__()
         h, z = config.hidden, config.latent
         self.shapes, self.config, self.cond_dim = shapes, config, cond_dim
-        self.tv_mean: torch.Tensor | None
-        self.tv_scale: torch.Tensor | None
-        self.register_buffer("tv_mean", torch.zeros(tv_size) if tv_size else None)
-        self.register_buffer("tv_scale", torch.ones(tv_size) if tv_size else None)
         self.codec = TokenCodec(shapes, h, readers=("target",))
         self.cond = _mlp(cond_dim, h, h)
         self.enc = _mlp(h, h, h)
@@ -192,13 +182,6 @@ class ICMLoraNet(nn.Module):
         self.z_in = nn.Linear(z, h)
         self.c_in = nn.Linear(h, h)
         self.dec = _mlp(h, h, h)
-
-    def standardise(self, tv: torch.Tensor) -> torch.Tensor:
-        """A raw task vector (..., H) in the units the net was trained on (as it is,
-        for a net trained on raw vectors)."""
-        if self.tv_mean is None or self.tv_scale is None:
-            return tv
-        return (tv.float() - self.tv_mean) / self.tv_scale
 
     def posterior(self, target: Tokens, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = []

@@ -296,7 +296,7 @@ class Generator:
             hidden = int(self.ckpt.hyper["hidden_size"])
             conds = []
             for r, vec in zip(requests, vectors, strict=True):
-                tv = self.ckpt.net.standardise(self.task_vector(r)) if r.examples else None
+                tv = self.task_vector(r) if r.examples else None
                 conds.append(icm_condition(torch.as_tensor(np.asarray(vec)), tv, hidden))
             rows = from_tokens(layout, norm, self.ckpt.net.sample(torch.stack(conds), eps))
         return [

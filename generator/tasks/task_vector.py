@@ -1,7 +1,6 @@
 """ICM-LoRA's in-context task vector: the base model's mean last-token hidden
 state over a few examples of the task, each rendered as a full chat turn
-(description + input, then the output). ``states`` keeps each example's state,
-for training on vectors of subsets of a task's examples."""
+(description + input, then the output)."""
 
 from __future__ import annotations
 
@@ -21,13 +20,9 @@ class TaskVectorizer:
         self.max_tokens = max_tokens
         self.hidden_size = int(getattr(model, "config").hidden_size)  # noqa: B009
 
+    @torch.no_grad()
     def __call__(self, description: str, examples: Sequence[tuple[str, str]]) -> torch.Tensor:
         """(H,) mean over ``examples`` of the last layer's state at the last token."""
-        return self.states(description, examples).mean(0)
-
-    @torch.no_grad()
-    def states(self, description: str, examples: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """(N, H): each example's last-layer state at its last token."""
         if not examples:
             raise ValueError("a task vector needs at least one example")
         states = []
@@ -40,4 +35,4 @@ class TaskVectorizer:
                 logits_to_keep=1,
             )
             states.append(out.hidden_states[-1][0, -1].float().cpu())  # (H,)
-        return torch.stack(states)
+        return torch.stack(states).mean(0)

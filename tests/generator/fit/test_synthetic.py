@@ -4,7 +4,6 @@ adapters are known (``tests.generator.synthetic``), then served (pure torch)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,12 +14,9 @@ from generator.adapt.examples import FewShot
 from generator.experts import ExpertBank
 from generator.fit.config import GeneratorConfig
 from generator.fit.icm import fit_icm
-from generator.fit.loop import split_experts
 from generator.fit.sg import choose_k_tau, fit_sg
 from generator.hypernet.checkpoint import Checkpoint
 from generator.hypernet.geometry import delta_relative_error
-from generator.hypernet.networks import ICMLoraNet, icm_condition
-from generator.hypernet.tokens import from_tokens
 from generator.serve.generator import Generator, Request
 from registry.errors import InvalidInput
 from tests.generator.synthetic import EMB, Truth, synthetic_bank
@@ -131,49 +127,3 @@ def test_bad_configs_are_rejected() -> None:
         GeneratorConfig(method="magic")
     with pytest.raises(InvalidInput, match="steps"):
         GeneratorConfig(steps=0)
-
-
-def test_icm_on_standardised_task_vectors_keeps_their_units_and_serves_in_them() -> None:
-    """Standardised mode: the training experts' mean task vector maps to zero and their
-    spread to one in every dimension; the checkpoint carries both, so a caller's raw
-    vector is decoded in the units the network trained on; raw mode stores neither."""
-    bank, embs, _ = synthetic_bank(16, seed=2)
-    gen = torch.Generator().manual_seed(0)
-    # five seed-example states per expert around a large shared direction, as the base
-    # model's are (cosines of 0.95-0.97 between tasks)
-    shared = torch.randn(EMB, generator=gen) * 10
-    states = [shared + embs[i] + 0.1 * torch.randn(5, EMB, generator=gen) for i in range(16)]
-    cfg = GeneratorConfig(
-        method="icm-lora", hidden=32, latent=4, steps=40, eval_every=20, seed=0,
-        task_vector_mode="standardised",
-    )  # fmt: skip
-    result = fit_icm(bank, cfg, states, hidden_size=EMB)
-    assert result.metrics["standardised"] is True
-    ckpt = Checkpoint.from_bytes(result.checkpoint.to_bytes())
-    net = ckpt.net
-    assert isinstance(net, ICMLoraNet) and net.tv_mean is not None
-    train_idx, _ = split_experts(16, cfg.val_fraction, cfg.seed)
-    means = torch.stack([states[t].mean(0) for t in train_idx])
-    units = net.standardise(means)
-    assert torch.allclose(units.mean(0), torch.zeros(EMB), atol=1e-4)
-    assert torch.allclose(units.std(0), torch.ones(EMB), atol=1e-4)
-
-    # the served adapter with examples is the decode of the standardised vector
-    class ExpertThree(Generator):  # the base model's vector of expert 3's seed examples
-        def task_vector(self, request: Request) -> torch.Tensor:
-            return states[3].mean(0)
-
-    served = ExpertThree(ckpt, embed=lambda t: np.stack([embs[3].numpy()] * len(t)))
-    fewshot = FewShot.parse([("a", "b"), ("c", "d")])
-    out = served.generate([Request("x", seed=0, fewshot=fewshot)])[0]
-    cond = icm_condition(embs[3], net.standardise(states[3].mean(0)), EMB)[None]
-    with torch.no_grad():
-        want = bank.layout.unflatten(
-            from_tokens(bank.layout, ckpt.normaliser, net.sample(cond, served.noise(0)[None]))[0]
-        )
-    assert all(torch.allclose(out.weights[k], want[k], atol=1e-6) for k in want)
-    raw = fit_icm(bank, replace(cfg, task_vector_mode="raw"), states, hidden_size=EMB)
-    assert raw.metrics["standardised"] is False
-    raw_net = Checkpoint.from_bytes(raw.checkpoint.to_bytes()).net
-    assert isinstance(raw_net, ICMLoraNet) and raw_net.tv_mean is None
-    assert torch.equal(raw_net.standardise(states[0][0]), states[0][0])
