@@ -7,7 +7,9 @@ Selection scores every candidate (the zero-shot adapter, the nearest experts,
 their mixtures, no adapter) on the caller's examples and keeps the best. With
 16 examples "best" is noisy, and what it is measured by matters: accuracy moves
 in steps of 1/16 and ties often, while the log-probability of the right label
-(or its probability) is smooth but weighs confident mistakes differently.
+(or its probability) is smooth but weighs confident mistakes differently; and a
+draw that happens to hold more of one label favours a candidate leaning to it,
+which the mean of each label's own accuracy does not.
 
 For each task of a stratified sample of the suite's *training* tasks (each with
 its own expert put out of the generator's reach, as in
@@ -46,13 +48,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fewshot_settings import bootstrap, bound, named, open_serving, stratified  # noqa: E402
 
-# A rule maps one candidate's (right, log p(right label)) on the drawn examples to a key;
-# the candidate with the largest key wins, ties going to the one listed first.
-Rule = Callable[[np.ndarray, np.ndarray], tuple[float, ...]]
+# A rule maps one candidate's (right, log p(right label)) on the drawn examples, and those
+# examples' right labels, to a key; the largest key wins, ties going to the one listed first.
+Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, ...]]
+
+
+def each_label(right: np.ndarray, logp: np.ndarray, gold: np.ndarray) -> tuple[float, ...]:
+    """Accuracy, then log-likelihood, each the mean of the labels' own means
+    (``AdaptConfig.balance_labels``)."""
+    labels = np.unique(gold)
+    return tuple(float(np.mean([v[gold == y].mean() for y in labels])) for v in (right, logp))
+
+
 RULES: dict[str, Rule] = {
-    "accuracy, then log-likelihood": lambda r, lp: (float(r.mean()), float(lp.mean())),
-    "log-likelihood": lambda r, lp: (float(lp.mean()),),
-    "probability of the right label": lambda r, lp: (float(np.exp(lp).mean()),),
+    "accuracy, then log-likelihood": lambda r, lp, _: (float(r.mean()), float(lp.mean())),
+    "log-likelihood": lambda r, lp, _: (float(lp.mean()),),
+    "probability of the right label": lambda r, lp, _: (float(np.exp(lp).mean()),),
+    "each label's accuracy, then log-likelihood": each_label,
 }
 SERVED = "accuracy, then log-likelihood"  # what generator.adapt.selection.best uses
 
@@ -71,9 +83,11 @@ def wider(task: dict[str, Any]) -> list[str]:
 
 def choose(task: dict[str, Any], idx: np.ndarray, rule: Rule, names: list[str]) -> str:
     """The candidate of ``names`` the rule picks on pool examples ``idx``."""
-    cands = task["candidates"]
+    cands, gold = task["candidates"], np.asarray(task["pool_gold"])[idx]
     keys = {
-        n: rule(np.asarray(cands[n]["pool_right"])[idx], np.asarray(cands[n]["pool_logp"])[idx])
+        n: rule(
+            np.asarray(cands[n]["pool_right"])[idx], np.asarray(cands[n]["pool_logp"])[idx], gold
+        )
         for n in names
     }
     return max(names, key=lambda n: (*keys[n], -names.index(n)))
@@ -195,9 +209,12 @@ def main() -> None:
     data = bound(path, binding, "tasks")
     data.update(binding=binding, pool=args.pool, seed=args.seed, held_out=args.held_out)
 
-    def scored(adapters: dict[str, Any], task: Any) -> dict[str, dict[str, Any]]:
+    def pooled(task: Any) -> FewShot:
         rng = random.Random(f"{task.name}|pool|{args.seed}")
-        shots = FewShot(tuple(rng.sample(task.train, args.pool)), task.labels)
+        return FewShot(tuple(rng.sample(task.train, args.pool)), task.labels)
+
+    def scored(adapters: dict[str, Any], task: Any) -> dict[str, dict[str, Any]]:
+        shots = pooled(task)
         on_pool = score_all(evaluator, task.description, shots, adapters)
         on_test = score_all(evaluator, task.description, FewShot(tuple(task.test), task.labels),
                             adapters)  # fmt: skip
@@ -233,6 +250,7 @@ def main() -> None:
                     task, oracle_weights(reg, args.base_model, task)).accuracy), 4),
                 "candidates": scored({**found.adapters, "none": None}, task),
             }  # fmt: skip
+        kept["pool_gold"] = [task.labels.index(e.output) for e in pooled(task).examples]
         unscored = {n: a for n, a in extra.items() if n not in kept["candidates"]}
         if unscored:
             kept["candidates"] |= scored(unscored, task)

@@ -12,6 +12,11 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    further on the examples, early-stopped on a held-back share of them
    (``generator.adapt.refine``).
 
+With ``balance_labels``, selection compares candidates by the mean of each
+label's scores and refinement weighs each label's examples equally in its
+losses, so a draw of examples that happens to hold more of one label does not
+tilt the adapter toward it.
+
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
 choice; with weighting or refinement the whole pipeline is run again on all
@@ -57,6 +62,7 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
+    balance_labels: bool = False
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -104,7 +110,7 @@ def adapt(
     t0 = time.perf_counter()
     scored = score_all(evaluator, description, fewshot, candidates)
     folds = fewshot.folds(config.folds, config.seed)
-    selection = select(scored, folds)
+    selection = select(scored, folds, balanced=config.balance_labels)
     seconds = {"selection": round(time.perf_counter() - t0, 2)}
     adapter, method = candidates[selection.chosen], "selection"
     estimate: float | None = selection.estimate
@@ -171,12 +177,13 @@ def _train(
         }
     else:
         scored = score_all(evaluator, description, part, candidates)
-        start = candidates[select(scored, [list(range(len(part)))]).chosen]
+        everyone = [list(range(len(part)))]
+        start = candidates[select(scored, everyone, balanced=config.balance_labels).chosen]
     if not config.refine_steps:
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, seed=config.seed,
+        lr=config.refine_lr, seed=config.seed, balance=config.balance_labels,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

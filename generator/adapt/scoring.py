@@ -8,7 +8,9 @@ Classification: whether the label the adapter ranks first is right, and the
 log-probability of the right label normalised over the labels (which breaks
 ties between candidates that get the same examples right). Free-form: the mean
 log-probability per token of the example's own output. Either way a higher
-score is better, and ``Scores.mean`` is what candidates are compared by.
+score is better, and ``Scores.mean`` is what candidates are compared by;
+``balanced=True`` averages each label's examples first, so every label counts
+the same however many examples it has.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from registry.lora_spec import Adapter
 class Scores:
     right: torch.Tensor | None  # (N,) 1.0 where the top label is right; None: free-form
     margin: torch.Tensor  # (N,) log p(right label | labels), or mean answer-token log-prob
+    gold: torch.Tensor | None = None  # (N,) the right label's index; None: free-form
 
     def accuracy(self, idx: Sequence[int] | None = None) -> float | None:
         if self.right is None:
@@ -36,9 +39,24 @@ class Scores:
         part = self.right if idx is None else self.right[list(idx)]
         return float(part.mean())
 
-    def mean(self, idx: Sequence[int] | None = None) -> tuple[float, float]:
+    def mean(
+        self, idx: Sequence[int] | None = None, *, balanced: bool = False
+    ) -> tuple[float, float]:
         """(accuracy, mean margin) over ``idx`` (all examples by default): what two
-        candidates are compared by, the first entry first. Free-form: (margin, margin)."""
+        candidates are compared by, the first entry first. Free-form: (margin, margin).
+        ``balanced``: the mean of each label's own means (labels absent from ``idx``
+        left out)."""
+        if balanced and self.right is not None and self.gold is not None:
+            rows = torch.arange(len(self.margin)) if idx is None else torch.tensor(list(idx))
+            gold = self.gold[rows]
+            counts = torch.bincount(gold).double()
+            present = counts > 0
+
+            def by_label(values: torch.Tensor) -> float:
+                sums = torch.bincount(gold, weights=values[rows].double(), minlength=len(counts))
+                return float((sums[present] / counts[present]).mean())
+
+            return by_label(self.right), by_label(self.margin)
         part = self.margin if idx is None else self.margin[list(idx)]
         margin = float(part.mean())
         accuracy = self.accuracy(idx)
@@ -55,7 +73,7 @@ def score(
     logits = evaluator.label_scores(task, adapter, examples=fewshot.examples)  # (N, L)
     gold = torch.tensor([task.labels.index(e.output) for e in fewshot.examples])
     logp = torch.log_softmax(logits, dim=-1)[torch.arange(len(gold)), gold]  # (N,)
-    return Scores((logits.argmax(-1) == gold).float(), logp)
+    return Scores((logits.argmax(-1) == gold).float(), logp, gold)
 
 
 def score_all(
@@ -84,5 +102,5 @@ def score_all(
     out = {}
     for c, name in enumerate(candidates):
         logp = torch.log_softmax(logits[c], dim=-1)[torch.arange(len(gold)), gold]
-        out[name] = Scores((logits[c].argmax(-1) == gold).float(), logp)
+        out[name] = Scores((logits[c].argmax(-1) == gold).float(), logp, gold)
     return out

@@ -31,26 +31,32 @@ class Selection:
     folds: int
 
 
-def best(scored: dict[str, Scores], idx: Sequence[int] | None = None) -> str:
+def best(
+    scored: dict[str, Scores], idx: Sequence[int] | None = None, *, balanced: bool = False
+) -> str:
     """The candidate with the highest (score, margin) on ``idx``; ties go to the one
-    listed first."""
+    listed first. ``balanced``: each label's examples count as much as another's."""
     order = list(scored)
-    return max(order, key=lambda c: (*scored[c].mean(idx), -order.index(c)))
+    return max(order, key=lambda c: (*scored[c].mean(idx, balanced=balanced), -order.index(c)))
 
 
-def select(scored: dict[str, Scores], folds: Sequence[Sequence[int]]) -> Selection:
+def select(
+    scored: dict[str, Scores], folds: Sequence[Sequence[int]], *, balanced: bool = False
+) -> Selection:
     """The best candidate over all examples, with the nested-CV estimate of picking so.
     ``folds`` partition the example indices (one fold: no estimate is possible, and the
-    chosen candidate's own score stands in, flagged by ``folds == 1``)."""
+    chosen candidate's own score stands in, flagged by ``folds == 1``). ``balanced``
+    chooses by the mean of each label's scores; the estimate is plain accuracy."""
     if not scored:
         raise InvalidInput("no candidate adapters to choose from")
     everyone = sorted(i for fold in folds for i in fold)
-    chosen = best(scored, everyone)
+    chosen = best(scored, everyone, balanced=balanced)
     if len(folds) > 1:
         picks = []
         for f, fold in enumerate(folds):
             rest = [i for g, other in enumerate(folds) if g != f for i in other]
-            picks.append((scored[best(scored, rest)].mean(fold)[0], len(fold)))
+            pick = best(scored, rest, balanced=balanced)
+            picks.append((scored[pick].mean(fold)[0], len(fold)))
         estimate = sum(s * n for s, n in picks) / sum(n for _, n in picks)
     else:
         estimate = scored[chosen].mean(everyone)[0]

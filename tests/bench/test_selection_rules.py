@@ -26,6 +26,7 @@ def task(name: str = "t", oracle: float = 0.9) -> dict[str, Any]:
         "family": "f",
         "nearest": "expert:a",
         "oracle": oracle,
+        "pool_gold": [0, 0, 0, 1],
         "candidates": {
             "expert:a": candidate(0.8, [1, 1, 1, 0], [0.99, 0.99, 0.99, 0.001]),
             "hedge": candidate(0.6, [1, 1, 0, 0], [0.6, 0.6, 0.45, 0.45]),
@@ -100,9 +101,21 @@ def test_extra_experts_join_after_the_served_ones_and_get_their_own_row() -> Non
     assert rows["best candidate on the test split"].split("|")[2].strip() == "0.800"
 
 
+def test_each_labels_accuracy_counts_the_labels_alike() -> None:
+    # three examples of label 0, one of label 1: "expert:a" is right on all of label 0
+    # and misses label 1 (a mean of 1/2 over the labels), "hedge" 2/3 and 0 (1/3), and
+    # "none" 1/3 and 1 (2/3): by accuracy "expert:a" wins (3 of 4), by the labels "none"
+    t = task()
+    rule = RULES["each label's accuracy, then log-likelihood"]
+    assert choose(t, np.arange(4), RULES[SERVED], ALL) == "expert:a"
+    assert choose(t, np.arange(4), rule, ALL) == "none"
+    assert choose(t, np.arange(3), rule, ALL) == "expert:a"  # label 0 alone
+
+
 def test_the_served_rule_is_the_one_the_service_chooses_by() -> None:
     """The bench's "accuracy, then log-likelihood" picks what ``selection.best`` picks,
-    ties included, so the study measures the rule the service runs."""
+    ties included, so the study measures the rule the service runs; so does its rule by
+    each label's accuracy, what ``balance_labels`` selects by."""
     rng = np.random.default_rng(0)
     for trial in range(50):
         names = [f"c{i}" for i in range(5)]
@@ -110,12 +123,17 @@ def test_the_served_rule_is_the_one_the_service_chooses_by() -> None:
         logp = np.round(np.log(rng.uniform(0.05, 1, size=(5, 12))), 1)  # ties happen
         if trial % 5 == 0:
             right[3], logp[3] = right[1], logp[1]  # an exact tie: the first listed wins
+        gold = rng.integers(0, 3, size=12)
         scored = {
-            n: Scores(torch.tensor(right[i], dtype=torch.float32), torch.tensor(logp[i]))
+            n: Scores(
+                torch.tensor(right[i], dtype=torch.float32), torch.tensor(logp[i]),
+                torch.tensor(gold),
+            )
             for i, n in enumerate(names)
-        }
+        }  # fmt: skip
         t = {
             "name": "t",
+            "pool_gold": gold.tolist(),
             "candidates": {
                 n: {"test": 0.0, "pool_right": right[i].tolist(), "pool_logp": logp[i].tolist()}
                 for i, n in enumerate(names)
@@ -123,3 +141,5 @@ def test_the_served_rule_is_the_one_the_service_chooses_by() -> None:
         }
         idx = np.sort(rng.choice(12, size=6, replace=False))
         assert choose(t, idx, RULES[SERVED], names) == best(scored, idx.tolist())
+        balanced = RULES["each label's accuracy, then log-likelihood"]
+        assert choose(t, idx, balanced, names) == best(scored, idx.tolist(), balanced=True)
