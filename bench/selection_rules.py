@@ -66,7 +66,7 @@ RULES: dict[str, Rule] = {
     "probability of the right label": lambda r, lp, _: (float(np.exp(lp).mean()),),
     "each label's accuracy, then log-likelihood": each_label,
 }
-SERVED = "accuracy, then log-likelihood"  # what generator.adapt.selection.best uses
+SERVED = "each label's accuracy, then log-likelihood"  # generator.adapt.selection.best's
 
 
 def served(task: dict[str, Any]) -> list[str]:

@@ -3,19 +3,20 @@ labelled examples to one adapter, and an honest estimate of how good it is.
 
 1. Selection: every candidate (the zero-shot generated adapter, the nearest
    experts' own weights, mixtures of the top experts, no adapter) is scored on
-   the examples, all of them in the same batched passes; the best is chosen
-   (``generator.adapt.selection``).
+   the examples, all of them in the same batched passes; the best by balanced
+   accuracy (the mean of each label's accuracy) is chosen, so a draw of
+   examples that holds more of one label does not favour a candidate leaning
+   to it (``generator.adapt.selection``).
 2. Weighting (optional): the mixture weights of the nearest experts are fitted
    on the examples (``generator.adapt.weighting``); the result replaces the
    selected adapter.
 3. Refinement (optional, ``refine_steps``): the adapter so far is trained
    further on the examples, early-stopped on a held-back share of them
-   (``generator.adapt.refine``).
-
-With ``balance_labels``, selection compares candidates by the mean of each
-label's scores and refinement weighs each label's examples equally in its
-losses, so a draw of examples that happens to hold more of one label does not
-tilt the adapter toward it.
+   (``generator.adapt.refine``). It starts from the candidate with the best
+   plain accuracy on the examples, the start its settings were chosen with
+   (weighing the labels alike in the start and in refinement's losses lost on
+   training tasks; ``docs/experiments.md``); weighting and refinement report
+   plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -62,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    balance_labels: bool = False
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -110,7 +110,10 @@ def adapt(
     t0 = time.perf_counter()
     scored = score_all(evaluator, description, fewshot, candidates)
     folds = fewshot.folds(config.folds, config.seed)
-    selection = select(scored, folds, balanced=config.balance_labels)
+    # weighting and refinement are measured in plain accuracy, refinement starting from
+    # its pick (module docstring); selection alone in balanced accuracy
+    balanced = fewshot.is_classification and not config.trains
+    selection = select(scored, folds, balanced=balanced)
     seconds = {"selection": round(time.perf_counter() - t0, 2)}
     adapter, method = candidates[selection.chosen], "selection"
     estimate: float | None = selection.estimate
@@ -137,7 +140,9 @@ def adapt(
         "chosen": selection.chosen,
         "candidates": selection.scores,
         "examples": len(fewshot),
-        "metric": "accuracy" if fewshot.is_classification else "answer log-likelihood",
+        "metric": ("balanced accuracy" if balanced else "accuracy")
+        if fewshot.is_classification
+        else "answer log-likelihood",
         "estimate": {
             "adapter": estimate,
             "bare": selection.scores[NONE],
@@ -178,12 +183,12 @@ def _train(
     else:
         scored = score_all(evaluator, description, part, candidates)
         everyone = [list(range(len(part)))]
-        start = candidates[select(scored, everyone, balanced=config.balance_labels).chosen]
+        start = candidates[select(scored, everyone, balanced=False).chosen]
     if not config.refine_steps:
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, seed=config.seed, balance=config.balance_labels,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

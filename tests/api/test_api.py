@@ -139,7 +139,7 @@ def test_generate_with_examples_reports_what_it_chose(
     out = r.json()
     report = out["fewshot"]
     assert out["job"] is None and report["chosen"] in report["candidates"]
-    assert report["examples"] == 16 and report["metric"] == "accuracy"
+    assert report["examples"] == 16 and report["metric"] == "balanced accuracy"
     estimate = report["estimate"]
     assert {"adapter", "bare", "nearest", "how"} <= set(estimate)
     assert estimate["bare"] == report["candidates"]["none"]

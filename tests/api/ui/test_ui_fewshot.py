@@ -43,7 +43,7 @@ def test_the_generate_form_reports_the_few_shot_choice(
     }  # fmt: skip
     page = client.post("/ui/generate", data=form)
     assert page.status_code == 200, page.text
-    assert "(chosen)" in page.text and "Held-back accuracy" in page.text
+    assert "(chosen)" in page.text and "Held-back balanced accuracy" in page.text
     adapter_id = re.search(r'href="/ui/adapters/(\d+)"', page.text)
     assert adapter_id is not None
     shown = client.get(f"/ui/adapters/{adapter_id.group(1)}")
