@@ -54,8 +54,8 @@ Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, ...]]
 
 
 def each_label(right: np.ndarray, logp: np.ndarray, gold: np.ndarray) -> tuple[float, ...]:
-    """Accuracy, then log-likelihood, each the mean of the labels' own means
-    (``AdaptConfig.balance_labels``)."""
+    """Accuracy, then log-likelihood, each the mean of the labels' own means (balanced
+    accuracy: what ``generator.adapt.selection.best`` compares by)."""
     labels = np.unique(gold)
     return tuple(float(np.mean([v[gold == y].mean() for y in labels])) for v in (right, logp))
 
@@ -108,6 +108,8 @@ def report(data: dict[str, Any], k: int, draws: int) -> str:
     tasks = list(data["tasks"].values())
     if not tasks:
         return "no task scored yet\n"
+    if any("pool_gold" not in t for t in tasks):  # kept before the labels were
+        return "the file lacks its pools' labels: run again without --report to add them\n"
     seed = int(data["seed"])
     cols: dict[str, np.ndarray] = {
         "bare": np.array([t["candidates"]["none"]["test"] for t in tasks]),
@@ -229,7 +231,8 @@ def main() -> None:
 
     for task in chosen:
         kept = data["tasks"].get(task.name)
-        if kept is not None and len(kept.get("extra", [])) >= args.experts - EXPERTS:
+        wide = kept is not None and len(kept.get("extra", [])) >= args.experts - EXPERTS
+        if wide and "pool_gold" in kept:
             continue
         t0 = time.perf_counter()
         with sg.without([own[task.name]] if own[task.name] in experts else []):

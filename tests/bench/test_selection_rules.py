@@ -78,6 +78,9 @@ def test_the_report_pairs_every_rule_with_the_served_one() -> None:
     # shares of the gain: a (0.8-0.5)/(0.9-0.5) = 75 %, b (0.8-0.5)/(0.7-0.5) = 150 %
     assert rows["nearest expert"].split("|")[4].strip() == "112.5%"
     assert report({**data, "tasks": {}}, k=4, draws=3).startswith("no task")
+    old = {"a": task("a")}  # a file kept before the pools' labels were
+    del old["a"]["pool_gold"]
+    assert report({**data, "tasks": old}, k=4, draws=3).startswith("the file lacks its pools'")
     held = report({**data, "held_out": True}, k=4, draws=3)
     assert held.startswith("2 held-out tasks") and "left out" not in held.splitlines()[0]
 
