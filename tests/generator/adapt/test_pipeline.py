@@ -31,6 +31,16 @@ def shots_of(world: SandboxWorld, n: int = 12) -> FewShot:
     return FewShot(moon.train[:n], moon.labels)
 
 
+def zoo_weights(world: SandboxWorld) -> list[Any]:
+    """The registered weights of the sandbox zoo's cat, dog and bird adapters."""
+    out = []
+    for name in ("cat", "dog", "bird"):
+        rec = world.registry.find_adapter(world.base, f"zoo-{name}")
+        assert rec is not None
+        out.append(parse_weights(world.registry.adapter_files(rec.id).weights))
+    return out
+
+
 def test_selection_chooses_among_candidates_and_reports_a_held_back_estimate(
     world: SandboxWorld,
 ) -> None:
@@ -89,11 +99,7 @@ def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
     moon = world.held_out()
     evaluator = Evaluator.from_path(Path(world.base))
     template = oracle_weights(world.registry, world.base, moon)[0]
-    experts = []
-    for name in ("cat", "dog", "bird"):
-        rec = world.registry.find_adapter(world.base, f"zoo-{name}")
-        assert rec is not None
-        experts.append(parse_weights(world.registry.adapter_files(rec.id).weights))
+    experts = zoo_weights(world)
     sims = torch.tensor([0.5, 0.4, 0.3])
     weighted = fit_weights(
         evaluator, moon.description, shots_of(world).examples, template, experts, sims, steps=3
@@ -112,6 +118,30 @@ def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
     )  # fmt: skip
     assert result.method == "weighting" and set(result.report["weighting"]) == {"a", "b", "c"}
     assert result.estimate is not None and 0.0 <= result.estimate <= 1.0  # 2 folds, refitted
+
+
+def test_choose_runs_the_path_that_did_best_on_the_half_it_never_saw(
+    world: SandboxWorld,
+) -> None:
+    moon = world.held_out()
+    evaluator = Evaluator.from_path(Path(world.base))
+    template = oracle_weights(world.registry, world.base, moon)[0]
+    names = ("cat", "dog", "bird")
+    hub = [Expert(n, w, 0.5) for n, w in zip(names, zoo_weights(world), strict=True)]
+    result = adapt(
+        evaluator, moon.description, shots_of(world), {"cat": (dict(template), hub[0].weights)},
+        dict(template), hub=hub, config=AdaptConfig(refine_steps=2, choose=True, seed=1),
+    )  # fmt: skip
+    choice = result.report["choice"]
+    assert set(choice["held_back"]) == {"refine", "lorahub", "selection"}
+    ranked = sorted(choice["held_back"].items(), key=lambda kv: kv[1], reverse=True)
+    assert choice["chosen"] == ranked[0][0] or choice["held_back"][choice["chosen"]] == ranked[0][1]
+    assert result.method == {"refine": "selection+refine"}.get(choice["chosen"], choice["chosen"])
+    with pytest.raises(InvalidInput, match="nearest experts"):
+        adapt(
+            evaluator, moon.description, shots_of(world), {"cat": (dict(template), hub[0].weights)},
+            dict(template), config=AdaptConfig(refine_steps=2, choose=True),
+        )  # fmt: skip
 
 
 def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxWorld) -> None:
@@ -136,7 +166,9 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
     assert refined_report["refine"]["steps_run"] <= 2
 
 
-@pytest.mark.parametrize("bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}, {"choose": True}]
+)
 def test_adapt_config_names_the_setting_out_of_range(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=next(iter(bad))):
         AdaptConfig(**bad)
