@@ -9,7 +9,7 @@
 #
 # SKIP_TASKS: comma-separated tasks not to train (e.g. held-out tasks whose
 # oracle never gains 0.1 over the bare model, which the few-shot table skips).
-# Every step resumes where a killed run stopped. About 90 minutes on 2 cores.
+# Every step resumes where a killed run stopped. About 100 minutes on 2 cores.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$repo/.venv/bin"

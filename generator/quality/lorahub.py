@@ -10,6 +10,7 @@ nearest the task's description (the paper draws them at random).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,7 +84,11 @@ def lorahub(
         space = ng.p.Array(init=np.zeros(len(experts))).set_bounds(-BOUND, BOUND)
         space.random_state = np.random.RandomState(seed)
         optimizer = ng.optimizers.NGOpt(parametrization=space, budget=budget)
-        best = optimizer.minimize(loss)
+        with warnings.catch_warnings():
+            # NGOpt's COBYLA stage asks scipy for a final radius above its start on a
+            # bounded space of few weights; scipy lowers it to 1e-6 and warns each search
+            warnings.filterwarnings("ignore", "COBYLA: Invalid RHOEND", UserWarning)
+            best = optimizer.minimize(loss)
         weights = [float(x) for x in best.value]
         final = loss(best.value)
     merged = {k: v.contiguous() for k, v in combine(experts, weights).items()}
