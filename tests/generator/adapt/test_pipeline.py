@@ -4,6 +4,7 @@ worse than it started, and the served path that registers the result."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from generator.adapt.weighting import fit_weights
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
 from generator.quality.heldout import oracle_weights
+from generator.quality.lorahub import lorahub
 from generator.sandbox import SandboxWorld
 from generator.serve.generate import generate_adapters
 from generator.serve.generator import Request
@@ -118,6 +120,19 @@ def test_weighting_fits_a_mixture_of_the_experts(world: SandboxWorld) -> None:
     )  # fmt: skip
     assert result.method == "weighting" and set(result.report["weighting"]) == {"a", "b", "c"}
     assert result.estimate is not None and 0.0 <= result.estimate <= 1.0  # 2 folds, refitted
+
+
+def test_lorahub_searches_the_mixture_quietly(world: SandboxWorld) -> None:
+    moon = world.held_out()
+    evaluator = Evaluator.from_path(Path(world.base))
+    template = oracle_weights(world.registry, world.base, moon)[0]
+    experts = zoo_weights(world)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = lorahub(evaluator, moon.description, shots_of(world).examples, template, experts)
+    assert len(found.weights) == 3 and all(abs(w) <= 1.5 for w in found.weights)
+    assert set(found.adapter[1]) == set(experts[0])
+    assert not [w for w in caught if "RHOEND" in str(w.message)]  # scipy's lowered radius
 
 
 def test_choose_runs_the_path_that_did_best_on_the_half_it_never_saw(
