@@ -17,11 +17,6 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    (weighing the labels alike in the start and in refinement's losses lost on
    training tasks; ``docs/experiments.md``); weighting and refinement report
    plain accuracy.
-4. Choice (optional, ``choose``, with refinement): selection alone,
-   refinement and LoraHub's gradient-free search of the nearest experts
-   (``generator.quality.lorahub``) are each run on one half of the examples
-   and scored on the other, both ways; the path with the best balanced
-   accuracy on the examples it never saw runs on all of them and is returned.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -41,16 +36,14 @@ import torch
 
 from generator.adapt.examples import FewShot
 from generator.adapt.refine import refine
-from generator.adapt.scoring import Scores, score, score_all
-from generator.adapt.selection import FOLDS, Selection, best, select
+from generator.adapt.scoring import score, score_all
+from generator.adapt.selection import FOLDS, Selection, select
 from generator.adapt.weighting import fit_weights
 from generator.tasks.evaluation import Evaluator
 from registry.errors import InvalidInput
 from registry.lora_spec import Adapter, Tensors
 
 NONE = "none"  # the candidate that is no adapter: the base model as it is
-CHOICE_FOLDS = 2  # the halves ``choose`` compares its paths on
-PATHS = ("refine", "lorahub", "selection")  # what ``choose`` compares, ties to the first
 
 
 @dataclass(frozen=True)
@@ -70,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    choose: bool = False
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -82,11 +74,6 @@ class AdaptConfig:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
         if not 1 <= self.folds <= 64:
             raise InvalidInput(f"folds must be in [1, 64], got {self.folds}")
-        if self.choose and (self.weighting or not self.refine_steps):
-            raise InvalidInput(
-                "choose compares selection, refinement and LoraHub: set "
-                "refine_steps and leave weighting off"
-            )
 
     @property
     def trains(self) -> bool:
@@ -110,14 +97,12 @@ def adapt(
     template: dict[str, Any],
     *,
     experts: Sequence[Expert] = (),
-    hub: Sequence[Expert] = (),
     nearest: str | None = None,
     config: AdaptConfig | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Adapted:
     """The adapter for ``description`` given ``fewshot``: the best of ``candidates``,
     optionally re-weighted from ``experts`` and refined (see the module docstring).
-    ``hub``: the experts LoraHub's search mixes (``choose``).
     ``nearest`` names the candidate reported as "the nearest expert"."""
     config = config or AdaptConfig()
     if NONE not in candidates:
@@ -139,26 +124,15 @@ def adapt(
             return _train(evaluator, description, part, candidates, template, experts, config)
 
         t1 = time.perf_counter()
-        path = "refine"
-        if config.choose:
-            path, details = _choose(
-                evaluator, description, fewshot, candidates, template, hub, run, config, on_progress
-            )
         if on_progress:
             on_progress("training on the examples")
-        if path == "refine":
-            adapter, trained = run(fewshot)
-            details.update(trained)
-            method = ("weighting" if config.weighting else "selection") + (
-                "+refine" if config.refine_steps else ""
-            )
-        elif path == "lorahub":
-            adapter, method = _hub(evaluator, description, fewshot, template, hub, config), path
-        else:
-            adapter = candidates[best(scored, balanced=fewshot.is_classification)]
+        adapter, details = run(fewshot)
+        method = ("weighting" if config.weighting else "selection") + (
+            "+refine" if config.refine_steps else ""
+        )
         seconds["training"] = round(time.perf_counter() - t1, 2)
         estimate = None
-        if config.estimate and len(folds) > 1 and not config.choose:
+        if config.estimate and len(folds) > 1:
             estimate = _cross_validate(evaluator, description, fewshot, folds, run, on_progress)
             seconds["estimate"] = round(time.perf_counter() - t1 - seconds["training"], 2)
     report = {
@@ -222,71 +196,6 @@ def _train(
         "val_losses": refined.val_losses,
     }
     return refined.adapter, details
-
-
-def _hub(
-    evaluator: Evaluator,
-    description: str,
-    part: FewShot,
-    template: dict[str, Any],
-    hub: Sequence[Expert],
-    config: AdaptConfig,
-) -> Adapter:
-    """LoraHub's mixture of ``hub`` searched on ``part``."""
-    from generator.quality.lorahub import lorahub
-
-    if not hub:
-        raise InvalidInput("LoraHub's search needs the nearest experts")
-    found = lorahub(
-        evaluator, description, part.examples, template, [e.weights for e in hub], seed=config.seed
-    )
-    return found.adapter
-
-
-def _choose(
-    evaluator: Evaluator,
-    description: str,
-    fewshot: FewShot,
-    candidates: dict[str, Adapter | None],
-    template: dict[str, Any],
-    hub: Sequence[Expert],
-    run: Callable[[FewShot], tuple[Adapter | None, dict[str, Any]]],
-    config: AdaptConfig,
-    on_progress: Callable[[str], None] | None,
-) -> tuple[str, dict[str, Any]]:
-    """Which of ``PATHS`` does best on examples it never saw: each runs on all halves
-    of the examples but one and is scored on the half left out."""
-    n = len(fewshot)
-    right = {p: torch.zeros(n) for p in PATHS}
-    margin = {p: torch.zeros(n) for p in PATHS}
-    gold = torch.zeros(n, dtype=torch.long)
-    folds = fewshot.folds(CHOICE_FOLDS, config.seed)
-    for f, fold in enumerate(folds):
-        if on_progress:
-            on_progress(f"choice: half {f + 1}/{len(folds)}")
-        rest = fewshot.subset([i for g, other in enumerate(folds) if g != f for i in other])
-        scored = score_all(evaluator, description, rest, candidates)
-        made = {
-            "refine": run(rest)[0],
-            "lorahub": _hub(evaluator, description, rest, template, hub, config),
-            "selection": candidates[best(scored, balanced=rest.is_classification)],
-        }
-        held = fewshot.subset(fold)
-        for p, adapter in made.items():
-            s = score(evaluator, description, held, adapter)
-            if s.right is not None:
-                right[p][fold] = s.right
-            if s.gold is not None:
-                gold[fold] = s.gold
-            margin[p][fold] = s.margin
-    classification = fewshot.is_classification
-    held_back = {
-        p: Scores(right[p] if classification else None, margin[p], gold if classification else None)
-        for p in PATHS
-    }
-    chosen = best(held_back, balanced=classification)
-    means = {p: [round(x, 4) for x in held_back[p].mean(balanced=classification)] for p in PATHS}
-    return chosen, {"choice": {"chosen": chosen, "held_back": means}}
 
 
 def _cross_validate(

@@ -27,7 +27,6 @@ from registry.lora_spec import Adapter
 EXPERTS = 3  # the nearest experts offered alone
 MIXTURES = (2, 4, 8)  # the top-K mixtures offered
 WEIGHTED = 8  # the experts a weighting mixes
-HUB = 20  # the experts LoraHub's search mixes (AdaptConfig.choose)
 GENERATED = "generated"
 
 
@@ -38,7 +37,6 @@ class Candidates:
     adapters: dict[str, Adapter | None]  # name -> (config, weights); None: no adapter
     mixed: dict[str, list[Neighbour]]  # name -> the experts it mixes, with their weights
     experts: list[Expert]  # the nearest experts a weighting mixes
-    hub: list[Expert]  # the nearest experts LoraHub's search mixes
     by_name: dict[str, Any]  # expert name -> its ExpertBank entry
     nearest: str | None  # the candidate that is the nearest expert
 
@@ -48,14 +46,14 @@ def candidates_for(generator: Generator, made: Generated) -> Candidates:
     for SG-LoRA, the nearest experts alone and mixed (module docstring)."""
     config = made.config
     mixed = {GENERATED: made.neighbours, NONE: []}
-    out = Candidates({GENERATED: (config, made.weights)}, mixed, [], [], {}, None)
+    out = Candidates({GENERATED: (config, made.weights)}, mixed, [], {}, None)
     if generator.method != SG_LORA or made.embedding is None:
         return out
     layout = generator.ckpt.layout
     tau = float(generator.ckpt.hyper["tau"])
     query = np.asarray(made.embedding, dtype=np.float32)
     query = query / max(float(np.linalg.norm(query)), 1e-12)
-    found, sims = generator.neighbours(query, max(WEIGHTED, HUB, *MIXTURES))
+    found, sims = generator.neighbours(query, max(WEIGHTED, *MIXTURES))
     for e, s in list(zip(found, sims, strict=True))[:EXPERTS]:
         name = f"expert:{e.record.name}"
         out.adapters[name] = (config, layout.unflatten(e.weights))
@@ -72,12 +70,11 @@ def candidates_for(generator: Generator, made: Generated) -> Candidates:
             Neighbour(e.id, e.record.name, round(float(s), 5), round(float(a), 5))
             for e, s, a in zip(found[:k], sims[:k], w, strict=True)
         ]
-    out.hub = [
+    out.experts = [
         Expert(e.record.name, layout.unflatten(e.weights), float(s))
-        for e, s in zip(found[:HUB], sims[:HUB], strict=True)
+        for e, s in zip(found[:WEIGHTED], sims[:WEIGHTED], strict=True)
     ]
-    out.experts = out.hub[:WEIGHTED]
-    out.by_name = {e.record.name: e for e in found[: max(WEIGHTED, HUB)]}
+    out.by_name = {e.record.name: e for e in found[:WEIGHTED]}
     return out
 
 
@@ -98,7 +95,6 @@ def adapt_generated(
         found.adapters,
         dict(made.config),
         experts=found.experts,
-        hub=found.hub,
         nearest=found.nearest,
         config=request.adapt,
         on_progress=on_progress,

@@ -135,30 +135,6 @@ def test_lorahub_searches_the_mixture_quietly(world: SandboxWorld) -> None:
     assert not [w for w in caught if "RHOEND" in str(w.message)]  # scipy's lowered radius
 
 
-def test_choose_runs_the_path_that_did_best_on_the_half_it_never_saw(
-    world: SandboxWorld,
-) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    template = oracle_weights(world.registry, world.base, moon)[0]
-    names = ("cat", "dog", "bird")
-    hub = [Expert(n, w, 0.5) for n, w in zip(names, zoo_weights(world), strict=True)]
-    result = adapt(
-        evaluator, moon.description, shots_of(world), {"cat": (dict(template), hub[0].weights)},
-        dict(template), hub=hub, config=AdaptConfig(refine_steps=2, choose=True, seed=1),
-    )  # fmt: skip
-    choice = result.report["choice"]
-    assert set(choice["held_back"]) == {"refine", "lorahub", "selection"}
-    ranked = sorted(choice["held_back"].items(), key=lambda kv: kv[1], reverse=True)
-    assert choice["chosen"] == ranked[0][0] or choice["held_back"][choice["chosen"]] == ranked[0][1]
-    assert result.method == {"refine": "selection+refine"}.get(choice["chosen"], choice["chosen"])
-    with pytest.raises(InvalidInput, match="nearest experts"):
-        adapt(
-            evaluator, moon.description, shots_of(world), {"cat": (dict(template), hub[0].weights)},
-            dict(template), config=AdaptConfig(refine_steps=2, choose=True),
-        )  # fmt: skip
-
-
 def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxWorld) -> None:
     reg = world.registry
     train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=4))
@@ -181,9 +157,7 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
     assert refined_report["refine"]["steps_run"] <= 2
 
 
-@pytest.mark.parametrize(
-    "bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}, {"choose": True}]
-)
+@pytest.mark.parametrize("bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}])
 def test_adapt_config_names_the_setting_out_of_range(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=next(iter(bad))):
         AdaptConfig(**bad)
