@@ -85,8 +85,8 @@ def lorahub(
         space.random_state = np.random.RandomState(seed)
         optimizer = ng.optimizers.NGOpt(parametrization=space, budget=budget)
         with warnings.catch_warnings():
-            # NGOpt's COBYLA stage asks scipy for a final radius above its start on a
-            # bounded space of few weights; scipy lowers it to 1e-6 and warns each search
+            # NGOpt's COBYLA stage passes scipy a final trust radius scipy finds invalid
+            # (not positive, or above the first); scipy uses 1e-6 and warns every search
             warnings.filterwarnings("ignore", "COBYLA: Invalid RHOEND", UserWarning)
             best = optimizer.minimize(loss)
         weights = [float(x) for x in best.value]
