@@ -37,7 +37,7 @@ import torch
 from generator.adapt.examples import FewShot
 from generator.adapt.refine import refine
 from generator.adapt.scoring import score, score_all
-from generator.adapt.selection import FOLDS, Selection, select
+from generator.adapt.selection import FOLDS, Selection, best, select
 from generator.adapt.weighting import fit_weights
 from generator.tasks.evaluation import Evaluator
 from registry.errors import InvalidInput
@@ -182,8 +182,7 @@ def _train(
         }
     else:
         scored = score_all(evaluator, description, part, candidates)
-        everyone = [list(range(len(part)))]
-        start = candidates[select(scored, everyone, balanced=False).chosen]
+        start = candidates[best(scored, balanced=False)]
     if not config.refine_steps:
         return start, details
     refined = refine(

@@ -60,7 +60,8 @@ def select(
         raise InvalidInput("no candidate adapters to choose from")
     everyone = sorted(i for fold in folds for i in fold)
     chosen = best(scored, everyone, balanced=balanced)
-    estimate = scored[chosen].mean(everyone, balanced=balanced)[0]
+    means = {c: s.mean(everyone, balanced=balanced) for c, s in scored.items()}
+    estimate = means[chosen][0]
     if len(folds) > 1:
         first = scored[chosen]
         right = None if first.right is None else first.right.clone()
@@ -75,8 +76,8 @@ def select(
         estimate = held.mean(everyone, balanced=balanced)[0]
     return Selection(
         chosen=chosen,
-        scores={c: round(s.mean(everyone, balanced=balanced)[0], 4) for c, s in scored.items()},
-        margins={c: round(s.mean(everyone, balanced=balanced)[1], 4) for c, s in scored.items()},
+        scores={c: round(m[0], 4) for c, m in means.items()},
+        margins={c: round(m[1], 4) for c, m in means.items()},
         estimate=round(estimate, 4),
         folds=len(folds),
     )
