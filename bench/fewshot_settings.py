@@ -1,7 +1,7 @@
 """Which refinement settings should the few-shot path serve? Chosen on training tasks only.
 
     .venv/bin/python bench/fewshot_settings.py [--count 12] [--draws 1] [--k 16]
-        [--configs 20:1e-3,20:3e-3:b-only] [--lorahub] [--tasks a,b] [--seed 0] [--report]
+        [--configs 20:1e-3,20:3e-3] [--lorahub] [--tasks a,b] [--seed 0] [--report]
 
 A leave-one-out study: for a stratified random sample of the suite's
 *training* tasks (round robin over the families, ``--seed`` fixing the
@@ -10,8 +10,7 @@ generator's reach (``Generator.without``: the request sees the other experts
 only, as a new task would), ``--k`` examples are drawn from the task's
 training split (the draws ``loramint eval fewshot`` makes), and the served
 few-shot path (selection, then refinement with each ``STEPS:LR`` of
-``--configs``; ``STEPS:LR:b-only`` trains the B matrices only,
-``AdaptConfig.refine_train_a``) makes an adapter that is scored on the task's test split. The
+``--configs``) makes an adapter that is scored on the task's test split. The
 bare model, the nearest remaining expert, selection alone and the task's own
 adapter (its oracle) are scored beside them; with ``--lorahub``, so is the
 LoraHub baseline of ``loramint eval fewshot`` (its search over the 20 nearest
@@ -48,23 +47,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-Config = tuple[int, float, bool]  # (steps, learning rate, B matrices only)
-B_ONLY = "b-only"
+Config = tuple[int, float]  # (steps, learning rate)
 
 
 def parse_configs(text: str) -> list[Config]:
-    """ "20:1e-3,40:3e-3:b-only" -> [(20, 0.001, False), (40, 0.003, True)]."""
+    """ "20:1e-3,40:3e-3" -> [(20, 0.001), (40, 0.003)]."""
     out: list[Config] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         fields = part.split(":")
         try:
-            if len(fields) not in (2, 3) or fields[2:] not in ([], [B_ONLY]):
+            if len(fields) != 2:
                 raise ValueError(part)
-            out.append((int(fields[0]), float(fields[1]), len(fields) == 3))
+            out.append((int(fields[0]), float(fields[1])))
         except ValueError:
-            raise SystemExit(
-                f"--configs takes STEPS:LR or STEPS:LR:{B_ONLY}, got {part!r}"
-            ) from None
+            raise SystemExit(f"--configs takes STEPS:LR, got {part!r}") from None
         if out[-1][0] < 1 or not 0 < out[-1][1] < 1:
             raise SystemExit(f"--configs: steps must be >= 1 and 0 < lr < 1, got {part!r}")
     if not out:
@@ -73,7 +69,7 @@ def parse_configs(text: str) -> list[Config]:
 
 
 def label(config: Config) -> str:
-    return f"refine {config[0]}:{config[1]:g}" + (", B only" if config[2] else "")
+    return f"refine {config[0]}:{config[1]:g}"
 
 
 def stratified(tasks: list[Any], count: int, seed: int) -> list[Any]:
@@ -105,13 +101,9 @@ def bootstrap(diffs: np.ndarray, seed: int, n: int = 4000) -> tuple[float, float
 
 def report(data: dict[str, Any]) -> str:
     cells: dict[str, float] = data["cells"]
-    # a truthy third field other than "b-only" is an option since taken out (refit, bags, a
-    # pull, or-lorahub, balanced, choose): files made with one report their other configurations
-    configs = [
-        (int(c[0]), float(c[1]), c[2:] == [B_ONLY])
-        for c in data["configs"]
-        if not c[2:] or not c[2] or c[2:] == [B_ONLY]
-    ]
+    # a truthy third field is an option since taken out (refit, bags, a pull, or-lorahub,
+    # balanced, choose, b-only): files made with one report their other configurations
+    configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     hub = ["lorahub"] if data.get("lorahub") else []
     methods = ["bare", "nearest", "selection", *hub, *(label(c) for c in configs), "oracle"]
@@ -264,8 +256,7 @@ def main() -> None:
     data = bound(path, binding, "cells")
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
-        configs=[[c[0], c[1], *([B_ONLY] if c[2] else [])] for c in configs],
-        lorahub=args.lorahub, tasks=[t.name for t in chosen],
+        configs=[list(c) for c in configs], lorahub=args.lorahub, tasks=[t.name for t in chosen],
         families={t.name: t.family for t in chosen},
     )  # fmt: skip
 
@@ -304,7 +295,6 @@ def main() -> None:
                     runs[label(c)] = AdaptConfig(
                         refine_steps=c[0],
                         refine_lr=c[1],
-                        refine_train_a=not c[2],
                         estimate=False,
                         seed=args.seed,
                     )

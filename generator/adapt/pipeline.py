@@ -63,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    refine_train_a: bool = True  # False: refinement trains the B matrices only
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -188,7 +187,7 @@ def _train(
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, seed=config.seed, train_a=config.refine_train_a,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

@@ -55,8 +55,6 @@ class TrainConfig:
     # sort batches by length (little padding); off where every batch must mix examples of
     # all kinds (a discriminator whose classes differ in length would see one-class batches)
     length_buckets: bool = True
-    # False: the A matrices keep their starting values and only B trains (LoRA-FA)
-    train_a: bool = True
 
     def __post_init__(self) -> None:
         # name -> (lowest, highest) allowed; the upper bounds stop absurd job parameters
@@ -313,10 +311,6 @@ def train_multitask(
     try:
         if initial is not None:
             _load_weights(peft_model, initial)
-        if not config.train_a:
-            for name, param in peft_model.named_parameters():
-                if ".lora_A." in name:
-                    param.requires_grad_(False)
         return _train(peft_model, next_batch, config, pad_id, on_step, validate, early_stop)
     finally:
         peft_model.unload()  # back to the bare base model for the next task
