@@ -36,7 +36,7 @@ import torch
 
 from generator.adapt.examples import FewShot
 from generator.adapt.refine import refine
-from generator.adapt.scoring import score, score_all
+from generator.adapt.scoring import Scores, score, score_all
 from generator.adapt.selection import FOLDS, Selection, best, select
 from generator.adapt.weighting import fit_weights
 from generator.tasks.evaluation import Evaluator
@@ -120,13 +120,17 @@ def adapt(
     details: dict[str, Any] = {}
     if config.trains:
 
-        def run(part: FewShot) -> tuple[Adapter | None, dict[str, Any]]:
-            return _train(evaluator, description, part, candidates, template, experts, config)
+        def run(
+            part: FewShot, known: dict[str, Scores] | None = None
+        ) -> tuple[Adapter | None, dict[str, Any]]:
+            return _train(
+                evaluator, description, part, candidates, template, experts, config, known
+            )
 
         t1 = time.perf_counter()
         if on_progress:
             on_progress("training on the examples")
-        adapter, details = run(fewshot)
+        adapter, details = run(fewshot, scored)  # the candidates' scores on it: above
         method = ("weighting" if config.weighting else "selection") + (
             "+refine" if config.refine_steps else ""
         )
@@ -164,8 +168,10 @@ def _train(
     template: dict[str, Any],
     experts: Sequence[Expert],
     config: AdaptConfig,
+    known: dict[str, Scores] | None = None,
 ) -> tuple[Adapter | None, dict[str, Any]]:
-    """Selection (or weighting) then refinement, on ``part`` only."""
+    """Selection (or weighting) then refinement, on ``part`` only; ``known``: the
+    candidates' scores on ``part`` where the caller has them already."""
     details: dict[str, Any] = {}
     if config.weighting:
         if not experts:
@@ -181,7 +187,7 @@ def _train(
             e.name: round(float(w), 4) for e, w in zip(experts, shown, strict=True)
         }
     else:
-        scored = score_all(evaluator, description, part, candidates)
+        scored = known if known is not None else score_all(evaluator, description, part, candidates)
         start = candidates[best(scored, balanced=False)]
     if not config.refine_steps:
         return start, details

@@ -45,8 +45,13 @@ def best(
     """The candidate with the highest (score, margin) on ``idx``, each the mean of the
     labels' own means (``balanced=False``: over the examples); ties go to the one listed
     first."""
-    order = list(scored)
-    return max(order, key=lambda c: (*scored[c].mean(idx, balanced=balanced), -order.index(c)))
+    return top({c: s.mean(idx, balanced=balanced) for c, s in scored.items()})
+
+
+def top(means: dict[str, tuple[float, float]]) -> str:
+    """The candidate with the highest (score, margin); ties go to the one listed first."""
+    order = list(means)
+    return max(order, key=lambda c: (*means[c], -order.index(c)))
 
 
 def select(
@@ -59,8 +64,8 @@ def select(
     if not scored:
         raise InvalidInput("no candidate adapters to choose from")
     everyone = sorted(i for fold in folds for i in fold)
-    chosen = best(scored, everyone, balanced=balanced)
     means = {c: s.mean(everyone, balanced=balanced) for c, s in scored.items()}
+    chosen = top(means)
     estimate = means[chosen][0]
     if len(folds) > 1:
         first = scored[chosen]
