@@ -1,8 +1,8 @@
 """Which refinement settings should the few-shot path serve? Chosen on training tasks only.
 
     .venv/bin/python bench/fewshot_settings.py [--count 12] [--draws 1] [--k 16]
-        [--configs 20:1e-3,20:3e-3] [--weighting softmax,linear] [--lorahub]
-        [--tasks a,b] [--seed 0] [--report]
+        [--configs 20:1e-3,20:3e-3] [--weighting] [--lorahub] [--tasks a,b]
+        [--seed 0] [--report]
 
 A leave-one-out study: for a stratified random sample of the suite's
 *training* tasks (round robin over the families, ``--seed`` fixing the
@@ -14,8 +14,7 @@ few-shot path (selection, then refinement with each ``STEPS:LR`` of
 ``--configs``) makes an adapter that is scored on the task's test split. The
 bare model, the nearest remaining expert, selection alone and the task's own
 adapter (its oracle) are scored beside them; with ``--weighting``, so is the
-served weighting of the nearest remaining experts in each form named (softmax:
-a softmax of 8 experts; linear: free weights of 20); with ``--lorahub``, so is
+served weighting of the nearest remaining experts; with ``--lorahub``, so is
 the LoraHub baseline of ``loramint eval fewshot`` (its search over the 20
 nearest remaining experts, on the same examples).
 
@@ -27,8 +26,8 @@ would be.
 
 The report gives each method's mean accuracy and share of the oracle's gain
 over the bare model, and each configuration's paired difference to the first
-one (the first weighting form when ``--configs`` is empty), with a 95 %
-bootstrap interval over the (task, draw) pairs. Cells are kept
+one (to the weighting when ``--configs`` is empty), with a 95 % bootstrap
+interval over the (task, draw) pairs. Cells are kept
 in ``$LORAMINT_HOME/results/fewshot-settings-<base>.json`` after each one (a
 stopped run resumes); ``--report`` prints the table of that file again. Runs
 of disjoint ``--tasks`` lists may share the file side by side (each cell is
@@ -54,9 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 Config = tuple[int, float]  # (steps, learning rate)
 
 
-WEIGHTINGS = ("softmax", "linear")
-
-
 def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
     """ "20:1e-3,40:3e-3" -> [(20, 0.001), (40, 0.003)]; "" -> [] if ``allow_none``."""
     out: list[Config] = []
@@ -75,21 +71,8 @@ def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
     return out
 
 
-def parse_weightings(text: str) -> list[str]:
-    """ "softmax,linear" -> ["softmax", "linear"]; each form at most once."""
-    out = [w.strip() for w in text.split(",") if w.strip()]
-    bad = [w for w in out if w not in WEIGHTINGS]
-    if bad or len(set(out)) != len(out):
-        raise SystemExit(f"--weighting takes forms of {list(WEIGHTINGS)}, each once; got {text!r}")
-    return out
-
-
 def label(config: Config) -> str:
     return f"refine {config[0]}:{config[1]:g}"
-
-
-def weighting_label(form: str) -> str:
-    return "weighting" if form == "softmax" else f"weighting {form}"
 
 
 def stratified(tasks: list[Any], count: int, seed: int) -> list[Any]:
@@ -126,7 +109,9 @@ def report(data: dict[str, Any]) -> str:
     configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     hub = ["lorahub"] if data.get("lorahub") else []
-    weighted = [weighting_label(w) for w in data.get("weighting", [])]
+    # a file from the study of free weights (docs/experiments.md, 2026-12-07) also
+    # holds "weighting linear", a form since taken out: its other rows are reported
+    weighted = ["weighting"] if data.get("weighting") else []
     refined = [label(c) for c in configs]
     methods = ["bare", "nearest", "selection", *hub, *weighted, *refined, "oracle"]
     reference = (refined or weighted)[0]
@@ -243,15 +228,14 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--configs", default="20:1e-3,20:3e-3", help="refinement STEPS:LR list")
-    ap.add_argument("--weighting", default="", help="weighting forms to score: softmax,linear")
+    ap.add_argument("--weighting", action="store_true", help="score the served weighting too")
     ap.add_argument("--lorahub", action="store_true", help="score the LoraHub baseline too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="print the kept results and stop")
     args = ap.parse_args()
     if args.count < 1 or args.draws < 1 or args.k < 2:
         raise SystemExit("--count and --draws must be >= 1, --k >= 2")
-    weighting = parse_weightings(args.weighting)
-    configs = parse_configs(args.configs, allow_none=bool(weighting))
+    configs = parse_configs(args.configs, allow_none=args.weighting)
 
     from registry.settings import get_settings
 
@@ -280,7 +264,7 @@ def main() -> None:
     data = bound(path, binding, "cells")
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
-        configs=[list(c) for c in configs], weighting=weighting, lorahub=args.lorahub,
+        configs=[list(c) for c in configs], weighting=args.weighting, lorahub=args.lorahub,
         tasks=[t.name for t in chosen],
         families={t.name: t.family for t in chosen},
     )  # fmt: skip
@@ -316,13 +300,8 @@ def main() -> None:
             for d in range(args.draws):
                 shots = draw(task, args.k, d, args.seed)
                 runs = {"selection": AdaptConfig(estimate=False, seed=args.seed)}
-                for form in weighting:
-                    runs[weighting_label(form)] = AdaptConfig(
-                        weighting=True,
-                        weighting_linear=form == "linear",
-                        estimate=False,
-                        seed=args.seed,
-                    )
+                if args.weighting:
+                    runs["weighting"] = AdaptConfig(weighting=True, estimate=False, seed=args.seed)
                 for c in configs:
                     runs[label(c)] = AdaptConfig(
                         refine_steps=c[0],

@@ -61,7 +61,6 @@ class AdaptConfig:
     weighting_steps: int = 20
     weighting_lr: float = 0.1
     per_block: bool = False
-    weighting_linear: bool = False  # free weights over more experts (serve.fewshot)
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
     folds: int = FOLDS
@@ -180,8 +179,7 @@ def _train(
         weighted = fit_weights(
             evaluator, description, part.examples, template, [e.weights for e in experts],
             torch.tensor([e.similarity for e in experts]), steps=config.weighting_steps,
-            lr=config.weighting_lr, per_block=config.per_block,
-            linear=config.weighting_linear, seed=config.seed,
+            lr=config.weighting_lr, per_block=config.per_block, seed=config.seed,
         )  # fmt: skip
         start: Adapter | None = weighted.adapter
         shown = weighted.weights if weighted.weights.ndim == 1 else weighted.weights.mean(0)

@@ -5,9 +5,7 @@ gradient steps on the examples' answer-token loss through the base model.
 Either one weight per expert (``per_block=False``: K numbers) or one per
 expert and LoRA block (layer, module), A and B of a block sharing theirs. The
 weights are a softmax over learnable logits, started at the description
-similarities' softmax, so the fit starts from SG-LoRA's own mixture; or, with
-``linear=True``, the weights themselves are learned, free of sign and sum (as
-LoraHub's search has them), from the same start.
+similarities' softmax, so the fit starts from SG-LoRA's own mixture.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from registry.lora_spec import Adapter, Tensors
 @dataclass(frozen=True)
 class Weighted:
     adapter: Adapter
-    weights: torch.Tensor  # (K,) or (blocks, K): each row sums to 1 unless linear
+    weights: torch.Tensor  # (K,) or (blocks, K): each row sums to 1
     losses: list[float]
 
 
@@ -62,7 +60,6 @@ def fit_weights(
     steps: int = 20,
     lr: float = 0.1,
     per_block: bool = False,
-    linear: bool = False,
     batch_size: int = 16,
     max_prompt_tokens: int = 256,
     seed: int = 0,
@@ -77,15 +74,9 @@ def fit_weights(
     device = model_device(evaluator.model)  # the fit runs where the base model is
     experts = [{k: v.to(device) for k, v in e.items()} for e in experts]
     start = torch.log_softmax(similarities.float().to(device) / tau, dim=0)  # (K,)
-    if linear:
-        start = start.exp()  # the weights themselves, from the same mixture
-    params = (start if not per_block else start.repeat(len(blocks), 1)).clone()
-    params.requires_grad_(True)
-    opt = torch.optim.Adam([params], lr=lr)
-
-    def weighed(x: torch.Tensor) -> torch.Tensor:
-        return x if linear else torch.softmax(x, dim=-1)
-
+    logits = (start if not per_block else start.repeat(len(blocks), 1)).clone()
+    logits.requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=lr)
     fmt = evaluator.format
     prefix, data = split_prefix(encode(fmt, description, examples, max_prompt_tokens))
     rng = random.Random(seed)
@@ -94,13 +85,13 @@ def fit_weights(
         for _ in range(steps):
             batch = rng.sample(data, min(batch_size, len(data)))
             ids, mask, pos, targets, tgt_mask = collate(batch, evaluator.pad_id, device)
-            call = lora.bind(mix(experts, weighed(params), blocks))
+            call = lora.bind(mix(experts, torch.softmax(logits, dim=-1), blocks))
             out = forward_with_prefix(call, prefix, ids, mask, pos, targets.shape[1] + 1)
             loss = F.cross_entropy(out[:, :-1][tgt_mask].float(), targets[tgt_mask])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(round(loss.item(), 5))
-    weights = weighed(params.detach())
+    weights = torch.softmax(logits.detach(), dim=-1)
     mixed = {k: v.detach().cpu().contiguous() for k, v in mix(experts, weights, blocks).items()}
     return Weighted((dict(template), mixed), weights.cpu(), losses)

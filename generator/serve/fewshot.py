@@ -27,7 +27,6 @@ from registry.lora_spec import Adapter
 EXPERTS = 3  # the nearest experts offered alone
 MIXTURES = (2, 4, 8)  # the top-K mixtures offered
 WEIGHTED = 8  # the experts a weighting mixes
-LINEAR_WEIGHTED = 20  # the experts a linear weighting mixes (LoraHub's count)
 GENERATED = "generated"
 
 
@@ -42,10 +41,9 @@ class Candidates:
     nearest: str | None  # the candidate that is the nearest expert
 
 
-def candidates_for(generator: Generator, made: Generated, weighted: int = WEIGHTED) -> Candidates:
+def candidates_for(generator: Generator, made: Generated) -> Candidates:
     """The candidates for ``made`` (a zero-shot adapter of ``generator``): itself and,
-    for SG-LoRA, the nearest experts alone and mixed (module docstring), and the
-    ``weighted`` nearest experts a weighting may mix."""
+    for SG-LoRA, the nearest experts alone and mixed (module docstring)."""
     config = made.config
     mixed = {GENERATED: made.neighbours, NONE: []}
     out = Candidates({GENERATED: (config, made.weights)}, mixed, [], {}, None)
@@ -55,7 +53,7 @@ def candidates_for(generator: Generator, made: Generated, weighted: int = WEIGHT
     tau = float(generator.ckpt.hyper["tau"])
     query = np.asarray(made.embedding, dtype=np.float32)
     query = query / max(float(np.linalg.norm(query)), 1e-12)
-    found, sims = generator.neighbours(query, max(weighted, *MIXTURES))
+    found, sims = generator.neighbours(query, max(WEIGHTED, *MIXTURES))
     for e, s in list(zip(found, sims, strict=True))[:EXPERTS]:
         name = f"expert:{e.record.name}"
         out.adapters[name] = (config, layout.unflatten(e.weights))
@@ -74,9 +72,9 @@ def candidates_for(generator: Generator, made: Generated, weighted: int = WEIGHT
         ]
     out.experts = [
         Expert(e.record.name, layout.unflatten(e.weights), float(s))
-        for e, s in zip(found[:weighted], sims[:weighted], strict=True)
+        for e, s in zip(found[:WEIGHTED], sims[:WEIGHTED], strict=True)
     ]
-    out.by_name = {e.record.name: e for e in found[:weighted]}
+    out.by_name = {e.record.name: e for e in found[:WEIGHTED]}
     return out
 
 
@@ -89,8 +87,7 @@ def adapt_generated(
 ) -> Generated:
     """``made`` adapted to ``request.fewshot`` (the request must carry examples)."""
     assert request.fewshot is not None
-    linear = request.adapt.weighting and request.adapt.weighting_linear
-    found = candidates_for(generator, made, LINEAR_WEIGHTED if linear else WEIGHTED)
+    found = candidates_for(generator, made)
     result = adapt(
         generator.evaluator(),
         request.description,

@@ -14,7 +14,6 @@ from bench.fewshot_settings import (
     bootstrap,
     keep,
     parse_configs,
-    parse_weightings,
     report,
     stratified,
 )
@@ -69,27 +68,23 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     assert report({**data, "lorahub": True}).startswith("no complete")  # its cells missing
 
 
-def test_weighting_forms_are_named_once_and_alone_pair_with_the_first() -> None:
-    assert parse_weightings("softmax, linear") == ["softmax", "linear"]
-    assert parse_weightings("") == [] and parse_configs("", allow_none=True) == []
-    assert parse_weightings("softmax,") == ["softmax"]
-    for bad in ("cubic", "linear,linear"):
-        with pytest.raises(SystemExit, match="--weighting"):
-            parse_weightings(bad)
+def test_the_weighting_alone_is_the_reference_and_a_removed_form_is_left_out() -> None:
+    assert parse_configs("", allow_none=True) == []
     cells: dict[str, float] = {}
     for t in ("t0", "t1"):
         cells |= {f"{t}|-|bare": 0.5, f"{t}|-|nearest": 0.6, f"{t}|-|oracle": 0.9}
-        cells |= {f"{t}|0|selection": 0.6, f"{t}|0|weighting": 0.6}
-        cells |= {f"{t}|0|weighting linear": 0.7}
+        cells |= {f"{t}|0|selection": 0.7, f"{t}|0|weighting": 0.6}
+        cells |= {f"{t}|0|weighting linear": 0.7}  # a form since taken out
     data = {
         "cells": cells, "configs": [], "weighting": ["softmax", "linear"], "tasks": ["t0", "t1"],
         "draws": 1, "k": 16, "seed": 0, "families": {"t0": "a", "t1": "b"},
     }  # fmt: skip
     text = report(data)
-    assert "difference to weighting (95 % CI)" in text
-    row = next(line for line in text.splitlines() if line.startswith("| weighting linear |"))
+    assert "difference to weighting (95 % CI)" in text and "linear" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| selection |"))
     assert "+0.100 [+0.100, +0.100]" in row
-    assert "| weighting | weighting linear | oracle |" in text  # the per-task columns
+    assert "| selection | weighting | oracle |" in text  # the per-task columns
+    assert report({**data, "weighting": True}) == text
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_shrinks_to_it_without_spread() -> None:
