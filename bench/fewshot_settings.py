@@ -67,7 +67,7 @@ def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
         if out[-1][0] < 1 or not 0 < out[-1][1] < 1:
             raise SystemExit(f"--configs: steps must be >= 1 and 0 < lr < 1, got {part!r}")
     if not out and not allow_none:
-        raise SystemExit("--configs names no configuration")
+        raise SystemExit("--configs names no configuration: give one, or --weighting")
     return out
 
 

@@ -10,13 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.fewshot_settings import (
-    bootstrap,
-    keep,
-    parse_configs,
-    report,
-    stratified,
-)
+from bench.fewshot_settings import bootstrap, keep, parse_configs, report, stratified
 
 
 @dataclass(frozen=True)
@@ -70,6 +64,8 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
 
 def test_the_weighting_alone_is_the_reference_and_a_removed_form_is_left_out() -> None:
     assert parse_configs("", allow_none=True) == []
+    with pytest.raises(SystemExit, match="or --weighting"):
+        parse_configs("")
     cells: dict[str, float] = {}
     for t in ("t0", "t1"):
         cells |= {f"{t}|-|bare": 0.5, f"{t}|-|nearest": 0.6, f"{t}|-|oracle": 0.9}
