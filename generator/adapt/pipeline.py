@@ -15,9 +15,8 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    (``generator.adapt.refine``). It starts from the candidate with the best
    plain accuracy on the examples, the start its settings were chosen with
    (weighing the labels alike in the start and in refinement's losses lost on
-   training tasks; ``docs/experiments.md``); with ``balanced_start`` it starts
-   from the candidate with the best balanced accuracy, selection's own pick;
-   weighting and refinement report plain accuracy.
+   training tasks; ``docs/experiments.md``); weighting and refinement report
+   plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -64,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    balanced_start: bool = False  # refinement starts from the best balanced accuracy
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -190,7 +188,7 @@ def _train(
         }
     else:
         scored = known if known is not None else score_all(evaluator, description, part, candidates)
-        start = candidates[best(scored, balanced=config.balanced_start)]
+        start = candidates[best(scored, balanced=False)]
     if not config.refine_steps:
         return start, details
     refined = refine(

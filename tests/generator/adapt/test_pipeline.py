@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from generator.adapt.examples import FewShot
-from generator.adapt.pipeline import NONE, AdaptConfig, Expert, _train, adapt
+from generator.adapt.pipeline import NONE, AdaptConfig, Expert, adapt
 from generator.adapt.refine import refine
-from generator.adapt.scoring import Scores, score, score_all
+from generator.adapt.scoring import score, score_all
 from generator.adapt.weighting import fit_weights
 from generator.fit.config import GeneratorConfig
 from generator.fit.train import train_generator
@@ -24,7 +24,6 @@ from generator.sandbox import SandboxWorld
 from generator.serve.generate import generate_adapters
 from generator.serve.generator import Request
 from generator.tasks.evaluation import Evaluator
-from generator.tasks.task import Example
 from registry.errors import InvalidInput
 from registry.lora_spec import parse_weights
 
@@ -162,21 +161,3 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
 def test_adapt_config_names_the_setting_out_of_range(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=next(iter(bad))):
         AdaptConfig(**bad)
-
-
-def test_refinement_starts_from_plain_or_balanced_accuracy_as_configured() -> None:
-    """On a draw leaning to one label, plain accuracy picks the candidate leaning the same
-    way, balanced accuracy the one right on both labels (scores given, no model run)."""
-    gold = torch.tensor([0, 0, 0, 1])
-    known = {
-        "lean": Scores(torch.tensor([1.0, 1.0, 1.0, 0.0]), torch.zeros(4), gold),
-        "fair": Scores(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4), gold),
-    }
-    candidates: dict[str, Any] = {"lean": ({}, {"w": torch.ones(1)}), "fair": ({}, {})}
-    shots = FewShot(tuple(Example(str(i), "ab"[int(g)]) for i, g in enumerate(gold)), ("a", "b"))
-
-    def start(balanced: bool) -> Any:
-        config = AdaptConfig(balanced_start=balanced)
-        return _train(None, "d", shots, candidates, {}, [], config, known)[0]  # type: ignore[arg-type]
-
-    assert start(False) is candidates["lean"] and start(True) is candidates["fair"]
