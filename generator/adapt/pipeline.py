@@ -14,9 +14,9 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    further on the examples, early-stopped on a held-back share of them
    (``generator.adapt.refine``). It starts from the candidate with the best
    plain accuracy on the examples, the start its settings were chosen with
-   (weighing the labels alike in the start and in refinement's losses lost on
-   training tasks; ``docs/experiments.md``); weighting and refinement report
-   plain accuracy.
+   (weighing the labels alike, in the start alone or in the start and
+   refinement's losses, did not do better on training tasks;
+   ``docs/experiments.md``); weighting and refinement report plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
