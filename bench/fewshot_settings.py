@@ -11,10 +11,9 @@ generator's reach (``Generator.without``: the request sees the other experts
 only, as a new task would), ``--k`` examples are drawn from the task's
 training split (the draws ``loramint eval fewshot`` makes), and the served
 few-shot path (selection, then refinement with each ``STEPS:LR`` of
-``--configs``; ``STEPS:LR:balanced-loss`` weighs each label's examples
-alike in refinement's losses) makes an adapter that is scored on the task's
-test split. The bare model, the nearest remaining expert, selection alone and
-the task's own adapter (its oracle) are scored beside them; with ``--weighting``, so is the
+``--configs``) makes an adapter that is scored on the task's test split. The
+bare model, the nearest remaining expert, selection alone and the task's own
+adapter (its oracle) are scored beside them; with ``--weighting``, so is the
 served weighting of the nearest remaining experts; with ``--lorahub``, so is
 the LoraHub baseline of ``loramint eval fewshot`` (its search over the 20
 nearest remaining experts, on the same examples).
@@ -51,24 +50,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-Config = tuple[int, float, str]  # (steps, learning rate, option: "" or BALANCED_LOSS)
-BALANCED_LOSS = "balanced-loss"  # refinement weighs each label's examples alike
+Config = tuple[int, float]  # (steps, learning rate)
 
 
 def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
-    """ "20:1e-3,40:3e-3:balanced-loss" -> [(20, 0.001, ""), (40, 0.003, "balanced-loss")];
-    "" -> [] if ``allow_none``."""
+    """ "20:1e-3,40:3e-3" -> [(20, 0.001), (40, 0.003)]; "" -> [] if ``allow_none``."""
     out: list[Config] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         fields = part.split(":")
         try:
-            if len(fields) not in (2, 3) or fields[2:] not in ([], [BALANCED_LOSS]):
+            if len(fields) != 2:
                 raise ValueError(part)
-            out.append((int(fields[0]), float(fields[1]), "".join(fields[2:])))
+            out.append((int(fields[0]), float(fields[1])))
         except ValueError:
-            raise SystemExit(
-                f"--configs takes STEPS:LR or STEPS:LR:{BALANCED_LOSS}, got {part!r}"
-            ) from None
+            raise SystemExit(f"--configs takes STEPS:LR, got {part!r}") from None
         if out[-1][0] < 1 or not 0 < out[-1][1] < 1:
             raise SystemExit(f"--configs: steps must be >= 1 and 0 < lr < 1, got {part!r}")
     if not out and not allow_none:
@@ -77,7 +72,7 @@ def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
 
 
 def label(config: Config) -> str:
-    return f"refine {config[0]}:{config[1]:g}" + (" balanced loss" if config[2] else "")
+    return f"refine {config[0]}:{config[1]:g}"
 
 
 def stratified(tasks: list[Any], count: int, seed: int) -> list[Any]:
@@ -109,14 +104,10 @@ def bootstrap(diffs: np.ndarray, seed: int, n: int = 4000) -> tuple[float, float
 
 def report(data: dict[str, Any]) -> str:
     cells: dict[str, float] = data["cells"]
-    # any other truthy third field is an option since taken out (refit, bags, a pull,
-    # or-lorahub, balanced, choose, b-only, balanced-start): files made with one report
+    # a truthy third field is an option since taken out (refit, bags, a pull, or-lorahub,
+    # balanced, choose, b-only, balanced-start, balanced-loss): files made with one report
     # their other configurations
-    configs = [
-        (int(c[0]), float(c[1]), str(c[2] or "") if c[2:] else "")
-        for c in data["configs"]
-        if not c[2:] or not c[2] or c[2] == BALANCED_LOSS
-    ]
+    configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     hub = ["lorahub"] if data.get("lorahub") else []
     # a file from the study of free weights (docs/experiments.md, 2026-12-07) also
@@ -316,7 +307,6 @@ def main() -> None:
                     runs[label(c)] = AdaptConfig(
                         refine_steps=c[0],
                         refine_lr=c[1],
-                        balance_loss=bool(c[2]),
                         estimate=False,
                         seed=args.seed,
                     )

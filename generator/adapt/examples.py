@@ -11,7 +11,6 @@ labels, and every output must be one of them.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,14 +79,6 @@ class FewShot:
 
     def subset(self, indices: Sequence[int]) -> FewShot:
         return FewShot(tuple(self.examples[i] for i in indices), self.labels)
-
-    def label_weights(self) -> list[float]:
-        """Each example's weight so that every label weighs the same in a weighted mean
-        (the weights average 1); free-form outputs: all 1."""
-        if not self.labels:
-            return [1.0] * len(self.examples)
-        counts = Counter(e.output for e in self.examples)
-        return [len(self.examples) / (len(counts) * counts[e.output]) for e in self.examples]
 
     def folds(self, count: int, seed: int = 0) -> list[list[int]]:
         """``count`` folds of example indices (fewer when there are fewer examples), each

@@ -14,11 +14,9 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    further on the examples, early-stopped on a held-back share of them
    (``generator.adapt.refine``). It starts from the candidate with the best
    plain accuracy on the examples, the start its settings were chosen with
-   (weighing the labels alike, in the start alone or in the start and
-   refinement's losses, did not do better on training tasks;
-   ``docs/experiments.md``); with ``balance_loss`` each label's examples weigh
-   alike in refinement's training and held-back losses. Weighting and
-   refinement report plain accuracy.
+   (weighing the labels alike, in the start, in refinement's losses or in
+   both, did not do better on training tasks;
+   ``docs/experiments.md``); weighting and refinement report plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -65,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    balance_loss: bool = False  # refinement weighs each label's examples alike
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -196,7 +193,7 @@ def _train(
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, seed=config.seed, balance=config.balance_loss,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

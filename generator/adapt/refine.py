@@ -65,12 +65,10 @@ def refine(
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
-    balance: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Refined:
     """Train ``start`` (None: a fresh LoRA of ``template``) on ``fewshot``, early-stopped
-    on a held-back share of it; with ``balance``, each label's examples weigh as much in
-    the training and the held-back loss as another's."""
+    on a held-back share of it."""
     if steps < 1:
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
@@ -80,21 +78,16 @@ def refine(
     train = [i for fold in folds[1:] for i in fold]
     config = train_config(template, steps, lr, min(16, len(train)), seed)
     initial = None if start is None else start[1]
-    trains, held = fewshot.subset(train), fewshot.subset(val)
     result = train_lora(
         evaluator.model,
         evaluator.format,
         description,
-        trains.examples,
+        fewshot.subset(train).examples,
         config,
         on_step=on_step,
         initial=initial,
-        early_stop=EarlyStop(
-            held.examples, every=every, patience=patience,
-            weights=held.label_weights() if balance else None,
-        ),
-        weights=trains.label_weights() if balance else None,
-    )  # fmt: skip
+        early_stop=EarlyStop(fewshot.subset(val).examples, every=every, patience=patience),
+    )
     return Refined(
         adapter=(dict(template), result.weights),
         best_step=int(result.extra["best_step"]),

@@ -125,35 +125,27 @@ def lora_state(peft_model: Any) -> Tensors:
 class Encoded:
     prompt: list[int]
     answer: list[int]
-    weight: float = 1.0  # of its answer tokens in the loss
 
     def __len__(self) -> int:
         return len(self.prompt) + len(self.answer)
 
 
 def encode(
-    fmt: PromptFormat,
-    description: str,
-    examples: Sequence[Example],
-    max_prompt: int,
-    weights: Sequence[float] | None = None,
+    fmt: PromptFormat, description: str, examples: Sequence[Example], max_prompt: int
 ) -> list[Encoded]:
-    if weights is not None and len(weights) != len(examples):
-        raise InvalidInput(f"{len(weights)} weights for {len(examples)} examples")
     out = []
-    for i, e in enumerate(examples):
+    for e in examples:
         prompt = fmt.prompt_ids(description, e.input)
         if len(prompt) > max_prompt:
             # keep the template's head and the generation prompt at the end
             prompt = prompt[: max_prompt // 2] + prompt[-(max_prompt - max_prompt // 2) :]
-        weight = 1.0 if weights is None else float(weights[i])
-        out.append(Encoded(prompt, fmt.answer_ids(e.output), weight))
+        out.append(Encoded(prompt, fmt.answer_ids(e.output)))
     return out
 
 
 def split_prefix(data: list[Encoded]) -> tuple[list[int], list[Encoded]]:
     n = shared_prefix([d.prompt for d in data])
-    return data[0].prompt[:n], [Encoded(d.prompt[n:], d.answer, d.weight) for d in data]
+    return data[0].prompt[:n], [Encoded(d.prompt[n:], d.answer) for d in data]
 
 
 def forward_with_prefix(
@@ -245,7 +237,6 @@ class EarlyStop:
     examples: Sequence[Example]
     every: int = 2
     patience: int = 3
-    weights: Sequence[float] | None = None  # of each example in the loss (None: all 1)
 
     def __post_init__(self) -> None:
         if not self.examples:
@@ -264,17 +255,16 @@ def train_lora(
     on_step: Callable[[int, float], None] | None = None,
     initial: Tensors | None = None,
     early_stop: EarlyStop | None = None,
-    weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train one LoRA on ``examples`` (loss on the answer tokens only) and return its weights
     with the late-trajectory statistics; from ``initial`` weights (PEFT names) when given,
-    else from the layout's shared A and a zero B; ``weights``: each example's weight in the
-    loss (None: all 1). ``model`` is left as it was (the LoRA is removed)."""
+    else from the layout's shared A and a zero B. ``model`` is left as it was (the LoRA is
+    removed)."""
     if not examples:
         raise InvalidInput("no training examples")
     return train_multitask(
         model, fmt, [(description, examples)], config, on_step=on_step, initial=initial,
-        early_stop=early_stop, weights=weights,
+        early_stop=early_stop,
     )  # fmt: skip
 
 
@@ -287,7 +277,6 @@ def train_multitask(
     on_step: Callable[[int, float], None] | None = None,
     initial: Tensors | None = None,
     early_stop: EarlyStop | None = None,
-    weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train one LoRA on several tasks, each (description, examples): every batch comes
     from one task (its shared prompt prefix runs once) and the tasks take turns in a
@@ -298,12 +287,8 @@ def train_multitask(
         raise InvalidInput("no training examples")
     if early_stop is not None and len(groups) != 1:
         raise InvalidInput("early stopping validates one task")
-    if weights is not None and len(tasks) != 1:
-        raise InvalidInput("example weights are for one task")
     pad_id = pad_id_of(fmt)
-    encoded = [
-        split_prefix(encode(fmt, d, ex, config.max_prompt_tokens, weights)) for d, ex in groups
-    ]
+    encoded = [split_prefix(encode(fmt, d, ex, config.max_prompt_tokens)) for d, ex in groups]
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     queues: list[list[list[Encoded]]] = [[] for _ in encoded]
@@ -320,12 +305,7 @@ def train_multitask(
 
     validate = None
     if early_stop is not None:
-        val = split_prefix(
-            encode(
-                fmt, groups[0][0], early_stop.examples, config.max_prompt_tokens,
-                early_stop.weights,
-            )
-        )  # fmt: skip
+        val = split_prefix(encode(fmt, groups[0][0], early_stop.examples, config.max_prompt_tokens))
         validate = _validator(val, config.batch_size, pad_id)
     peft_model = attach_lora(model, config)
     try:
@@ -393,12 +373,7 @@ def _train(
         K = targets.shape[1] + 1
         # (B, K-1, V): each logit predicts the next column's token
         logits = forward_with_prefix(peft_model, prefix, ids, mask, pos, K)[:, :-1]
-        picked, gold = logits[tgt_mask].float(), targets[tgt_mask]
-        if all(x.weight == 1.0 for x in batch):
-            loss = F.cross_entropy(picked, gold)
-        else:
-            total, weight = _weighted(picked, gold, batch, tgt_mask)
-            loss = total / weight
+        loss = F.cross_entropy(logits[tgt_mask].float(), targets[tgt_mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -452,31 +427,19 @@ def _validator(
     def loss(model: Any) -> float:
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0.0
+        total, count = 0.0, 0
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             ids, mask, pos, targets, tgt_mask = collate(batch, pad_id, model_device(model))
             logits = forward_with_prefix(model, prefix, ids, mask, pos, targets.shape[1] + 1)
             picked = logits[:, :-1][tgt_mask].float()
-            part, weight = _weighted(picked, targets[tgt_mask], batch, tgt_mask)
-            total, count = total + float(part), count + weight
+            total += float(F.cross_entropy(picked, targets[tgt_mask], reduction="sum"))
+            count += int(tgt_mask.sum())
         if was_training:
             model.train()
         return total / max(1, count)
 
     return loss
-
-
-def _weighted(
-    logits: torch.Tensor, targets: torch.Tensor, batch: Sequence[Encoded], tgt_mask: torch.Tensor
-) -> tuple[torch.Tensor, float]:
-    """(sum, weight) of the answer tokens' cross-entropy (``tgt_mask`` picked ``logits``
-    and ``targets``), each token weighted by its example's weight."""
-    if all(x.weight == 1.0 for x in batch):
-        return F.cross_entropy(logits, targets, reduction="sum"), float(len(targets))
-    rows = torch.tensor([x.weight for x in batch], device=logits.device)
-    token = rows[:, None].expand(tgt_mask.shape)[tgt_mask]
-    return (F.cross_entropy(logits, targets, reduction="none") * token).sum(), float(token.sum())
 
 
 def peft_config_dict(peft_model: Any) -> dict[str, Any]:

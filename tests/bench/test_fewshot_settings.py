@@ -29,8 +29,7 @@ def test_the_sample_takes_every_family_before_a_second_task_of_one() -> None:
 
 
 def test_configs_are_steps_and_rates_and_bad_ones_stop_the_run() -> None:
-    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3, ""), (40, 3e-3, "")]
-    assert parse_configs("20:1e-3:balanced-loss") == [(20, 1e-3, "balanced-loss")]
+    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3), (40, 3e-3)]
     for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:refit"):
         with pytest.raises(SystemExit):
             parse_configs(bad)
@@ -55,13 +54,6 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     # a file from when refinement could refit reports its other configurations
     old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
     assert old == text
-    # refinement with each label weighed alike is a configuration of its own
-    loss = {f"{t}|0|refine 20:0.001 balanced loss": 0.75 for t in ("t0", "t1", "t2")}
-    both = report(
-        {**data, "cells": cells | loss, "configs": [[20, 1e-3, ""], [20, 1e-3, "balanced-loss"]]}
-    )
-    row = next(line for line in both.splitlines() if line.startswith("| refine 20:0.001 balanced"))
-    assert "+0.050 [+0.050, +0.050]" in row and "40:0.003" not in both
     # with the LoraHub baseline, its row is paired with the first configuration too
     hub = {f"{t}|0|lorahub": 0.65 for t in ("t0", "t1", "t2")}
     text = report({**data, "cells": cells | hub, "lorahub": True})

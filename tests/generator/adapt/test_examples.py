@@ -20,17 +20,6 @@ def test_repeated_outputs_are_a_label_set_and_distinct_ones_free_form() -> None:
     assert given.labels == ("y", "x", "z")  # an explicit label set, unseen labels included
 
 
-def test_label_weights_give_every_label_the_same_weight() -> None:
-    shots = FewShot.parse([(f"t{i}", "yes" if i % 4 else "no") for i in range(8)])
-    weights = shots.label_weights()  # six yes, two no
-    assert sum(weights) == pytest.approx(8)
-    by_label = {o: sum(w for w, e in zip(weights, shots.examples, strict=True) if e.output == o)
-                for o in ("yes", "no")}  # fmt: skip
-    assert by_label == pytest.approx({"yes": 4.0, "no": 4.0})
-    free = FewShot.parse([("a", "one"), ("b", "two")])
-    assert free.label_weights() == [1.0, 1.0]
-
-
 def test_folds_share_out_every_label() -> None:
     shots = FewShot.parse([(f"t{i}", "yes" if i % 4 else "no") for i in range(16)])
     folds = shots.folds(4, seed=1)

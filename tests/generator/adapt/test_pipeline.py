@@ -161,21 +161,3 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
 def test_adapt_config_names_the_setting_out_of_range(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=next(iter(bad))):
         AdaptConfig(**bad)
-
-
-def test_refinement_with_balanced_loss_keeps_its_start_and_differs(world: SandboxWorld) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    start = oracle_weights(world.registry, world.base, moon)
-    shots = FewShot(tuple(moon.train[:9]), moon.labels)  # 9 examples: the labels uneven
-    assert len(set(shots.label_weights())) > 1
-
-    def run(balance: bool) -> Any:
-        config = AdaptConfig(refine_steps=4, balance_loss=balance, estimate=False)
-        return adapt(
-            evaluator, moon.description, shots, {"s": start}, dict(start[0]), config=config
-        )
-
-    plain, balanced = run(False), run(True)
-    assert plain.selection.chosen == balanced.selection.chosen  # the same start
-    assert plain.report["refine"]["val_losses"] != balanced.report["refine"]["val_losses"]

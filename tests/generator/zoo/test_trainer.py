@@ -14,7 +14,6 @@ from generator.tasks.evaluation import load_base
 from generator.tasks.prompting import PromptFormat
 from generator.tasks.task import Example
 from generator.zoo.trainer import (
-    EarlyStop,
     TrainConfig,
     attach_lora,
     batches,
@@ -161,35 +160,6 @@ def test_training_learns_is_deterministic_and_keeps_the_trajectory(base: Base) -
     assert all((v >= 0).all() for v in a.var.values())
     assert a.tokens > 0 and a.tokens_per_second > 0
     assert sorted(a.peft_config["target_modules"]) == ["q_proj", "v_proj"]
-
-
-def test_example_weights_act_as_copies_of_the_examples(base: Base) -> None:
-    """A weight of 2 trains (and validates) as two copies of the example would; weights
-    of 1 change nothing at all."""
-    model, fmt = base
-    data = examples(6, seed=3)
-    cfg = TrainConfig(rank=4, alpha=8, steps=4, batch_size=8, lr=3e-2, snapshots=1, seed=2)
-    plain = train_lora(model, fmt, DESCRIPTION, data, cfg)
-    ones = train_lora(model, fmt, DESCRIPTION, data, cfg, weights=[1.0] * 6)
-    assert all(torch.equal(plain.weights[k], ones.weights[k]) for k in plain.weights)
-    # full batches, so the order of examples within one does not matter
-    weighted = train_lora(model, fmt, DESCRIPTION, data, cfg, weights=[2.0] + [1.0] * 5)
-    copied = train_lora(model, fmt, DESCRIPTION, [data[0], *data], cfg)
-    assert weighted.losses == pytest.approx(copied.losses, rel=1e-5)
-    assert all(torch.allclose(weighted.weights[k], copied.weights[k], atol=1e-6)
-               for k in weighted.weights)  # fmt: skip
-    assert any(not torch.equal(weighted.weights[k], plain.weights[k]) for k in plain.weights)
-    # the held-back loss of early stopping weighs its examples the same way
-    val = examples(3, seed=4)
-    stop = EarlyStop([val[0], *val], every=2, patience=5)
-    weighted_stop = EarlyStop(val, every=2, patience=5, weights=[2.0, 1.0, 1.0])
-    a = train_lora(model, fmt, DESCRIPTION, data, cfg, early_stop=stop)
-    b = train_lora(model, fmt, DESCRIPTION, data, cfg, early_stop=weighted_stop)
-    assert [c[1] for c in a.extra["val_losses"]] == pytest.approx(
-        [c[1] for c in b.extra["val_losses"]], rel=1e-5
-    )
-    with pytest.raises(InvalidInput, match="2 weights for 6 examples"):
-        train_lora(model, fmt, DESCRIPTION, data, cfg, weights=[1.0, 2.0])
 
 
 def test_one_lora_learns_several_tasks_from_their_descriptions(base: Base) -> None:
