@@ -15,8 +15,8 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    (``generator.adapt.refine``). It starts from the candidate with the best
    plain accuracy on the examples, the start its settings were chosen with
    (weighing the labels alike, in the start, in refinement's losses or in
-   both, did not do better on training tasks;
-   ``docs/experiments.md``); weighting and refinement report plain accuracy.
+   both, did not do better on training tasks; ``docs/experiments.md``);
+   weighting and refinement report plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
