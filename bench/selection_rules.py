@@ -67,9 +67,6 @@ RULES: dict[str, Rule] = {
     "each label's accuracy, then log-likelihood": each_label,
 }
 SERVED = "each label's accuracy, then log-likelihood"  # generator.adapt.selection.best's
-# the served rule, keeping the nearest expert unless the pick leads it by z standard errors
-# (AdaptConfig.keep_nearest_z; scored through generator.adapt.selection.best itself)
-KEEP_NEAREST_Z = (1.0, 2.0)
 
 
 def served(task: dict[str, Any]) -> list[str]:
@@ -96,42 +93,14 @@ def choose(task: dict[str, Any], idx: np.ndarray, rule: Rule, names: list[str]) 
     return max(names, key=lambda n: (*keys[n], -names.index(n)))
 
 
-def keeping_nearest(task: dict[str, Any], z: float) -> Callable[[np.ndarray], str]:
-    """The served selection (``generator.adapt.selection.best``) keeping the task's nearest
-    expert unless the pick leads it by ``z`` standard errors, on pool examples ``idx``."""
-    import torch
-
-    from generator.adapt.scoring import Scores
-    from generator.adapt.selection import best
-
-    gold = torch.tensor(task["pool_gold"])
-    scored = {
-        n: Scores(
-            torch.tensor(task["candidates"][n]["pool_right"], dtype=torch.float),
-            torch.tensor(task["candidates"][n]["pool_logp"], dtype=torch.float),
-            gold,
-        )
-        for n in served(task)
-    }
-    return lambda idx: best(scored, idx.tolist(), default=task["nearest"], z=z)
-
-
 def expected(
     task: dict[str, Any], rule: Rule, k: int, draws: int, seed: int, names: list[str]
 ) -> float:
     """The mean test accuracy of the rule's pick among ``names`` over ``draws`` draws of
     ``k`` pool examples (the same draws for every rule and set)."""
-    return mean_test(task, lambda idx: choose(task, idx, rule, names), k, draws, seed)
-
-
-def mean_test(
-    task: dict[str, Any], pick: Callable[[np.ndarray], str], k: int, draws: int, seed: int
-) -> float:
-    """The mean test accuracy of ``pick``'s candidate over ``draws`` draws of ``k`` pool
-    examples (the same draws for every chooser)."""
     rng = np.random.default_rng([seed, *task["name"].encode()])
     n = len(task["candidates"]["none"]["pool_right"])
-    picks = [pick(rng.choice(n, size=k, replace=False)) for _ in range(draws)]
+    picks = [choose(task, rng.choice(n, size=k, replace=False), rule, names) for _ in range(draws)]
     return float(np.mean([task["candidates"][p]["test"] for p in picks]))
 
 
@@ -149,10 +118,6 @@ def report(data: dict[str, Any], k: int, draws: int) -> str:
     for name, rule in RULES.items():
         cols[f"selection by {name}"] = np.array(
             [expected(t, rule, k, draws, seed, served(t)) for t in tasks]
-        )
-    for z in KEEP_NEAREST_Z:
-        cols[f"selection by {SERVED}, keeping the nearest expert below a lead of z = {z:g}"] = (
-            np.array([mean_test(t, keeping_nearest(t, z), k, draws, seed) for t in tasks])
         )
     extra = {len(t.get("extra", [])) for t in tasks}
     if len(extra) == 1 and extra != {0}:

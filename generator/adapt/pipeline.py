@@ -6,8 +6,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    the examples, all of them in the same batched passes; the best by balanced
    accuracy (the mean of each label's accuracy) is chosen, so a draw of
    examples that holds more of one label does not favour a candidate leaning
-   to it (``generator.adapt.selection``). With ``keep_nearest_z``, the nearest
-   expert stays unless another candidate beats it clearly on the examples.
+   to it (``generator.adapt.selection``).
 2. Weighting (optional): the mixture weights of the nearest experts are fitted
    on the examples (``generator.adapt.weighting``); the result replaces the
    selected adapter.
@@ -28,7 +27,6 @@ runs; the evaluation harness, which scores on a test split, does).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    keep_nearest_z: float | None = None  # selection keeps the nearest expert below this lead
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -75,9 +72,6 @@ class AdaptConfig:
             raise InvalidInput(f"refine_steps must be in [0, 10000], got {self.refine_steps}")
         if not 1 <= self.weighting_steps <= 10_000:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
-        z = self.keep_nearest_z
-        if z is not None and not (math.isfinite(z) and z >= 0):
-            raise InvalidInput(f"keep_nearest_z must be a number >= 0, got {z}")
         if not 1 <= self.folds <= 64:
             raise InvalidInput(f"folds must be in [1, 64], got {self.folds}")
 
@@ -119,7 +113,7 @@ def adapt(
     # weighting and refinement are measured in plain accuracy, refinement starting from
     # its pick (module docstring); selection alone in balanced accuracy
     balanced = fewshot.is_classification and not config.trains
-    selection = select(scored, folds, balanced=balanced, default=nearest, z=config.keep_nearest_z)
+    selection = select(scored, folds, balanced=balanced)
     seconds = {"selection": round(time.perf_counter() - t0, 2)}
     adapter, method = candidates[selection.chosen], "selection"
     estimate: float | None = selection.estimate

@@ -17,21 +17,12 @@ draw of 16 examples often does not, and plain accuracy then favours a
 candidate leaning to the commoner label; on training tasks the balanced score
 picks better (``docs/experiments.md``). Scores and estimate are then balanced
 accuracy too; ``balanced=False`` gives plain accuracy throughout.
-
-With a ``default`` candidate and a threshold ``z`` (``AdaptConfig.keep_nearest_z``:
-the nearest expert, the best guess from the description alone), the best
-candidate replaces the default only if it beats it clearly on the examples:
-its summed per-example advantage (each example weighed by one over its
-label's count when balanced) is at least ``z`` standard errors of that sum, a
-paired sign test. Ties and narrow leads keep the default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
 
 from generator.adapt.scoring import Scores
 from registry.errors import InvalidInput
@@ -49,44 +40,12 @@ class Selection:
 
 
 def best(
-    scored: dict[str, Scores],
-    idx: Sequence[int] | None = None,
-    *,
-    balanced: bool = True,
-    default: str | None = None,
-    z: float | None = None,
+    scored: dict[str, Scores], idx: Sequence[int] | None = None, *, balanced: bool = True
 ) -> str:
     """The candidate with the highest (score, margin) on ``idx``, each the mean of the
     labels' own means (``balanced=False``: over the examples); ties go to the one listed
-    first. With ``default`` and ``z``, the default unless that candidate beats it
-    clearly (module docstring)."""
-    pick = top({c: s.mean(idx, balanced=balanced) for c, s in scored.items()})
-    if default is None or z is None or pick == default or default not in scored:
-        return pick
-    return pick if beats(scored[pick], scored[default], idx, z, balanced=balanced) else default
-
-
-def beats(
-    challenger: Scores,
-    incumbent: Scores,
-    idx: Sequence[int] | None,
-    z: float,
-    *,
-    balanced: bool = True,
-) -> bool:
-    """Whether ``challenger``'s summed advantage over ``incumbent`` on ``idx`` (accuracy;
-    free-form: answer log-likelihood) is positive and at least ``z`` standard errors,
-    each example weighed by one over its label's count when ``balanced``."""
-    ours, theirs = (
-        (s.margin if s.right is None else s.right).double() for s in (challenger, incumbent)
-    )
-    rows = torch.arange(len(ours)) if idx is None else torch.tensor(list(idx), dtype=torch.long)
-    diff = ours[rows] - theirs[rows]
-    gold = challenger.gold
-    if balanced and challenger.right is not None and gold is not None:
-        diff = diff / torch.bincount(gold[rows])[gold[rows]].double()
-    total = float(diff.sum())
-    return total > 0 and total >= z * float(diff.pow(2).sum().sqrt())
+    first."""
+    return top({c: s.mean(idx, balanced=balanced) for c, s in scored.items()})
 
 
 def top(means: dict[str, tuple[float, float]]) -> str:
@@ -96,22 +55,17 @@ def top(means: dict[str, tuple[float, float]]) -> str:
 
 
 def select(
-    scored: dict[str, Scores],
-    folds: Sequence[Sequence[int]],
-    *,
-    balanced: bool = True,
-    default: str | None = None,
-    z: float | None = None,
+    scored: dict[str, Scores], folds: Sequence[Sequence[int]], *, balanced: bool = True
 ) -> Selection:
-    """The best candidate over all examples (``best``), with the nested-CV estimate of
-    picking so. ``folds`` partition the example indices (one fold: no estimate is
-    possible, and the chosen candidate's own score stands in, flagged by ``folds == 1``).
-    The estimate scores each example with the pick made without its fold."""
+    """The best candidate over all examples, with the nested-CV estimate of picking so.
+    ``folds`` partition the example indices (one fold: no estimate is possible, and the
+    chosen candidate's own score stands in, flagged by ``folds == 1``). The estimate
+    scores each example with the pick made without its fold."""
     if not scored:
         raise InvalidInput("no candidate adapters to choose from")
     everyone = sorted(i for fold in folds for i in fold)
     means = {c: s.mean(everyone, balanced=balanced) for c, s in scored.items()}
-    chosen = best(scored, everyone, balanced=balanced, default=default, z=z)
+    chosen = top(means)
     estimate = means[chosen][0]
     if len(folds) > 1:
         first = scored[chosen]
@@ -119,7 +73,7 @@ def select(
         margin = first.margin.clone()
         for f, fold in enumerate(folds):
             rest = [i for g, other in enumerate(folds) if g != f for i in other]
-            pick = scored[best(scored, rest, balanced=balanced, default=default, z=z)]
+            pick = scored[best(scored, rest, balanced=balanced)]
             if right is not None and pick.right is not None:
                 right[fold] = pick.right[fold]
             margin[fold] = pick.margin[fold]

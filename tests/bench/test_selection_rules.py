@@ -9,18 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.selection_rules import (
-    KEEP_NEAREST_Z,
-    RULES,
-    SERVED,
-    choose,
-    expected,
-    keeping_nearest,
-    mean_test,
-    report,
-    served,
-    wider,
-)
+from bench.selection_rules import RULES, SERVED, choose, expected, report, served, wider
 from generator.adapt.scoring import Scores
 from generator.adapt.selection import best
 
@@ -157,26 +146,3 @@ def test_the_served_rule_is_the_one_the_service_chooses_by() -> None:
         assert choose(t, idx, RULES[SERVED], names) == best(scored, idx.tolist())
         plain = RULES["accuracy, then log-likelihood"]
         assert choose(t, idx, plain, names) == best(scored, idx.tolist(), balanced=False)
-
-
-def test_keeping_the_nearest_expert_asks_the_pick_for_a_clear_lead() -> None:
-    """'hedge' and 'expert:a' (the nearest) each get 3 of 4 right, hedge with the better
-    log-likelihood: the served rule picks hedge, but with no lead the nearest stays; on
-    example 3 alone hedge leads by one win, one standard error."""
-    t = task()
-    t["candidates"]["hedge"]["pool_right"] = [1, 1, 0, 1]
-    t["candidates"]["expert:a"]["pool_right"] = [1, 1, 1, 0]
-    t["candidates"]["hedge"]["pool_logp"] = [math.log(0.9)] * 4
-    assert choose(t, np.arange(4), RULES[SERVED], ALL) == "hedge"
-    assert keeping_nearest(t, 1.0)(np.arange(4)) == "expert:a"  # a tie: no lead at all
-    assert keeping_nearest(t, 1.0)(np.array([3])) == "hedge"  # one win, one error
-    assert keeping_nearest(t, 2.0)(np.array([3])) == "expert:a"
-    data = {"tasks": {"a": t}, "pool": 4, "seed": 0, "held_out": False}
-    text = report(data, 4, 2)
-    rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")}
-    for z in KEEP_NEAREST_Z:
-        assert (
-            f"selection by {SERVED}, keeping the nearest expert below a lead of z = {z:g}" in rows
-        )
-    draws = mean_test(t, keeping_nearest(t, 2.0), k=2, draws=50, seed=0)
-    assert draws == pytest.approx(0.8)  # one example never gives a lead of 2 errors

@@ -77,28 +77,3 @@ def test_free_form_scores_compare_by_answer_likelihood() -> None:
         "b": Scores(None, torch.tensor([-0.5, -3.0])),
     }
     assert best(scored) == "a" and select(scored, [[0], [1]]).scores == {"a": -1.5, "b": -1.75}
-
-
-def test_the_nearest_expert_stays_unless_another_candidate_beats_it_clearly() -> None:
-    gold = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    scored = {
-        "generated": Scores(torch.tensor([1.0, 1, 1, 1, 1, 1, 1, 0]), torch.zeros(8), gold),
-        "nearest": Scores(torch.tensor([1.0, 1, 1, 0, 1, 1, 0, 0]), torch.zeros(8), gold),
-    }
-    assert best(scored) == "generated"  # 7/8 against 5/8
-    # two wins, no loss, each weighed 1/4: a lead of 0.5 against a standard error of
-    # sqrt(2/16) = 0.354, 1.41 standard errors
-    assert best(scored, default="nearest", z=1.0) == "generated"
-    assert best(scored, default="nearest", z=2.0) == "nearest"
-    assert best(scored, default="generated", z=2.0) == "generated"  # the default leads
-    # on examples where both are right alike, a tie keeps the default whatever z
-    assert best(scored, [0, 1, 4], default="nearest", z=0.0) == "nearest"
-    assert best(scored, default="absent", z=2.0) == "generated"  # no such candidate
-    chosen = select(scored, [[0, 1, 4, 5], [2, 3, 6, 7]], default="nearest", z=2.0)
-    assert chosen.chosen == "nearest" and chosen.scores["generated"] == 0.875
-    # free-form: the lead is in answer log-likelihood, example by example
-    free = {
-        "a": Scores(None, torch.tensor([-1.0, -1.0, -1.0, -1.0])),
-        "b": Scores(None, torch.tensor([-0.5, -0.4, -0.6, -1.2])),
-    }
-    assert best(free, default="a", z=1.0) == "b" and best(free, default="a", z=2.0) == "a"
