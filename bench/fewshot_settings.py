@@ -161,22 +161,20 @@ def report(data: dict[str, Any]) -> str:
 def keep(path: Path, data: dict[str, Any], key: str, accuracy: float) -> None:
     """Add a cell to the results file, merged with what other runs of the same binding
     (``--tasks`` parts side by side) kept there meanwhile: their cells, and their tasks
-    after ours. The file is locked while it is read and rewritten (atomically)."""
-    import fcntl
-
-    from registry.blobs import write_atomic
+    after ours (``update_atomic`` holds the file's lock from the read to the write)."""
+    from registry.blobs import update_atomic
 
     data["cells"][key] = accuracy
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            kept = json.loads(path.read_text())
-            if kept.get("binding") == data["binding"]:
-                data["cells"] = kept["cells"] | data["cells"]
-                data["tasks"] += [t for t in kept["tasks"] if t not in data["tasks"]]
-                data["families"] = kept["families"] | data["families"]
-        write_atomic(path, json.dumps(data, indent=1).encode())
+
+    def merged(before: bytes | None) -> bytes:
+        kept = json.loads(before) if before is not None else {}
+        if kept.get("binding") == data["binding"]:
+            data["cells"] = kept["cells"] | data["cells"]
+            data["tasks"] += [t for t in kept["tasks"] if t not in data["tasks"]]
+            data["families"] = kept["families"] | data["families"]
+        return json.dumps(data, indent=1).encode()
+
+    update_atomic(path, merged)
 
 
 def named(pool: list[Any], text: str, what: str) -> list[Any]:

@@ -77,6 +77,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def update_atomic(path: Path, change: Callable[[bytes | None], bytes]) -> None:
+    """Rewrite ``path`` (atomically) to ``change(its bytes)``, ``None`` when it does not
+    exist yet, holding an exclusive lock on ``<path>.lock`` from the read to the write:
+    processes updating the same file at once never lose each other's changes.
+    ``change`` may raise to leave the file as it is."""
+    import fcntl  # POSIX only
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_atomic(path, change(path.read_bytes() if path.exists() else None))
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         dir_fd = os.open(directory, os.O_RDONLY)

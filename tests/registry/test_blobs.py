@@ -1,11 +1,14 @@
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from registry.blobs import LocalBlobStore, sha256_hex, write_atomic
+from registry.blobs import LocalBlobStore, sha256_hex, update_atomic, write_atomic
 from registry.errors import CorruptBlob, NotFound
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_put_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
@@ -50,6 +53,31 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path: Path) -> None
         write_atomic(target, object())  # type: ignore[arg-type]  # not bytes: the write fails
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]  # no temp file left
+
+
+def test_updates_from_processes_at_once_all_land(tmp_path: Path) -> None:
+    """Four processes each append 25 lines through ``update_atomic`` at the same time:
+    all 100 are there; a change that raises leaves the file as it was."""
+    path = tmp_path / "log.txt"
+    script = (
+        "import sys; from pathlib import Path; from registry.blobs import update_atomic\n"
+        "for i in range(25):\n"
+        "    update_atomic(Path(sys.argv[1]), lambda b: (b or b'') + f'{sys.argv[2]} {i}\\n'.encode())\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), str(p)], cwd=ROOT)
+        for p in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    lines = path.read_text().splitlines()
+    assert sorted(lines) == sorted(f"{p} {i}" for p in range(4) for i in range(25))
+
+    def refuse(_: bytes | None) -> bytes:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        update_atomic(path, refuse)
+    assert path.read_text().splitlines() == lines
 
 
 def test_a_retired_blob_is_purged_or_restored(tmp_path: Path) -> None:
