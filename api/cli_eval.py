@@ -292,32 +292,21 @@ def _part(text: str | None) -> tuple[int, int]:
 
 
 def _run_parts(args: list[str], workers: int) -> None:
-    """Run ``loramint eval fewshot ARGS --part I/N`` for every part side by side, each
-    with its share of the CPU threads; their progress goes to stderr as they go. A part
-    that fails stops the run, the cells scored so far kept for a rerun to resume."""
-    import os
-    import subprocess
-
-    import torch
-
+    """``loramint eval fewshot ARGS --part I/N`` for every part side by side, their
+    progress shown as it comes. A part that fails stops the run, the cells scored so
+    far kept for a rerun to resume."""
+    from api import side_by_side
     from registry.errors import LoramintError
 
-    threads = str(max(1, torch.get_num_threads() // workers))
-    env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    err.print(f"{workers} processes side by side, {threads} CPU thread(s) each")
-    command = [sys.executable, "-m", "api.cli", "eval", "fewshot", *args]
-    procs = [
-        subprocess.Popen([*command, "--part", f"{i}/{workers}"], env=env) for i in range(workers)
+    err.print(
+        f"{workers} processes side by side, {side_by_side.threads_each(workers)} CPU thread(s) each"
+    )
+    parts = [
+        (f"{i}/{workers}", ["eval", "fewshot", *args, "--part", f"{i}/{workers}"])
+        for i in range(workers)
     ]
-    try:
-        codes = [p.wait() for p in procs]
-    except BaseException:  # Ctrl-C: the parts stop too; what they scored is kept
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-        raise
-    failed = [f"{i}/{workers} (exit {c})" for i, c in enumerate(codes) if c != 0]
+    ended = side_by_side.run(parts, workers, capture=False)
+    failed = [f"{e.name} (exit {e.code})" for e in ended if e.code != 0]
     if failed:
         raise LoramintError(
             f"part(s) {', '.join(failed)} failed (see above); the cells scored so far are "
