@@ -293,8 +293,8 @@ def _part(text: str | None) -> tuple[int, int]:
 
 def _run_parts(args: list[str], workers: int) -> None:
     """``loramint eval fewshot ARGS --part I/N`` for every part side by side, their
-    progress shown as it comes. A part that fails stops the run, the cells scored so
-    far kept for a rerun to resume."""
+    progress shown as it comes. A part that fails ends the run in an error once the
+    others are done; every cell scored is kept for a rerun to resume."""
     from api import side_by_side
     from registry.errors import LoramintError
 
