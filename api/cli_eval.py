@@ -3,7 +3,6 @@ on the held-out tasks, from a description alone and with k labelled examples."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -163,16 +162,6 @@ def eval_fewshot(
     suite: SuiteOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws and the methods.")] = 0,
     device: DeviceOpt = "auto",
-    workers: Annotated[
-        int,
-        typer.Option(
-            help="Processes scoring side by side, each on its share of the cells and of "
-            "the CPU threads (on a GPU, all on the same device)."
-        ),
-    ] = 1,
-    part: Annotated[
-        str | None, typer.Option(hidden=True, help="I/N: score part I of N (for --workers).")
-    ] = None,
 ) -> None:
     """Few-shot quality on the held-out tasks: every method beside the bare model, the
     nearest expert, zero-shot SG-LoRA and the oracle, for each k over several draws of
@@ -180,11 +169,9 @@ def eval_fewshot(
     $LORAMINT_HOME/results/fewshot-<base>.json)."""
     from generator.quality.fewshot import (
         METHODS,
-        Cells,
         FewShotSettings,
         evaluate_fewshot,
         results_path,
-        summarise,
         write,
     )
     from generator.serve.generate import generator_for
@@ -196,11 +183,6 @@ def eval_fewshot(
     from registry.service import Registry
 
     resolve_device(device)  # a missing GPU is refused before anything else
-    if not 1 <= workers <= 64:
-        raise InvalidInput(f"--workers must be in [1, 64], got {workers}")
-    share = _part(part)
-    if part is not None and workers > 1:
-        raise InvalidInput("--part is given to the processes --workers starts, not with it")
     reg = Registry()
     s = open_suite(suite)
     if tasks:
@@ -235,80 +217,22 @@ def eval_fewshot(
     settings = FewShotSettings(
         ks=wanted, draws=draws, methods=chosen, refine_steps=refine_steps, seed=seed
     )
-    path = results_path(reg.settings.results_dir, base_model)
-    sg_rec = generator_for(reg, base_model, "sg-lora", generator_id)
-    if workers > 1:
+    with err.status("loading the base model and the generators..."):
+        evaluator = Evaluator.from_path(reg.base_model_path(base_model), device=device)
+        sg_rec = generator_for(reg, base_model, "sg-lora", generator_id)
+        sg = Generator.from_registry(reg, sg_rec, base=evaluator)
         try:
-            icm_id: int | None = generator_for(reg, base_model, "icm-lora").id
+            icm_rec = generator_for(reg, base_model, "icm-lora")
+            icm = Generator.from_registry(reg, icm_rec, base=evaluator)
         except GeneratorNotFound:
-            icm_id = None
-        made_by = {"sg-lora": sg_rec.id} | ({"icm-lora": icm_id} if icm_id is not None else {})
-        Cells(path, settings, made_by)  # a file of another run is refused before any start
-        pinned = ["--base-model", base_model, "--tasks", ",".join(t.name for t in selected),
-                  "--ks", ",".join(map(str, wanted)), "--draws", str(draws),
-                  "--methods", ",".join(chosen), "--refine-steps", str(refine_steps),
-                  "--generator", str(sg_rec.id), "--seed", str(seed), "--device", device,
-                  *(["--suite", str(suite)] if suite is not None else [])]  # fmt: skip
-        _run_parts(pinned, workers)
-        summary = summarise(json.loads(path.read_text())["cells"], selected, settings)
-    else:
-        # a part's spinner would garble the other parts' lines on the shared terminal
-        loading = err.status("loading the base model and the generators...")
-        with loading if share == (0, 1) else contextlib.nullcontext():
-            evaluator = Evaluator.from_path(reg.base_model_path(base_model), device=device)
-            sg = Generator.from_registry(reg, sg_rec, base=evaluator)
-            try:
-                icm_rec = generator_for(reg, base_model, "icm-lora")
-                icm = Generator.from_registry(reg, icm_rec, base=evaluator)
-            except GeneratorNotFound:
-                icm = None
-                err.print("no ICM-LoRA generator: its column is left out")
-        summary = evaluate_fewshot(
-            reg, evaluator, selected, base_model=base_model, sg=sg, icm=icm, settings=settings,
-            path=path, on_progress=lambda m: err.print(m), part=share,
-        )  # fmt: skip
-        if share != (0, 1):
-            err.print(f"part {share[0]}/{share[1]} done")
-            return  # the process that started the parts writes the tables
+            icm = None
+            err.print("no ICM-LoRA generator: its column is left out")
+    path = results_path(reg.settings.results_dir, base_model)
+    summary = evaluate_fewshot(
+        reg, evaluator, selected, base_model=base_model, sg=sg, icm=icm, settings=settings,
+        path=path, on_progress=lambda m: err.print(m),
+    )  # fmt: skip
     cells = json.loads(path.read_text())["cells"]
     write(summary, cells, selected, path)
     sys.stdout.write(path.with_suffix(".md").read_text())
     out.print(f"results: {path} (table {path.with_suffix('.md')}, plot {path.with_suffix('.png')})")
-
-
-def _part(text: str | None) -> tuple[int, int]:
-    """``--part I/N`` -> (I, N); None -> the whole run, (0, 1)."""
-    from registry.errors import InvalidInput
-
-    if text is None:
-        return 0, 1
-    try:
-        index, parts = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise InvalidInput(f"--part takes I/N, got {text!r}") from None
-    if not 0 <= index < parts:
-        raise InvalidInput(f"--part {text}: I must be in [0, N)")
-    return index, parts
-
-
-def _run_parts(args: list[str], workers: int) -> None:
-    """``loramint eval fewshot ARGS --part I/N`` for every part side by side, their
-    progress shown as it comes. A part that fails ends the run in an error once the
-    others are done; every cell scored is kept for a rerun to resume."""
-    from api import side_by_side
-    from registry.errors import LoramintError
-
-    err.print(
-        f"{workers} processes side by side, {side_by_side.threads_each(workers)} CPU thread(s) each"
-    )
-    parts = [
-        (f"{i}/{workers}", ["eval", "fewshot", *args, "--part", f"{i}/{workers}"])
-        for i in range(workers)
-    ]
-    ended = side_by_side.run(parts, workers, capture=False)
-    failed = [f"{e.name} (exit {e.code})" for e in ended if e.code != 0]
-    if failed:
-        raise LoramintError(
-            f"part(s) {', '.join(failed)} failed (see above); the cells scored so far are "
-            "kept: run the same command again to resume"
-        )

@@ -134,46 +134,6 @@ class ZooBars:
             bar.close()
 
 
-def _build_side_by_side(
-    reg: Any, selected: list[Any], base_model: str, options: list[str], workers: int
-) -> None:
-    """``loramint zoo build --tasks T OPTIONS`` for each task not yet registered,
-    ``workers`` at a time, a line printed as each ends. A failed task stops new ones
-    from starting; what was trained stays registered for a rerun to resume."""
-    from api import side_by_side
-    from generator.zoo.build import adapter_name
-    from registry.errors import LoramintError
-
-    name = reg.prepare_base_model(base_model, on_progress=lambda m: err.print(m)).name
-    todo = [t for t in selected if reg.find_adapter(name, adapter_name(t)) is None]
-    err.print(
-        f"{len(todo)} of {len(selected)} tasks to train, {workers} side by side, "
-        f"{side_by_side.threads_each(workers)} CPU thread(s) each"
-    )
-    done: list[str] = []
-
-    def ended(e: side_by_side.Ended) -> None:
-        if e.code == 0:
-            done.append(e.name)
-            err.print(f"{e.name}: trained ({len(done)}/{len(todo)})")
-        else:
-            tail = "\n".join(e.output.splitlines()[-15:])
-            err.print(f"{e.name}: failed (exit {e.code}):\n{tail}", markup=False)
-
-    commands = [(t.name, ["zoo", "build", "--tasks", t.name, *options]) for t in todo]
-    results = side_by_side.run(commands, workers, capture=True, on_end=ended)
-    failed = [e.name for e in results if e.code not in (0, None)]
-    out.print(
-        f"zoo for {name}: {len(selected)} tasks, {len(done)} trained now, "
-        f"{len(selected) - len(todo)} already registered"
-    )
-    if failed:
-        raise LoramintError(
-            f"training failed for {', '.join(failed)} (see above); the adapters trained are "
-            "registered: run the same command again to resume"
-        )
-
-
 @zoo_app.command("build")
 def zoo_build(
     tasks: Annotated[
@@ -192,26 +152,14 @@ def zoo_build(
         bool, typer.Option("--as-job", help="Queue it as a job for a worker instead.")
     ] = False,
     device: DeviceOpt = "auto",
-    workers: Annotated[
-        int,
-        typer.Option(
-            help="Tasks trained side by side, one process each with its share of the CPU "
-            "threads (on a GPU, all on the same device)."
-        ),
-    ] = 1,
 ) -> None:
     """Train and register one LoRA per task; resumable, skips adapters already registered."""
 
     from generator.tasks.device import check_device_name, resolve_device
     from generator.zoo.build import build_zoo, write_report
     from generator.zoo.trainer import TrainConfig
-    from registry.errors import InvalidInput
     from registry.service import Registry
 
-    if not 1 <= workers <= 64:
-        raise InvalidInput(f"--workers must be in [1, 64], got {workers}")
-    if as_job and workers > 1:
-        raise InvalidInput("--workers runs the build here; a job runs on one worker")
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, rank=rank, alpha=2.0 * rank)
     s = open_suite(suite)
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
@@ -229,13 +177,6 @@ def zoo_build(
         }  # fmt: skip
         job = reg.submit_job("build-zoo", params)
         out.print(f"zoo build job {job.id} queued ({len(selected)} tasks): run `loramint worker`")
-        return
-    if workers > 1:
-        options = ["--base-model", base_model, "--suite", str(s.root), "--steps", str(steps),
-                   "--batch-size", str(batch_size), "--lr", repr(lr), "--rank", str(rank),
-                   "--device", device, *(["--no-eval"] if no_eval else [])]  # fmt: skip
-        _build_side_by_side(reg, selected, base_model, options, workers)
-        out.print(f"report: {write_report(reg, base_model)}")
         return
     bars = ZooBars(steps)
 

@@ -29,7 +29,6 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,8 @@ class Cells:
     """The scored cells of one run, saved to ``path`` after every new one. ``made_by``
     names what else the figures depend on (the generators); a file made under other
     settings or generators is refused rather than mixed into. Each save merges in what
-    other processes of the same run (``evaluate_fewshot``'s ``part``) saved meanwhile."""
+    other runs of the same settings (other ks, draws, methods or tasks) saved into the
+    file meanwhile, so runs side by side do not overwrite each other's cells."""
 
     def __init__(
         self, path: Path, settings: FewShotSettings, made_by: dict[str, Any] | None = None
@@ -155,28 +155,14 @@ def evaluate_fewshot(
     settings: FewShotSettings,
     path: Path,
     on_progress: Callable[[str], None] | None = None,
-    part: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
-    """Score every missing cell into ``path``; returns the summary (``summarise``).
-
-    ``part=(i, n)`` scores only the cells that fall to part ``i`` of ``n`` (``assign``),
-    so that ``n`` processes, each given its part, score the whole run side by side into
-    the same file; the returned summary then covers what the file held when this part
-    ended."""
-    index, parts = part
-    if not 0 <= index < parts:
-        raise InvalidInput(f"part {index} of {parts} does not exist: parts count from 0")
+    """Score every missing cell into ``path``; returns the summary (``summarise``)."""
     made_by = {"sg-lora": sg.id} | ({"icm-lora": icm.id} if icm is not None else {})
     cells = Cells(path, settings, made_by)
-    methods = [m for m in settings.methods if m != "icm-examples" or icm is not None]
-    units: list[Unit] = [(t.name, None, None, m) for t in tasks for m in FIXED]
-    units += [
-        (t.name, k, i, m) for t in tasks for k in settings.ks for i in range(settings.draws)
-        for m in methods
-    ]  # fmt: skip
-    parts_of = assign(units, parts)
 
     def cell(key: str, make: Callable[[], Adapter | None], task: Task) -> None:
+        if cells.get(key) is not None:
+            return
         t0 = time.perf_counter()
         adapter = make()
         made = time.perf_counter() - t0
@@ -184,66 +170,28 @@ def evaluate_fewshot(
         if on_progress:
             on_progress(f"{key}: {cells.cells[key]['accuracy']:.3f} ({made:.1f} s)")
 
-    def todo(key: str) -> bool:
-        return cells.get(key) is None and parts_of[key] == index
-
     for task in tasks:
-        fixed_keys = {m: cells.key(task.name, None, None, m) for m in FIXED}
-        draws = {
-            (k, i, m): cells.key(task.name, k, i, m)
-            for k in settings.ks
-            for i in range(settings.draws)
-            for m in methods
-        }
-        if not any(map(todo, [*fixed_keys.values(), *draws.values()])):
-            continue
         query = _unit(registry.embedder.encode([task.description])[0])
         zero_shot = sg.generate([Request(task.description, seed=settings.seed)])[0]
         experts, _ = sg.neighbours(query, max(settings.lorahub_experts, 1))
         template = dict(zero_shot.config)
         nearest = (template, sg.ckpt.layout.unflatten(experts[0].weights))
-        fixed: dict[str, Callable[[], Adapter | None]] = {
-            "base": _const(None),
-            "nearest": _const(nearest),
-            "sg-lora": _const(_adapter(zero_shot)),
-            "oracle": partial(oracle_weights, registry, base_model, task),
-        }
-        for name, key in fixed_keys.items():
-            if todo(key):
-                cell(key, fixed[name], task)
+        oracle = oracle_weights(registry, base_model, task)
+        fixed = {"base": None, "nearest": nearest, "sg-lora": _adapter(zero_shot), "oracle": oracle}
+        for name, adapter in fixed.items():
+            cell(cells.key(task.name, None, None, name), _const(adapter), task)
         hub_experts = [sg.ckpt.layout.unflatten(e.weights) for e in experts]
         for k in settings.ks:
-            for i in range(settings.draws):
-                mine = [
-                    (m, c) for (dk, di, m), c in draws.items() if (dk, di) == (k, i) and todo(c)
-                ]
-                if not mine:
-                    continue
-                shots = draw(task, k, i, settings.seed)
+            for index in range(settings.draws):
+                shots = draw(task, k, index, settings.seed)
                 makers = method_makers(
                     evaluator, sg, icm, task, shots, zero_shot, template, hub_experts, settings
                 )
-                for method, key in mine:
-                    cell(key, makers[method], task)
+                for method in settings.methods:
+                    if method == "icm-examples" and icm is None:
+                        continue
+                    cell(cells.key(task.name, k, index, method), makers[method], task)
     return summarise(cells.cells, tasks, settings)
-
-
-Unit = tuple[str, int | None, int | None, str]  # (task, k, draw, method); fixed: k, draw None
-
-
-def assign(units: Sequence[Unit], parts: int) -> dict[str, int]:
-    """Each cell's part (of ``parts``): the cells of one method and k, whose costs are
-    alike, are dealt out in turn, so every part gets as many of each as the others,
-    give or take one."""
-    groups: dict[tuple[str, int | None], list[Unit]] = {}
-    for unit in units:
-        groups.setdefault((unit[3], unit[1]), []).append(unit)
-    out, turn = {}, 0
-    for members in groups.values():
-        for task, k, index, method in members:
-            out[Cells.key(task, k, index, method)] = turn % parts
-            turn += 1
-    return out
 
 
 def method_makers(

@@ -171,61 +171,26 @@ def test_eval_records_the_accuracy_the_adapter_page_and_card_show(world: Sandbox
     assert f"{rec.metrics['accuracy']:.3f}" in reg.model_card(target.id)
 
 
-def _eval_fewshot(world: SandboxWorld) -> tuple[list[str], dict[str, str], Path]:
-    """`loramint eval fewshot` on the sandbox (an SG-LoRA generator trained if none is),
-    its environment and its results file."""
-    settings: Settings = world.settings
-    reg: Registry = world.registry
-    if reg.latest_generator(world.base, "sg-lora") is None:
-        train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
-    cli = [sys.executable, "-m", "api.cli", "eval", "fewshot", "--base-model", world.base,
-           "--suite", str(world.suite.root)]  # fmt: skip
-    results = settings.home / "results" / f"fewshot-{world.base.replace('/', '_')}.json"
-    return cli, os.environ | settings.environment(), results
-
-
 def test_cli_eval_fewshot_writes_its_table_and_names_what_it_skipped(world: SandboxWorld) -> None:
     """`loramint eval fewshot` on the sandbox: the held-out task scored (one draw of two
     examples, selection only), its table printed and written beside the cells; without
     ``--tasks``, a held-out task whose oracle gains too little is skipped, saying so."""
-    base, env, results = _eval_fewshot(world)
-    cli = [*base, "--ks", "2", "--draws", "1", "--methods", "selection"]
+    settings: Settings = world.settings
+    reg: Registry = world.registry
+    if reg.latest_generator(world.base, "sg-lora") is None:
+        train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=10))
+    env = os.environ | settings.environment()
+    cli = [sys.executable, "-m", "api.cli", "eval", "fewshot", "--base-model", world.base,
+           "--suite", str(world.suite.root), "--ks", "2", "--draws", "1", "--methods", "selection"]  # fmt: skip
     run = subprocess.run(
         [*cli, "--tasks", "moon"], env=env, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stderr
     assert "**k = 2**" in run.stdout and "| selection |" in run.stdout
+    results = settings.home / "results" / f"fewshot-{world.base.replace('/', '_')}.json"
     assert results.with_suffix(".md").read_text() in run.stdout
     strict = subprocess.run(
         [*cli, "--min-gain", "2"], env=env, capture_output=True, text=True, timeout=600
     )
     assert strict.returncode != 0 and "skipped moon: oracle gain" in strict.stderr
     assert "no tasks to evaluate" in strict.stderr
-
-
-def test_cli_eval_fewshot_workers_score_the_run_side_by_side(world: SandboxWorld) -> None:
-    """`--workers 2`: two processes score their shares of the cells into the one file,
-    the starting process writes the table; a rerun in one process finds nothing left to
-    score; bad --workers or --part values are refused before anything runs."""
-    base, env, results = _eval_fewshot(world)
-    cli = [*base, "--ks", "3", "--draws", "2", "--tasks", "moon", "--methods", "selection,refine",
-           "--refine-steps", "2"]  # fmt: skip
-    results.unlink(missing_ok=True)  # a run with other settings may have left it
-    for bad, says in ((["--workers", "0"], "--workers must be"), (["--part", "2/2"], "--part 2/2")):
-        run = subprocess.run([*cli, *bad], env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 2 and says in run.stderr and not results.exists()
-    run = subprocess.run(
-        [*cli, "--workers", "2"], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert run.returncode == 0, run.stderr
-    assert "2 processes side by side" in run.stderr
-    assert "part 0/2 done" in run.stderr and "part 1/2 done" in run.stderr
-    cells = json.loads(results.read_text())["cells"]
-    scored = {f"moon|3|{i}|{m}" for i in range(2) for m in ("selection", "refine")}
-    assert scored | {f"moon|-|-|{m}" for m in ("base", "nearest", "sg-lora", "oracle")} == set(
-        cells
-    )
-    assert "**k = 3**" in run.stdout and "| refine |" in run.stdout
-    again = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "moon|3|" not in again.stderr
-    assert json.loads(results.read_text())["cells"] == cells

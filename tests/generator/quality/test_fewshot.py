@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from generator.quality.fewshot import (
-    KS,
     METHODS,
     Cells,
     FewShotSettings,
-    assign,
     draw,
     evaluate_fewshot,
     markdown,
@@ -125,53 +123,6 @@ def test_runs_saving_side_by_side_keep_each_others_cells(tmp_path: Path) -> None
     with pytest.raises(InvalidInput, match="refine_steps 20 -> 30"):
         other.put(Cells.key("c", 16, 0, "refine"), 0.1, 1.0)
     assert json.loads(path.read_text())["cells"] == kept
-
-
-def test_parts_get_alike_shares_of_each_method_and_k() -> None:
-    units = [(f"t{t}", k, i, m) for t in range(6) for k in KS for i in range(5)
-             for m in METHODS]  # fmt: skip
-    for parts in (1, 2, 3, 7):
-        given = assign(units, parts)
-        assert len(given) == len(units) and set(given.values()) == set(range(parts))
-        for m in METHODS:
-            for k in KS:
-                mine = [
-                    given[Cells.key(t, k, i, m)] for t, kk, i, mm in units if (kk, mm) == (k, m)
-                ]
-                counts = [mine.count(p) for p in range(parts)]
-                assert max(counts) - min(counts) <= 1, (m, k, counts)
-
-
-def test_parts_side_by_side_score_what_one_process_does(
-    world: SandboxWorld, tmp_path: Path
-) -> None:
-    """The run split into two parts scores every cell once between them, into one file,
-    with the figures the whole run in one process gives."""
-    reg = world.registry
-    records = train_generators(world, ("sg-lora",))
-    evaluator = Evaluator.from_path(Path(world.base))
-    sg = Generator.from_registry(reg, records["sg-lora"], base=evaluator)
-    task = world.held_out()
-    settings = FewShotSettings(ks=(4,), draws=3, methods=("selection", "refine"), refine_steps=2)
-
-    def run(path: Path, part: tuple[int, int]) -> list[str]:
-        progress: list[str] = []
-        evaluate_fewshot(
-            reg, evaluator, [task], base_model=world.base, sg=sg, icm=None, settings=settings,
-            path=path, on_progress=progress.append, part=part,
-        )  # fmt: skip
-        return progress
-
-    whole = run(tmp_path / "whole.json", (0, 1))
-    split = [run(tmp_path / "split.json", (p, 2)) for p in range(2)]
-    assert all(split) and len(split[0]) + len(split[1]) == len(whole) == 4 + 3 * 2
-    cells = json.loads((tmp_path / "split.json").read_text())["cells"]
-    alone = json.loads((tmp_path / "whole.json").read_text())["cells"]
-    assert {k: c["accuracy"] for k, c in cells.items()} == {
-        k: c["accuracy"] for k, c in alone.items()
-    }
-    with pytest.raises(InvalidInput, match="part 2 of 2 does not exist"):
-        run(tmp_path / "split.json", (2, 2))
 
 
 def test_every_method_is_scored_once_and_a_rerun_resumes(
