@@ -108,8 +108,8 @@ def test_a_results_file_made_with_other_settings_is_refused(tmp_path: Path) -> N
 
 
 def test_runs_saving_side_by_side_keep_each_others_cells(tmp_path: Path) -> None:
-    """Two processes of one run save into the same file in turn: neither loses the
-    other's cells; a writer made with other settings is refused and changes nothing."""
+    """Two runs with the same settings save into the same file in turn: neither loses
+    the other's cells; a writer made with other settings is refused and changes nothing."""
     path = tmp_path / "fewshot.json"
     settings = FewShotSettings(refine_steps=20)
     first, second = Cells(path, settings, {"sg-lora": 3}), Cells(path, settings, {"sg-lora": 3})
