@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import sys
 import time
@@ -376,7 +375,7 @@ def main() -> None:
     from api.cli_zoo import open_suite
     from generator.tasks.evaluation import Evaluator
     from generator.transfer.config import TransferConfig, parse_settings
-    from registry.blobs import write_atomic
+    from registry.blobs import update_atomic, write_atomic
     from registry.errors import InvalidInput
     from registry.service import Registry
 
@@ -400,6 +399,22 @@ def main() -> None:
     if path.exists() and not args.fresh:
         earlier = {r["task"]: r for r in json.loads(path.read_text()).get("tasks", [])}
     rows: list[dict[str, Any]] = []
+    md = ""
+
+    def update(kept: bytes | None) -> bytes:
+        """The results with this run's rows, and the rows of tasks it does not score as
+        the file holds them now; the markdown table is written alongside."""
+        nonlocal md
+        scored = {r["task"] for r in rows}
+        now = json.loads(kept).get("tasks", []) if kept is not None else []
+        current = {**earlier, **{r["task"]: r for r in now}}
+        others = [r for name, r in current.items() if name not in scored]
+        md = markdown([*rows, *others], args.source, target, args)
+        write_atomic(path.with_suffix(".md"), md.encode())
+        settings = vars(args) | {"suite": str(args.suite)}
+        payload = {"settings": settings, "tasks": [*rows, *others]}
+        return json.dumps(payload, indent=2, default=str).encode()
+
     for i, task in enumerate(tasks, 1):
         print(f"[{i}/{len(tasks)}] {task.name}", file=sys.stderr)
         row = score_task(reg, task, teacher, student, target, args, earlier.get(task.name))
@@ -407,18 +422,7 @@ def main() -> None:
         # the files follow every finished task, so an interrupted run keeps what it
         # measured; the rows of tasks this run does not score stay, read again under a
         # lock, so runs on other tasks at the same time keep theirs
-        scored = {r["task"] for r in rows}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            now = json.loads(path.read_text()).get("tasks", []) if path.exists() else []
-            current = {**earlier, **{r["task"]: r for r in now}}
-            others = [r for name, r in current.items() if name not in scored]
-            md = markdown([*rows, *others], args.source, target, args)
-            settings = vars(args) | {"suite": str(args.suite)}
-            payload = {"settings": settings, "tasks": [*rows, *others]}
-            write_atomic(path, json.dumps(payload, indent=2, default=str).encode())
-            write_atomic(path.with_suffix(".md"), md.encode())
+        update_atomic(path, update)
     sys.stdout.write(md)
     print(f"results: {path}", file=sys.stderr)
 

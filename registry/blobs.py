@@ -79,14 +79,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def update_atomic(path: Path, change: Callable[[bytes | None], bytes]) -> None:
     """Rewrite ``path`` (atomically) to ``change(its bytes)``, ``None`` when it does not
-    exist yet, holding an exclusive lock on ``<path>.lock`` from the read to the write:
-    processes updating the same file at once never lose each other's changes.
-    ``change`` may raise to leave the file as it is."""
-    import fcntl  # POSIX only
+    exist yet, holding the file lock ``<path>.lock`` from the read to the write (the
+    lock the registry's other shared files take): processes updating the same file at
+    once never lose each other's changes. ``change`` may raise to leave the file as it
+    is."""
+    from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(str(path.with_name(path.name + ".lock"))):
         write_atomic(path, change(path.read_bytes() if path.exists() else None))
 
 
