@@ -232,6 +232,14 @@ def zoo_multitask(
             "compute of the zoo a generator learns from).",
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Register it under this name (default: baseline-multitask, the one "
+            "`loramint eval generators` scores), e.g. for one of several task subsets.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train the multi-task LoRA baseline (one adapter on every training task, descriptions
@@ -247,6 +255,7 @@ def zoo_multitask(
     names = [n.strip() for n in tasks.split(",") if n.strip()] if tasks else None
     selected = s.select(names) if names else s.select(held_out=False)
     reg = Registry()
+    name = name or NAME
     per_task = steps_per_task or zoo_config(reg, base_model).steps
     with tqdm(total=per_task * len(selected), desc="multi-task LoRA", unit="step") as bar:
 
@@ -255,15 +264,15 @@ def zoo_multitask(
             bar.set_postfix(loss=f"{loss:.3f}")
 
         rec, trained = train(
-            reg, base_model, selected, steps_per_task=steps_per_task, device=device,
+            reg, base_model, selected, steps_per_task=steps_per_task, name=name, device=device,
             on_step=on_step, on_progress=lambda m: err.print(m),
         )  # fmt: skip
     if not trained:
-        out.print(f"{NAME} of {base_model} is already registered: adapter {rec.id} (delete it "
+        out.print(f"{name} of {base_model} is already registered: adapter {rec.id} (delete it "
                   "to train it again)")  # fmt: skip
         return
     out.print(
-        f"registered adapter {rec.id} ({NAME}, {len(selected)} tasks, "
+        f"registered adapter {rec.id} ({name}, {len(selected)} tasks, "
         f"{rec.meta['train_config']['steps']} steps, {rec.metrics['train_seconds']:.0f} s)"
     )
 

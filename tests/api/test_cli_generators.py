@@ -92,6 +92,14 @@ def test_cli_multitask_baseline_and_eval_generators_report(world: SandboxWorld) 
     assert "baseline-multitask" in trained.stdout and "5 tasks, 5 steps" in trained.stdout
     again = cli("zoo", "multitask", *common)
     assert again.returncode == 0 and "already registered" in again.stdout
+    bad_name = cli("zoo", "multitask", *common, "--name", "two words")
+    assert bad_name.returncode != 0 and "adapter name 'two words'" in bad_name.stderr
+    named = cli("zoo", "multitask", *common, "--steps-per-task", "1", "--name", "mt-part")
+    assert named.returncode == 0, named.stderr
+    assert "(mt-part, 5 tasks, 5 steps" in named.stdout
+    part = reg.find_adapter(world.base, "mt-part")
+    assert part is not None and part.meta["baseline"] == "multi-task"
+    reg.delete_adapter(part.id)  # the module's other tests see the registry as it was
     run = cli("eval", "generators", *common)
     assert run.returncode == 0, run.stderr
     assert "| multi-task |" in run.stdout and "share of its gain" in run.stdout
