@@ -182,6 +182,7 @@ def keep(path: Path, data: dict[str, Any], key: str, accuracy: float) -> None:
             data["cells"] = kept["cells"] | data["cells"]
             data["tasks"] += [t for t in kept["tasks"] if t not in data["tasks"]]
             data["families"] = kept["families"] | data["families"]
+            data["multitask"] = kept.get("multitask", {}) | data.get("multitask", {})
         return json.dumps(data, indent=1).encode()
 
     update_atomic(path, merged)
@@ -309,7 +310,8 @@ def main() -> None:
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
         configs=[[c[0], c[1], *([MULTITASK] if c[2] else [])] for c in configs],
-        multitask=args.multitask, weighting=args.weighting, lorahub=args.lorahub,
+        multitask={t.name: args.multitask for t in chosen} if args.multitask else {},
+        weighting=args.weighting, lorahub=args.lorahub,
         tasks=[t.name for t in chosen],
         families={t.name: t.family for t in chosen},
     )  # fmt: skip

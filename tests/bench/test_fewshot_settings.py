@@ -111,6 +111,7 @@ def test_parts_side_by_side_share_the_results_file(tmp_path: Path) -> None:
             "cells": {},
             "tasks": tasks,
             "families": {t: "f" for t in tasks},
+            "multitask": {t: f"mt-{tasks[0]}" for t in tasks},
         }
 
     a, b = run(["t1", "t2"]), run(["t3"])
@@ -120,6 +121,7 @@ def test_parts_side_by_side_share_the_results_file(tmp_path: Path) -> None:
     kept = json.loads(path.read_text())
     assert kept["cells"] == {"t1|-|bare": 0.5, "t3|-|bare": 0.6, "t2|-|bare": 0.7}
     assert kept["tasks"] == ["t1", "t2", "t3"] and set(kept["families"]) == {"t1", "t2", "t3"}
+    assert kept["multitask"] == {"t1": "mt-t1", "t2": "mt-t1", "t3": "mt-t3"}
     other = run(["t9"]) | {"binding": {**binding, "k": 8}}
     keep(path, other, "t9|-|bare", 0.1)
     assert json.loads(path.read_text())["cells"] == {"t9|-|bare": 0.1}
