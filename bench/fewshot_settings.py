@@ -1,8 +1,8 @@
 """Which refinement settings should the few-shot path serve? Chosen on training tasks only.
 
     .venv/bin/python bench/fewshot_settings.py [--count 12] [--draws 1] [--k 16]
-        [--configs 20:1e-3,20:3e-3[:multitask]] [--multitask NAME] [--weighting]
-        [--lorahub] [--tasks a,b] [--seed 0] [--report]
+        [--configs 20:1e-3,20:3e-3] [--weighting] [--lorahub] [--tasks a,b]
+        [--seed 0] [--report]
 
 A leave-one-out study: for a stratified random sample of the suite's
 *training* tasks (round robin over the families, ``--seed`` fixing the
@@ -16,11 +16,7 @@ bare model, the nearest remaining expert, selection alone and the task's own
 adapter (its oracle) are scored beside them; with ``--weighting``, so is the
 served weighting of the nearest remaining experts; with ``--lorahub``, so is
 the LoraHub baseline of ``loramint eval fewshot`` (its search over the 20
-nearest remaining experts, on the same examples). A configuration
-``STEPS:LR:multitask`` offers selection one more candidate, the multi-task
-LoRA registered as ``--multitask NAME`` (``loramint zoo multitask --name``),
-which must not have trained on any of the run's tasks; selection with it is
-scored too, as ``selection +multitask``.
+nearest remaining experts, on the same examples).
 
 Held-out tasks are never touched, so whatever this chooses can be measured on
 them afterwards without having been tuned on them. The generator network
@@ -54,22 +50,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-Config = tuple[int, float, bool]  # (steps, learning rate, the multi-task LoRA offered)
-MULTITASK = "multitask"
+Config = tuple[int, float]  # (steps, learning rate)
 
 
 def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
-    """ "20:1e-3,40:3e-3:multitask" -> [(20, 0.001, False), (40, 0.003, True)];
-    "" -> [] if ``allow_none``."""
+    """ "20:1e-3,40:3e-3" -> [(20, 0.001), (40, 0.003)]; "" -> [] if ``allow_none``."""
     out: list[Config] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         fields = part.split(":")
         try:
-            if len(fields) not in (2, 3) or fields[2:] not in ([], [MULTITASK]):
+            if len(fields) != 2:
                 raise ValueError(part)
-            out.append((int(fields[0]), float(fields[1]), fields[2:] == [MULTITASK]))
+            out.append((int(fields[0]), float(fields[1])))
         except ValueError:
-            raise SystemExit(f"--configs takes STEPS:LR[:multitask], got {part!r}") from None
+            raise SystemExit(f"--configs takes STEPS:LR, got {part!r}") from None
         if out[-1][0] < 1 or not 0 < out[-1][1] < 1:
             raise SystemExit(f"--configs: steps must be >= 1 and 0 < lr < 1, got {part!r}")
     if not out and not allow_none:
@@ -78,7 +72,7 @@ def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
 
 
 def label(config: Config) -> str:
-    return f"refine {config[0]}:{config[1]:g}" + (" +multitask" if config[2] else "")
+    return f"refine {config[0]}:{config[1]:g}"
 
 
 def stratified(tasks: list[Any], count: int, seed: int) -> list[Any]:
@@ -110,21 +104,17 @@ def bootstrap(diffs: np.ndarray, seed: int, n: int = 4000) -> tuple[float, float
 
 def report(data: dict[str, Any]) -> str:
     cells: dict[str, float] = data["cells"]
-    # a truthy third field other than "multitask" is an option since taken out (refit,
-    # bags, a pull, or-lorahub, balanced, choose, b-only, balanced-start, balanced-loss):
-    # files made with one report their other configurations
-    configs = [
-        (int(c[0]), float(c[1]), c[2:] == [MULTITASK])
-        for c in data["configs"] if not c[2:] or not c[2] or c[2] == MULTITASK
-    ]  # fmt: skip
+    # a truthy third field is an option since taken out (refit, bags, a pull, or-lorahub,
+    # balanced, choose, b-only, balanced-start, balanced-loss, multitask): files made with
+    # one report their other configurations
+    configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     hub = ["lorahub"] if data.get("lorahub") else []
     # a file from the study of free weights (docs/experiments.md, 2026-12-07) also
     # holds "weighting linear", a form since taken out: its other rows are reported
     weighted = ["weighting"] if data.get("weighting") else []
     refined = [label(c) for c in configs]
-    offered = [f"selection +{MULTITASK}"] if any(c[2] for c in configs) else []
-    methods = ["bare", "nearest", "selection", *offered, *hub, *weighted, *refined, "oracle"]
+    methods = ["bare", "nearest", "selection", *hub, *weighted, *refined, "oracle"]
     reference = (refined or weighted)[0]
 
     def get(task: str, method: str, d: int) -> float | None:
@@ -182,7 +172,6 @@ def keep(path: Path, data: dict[str, Any], key: str, accuracy: float) -> None:
             data["cells"] = kept["cells"] | data["cells"]
             data["tasks"] += [t for t in kept["tasks"] if t not in data["tasks"]]
             data["families"] = kept["families"] | data["families"]
-            data["multitask"] = kept.get("multitask", {}) | data.get("multitask", {})
         return json.dumps(data, indent=1).encode()
 
     update_atomic(path, merged)
@@ -206,33 +195,6 @@ def bound(path: Path, binding: dict[str, Any], entries: str) -> dict[str, Any]:
     if data[entries] and data.get("binding") != binding:
         raise SystemExit(f"{path} was made with {data.get('binding')}, not {binding}: move it away")
     return data
-
-
-def offered(reg: Any, base_model: str, name: str, tasks: list[Any]) -> dict[str, Any]:
-    """The multi-task LoRA registered as ``name``, as an extra candidate; one that
-    trained on any of ``tasks`` would score them on what it has seen, and stops the run."""
-    from generator.quality import multitask
-
-    rec = multitask.find(reg, base_model, name)
-    if rec is None:
-        raise SystemExit(f"no multi-task LoRA {name!r} of {base_model}: loramint zoo multitask")
-    seen = sorted(set(rec.meta["tasks"]) & {t.name for t in tasks})
-    if seen:
-        raise SystemExit(f"multi-task LoRA {name!r} trained on {seen}: leave them out of it")
-    adapter = multitask.load(reg, base_model, name)
-    assert adapter is not None
-    return {f"{MULTITASK}:{name}": adapter}
-
-
-def like(adapter: Any, template: dict[str, Any]) -> Any:
-    """``adapter`` under ``template``'s config, so that it is scored in the same batched
-    passes as the other candidates; one of another shape stops the run."""
-    config, weights = adapter
-    keys = ("r", "lora_alpha", "target_modules")
-    if any(sorted(config[k]) != sorted(template[k]) if k == "target_modules"
-           else config[k] != template[k] for k in keys):  # fmt: skip
-        raise SystemExit(f"the multi-task LoRA's {keys} differ from the generator's")
-    return (dict(template), weights)
 
 
 def open_serving(base_model: str) -> tuple[Any, Any, Any, Any, dict[str, int]]:
@@ -267,17 +229,12 @@ def main() -> None:
     ap.add_argument("--configs", default="20:1e-3,20:3e-3", help="refinement STEPS:LR list")
     ap.add_argument("--weighting", action="store_true", help="score the served weighting too")
     ap.add_argument("--lorahub", action="store_true", help="score the LoraHub baseline too")
-    ap.add_argument(
-        "--multitask", help="the registered multi-task LoRA a STEPS:LR:multitask config offers"
-    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="print the kept results and stop")
     args = ap.parse_args()
     if args.count < 1 or args.draws < 1 or args.k < 2:
         raise SystemExit("--count and --draws must be >= 1, --k >= 2")
     configs = parse_configs(args.configs, allow_none=args.weighting)
-    if any(c[2] for c in configs) != bool(args.multitask):
-        raise SystemExit("a STEPS:LR:multitask config and --multitask NAME go together")
 
     from registry.settings import get_settings
 
@@ -302,16 +259,11 @@ def main() -> None:
         chosen = named(pool, args.tasks, "training tasks with an expert of the generator")
     else:
         chosen = stratified(pool, args.count, args.seed)
-    extra: dict[str, Any] = {}
-    if args.multitask:
-        extra = offered(reg, args.base_model, args.multitask, chosen)
     binding = {"generator": sg.id, "k": args.k, "seed": args.seed}
     data = bound(path, binding, "cells")
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
-        configs=[[c[0], c[1], *([MULTITASK] if c[2] else [])] for c in configs],
-        multitask={t.name: args.multitask for t in chosen} if args.multitask else {},
-        weighting=args.weighting, lorahub=args.lorahub,
+        configs=[list(c) for c in configs], weighting=args.weighting, lorahub=args.lorahub,
         tasks=[t.name for t in chosen],
         families={t.name: t.family for t in chosen},
     )  # fmt: skip
@@ -349,8 +301,6 @@ def main() -> None:
                 runs = {"selection": AdaptConfig(estimate=False, seed=args.seed)}
                 if args.weighting:
                     runs["weighting"] = AdaptConfig(weighting=True, estimate=False, seed=args.seed)
-                if extra:
-                    runs[f"selection +{MULTITASK}"] = AdaptConfig(estimate=False, seed=args.seed)
                 for c in configs:
                     runs[label(c)] = AdaptConfig(
                         refine_steps=c[0],
@@ -360,12 +310,9 @@ def main() -> None:
                     )
                 for method, config in runs.items():
                     request = Request(task.description, seed=args.seed, fewshot=shots, adapt=config)
-                    more = None
-                    if method.endswith(MULTITASK):
-                        more = {n: like(a, template) for n, a in extra.items()}
 
-                    def make(r: Request = request, z: Any = zero_shot, x: Any = more) -> Any:
-                        made = adapt_generated(sg, r, z, extra=x)
+                    def make(r: Request = request, z: Any = zero_shot) -> Any:
+                        made = adapt_generated(sg, r, z)
                         return (dict(made.config), made.weights)
 
                     cell(f"{task.name}|{d}|{method}", make, task)

@@ -41,18 +41,12 @@ class Candidates:
     nearest: str | None  # the candidate that is the nearest expert
 
 
-def candidates_for(
-    generator: Generator, made: Generated, extra: dict[str, Adapter] | None = None
-) -> Candidates:
-    """The candidates for ``made`` (a zero-shot adapter of ``generator``): itself, the
-    ``extra`` adapters by name and, for SG-LoRA, the nearest experts alone and mixed
-    (module docstring)."""
+def candidates_for(generator: Generator, made: Generated) -> Candidates:
+    """The candidates for ``made`` (a zero-shot adapter of ``generator``): itself and,
+    for SG-LoRA, the nearest experts alone and mixed (module docstring)."""
     config = made.config
-    mixed: dict[str, list[Neighbour]] = {GENERATED: made.neighbours, NONE: []}
+    mixed = {GENERATED: made.neighbours, NONE: []}
     out = Candidates({GENERATED: (config, made.weights)}, mixed, [], {}, None)
-    for name, adapter in (extra or {}).items():
-        out.adapters[name] = adapter
-        out.mixed[name] = []
     if generator.method != SG_LORA or made.embedding is None:
         return out
     layout = generator.ckpt.layout
@@ -89,13 +83,11 @@ def adapt_generated(
     request: Request,
     made: Generated,
     *,
-    extra: dict[str, Adapter] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Generated:
-    """``made`` adapted to ``request.fewshot`` (the request must carry examples), with
-    the ``extra`` adapters among its candidates."""
+    """``made`` adapted to ``request.fewshot`` (the request must carry examples)."""
     assert request.fewshot is not None
-    found = candidates_for(generator, made, extra)
+    found = candidates_for(generator, made)
     result = adapt(
         generator.evaluator(),
         request.description,

@@ -29,8 +29,7 @@ def test_the_sample_takes_every_family_before_a_second_task_of_one() -> None:
 
 
 def test_configs_are_steps_and_rates_and_bad_ones_stop_the_run() -> None:
-    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3, False), (40, 3e-3, False)]
-    assert parse_configs("20:3e-3:multitask") == [(20, 3e-3, True)]
+    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3), (40, 3e-3)]
     for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:refit"):
         with pytest.raises(SystemExit):
             parse_configs(bad)
@@ -61,15 +60,6 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| lorahub |"))
     assert "-0.050 [-0.050, -0.050]" in row
     assert report({**data, "lorahub": True}).startswith("no complete")  # its cells missing
-    # offered the multi-task LoRA, selection and refinement with it get their own rows
-    offered = {f"{t}|0|selection +multitask": 0.7 for t in ("t0", "t1", "t2")}
-    offered |= {f"{t}|0|refine 20:0.001 +multitask": 0.75 for t in ("t0", "t1", "t2")}
-    text = report(
-        {**data, "cells": cells | offered, "configs": [[20, 1e-3], [20, 1e-3, "multitask"]]}
-    )
-    assert "| selection +multitask | 0.700 |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| refine 20:0.001 +mul"))
-    assert "+0.050 [+0.050, +0.050]" in row and "refine 40" not in text
 
 
 def test_the_weighting_alone_is_the_reference_and_a_removed_form_is_left_out() -> None:
@@ -111,7 +101,6 @@ def test_parts_side_by_side_share_the_results_file(tmp_path: Path) -> None:
             "cells": {},
             "tasks": tasks,
             "families": {t: "f" for t in tasks},
-            "multitask": {t: f"mt-{tasks[0]}" for t in tasks},
         }
 
     a, b = run(["t1", "t2"]), run(["t3"])
@@ -121,7 +110,6 @@ def test_parts_side_by_side_share_the_results_file(tmp_path: Path) -> None:
     kept = json.loads(path.read_text())
     assert kept["cells"] == {"t1|-|bare": 0.5, "t3|-|bare": 0.6, "t2|-|bare": 0.7}
     assert kept["tasks"] == ["t1", "t2", "t3"] and set(kept["families"]) == {"t1", "t2", "t3"}
-    assert kept["multitask"] == {"t1": "mt-t1", "t2": "mt-t1", "t3": "mt-t3"}
     other = run(["t9"]) | {"binding": {**binding, "k": 8}}
     keep(path, other, "t9|-|bare", 0.1)
     assert json.loads(path.read_text())["cells"] == {"t9|-|bare": 0.1}

@@ -21,9 +21,8 @@ from generator.fit.train import train_generator
 from generator.quality.heldout import oracle_weights
 from generator.quality.lorahub import lorahub
 from generator.sandbox import SandboxWorld
-from generator.serve.fewshot import adapt_generated
-from generator.serve.generate import generate_adapters, generator_for
-from generator.serve.generator import Generator, Request
+from generator.serve.generate import generate_adapters
+from generator.serve.generator import Request
 from generator.tasks.evaluation import Evaluator
 from registry.errors import InvalidInput
 from registry.lora_spec import parse_weights
@@ -156,28 +155,6 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
     refined, refined_report = generate(shots_of(world), AdaptConfig(refine_steps=2, folds=2))
     assert refined not in (first, other) and refined_report["method"] == "selection+refine"
     assert refined_report["refine"]["steps_run"] <= 2
-
-
-def test_extra_candidates_are_scored_beside_the_generators_own(world: SandboxWorld) -> None:
-    """An adapter the caller offers (the bench's multi-task LoRA) is one more candidate,
-    scored in the same passes; the generator's own candidates score as without it."""
-    reg = world.registry
-    if reg.latest_generator(world.base, "sg-lora") is None:
-        train_generator(reg, world.base, GeneratorConfig(hidden=32, latent=4, steps=4))
-    evaluator = Evaluator.from_path(Path(world.base))
-    sg = Generator.from_registry(reg, generator_for(reg, world.base, "sg-lora"), base=evaluator)
-    moon = world.held_out()
-    made = sg.generate([Request(moon.description)])[0]
-    request = Request(moon.description, fewshot=shots_of(world), adapt=AdaptConfig())
-    plain = adapt_generated(sg, request, made).fewshot
-    own = oracle_weights(reg, world.base, moon)[1]
-    offered = adapt_generated(sg, request, made, extra={"multitask:own": (made.config, own)})
-    assert plain is not None and offered.fewshot is not None
-    scores = offered.fewshot["candidates"]
-    assert set(scores) == set(plain["candidates"]) | {"multitask:own"}
-    assert {c: scores[c] for c in plain["candidates"]} == plain["candidates"]
-    alone = score(evaluator, moon.description, shots_of(world), (made.config, own))
-    assert scores["multitask:own"] == pytest.approx(alone.mean(balanced=True)[0], abs=1e-3)
 
 
 @pytest.mark.parametrize("bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}])
