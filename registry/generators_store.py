@@ -26,7 +26,7 @@ from registry.errors import Conflict, GeneratorNotFound, InvalidInput
 from registry.models import BaseModelRow, GeneratorPinRow, GeneratorRow, utcnow
 from registry.recipes_store import refuse_if_needed, unmaterialised
 from registry.records import GeneratorRecord
-from registry.validation import NAME_RE, check_json
+from registry.validation import check_json, check_name
 
 # short enough for the default name ``{method}-{sha256[:12]}`` to be a valid name
 METHOD_RE = re.compile(r"^[\w][\w.\-]{0,49}$")
@@ -74,10 +74,8 @@ class GeneratorStore:
             raise InvalidInput(
                 f"generator method {method!r} must be 1-50 letters, digits, '_', '-' or '.'"
             )
-        if name is not None and not NAME_RE.match(name):
-            raise InvalidInput(
-                f"generator name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
-            )
+        if name is not None:
+            check_name("generator", name)
         adapter_ids = _adapter_ids(training_adapter_ids)
         check_json("hyperparameters", hyperparameters)
         check_json("metrics", metrics)

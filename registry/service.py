@@ -43,7 +43,7 @@ from registry.recipes_store import RecipeStore, unmaterialised
 from registry.records import AdapterRecord, GeneratorRecord, Parent, ParentLink, SearchHit
 from registry.search_index import DescriptionIndexes, bump_generation
 from registry.settings import Settings, get_settings
-from registry.validation import NAME_RE, check_json, default_adapter_name
+from registry.validation import NAME_RE, check_json, check_name, default_adapter_name
 from registry.vector_index import VectorIndex
 
 MAX_K = 1000
@@ -116,10 +116,8 @@ class Registry(BaseModelStore, GeneratorStore, JobStore, KeyStore, RecipeStore):
         raw = description
         description = clean_description(description, self.settings.max_description_chars)
         provenance = check_provenance(provenance)
-        if name is not None and not NAME_RE.match(name):
-            raise InvalidInput(
-                f"adapter name {name!r} must be 1-200 letters, digits, '_', '-' or '.'"
-            )
+        if name is not None:
+            check_name("adapter", name)
         given = None
         if embedding is not None:
             given = np.asarray(embedding, dtype=np.float32).reshape(-1)

@@ -36,7 +36,7 @@ from registry.models import Provenance
 from registry.peft_format import PeftFiles
 from registry.records import AdapterRecord
 from registry.service import Registry
-from registry.validation import NAME_RE
+from registry.validation import check_name
 
 NAME = "baseline-multitask"
 BASELINE = "multi-task"  # meta["baseline"] of its record
@@ -87,8 +87,7 @@ def train(
         raise InvalidInput(f"the multi-task LoRA trains on training tasks only: {held} held out")
     if not tasks:
         raise InvalidInput("no training tasks for the multi-task LoRA")
-    if not NAME_RE.match(name):  # refused before the training, not after it
-        raise InvalidInput(f"adapter name {name!r} must be 1-200 letters, digits, '_', '-' or '.'")
+    check_name("adapter", name)  # refused before the training, not after it
     found = find(registry, base_model, name)
     if found is not None:
         return found, False
