@@ -16,10 +16,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    plain accuracy on the examples, the start its settings were chosen with
    (weighing the labels alike, in the start, in refinement's losses or in
    both, did not do better on training tasks; ``docs/experiments.md``);
-   weighting and refinement report plain accuracy. With ``fallback``, a
-   refined adapter that fits the examples worse, in balanced accuracy, than
-   selection's own pick does (one that answers every input with one label, say)
-   is put aside and that pick returned.
+   weighting and refinement report plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -66,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    fallback: bool = False  # refinement that fits worse than selection's pick gives way to it
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -177,7 +173,6 @@ def _train(
     """Selection (or weighting) then refinement, on ``part`` only; ``known``: the
     candidates' scores on ``part`` where the caller has them already."""
     details: dict[str, Any] = {}
-    scored: dict[str, Scores] | None = None
     if config.weighting:
         if not experts:
             raise InvalidInput("weighting needs the nearest experts")
@@ -205,12 +200,6 @@ def _train(
         "steps_run": refined.steps_run,
         "val_losses": refined.val_losses,
     }
-    if config.fallback and scored is not None and part.is_classification:
-        pick = best(scored, balanced=True)
-        fit = score(evaluator, description, part, refined.adapter).mean(balanced=True)
-        if fit < scored[pick].mean(balanced=True):
-            details["refine"]["fell_back_to"] = pick
-            return candidates[pick], details
     return refined.adapter, details
 
 
