@@ -29,7 +29,7 @@ from registry.models import (
 from registry.recipes import Recipe, RecipeBuilder, RecipeInput, WeightCache, checked, load_builder
 from registry.records import AdapterRecord, Parent, ParentLink
 from registry.search_index import bump_generation
-from registry.validation import NAME_RE, check_json
+from registry.validation import check_json, check_name
 
 if TYPE_CHECKING:
     from registry.blobs import BlobStore
@@ -356,8 +356,7 @@ def _validated(
     limit = host.settings.max_description_chars
     if clean_description(item.description, limit) != item.description:
         raise InvalidInput("a recipe's description must be cleaned before it is embedded")
-    if not NAME_RE.match(item.name):
-        raise InvalidInput(f"adapter name {item.name!r} is not a simple name")
+    check_name("adapter", item.name)
     expected, spec = host._adapter_layout(base_model, item.config)
     lora_spec.check_weights_bytes(item.weights, expected)
     vector = np.asarray(item.embedding, dtype=np.float32).reshape(-1)

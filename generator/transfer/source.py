@@ -36,7 +36,7 @@ from registry.errors import InvalidInput, UnknownBaseModel
 from registry.lora_spec import Adapter
 from registry.records import AdapterRecord, JobRecord
 from registry.service import Registry
-from registry.validation import NAME_RE
+from registry.validation import check_name
 
 TRANSFER_KIND = "transfer"
 
@@ -96,12 +96,10 @@ class TransferRequest:
             raise InvalidInput(
                 f"target base model must be a non-empty name, got {self.target_base_model!r}"
             )
-        if self.name is not None and (
-            not isinstance(self.name, str) or not NAME_RE.match(self.name)
-        ):
-            raise InvalidInput(
-                f"adapter name {self.name!r} must be 1-200 letters, digits, '_', '-' or '.'"
-            )
+        if self.name is not None:
+            if not isinstance(self.name, str):
+                raise InvalidInput(f"adapter name must be a string, got {self.name!r}")
+            check_name("adapter", self.name)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TransferRequest:

@@ -65,6 +65,8 @@ def test_rest_transfer_returns_202_and_the_job(transfer: TransferWorld) -> None:
             ({**body, "config": {"distill_stpes": 3}}, 400),
             ({**body, "resources": {"num_gpus": -1}}, 400),
             ({"target_base_model": transfer.target}, 400),
+            ({**body, "name": "a/b"}, 400),
+            ({**body, "name": 5}, 400),
         ]:
             got = client.post("/v1/transfers", json=bad, headers=h)
             assert got.status_code == status, (bad, got.text)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from registry import gc
 from registry.blobs import sha256_hex
 from registry.embeddings import MiniLMEmbedder
-from registry.errors import Conflict, CorruptBlob, GeneratorNotFound
+from registry.errors import Conflict, CorruptBlob, GeneratorNotFound, InvalidInput
 from registry.recipes import Recipe, RecipeInput
 from registry.recipes_store import NewRecipe
 from registry.service import Parent, Registry
@@ -212,6 +212,9 @@ def test_recipes_validate_before_writing(
     bad[1] = NewRecipe(**{**bad[1].__dict__, "embedding": np.zeros(3, dtype=np.float32)})
     before = reg.count_adapters()
     with pytest.raises(Exception, match="embedding"):
+        reg.add_recipes(str(tiny_base), bad)
+    bad[1] = NewRecipe(**{**recipes(reg, loras, gen, expert, [2])[0].__dict__, "name": "a/b"})
+    with pytest.raises(InvalidInput, match="adapter name 'a/b' must be 1-200 letters"):
         reg.add_recipes(str(tiny_base), bad)
     assert reg.count_adapters() == before
 
