@@ -16,9 +16,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    plain accuracy on the examples, the start its settings were chosen with
    (weighing the labels alike, in the start, in refinement's losses or in
    both, did not do better on training tasks; ``docs/experiments.md``);
-   weighting and refinement report plain accuracy. With ``keep_perfect``, a
-   selected start that already answers every example right is returned as it
-   is: its examples hold no mistake to learn from.
+   weighting and refinement report plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -65,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    keep_perfect: bool = False  # a start right on every example is not refined
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -191,11 +188,7 @@ def _train(
         }
     else:
         scored = known if known is not None else score_all(evaluator, description, part, candidates)
-        picked = best(scored, balanced=False)
-        start = candidates[picked]
-        if config.keep_perfect and config.refine_steps and scored[picked].accuracy() == 1.0:
-            details["refine"] = {"kept": picked}
-            return start, details
+        start = candidates[best(scored, balanced=False)]
     if not config.refine_steps:
         return start, details
     refined = refine(

@@ -65,24 +65,6 @@ def test_selection_chooses_among_candidates_and_reports_a_held_back_estimate(
     assert result.adapter is (oracle if result.selection.chosen == "oracle" else None)
 
 
-def test_a_start_right_on_every_example_is_kept_unrefined_when_asked(world: SandboxWorld) -> None:
-    moon = world.held_out()
-    evaluator = Evaluator.from_path(Path(world.base))
-    oracle = oracle_weights(world.registry, world.base, moon)
-    shots = shots_of(world)
-    right = score(evaluator, moon.description, shots, oracle).right
-    assert right is not None and 0 < int(right.sum()) < len(shots)
-    easy = shots.subset([i for i in range(len(shots)) if right[i]])  # the oracle gets all
-    config = AdaptConfig(refine_steps=2, folds=2, estimate=False, keep_perfect=True)
-    candidates: dict[str, Any] = {"oracle": oracle}
-    kept = adapt(evaluator, moon.description, easy, candidates, dict(oracle[0]), config=config)
-    assert kept.adapter is oracle and kept.report["refine"] == {"kept": "oracle"}
-    assert score(evaluator, moon.description, shots, None).mean()[0] < 1.0  # nothing perfect
-    refined = adapt(evaluator, moon.description, shots, candidates, dict(oracle[0]), config=config)
-    assert refined.adapter is not None and refined.adapter is not oracle
-    assert refined.report["refine"]["steps_run"] <= 2
-
-
 def test_candidates_scored_together_score_as_each_alone(world: SandboxWorld) -> None:
     moon = world.held_out()
     evaluator = Evaluator.from_path(Path(world.base))
