@@ -16,9 +16,7 @@ labelled examples to one adapter, and an honest estimate of how good it is.
    plain accuracy on the examples, the start its settings were chosen with
    (weighing the labels alike, in the start, in refinement's losses or in
    both, did not do better on training tasks; ``docs/experiments.md``);
-   weighting and refinement report plain accuracy. With ``start_by_margin``,
-   refinement starts from the candidate with the best mean log-probability of
-   the right label (the quantity its training lowers the loss of) instead.
+   weighting and refinement report plain accuracy.
 
 The estimate of the returned adapter never comes from examples it was chosen
 or trained on: with selection alone it is nested cross-validation of the
@@ -39,7 +37,7 @@ import torch
 from generator.adapt.examples import FewShot
 from generator.adapt.refine import refine
 from generator.adapt.scoring import Scores, score, score_all
-from generator.adapt.selection import FOLDS, Selection, best, select, top
+from generator.adapt.selection import FOLDS, Selection, best, select
 from generator.adapt.weighting import fit_weights
 from generator.tasks.evaluation import Evaluator
 from registry.errors import InvalidInput
@@ -65,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    start_by_margin: bool = False  # refinement starts from the best mean margin
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -191,10 +188,7 @@ def _train(
         }
     else:
         scored = known if known is not None else score_all(evaluator, description, part, candidates)
-        if config.start_by_margin:  # the right label's mean log-probability first
-            start = candidates[top({c: s.mean()[::-1] for c, s in scored.items()})]
-        else:
-            start = candidates[best(scored, balanced=False)]
+        start = candidates[best(scored, balanced=False)]
     if not config.refine_steps:
         return start, details
     refined = refine(
