@@ -12,9 +12,9 @@ from registry.errors import InvalidInput
 NAME_RE = re.compile(r"^[\w][\w.\-]{0,199}$")
 
 
-def check_name(what: str, name: str) -> None:
-    """Refuse ``name`` (of an adapter, a generator) unless it is a simple name."""
-    if not NAME_RE.match(name):
+def check_name(what: str, name: object) -> None:
+    """Refuse ``name`` (of an adapter, a generator) unless it is a simple name (a string)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidInput(f"{what} name {name!r} must be 1-200 letters, digits, '_', '-' or '.'")
 
 

@@ -97,8 +97,6 @@ class TransferRequest:
                 f"target base model must be a non-empty name, got {self.target_base_model!r}"
             )
         if self.name is not None:
-            if not isinstance(self.name, str):
-                raise InvalidInput(f"adapter name must be a string, got {self.name!r}")
             check_name("adapter", self.name)
 
     @classmethod

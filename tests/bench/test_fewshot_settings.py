@@ -54,15 +54,11 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     # a file from when refinement could refit reports its other configurations
     old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
     assert old == text
-    # and so does one from the study of refinement giving way to selection's pick
-    back = report({**data, "configs": [[20, 1e-3], [40, 3e-3], [20, 1e-3, "fallback"]]})
-    assert back == text
-    # and one from the study of keeping a start that answers every example right
-    kept = report({**data, "configs": [[20, 1e-3], [40, 3e-3], [20, 1e-3, "keep"]]})
-    assert kept == text
-    # and one from the study of starting refinement from the best margin
-    by = report({**data, "configs": [[20, 1e-3], [40, 3e-3], [20, 1e-3, "margin"]]})
-    assert by == text
+    # and so do those from the studies of refinement giving way to selection's pick,
+    # keeping a start that answers every example right and starting from the best margin
+    for removed in ("fallback", "keep", "margin"):
+        configs = [[20, 1e-3], [40, 3e-3], [20, 1e-3, removed]]
+        assert report({**data, "configs": configs}) == text, removed
     # with the LoraHub baseline, its row is paired with the first configuration too
     hub = {f"{t}|0|lorahub": 0.65 for t in ("t0", "t1", "t2")}
     text = report({**data, "cells": cells | hub, "lorahub": True})
