@@ -1,7 +1,7 @@
 """Which refinement settings should the few-shot path serve? Chosen on training tasks only.
 
     .venv/bin/python bench/fewshot_settings.py [--count 12] [--draws 1] [--k 16]
-        [--configs 20:1e-3,20:3e-3[:dropout]] [--weighting] [--lorahub] [--tasks a,b]
+        [--configs 20:1e-3,20:3e-3] [--weighting] [--lorahub] [--tasks a,b]
         [--seed 0] [--report]
 
 A leave-one-out study: for a stratified random sample of the suite's
@@ -16,9 +16,7 @@ bare model, the nearest remaining expert, selection alone and the task's own
 adapter (its oracle) are scored beside them; with ``--weighting``, so is the
 served weighting of the nearest remaining experts; with ``--lorahub``, so is
 the LoraHub baseline of ``loramint eval fewshot`` (its search over the 20
-nearest remaining experts, on the same examples). A configuration
-``STEPS:LR:dropout`` refines with ``AdaptConfig.refine_dropout`` at
-``DROPOUT``: the LoRA's inputs are dropped out while it trains.
+nearest remaining experts, on the same examples).
 
 Held-out tasks are never touched, so whatever this chooses can be measured on
 them afterwards without having been tuned on them. The generator network
@@ -52,22 +50,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-Config = tuple[int, float, bool]  # (steps, learning rate, dropout while refining)
-DROPOUT_NAME, DROPOUT = "dropout", 0.1
+Config = tuple[int, float]  # (steps, learning rate)
 
 
 def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
-    """ "20:1e-3,40:3e-3:dropout" -> [(20, 0.001, False), (40, 0.003, True)];
-    "" -> [] if ``allow_none``."""
+    """ "20:1e-3,40:3e-3" -> [(20, 0.001), (40, 0.003)]; "" -> [] if ``allow_none``."""
     out: list[Config] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         fields = part.split(":")
         try:
-            if len(fields) not in (2, 3) or fields[2:] not in ([], [DROPOUT_NAME]):
+            if len(fields) != 2:
                 raise ValueError(part)
-            out.append((int(fields[0]), float(fields[1]), fields[2:] == [DROPOUT_NAME]))
+            out.append((int(fields[0]), float(fields[1])))
         except ValueError:
-            raise SystemExit(f"--configs takes STEPS:LR[:dropout], got {part!r}") from None
+            raise SystemExit(f"--configs takes STEPS:LR, got {part!r}") from None
         if out[-1][0] < 1 or not 0 < out[-1][1] < 1:
             raise SystemExit(f"--configs: steps must be >= 1 and 0 < lr < 1, got {part!r}")
     if not out and not allow_none:
@@ -76,7 +72,7 @@ def parse_configs(text: str, allow_none: bool = False) -> list[Config]:
 
 
 def label(config: Config) -> str:
-    return f"refine {config[0]}:{config[1]:g}" + (f" +{DROPOUT_NAME}" if config[2] else "")
+    return f"refine {config[0]}:{config[1]:g}"
 
 
 def stratified(tasks: list[Any], count: int, seed: int) -> list[Any]:
@@ -108,14 +104,10 @@ def bootstrap(diffs: np.ndarray, seed: int, n: int = 4000) -> tuple[float, float
 
 def report(data: dict[str, Any]) -> str:
     cells: dict[str, float] = data["cells"]
-    # a truthy third field other than "dropout" is an option since taken out (refit, bags,
-    # a pull, or-lorahub, balanced, choose, b-only, balanced-start, balanced-loss,
-    # multitask, fallback, keep, margin): files made with one report their other
-    # configurations
-    configs = [
-        (int(c[0]), float(c[1]), c[2:] == [DROPOUT_NAME])
-        for c in data["configs"] if not c[2:] or not c[2] or c[2] == DROPOUT_NAME
-    ]  # fmt: skip
+    # a truthy third field is an option since taken out (refit, bags, a pull, or-lorahub,
+    # balanced, choose, b-only, balanced-start, balanced-loss, multitask, fallback, keep,
+    # margin, dropout): files made with one report their other configurations
+    configs = [(int(c[0]), float(c[1])) for c in data["configs"] if not c[2:] or not c[2]]
     tasks, draws = data["tasks"], int(data["draws"])
     hub = ["lorahub"] if data.get("lorahub") else []
     # a file from the study of free weights (docs/experiments.md, 2026-12-07) also
@@ -271,8 +263,7 @@ def main() -> None:
     data = bound(path, binding, "cells")
     data.update(
         binding=binding, k=args.k, seed=args.seed, draws=args.draws,
-        configs=[[c[0], c[1], *([DROPOUT_NAME] if c[2] else [])] for c in configs],
-        weighting=args.weighting, lorahub=args.lorahub,
+        configs=[list(c) for c in configs], weighting=args.weighting, lorahub=args.lorahub,
         tasks=[t.name for t in chosen],
         families={t.name: t.family for t in chosen},
     )  # fmt: skip
@@ -314,7 +305,6 @@ def main() -> None:
                     runs[label(c)] = AdaptConfig(
                         refine_steps=c[0],
                         refine_lr=c[1],
-                        refine_dropout=DROPOUT if c[2] else 0.0,
                         estimate=False,
                         seed=args.seed,
                     )

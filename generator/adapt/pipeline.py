@@ -63,7 +63,6 @@ class AdaptConfig:
     per_block: bool = False
     refine_steps: int = 0
     refine_lr: float = 3e-3  # chosen on training tasks (bench/fewshot_settings.py)
-    refine_dropout: float = 0.0  # of the LoRA's inputs while refining
     folds: int = FOLDS
     estimate: bool = True
     seed: int = 0
@@ -71,8 +70,6 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.refine_steps <= 10_000:
             raise InvalidInput(f"refine_steps must be in [0, 10000], got {self.refine_steps}")
-        if not 0.0 <= self.refine_dropout < 1.0:
-            raise InvalidInput(f"refine_dropout must be in [0, 1), got {self.refine_dropout}")
         if not 1 <= self.weighting_steps <= 10_000:
             raise InvalidInput(f"weighting_steps must be in [1, 10000], got {self.weighting_steps}")
         if not 1 <= self.folds <= 64:
@@ -196,7 +193,7 @@ def _train(
         return start, details
     refined = refine(
         evaluator, description, part, start, template, steps=config.refine_steps,
-        lr=config.refine_lr, seed=config.seed, dropout=config.refine_dropout,
+        lr=config.refine_lr, seed=config.seed,
     )  # fmt: skip
     details["refine"] = {
         "best_step": refined.best_step,

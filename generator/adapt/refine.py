@@ -34,7 +34,7 @@ class Refined:
 
 
 def train_config(
-    template: dict[str, Any], steps: int, lr: float, batch: int, seed: int, dropout: float = 0.0
+    template: dict[str, Any], steps: int, lr: float, batch: int, seed: int
 ) -> TrainConfig:
     """The trainer's settings for an adapter of ``template`` (its rank, alpha, modules)."""
     modules = template.get("target_modules")
@@ -50,7 +50,6 @@ def train_config(
         warmup_steps=0,
         seed=seed,
         snapshots=1,
-        lora_dropout=dropout,
     )
 
 
@@ -66,11 +65,10 @@ def refine(
     every: int = 2,
     patience: int = 3,
     seed: int = 0,
-    dropout: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Refined:
     """Train ``start`` (None: a fresh LoRA of ``template``) on ``fewshot``, early-stopped
-    on a held-back share of it; ``dropout``: of the LoRA's inputs while training."""
+    on a held-back share of it."""
     if steps < 1:
         raise InvalidInput(f"refine steps must be at least 1, got {steps}")
     if len(fewshot) < 2:
@@ -78,7 +76,7 @@ def refine(
     folds = fewshot.folds(max(2, math.ceil(1 / VAL_SHARE)), seed)
     val = folds[0]
     train = [i for fold in folds[1:] for i in fold]
-    config = train_config(template, steps, lr, min(16, len(train)), seed, dropout)
+    config = train_config(template, steps, lr, min(16, len(train)), seed)
     initial = None if start is None else start[1]
     result = train_lora(
         evaluator.model,

@@ -55,7 +55,6 @@ class TrainConfig:
     # sort batches by length (little padding); off where every batch must mix examples of
     # all kinds (a discriminator whose classes differ in length would see one-class batches)
     length_buckets: bool = True
-    lora_dropout: float = 0.0  # of the LoRA's inputs while training
 
     def __post_init__(self) -> None:
         # name -> (lowest, highest) allowed; the upper bounds stop absurd job parameters
@@ -68,8 +67,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and low <= value <= high):
                 raise InvalidInput(f"{name} must be in [{low:g}, {high:g}], got {value}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise InvalidInput(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0.0 <= self.trajectory_start < 1.0:
             raise InvalidInput(f"trajectory_start must be in [0, 1), got {self.trajectory_start}")
         if not self.target_modules:
@@ -82,7 +79,7 @@ class TrainConfig:
             r=self.rank,
             lora_alpha=self.alpha,  # type: ignore[arg-type]
             target_modules=list(self.target_modules),
-            lora_dropout=self.lora_dropout,
+            lora_dropout=0.0,
             bias="none",
             task_type="CAUSAL_LM",
         )

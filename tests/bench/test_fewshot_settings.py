@@ -29,8 +29,7 @@ def test_the_sample_takes_every_family_before_a_second_task_of_one() -> None:
 
 
 def test_configs_are_steps_and_rates_and_bad_ones_stop_the_run() -> None:
-    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3, False), (40, 3e-3, False)]
-    assert parse_configs("20:3e-3:dropout") == [(20, 3e-3, True)]
+    assert parse_configs("20:1e-3, 40:3e-3") == [(20, 1e-3), (40, 3e-3)]
     for bad in ("20", "x:1e-3", "0:1e-3", "20:2", "", "20:1e-3:again", "20:1e-3:refit"):
         with pytest.raises(SystemExit):
             parse_configs(bad)
@@ -56,8 +55,9 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     old = report({**data, "configs": [[20, 1e-3, False], [40, 3e-3, False], [20, 1e-3, True]]})
     assert old == text
     # and so do those from the studies of refinement giving way to selection's pick,
-    # keeping a start that answers every example right and starting from the best margin
-    for removed in ("fallback", "keep", "margin"):
+    # keeping a start that answers every example right, starting from the best margin
+    # and dropping out the LoRA's inputs
+    for removed in ("fallback", "keep", "margin", "dropout"):
         configs = [[20, 1e-3], [40, 3e-3], [20, 1e-3, removed]]
         assert report({**data, "configs": configs}) == text, removed
     # with the LoraHub baseline, its row is paired with the first configuration too
@@ -66,12 +66,6 @@ def test_the_report_pairs_each_configuration_with_the_first() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| lorahub |"))
     assert "-0.050 [-0.050, -0.050]" in row
     assert report({**data, "lorahub": True}).startswith("no complete")  # its cells missing
-    # a configuration that refines with dropout has its own row
-    dropped = {f"{t}|0|refine 20:0.001 +dropout": 0.75 for t in ("t0", "t1", "t2")}
-    configs = [[20, 1e-3], [20, 1e-3, "dropout"]]
-    text = report({**data, "cells": cells | dropped, "configs": configs})
-    row = next(line for line in text.splitlines() if line.startswith("| refine 20:0.001 +d"))
-    assert "+0.050 [+0.050, +0.050]" in row
 
 
 def test_the_weighting_alone_is_the_reference_and_a_removed_form_is_left_out() -> None:

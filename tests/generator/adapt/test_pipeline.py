@@ -89,14 +89,6 @@ def test_refinement_never_ends_worse_on_its_held_back_examples(world: SandboxWor
     assert losses[0][0] == 0 and refined.steps_run <= 6
     assert refined.best_step == min(losses, key=lambda c: (c[1], c[0]))[0]
     assert set(refined.adapter[1]) == set(start[1])
-    # dropout changes what training sees, and a seed fixes it
-    dropped = [
-        refine(evaluator, moon.description, shots_of(world), start, dict(start[0]), steps=6,
-               dropout=0.5).val_losses
-        for _ in range(2)
-    ]  # fmt: skip
-    assert dropped[0] == dropped[1] and dropped[0][0] == losses[0]
-    assert dropped[0][1:] != losses[1:]
     fresh = refine(evaluator, moon.description, shots_of(world), None, dict(start[0]), steps=2)
     assert set(fresh.adapter[1]) == set(start[1])  # a LoRA from scratch: the same tensors
     with pytest.raises(InvalidInput, match="at least 2 examples"):
@@ -165,9 +157,7 @@ def test_served_few_shot_generation_registers_the_chosen_adapter(world: SandboxW
     assert refined_report["refine"]["steps_run"] <= 2
 
 
-@pytest.mark.parametrize(
-    "bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}, {"refine_dropout": 1.0}]
-)
+@pytest.mark.parametrize("bad", [{"refine_steps": -1}, {"weighting_steps": 0}, {"folds": 0}])
 def test_adapt_config_names_the_setting_out_of_range(bad: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=next(iter(bad))):
         AdaptConfig(**bad)

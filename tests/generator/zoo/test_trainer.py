@@ -187,7 +187,6 @@ def test_one_lora_learns_several_tasks_from_their_descriptions(base: Base) -> No
         ({"steps": 0}, "steps"),
         ({"lr": -1.0}, "lr"),
         ({"trajectory_start": 1.0}, "trajectory_start"),
-        ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"target_modules": ()}, "target_modules"),
     ],
 )
