@@ -51,10 +51,13 @@ def load_base(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
 
 
 def lora_config_from(config: dict[str, Any]) -> Any:
-    """A PEFT LoraConfig from an adapter_config.json dict (unknown keys ignored)."""
+    """A PEFT LoraConfig from an adapter_config.json dict (unknown keys ignored) to attach
+    to the base model in hand: the base the dict names (a registry name, where the model
+    in hand was loaded from a folder) is left out, or PEFT warns about the difference."""
     from peft import LoraConfig
 
     names = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    names.discard("base_model_name_or_path")
     kwargs = {k: v for k, v in config.items() if k in names}
     kwargs["inference_mode"] = True
     return LoraConfig(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,13 @@ def test_accuracy_bare_and_with_adapter(evaluator: Evaluator) -> None:
     )  # detached after scoring
     flipped = evaluator.accuracy(_task(["no"] * 10), (result.peft_config, result.weights))
     assert flipped.accuracy == 0.0
+    # a registered adapter's config names its base by registry name, not by the folder
+    # the model in hand came from: scoring it says nothing about that (PEFT would warn)
+    named = {**result.peft_config, "base_model_name_or_path": "another-name"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluator.accuracy(task, (named, result.weights)).accuracy == 1.0
+    assert not [w for w in caught if "base_model_name_or_path" in str(w.message)]
 
 
 def test_free_form_tasks_are_refused(evaluator: Evaluator) -> None:
