@@ -2,7 +2,8 @@
 
 The zoo's own trainer, started from the adapter's weights (or, for a LoRA from
 scratch, from the layout's shared A and a zero B), with early stopping: a
-share of the examples (every label represented) is held back, its
+share of the examples (each label's dealt across the folds, so a label with as
+many examples as folds is represented) is held back, its
 answer-token loss checked every few steps, and the weights of the best check
 returned, the starting weights included, so refinement never returns an
 adapter worse than it started on them.
